@@ -1,0 +1,337 @@
+//! CA certificates: the self-signed root and the issuing CAs it certifies.
+//!
+//! The TBSCertificate is built here with `x509-cert` types, the signature is made by a [`Signer`]
+//! (the HSM) between building and assembling, and the result is verified with an independent
+//! implementation before anyone sees it.
+
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use der::asn1::{BitString, GeneralizedTime, OctetString, UtcTime};
+use der::{Decode, DecodePem, Encode, EncodePem};
+use sha1::Digest as _;
+use spki::SubjectPublicKeyInfoOwned;
+use x509_cert::ext::pkix::{
+    AuthorityKeyIdentifier, BasicConstraints, KeyUsage, KeyUsages, SubjectKeyIdentifier,
+};
+use x509_cert::ext::{AsExtension, Extension};
+use x509_cert::name::Name;
+use x509_cert::serial_number::SerialNumber;
+use x509_cert::time::{Time, Validity};
+use x509_cert::{Certificate, TbsCertificate, Version};
+
+use crate::signer::{spki_der, verify_signature, Signer, VerifyError};
+
+/// Why a certificate could not be built, parsed or checked.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CertError {
+    /// DER encoding or decoding failed.
+    #[error("DER: {0}")]
+    Der(#[from] der::Error),
+    /// A distinguished name did not parse.
+    #[error("distinguished name {name:?}: {reason}")]
+    Name {
+        /// The text given.
+        name: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// The signer failed.
+    #[error(transparent)]
+    Sign(#[from] crate::signer::SignError),
+    /// The signature made by the signer does not verify with the issuer's public key.
+    #[error("the signature on {what} does not verify with the issuer's public key: {source}")]
+    Verify {
+        /// What was being signed.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: VerifyError,
+    },
+    /// The HSM key does not match the certificate that claims it.
+    #[error("the HSM key {key} does not match the public key in {cert}")]
+    KeyMismatch {
+        /// The key's label.
+        key: String,
+        /// The certificate's description.
+        cert: String,
+    },
+    /// A date is outside what X.509 can express.
+    #[error("validity: {0}")]
+    Validity(String),
+}
+
+/// What a CA certificate says about its subject.
+#[derive(Debug, Clone)]
+pub struct CaCertSpec {
+    /// Subject distinguished name, RFC 4514 text (`CN=...,O=...`).
+    pub subject: String,
+    /// Validity in days from now.
+    pub validity_days: u32,
+    /// basicConstraints pathLenConstraint.
+    pub path_len: u8,
+}
+
+/// A summary of a certificate for status output and transcripts.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CertInfo {
+    /// Subject DN as text.
+    pub subject: String,
+    /// Issuer DN as text.
+    pub issuer: String,
+    /// Serial as lowercase hex.
+    pub serial: String,
+    /// notBefore, RFC 3339.
+    pub not_before: String,
+    /// notAfter, RFC 3339.
+    pub not_after: String,
+    /// SHA-256 of the DER, colon-separated uppercase hex (as `openssl x509 -fingerprint -sha256`).
+    pub sha256_fingerprint: String,
+    /// subjectKeyIdentifier, hex.
+    pub subject_key_id: Option<String>,
+}
+
+impl CertInfo {
+    /// Summarises `cert`.
+    pub fn of(cert: &Certificate) -> CertInfo {
+        let tbs = &cert.tbs_certificate;
+        let ski = tbs.extensions.as_ref().and_then(|exts| {
+            exts.iter()
+                .find(|e| e.extn_id == const_oid::db::rfc5280::ID_CE_SUBJECT_KEY_IDENTIFIER)
+                .and_then(|e| OctetString::from_der(e.extn_value.as_bytes()).ok())
+                .map(|o| hex::encode(o.as_bytes()))
+        });
+        CertInfo {
+            subject: tbs.subject.to_string(),
+            issuer: tbs.issuer.to_string(),
+            serial: hex::encode(tbs.serial_number.as_bytes()),
+            not_before: rfc3339(&tbs.validity.not_before),
+            not_after: rfc3339(&tbs.validity.not_after),
+            sha256_fingerprint: fingerprint_sha256(cert),
+            subject_key_id: ski,
+        }
+    }
+}
+
+fn rfc3339(t: &Time) -> String {
+    let secs = t.to_unix_duration().as_secs() as i64;
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|d| d.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| t.to_string())
+}
+
+/// SHA-256 fingerprint of the certificate's DER, `AA:BB:...` as openssl prints it.
+pub fn fingerprint_sha256(cert: &Certificate) -> String {
+    let der = cert.to_der().unwrap_or_default();
+    let digest = sha2::Sha256::digest(&der);
+    digest
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Parses RFC 4514 text into a Name, with an error that repeats the input.
+pub fn parse_name(text: &str) -> Result<Name, CertError> {
+    Name::from_str(text).map_err(|e| CertError::Name {
+        name: text.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// An 8-octet key identifier: RFC 5280 §4.2.1.2 method 2 (the four-bit type field 0100 followed
+/// by the least significant 60 bits of the SHA-1 hash of the subjectPublicKey BIT STRING value).
+pub fn key_identifier(spki: &SubjectPublicKeyInfoOwned) -> [u8; 8] {
+    let hash = sha1::Sha1::digest(spki.subject_public_key.raw_bytes());
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&hash[12..20]);
+    id[0] = 0x40 | (id[0] & 0x0f);
+    id
+}
+
+/// A positive serial of 64 random bits plus a leading zero-free byte: 9 octets, never negative.
+pub(crate) fn random_serial() -> Result<SerialNumber, der::Error> {
+    use rand::RngCore;
+    let mut bytes = [0u8; 9];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    // First octet in 0x01..=0x7f: positive and minimally encoded, so DER keeps all 72 bits.
+    bytes[0] = (bytes[0] & 0x7f).max(1);
+    SerialNumber::new(&bytes)
+}
+
+/// X.509 time for a moment: UTCTime through 2049, GeneralizedTime from 2050 (RFC 5280 §4.1.2.5).
+pub(crate) fn x509_time(at: SystemTime) -> Result<Time, CertError> {
+    let since = at
+        .duration_since(UNIX_EPOCH)
+        .map_err(|e| CertError::Validity(e.to_string()))?;
+    // Whole seconds only: DER forbids fractional seconds here.
+    let since = Duration::from_secs(since.as_secs());
+    const Y2050: u64 = 2_524_608_000;
+    if since.as_secs() < Y2050 {
+        Ok(Time::UtcTime(UtcTime::from_unix_duration(since)?))
+    } else {
+        Ok(Time::GeneralTime(GeneralizedTime::from_unix_duration(
+            since,
+        )?))
+    }
+}
+
+fn ext<T: AsExtension>(value: &T, subject: &Name, exts: &[Extension]) -> Result<Extension, der::Error> {
+    value.to_extension(subject, exts)
+}
+
+fn ca_extensions(
+    subject: &Name,
+    subject_spki: &SubjectPublicKeyInfoOwned,
+    issuer_spki: &SubjectPublicKeyInfoOwned,
+    path_len: u8,
+) -> Result<Vec<Extension>, der::Error> {
+    let mut exts: Vec<Extension> = Vec::new();
+    let bc = BasicConstraints {
+        ca: true,
+        path_len_constraint: Some(path_len),
+    };
+    exts.push(ext(&bc, subject, &exts)?);
+    let ku = KeyUsage(KeyUsages::KeyCertSign | KeyUsages::CRLSign);
+    exts.push(ext(&ku, subject, &exts)?);
+    let ski = SubjectKeyIdentifier(OctetString::new(key_identifier(subject_spki).to_vec())?);
+    exts.push(ext(&ski, subject, &exts)?);
+    if spki_der(subject_spki) != spki_der(issuer_spki) {
+        let aki = AuthorityKeyIdentifier {
+            key_identifier: Some(OctetString::new(key_identifier(issuer_spki).to_vec())?),
+            authority_cert_issuer: None,
+            authority_cert_serial_number: None,
+        };
+        exts.push(ext(&aki, subject, &exts)?);
+    }
+    Ok(exts)
+}
+
+/// Signs `tbs` with `signer`, assembles the certificate and verifies the signature with the
+/// issuer's public key before returning it.
+pub(crate) fn sign_tbs(
+    tbs: TbsCertificate,
+    signer: &dyn Signer,
+    what: &str,
+) -> Result<Certificate, CertError> {
+    let tbs_der = tbs.to_der()?;
+    let signature = signer.sign(&tbs_der)?;
+    verify_signature(signer.public_key(), &tbs_der, &signature).map_err(|source| {
+        CertError::Verify {
+            what: what.to_string(),
+            source,
+        }
+    })?;
+    Ok(Certificate {
+        tbs_certificate: tbs,
+        signature_algorithm: signer.algorithm().signature_algorithm(),
+        signature: BitString::from_bytes(&signature)?,
+    })
+}
+
+fn validity(days: u32) -> Result<Validity, CertError> {
+    let now = SystemTime::now();
+    let end = now + Duration::from_secs(u64::from(days) * 86_400);
+    Ok(Validity {
+        not_before: x509_time(now)?,
+        not_after: x509_time(end)?,
+    })
+}
+
+/// Builds and signs the self-signed root certificate for the key behind `signer`.
+pub fn build_self_signed_root(
+    signer: &dyn Signer,
+    spec: &CaCertSpec,
+) -> Result<Certificate, CertError> {
+    let subject = parse_name(&spec.subject)?;
+    let spki = signer.public_key().clone();
+    let extensions = ca_extensions(&subject, &spki, &spki, spec.path_len)?;
+    let tbs = TbsCertificate {
+        version: Version::V3,
+        serial_number: random_serial()?,
+        signature: signer.algorithm().signature_algorithm(),
+        issuer: subject.clone(),
+        validity: validity(spec.validity_days)?,
+        subject,
+        subject_public_key_info: spki,
+        issuer_unique_id: None,
+        subject_unique_id: None,
+        extensions: Some(extensions),
+    };
+    sign_tbs(tbs, signer, "the root certificate")
+}
+
+/// Builds an issuing-CA certificate for `subject_spki`, signed by `issuer_signer` whose
+/// certificate is `issuer_cert`. Refuses an issuer whose key does not match its certificate.
+pub fn build_ca_certificate(
+    issuer_signer: &dyn Signer,
+    issuer_cert: &Certificate,
+    subject_spki: &SubjectPublicKeyInfoOwned,
+    spec: &CaCertSpec,
+) -> Result<Certificate, CertError> {
+    check_key_matches(issuer_signer, issuer_cert, "issuer")?;
+    let subject = parse_name(&spec.subject)?;
+    let issuer_spki = &issuer_cert.tbs_certificate.subject_public_key_info;
+    let extensions = ca_extensions(&subject, subject_spki, issuer_spki, spec.path_len)?;
+    let issuer_end = issuer_cert.tbs_certificate.validity.not_after;
+    let mut validity = validity(spec.validity_days)?;
+    // A CA certificate never outlives its issuer (RFC 5280 §6.1.3 would reject it anyway).
+    if validity.not_after.to_unix_duration() > issuer_end.to_unix_duration() {
+        validity.not_after = issuer_end;
+    }
+    let tbs = TbsCertificate {
+        version: Version::V3,
+        serial_number: random_serial()?,
+        signature: issuer_signer.algorithm().signature_algorithm(),
+        issuer: issuer_cert.tbs_certificate.subject.clone(),
+        validity,
+        subject,
+        subject_public_key_info: subject_spki.clone(),
+        issuer_unique_id: None,
+        subject_unique_id: None,
+        extensions: Some(extensions),
+    };
+    sign_tbs(tbs, issuer_signer, &format!("the CA certificate for {}", spec.subject))
+}
+
+/// Refuses a signer whose public key is not the one in `cert` (DESIGN: an issuer whose HSM key
+/// does not match its certificate is refused at start-up).
+pub fn check_key_matches(
+    signer: &dyn Signer,
+    cert: &Certificate,
+    what: &str,
+) -> Result<(), CertError> {
+    if spki_der(signer.public_key()) != spki_der(&cert.tbs_certificate.subject_public_key_info) {
+        return Err(CertError::KeyMismatch {
+            key: format!("{signer:?}"),
+            cert: format!("the {what} certificate {}", cert.tbs_certificate.subject),
+        });
+    }
+    Ok(())
+}
+
+/// Parses one PEM certificate.
+pub fn certificate_from_pem(pem: &str) -> Result<Certificate, CertError> {
+    Ok(Certificate::from_pem(pem)?)
+}
+
+/// Encodes a certificate as PEM (LF line endings).
+pub fn certificate_to_pem(cert: &Certificate) -> Result<String, CertError> {
+    Ok(cert.to_pem(der::pem::LineEnding::LF)?)
+}
+
+/// Checks that `cert` carries a valid signature from `issuer`'s key.
+pub fn verify_certificate_signature(
+    cert: &Certificate,
+    issuer_spki: &SubjectPublicKeyInfoOwned,
+) -> Result<(), CertError> {
+    let tbs = cert.tbs_certificate.to_der()?;
+    verify_signature(issuer_spki, &tbs, cert.signature.raw_bytes()).map_err(|source| {
+        CertError::Verify {
+            what: format!("the certificate {}", cert.tbs_certificate.subject),
+            source,
+        }
+    })
+}

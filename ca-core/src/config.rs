@@ -1,0 +1,172 @@
+//! `meterpki.toml`: what the home is configured with. Unknown fields are refused so that a typo
+//! never silently falls back to a default.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Why the configuration could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML of the expected shape.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, naming the field.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("{path}: field `{field}`: {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The field.
+        field: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The HSM.
+    pub hsm: HsmConfig,
+    /// The API server.
+    #[serde(default)]
+    pub server: ServerConfig,
+}
+
+/// Where the keys are.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HsmConfig {
+    /// Path of the PKCS#11 module.
+    pub module: PathBuf,
+    /// True when this home manages its own SoftHSM token directory under `softhsm/`.
+    #[serde(default)]
+    pub softhsm: bool,
+    /// Label of the online token (issuing CA keys, audit key).
+    pub online_token: String,
+    /// Label of the root token (root key only; opened with a quorum of shares).
+    pub root_token: String,
+    /// Where the online token's user PIN comes from, in order: the environment variable, then
+    /// the file. A prompt is used when neither gives a PIN and a terminal is attached.
+    #[serde(default)]
+    pub online_pin_env: Option<String>,
+    /// File holding the online token's PIN (relative to the home), mode 0600.
+    #[serde(default)]
+    pub online_pin_file: Option<PathBuf>,
+    /// Sessions in the signing pool (one per worker thread).
+    #[serde(default = "default_sessions")]
+    pub sessions: usize,
+}
+
+/// The API server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+        }
+    }
+}
+
+fn default_sessions() -> usize {
+    2
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8443".into()
+}
+
+/// One place a PIN may come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PinSource {
+    /// An environment variable.
+    Env(String),
+    /// A file (first line, trailing newline removed).
+    File(PathBuf),
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |field: &str, reason: &str| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field: field.into(),
+            reason: reason.into(),
+        };
+        if !(1..=64).contains(&self.hsm.sessions) {
+            return Err(invalid("hsm.sessions", "must be between 1 and 64"));
+        }
+        for (field, label) in [
+            ("hsm.online_token", &self.hsm.online_token),
+            ("hsm.root_token", &self.hsm.root_token),
+        ] {
+            if label.is_empty() || label.len() > 32 {
+                return Err(invalid(field, "a token label is 1 to 32 bytes (PKCS#11 CK_TOKEN_INFO)"));
+            }
+        }
+        if self.hsm.online_token == self.hsm.root_token {
+            return Err(invalid(
+                "hsm.root_token",
+                "the root token must not be the online token",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Serialises for writing.
+    pub fn to_toml(&self) -> String {
+        let body = toml::to_string_pretty(self).unwrap_or_default();
+        format!(
+            "# meterpki configuration (see the README for every field).\n\
+             # Relative paths are relative to this file's directory.\n\n{body}"
+        )
+    }
+
+    /// The online PIN sources in the order they are tried.
+    pub fn online_pin_sources(&self) -> Vec<PinSource> {
+        let mut v = Vec::new();
+        if let Some(env) = &self.hsm.online_pin_env {
+            v.push(PinSource::Env(env.clone()));
+        }
+        if let Some(file) = &self.hsm.online_pin_file {
+            v.push(PinSource::File(file.clone()));
+        }
+        v
+    }
+}

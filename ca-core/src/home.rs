@@ -1,0 +1,147 @@
+//! The home directory's layout (DESIGN §7): the one place that knows where things live, so users
+//! and scripts can rely on the same paths the code uses.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// A meterpki home directory.
+#[derive(Debug, Clone)]
+pub struct Home {
+    root: PathBuf,
+}
+
+/// The certification authorities of the hierarchy (DESIGN §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CaKind {
+    /// The P-384 root, on the root token.
+    Root,
+    /// Issues meter certificates.
+    Device,
+    /// Issues supplier and other party certificates, and the trust-update signer.
+    Organisation,
+    /// Issues TLS certificates for the API.
+    Access,
+}
+
+impl CaKind {
+    /// The three issuing CAs.
+    pub const ISSUING: [CaKind; 3] = [CaKind::Device, CaKind::Organisation, CaKind::Access];
+
+    /// The name used in paths, labels and the CLI.
+    pub fn name(self) -> &'static str {
+        match self {
+            CaKind::Root => "root",
+            CaKind::Device => "device",
+            CaKind::Organisation => "organisation",
+            CaKind::Access => "access",
+        }
+    }
+
+    /// The CKA_LABEL of this CA's key pair in its token.
+    pub fn key_label(self) -> String {
+        format!("meterpki-{}-ca", self.name())
+    }
+
+    /// Parses a CLI name.
+    pub fn from_name(name: &str) -> Option<CaKind> {
+        match name {
+            "root" => Some(CaKind::Root),
+            "device" => Some(CaKind::Device),
+            "organisation" | "organization" => Some(CaKind::Organisation),
+            "access" => Some(CaKind::Access),
+            _ => None,
+        }
+    }
+
+    /// The default common name of the CA.
+    pub fn common_name(self) -> &'static str {
+        match self {
+            CaKind::Root => "meterpki Root CA",
+            CaKind::Device => "meterpki Device CA",
+            CaKind::Organisation => "meterpki Organisation CA",
+            CaKind::Access => "meterpki Access CA",
+        }
+    }
+}
+
+impl fmt::Display for CaKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Home {
+    /// A home rooted at `root` (which may not exist yet).
+    pub fn new(root: impl Into<PathBuf>) -> Home {
+        Home { root: root.into() }
+    }
+    /// The home directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    /// `meterpki.toml`.
+    pub fn config_path(&self) -> PathBuf {
+        self.root.join("meterpki.toml")
+    }
+    /// `ca/`: CA certificates, PEM.
+    pub fn ca_dir(&self) -> PathBuf {
+        self.root.join("ca")
+    }
+    /// `ca/<kind>.pem`.
+    pub fn ca_cert(&self, kind: CaKind) -> PathBuf {
+        self.ca_dir().join(format!("{}.pem", kind.name()))
+    }
+    /// `ca/audit.pem`: the audit signer's certificate (issued by the root).
+    pub fn audit_cert(&self) -> PathBuf {
+        self.ca_dir().join("audit.pem")
+    }
+    /// `crl/`: published CRLs.
+    pub fn crl_dir(&self) -> PathBuf {
+        self.root.join("crl")
+    }
+    /// `store/`: the sled database.
+    pub fn store_dir(&self) -> PathBuf {
+        self.root.join("store")
+    }
+    /// `softhsm/`: SoftHSM config and tokens, for SoftHSM homes.
+    pub fn softhsm_dir(&self) -> PathBuf {
+        self.root.join("softhsm")
+    }
+    /// `softhsm/softhsm2.conf`.
+    pub fn softhsm_conf(&self) -> PathBuf {
+        self.softhsm_dir().join("softhsm2.conf")
+    }
+    /// `softhsm/tokens/`.
+    pub fn softhsm_tokens(&self) -> PathBuf {
+        self.softhsm_dir().join("tokens")
+    }
+    /// `secrets/`: 0700, files 0600.
+    pub fn secrets_dir(&self) -> PathBuf {
+        self.root.join("secrets")
+    }
+    /// `secrets/online.pin`.
+    pub fn online_pin(&self) -> PathBuf {
+        self.secrets_dir().join("online.pin")
+    }
+    /// `audit/audit.log`: the hash-chained audit log, one JSON record a line.
+    pub fn audit_log(&self) -> PathBuf {
+        self.root.join("audit").join("audit.log")
+    }
+    /// `ceremonies/`: ceremony records and transcripts.
+    pub fn ceremonies_dir(&self) -> PathBuf {
+        self.root.join("ceremonies")
+    }
+    /// `ceremonies/root.json`: the public record of the root ceremony (quorum, share digests).
+    pub fn root_ceremony(&self) -> PathBuf {
+        self.ceremonies_dir().join("root.json")
+    }
+    /// Resolves a path from the config: relative paths are relative to the home.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.root.join(p)
+        }
+    }
+}

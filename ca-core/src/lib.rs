@@ -1,0 +1,30 @@
+//! meterpki's CA core: everything a certification authority does that does not depend on how keys
+//! are held (PKCS#11 lives in `hsm-bridge`) or how requests arrive (HTTP in `issuance-api`, the
+//! command line in `cli`).
+//!
+//! Modules are private; this list of re-exports *is* the public API.
+#![forbid(unsafe_code)]
+
+mod audit;
+mod certs;
+mod config;
+mod fsutil;
+mod home;
+mod quorum;
+mod signer;
+mod store;
+
+pub use audit::{AuditError, AuditLog, AuditRecord, AuditReport, HEAD_SIGNED_EVENT};
+pub use certs::{
+    build_ca_certificate, build_self_signed_root, certificate_from_pem, certificate_to_pem,
+    check_key_matches, fingerprint_sha256, key_identifier, parse_name,
+    verify_certificate_signature, CaCertSpec, CertError, CertInfo,
+};
+pub use config::{Config, ConfigError, HsmConfig, PinSource, ServerConfig};
+pub use fsutil::{write_atomic, write_new_secret};
+pub use home::{CaKind, Home};
+pub use quorum::{
+    combine_shares, split_secret, CeremonyRecord, QuorumError, RootSecret, ShareFile,
+};
+pub use signer::{spki_from_point, verify_signature, KeyAlgorithm, SignError, Signer, VerifyError};
+pub use store::{SledStore, Store, StoreError};

@@ -1,0 +1,316 @@
+//! Loading a PKCS#11 module and finding its tokens.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::object::{Attribute, AttributeType, ObjectClass};
+use cryptoki::session::UserType;
+use cryptoki::slot::Slot;
+use secrecy::SecretString;
+
+use crate::error::HsmError;
+use crate::pool::Token;
+
+/// A loaded PKCS#11 module. Cheap to clone.
+#[derive(Clone)]
+pub struct Hsm {
+    pkcs11: Pkcs11,
+    module: PathBuf,
+}
+
+impl std::fmt::Debug for Hsm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hsm").field("module", &self.module).finish()
+    }
+}
+
+/// One token, as `status` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TokenSummary {
+    /// Slot id.
+    pub slot: u64,
+    /// CKA label.
+    pub label: String,
+    /// Serial number.
+    pub serial: String,
+    /// Manufacturer.
+    pub manufacturer: String,
+    /// Model.
+    pub model: String,
+    /// Whether the user PIN is set.
+    pub user_pin_initialized: bool,
+}
+
+/// One object on a token.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ObjectSummary {
+    /// `private-key`, `public-key`, ...
+    pub class: String,
+    /// CKA_LABEL.
+    pub label: String,
+    /// CKA_ID, hex.
+    pub id: String,
+    /// CKA_SENSITIVE (private keys).
+    pub sensitive: Option<bool>,
+    /// CKA_EXTRACTABLE (private keys).
+    pub extractable: Option<bool>,
+    /// CKA_TOKEN.
+    pub token: Option<bool>,
+}
+
+fn registry() -> &'static Mutex<HashMap<PathBuf, Pkcs11>> {
+    static REG: OnceLock<Mutex<HashMap<PathBuf, Pkcs11>>> = OnceLock::new();
+    REG.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+impl Hsm {
+    /// Loads and initialises `module`, once per process: a second call returns the same module.
+    pub fn load(module: &Path) -> Result<Hsm, HsmError> {
+        let load_err = |reason: String| HsmError::ModuleLoad {
+            path: module.display().to_string(),
+            reason,
+        };
+        if !module.exists() {
+            return Err(load_err("no such file".into()));
+        }
+        let key = module
+            .canonicalize()
+            .map_err(|e| load_err(e.to_string()))?;
+        let mut reg = registry().lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = reg.get(&key) {
+            return Ok(Hsm {
+                pkcs11: p.clone(),
+                module: module.to_path_buf(),
+            });
+        }
+        let pkcs11 = Pkcs11::new(&key).map_err(|e| load_err(e.to_string()))?;
+        let hsm = Hsm {
+            pkcs11,
+            module: module.to_path_buf(),
+        };
+        hsm.initialize()?;
+        reg.insert(key, hsm.pkcs11.clone());
+        Ok(hsm)
+    }
+
+    /// `C_Initialize`; already initialised is fine.
+    pub(crate) fn initialize(&self) -> Result<(), HsmError> {
+        match self
+            .pkcs11
+            .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        {
+            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(()),
+            Err(e) => Err(HsmError::ModuleLoad {
+                path: self.module.display().to_string(),
+                reason: HsmError::from_ck(e, "initialising the module").to_string(),
+            }),
+        }
+    }
+
+    /// The module path.
+    pub fn module(&self) -> &Path {
+        &self.module
+    }
+
+    /// The underlying cryptoki context, for benchmarks and fault tests.
+    pub fn pkcs11(&self) -> &Pkcs11 {
+        &self.pkcs11
+    }
+
+    /// The library's manufacturer, e.g. `SoftHSM`.
+    pub fn manufacturer(&self) -> Result<String, HsmError> {
+        let info = self
+            .pkcs11
+            .get_library_info()
+            .map_err(|e| HsmError::from_ck(e, "reading library info"))?;
+        Ok(info.manufacturer_id().trim().to_string())
+    }
+
+    /// Every initialised token.
+    pub fn tokens(&self) -> Result<Vec<TokenSummary>, HsmError> {
+        let slots = self
+            .pkcs11
+            .get_slots_with_initialized_token()
+            .map_err(|e| HsmError::from_ck(e, "listing slots"))?;
+        let mut out = Vec::new();
+        for slot in slots {
+            let info = self
+                .pkcs11
+                .get_token_info(slot)
+                .map_err(|e| HsmError::from_ck(e, "reading token info"))?;
+            out.push(TokenSummary {
+                slot: slot.id(),
+                label: info.label().trim_end().to_string(),
+                serial: info.serial_number().trim_end().to_string(),
+                manufacturer: info.manufacturer_id().trim_end().to_string(),
+                model: info.model().trim_end().to_string(),
+                user_pin_initialized: info.user_pin_initialized(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The slot holding the token labelled `label`.
+    pub fn find_token(&self, label: &str) -> Result<Slot, HsmError> {
+        let slots = self
+            .pkcs11
+            .get_slots_with_initialized_token()
+            .map_err(|e| HsmError::from_ck(e, "listing slots"))?;
+        let mut seen = Vec::new();
+        for slot in slots {
+            let info = self
+                .pkcs11
+                .get_token_info(slot)
+                .map_err(|e| HsmError::from_ck(e, "reading token info"))?;
+            let l = info.label().trim_end().to_string();
+            if l == label {
+                return Ok(slot);
+            }
+            seen.push(format!("{l:?}"));
+        }
+        Err(HsmError::TokenNotFound {
+            label: label.to_string(),
+            module: self.module.display().to_string(),
+            available: if seen.is_empty() {
+                "none".into()
+            } else {
+                seen.join(", ")
+            },
+        })
+    }
+
+    /// Creates a token labelled `label` in a free slot with the given SO and user PINs.
+    pub fn init_token(
+        &self,
+        label: &str,
+        so_pin: &SecretString,
+        user_pin: &SecretString,
+    ) -> Result<(), HsmError> {
+        if self.find_token(label).is_ok() {
+            return Err(HsmError::TokenExists {
+                label: label.into(),
+                module: self.module.display().to_string(),
+            });
+        }
+        let free = self
+            .pkcs11
+            .get_slots_with_token()
+            .map_err(|e| HsmError::from_ck(e, "listing slots"))?
+            .into_iter()
+            .find(|s| {
+                self.pkcs11
+                    .get_token_info(*s)
+                    .map(|i| !i.token_initialized())
+                    .unwrap_or(false)
+            })
+            .ok_or_else(|| HsmError::NoFreeSlot {
+                label: label.into(),
+                module: self.module.display().to_string(),
+            })?;
+        self.pkcs11
+            .init_token(free, so_pin, label)
+            .map_err(|e| HsmError::from_ck(e, format!("creating token {label:?}")))?;
+        // SoftHSM moves a freshly initialised token to a new slot id: find it again by label.
+        let slot = self.find_token(label)?;
+        let session = self
+            .pkcs11
+            .open_rw_session(slot)
+            .map_err(|e| HsmError::from_ck(e, format!("opening token {label:?}")))?;
+        session
+            .login(UserType::So, Some(so_pin))
+            .map_err(|e| HsmError::from_ck(e, format!("SO login to {label:?}")))?;
+        session
+            .init_pin(user_pin)
+            .map_err(|e| HsmError::from_ck(e, format!("setting the user PIN of {label:?}")))?;
+        session
+            .logout()
+            .map_err(|e| HsmError::from_ck(e, format!("SO logout from {label:?}")))?;
+        Ok(())
+    }
+
+    /// Opens the token labelled `label`, logs in with `pin` and keeps a pool of up to `sessions`
+    /// sessions. A wrong PIN is reported as [`HsmError::PinIncorrect`].
+    pub fn open(
+        &self,
+        label: &str,
+        pin: SecretString,
+        sessions: usize,
+    ) -> Result<Arc<Token>, HsmError> {
+        Token::open(self.clone(), label, pin, sessions)
+    }
+
+    /// The public objects of a token (no login needed): what `status` can show of the root token.
+    pub fn public_objects(&self, label: &str) -> Result<Vec<ObjectSummary>, HsmError> {
+        let slot = self.find_token(label)?;
+        let session = self
+            .pkcs11
+            .open_ro_session(slot)
+            .map_err(|e| HsmError::from_ck(e, format!("opening token {label:?}")))?;
+        list_objects(&session, label)
+    }
+}
+
+/// Lists the objects visible to `session`.
+pub(crate) fn list_objects(
+    session: &cryptoki::session::Session,
+    token: &str,
+) -> Result<Vec<ObjectSummary>, HsmError> {
+    let handles = session
+        .find_objects(&[])
+        .map_err(|e| HsmError::from_ck(e, format!("listing objects on {token:?}")))?;
+    let mut out = Vec::new();
+    for h in handles {
+        let attrs = session
+            .get_attributes(
+                h,
+                &[AttributeType::Class, AttributeType::Label, AttributeType::Id, AttributeType::Token],
+            )
+            .map_err(|e| HsmError::from_ck(e, "reading object attributes"))?;
+        let mut s = ObjectSummary {
+            class: String::new(),
+            label: String::new(),
+            id: String::new(),
+            sensitive: None,
+            extractable: None,
+            token: None,
+        };
+        let mut private = false;
+        for a in attrs {
+            match a {
+                Attribute::Class(c) => {
+                    private = c == ObjectClass::PRIVATE_KEY;
+                    s.class = match c {
+                        ObjectClass::PRIVATE_KEY => "private-key".into(),
+                        ObjectClass::PUBLIC_KEY => "public-key".into(),
+                        ObjectClass::SECRET_KEY => "secret-key".into(),
+                        ObjectClass::CERTIFICATE => "certificate".into(),
+                        ObjectClass::DATA => "data".into(),
+                        other => format!("{other}"),
+                    }
+                }
+                Attribute::Label(l) => s.label = String::from_utf8_lossy(&l).into_owned(),
+                Attribute::Id(id) => s.id = hex::encode(id),
+                Attribute::Token(t) => s.token = Some(t),
+                _ => {}
+            }
+        }
+        if private {
+            let flags = session
+                .get_attributes(h, &[AttributeType::Sensitive, AttributeType::Extractable])
+                .map_err(|e| HsmError::from_ck(e, "reading key attributes"))?;
+            for a in flags {
+                match a {
+                    Attribute::Sensitive(v) => s.sensitive = Some(v),
+                    Attribute::Extractable(v) => s.extractable = Some(v),
+                    _ => {}
+                }
+            }
+        }
+        out.push(s);
+    }
+    out.sort_by(|a, b| (&a.label, &a.class).cmp(&(&b.label, &b.class)));
+    Ok(out)
+}

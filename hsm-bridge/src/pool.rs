@@ -1,0 +1,471 @@
+//! A logged-in token and its pool of sessions.
+//!
+//! cryptoki's `Session` is `Send` but not `Sync`, so each worker borrows a whole session for the
+//! duration of one operation. Private key handles are looked up once per session (a
+//! `C_FindObjects` costs about as much as a signature) and cached with it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use ca_core::{spki_from_point, KeyAlgorithm};
+use cryptoki::context::Function;
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use der::{Decode, Encode};
+use secrecy::SecretString;
+use spki::SubjectPublicKeyInfoOwned;
+
+use crate::error::{module_not_initialised, session_is_dead, HsmError};
+use crate::module::{list_objects, Hsm, ObjectSummary};
+use crate::signer::HsmSigner;
+
+/// A key pair on a token, by its public half.
+#[derive(Debug, Clone)]
+pub struct KeyInfo {
+    /// CKA_LABEL.
+    pub label: String,
+    /// CKA_ID.
+    pub id: Vec<u8>,
+    /// Curve.
+    pub algorithm: KeyAlgorithm,
+    /// The public key.
+    pub spki: SubjectPublicKeyInfoOwned,
+}
+
+/// One session and the key handles found through it.
+pub(crate) struct PooledSession {
+    pub(crate) session: Session,
+    keys: HashMap<String, ObjectHandle>,
+}
+
+impl PooledSession {
+    /// The private key labelled `label`, looked up once per session.
+    pub(crate) fn private_key(&mut self, label: &str) -> Result<Option<ObjectHandle>, CkError> {
+        if let Some(h) = self.keys.get(label) {
+            return Ok(Some(*h));
+        }
+        let found = self.session.find_objects(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ])?;
+        match found.first() {
+            Some(h) => {
+                self.keys.insert(label.to_string(), *h);
+                Ok(Some(*h))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+impl PooledSession {
+    /// A private key that cannot be found is either gone or hidden because the application was
+    /// logged out (private objects are invisible to a public session): tell the two apart, so
+    /// that a logout leads to a fresh, logged-in session rather than a false "no such key".
+    fn why_missing(&self) -> CkError {
+        use cryptoki::session::SessionState;
+        match self.session.get_session_info() {
+            Ok(info)
+                if matches!(
+                    info.session_state(),
+                    SessionState::RoPublic | SessionState::RwPublic
+                ) =>
+            {
+                CkError::Pkcs11(RvError::UserNotLoggedIn, Function::SignInit)
+            }
+            Ok(_) => CkError::Pkcs11(RvError::KeyHandleInvalid, Function::SignInit),
+            Err(e) => e,
+        }
+    }
+}
+
+struct PoolState {
+    idle: Vec<PooledSession>,
+    open: usize,
+}
+
+/// A token, logged in, with a pool of sessions.
+pub struct Token {
+    hsm: Hsm,
+    label: String,
+    pin: SecretString,
+    size: usize,
+    state: Mutex<PoolState>,
+    available: Condvar,
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Token")
+            .field("label", &self.label)
+            .field("pin", &"[secret elided]")
+            .field("sessions", &self.size)
+            .finish()
+    }
+}
+
+impl Token {
+    pub(crate) fn open(
+        hsm: Hsm,
+        label: &str,
+        pin: SecretString,
+        size: usize,
+    ) -> Result<Arc<Token>, HsmError> {
+        let token = Arc::new(Token {
+            hsm,
+            label: label.to_string(),
+            pin,
+            size: size.max(1),
+            state: Mutex::new(PoolState {
+                idle: Vec::new(),
+                open: 0,
+            }),
+            available: Condvar::new(),
+        });
+        // Open and log in one session now, so a wrong PIN or a missing token fails here.
+        let first = token.new_session()?;
+        {
+            let mut st = token.lock();
+            st.open = 1;
+            st.idle.push(first);
+        }
+        Ok(token)
+    }
+
+    /// The token's label.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The module this token lives in.
+    pub fn hsm(&self) -> &Hsm {
+        &self.hsm
+    }
+
+    /// Sessions the pool may open.
+    pub fn pool_size(&self) -> usize {
+        self.size
+    }
+
+    /// Sessions currently open (idle or in use).
+    pub fn sessions_open(&self) -> usize {
+        self.lock().open
+    }
+
+    fn lock(&self) -> MutexGuard<'_, PoolState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn new_session(&self) -> Result<PooledSession, HsmError> {
+        let slot = self.hsm.find_token(&self.label)?;
+        let session = self
+            .hsm
+            .pkcs11()
+            .open_rw_session(slot)
+            .map_err(|e| HsmError::from_ck(e, format!("opening a session on {:?}", self.label)))?;
+        match session.login(UserType::User, Some(&self.pin)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+            Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => {
+                return Err(HsmError::PinIncorrect {
+                    label: self.label.clone(),
+                })
+            }
+            Err(CkError::Pkcs11(RvError::PinLocked, _)) => {
+                return Err(HsmError::PinLocked {
+                    label: self.label.clone(),
+                })
+            }
+            Err(e) => {
+                return Err(HsmError::from_ck(
+                    e,
+                    format!("logging in to {:?}", self.label),
+                ))
+            }
+        }
+        Ok(PooledSession {
+            session,
+            keys: HashMap::new(),
+        })
+    }
+
+    fn checkout(&self) -> Result<PooledSession, HsmError> {
+        let mut st = self.lock();
+        loop {
+            if let Some(s) = st.idle.pop() {
+                return Ok(s);
+            }
+            if st.open < self.size {
+                st.open += 1;
+                drop(st);
+                return match self.new_session() {
+                    Ok(s) => Ok(s),
+                    Err(e) => {
+                        let mut st = self.lock();
+                        st.open -= 1;
+                        self.available.notify_one();
+                        Err(e)
+                    }
+                };
+            }
+            st = self
+                .available
+                .wait(st)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn checkin(&self, s: PooledSession) {
+        self.lock().idle.push(s);
+        self.available.notify_one();
+    }
+
+    /// Drops a dead session without calling `C_CloseSession` on its stale handle: after a module
+    /// re-initialisation that handle number may belong to a live session of someone else.
+    fn discard(&self, s: PooledSession) {
+        std::mem::forget(s.session);
+        let mut st = self.lock();
+        st.open -= 1;
+        self.available.notify_one();
+    }
+
+    /// Runs `f` on a pooled session. When the session turns out dead (closed, token removed,
+    /// module re-initialised, logged out), it is thrown away, a fresh one is opened and logged
+    /// in, and `f` runs once more; every later call gets a healthy session.
+    pub(crate) fn with_session<T>(
+        &self,
+        what: &str,
+        mut f: impl FnMut(&mut PooledSession) -> Result<T, CkError>,
+    ) -> Result<T, HsmError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut s = self.checkout()?;
+            match f(&mut s) {
+                Ok(v) => {
+                    self.checkin(s);
+                    return Ok(v);
+                }
+                Err(e) if session_is_dead(&e) => {
+                    tracing::warn!(token = %self.label, error = %HsmError::from_ck(e.clone_lossy(), what), "HSM session lost; replacing it");
+                    self.discard(s);
+                    if module_not_initialised(&e) {
+                        self.hsm.initialize()?;
+                    }
+                    if attempt >= 2 {
+                        return Err(HsmError::from_ck(e, what));
+                    }
+                }
+                Err(e) => {
+                    self.checkin(s);
+                    return Err(HsmError::from_ck(e, what));
+                }
+            }
+        }
+    }
+
+    /// Generates an EC key pair inside the token: `CKA_TOKEN`, `CKA_SENSITIVE`, not
+    /// `CKA_EXTRACTABLE`, label and a random 8-byte id set on both halves.
+    pub fn generate_ec_key(&self, label: &str, alg: KeyAlgorithm) -> Result<KeyInfo, HsmError> {
+        if self.find_key(label)?.is_some() {
+            return Err(HsmError::KeyExists {
+                label: label.into(),
+                token: self.label.clone(),
+            });
+        }
+        let params = alg.curve_oid().to_der().map_err(|e| HsmError::Unexpected {
+            token: self.label.clone(),
+            detail: format!("encoding curve: {e}"),
+        })?;
+        let what = format!("generating {} key {label:?}", alg.name());
+        let (_, public) = self.with_session(&what, |s| {
+            let id = s.session.generate_random_vec(8)?;
+            let label_bytes = label.as_bytes().to_vec();
+            let public_tpl = [
+                Attribute::Class(ObjectClass::PUBLIC_KEY),
+                Attribute::KeyType(KeyType::EC),
+                Attribute::Token(true),
+                Attribute::Private(false),
+                Attribute::Verify(true),
+                Attribute::EcParams(params.clone()),
+                Attribute::Label(label_bytes.clone()),
+                Attribute::Id(id.clone()),
+            ];
+            let private_tpl = [
+                Attribute::Class(ObjectClass::PRIVATE_KEY),
+                Attribute::KeyType(KeyType::EC),
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Sensitive(true),
+                Attribute::Extractable(false),
+                Attribute::Sign(true),
+                Attribute::Derive(false),
+                Attribute::Label(label_bytes),
+                Attribute::Id(id.clone()),
+            ];
+            let (public, private) =
+                s.session
+                    .generate_key_pair(&Mechanism::EccKeyPairGen, &public_tpl, &private_tpl)?;
+            s.keys.insert(label.to_string(), private);
+            Ok((private, public))
+        })?;
+        self.key_info_of(public, label)
+    }
+
+    fn key_info_of(&self, public: ObjectHandle, label: &str) -> Result<KeyInfo, HsmError> {
+        let attrs = self.with_session("reading a public key", |s| {
+            s.session.get_attributes(
+                public,
+                &[AttributeType::EcParams, AttributeType::EcPoint, AttributeType::Id],
+            )
+        })?;
+        let unexpected = |detail: String| HsmError::Unexpected {
+            token: self.label.clone(),
+            detail: format!("key {label:?}: {detail}"),
+        };
+        let (mut params, mut point, mut id) = (None, None, Vec::new());
+        for a in attrs {
+            match a {
+                Attribute::EcParams(p) => params = Some(p),
+                Attribute::EcPoint(p) => point = Some(p),
+                Attribute::Id(i) => id = i,
+                _ => {}
+            }
+        }
+        let params = params.ok_or_else(|| unexpected("no CKA_EC_PARAMS".into()))?;
+        let curve = const_oid::ObjectIdentifier::from_der(&params)
+            .map_err(|e| unexpected(format!("CKA_EC_PARAMS is not a named curve: {e}")))?;
+        let alg = [KeyAlgorithm::EcP256, KeyAlgorithm::EcP384]
+            .into_iter()
+            .find(|a| a.curve_oid() == curve)
+            .ok_or_else(|| unexpected(format!("unsupported curve {curve}")))?;
+        let point = point.ok_or_else(|| unexpected("no CKA_EC_POINT".into()))?;
+        let raw = ec_point_bytes(&point, alg).map_err(unexpected)?;
+        let spki = spki_from_point(alg, &raw).map_err(|e| unexpected(e.to_string()))?;
+        Ok(KeyInfo {
+            label: label.to_string(),
+            id,
+            algorithm: alg,
+            spki,
+        })
+    }
+
+    /// The key pair labelled `label`, found by its public half.
+    pub fn find_key(&self, label: &str) -> Result<Option<KeyInfo>, HsmError> {
+        let found = self.with_session("finding a public key", |s| {
+            s.session.find_objects(&[
+                Attribute::Class(ObjectClass::PUBLIC_KEY),
+                Attribute::Label(label.as_bytes().to_vec()),
+            ])
+        })?;
+        match found.first() {
+            Some(h) => Ok(Some(self.key_info_of(*h, label)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Destroys both halves of the key pair labelled `label` (used to undo a failed ceremony).
+    pub fn destroy_key(&self, label: &str) -> Result<usize, HsmError> {
+        let n = self.with_session("destroying a key", |s| {
+            let handles = s
+                .session
+                .find_objects(&[Attribute::Label(label.as_bytes().to_vec())])?;
+            for h in &handles {
+                s.session.destroy_object(*h)?;
+            }
+            s.keys.remove(label);
+            Ok(handles.len())
+        })?;
+        // Other pooled sessions may still cache the old handle.
+        for s in self.lock().idle.iter_mut() {
+            s.keys.remove(label);
+        }
+        Ok(n)
+    }
+
+    /// Every object the logged-in user can see.
+    pub fn objects(&self) -> Result<Vec<ObjectSummary>, HsmError> {
+        let label = self.label.clone();
+        let mut out = None;
+        self.with_session("listing objects", |s| {
+            out = Some(list_objects(&s.session, &label));
+            Ok(())
+        })?;
+        out.unwrap_or_else(|| Ok(Vec::new()))
+    }
+
+    /// A signer for the key pair labelled `label`.
+    pub fn signer(self: &Arc<Self>, label: &str) -> Result<HsmSigner, HsmError> {
+        let info = self.find_key(label)?.ok_or_else(|| HsmError::KeyNotFound {
+            label: label.into(),
+            token: self.label.clone(),
+        })?;
+        // Fail now, not at the first signature, when the private half is missing.
+        let present = self.with_session("finding a private key", |s| s.private_key(label))?;
+        if present.is_none() {
+            return Err(HsmError::KeyNotFound {
+                label: format!("{label} (private half)"),
+                token: self.label.clone(),
+            });
+        }
+        Ok(HsmSigner::new(self.clone(), info))
+    }
+
+    /// Signs `digest` with raw `CKM_ECDSA` and the key labelled `label`; returns raw r||s.
+    pub(crate) fn sign_digest(&self, label: &str, digest: &[u8]) -> Result<Vec<u8>, HsmError> {
+        self.with_session("signing", |s| {
+            let key = match s.private_key(label)? {
+                Some(k) => k,
+                None => return Err(s.why_missing()),
+            };
+            match s.session.sign(&Mechanism::Ecdsa, key, digest) {
+                // A cached handle can go stale (module re-initialised, key re-created by another
+                // process): look the key up again once before giving up.
+                Err(CkError::Pkcs11(RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid, _)) => {
+                    s.keys.remove(label);
+                    let key = match s.private_key(label)? {
+                        Some(k) => k,
+                        None => return Err(s.why_missing()),
+                    };
+                    s.session.sign(&Mechanism::Ecdsa, key, digest)
+                }
+                other => other,
+            }
+        })
+    }
+}
+
+/// CKA_EC_POINT is a DER OCTET STRING around the SEC1 point (PKCS#11 v2.40 §2.3.3); a few modules
+/// return the bare point. Accept both, return the bare uncompressed point.
+fn ec_point_bytes(value: &[u8], alg: KeyAlgorithm) -> Result<Vec<u8>, String> {
+    let want = 1 + 2 * alg.field_len();
+    if value.len() == want && value[0] == 0x04 {
+        return Ok(value.to_vec());
+    }
+    let os = der::asn1::OctetString::from_der(value)
+        .map_err(|e| format!("CKA_EC_POINT is neither a point nor a DER OCTET STRING: {e}"))?;
+    let p = os.as_bytes();
+    if p.len() != want || p[0] != 0x04 {
+        return Err(format!(
+            "CKA_EC_POINT holds {} bytes, expected an uncompressed {} point of {want}",
+            p.len(),
+            alg.name()
+        ));
+    }
+    Ok(p.to_vec())
+}
+
+/// cryptoki's error is not `Clone`; this keeps what the log line needs.
+trait CloneLossy {
+    fn clone_lossy(&self) -> CkError;
+}
+
+impl CloneLossy for CkError {
+    fn clone_lossy(&self) -> CkError {
+        match self {
+            CkError::Pkcs11(rv, f) => CkError::Pkcs11(*rv, *f),
+            _ => CkError::NotSupported,
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! hsm-bridge against a real SoftHSM token, one token directory per test (each test runs in a
+//! child process of its own, see `softhsm_config::isolated`).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use ca_core::{verify_signature, KeyAlgorithm, Signer};
+use hsm_bridge::{Hsm, HsmError, SecretString};
+
+const USER_PIN: &str = "test-user-pin-1234";
+
+fn setup(_dir: &Path) -> (Hsm, Arc<hsm_bridge::Token>) {
+    let module = softhsm_config::find_module().expect("SoftHSM is installed");
+    let hsm = Hsm::load(&module).expect("load module");
+    hsm.init_token(
+        "test-online",
+        &SecretString::from("test-so-pin-5678"),
+        &SecretString::from(USER_PIN),
+    )
+    .expect("init token");
+    let token = hsm
+        .open("test-online", SecretString::from(USER_PIN), 2)
+        .expect("open");
+    (hsm, token)
+}
+
+#[test]
+fn keys_are_generated_sensitive_and_signatures_verify_independently() {
+    softhsm_config::isolated(
+        "keys_are_generated_sensitive_and_signatures_verify_independently",
+        |dir| {
+            let (_hsm, token) = setup(dir);
+            for (label, alg) in [("k256", KeyAlgorithm::EcP256), ("k384", KeyAlgorithm::EcP384)] {
+                let info = token.generate_ec_key(label, alg).unwrap();
+                assert_eq!(info.algorithm, alg);
+                assert_eq!(info.id.len(), 8);
+                assert_eq!(KeyAlgorithm::of_spki(&info.spki), Some(alg));
+                let objects = token.objects().unwrap();
+                let private = objects
+                    .iter()
+                    .find(|o| o.label == label && o.class == "private-key")
+                    .expect("private key listed");
+                assert_eq!(private.sensitive, Some(true));
+                assert_eq!(private.extractable, Some(false));
+                assert_eq!(private.token, Some(true));
+                assert_eq!(private.id, hex::encode(&info.id));
+                // Generating the same label twice is refused, not duplicated.
+                assert!(matches!(
+                    token.generate_ec_key(label, alg),
+                    Err(HsmError::KeyExists { .. })
+                ));
+                let signer = token.signer(label).unwrap();
+                for i in 0..20u8 {
+                    let msg = vec![i; 100 + usize::from(i)];
+                    let sig = signer.sign(&msg).unwrap();
+                    // p256/p384 crates, not the HSM, check the signature.
+                    verify_signature(signer.public_key(), &msg, &sig).unwrap();
+                    assert!(verify_signature(signer.public_key(), b"other", &sig).is_err());
+                }
+            }
+        },
+    );
+}
+
+#[test]
+fn bad_pin_missing_token_and_missing_module_are_named() {
+    softhsm_config::isolated("bad_pin_missing_token_and_missing_module_are_named", |dir| {
+        let module = softhsm_config::find_module().expect("SoftHSM is installed");
+        let hsm = Hsm::load(&module).unwrap();
+        hsm.init_token(
+            "test-online",
+            &SecretString::from("test-so-pin-5678"),
+            &SecretString::from(USER_PIN),
+        )
+        .unwrap();
+        // Checked before anything logs in: PKCS#11 login state is per application, so once a
+        // session is logged in a second C_Login cannot tell a wrong PIN from a right one.
+        let err = hsm
+            .open("test-online", SecretString::from("wrong-pin"), 1)
+            .unwrap_err();
+        assert!(matches!(err, HsmError::PinIncorrect { .. }), "{err}");
+        assert!(err.to_string().contains("CKR_PIN_INCORRECT"), "{err}");
+        let err = hsm
+            .open("no-such-token", SecretString::from(USER_PIN), 1)
+            .unwrap_err();
+        assert!(matches!(err, HsmError::TokenNotFound { .. }), "{err}");
+        assert!(err.to_string().contains("test-online"), "lists what exists: {err}");
+        let err = Hsm::load(Path::new("/nonexistent/libpkcs11.so")).unwrap_err();
+        assert!(matches!(err, HsmError::ModuleLoad { .. }), "{err}");
+        assert!(err.to_string().contains("/nonexistent/libpkcs11.so"), "{err}");
+        let err = token_signer_missing(&hsm);
+        assert!(matches!(err, HsmError::KeyNotFound { .. }), "{err}");
+    });
+}
+
+fn token_signer_missing(hsm: &Hsm) -> HsmError {
+    let token = hsm
+        .open("test-online", SecretString::from(USER_PIN), 1)
+        .unwrap();
+    token.signer("no-such-key").unwrap_err()
+}
+
+#[test]
+fn sessions_are_replaced_after_module_reinitialisation_and_logout() {
+    softhsm_config::isolated(
+        "sessions_are_replaced_after_module_reinitialisation_and_logout",
+        |dir| {
+            let (hsm, token) = setup(dir);
+            token.generate_ec_key("k", KeyAlgorithm::EcP256).unwrap();
+            let signer = token.signer("k").unwrap();
+            let sig = signer.sign(b"before").unwrap();
+            verify_signature(signer.public_key(), b"before", &sig).unwrap();
+
+            // Someone finalises and re-initialises the module under us: every session handle
+            // the pool holds is now invalid (CKR_SESSION_HANDLE_INVALID / NOT_INITIALIZED).
+            hsm.pkcs11().clone().finalize().unwrap();
+            let sig = signer.sign(b"after finalize").expect("recovered");
+            verify_signature(signer.public_key(), b"after finalize", &sig).unwrap();
+
+            // Another session logs the application out: the pool logs in again.
+            let slot = hsm.find_token("test-online").unwrap();
+            let other = hsm.pkcs11().open_ro_session(slot).unwrap();
+            other.logout().unwrap();
+            let sig = signer.sign(b"after logout").expect("recovered");
+            verify_signature(signer.public_key(), b"after logout", &sig).unwrap();
+            assert!(token.sessions_open() <= token.pool_size());
+        },
+    );
+}
+
+#[test]
+fn the_pool_serves_more_threads_than_sessions() {
+    softhsm_config::isolated("the_pool_serves_more_threads_than_sessions", |dir| {
+        let (_hsm, token) = setup(dir);
+        token.generate_ec_key("k", KeyAlgorithm::EcP256).unwrap();
+        let signer = Arc::new(token.signer("k").unwrap());
+        let handles: Vec<_> = (0..6)
+            .map(|t| {
+                let s = signer.clone();
+                std::thread::spawn(move || {
+                    for i in 0..25u32 {
+                        let msg = format!("{t}-{i}");
+                        let sig = s.sign(msg.as_bytes()).unwrap();
+                        verify_signature(s.public_key(), msg.as_bytes(), &sig).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert_eq!(token.sessions_open(), 2, "never more sessions than the pool size");
+    });
+}
