@@ -35,7 +35,9 @@ pub enum AuditError {
         source: io::Error,
     },
     /// The last record cannot be read, so nothing can be chained to it.
-    #[error("audit log {path}: the last record is unreadable ({reason}); run `meterpki audit verify`")]
+    #[error(
+        "audit log {path}: the last record is unreadable ({reason}); run `meterpki audit verify`"
+    )]
     BadTail {
         /// The log.
         path: PathBuf,
@@ -81,7 +83,8 @@ struct Body<'a> {
 }
 
 impl AuditRecord {
-    fn compute_hash(&self) -> String {
+    /// The hash this record should carry: SHA-256 over every field but `hash`.
+    pub fn compute_hash(&self) -> String {
         let body = Body {
             seq: self.seq,
             time: &self.time,
@@ -124,7 +127,9 @@ pub struct AuditLog {
 
 impl std::fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuditLog").field("path", &self.path).finish()
+        f.debug_struct("AuditLog")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -292,7 +297,6 @@ impl AuditLog {
             head: None,
             problem: None,
         };
-        let mut expected_seq = 1u64;
         let mut prev = GENESIS.to_string();
         let fail = |report: &mut AuditReport, msg: String| {
             report.ok = false;
@@ -300,12 +304,16 @@ impl AuditLog {
         };
         for (i, line) in lines.iter().enumerate() {
             let n = i + 1;
+            // Records are numbered from 1 with no gap, so line n must hold record n.
+            let expected_seq = n as u64;
             let rec: AuditRecord = match serde_json::from_str(line) {
                 Ok(r) => r,
                 Err(e) => {
                     fail(
                         &mut report,
-                        format!("line {n}: record {expected_seq} is unreadable, it was altered ({e})"),
+                        format!(
+                            "line {n}: record {expected_seq} is unreadable, it was altered ({e})"
+                        ),
                     );
                     return Ok(report);
                 }
@@ -357,7 +365,6 @@ impl AuditLog {
                 report.signed_heads += 1;
             }
             prev = rec.hash.clone();
-            expected_seq += 1;
             report.records += 1;
             report.head = Some((rec.seq, rec.hash));
         }
@@ -390,8 +397,12 @@ fn check_head_signature(
     key: Option<&SubjectPublicKeyInfoOwned>,
 ) -> Result<(), String> {
     let d = &rec.details;
-    let seq = d["signed_seq"].as_u64().ok_or("head signature without signed_seq")?;
-    let hash = d["signed_hash"].as_str().ok_or("head signature without signed_hash")?;
+    let seq = d["signed_seq"]
+        .as_u64()
+        .ok_or("head signature without signed_seq")?;
+    let hash = d["signed_hash"]
+        .as_str()
+        .ok_or("head signature without signed_hash")?;
     if seq + 1 != rec.seq || hash != prev {
         return Err("the head signature does not sign the record before it".into());
     }

@@ -118,7 +118,10 @@ fn rfc3339(t: &Time) -> String {
     let secs = t.to_unix_duration().as_secs() as i64;
     time::OffsetDateTime::from_unix_timestamp(secs)
         .ok()
-        .and_then(|d| d.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| t.to_string())
 }
 
@@ -178,7 +181,11 @@ pub(crate) fn x509_time(at: SystemTime) -> Result<Time, CertError> {
     }
 }
 
-fn ext<T: AsExtension>(value: &T, subject: &Name, exts: &[Extension]) -> Result<Extension, der::Error> {
+fn ext<T: AsExtension>(
+    value: &T,
+    subject: &Name,
+    exts: &[Extension],
+) -> Result<Extension, der::Error> {
     value.to_extension(subject, exts)
 }
 
@@ -293,7 +300,65 @@ pub fn build_ca_certificate(
         subject_unique_id: None,
         extensions: Some(extensions),
     };
-    sign_tbs(tbs, issuer_signer, &format!("the CA certificate for {}", spec.subject))
+    sign_tbs(
+        tbs,
+        issuer_signer,
+        &format!("the CA certificate for {}", spec.subject),
+    )
+}
+
+/// Builds an end-entity signing certificate (digitalSignature, not a CA) for a key that signs
+/// meterpki's own records, such as the audit chain head.
+pub fn build_signer_certificate(
+    issuer_signer: &dyn Signer,
+    issuer_cert: &Certificate,
+    subject_spki: &SubjectPublicKeyInfoOwned,
+    spec: &CaCertSpec,
+) -> Result<Certificate, CertError> {
+    check_key_matches(issuer_signer, issuer_cert, "issuer")?;
+    let subject = parse_name(&spec.subject)?;
+    let issuer_spki = &issuer_cert.tbs_certificate.subject_public_key_info;
+    let mut exts: Vec<Extension> = Vec::new();
+    let bc = BasicConstraints {
+        ca: false,
+        path_len_constraint: None,
+    };
+    exts.push(ext(&bc, &subject, &exts)?);
+    exts.push(ext(
+        &KeyUsage(KeyUsages::DigitalSignature.into()),
+        &subject,
+        &exts,
+    )?);
+    let ski = SubjectKeyIdentifier(OctetString::new(key_identifier(subject_spki).to_vec())?);
+    exts.push(ext(&ski, &subject, &exts)?);
+    let aki = AuthorityKeyIdentifier {
+        key_identifier: Some(OctetString::new(key_identifier(issuer_spki).to_vec())?),
+        authority_cert_issuer: None,
+        authority_cert_serial_number: None,
+    };
+    exts.push(ext(&aki, &subject, &exts)?);
+    let mut validity = validity(spec.validity_days)?;
+    let issuer_end = issuer_cert.tbs_certificate.validity.not_after;
+    if validity.not_after.to_unix_duration() > issuer_end.to_unix_duration() {
+        validity.not_after = issuer_end;
+    }
+    let tbs = TbsCertificate {
+        version: Version::V3,
+        serial_number: random_serial()?,
+        signature: issuer_signer.algorithm().signature_algorithm(),
+        issuer: issuer_cert.tbs_certificate.subject.clone(),
+        validity,
+        subject,
+        subject_public_key_info: subject_spki.clone(),
+        issuer_unique_id: None,
+        subject_unique_id: None,
+        extensions: Some(exts),
+    };
+    sign_tbs(
+        tbs,
+        issuer_signer,
+        &format!("the certificate for {}", spec.subject),
+    )
 }
 
 /// Refuses a signer whose public key is not the one in `cert` (DESIGN: an issuer whose HSM key

@@ -44,9 +44,47 @@ pub enum ConfigError {
 pub struct Config {
     /// The HSM.
     pub hsm: HsmConfig,
+    /// The CA hierarchy.
+    #[serde(default)]
+    pub ca: CaConfig,
     /// The API server.
     #[serde(default)]
     pub server: ServerConfig,
+}
+
+/// Names and lifetimes of the CA certificates made at the ceremonies.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaConfig {
+    /// `O=` in every CA subject.
+    #[serde(default = "default_org")]
+    pub organisation: String,
+    /// Root certificate lifetime in days.
+    #[serde(default = "default_root_days")]
+    pub root_validity_days: u32,
+    /// Issuing CA certificate lifetime in days (capped at the root's end).
+    #[serde(default = "default_issuing_days")]
+    pub issuing_validity_days: u32,
+}
+
+impl Default for CaConfig {
+    fn default() -> Self {
+        CaConfig {
+            organisation: default_org(),
+            root_validity_days: default_root_days(),
+            issuing_validity_days: default_issuing_days(),
+        }
+    }
+}
+
+fn default_org() -> String {
+    "meterpki".into()
+}
+fn default_root_days() -> u32 {
+    25 * 365 + 6
+}
+fn default_issuing_days() -> u32 {
+    15 * 365 + 4
 }
 
 /// Where the keys are.
@@ -123,7 +161,8 @@ impl Config {
         Ok(config)
     }
 
-    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+    /// Checks every field; errors name the field and the reason.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let invalid = |field: &str, reason: &str| ConfigError::Invalid {
             path: path.to_path_buf(),
             field: field.into(),
@@ -137,7 +176,34 @@ impl Config {
             ("hsm.root_token", &self.hsm.root_token),
         ] {
             if label.is_empty() || label.len() > 32 {
-                return Err(invalid(field, "a token label is 1 to 32 bytes (PKCS#11 CK_TOKEN_INFO)"));
+                return Err(invalid(
+                    field,
+                    "a token label is 1 to 32 bytes (PKCS#11 CK_TOKEN_INFO)",
+                ));
+            }
+        }
+        if self.ca.organisation.is_empty() || self.ca.organisation.len() > 64 {
+            return Err(invalid(
+                "ca.organisation",
+                "1 to 64 characters (RFC 5280 ub-organization-name)",
+            ));
+        }
+        if self
+            .ca
+            .organisation
+            .contains([',', '+', '=', '"', '\\', '<', '>', ';'])
+        {
+            return Err(invalid(
+                "ca.organisation",
+                "must not contain , + = \" \\ < > ;",
+            ));
+        }
+        for (field, days) in [
+            ("ca.root_validity_days", self.ca.root_validity_days),
+            ("ca.issuing_validity_days", self.ca.issuing_validity_days),
+        ] {
+            if !(1..=36_500).contains(&days) {
+                return Err(invalid(field, "must be between 1 and 36500 days"));
             }
         }
         if self.hsm.online_token == self.hsm.root_token {

@@ -16,11 +16,11 @@ mod store;
 
 pub use audit::{AuditError, AuditLog, AuditRecord, AuditReport, HEAD_SIGNED_EVENT};
 pub use certs::{
-    build_ca_certificate, build_self_signed_root, certificate_from_pem, certificate_to_pem,
-    check_key_matches, fingerprint_sha256, key_identifier, parse_name,
+    build_ca_certificate, build_self_signed_root, build_signer_certificate, certificate_from_pem,
+    certificate_to_pem, check_key_matches, fingerprint_sha256, key_identifier, parse_name,
     verify_certificate_signature, CaCertSpec, CertError, CertInfo,
 };
-pub use config::{Config, ConfigError, HsmConfig, PinSource, ServerConfig};
+pub use config::{CaConfig, Config, ConfigError, HsmConfig, PinSource, ServerConfig};
 pub use fsutil::{write_atomic, write_new_secret};
 pub use home::{CaKind, Home};
 pub use quorum::{

@@ -212,12 +212,13 @@ impl ShareFile {
 
     /// Reads and checks a share file.
     pub fn read(path: &Path) -> Result<ShareFile, QuorumError> {
-        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
-            QuorumError::Io {
-                file: path.to_path_buf(),
-                source,
-            }
-        })?);
+        let text =
+            Zeroizing::new(
+                std::fs::read_to_string(path).map_err(|source| QuorumError::Io {
+                    file: path.to_path_buf(),
+                    source,
+                })?,
+            );
         let corrupt = |reason: String| QuorumError::Corrupt {
             file: path.to_path_buf(),
             reason,
@@ -247,7 +248,9 @@ impl ShareFile {
         }
         share.bytes().map_err(corrupt)?;
         if share.index == 0 || share.index > share.officers || share.quorum > share.officers {
-            return Err(corrupt("index, quorum and officers are inconsistent".into()));
+            return Err(corrupt(
+                "index, quorum and officers are inconsistent".into(),
+            ));
         }
         Ok(share)
     }
@@ -375,9 +378,7 @@ pub fn combine_shares(
             file: file.clone(),
             reason,
         })?;
-        if &digest != expected
-            || share.quorum != record.quorum
-            || share.officers != record.officers
+        if &digest != expected || share.quorum != record.quorum || share.officers != record.officers
         {
             return Err(QuorumError::Altered {
                 file: file.clone(),
@@ -479,7 +480,17 @@ mod tests {
     fn too_few_and_duplicates_are_refused() {
         let (_, files, record) = ceremony(3, 5);
         let err = combine_shares(&record, &with_paths(&files[..2])).unwrap_err();
-        assert!(matches!(err, QuorumError::TooFew { got: 2, need: 3, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                QuorumError::TooFew {
+                    got: 2,
+                    need: 3,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         let dup = vec![files[0].clone(), files[0].clone(), files[1].clone()];
         let err = combine_shares(&record, &with_paths(&dup)).unwrap_err();
         assert!(matches!(err, QuorumError::Duplicate { .. }), "{err}");
@@ -501,7 +512,8 @@ mod tests {
         let (_, files, record) = ceremony(2, 3);
         let (_, other, _) = {
             let secret = RootSecret::generate();
-            let (f, _) = split_secret(&secret, "ffeeddccbbaa99887766554433221100", 2, &names(3)).unwrap();
+            let (f, _) =
+                split_secret(&secret, "ffeeddccbbaa99887766554433221100", 2, &names(3)).unwrap();
             (secret, f, ())
         };
         let mixed = vec![files[0].clone(), other[1].clone()];

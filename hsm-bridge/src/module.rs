@@ -76,9 +76,7 @@ impl Hsm {
         if !module.exists() {
             return Err(load_err("no such file".into()));
         }
-        let key = module
-            .canonicalize()
-            .map_err(|e| load_err(e.to_string()))?;
+        let key = module.canonicalize().map_err(|e| load_err(e.to_string()))?;
         let mut reg = registry().lock().unwrap_or_else(|p| p.into_inner());
         if let Some(p) = reg.get(&key) {
             return Ok(Hsm {
@@ -266,7 +264,12 @@ pub(crate) fn list_objects(
         let attrs = session
             .get_attributes(
                 h,
-                &[AttributeType::Class, AttributeType::Label, AttributeType::Id, AttributeType::Token],
+                &[
+                    AttributeType::Class,
+                    AttributeType::Label,
+                    AttributeType::Id,
+                    AttributeType::Token,
+                ],
             )
             .map_err(|e| HsmError::from_ck(e, "reading object attributes"))?;
         let mut s = ObjectSummary {

@@ -160,11 +160,10 @@ impl Token {
 
     fn new_session(&self) -> Result<PooledSession, HsmError> {
         let slot = self.hsm.find_token(&self.label)?;
-        let session = self
-            .hsm
-            .pkcs11()
-            .open_rw_session(slot)
-            .map_err(|e| HsmError::from_ck(e, format!("opening a session on {:?}", self.label)))?;
+        let session =
+            self.hsm.pkcs11().open_rw_session(slot).map_err(|e| {
+                HsmError::from_ck(e, format!("opening a session on {:?}", self.label))
+            })?;
         match session.login(UserType::User, Some(&self.pin)) {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
             Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => {
@@ -209,10 +208,7 @@ impl Token {
                     }
                 };
             }
-            st = self
-                .available
-                .wait(st)
-                .unwrap_or_else(|p| p.into_inner());
+            st = self.available.wait(st).unwrap_or_else(|p| p.into_inner());
         }
     }
 
@@ -288,6 +284,8 @@ impl Token {
                 Attribute::Token(true),
                 Attribute::Private(false),
                 Attribute::Verify(true),
+                Attribute::Encrypt(false),
+                Attribute::Wrap(false),
                 Attribute::EcParams(params.clone()),
                 Attribute::Label(label_bytes.clone()),
                 Attribute::Id(id.clone()),
@@ -301,12 +299,16 @@ impl Token {
                 Attribute::Extractable(false),
                 Attribute::Sign(true),
                 Attribute::Derive(false),
+                Attribute::Decrypt(false),
+                Attribute::Unwrap(false),
                 Attribute::Label(label_bytes),
                 Attribute::Id(id.clone()),
             ];
-            let (public, private) =
-                s.session
-                    .generate_key_pair(&Mechanism::EccKeyPairGen, &public_tpl, &private_tpl)?;
+            let (public, private) = s.session.generate_key_pair(
+                &Mechanism::EccKeyPairGen,
+                &public_tpl,
+                &private_tpl,
+            )?;
             s.keys.insert(label.to_string(), private);
             Ok((private, public))
         })?;
@@ -317,7 +319,11 @@ impl Token {
         let attrs = self.with_session("reading a public key", |s| {
             s.session.get_attributes(
                 public,
-                &[AttributeType::EcParams, AttributeType::EcPoint, AttributeType::Id],
+                &[
+                    AttributeType::EcParams,
+                    AttributeType::EcPoint,
+                    AttributeType::Id,
+                ],
             )
         })?;
         let unexpected = |detail: String| HsmError::Unexpected {
@@ -422,7 +428,10 @@ impl Token {
             match s.session.sign(&Mechanism::Ecdsa, key, digest) {
                 // A cached handle can go stale (module re-initialised, key re-created by another
                 // process): look the key up again once before giving up.
-                Err(CkError::Pkcs11(RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid, _)) => {
+                Err(CkError::Pkcs11(
+                    RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid,
+                    _,
+                )) => {
                     s.keys.remove(label);
                     let key = match s.private_key(label)? {
                         Some(k) => k,

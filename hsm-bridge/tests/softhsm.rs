@@ -30,7 +30,10 @@ fn keys_are_generated_sensitive_and_signatures_verify_independently() {
         "keys_are_generated_sensitive_and_signatures_verify_independently",
         |dir| {
             let (_hsm, token) = setup(dir);
-            for (label, alg) in [("k256", KeyAlgorithm::EcP256), ("k384", KeyAlgorithm::EcP384)] {
+            for (label, alg) in [
+                ("k256", KeyAlgorithm::EcP256),
+                ("k384", KeyAlgorithm::EcP384),
+            ] {
                 let info = token.generate_ec_key(label, alg).unwrap();
                 assert_eq!(info.algorithm, alg);
                 assert_eq!(info.id.len(), 8);
@@ -64,33 +67,42 @@ fn keys_are_generated_sensitive_and_signatures_verify_independently() {
 
 #[test]
 fn bad_pin_missing_token_and_missing_module_are_named() {
-    softhsm_config::isolated("bad_pin_missing_token_and_missing_module_are_named", |dir| {
-        let module = softhsm_config::find_module().expect("SoftHSM is installed");
-        let hsm = Hsm::load(&module).unwrap();
-        hsm.init_token(
-            "test-online",
-            &SecretString::from("test-so-pin-5678"),
-            &SecretString::from(USER_PIN),
-        )
-        .unwrap();
-        // Checked before anything logs in: PKCS#11 login state is per application, so once a
-        // session is logged in a second C_Login cannot tell a wrong PIN from a right one.
-        let err = hsm
-            .open("test-online", SecretString::from("wrong-pin"), 1)
-            .unwrap_err();
-        assert!(matches!(err, HsmError::PinIncorrect { .. }), "{err}");
-        assert!(err.to_string().contains("CKR_PIN_INCORRECT"), "{err}");
-        let err = hsm
-            .open("no-such-token", SecretString::from(USER_PIN), 1)
-            .unwrap_err();
-        assert!(matches!(err, HsmError::TokenNotFound { .. }), "{err}");
-        assert!(err.to_string().contains("test-online"), "lists what exists: {err}");
-        let err = Hsm::load(Path::new("/nonexistent/libpkcs11.so")).unwrap_err();
-        assert!(matches!(err, HsmError::ModuleLoad { .. }), "{err}");
-        assert!(err.to_string().contains("/nonexistent/libpkcs11.so"), "{err}");
-        let err = token_signer_missing(&hsm);
-        assert!(matches!(err, HsmError::KeyNotFound { .. }), "{err}");
-    });
+    softhsm_config::isolated(
+        "bad_pin_missing_token_and_missing_module_are_named",
+        |_dir| {
+            let module = softhsm_config::find_module().expect("SoftHSM is installed");
+            let hsm = Hsm::load(&module).unwrap();
+            hsm.init_token(
+                "test-online",
+                &SecretString::from("test-so-pin-5678"),
+                &SecretString::from(USER_PIN),
+            )
+            .unwrap();
+            // Checked before anything logs in: PKCS#11 login state is per application, so once a
+            // session is logged in a second C_Login cannot tell a wrong PIN from a right one.
+            let err = hsm
+                .open("test-online", SecretString::from("wrong-pin"), 1)
+                .unwrap_err();
+            assert!(matches!(err, HsmError::PinIncorrect { .. }), "{err}");
+            assert!(err.to_string().contains("CKR_PIN_INCORRECT"), "{err}");
+            let err = hsm
+                .open("no-such-token", SecretString::from(USER_PIN), 1)
+                .unwrap_err();
+            assert!(matches!(err, HsmError::TokenNotFound { .. }), "{err}");
+            assert!(
+                err.to_string().contains("test-online"),
+                "lists what exists: {err}"
+            );
+            let err = Hsm::load(Path::new("/nonexistent/libpkcs11.so")).unwrap_err();
+            assert!(matches!(err, HsmError::ModuleLoad { .. }), "{err}");
+            assert!(
+                err.to_string().contains("/nonexistent/libpkcs11.so"),
+                "{err}"
+            );
+            let err = token_signer_missing(&hsm);
+            assert!(matches!(err, HsmError::KeyNotFound { .. }), "{err}");
+        },
+    );
 }
 
 fn token_signer_missing(hsm: &Hsm) -> HsmError {
@@ -149,6 +161,10 @@ fn the_pool_serves_more_threads_than_sessions() {
         for h in handles {
             h.join().unwrap();
         }
-        assert_eq!(token.sessions_open(), 2, "never more sessions than the pool size");
+        assert_eq!(
+            token.sessions_open(),
+            2,
+            "never more sessions than the pool size"
+        );
     });
 }

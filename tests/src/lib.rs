@@ -1,1 +1,195 @@
-//! placeholder
+//! Helpers for meterpki's end-to-end tests: a home in a temporary directory, the CLI run as a
+//! real process, snapshots that prove a refused command changed nothing.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sha2::{Digest, Sha256};
+
+/// The result of one CLI run.
+#[derive(Debug)]
+pub struct Run {
+    /// Exit code (-1 when killed by a signal).
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    /// Panics unless the exit code is 0.
+    pub fn ok(self) -> Run {
+        assert_eq!(
+            self.code, 0,
+            "expected success:\n{}\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    /// Panics unless the exit code is `code` and stderr contains `needle`.
+    pub fn fails(self, code: i32, needle: &str) -> Run {
+        assert_eq!(
+            self.code, code,
+            "expected exit {code}:\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        assert!(
+            self.stderr.contains(needle),
+            "stderr should mention {needle:?}:\n{}",
+            self.stderr
+        );
+        self
+    }
+
+    /// stdout parsed as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).expect("JSON on stdout")
+    }
+}
+
+/// A scratch directory holding one or more homes.
+pub struct Scratch {
+    dir: tempfile::TempDir,
+    exe: PathBuf,
+}
+
+impl Scratch {
+    /// A new scratch directory; `exe` is the CLI binary.
+    pub fn new(exe: &str) -> Scratch {
+        Scratch {
+            dir: tempfile::Builder::new()
+                .prefix("meterpki-e2e-")
+                .tempdir()
+                .expect("tempdir"),
+            exe: PathBuf::from(exe),
+        }
+    }
+
+    /// A path inside the scratch directory.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Runs `meterpki --home <home> args...` with extra environment variables.
+    pub fn run_env(&self, home: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut c = Command::new(&self.exe);
+        c.current_dir(self.dir.path())
+            .arg("--home")
+            .arg(self.path(home))
+            .args(args)
+            .env_remove("METERPKI_HSM_PIN")
+            .env_remove("METERPKI_HOME")
+            .env_remove("SOFTHSM2_CONF")
+            .env_remove("METERPKI_REEXEC");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        Run::from(c.output().expect("run meterpki"))
+    }
+
+    /// Runs `meterpki --home <home> args...`.
+    pub fn run(&self, home: &str, args: &[&str]) -> Run {
+        self.run_env(home, args, &[])
+    }
+
+    /// `init`, a root ceremony (`officers`, `quorum`, shares in `<home>-shares/`) and the given
+    /// issuing CAs, each opened with the first `quorum` shares.
+    pub fn ceremonies(&self, home: &str, officers: u8, quorum: u8, issuing: &[&str]) {
+        self.run(home, &["init"]).ok();
+        let shares = format!("{home}-shares");
+        self.run(
+            home,
+            &[
+                "ceremony",
+                "root",
+                "--officers",
+                &officers.to_string(),
+                "--quorum",
+                &quorum.to_string(),
+                "--shares-dir",
+                &shares,
+            ],
+        )
+        .ok();
+        for kind in issuing {
+            let mut args = vec![
+                "ceremony".to_string(),
+                "issuing-ca".into(),
+                "--kind".into(),
+                kind.to_string(),
+            ];
+            for i in 1..=quorum {
+                args.push("--share".into());
+                args.push(self.share(home, i).display().to_string());
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            self.run(home, &args).ok();
+        }
+    }
+
+    /// The share file of officer `i` of `home`'s root ceremony.
+    pub fn share(&self, home: &str, i: u8) -> PathBuf {
+        self.path(&format!("{home}-shares/officer-{i}.share"))
+    }
+
+    /// Everything in the scratch directory that a command could change: every file's content,
+    /// except SoftHSM's token files, whose *names* are kept (SoftHSM rewrites a token file to
+    /// count failed logins; a new key or token shows up as a new file).
+    pub fn snapshot(&self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        walk(self.dir.path(), self.dir.path(), &mut out);
+        out
+    }
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        let rel = p.strip_prefix(root).unwrap().display().to_string();
+        if p.is_dir() {
+            out.insert(format!("{rel}/"), String::new());
+            walk(root, &p, out);
+        } else if rel.contains("softhsm/tokens/") {
+            out.insert(rel, "(token file)".into());
+        } else {
+            let bytes = std::fs::read(&p).unwrap_or_default();
+            out.insert(rel, hex::encode(Sha256::digest(bytes)));
+        }
+    }
+}
+
+/// Runs a program (openssl, pkcs11-tool) and returns its output.
+pub fn tool(program: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut c = Command::new(program);
+    c.args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    Run::from(
+        c.output()
+            .unwrap_or_else(|e| panic!("{program} must be installed: {e}")),
+    )
+}
+
+/// The installed SoftHSM module.
+pub fn softhsm_module() -> String {
+    softhsm_config::find_module()
+        .expect("SoftHSM2 is not installed (apt-get install softhsm2)")
+        .display()
+        .to_string()
+}

@@ -1,0 +1,68 @@
+//! One module per command group.
+
+mod audit;
+mod bench;
+mod ceremony;
+mod init;
+mod status;
+
+use anyhow::Result;
+use ca_core::Home;
+
+use crate::args::{AuditCommand, BenchCommand, CeremonyCommand, Cli, Command};
+use crate::ctx::{absolute, ensure_softhsm_env, Ctx};
+
+/// Dispatches a parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    let home = Home::new(absolute(&cli.home));
+    let json = cli.json;
+    match cli.command {
+        Command::Init(a) => init::run(home, a, json),
+        Command::Audit(AuditCommand::Verify) => audit::verify(&Ctx::open(home, json)?),
+        Command::Audit(AuditCommand::List) => audit::list(&Ctx::open(home, json)?),
+        other => {
+            let ctx = Ctx::open(home, json)?;
+            if ctx.config.hsm.softhsm {
+                ensure_softhsm_env(&ctx.home)?;
+            }
+            match other {
+                Command::Ceremony(CeremonyCommand::Root(a)) => ceremony::root(&ctx, a),
+                Command::Ceremony(CeremonyCommand::IssuingCa(a)) => ceremony::issuing(&ctx, a),
+                Command::Status => status::run(&ctx),
+                Command::Bench(BenchCommand::Hsm { seconds }) => bench::hsm(&ctx, seconds),
+                Command::Init(_) | Command::Audit(_) => unreachable!("handled above"),
+            }
+        }
+    }
+}
+
+/// Prints `value` as pretty JSON.
+pub(crate) fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// Random bytes as lowercase hex, from the OS RNG.
+pub(crate) fn random_hex(bytes: usize) -> String {
+    use rand::RngCore;
+    let mut b = vec![0u8; bytes];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    let s = hex::encode(&b);
+    zeroize::Zeroize::zeroize(&mut b);
+    s
+}
+
+/// Now, RFC 3339 UTC.
+pub(crate) fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// Now, compact, for file names.
+pub(crate) fn now_compact() -> String {
+    let f = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
+    time::OffsetDateTime::now_utc()
+        .format(&f)
+        .unwrap_or_default()
+}

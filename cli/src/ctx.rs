@@ -1,0 +1,96 @@
+//! What every command needs: the home, its config, the HSM, the store, the audit log.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+use ca_core::{AuditLog, Config, Home, SledStore, Store};
+use hsm_bridge::{Hsm, Token};
+
+use crate::errors::input;
+
+/// An opened home.
+pub struct Ctx {
+    pub home: Home,
+    pub config: Config,
+    pub json: bool,
+}
+
+impl Ctx {
+    /// Opens an initialised home.
+    pub fn open(home: Home, json: bool) -> Result<Ctx> {
+        if !home.config_path().exists() {
+            return Err(input(format!(
+                "{} is not a meterpki home (no meterpki.toml): run `meterpki --home {} init` first",
+                home.root().display(),
+                home.root().display()
+            )));
+        }
+        let config = Config::load(&home.config_path())?;
+        Ok(Ctx { home, config, json })
+    }
+
+    pub fn hsm(&self) -> Result<Hsm> {
+        Ok(Hsm::load(&self.config.hsm.module)?)
+    }
+
+    /// The online token, logged in with the PIN from its configured source.
+    pub fn online(&self, hsm: &Hsm) -> Result<Arc<Token>> {
+        let pin = crate::pin::online_pin(&self.home, &self.config)?;
+        Ok(hsm.open(&self.config.hsm.online_token, pin, self.config.hsm.sessions)?)
+    }
+
+    pub fn store(&self) -> Result<Arc<SledStore>> {
+        let dir = self.home.store_dir();
+        Ok(Arc::new(SledStore::open(&dir).with_context(|| {
+            format!(
+                "opening the store {} (is `meterpki serve` running on this home?)",
+                dir.display()
+            )
+        })?))
+    }
+
+    pub fn audit(&self, store: Arc<SledStore>) -> AuditLog {
+        AuditLog::new(self.home.audit_log(), Some(store as Arc<dyn Store>))
+    }
+}
+
+/// The OS user, for the audit log's `actor`.
+pub fn os_user() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Makes `p` absolute without requiring it to exist.
+pub fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    }
+}
+
+/// SoftHSM reads `SOFTHSM2_CONF` once, when the module initialises. A SoftHSM home keeps its
+/// tokens inside itself, so before loading the module the process must run with that variable
+/// pointing at the home's config. Rather than `unsafe` `set_var` in a running process, the
+/// CLI re-executes itself once with the variable set (`exec`, same pid, same arguments).
+pub fn ensure_softhsm_env(home: &Home) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let conf = absolute(&home.softhsm_conf());
+    if std::env::var_os(softhsm_config::CONF_ENV).as_deref() == Some(conf.as_os_str()) {
+        return Ok(());
+    }
+    if std::env::var_os("METERPKI_REEXEC").is_some() {
+        anyhow::bail!("could not set {} for SoftHSM", softhsm_config::CONF_ENV);
+    }
+    let exe = std::env::current_exe().context("locating the meterpki executable")?;
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env(softhsm_config::CONF_ENV, &conf)
+        .env("METERPKI_REEXEC", "1")
+        .exec();
+    Err(anyhow::Error::new(err).context("re-executing meterpki with SOFTHSM2_CONF set"))
+}

@@ -1,0 +1,78 @@
+//! Where the online token's PIN comes from: an environment variable, a file, or a prompt —
+//! never the command line. The PIN is held in a `SecretString` (zeroized on drop).
+
+use std::io::IsTerminal;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use ca_core::{Config, Home, PinSource};
+use hsm_bridge::SecretString;
+use zeroize::Zeroizing;
+
+use crate::errors::input;
+
+/// The variable that overrides every configured source.
+pub const PIN_ENV: &str = "METERPKI_HSM_PIN";
+
+/// Resolves the online PIN: `METERPKI_HSM_PIN`, the configured variable, the configured file,
+/// then a prompt when a terminal is attached.
+pub fn online_pin(home: &Home, config: &Config) -> Result<SecretString> {
+    let mut sources = vec![PinSource::Env(PIN_ENV.to_string())];
+    sources.extend(config.online_pin_sources());
+    let mut tried = Vec::new();
+    for source in sources {
+        match source {
+            PinSource::Env(name) => {
+                if let Ok(v) = std::env::var(&name) {
+                    let v = Zeroizing::new(v);
+                    if !v.is_empty() {
+                        return Ok(SecretString::from(
+                            v.trim_end_matches(['\r', '\n']).to_string(),
+                        ));
+                    }
+                }
+                tried.push(format!("${name}"));
+            }
+            PinSource::File(path) => {
+                let path = home.resolve(&path);
+                if path.exists() {
+                    return read_pin_file(&path);
+                }
+                tried.push(path.display().to_string());
+            }
+        }
+    }
+    if std::io::stdin().is_terminal() {
+        let pin = Zeroizing::new(
+            rpassword::prompt_password(format!("PIN for token {}: ", config.hsm.online_token))
+                .context("reading the PIN from the terminal")?,
+        );
+        return Ok(SecretString::from(pin.to_string()));
+    }
+    Err(input(format!(
+        "no PIN for the online token {:?}: set {PIN_ENV}, or configure hsm.online_pin_file (tried {})",
+        config.hsm.online_token,
+        tried.join(", ")
+    )))
+}
+
+/// Reads a PIN file: the first line, without its newline. Refuses a file others can read.
+pub fn read_pin_file(path: &Path) -> Result<SecretString> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).with_context(|| format!("PIN file {}", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(input(format!(
+            "PIN file {} is readable by others (mode {:o}); chmod 600 it",
+            path.display(),
+            meta.permissions().mode() & 0o777
+        )));
+    }
+    let text = Zeroizing::new(
+        std::fs::read_to_string(path).with_context(|| format!("PIN file {}", path.display()))?,
+    );
+    let pin = text.lines().next().unwrap_or_default();
+    if pin.is_empty() {
+        return Err(input(format!("PIN file {} is empty", path.display())));
+    }
+    Ok(SecretString::from(pin.to_string()))
+}
