@@ -40,6 +40,33 @@ impl Ctx {
         Ok(hsm.open(&self.config.hsm.online_token, pin, self.config.hsm.sessions)?)
     }
 
+    /// An issuing CA ready to sign: its certificate from `ca/<kind>.pem` and a signer for its
+    /// key on the online token. Refused when the key does not match the certificate.
+    pub fn issuer(
+        &self,
+        online: &Arc<Token>,
+        kind: ca_core::CaKind,
+    ) -> Result<(hsm_bridge::HsmSigner, x509_cert::Certificate)> {
+        let path = self.home.ca_cert(kind);
+        let pem = std::fs::read_to_string(&path).map_err(|_| {
+            input(format!(
+                "no {kind} CA in {} ({} missing): run `meterpki ceremony issuing-ca --kind {kind}`",
+                self.home.root().display(),
+                path.display()
+            ))
+        })?;
+        let cert = ca_core::certificate_from_pem(&pem)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let signer = online.signer(&kind.key_label())?;
+        ca_core::check_key_matches(&signer, &cert, kind.name()).with_context(|| {
+            format!(
+                "refusing the {kind} CA: {} is not the certificate of its HSM key",
+                path.display()
+            )
+        })?;
+        Ok((signer, cert))
+    }
+
     pub fn store(&self) -> Result<Arc<SledStore>> {
         let dir = self.home.store_dir();
         Ok(Arc::new(SledStore::open(&dir).with_context(|| {

@@ -46,6 +46,20 @@ impl HsmSigner {
     }
 }
 
+impl HsmSigner {
+    /// Signs from async code without blocking the runtime: the PKCS#11 call runs on tokio's
+    /// blocking pool, and the session pool bounds how many run at once (one per session).
+    pub async fn sign_async(&self, message: Vec<u8>) -> Result<Vec<u8>, SignError> {
+        let signer = self.clone();
+        tokio::task::spawn_blocking(move || signer.sign(&message))
+            .await
+            .map_err(|e| SignError::Backend {
+                key: self.key.label.clone(),
+                source: Box::new(e),
+            })?
+    }
+}
+
 impl Signer for HsmSigner {
     fn algorithm(&self) -> KeyAlgorithm {
         self.key.algorithm

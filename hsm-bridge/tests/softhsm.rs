@@ -168,3 +168,43 @@ fn the_pool_serves_more_threads_than_sessions() {
         );
     });
 }
+
+#[test]
+fn async_signing_leaves_the_runtime_free() {
+    softhsm_config::isolated("async_signing_leaves_the_runtime_free", |dir| {
+        let (_hsm, token) = setup(dir);
+        token.generate_ec_key("k", KeyAlgorithm::EcP256).unwrap();
+        let signer = token.signer("k").unwrap();
+        // A single-threaded runtime: if signing blocked it, the ticker below could not run
+        // while a signature is in flight.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let in_flight = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let ticks_during = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let (flag, ticks) = (in_flight.clone(), ticks_during.clone());
+            let ticker = tokio::spawn(async move {
+                loop {
+                    if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                        ticks.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    tokio::task::yield_now().await;
+                }
+            });
+            for i in 0..50u32 {
+                let msg = i.to_be_bytes().to_vec();
+                in_flight.store(true, std::sync::atomic::Ordering::SeqCst);
+                let sig = signer.sign_async(msg.clone()).await.unwrap();
+                in_flight.store(false, std::sync::atomic::Ordering::SeqCst);
+                verify_signature(signer.public_key(), &msg, &sig).unwrap();
+            }
+            ticker.abort();
+            assert!(
+                ticks_during.load(std::sync::atomic::Ordering::SeqCst) > 0,
+                "the runtime ran other tasks while signatures were being made"
+            );
+        });
+    });
+}

@@ -504,3 +504,25 @@ fn usage_errors_exit_2() {
     assert!(help.stdout.contains("Example"));
     assert!(!s.path("x").exists());
 }
+
+#[test]
+fn an_issuer_whose_hsm_key_does_not_match_its_certificate_is_refused() {
+    let s = Scratch::new(EXE);
+    s.ceremonies("h", 3, 2, &["device", "access"]);
+    let st = s.run("h", &["status", "--json"]).ok().json();
+    assert!(st["cas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .skip(1)
+        .all(|c| c["key_matches_certificate"] == true));
+    // Someone puts the Access CA's certificate where the Device CA's belongs.
+    std::fs::copy(s.path("h/ca/access.pem"), s.path("h/ca/device.pem")).unwrap();
+    let r = s.run("h", &["status"]);
+    let r = r.fails(1, "refusing the device CA");
+    assert!(
+        r.stdout.contains("DOES NOT MATCH THE CERTIFICATE"),
+        "{}",
+        r.stdout
+    );
+}

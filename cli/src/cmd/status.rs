@@ -11,7 +11,12 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let home = &ctx.home;
     let hsm = ctx.hsm()?;
     let tokens = hsm.tokens()?;
-    let (online_objects, online_error) = match ctx.online(&hsm).and_then(|t| Ok(t.objects()?)) {
+    let online = ctx.online(&hsm);
+    let (online_objects, online_error) = match online
+        .as_ref()
+        .map_err(|e| anyhow::anyhow!("{e:#}"))
+        .and_then(|t| Ok(t.objects()?))
+    {
         Ok(o) => (o, None),
         Err(e) => (Vec::new(), Some(format!("{e:#}"))),
     };
@@ -21,6 +26,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         Vec::new()
     };
     let mut cas = Vec::new();
+    let mut mismatches: Vec<String> = Vec::new();
     for kind in [
         CaKind::Root,
         CaKind::Device,
@@ -39,11 +45,24 @@ pub fn run(ctx: &Ctx) -> Result<()> {
                 .iter()
                 .any(|o| o.label == kind.key_label() && o.class == "private-key")
         };
+        // An issuing CA whose HSM key does not match its certificate is refused (and shown).
+        let key_matches = match (&online, kind) {
+            (_, CaKind::Root) => None,
+            (Ok(token), _) if key_on_token => Some(match ctx.issuer(token, kind) {
+                Ok(_) => Ok(()),
+                Err(e) => Err(format!("{e:#}")),
+            }),
+            _ => None,
+        };
+        if let Some(Err(e)) = &key_matches {
+            mismatches.push(e.clone());
+        }
         cas.push(json!({
             "kind": kind.name(),
             "file": path,
             "key_label": kind.key_label(),
             "key_present": key_on_token,
+            "key_matches_certificate": key_matches.as_ref().map(|r| r.is_ok()),
             "certificate": CertInfo::of(&cert),
         }));
     }
@@ -63,8 +82,14 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         "cas": cas,
         "audit": {"records": records.len(), "head_seq": last.map(|r| r.seq), "head_hash": last.map(|r| r.hash.clone()), "last_event": last.map(|r| r.event.clone())},
     });
+    let result = if mismatches.is_empty() {
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!("{}", mismatches.join("; ")))
+    };
     if ctx.json {
-        return print_json(&status);
+        print_json(&status)?;
+        return result;
     }
     println!("home    {}", home.root().display());
     println!(
@@ -115,10 +140,13 @@ pub fn run(ctx: &Ctx) -> Result<()> {
             info["not_before"].as_str().unwrap_or(""),
             info["not_after"].as_str().unwrap_or(""),
             c["key_label"].as_str().unwrap_or(""),
-            if c["key_present"].as_bool() == Some(true) {
-                "present"
-            } else {
-                "NOT FOUND"
+            match (
+                c["key_present"].as_bool(),
+                c["key_matches_certificate"].as_bool()
+            ) {
+                (Some(true), Some(false)) => "DOES NOT MATCH THE CERTIFICATE",
+                (Some(true), _) => "present",
+                _ => "NOT FOUND",
             }
         );
     }
@@ -139,7 +167,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         ))
         .unwrap_or_else(|| "none".into())
     );
-    Ok(())
+    result
 }
 
 fn print_object(o: &hsm_bridge::ObjectSummary) {

@@ -1,0 +1,27 @@
+# meterpki: `make demo` runs the demo, `make test` runs the tests. Both install what a fresh
+# Debian machine lacks (softhsm2, opensc, openssl) first.
+.PHONY: deps demo test lint bench-hsm
+
+CARGO ?= cargo
+
+deps:
+	./scripts/install-deps.sh
+
+demo: deps
+	./scripts/demo.sh
+
+test: deps
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+	  $(CARGO) nextest run --workspace --no-fail-fast; \
+	else \
+	  $(CARGO) test --workspace --no-fail-fast; \
+	fi
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+# Raw SoftHSM signing rates (bare cryptoki vs hsm-bridge, 1 and 2 sessions) on a demo home.
+bench-hsm: deps
+	@[ -f demo/home/meterpki.toml ] || ./scripts/demo.sh >/dev/null
+	$(CARGO) run --release -q -p meterpki-cli -- --home demo/home bench hsm --seconds 5
