@@ -8,7 +8,10 @@ need=()
 command -v softhsm2-util >/dev/null 2>&1 || need+=(softhsm2)
 command -v pkcs11-tool >/dev/null 2>&1 || need+=(opensc)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
-[ -n "$(ls /usr/lib/softhsm/libsofthsm2.so /usr/lib/*/softhsm/libsofthsm2.so 2>/dev/null)" ] || need+=(softhsm2)
+if [ -z "$(ls /usr/lib/softhsm/libsofthsm2.so /usr/lib/*/softhsm/libsofthsm2.so 2>/dev/null)" ] \
+   && [[ " ${need[*]-} " != *" softhsm2 "* ]]; then
+  need+=(softhsm2)
+fi
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
