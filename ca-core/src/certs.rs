@@ -278,32 +278,16 @@ pub fn build_ca_certificate(
     subject_spki: &SubjectPublicKeyInfoOwned,
     spec: &CaCertSpec,
 ) -> Result<Certificate, CertError> {
-    check_key_matches(issuer_signer, issuer_cert, "issuer")?;
     let subject = parse_name(&spec.subject)?;
     let issuer_spki = &issuer_cert.tbs_certificate.subject_public_key_info;
     let extensions = ca_extensions(&subject, subject_spki, issuer_spki, spec.path_len)?;
-    let issuer_end = issuer_cert.tbs_certificate.validity.not_after;
-    let mut validity = validity(spec.validity_days)?;
-    // A CA certificate never outlives its issuer (RFC 5280 §6.1.3 would reject it anyway).
-    if validity.not_after.to_unix_duration() > issuer_end.to_unix_duration() {
-        validity.not_after = issuer_end;
-    }
-    let tbs = TbsCertificate {
-        version: Version::V3,
-        serial_number: random_serial()?,
-        signature: issuer_signer.algorithm().signature_algorithm(),
-        issuer: issuer_cert.tbs_certificate.subject.clone(),
-        validity,
-        subject,
-        subject_public_key_info: subject_spki.clone(),
-        issuer_unique_id: None,
-        subject_unique_id: None,
-        extensions: Some(extensions),
-    };
-    sign_tbs(
-        tbs,
+    sign_under_issuer(
         issuer_signer,
-        &format!("the CA certificate for {}", spec.subject),
+        issuer_cert,
+        subject,
+        subject_spki,
+        extensions,
+        spec,
     )
 }
 
@@ -315,7 +299,6 @@ pub fn build_signer_certificate(
     subject_spki: &SubjectPublicKeyInfoOwned,
     spec: &CaCertSpec,
 ) -> Result<Certificate, CertError> {
-    check_key_matches(issuer_signer, issuer_cert, "issuer")?;
     let subject = parse_name(&spec.subject)?;
     let issuer_spki = &issuer_cert.tbs_certificate.subject_public_key_info;
     let mut exts: Vec<Extension> = Vec::new();
@@ -337,6 +320,28 @@ pub fn build_signer_certificate(
         authority_cert_serial_number: None,
     };
     exts.push(ext(&aki, &subject, &exts)?);
+    sign_under_issuer(
+        issuer_signer,
+        issuer_cert,
+        subject,
+        subject_spki,
+        exts,
+        spec,
+    )
+}
+
+/// The part every certificate issued under a CA shares: the issuer's key checked against its
+/// certificate, a random serial, a validity that never outlives the issuer (RFC 5280 §6.1.3
+/// would reject it anyway), the signature made and verified.
+fn sign_under_issuer(
+    issuer_signer: &dyn Signer,
+    issuer_cert: &Certificate,
+    subject: Name,
+    subject_spki: &SubjectPublicKeyInfoOwned,
+    extensions: Vec<Extension>,
+    spec: &CaCertSpec,
+) -> Result<Certificate, CertError> {
+    check_key_matches(issuer_signer, issuer_cert, "issuer")?;
     let mut validity = validity(spec.validity_days)?;
     let issuer_end = issuer_cert.tbs_certificate.validity.not_after;
     if validity.not_after.to_unix_duration() > issuer_end.to_unix_duration() {
@@ -352,7 +357,7 @@ pub fn build_signer_certificate(
         subject_public_key_info: subject_spki.clone(),
         issuer_unique_id: None,
         subject_unique_id: None,
-        extensions: Some(exts),
+        extensions: Some(extensions),
     };
     sign_tbs(
         tbs,
