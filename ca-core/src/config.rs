@@ -47,9 +47,43 @@ pub struct Config {
     /// The CA hierarchy.
     #[serde(default)]
     pub ca: CaConfig,
+    /// CRL shards and where they are published.
+    #[serde(default)]
+    pub crl: CrlConfig,
     /// The API server.
     #[serde(default)]
     pub server: ServerConfig,
+}
+
+/// CRL sharding (DESIGN §5).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrlConfig {
+    /// Shards per issuer (N); a certificate is bound to one at issuance, so N is fixed once
+    /// certificates exist.
+    #[serde(default = "default_shards")]
+    pub shards: u32,
+    /// Base URL named in certificates' cRLDistributionPoints: `<base>/<issuer>/<shard>.crl`.
+    /// Empty: certificates carry no CRL pointer.
+    #[serde(default = "default_crl_base")]
+    pub base_url: String,
+}
+
+impl Default for CrlConfig {
+    fn default() -> Self {
+        CrlConfig {
+            shards: default_shards(),
+            base_url: default_crl_base(),
+        }
+    }
+}
+
+fn default_shards() -> u32 {
+    16
+}
+
+fn default_crl_base() -> String {
+    "http://127.0.0.1:8443/crl".into()
 }
 
 /// Names and lifetimes of the CA certificates made at the ceremonies.
@@ -65,6 +99,37 @@ pub struct CaConfig {
     /// Issuing CA certificate lifetime in days (capped at the root's end).
     #[serde(default = "default_issuing_days")]
     pub issuing_validity_days: u32,
+    /// Subject of the root (RFC 4514 text); default `CN=<organisation> Root CA,O=<organisation>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_subject: Option<String>,
+    /// Subject of the Device CA. It is the issuer name of every meter certificate, so it is kept
+    /// short: the default `CN=MDCA1` keeps a meter certificate within 410 bytes (DESIGN §3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_subject: Option<String>,
+    /// Subject of the Organisation CA; default `CN=<organisation> Organisation CA,O=<organisation>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organisation_subject: Option<String>,
+    /// Subject of the Access CA; default `CN=<organisation> Access CA,O=<organisation>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_subject: Option<String>,
+}
+
+impl CaConfig {
+    /// The subject a CA of `kind` gets at its ceremony.
+    pub fn subject(&self, kind: crate::home::CaKind) -> String {
+        use crate::home::CaKind;
+        let org = &self.organisation;
+        let (explicit, default) = match kind {
+            CaKind::Root => (&self.root_subject, format!("CN={org} Root CA,O={org}")),
+            CaKind::Device => (&self.device_subject, "CN=MDCA1".to_string()),
+            CaKind::Organisation => (
+                &self.organisation_subject,
+                format!("CN={org} Organisation CA,O={org}"),
+            ),
+            CaKind::Access => (&self.access_subject, format!("CN={org} Access CA,O={org}")),
+        };
+        explicit.clone().unwrap_or(default)
+    }
 }
 
 impl Default for CaConfig {
@@ -73,6 +138,10 @@ impl Default for CaConfig {
             organisation: default_org(),
             root_validity_days: default_root_days(),
             issuing_validity_days: default_issuing_days(),
+            root_subject: None,
+            device_subject: None,
+            organisation_subject: None,
+            access_subject: None,
         }
     }
 }
@@ -198,12 +267,37 @@ impl Config {
                 "must not contain , + = \" \\ < > ;",
             ));
         }
+        for (field, kind) in [
+            ("ca.root_subject", crate::home::CaKind::Root),
+            ("ca.device_subject", crate::home::CaKind::Device),
+            ("ca.organisation_subject", crate::home::CaKind::Organisation),
+            ("ca.access_subject", crate::home::CaKind::Access),
+        ] {
+            if let Err(e) = crate::certs::parse_name(&self.ca.subject(kind)) {
+                return Err(invalid(field, &e.to_string()));
+            }
+        }
         for (field, days) in [
             ("ca.root_validity_days", self.ca.root_validity_days),
             ("ca.issuing_validity_days", self.ca.issuing_validity_days),
         ] {
             if !(1..=36_500).contains(&days) {
                 return Err(invalid(field, "must be between 1 and 36500 days"));
+            }
+        }
+        if !(1..=4096).contains(&self.crl.shards) {
+            return Err(invalid("crl.shards", "must be between 1 and 4096"));
+        }
+        if !self.crl.base_url.is_empty() {
+            let u = &self.crl.base_url;
+            if !(u.starts_with("http://") || u.starts_with("https://"))
+                || !u.is_ascii()
+                || u.contains(char::is_whitespace)
+            {
+                return Err(invalid(
+                    "crl.base_url",
+                    "an http:// or https:// URL in ASCII without spaces (an IA5String, RFC 5280 §4.2.1.13), or empty for none",
+                ));
             }
         }
         if self.hsm.online_token == self.hsm.root_token {

@@ -8,7 +8,10 @@ use std::path::Path;
 /// Writes `bytes` to `path` through a temporary file in the same directory, fsyncs it, renames it
 /// over `path` and fsyncs the directory: a reader sees the old file or the new one, never a torn one.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;

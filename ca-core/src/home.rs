@@ -53,16 +53,6 @@ impl CaKind {
             _ => None,
         }
     }
-
-    /// The default common name of the CA.
-    pub fn common_name(self) -> &'static str {
-        match self {
-            CaKind::Root => "meterpki Root CA",
-            CaKind::Device => "meterpki Device CA",
-            CaKind::Organisation => "meterpki Organisation CA",
-            CaKind::Access => "meterpki Access CA",
-        }
-    }
 }
 
 impl fmt::Display for CaKind {
@@ -95,6 +85,10 @@ impl Home {
     /// `ca/audit.pem`: the audit signer's certificate (issued by the root).
     pub fn audit_cert(&self) -> PathBuf {
         self.ca_dir().join("audit.pem")
+    }
+    /// `policies/`: the certificate profiles this home issues with (TOML).
+    pub fn policies_dir(&self) -> PathBuf {
+        self.root.join("policies")
     }
     /// `crl/`: published CRLs.
     pub fn crl_dir(&self) -> PathBuf {

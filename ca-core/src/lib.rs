@@ -8,8 +8,10 @@
 mod audit;
 mod certs;
 mod config;
+mod eui64;
 mod fsutil;
 mod home;
+pub mod issue;
 mod quorum;
 mod signer;
 mod store;
@@ -20,11 +22,15 @@ pub use certs::{
     certificate_to_pem, check_key_matches, fingerprint_sha256, key_identifier, parse_name,
     verify_certificate_signature, CaCertSpec, CertError, CertInfo,
 };
-pub use config::{CaConfig, Config, ConfigError, HsmConfig, PinSource, ServerConfig};
+pub use config::{CaConfig, Config, ConfigError, CrlConfig, HsmConfig, PinSource, ServerConfig};
+pub use eui64::{DeviceRange, Eui64};
 pub use fsutil::{write_atomic, write_new_secret};
 pub use home::{CaKind, Home};
 pub use quorum::{
     combine_shares, split_secret, CeremonyRecord, QuorumError, RootSecret, ShareFile,
 };
-pub use signer::{spki_from_point, verify_signature, KeyAlgorithm, SignError, Signer, VerifyError};
-pub use store::{SledStore, Store, StoreError};
+pub use signer::{
+    spki_from_point, verify_signature, verify_signature_fast, KeyAlgorithm, SignError, Signer,
+    VerifyError,
+};
+pub use store::{CertRecord, Commit, Committed, SledStore, Store, StoreError};

@@ -40,6 +40,16 @@ pub enum Command {
     /// Key ceremonies: the root (quorum of officers) and the issuing CAs.
     #[command(subcommand)]
     Ceremony(CeremonyCommand),
+    /// Issue meter or supplier certificates: one from a CSR, or a batch from an NDJSON file.
+    #[command(
+        after_help = "Examples:\n  meterpki issue --profile meter-signing --device-id 00-DB-12-34-56-78-90-01 --csr meter.csr --out meter.pem\n  meterpki issue --profile supplier-signing --entity-id 90-B3-D5-1F-30-00-00-02 --name \"Example Energy\" --csr s.csr\n  meterpki issue --batch line-7.ndjson --out line-7.results.ndjson\n\nA batch line is one request item:\n  {\"profile\": \"meter-signing\", \"device_id\": \"00-DB-12-34-56-78-90-01\", \"csr\": \"<base64 DER or PEM>\"}\nwith \"public_key\" (base64 SubjectPublicKeyInfo) instead of \"csr\" where the profile allows it, and an\noptional \"replace\": true. Each result line: {\"index\", \"line\", \"status\": \"issued\"|\"rejected\", \"serial\",\n\"certificate\" (base64 DER), \"existing\"} or {\"error\": {\"code\", \"detail\"}}. Re-running a batch issues nothing twice."
+    )]
+    Issue(IssueArgs),
+    /// Show stored certificates by serial or by device / entity ID.
+    #[command(
+        after_help = "Examples:\n  meterpki show --serial 4f1c2a9b0d3e5f6071\n  meterpki show --device-id 00-DB-12-34-56-78-90-01 --json"
+    )]
+    Show(ShowArgs),
     /// Tokens, keys, CA certificates with fingerprints, audit head.
     #[command(after_help = "Example:\n  meterpki status --json | jq '.cas'")]
     Status,
@@ -68,6 +78,51 @@ pub struct InitArgs {
     /// Sessions in the signing pool.
     #[arg(long, default_value_t = 2)]
     pub sessions: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct IssueArgs {
+    /// Profile of a single certificate (meter-signing, meter-key-agreement, supplier-signing, supplier-key-agreement).
+    #[arg(long, conflicts_with = "batch")]
+    pub profile: Option<String>,
+    /// The meter's EUI-64 (meter profiles).
+    #[arg(long, conflicts_with = "batch")]
+    pub device_id: Option<String>,
+    /// The party's EUI-64 entity ID (supplier profiles).
+    #[arg(long, conflicts_with = "batch")]
+    pub entity_id: Option<String>,
+    /// The party's registered name (supplier profiles).
+    #[arg(long, conflicts_with = "batch")]
+    pub name: Option<String>,
+    /// PKCS#10 CSR file (PEM or DER).
+    #[arg(long, conflicts_with_all = ["batch", "public_key"])]
+    pub csr: Option<PathBuf>,
+    /// SubjectPublicKeyInfo file (PEM or DER), where the profile allows a bare key.
+    #[arg(long, conflicts_with = "batch")]
+    pub public_key: Option<PathBuf>,
+    /// Replace the active certificate of this device and usage held for another key.
+    #[arg(long, conflicts_with = "batch")]
+    pub replace: bool,
+    /// An NDJSON file of request items, one per line.
+    #[arg(long)]
+    pub batch: Option<PathBuf>,
+    /// Output: the certificate (PEM) for one request; the results (NDJSON) for a batch.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Items per transaction in a batch: stored and flushed together before their results are written.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub chunk: u32,
+}
+
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false)]
+pub struct ShowArgs {
+    /// Serial number, hex.
+    #[arg(long)]
+    pub serial: Option<String>,
+    /// Device or entity ID (EUI-64).
+    #[arg(long)]
+    pub device_id: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -139,6 +194,32 @@ pub enum AuditCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
+    /// Write an NDJSON batch of N meter-signing requests with fresh P-256 keys made in software (for benchmarks and line tests; the keys are discarded).
+    #[command(
+        name = "make-batch",
+        after_help = "Example:\n  meterpki bench make-batch --count 10000 --out line-7.ndjson"
+    )]
+    MakeBatch {
+        /// Requests to write.
+        #[arg(long)]
+        count: usize,
+        /// The NDJSON file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Profile of the requests.
+        #[arg(long, default_value = "meter-signing")]
+        profile: String,
+    },
+    /// Issue N meter certificates from freshly made CSRs through the `issue --batch` path; print certificates/s next to the raw signing rate measured in the same run, their ratio, and peak RSS.
+    #[command(after_help = "Example:\n  meterpki bench issue --count 100000")]
+    Issue {
+        /// Certificates to issue.
+        #[arg(long, default_value_t = 100_000)]
+        count: usize,
+        /// Seconds for the raw signing-rate measurement.
+        #[arg(long, default_value_t = 5.0)]
+        raw_seconds: f64,
+    },
     /// Raw signing rates of the online token: bare cryptoki loop vs hsm-bridge, 1 and 2 sessions, P-256 and P-384.
     #[command(after_help = "Example:\n  meterpki bench hsm --seconds 5")]
     Hsm {

@@ -67,6 +67,58 @@ impl Ctx {
         Ok((signer, cert))
     }
 
+    /// The certificate profiles: `<home>/policies/*.toml`, or the shipped ones when the home
+    /// has no such folder. A profile that does not validate stops the command here.
+    pub fn profiles(&self) -> Result<policies::ProfileSet> {
+        let dir = self.home.policies_dir();
+        if dir.is_dir() {
+            Ok(policies::ProfileSet::load_dir(&dir).map_err(|e| input(e.to_string()))?)
+        } else {
+            Ok(policies::ProfileSet::builtin())
+        }
+    }
+
+    /// The issuance engine with every issuing CA that exists in this home (device,
+    /// organisation), each refused if its HSM key does not match its certificate.
+    pub fn engine(
+        &self,
+        online: &Arc<Token>,
+        store: Arc<SledStore>,
+    ) -> Result<ca_core::issue::Engine> {
+        let profiles = self.profiles()?;
+        let mut issuers = Vec::new();
+        for (kind, ikind) in [
+            (ca_core::CaKind::Device, policies::IssuerKind::Device),
+            (
+                ca_core::CaKind::Organisation,
+                policies::IssuerKind::Organisation,
+            ),
+            (ca_core::CaKind::Access, policies::IssuerKind::Access),
+        ] {
+            if !self.home.ca_cert(kind).exists() {
+                continue;
+            }
+            let (signer, cert) = self.issuer(online, kind)?;
+            issuers.push(Arc::new(ca_core::issue::IssuerCtx::new(
+                ikind,
+                cert,
+                Arc::new(signer),
+            )?));
+        }
+        let crl = ca_core::issue::CrlSettings {
+            shards: self.config.crl.shards,
+            base_url: (!self.config.crl.base_url.is_empty())
+                .then(|| self.config.crl.base_url.clone()),
+        };
+        Ok(ca_core::issue::Engine::new(
+            profiles,
+            issuers,
+            store as Arc<dyn Store>,
+            crl,
+            self.config.hsm.sessions,
+        ))
+    }
+
     pub fn store(&self) -> Result<Arc<SledStore>> {
         let dir = self.home.store_dir();
         Ok(Arc::new(SledStore::open(&dir).with_context(|| {

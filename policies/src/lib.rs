@@ -1,6 +1,37 @@
 //! Certificate profiles as validated TOML (DESIGN §3).
 //!
-//! Not built yet: the profiles (meter, supplier, TLS, trust-update signer) and their validation
-//! arrive with the issuance issue. Until then the CA certificates made at the ceremonies take
-//! their names and lifetimes from `[ca]` in `meterpki.toml`.
+//! A *profile* says what one kind of certificate looks like: who issues it, its keyUsage bits, the
+//! curves its subject key may use, its policy and device-type OIDs, its lifetime and a few
+//! extension switches. Profiles are data: meterpki ships one TOML file per profile (see
+//! [`BUILTIN`], copied into a home by [`ProfileSet::write_builtin`]) and users edit OIDs,
+//! validity and extensions without recompiling.
+//!
+//! Every file is validated when it is loaded ([`Profile::from_toml`], [`ProfileSet::load_dir`]).
+//! The hard limits (one keyUsage bit per meter or supplier certificate, P-256 only for meters and
+//! suppliers, the right issuer for each kind, well-formed OIDs, ...) cannot be switched off; a
+//! profile that breaks one is refused with a [`ProfileError`] naming the file, the field and the
+//! reason.
+//!
+//! ```
+//! use policies::{ProfileKind, ProfileSet, Validity};
+//!
+//! let set = ProfileSet::builtin();
+//! let meter = set.get("meter-signing").expect("shipped profile");
+//! assert_eq!(meter.kind(), ProfileKind::Meter);
+//! assert_eq!(meter.validity(), Validity::Unlimited);
+//! ```
 #![forbid(unsafe_code)]
+
+mod error;
+mod profile;
+mod set;
+
+pub use const_oid::ObjectIdentifier;
+pub use error::ProfileError;
+pub use profile::{
+    Curve, ExtendedKeyUsage, IssuerKind, KeyUsageBit, Profile, ProfileKind, Validity,
+};
+pub use set::{ProfileSet, BUILTIN};
+
+#[cfg(test)]
+mod tests;

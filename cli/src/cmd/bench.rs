@@ -94,3 +94,160 @@ pub fn hsm(ctx: &Ctx, seconds: f64) -> Result<()> {
     }
     Ok(())
 }
+
+/// One meter request with a fresh software P-256 key: a CSR (RFC 2986) signed by that key.
+fn meter_request(profile: &str, device_id: &str) -> Result<String> {
+    use der::asn1::{BitString, SetOfVec};
+    use der::{Decode, Encode};
+    use p256::ecdsa::signature::Signer as _;
+    use x509_cert::request::{CertReq, CertReqInfo, Version};
+    let key = p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng);
+    let point = key.verifying_key().to_encoded_point(false);
+    let spki = ca_core::spki_from_point(KeyAlgorithm::EcP256, point.as_bytes())?;
+    let info = CertReqInfo {
+        version: Version::V1,
+        subject: x509_cert::name::Name::default(),
+        public_key: spki,
+        attributes: SetOfVec::new(),
+    };
+    let sig: p256::ecdsa::Signature = key.sign(&info.to_der()?);
+    let csr = CertReq {
+        info,
+        algorithm: spki::AlgorithmIdentifierOwned {
+            oid: der::asn1::ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2"),
+            parameters: None,
+        },
+        signature: BitString::from_bytes(sig.to_der().as_bytes())?,
+    };
+    let der = csr.to_der()?;
+    debug_assert!(CertReq::from_der(&der).is_ok());
+    use base64::Engine as _;
+    Ok(serde_json::to_string(&json!({
+        "profile": profile,
+        "device_id": device_id,
+        "csr": base64::engine::general_purpose::STANDARD.encode(der),
+    }))?)
+}
+
+/// Writes `count` requests for distinct devices (a random 32-bit prefix and a counter).
+fn write_batch(count: usize, out: &std::path::Path, profile: &str) -> Result<()> {
+    use rand::RngCore;
+    use std::io::Write;
+    let prefix = rand::rngs::OsRng.next_u32().to_be_bytes();
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let per = count.div_ceil(workers);
+    let parts: Vec<Result<Vec<String>>> = std::thread::scope(|s| {
+        (0..workers)
+            .map(|w| {
+                s.spawn(move || {
+                    let lo = w * per;
+                    let hi = (lo + per).min(count);
+                    (lo..hi)
+                        .map(|i| {
+                            let c = (i as u32).to_be_bytes();
+                            let id = [
+                                prefix[0], prefix[1], prefix[2], prefix[3], c[0], c[1], c[2], c[3],
+                            ];
+                            meter_request(profile, &ca_core::Eui64(id).to_string())
+                        })
+                        .collect()
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().map_err(|_| anyhow::anyhow!("a worker panicked"))?)
+            .collect()
+    });
+    let mut f = std::io::BufWriter::new(std::fs::File::create(out)?);
+    for part in parts {
+        for line in part? {
+            f.write_all(line.as_bytes())?;
+            f.write_all(b"\n")?;
+        }
+    }
+    f.flush()?;
+    Ok(())
+}
+
+pub fn make_batch(count: usize, out: &std::path::Path, profile: &str) -> Result<()> {
+    if count == 0 {
+        return Err(crate::errors::input("--count must be at least 1"));
+    }
+    write_batch(count, out, profile)?;
+    eprintln!("wrote {count} requests to {}", out.display());
+    Ok(())
+}
+
+/// Peak resident set size of this process in kB (VmHWM).
+fn peak_rss_kb() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    s.lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+pub fn issue(ctx: &Ctx, count: usize, raw_seconds: f64) -> Result<()> {
+    use ca_core::CaKind;
+    let hsm = ctx.hsm()?;
+    let online = ctx.online(&hsm)?;
+    let store = ctx.store()?;
+    let engine = ctx.engine(&online, store.clone())?;
+    let (device_signer, _) = ctx.issuer(&online, CaKind::Device)?;
+    let sessions = ctx.config.hsm.sessions;
+    let dir = tempfile::tempdir()?;
+    let batch = dir.path().join("batch.ndjson");
+    let results = dir.path().join("results.ndjson");
+    eprintln!("making {count} CSRs with software P-256 keys (benchmark input only)...");
+    write_batch(count, &batch, "meter-signing")?;
+    let d = Duration::from_secs_f64(raw_seconds);
+    eprintln!(
+        "raw signing rate of the Device CA key, {sessions} session(s), {raw_seconds} s each..."
+    );
+    let bare = bench_bare_cryptoki(&online, &CaKind::Device.key_label(), 32, sessions, d)?;
+    let bridge = bench_signer("hsm-bridge", Arc::new(device_signer), sessions, d)?;
+    // Peak RSS from here on: the issuance, not the CSR generation.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    eprintln!("issuing {count} certificates through the `issue --batch` path...");
+    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let summary = crate::cmd::issue::process_batch(&engine, &batch, &results, 1000, progress)?;
+    let rss = peak_rss_kb();
+    let rate = summary.issued as f64 / summary.seconds;
+    let out = json!({
+        "certificates": summary.issued,
+        "rejected": summary.rejected,
+        "seconds": summary.seconds,
+        "certificates_per_second": rate,
+        "sessions": sessions,
+        "raw_bare_cryptoki_per_second": bare.per_second,
+        "raw_hsm_bridge_per_second": bridge.per_second,
+        "ratio_to_bare": rate / bare.per_second,
+        "ratio_to_hsm_bridge": rate / bridge.per_second,
+        "peak_rss_mb": rss.map(|k| k as f64 / 1024.0),
+        "store_certificates": ca_core::Store::cert_count(store.as_ref())?,
+    });
+    if ctx.json {
+        print_json(&out)?;
+    } else {
+        println!(
+            "issued                 {} certificates in {:.1} s ({} rejected)",
+            summary.issued, summary.seconds, summary.rejected
+        );
+        println!("issuance rate          {rate:>8.0} certificates/s");
+        println!("raw SoftHSM rate       {:>8.0} signatures/s (bare cryptoki C_Sign, {sessions} session(s))", bare.per_second);
+        println!(
+            "raw via hsm-bridge     {:>8.0} signatures/s (HsmSigner::sign, {sessions} session(s))",
+            bridge.per_second
+        );
+        println!("ratio                  {:>7.0} % of the bare rate, {:.0} % of the hsm-bridge rate (target >= 70 %)", 100.0 * rate / bare.per_second, 100.0 * rate / bridge.per_second);
+        if let Some(k) = rss {
+            println!("peak RSS (issuance)    {:>8.1} MB", k as f64 / 1024.0);
+        }
+    }
+    if summary.rejected > 0 {
+        anyhow::bail!("{} requests were rejected", summary.rejected);
+    }
+    Ok(())
+}

@@ -22,8 +22,8 @@ use crate::errors::input;
 /// Label of the key that signs the audit chain head (on the online token).
 pub const AUDIT_KEY_LABEL: &str = "meterpki-audit";
 
-fn subject(ctx: &Ctx, cn: &str) -> String {
-    format!("CN={cn},O={}", ctx.config.ca.organisation)
+fn subject(ctx: &Ctx, kind: CaKind) -> String {
+    ctx.config.ca.subject(kind)
 }
 
 pub fn root(ctx: &Ctx, a: RootArgs) -> Result<()> {
@@ -183,7 +183,7 @@ fn root_after_token(
     let root_cert = build_self_signed_root(
         &root_signer,
         &CaCertSpec {
-            subject: subject(ctx, CaKind::Root.common_name()),
+            subject: subject(ctx, CaKind::Root),
             validity_days: ctx.config.ca.root_validity_days,
             path_len: 1,
         },
@@ -200,7 +200,10 @@ fn root_after_token(
         &root_cert,
         &audit_key.spki,
         &CaCertSpec {
-            subject: subject(ctx, "meterpki Audit Signer"),
+            subject: format!(
+                "CN={} Audit Signer,O={}",
+                ctx.config.ca.organisation, ctx.config.ca.organisation
+            ),
             validity_days: ctx.config.ca.issuing_validity_days,
             path_len: 0,
         },
@@ -359,9 +362,7 @@ pub fn issuing(ctx: &Ctx, a: IssuingArgs) -> Result<()> {
                 );
                 println!(
                     "  signed by    {} (quorum {} of {})",
-                    CaKind::Root.common_name(),
-                    record.quorum,
-                    record.officers
+                    root_cert.tbs_certificate.subject, record.quorum, record.officers
                 );
                 println!(
                     "  verify with  openssl verify -CAfile {} {}",
@@ -396,7 +397,7 @@ fn issuing_after_key(
         root_cert,
         &key.spki,
         &CaCertSpec {
-            subject: subject(ctx, kind.common_name()),
+            subject: subject(ctx, kind),
             validity_days: ctx.config.ca.issuing_validity_days,
             path_len: 0,
         },

@@ -75,6 +75,7 @@ pub fn run(home: Home, a: InitArgs, json: bool) -> Result<()> {
             organisation: a.org.clone(),
             ..CaConfig::default()
         },
+        crl: ca_core::CrlConfig::default(),
         server: ServerConfig::default(),
     };
     config
@@ -136,6 +137,8 @@ fn create(home: &Home, config: &Config, softhsm: bool) -> Result<serde_json::Val
         std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
     }
     std::fs::set_permissions(home.secrets_dir(), std::fs::Permissions::from_mode(0o700))?;
+    // The shipped certificate profiles, for the operator to adapt (validated at every load).
+    policies::ProfileSet::write_builtin(&home.policies_dir())?;
     if softhsm {
         softhsm_config::write_config(&home.softhsm_dir())
             .with_context(|| format!("writing {}", home.softhsm_conf().display()))?;

@@ -4,6 +4,8 @@ mod audit;
 mod bench;
 mod ceremony;
 mod init;
+mod issue;
+mod show;
 mod status;
 
 use anyhow::Result;
@@ -20,6 +22,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Init(a) => init::run(home, a, json),
         Command::Audit(AuditCommand::Verify) => audit::verify(&Ctx::open(home, json)?),
         Command::Audit(AuditCommand::List) => audit::list(&Ctx::open(home, json)?),
+        Command::Bench(BenchCommand::MakeBatch {
+            count,
+            out,
+            profile,
+        }) => bench::make_batch(count, &out, &profile),
         other => {
             let ctx = Ctx::open(home, json)?;
             if ctx.config.hsm.softhsm {
@@ -29,8 +36,15 @@ pub fn run(cli: Cli) -> Result<()> {
                 Command::Ceremony(CeremonyCommand::Root(a)) => ceremony::root(&ctx, a),
                 Command::Ceremony(CeremonyCommand::IssuingCa(a)) => ceremony::issuing(&ctx, a),
                 Command::Status => status::run(&ctx),
+                Command::Issue(a) => issue::run(&ctx, a),
+                Command::Show(a) => show::run(&ctx, a),
+                Command::Bench(BenchCommand::Issue { count, raw_seconds }) => {
+                    bench::issue(&ctx, count, raw_seconds)
+                }
                 Command::Bench(BenchCommand::Hsm { seconds }) => bench::hsm(&ctx, seconds),
-                Command::Init(_) | Command::Audit(_) => unreachable!("handled above"),
+                Command::Init(_)
+                | Command::Audit(_)
+                | Command::Bench(BenchCommand::MakeBatch { .. }) => unreachable!("handled above"),
             }
         }
     }

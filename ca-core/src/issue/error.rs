@@ -1,0 +1,102 @@
+//! Why one request was refused: a stable code (the API's `error.code`, the CLI's NDJSON) and a
+//! detail for a human.
+
+use std::fmt;
+
+/// Stable error codes of an issuance request (DESIGN §4: "each with its own error code").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The request is not valid JSON or has an unknown field.
+    Json,
+    /// No profile of that name.
+    ProfileUnknown,
+    /// The profile does not allow this request (missing field, bare key not allowed, ...).
+    ProfileLimit,
+    /// The CSR or public key is not valid base64/PEM/DER.
+    CsrMalformed,
+    /// The CSR's signature does not verify with its own key (no proof of possession).
+    CsrSignature,
+    /// Not an EC key.
+    KeyType,
+    /// An EC key on a curve the profile does not take.
+    Curve,
+    /// The public key is not a valid point on its curve.
+    PointNotOnCurve,
+    /// The device or entity ID is not an EUI-64.
+    DeviceId,
+    /// The device is outside the account's allowed range.
+    DeviceRange,
+    /// An active certificate exists for this device and usage with another key.
+    ExistingCertificate,
+    /// Too many items in one batch.
+    BatchTooLarge,
+    /// Not issued because another item of an atomic batch was refused.
+    BatchAborted,
+    /// The HSM could not sign.
+    HsmUnavailable,
+    /// Something inside meterpki failed; the detail is logged.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The code as it appears in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Json => "json",
+            ErrorCode::ProfileUnknown => "profile-unknown",
+            ErrorCode::ProfileLimit => "profile-limit",
+            ErrorCode::CsrMalformed => "csr-malformed",
+            ErrorCode::CsrSignature => "csr-signature",
+            ErrorCode::KeyType => "key-type",
+            ErrorCode::Curve => "curve",
+            ErrorCode::PointNotOnCurve => "point-not-on-curve",
+            ErrorCode::DeviceId => "device-id",
+            ErrorCode::DeviceRange => "device-range",
+            ErrorCode::ExistingCertificate => "existing-certificate",
+            ErrorCode::BatchTooLarge => "batch-too-large",
+            ErrorCode::BatchAborted => "batch-aborted",
+            ErrorCode::HsmUnavailable => "hsm-unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// True for the requester's mistakes (4xx / exit 2), false for ours (5xx / exit 1).
+    pub fn is_client_error(self) -> bool {
+        !matches!(self, ErrorCode::HsmUnavailable | ErrorCode::Internal)
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A refused request.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct IssueError {
+    /// The stable code.
+    pub code: ErrorCode,
+    /// What was wrong, naming the field.
+    pub detail: String,
+}
+
+impl IssueError {
+    /// A new error.
+    pub fn new(code: ErrorCode, detail: impl Into<String>) -> IssueError {
+        IssueError {
+            code,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl fmt::Display for IssueError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.detail)
+    }
+}
+
+impl std::error::Error for IssueError {}

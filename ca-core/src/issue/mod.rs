@@ -1,0 +1,362 @@
+//! The issuance pipeline (DESIGN §4), one module a step, each turning one type into the next:
+//!
+//! ```text
+//! RequestItem -request-> Request -policy-> Approved -tbs-> Tbs -lint-> Linted -sign-> Issued -store-> Outcome
+//! ```
+//!
+//! Only `lint` can make a `Linted` and `sign` consumes it: nothing unlinted is signed, nothing is
+//! signed twice. Every signature is verified before the certificate is stored, and the store is
+//! flushed before anyone is answered.
+
+mod error;
+mod lint;
+mod policy;
+mod request;
+mod sign;
+mod tbs;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use der::{Decode, Encode};
+use policies::{IssuerKind, Profile, ProfileSet};
+use x509_cert::name::Name;
+use x509_cert::Certificate;
+
+pub use error::{ErrorCode, IssueError};
+pub use lint::Linted;
+pub use policy::{AccountLimits, Approved, Decision};
+pub use request::{parse_request, Request, RequestItem, Subject};
+pub use sign::Issued;
+pub use tbs::{
+    shard_of, CrlSettings, HardwareModuleName, Tbs, ID_ON_HARDWARE_MODULE_NAME, SUPPLIER_ROLE_CODE,
+    X500_UNIQUE_IDENTIFIER,
+};
+
+use crate::certs::{check_key_matches, key_identifier, CertError};
+use crate::signer::{KeyAlgorithm, Signer, VerifyError};
+use crate::store::{CertRecord, Commit, Store};
+
+/// Most items in one batch (DESIGN §4).
+pub const MAX_BATCH: usize = 10_000;
+
+/// An issuing CA ready to sign: its certificate, its key, and what the pipeline reads from them.
+pub struct IssuerCtx {
+    pub(crate) kind: IssuerKind,
+    pub(crate) subject: Name,
+    pub(crate) key_id: Vec<u8>,
+    pub(crate) not_after_unix: u64,
+    pub(crate) algorithm: KeyAlgorithm,
+    pub(crate) signature_algorithm_der: Vec<u8>,
+    pub(crate) signer: Arc<dyn Signer>,
+    cert: Certificate,
+}
+
+impl std::fmt::Debug for IssuerCtx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "IssuerCtx({} CA, {:?})", self.kind.name(), self.signer)
+    }
+}
+
+impl IssuerCtx {
+    /// Binds a CA certificate to its signer. Refuses a key that does not match the certificate.
+    pub fn new(
+        kind: IssuerKind,
+        cert: Certificate,
+        signer: Arc<dyn Signer>,
+    ) -> Result<IssuerCtx, CertError> {
+        check_key_matches(signer.as_ref(), &cert, kind.name())?;
+        let spki = &cert.tbs_certificate.subject_public_key_info;
+        // The AKI of what we issue must equal the CA's own SKI (RFC 5280 §4.2.1.1).
+        let key_id = cert
+            .tbs_certificate
+            .extensions
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .find(|e| e.extn_id == const_oid::db::rfc5280::ID_CE_SUBJECT_KEY_IDENTIFIER)
+            .and_then(|e| der::asn1::OctetString::from_der(e.extn_value.as_bytes()).ok())
+            .map(|o| o.as_bytes().to_vec())
+            .unwrap_or_else(|| key_identifier(spki).to_vec());
+        let algorithm = signer.algorithm();
+        Ok(IssuerCtx {
+            kind,
+            subject: cert.tbs_certificate.subject.clone(),
+            key_id,
+            not_after_unix: cert
+                .tbs_certificate
+                .validity
+                .not_after
+                .to_unix_duration()
+                .as_secs(),
+            algorithm,
+            signature_algorithm_der: algorithm.signature_algorithm().to_der()?,
+            signer,
+            cert,
+        })
+    }
+
+    /// The CA certificate.
+    pub fn certificate(&self) -> &Certificate {
+        &self.cert
+    }
+
+    /// Which CA.
+    pub fn kind(&self) -> IssuerKind {
+        self.kind
+    }
+
+    /// Verifies a DER signature over `message` with the issuer's key.
+    pub(crate) fn verify(&self, message: &[u8], signature: &[u8]) -> Result<(), VerifyError> {
+        crate::signer::verify_signature_fast(
+            &self.cert.tbs_certificate.subject_public_key_info,
+            message,
+            signature,
+        )
+    }
+}
+
+/// An answered request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// The certificate.
+    pub record: CertRecord,
+    /// True when it had been issued before (same device, usage and key): nothing new was signed.
+    pub existing: bool,
+}
+
+/// What the steps before the store produce.
+enum Prepared {
+    Existing(Box<CertRecord>),
+    ToSign(Box<Linted>, Arc<IssuerCtx>),
+}
+
+/// The issuance engine: profiles, issuers, store.
+pub struct Engine {
+    profiles: ProfileSet,
+    issuers: Vec<Arc<IssuerCtx>>,
+    store: Arc<dyn Store>,
+    crl: CrlSettings,
+    workers: usize,
+}
+
+impl Engine {
+    /// An engine; `workers` threads sign in parallel (one per HSM session).
+    pub fn new(
+        profiles: ProfileSet,
+        issuers: Vec<Arc<IssuerCtx>>,
+        store: Arc<dyn Store>,
+        crl: CrlSettings,
+        workers: usize,
+    ) -> Engine {
+        Engine {
+            profiles,
+            issuers,
+            store,
+            crl,
+            workers: workers.max(1),
+        }
+    }
+
+    /// The profiles.
+    pub fn profiles(&self) -> &ProfileSet {
+        &self.profiles
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    fn issuer_for(&self, profile: &Profile) -> Result<&Arc<IssuerCtx>, IssueError> {
+        self.issuers.iter().find(|i| i.kind == profile.issuer()).ok_or_else(|| {
+            IssueError::new(
+                ErrorCode::Internal,
+                format!(
+                    "profile {} is issued by the {} CA, which does not exist yet: run `meterpki ceremony issuing-ca --kind {}`",
+                    profile.name(),
+                    profile.issuer().name(),
+                    profile.issuer().name()
+                ),
+            )
+        })
+    }
+
+    /// Steps 1 to 4: request, policy, TBS, lint. No HSM call, nothing stored.
+    fn prepare(&self, item: &RequestItem, limits: &AccountLimits) -> Result<Prepared, IssueError> {
+        let request = parse_request(item, &self.profiles)?;
+        let issuer = self.issuer_for(&request.profile)?.clone();
+        match policy::approve(request, limits, self.store.as_ref())? {
+            Decision::Existing(record) => Ok(Prepared::Existing(record)),
+            Decision::Approve(approved) => {
+                let tbs = tbs::build_tbs(
+                    *approved,
+                    &issuer,
+                    &self.crl,
+                    self.store.as_ref(),
+                    SystemTime::now(),
+                )?;
+                Ok(Prepared::ToSign(
+                    Box::new(lint::lint(tbs, &issuer)?),
+                    issuer,
+                ))
+            }
+        }
+    }
+
+    /// One request, the whole flow: answered only once stored and flushed.
+    pub fn issue(&self, item: &RequestItem, limits: &AccountLimits) -> Result<Outcome, IssueError> {
+        let mut out = self.issue_batch(&[Ok(item.clone())], limits, false)?;
+        out.pop()
+            .unwrap_or_else(|| Err(IssueError::new(ErrorCode::Internal, "no result")))
+    }
+
+    /// A batch: results per item in request order; a bad item does not sink the others unless
+    /// `atomic`, when nothing is issued unless everything is. Items that failed to parse upstream
+    /// (an NDJSON line that is not JSON) come in as errors and go out unchanged.
+    pub fn issue_batch(
+        &self,
+        items: &[Result<RequestItem, IssueError>],
+        limits: &AccountLimits,
+        atomic: bool,
+    ) -> Result<Vec<Result<Outcome, IssueError>>, IssueError> {
+        if items.len() > MAX_BATCH {
+            return Err(IssueError::new(
+                ErrorCode::BatchTooLarge,
+                format!("{} items in one batch; at most {MAX_BATCH}", items.len()),
+            ));
+        }
+        let prepare = |item: &Result<RequestItem, IssueError>| {
+            item.clone().and_then(|i| self.prepare(&i, limits))
+        };
+        let signed: Vec<Result<SignedOrExisting, IssueError>> = if atomic {
+            // All-or-nothing: refuse before any signature if one item is bad.
+            let prepared = par_map(items, self.workers, prepare);
+            if prepared.iter().any(Result::is_err) {
+                return Ok(abort_all(
+                    prepared.into_iter().map(|p| p.map(|_| ())).collect(),
+                ));
+            }
+            par_map_owned(prepared, self.workers, |p| p.and_then(sign_prepared))
+        } else {
+            par_map(items, self.workers, |item| {
+                prepare(item).and_then(sign_prepared)
+            })
+        };
+        self.commit(signed, atomic)
+    }
+
+    /// Step 6: store what was signed, in one transaction, flushed; map the store's answer.
+    fn commit(
+        &self,
+        signed: Vec<Result<SignedOrExisting, IssueError>>,
+        atomic: bool,
+    ) -> Result<Vec<Result<Outcome, IssueError>>, IssueError> {
+        let to_store: Vec<(CertRecord, bool)> = signed
+            .iter()
+            .filter_map(|s| match s {
+                Ok(SignedOrExisting::Signed(i)) => Some((i.record.clone(), i.replace)),
+                _ => None,
+            })
+            .collect();
+        let committed = self.store.commit_issued(&to_store, atomic).map_err(|e| {
+            IssueError::new(ErrorCode::Internal, format!("storing certificates: {e}"))
+        })?;
+        let mut commits = committed.items.into_iter();
+        let mut out = Vec::with_capacity(signed.len());
+        for s in signed {
+            out.push(match s {
+                Err(e) => Err(e),
+                Ok(SignedOrExisting::Existing(record)) => Ok(Outcome { record: *record, existing: true }),
+                Ok(SignedOrExisting::Signed(issued)) => match commits.next() {
+                    Some(Commit::Stored) if committed.stored => Ok(Outcome { record: issued.record, existing: false }),
+                    Some(Commit::Stored) => Err(IssueError::new(ErrorCode::BatchAborted, "not issued: another item of this atomic batch was refused")),
+                    Some(Commit::Existing(record)) => Ok(Outcome { record: *record, existing: true }),
+                    Some(Commit::Conflict(active)) => Err(IssueError::new(
+                        ErrorCode::ExistingCertificate,
+                        format!("{} already holds an active {} certificate (serial {}) for another key; send \"replace\": true to replace it", active.subject_id, active.profile, active.serial_hex()),
+                    )),
+                    None => Err(IssueError::new(ErrorCode::Internal, "the store answered fewer items than it was given")),
+                },
+            });
+        }
+        Ok(out)
+    }
+}
+
+enum SignedOrExisting {
+    Signed(Box<Issued>),
+    Existing(Box<CertRecord>),
+}
+
+fn sign_prepared(p: Prepared) -> Result<SignedOrExisting, IssueError> {
+    match p {
+        Prepared::Existing(r) => Ok(SignedOrExisting::Existing(r)),
+        Prepared::ToSign(linted, issuer) => Ok(SignedOrExisting::Signed(Box::new(sign::sign(
+            *linted, &issuer,
+        )?))),
+    }
+}
+
+fn abort_all(checked: Vec<Result<(), IssueError>>) -> Vec<Result<Outcome, IssueError>> {
+    checked
+        .into_iter()
+        .map(|c| match c {
+            Err(e) => Err(e),
+            Ok(()) => Err(IssueError::new(
+                ErrorCode::BatchAborted,
+                "not issued: another item of this atomic batch was refused",
+            )),
+        })
+        .collect()
+}
+
+/// Maps `f` over `items` on `workers` threads, keeping order.
+fn par_map<T: Sync, R: Send>(items: &[T], workers: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    if workers <= 1 || items.len() <= 1 {
+        return items.iter().map(f).collect();
+    }
+    let next = AtomicUsize::new(0);
+    let mut parts: Vec<Vec<(usize, R)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers.min(items.len()))
+            .map(|_| {
+                s.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= items.len() {
+                            break done;
+                        }
+                        done.push((i, f(&items[i])));
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("issuance worker panicked"))
+            .collect()
+    });
+    let mut all: Vec<(usize, R)> = parts.iter_mut().flat_map(std::mem::take).collect();
+    all.sort_by_key(|(i, _)| *i);
+    all.into_iter().map(|(_, r)| r).collect()
+}
+
+/// `par_map` over owned items.
+fn par_map_owned<T: Send, R: Send>(
+    items: Vec<T>,
+    workers: usize,
+    f: impl Fn(T) -> R + Sync,
+) -> Vec<R> {
+    let cells: Vec<std::sync::Mutex<Option<T>>> = items
+        .into_iter()
+        .map(|t| std::sync::Mutex::new(Some(t)))
+        .collect();
+    par_map(&cells, workers, |c| {
+        f(c.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .expect("each item taken once"))
+    })
+}
