@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Installs what meterpki needs from Debian's packages and is missing: SoftHSM2 (the PKCS#11
-# token for tests and the demo), OpenSC (pkcs11-tool, an independent look at the token) and
-# openssl (an independent verifier of everything we sign).
+# Installs what meterpki needs and is missing: from Debian's packages SoftHSM2 (the PKCS#11 token
+# for tests and the demo), OpenSC (pkcs11-tool, an independent look at the token) and openssl (an
+# independent verifier of everything we sign); from PyPI, into .tools/venv, pkilint (an
+# independent RFC 5280 linter the tests run on every certificate kind).
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 need=()
 command -v softhsm2-util >/dev/null 2>&1 || need+=(softhsm2)
@@ -12,17 +14,26 @@ if [ -z "$(ls /usr/lib/softhsm/libsofthsm2.so /usr/lib/*/softhsm/libsofthsm2.so 
    && [[ " ${need[*]-} " != *" softhsm2 "* ]]; then
   need+=(softhsm2)
 fi
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  need+=(python3-venv)
+fi
 
-if [ ${#need[@]} -eq 0 ]; then
-  exit 0
-fi
-echo "installing: ${need[*]}" >&2
-sudo=""
-if [ "$(id -u)" -ne 0 ]; then
-  if command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
-    echo "need root (or sudo) to apt-get install ${need[*]}" >&2; exit 1
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}" >&2
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
+      echo "need root (or sudo) to apt-get install ${need[*]}" >&2; exit 1
+    fi
   fi
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
-export DEBIAN_FRONTEND=noninteractive
-$sudo apt-get update -qq
-$sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+
+if [ ! -x .tools/venv/bin/lint_pkix_cert ]; then
+  echo "installing pkilint into .tools/venv" >&2
+  python3 -m venv .tools/venv
+  .tools/venv/bin/pip install --quiet --disable-pip-version-check pkilint
+fi

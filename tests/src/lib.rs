@@ -193,3 +193,52 @@ pub fn softhsm_module() -> String {
         .display()
         .to_string()
 }
+
+/// pkilint's RFC 5280 linter (`lint_pkix_cert`): `METERPKI_PKILINT`, else `.tools/venv` (where
+/// `make test` installs it), else `PATH`.
+pub fn pkilint() -> String {
+    if let Ok(p) = std::env::var("METERPKI_PKILINT") {
+        return p;
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/venv/bin/lint_pkix_cert");
+    if venv.exists() {
+        return venv.display().to_string();
+    }
+    "lint_pkix_cert".into()
+}
+
+/// A P-256 (or other curve) key and a CSR made by openssl, independently of meterpki.
+pub fn openssl_csr(dir: &Path, name: &str, curve: &str) -> (PathBuf, PathBuf) {
+    let key = dir.join(format!("{name}.key"));
+    let csr = dir.join(format!("{name}.csr"));
+    tool(
+        "openssl",
+        &[
+            "ecparam",
+            "-name",
+            curve,
+            "-genkey",
+            "-noout",
+            "-out",
+            &key.display().to_string(),
+        ],
+        &[],
+    )
+    .ok();
+    tool(
+        "openssl",
+        &[
+            "req",
+            "-new",
+            "-key",
+            &key.display().to_string(),
+            "-subj",
+            "/",
+            "-out",
+            &csr.display().to_string(),
+        ],
+        &[],
+    )
+    .ok();
+    (key, csr)
+}

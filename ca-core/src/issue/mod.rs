@@ -164,6 +164,11 @@ impl Engine {
         &self.profiles
     }
 
+    /// The issuing CA of `kind`, if this engine has it.
+    pub fn issuer(&self, kind: IssuerKind) -> Option<&Arc<IssuerCtx>> {
+        self.issuers.iter().find(|i| i.kind == kind)
+    }
+
     /// The store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store

@@ -268,73 +268,74 @@ pub fn parse_request(item: &RequestItem, profiles: &ProfileSet) -> Result<Reques
             ),
         )
     })?;
-    let subject =
-        match profile.kind() {
-            ProfileKind::Meter => {
-                if item.entity_id.is_some() || item.name.is_some() {
-                    return Err(err(
-                        ErrorCode::ProfileLimit,
-                        format!(
-                            "profile {} names a device: give device_id, not entity_id or name",
-                            profile.name()
-                        ),
-                    ));
-                }
-                let id = item.device_id.as_deref().ok_or_else(|| {
-                    err(
-                        ErrorCode::ProfileLimit,
-                        format!("device_id is required for profile {}", profile.name()),
-                    )
-                })?;
-                Subject::Device(
-                    id.parse()
-                        .map_err(|e| err(ErrorCode::DeviceId, format!("device_id: {e}")))?,
+    let subject = match profile.kind() {
+        ProfileKind::Meter => {
+            if item.entity_id.is_some() || item.name.is_some() {
+                return Err(err(
+                    ErrorCode::ProfileLimit,
+                    format!(
+                        "profile {} names a device: give device_id, not entity_id or name",
+                        profile.name()
+                    ),
+                ));
+            }
+            let id = item.device_id.as_deref().ok_or_else(|| {
+                err(
+                    ErrorCode::ProfileLimit,
+                    format!("device_id is required for profile {}", profile.name()),
                 )
+            })?;
+            Subject::Device(
+                id.parse()
+                    .map_err(|e| err(ErrorCode::DeviceId, format!("device_id: {e}")))?,
+            )
+        }
+        ProfileKind::Supplier => {
+            if item.device_id.is_some() {
+                return Err(err(
+                    ErrorCode::ProfileLimit,
+                    format!(
+                        "profile {} names a party: give entity_id and name, not device_id",
+                        profile.name()
+                    ),
+                ));
             }
-            ProfileKind::Supplier => {
-                if item.device_id.is_some() {
-                    return Err(err(
-                        ErrorCode::ProfileLimit,
-                        format!(
-                            "profile {} names a party: give entity_id and name, not device_id",
-                            profile.name()
-                        ),
-                    ));
-                }
-                let id = item.entity_id.as_deref().ok_or_else(|| {
-                    err(
-                        ErrorCode::ProfileLimit,
-                        format!("entity_id is required for profile {}", profile.name()),
-                    )
-                })?;
-                let entity_id = id
-                    .parse()
-                    .map_err(|e| err(ErrorCode::DeviceId, format!("entity_id: {e}")))?;
-                let name = item.name.clone().ok_or_else(|| {
-                    err(
-                        ErrorCode::ProfileLimit,
-                        format!("name is required for profile {}", profile.name()),
-                    )
-                })?;
-                if name.trim().is_empty()
-                    || name.chars().count() > 64
-                    || name.chars().any(char::is_control)
-                {
-                    return Err(err(
-                        ErrorCode::ProfileLimit,
-                        "name: 1 to 64 printable characters (RFC 5280 ub-common-name)",
-                    ));
-                }
-                Subject::Party { entity_id, name }
+            let id = item.entity_id.as_deref().ok_or_else(|| {
+                err(
+                    ErrorCode::ProfileLimit,
+                    format!("entity_id is required for profile {}", profile.name()),
+                )
+            })?;
+            let entity_id = id
+                .parse()
+                .map_err(|e| err(ErrorCode::DeviceId, format!("entity_id: {e}")))?;
+            let name = item.name.clone().ok_or_else(|| {
+                err(
+                    ErrorCode::ProfileLimit,
+                    format!("name is required for profile {}", profile.name()),
+                )
+            })?;
+            if name.trim().is_empty()
+                || name.chars().count() > 64
+                || name.chars().any(char::is_control)
+            {
+                return Err(err(
+                    ErrorCode::ProfileLimit,
+                    "name: 1 to 64 printable characters (RFC 5280 ub-common-name)",
+                ));
             }
-            _ => return Err(err(
+            Subject::Party { entity_id, name }
+        }
+        _ => {
+            return Err(err(
                 ErrorCode::ProfileLimit,
                 format!(
                     "profile {} is not issued through requests (meter and supplier profiles are)",
                     profile.name()
                 ),
-            )),
-        };
+            ))
+        }
+    };
     let spki = match (&item.csr, &item.public_key) {
         (Some(_), Some(_)) => {
             return Err(err(

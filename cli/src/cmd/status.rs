@@ -70,6 +70,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok());
     let records = AuditLog::new(home.audit_log(), None).records()?;
+    let certificates = ca_core::Store::cert_count(ctx.store()?.as_ref())?;
     let last = records.last();
     let status = json!({
         "home": home.root(),
@@ -80,6 +81,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         "root_token": {"label": ctx.config.hsm.root_token, "public_objects": root_objects},
         "root_ceremony": ceremony.as_ref().map(|c| json!({"id": c.ceremony_id, "quorum": c.quorum, "officers": c.officers, "time": c.created})),
         "cas": cas,
+        "certificates": certificates,
         "audit": {"records": records.len(), "head_seq": last.map(|r| r.seq), "head_hash": last.map(|r| r.hash.clone()), "last_event": last.map(|r| r.event.clone())},
     });
     let result = if mismatches.is_empty() {
@@ -150,6 +152,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
             }
         );
     }
+    println!("\nCertificates issued: {certificates}");
     if let Some(c) = &ceremony {
         println!(
             "\nRoot ceremony {} at {}: quorum {} of {}",

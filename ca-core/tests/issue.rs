@@ -1,0 +1,587 @@
+//! The issuance pipeline against a software signer and a real sled store: every refused request
+//! is checked to have stored nothing. (The same pipeline on SoftHSM, checked with openssl and an
+//! independent linter, is in the workspace's `tests` crate.)
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use ca_core::issue::{AccountLimits, CrlSettings, Engine, ErrorCode, IssuerCtx, RequestItem};
+use ca_core::{
+    build_ca_certificate, build_self_signed_root, spki_from_point, CaCertSpec, KeyAlgorithm,
+    SignError, Signer, SledStore, Store,
+};
+use der::asn1::{BitString, SetOfVec};
+use der::{Decode, Encode};
+use p256::ecdsa::signature::Signer as _;
+use policies::{IssuerKind, ProfileSet};
+use spki::SubjectPublicKeyInfoOwned;
+use x509_cert::request::{CertReq, CertReqInfo, Version};
+use x509_cert::Certificate;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// A software key behind the Signer seam, for these tests only. `corrupt` makes it return a
+/// signature that does not verify, as a faulty HSM might.
+#[derive(Debug)]
+struct SoftSigner {
+    p256: Option<p256::ecdsa::SigningKey>,
+    p384: Option<p384::ecdsa::SigningKey>,
+    spki: SubjectPublicKeyInfoOwned,
+    corrupt: bool,
+}
+
+impl SoftSigner {
+    fn p256() -> SoftSigner {
+        let k = p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng);
+        let spki = spki_from_point(
+            KeyAlgorithm::EcP256,
+            k.verifying_key().to_encoded_point(false).as_bytes(),
+        )
+        .unwrap();
+        SoftSigner {
+            p256: Some(k),
+            p384: None,
+            spki,
+            corrupt: false,
+        }
+    }
+    fn p384() -> SoftSigner {
+        let k = p384::ecdsa::SigningKey::random(&mut rand::rngs::OsRng);
+        let spki = spki_from_point(
+            KeyAlgorithm::EcP384,
+            k.verifying_key().to_encoded_point(false).as_bytes(),
+        )
+        .unwrap();
+        SoftSigner {
+            p256: None,
+            p384: Some(k),
+            spki,
+            corrupt: false,
+        }
+    }
+}
+
+impl Signer for SoftSigner {
+    fn algorithm(&self) -> KeyAlgorithm {
+        if self.p256.is_some() {
+            KeyAlgorithm::EcP256
+        } else {
+            KeyAlgorithm::EcP384
+        }
+    }
+    fn public_key(&self) -> &SubjectPublicKeyInfoOwned {
+        &self.spki
+    }
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SignError> {
+        let mut sig = match (&self.p256, &self.p384) {
+            (Some(k), _) => {
+                let s: p256::ecdsa::Signature = k.sign(message);
+                s.to_der().as_bytes().to_vec()
+            }
+            (_, Some(k)) => {
+                let s: p384::ecdsa::Signature = k.sign(message);
+                s.to_der().as_bytes().to_vec()
+            }
+            _ => unreachable!(),
+        };
+        if self.corrupt {
+            let n = sig.len();
+            sig[n - 3] ^= 0x01;
+        }
+        Ok(sig)
+    }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: Arc<SledStore>,
+    engine: Engine,
+}
+
+fn ca(kind_subject: &str, corrupt: bool) -> (Certificate, Arc<SoftSigner>) {
+    let root = SoftSigner::p384();
+    let root_cert = build_self_signed_root(
+        &root,
+        &CaCertSpec {
+            subject: "CN=Test Root".into(),
+            validity_days: 3650,
+            path_len: 1,
+        },
+    )
+    .unwrap();
+    let mut ca = SoftSigner::p256();
+    let cert = build_ca_certificate(
+        &root,
+        &root_cert,
+        &ca.spki,
+        &CaCertSpec {
+            subject: kind_subject.into(),
+            validity_days: 1000,
+            path_len: 0,
+        },
+    )
+    .unwrap();
+    ca.corrupt = corrupt;
+    (cert, Arc::new(ca))
+}
+
+fn fixture_with(crl_base: Option<&str>, corrupt: bool, profiles: ProfileSet) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SledStore::open(&dir.path().join("store")).unwrap());
+    let (dcert, dkey) = ca("CN=MDCA1", corrupt);
+    let (ocert, okey) = ca("CN=Test Organisation CA,O=Test", corrupt);
+    let issuers = vec![
+        Arc::new(IssuerCtx::new(IssuerKind::Device, dcert, dkey).unwrap()),
+        Arc::new(IssuerCtx::new(IssuerKind::Organisation, ocert, okey).unwrap()),
+    ];
+    let crl = CrlSettings {
+        shards: 16,
+        base_url: crl_base.map(String::from),
+    };
+    let engine = Engine::new(profiles, issuers, store.clone() as Arc<dyn Store>, crl, 2);
+    Fixture {
+        _dir: dir,
+        store,
+        engine,
+    }
+}
+
+fn fixture() -> Fixture {
+    fixture_with(None, false, ProfileSet::builtin())
+}
+
+fn csr_p256(key: &p256::ecdsa::SigningKey) -> Vec<u8> {
+    let spki = spki_from_point(
+        KeyAlgorithm::EcP256,
+        key.verifying_key().to_encoded_point(false).as_bytes(),
+    )
+    .unwrap();
+    let info = CertReqInfo {
+        version: Version::V1,
+        subject: Default::default(),
+        public_key: spki,
+        attributes: SetOfVec::new(),
+    };
+    let sig: p256::ecdsa::Signature = key.sign(&info.to_der().unwrap());
+    CertReq {
+        info,
+        algorithm: spki::AlgorithmIdentifierOwned {
+            oid: der::asn1::ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2"),
+            parameters: None,
+        },
+        signature: BitString::from_bytes(sig.to_der().as_bytes()).unwrap(),
+    }
+    .to_der()
+    .unwrap()
+}
+
+fn csr_p384(key: &p384::ecdsa::SigningKey) -> Vec<u8> {
+    let spki = spki_from_point(
+        KeyAlgorithm::EcP384,
+        key.verifying_key().to_encoded_point(false).as_bytes(),
+    )
+    .unwrap();
+    let info = CertReqInfo {
+        version: Version::V1,
+        subject: Default::default(),
+        public_key: spki,
+        attributes: SetOfVec::new(),
+    };
+    let sig: p384::ecdsa::Signature = key.sign(&info.to_der().unwrap());
+    CertReq {
+        info,
+        algorithm: spki::AlgorithmIdentifierOwned {
+            oid: der::asn1::ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.3"),
+            parameters: None,
+        },
+        signature: BitString::from_bytes(sig.to_der().as_bytes()).unwrap(),
+    }
+    .to_der()
+    .unwrap()
+}
+
+/// A CSR whose SPKI is replaced (signature left as is): for keys we cannot sign with here.
+fn csr_with_spki(spki: SubjectPublicKeyInfoOwned) -> Vec<u8> {
+    let key = p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng);
+    let mut csr = CertReq::from_der(&csr_p256(&key)).unwrap();
+    csr.info.public_key = spki;
+    csr.to_der().unwrap()
+}
+
+fn meter(device: &str, csr: &[u8]) -> RequestItem {
+    RequestItem {
+        profile: "meter-signing".into(),
+        device_id: Some(device.into()),
+        entity_id: None,
+        name: None,
+        csr: Some(B64.encode(csr)),
+        public_key: None,
+        replace: false,
+    }
+}
+
+fn new_key() -> p256::ecdsa::SigningKey {
+    p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng)
+}
+
+fn refused(f: &Fixture, item: RequestItem, code: ErrorCode, needle: &str) {
+    let before = f.store.cert_count().unwrap();
+    let err = f
+        .engine
+        .issue(&item, &AccountLimits::default())
+        .unwrap_err();
+    assert_eq!(err.code, code, "{err}");
+    assert!(
+        err.detail.contains(needle),
+        "{err} should mention {needle:?}"
+    );
+    assert_eq!(
+        f.store.cert_count().unwrap(),
+        before,
+        "nothing stored for a refused request"
+    );
+}
+
+#[test]
+fn a_meter_certificate_is_issued_once_and_retries_return_it() {
+    let f = fixture();
+    let key = new_key();
+    let item = meter("00db123456789001", &csr_p256(&key));
+    let first = f.engine.issue(&item, &AccountLimits::default()).unwrap();
+    assert!(!first.existing);
+    assert_eq!(
+        first.record.subject_id, "00-DB-12-34-56-78-90-01",
+        "stored normalised"
+    );
+    let again = f
+        .engine
+        .issue(
+            &meter("00:DB:12:34:56:78:90:01", &csr_p256(&key)),
+            &AccountLimits::default(),
+        )
+        .unwrap();
+    assert!(again.existing);
+    assert_eq!(again.record, first.record);
+    assert_eq!(f.store.cert_count().unwrap(), 1);
+    // The certificate verifies with the p256 crate against the Device CA key and carries the
+    // device ID in its hardwareModuleName.
+    let cert = Certificate::from_der(&first.record.der).unwrap();
+    assert!(cert.tbs_certificate.subject.0.is_empty());
+    let der = cert.tbs_certificate.to_der().unwrap();
+    let device_ca = f.engine.issuer(IssuerKind::Device).unwrap().certificate();
+    let ca_spki = device_ca.tbs_certificate.subject_public_key_info.clone();
+    ca_core::verify_signature(&ca_spki, &der, cert.signature.raw_bytes()).unwrap();
+}
+
+#[test]
+fn bad_requests_get_their_code_and_store_nothing() {
+    let f = fixture();
+    let good = csr_p256(&new_key());
+
+    // CSR signature that does not verify (one bit of the signature flipped).
+    let mut bad_sig = good.clone();
+    let n = bad_sig.len();
+    bad_sig[n - 5] ^= 0x01;
+    refused(
+        &f,
+        meter("00DB123456789001", &bad_sig),
+        ErrorCode::CsrSignature,
+        "proof of possession",
+    );
+
+    // P-384, secp256k1 and RSA keys for a meter profile.
+    let p384 = csr_p384(&p384::ecdsa::SigningKey::random(&mut rand::rngs::OsRng));
+    refused(
+        &f,
+        meter("00DB123456789001", &p384),
+        ErrorCode::Curve,
+        "P-384",
+    );
+    let k1 = SubjectPublicKeyInfoOwned {
+        algorithm: spki::AlgorithmIdentifierOwned {
+            oid: der::asn1::ObjectIdentifier::new_unwrap("1.2.840.10045.2.1"),
+            parameters: Some(
+                der::Any::encode_from(&der::asn1::ObjectIdentifier::new_unwrap("1.3.132.0.10"))
+                    .unwrap(),
+            ),
+        },
+        subject_public_key: BitString::from_bytes(&[4u8; 65]).unwrap(),
+    };
+    refused(
+        &f,
+        meter("00DB123456789001", &csr_with_spki(k1)),
+        ErrorCode::Curve,
+        "secp256k1",
+    );
+    let rsa = SubjectPublicKeyInfoOwned {
+        algorithm: spki::AlgorithmIdentifierOwned {
+            oid: der::asn1::ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1"),
+            parameters: Some(der::Any::null()),
+        },
+        subject_public_key: BitString::from_bytes(&[0x30, 0x03, 0x02, 0x01, 0x03]).unwrap(),
+    };
+    refused(
+        &f,
+        meter("00DB123456789001", &csr_with_spki(rsa)),
+        ErrorCode::KeyType,
+        "RSA",
+    );
+
+    // Truncated and garbage DER, and text that is not base64.
+    refused(
+        &f,
+        meter("00DB123456789001", &good[..good.len() / 2]),
+        ErrorCode::CsrMalformed,
+        "PKCS#10",
+    );
+    refused(
+        &f,
+        meter("00DB123456789001", b"\x30\x82\xff\xffgarbage"),
+        ErrorCode::CsrMalformed,
+        "PKCS#10",
+    );
+    let mut not_b64 = meter("00DB123456789001", &good);
+    not_b64.csr = Some("%%% not base64 %%%".into());
+    refused(&f, not_b64, ErrorCode::CsrMalformed, "base64");
+
+    // A public key that is not on the curve (bare key, as the meter profiles allow).
+    let key = new_key();
+    let mut point = key
+        .verifying_key()
+        .to_encoded_point(false)
+        .as_bytes()
+        .to_vec();
+    point[40] ^= 0x01;
+    let off_curve = spki_from_point(KeyAlgorithm::EcP256, &point).unwrap();
+    let mut bare = meter("00DB123456789001", &good);
+    bare.csr = None;
+    bare.public_key = Some(B64.encode(off_curve.to_der().unwrap()));
+    refused(&f, bare, ErrorCode::PointNotOnCurve, "not a point");
+
+    // EUI-64 of 7 bytes, and with non-hex characters.
+    refused(
+        &f,
+        meter("00-DB-12-34-56-78-90", &good),
+        ErrorCode::DeviceId,
+        "7 group",
+    );
+    refused(
+        &f,
+        meter("00DB12345678900Z", &good),
+        ErrorCode::DeviceId,
+        "'Z'",
+    );
+
+    // Unknown profile.
+    let mut unknown = meter("00DB123456789001", &good);
+    unknown.profile = "meter-signin".into();
+    refused(&f, unknown, ErrorCode::ProfileUnknown, "meter-signing");
+
+    // A supplier profile without entity_id.
+    let mut sup = meter("00DB123456789001", &good);
+    sup.profile = "supplier-signing".into();
+    refused(&f, sup, ErrorCode::ProfileLimit, "device_id");
+}
+
+#[test]
+fn a_second_active_certificate_needs_replace() {
+    let f = fixture();
+    let a = f
+        .engine
+        .issue(
+            &meter("00DB123456789002", &csr_p256(&new_key())),
+            &AccountLimits::default(),
+        )
+        .unwrap();
+    refused(
+        &f,
+        meter("00DB123456789002", &csr_p256(&new_key())),
+        ErrorCode::ExistingCertificate,
+        &a.record.serial_hex(),
+    );
+    let mut item = meter("00DB123456789002", &csr_p256(&new_key()));
+    item.replace = true;
+    let b = f.engine.issue(&item, &AccountLimits::default()).unwrap();
+    assert_ne!(a.record.serial, b.record.serial);
+    let old = f.store.cert(&a.record.serial).unwrap().unwrap();
+    assert_eq!(old.replaced_by.as_deref(), Some(&b.record.serial[..]));
+    assert_eq!(
+        f.store
+            .active_cert("00-DB-12-34-56-78-90-02", "meter-signing")
+            .unwrap()
+            .unwrap()
+            .serial,
+        b.record.serial
+    );
+    // Another usage of the same device is independent.
+    let mut ka = meter("00DB123456789002", &csr_p256(&new_key()));
+    ka.profile = "meter-key-agreement".into();
+    f.engine.issue(&ka, &AccountLimits::default()).unwrap();
+}
+
+#[test]
+fn batches_keep_order_limit_size_and_atomic_is_all_or_nothing() {
+    let f = fixture();
+    let good1 = meter("00DB123456789010", &csr_p256(&new_key()));
+    let good2 = meter("00DB123456789011", &csr_p256(&new_key()));
+    let bad = meter("00DB1234567890", &csr_p256(&new_key()));
+    let items = vec![Ok(good1.clone()), Ok(bad.clone()), Ok(good2.clone())];
+
+    let out = f
+        .engine
+        .issue_batch(&items, &AccountLimits::default(), true)
+        .unwrap();
+    assert_eq!(out[1].as_ref().unwrap_err().code, ErrorCode::DeviceId);
+    assert_eq!(out[0].as_ref().unwrap_err().code, ErrorCode::BatchAborted);
+    assert_eq!(out[2].as_ref().unwrap_err().code, ErrorCode::BatchAborted);
+    assert_eq!(f.store.cert_count().unwrap(), 0, "atomic: nothing stored");
+
+    let out = f
+        .engine
+        .issue_batch(&items, &AccountLimits::default(), false)
+        .unwrap();
+    assert!(out[0].is_ok() && out[1].is_err() && out[2].is_ok());
+    assert_eq!(f.store.cert_count().unwrap(), 2);
+    assert_eq!(
+        out[0].as_ref().unwrap().record.subject_id,
+        "00-DB-12-34-56-78-90-10"
+    );
+    assert_eq!(
+        out[2].as_ref().unwrap().record.subject_id,
+        "00-DB-12-34-56-78-90-11"
+    );
+
+    // The same device and key twice in one batch: one certificate, answered twice.
+    let key = new_key();
+    let twice = vec![
+        Ok(meter("00DB123456789012", &csr_p256(&key))),
+        Ok(meter("00DB123456789012", &csr_p256(&key))),
+    ];
+    let out = f
+        .engine
+        .issue_batch(&twice, &AccountLimits::default(), false)
+        .unwrap();
+    let (a, b) = (out[0].as_ref().unwrap(), out[1].as_ref().unwrap());
+    assert_eq!(a.record.serial, b.record.serial);
+    assert!(a.existing != b.existing);
+    assert_eq!(f.store.cert_count().unwrap(), 3);
+
+    // Over 10,000 items: refused whole, nothing stored.
+    let many: Vec<_> = (0..10_001).map(|_| Ok(good1.clone())).collect();
+    let err = f
+        .engine
+        .issue_batch(&many, &AccountLimits::default(), false)
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::BatchTooLarge);
+    assert_eq!(f.store.cert_count().unwrap(), 3);
+}
+
+#[test]
+fn an_account_range_is_enforced() {
+    let f = fixture();
+    let limits = AccountLimits {
+        device_range: Some("00-DB-12-00-00-00-00-00/24".parse().unwrap()),
+    };
+    f.engine
+        .issue(&meter("00DB12FF00000001", &csr_p256(&new_key())), &limits)
+        .unwrap();
+    let before = f.store.cert_count().unwrap();
+    let err = f
+        .engine
+        .issue(&meter("00DB13FF00000001", &csr_p256(&new_key())), &limits)
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::DeviceRange);
+    assert_eq!(f.store.cert_count().unwrap(), before);
+}
+
+#[test]
+fn a_bad_hsm_signature_is_never_stored() {
+    let f = fixture_with(None, true, ProfileSet::builtin());
+    let err = f
+        .engine
+        .issue(
+            &meter("00DB123456789001", &csr_p256(&new_key())),
+            &AccountLimits::default(),
+        )
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::HsmUnavailable);
+    assert_eq!(f.store.cert_count().unwrap(), 0);
+}
+
+#[test]
+fn meter_certificates_stay_within_the_design_sizes() {
+    // DESIGN §3: at most 410 bytes with the CRL pointer off, 460 with a pointer of up to 30
+    // characters. 300 certificates cover the spread of ECDSA signature lengths (70 to 72 bytes).
+    for (base, limit) in [(None, 410usize), (Some("http://c.mp/crl"), 460)] {
+        let f = fixture_with(base, false, ProfileSet::builtin());
+        let mut max = 0;
+        for i in 0..300u32 {
+            let id = format!("00DB1234{i:08X}");
+            let profile = if i % 2 == 0 {
+                "meter-signing"
+            } else {
+                "meter-key-agreement"
+            };
+            let mut item = meter(&id, &csr_p256(&new_key()));
+            item.profile = profile.into();
+            let o = f.engine.issue(&item, &AccountLimits::default()).unwrap();
+            if let Some(b) = base {
+                let url = format!("{b}/device/{}.crl", o.record.shard);
+                assert!(url.len() <= 30, "{url}");
+                assert!(o.record.der.windows(url.len()).any(|w| w == url.as_bytes()));
+            }
+            max = max.max(o.record.der.len());
+        }
+        assert!(
+            max <= limit,
+            "largest meter certificate {max} bytes, limit {limit}"
+        );
+    }
+}
+
+#[test]
+fn supplier_certificates_name_the_party() {
+    let f = fixture();
+    let item = RequestItem {
+        profile: "supplier-key-agreement".into(),
+        device_id: None,
+        entity_id: Some("90-B3-D5-1F-30-00-00-02".into()),
+        name: Some("Example Energy Ltd".into()),
+        csr: Some(B64.encode(csr_p256(&new_key()))),
+        public_key: None,
+        replace: false,
+    };
+    let o = f.engine.issue(&item, &AccountLimits::default()).unwrap();
+    let cert = Certificate::from_der(&o.record.der).unwrap();
+    let subject = cert.tbs_certificate.subject.to_string();
+    assert!(
+        subject.contains("CN=Example Energy Ltd") && subject.contains("OU=02"),
+        "{subject}"
+    );
+    assert!(subject.contains("2.5.4.45="), "{subject}");
+    // Suppliers must bring a CSR: a bare key is refused.
+    let mut bare = item.clone();
+    bare.csr = None;
+    bare.public_key = Some(B64.encode(SoftSigner::p256().spki.to_der().unwrap()));
+    bare.entity_id = Some("90-B3-D5-1F-30-00-00-03".into());
+    refused(&f, bare, ErrorCode::ProfileLimit, "requires a CSR");
+}
+
+#[test]
+fn the_lint_refuses_what_the_profile_forbids() {
+    // A profile whose size limit no meter certificate can meet: refused before signing.
+    let dir = tempfile::tempdir().unwrap();
+    ProfileSet::write_builtin(dir.path()).unwrap();
+    let p = dir.path().join("meter-signing.toml");
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("max-der-bytes = 512", "max-der-bytes = 300");
+    std::fs::write(&p, text).unwrap();
+    let f = fixture_with(None, false, ProfileSet::load_dir(dir.path()).unwrap());
+    refused(
+        &f,
+        meter("00DB123456789001", &csr_p256(&new_key())),
+        ErrorCode::Internal,
+        "over the profile's 300",
+    );
+}
