@@ -4,7 +4,6 @@
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -106,13 +105,16 @@ pub trait Store: Send + Sync {
 }
 
 /// The embedded `sled` store under `<home>/store`.
+///
+/// One tree holds certificates and their indexes under one-letter key prefixes, so that a whole
+/// chunk of issued certificates is written with one atomic `apply_batch` (sled's multi-tree
+/// transactions cost several times more). Writers are serialised by a mutex: sled's file lock
+/// already makes the store single-process.
 pub struct SledStore {
     db: sled::Db,
     meta: sled::Tree,
-    certs: sled::Tree,
-    active: sled::Tree,
-    by_subject: sled::Tree,
-    by_shard: sled::Tree,
+    pki: sled::Tree,
+    write: std::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -121,27 +123,49 @@ impl std::fmt::Debug for SledStore {
     }
 }
 
-fn active_key(subject_id: &str, profile: &str) -> Vec<u8> {
-    let mut k = subject_id.as_bytes().to_vec();
-    k.push(0);
-    k.extend_from_slice(profile.as_bytes());
+const CERT: u8 = b'c';
+const ACTIVE: u8 = b'a';
+const BY_SUBJECT: u8 = b's';
+const BY_SHARD: u8 = b'h';
+const CERT_COUNT: &[u8] = b"n/certs";
+
+fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = vec![prefix];
+    for p in parts {
+        k.extend_from_slice(p);
+    }
     k
+}
+
+fn active_key(subject_id: &str, profile: &str) -> Vec<u8> {
+    key(ACTIVE, &[subject_id.as_bytes(), &[0], profile.as_bytes()])
+}
+
+fn subject_prefix(subject_id: &str) -> Vec<u8> {
+    key(BY_SUBJECT, &[subject_id.as_bytes(), &[0]])
 }
 
 fn subject_key(subject_id: &str, issued_at: i64, serial: &[u8]) -> Vec<u8> {
-    let mut k = subject_id.as_bytes().to_vec();
-    k.push(0);
-    k.extend_from_slice(&issued_at.to_be_bytes());
-    k.extend_from_slice(serial);
-    k
+    key(
+        BY_SUBJECT,
+        &[
+            subject_id.as_bytes(),
+            &[0],
+            &issued_at.to_be_bytes(),
+            serial,
+        ],
+    )
 }
 
 fn shard_key(issuer: &str, shard: u32, serial: &[u8]) -> Vec<u8> {
-    let mut k = issuer.as_bytes().to_vec();
-    k.push(0);
-    k.extend_from_slice(&shard.to_be_bytes());
-    k.extend_from_slice(serial);
-    k
+    key(
+        BY_SHARD,
+        &[issuer.as_bytes(), &[0], &shard.to_be_bytes(), serial],
+    )
+}
+
+fn cert_key(serial: &[u8]) -> Vec<u8> {
+    key(CERT, &[serial])
 }
 
 fn decode(key: &[u8], v: &[u8]) -> Result<CertRecord, StoreError> {
@@ -161,11 +185,9 @@ impl SledStore {
         let db = sled::Config::new().path(dir).open()?;
         Ok(SledStore {
             meta: db.open_tree("meta")?,
-            certs: db.open_tree("certs")?,
-            active: db.open_tree("active")?,
-            by_subject: db.open_tree("by_subject")?,
-            by_shard: db.open_tree("by_shard")?,
+            pki: db.open_tree("pki")?,
             db,
+            write: std::sync::Mutex::new(()),
         })
     }
 
@@ -206,28 +228,28 @@ impl Store for SledStore {
         subject_id: &str,
         profile: &str,
     ) -> Result<Option<CertRecord>, StoreError> {
-        let Some(serial) = self.active.get(active_key(subject_id, profile))? else {
+        let Some(serial) = self.pki.get(active_key(subject_id, profile))? else {
             return Ok(None);
         };
         self.cert(&serial)
     }
 
     fn cert(&self, serial: &[u8]) -> Result<Option<CertRecord>, StoreError> {
-        match self.certs.get(serial)? {
-            Some(v) => Ok(Some(decode(serial, &v)?)),
+        let k = cert_key(serial);
+        match self.pki.get(&k)? {
+            Some(v) => Ok(Some(decode(&k, &v)?)),
             None => Ok(None),
         }
     }
 
     fn serial_taken(&self, serial: &[u8]) -> Result<bool, StoreError> {
-        Ok(self.certs.contains_key(serial)?)
+        Ok(self.pki.contains_key(cert_key(serial))?)
     }
 
     fn certs_of_subject(&self, subject_id: &str) -> Result<Vec<CertRecord>, StoreError> {
-        let mut prefix = subject_id.as_bytes().to_vec();
-        prefix.push(0);
+        let prefix = subject_prefix(subject_id);
         let mut out = Vec::new();
-        for kv in self.by_subject.scan_prefix(&prefix) {
+        for kv in self.pki.scan_prefix(&prefix) {
             let (k, _) = kv?;
             let serial = &k[prefix.len() + 8..];
             if let Some(r) = self.cert(serial)? {
@@ -242,81 +264,84 @@ impl Store for SledStore {
         items: &[(CertRecord, bool)],
         all_or_nothing: bool,
     ) -> Result<Committed, StoreError> {
-        enum Abort {
-            Store(StoreError),
-            NotAll(Vec<Commit>),
-        }
-        let abort = |e: StoreError| ConflictableTransactionError::Abort(Abort::Store(e));
-        let trees = (&self.certs, &self.active, &self.by_subject, &self.by_shard);
-        let result: Result<Vec<Commit>, TransactionError<Abort>> =
-            trees.transaction(|(certs, active, by_subject, by_shard)| {
-                let mut out = Vec::with_capacity(items.len());
-                // Writes made earlier in this transaction are visible to later reads, so two
-                // items for the same subject and usage in one batch behave like two requests.
-                for (rec, replace) in items {
-                    let akey = active_key(&rec.subject_id, &rec.profile);
-                    let mut previous = None;
-                    if let Some(serial) = active.get(&akey)? {
-                        let v = certs.get(&serial)?.ok_or_else(|| {
-                            abort(StoreError::Corrupt {
-                                key: hex::encode(&serial),
-                                reason: "the active index names a missing certificate".into(),
-                            })
-                        })?;
-                        let existing = decode(&serial, &v).map_err(abort)?;
-                        if existing.key_hash == rec.key_hash {
-                            out.push(Commit::Existing(Box::new(existing)));
-                            continue;
-                        }
-                        if !replace {
-                            out.push(Commit::Conflict(Box::new(existing)));
-                            continue;
-                        }
-                        previous = Some(existing);
+        let _writer = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let mut batch = sled::Batch::default();
+        // What this batch has written so far, as later items must see it.
+        let mut active_now: std::collections::HashMap<Vec<u8>, CertRecord> = Default::default();
+        let mut serials: std::collections::HashSet<Vec<u8>> = Default::default();
+        let mut out = Vec::with_capacity(items.len());
+        let mut stored = 0u64;
+        for (rec, replace) in items {
+            let akey = active_key(&rec.subject_id, &rec.profile);
+            let current = match active_now.get(&akey) {
+                Some(r) => Some(r.clone()),
+                None => match self.pki.get(&akey)? {
+                    Some(serial) => {
+                        Some(self.cert(&serial)?.ok_or_else(|| StoreError::Corrupt {
+                            key: hex::encode(&serial),
+                            reason: "the active index names a missing certificate".into(),
+                        })?)
                     }
-                    if certs.get(&rec.serial)?.is_some() {
-                        return Err(abort(StoreError::Corrupt {
-                            key: hex::encode(&rec.serial),
-                            reason: "serial already used".into(),
-                        }));
-                    }
-                    if let Some(mut prev) = previous {
-                        prev.replaced_by = Some(rec.serial.clone());
-                        certs.insert(prev.serial.clone(), encode(&prev))?;
-                    }
-                    certs.insert(rec.serial.clone(), encode(rec))?;
-                    active.insert(akey, rec.serial.clone())?;
-                    by_subject.insert(
-                        subject_key(&rec.subject_id, rec.issued_at, &rec.serial),
-                        &[][..],
-                    )?;
-                    by_shard.insert(shard_key(&rec.issuer, rec.shard, &rec.serial), &[][..])?;
-                    out.push(Commit::Stored);
+                    None => None,
+                },
+            };
+            if let Some(existing) = &current {
+                if existing.key_hash == rec.key_hash {
+                    out.push(Commit::Existing(Box::new(existing.clone())));
+                    continue;
                 }
-                if all_or_nothing && out.iter().any(|c| !matches!(c, Commit::Stored)) {
-                    return Err(ConflictableTransactionError::Abort(Abort::NotAll(out)));
+                if !replace {
+                    out.push(Commit::Conflict(Box::new(existing.clone())));
+                    continue;
                 }
-                Ok(out)
-            });
-        match result {
-            Ok(items) => {
-                // Durable before anyone is answered.
-                self.db.flush()?;
-                Ok(Committed {
-                    stored: true,
-                    items,
-                })
             }
-            Err(TransactionError::Abort(Abort::NotAll(items))) => Ok(Committed {
-                stored: false,
-                items,
-            }),
-            Err(TransactionError::Abort(Abort::Store(e))) => Err(e),
-            Err(TransactionError::Storage(e)) => Err(StoreError::Db(e)),
+            if serials.contains(&rec.serial) || self.serial_taken(&rec.serial)? {
+                return Err(StoreError::Corrupt {
+                    key: hex::encode(&rec.serial),
+                    reason: "serial already used".into(),
+                });
+            }
+            if let Some(mut prev) = current {
+                prev.replaced_by = Some(rec.serial.clone());
+                batch.insert(cert_key(&prev.serial), encode(&prev));
+            }
+            batch.insert(cert_key(&rec.serial), encode(rec));
+            batch.insert(akey.clone(), rec.serial.clone());
+            batch.insert(
+                subject_key(&rec.subject_id, rec.issued_at, &rec.serial),
+                &[][..],
+            );
+            batch.insert(shard_key(&rec.issuer, rec.shard, &rec.serial), &[][..]);
+            serials.insert(rec.serial.clone());
+            active_now.insert(akey, rec.clone());
+            stored += 1;
+            out.push(Commit::Stored);
         }
+        if all_or_nothing && out.iter().any(|c| !matches!(c, Commit::Stored)) {
+            return Ok(Committed {
+                stored: false,
+                items: out,
+            });
+        }
+        if stored > 0 {
+            let count = self.cert_count()? + stored;
+            batch.insert(CERT_COUNT, &count.to_be_bytes()[..]);
+            // One atomic batch, then durable before anyone is answered.
+            self.pki.apply_batch(batch)?;
+            self.db.flush()?;
+        }
+        Ok(Committed {
+            stored: true,
+            items: out,
+        })
     }
 
     fn cert_count(&self) -> Result<u64, StoreError> {
-        Ok(self.certs.len() as u64)
+        Ok(match self.pki.get(CERT_COUNT)? {
+            Some(v) if v.len() == 8 => {
+                u64::from_be_bytes(v.as_ref().try_into().unwrap_or_default())
+            }
+            _ => 0,
+        })
     }
 }

@@ -226,30 +226,46 @@ impl Engine {
         limits: &AccountLimits,
         atomic: bool,
     ) -> Result<Vec<Result<Outcome, IssueError>>, IssueError> {
-        if items.len() > MAX_BATCH {
-            return Err(IssueError::new(
-                ErrorCode::BatchTooLarge,
-                format!("{} items in one batch; at most {MAX_BATCH}", items.len()),
-            ));
+        if !atomic {
+            return self.commit_signed(self.sign_batch(items, limits)?);
         }
+        check_batch_size(items.len())?;
         let prepare = |item: &Result<RequestItem, IssueError>| {
             item.clone().and_then(|i| self.prepare(&i, limits))
         };
-        let signed: Vec<Result<SignedOrExisting, IssueError>> = if atomic {
-            // All-or-nothing: refuse before any signature if one item is bad.
-            let prepared = par_map(items, self.workers, prepare);
-            if prepared.iter().any(Result::is_err) {
-                return Ok(abort_all(
-                    prepared.into_iter().map(|p| p.map(|_| ())).collect(),
-                ));
-            }
-            par_map_owned(prepared, self.workers, |p| p.and_then(sign_prepared))
-        } else {
-            par_map(items, self.workers, |item| {
-                prepare(item).and_then(sign_prepared)
-            })
-        };
-        self.commit(signed, atomic)
+        // All-or-nothing: refuse before any signature if one item is bad.
+        let prepared = par_map(items, self.workers, prepare);
+        if prepared.iter().any(Result::is_err) {
+            return Ok(abort_all(
+                prepared.into_iter().map(|p| p.map(|_| ())).collect(),
+            ));
+        }
+        let signed = par_map_owned(prepared, self.workers, |p| p.and_then(sign_prepared));
+        self.commit(signed, true)
+    }
+
+    /// Steps 1 to 5 for a batch, in parallel: everything but storing. What it returns must go
+    /// to [`Engine::commit_signed`] before anyone is answered; splitting the two lets a caller
+    /// sign the next chunk while the previous one is being stored.
+    pub fn sign_batch(
+        &self,
+        items: &[Result<RequestItem, IssueError>],
+        limits: &AccountLimits,
+    ) -> Result<SignedBatch, IssueError> {
+        check_batch_size(items.len())?;
+        Ok(SignedBatch(par_map(items, self.workers, |item| {
+            item.clone()
+                .and_then(|i| self.prepare(&i, limits))
+                .and_then(sign_prepared)
+        })))
+    }
+
+    /// Step 6 for a batch from [`Engine::sign_batch`]: stored in one atomic write, flushed.
+    pub fn commit_signed(
+        &self,
+        signed: SignedBatch,
+    ) -> Result<Vec<Result<Outcome, IssueError>>, IssueError> {
+        self.commit(signed.0, false)
     }
 
     /// Step 6: store what was signed, in one transaction, flushed; map the store's answer.
@@ -288,6 +304,31 @@ impl Engine {
         }
         Ok(out)
     }
+}
+
+/// Signed (or found already issued) but not yet stored: answer nothing from it before
+/// [`Engine::commit_signed`] returns.
+pub struct SignedBatch(Vec<Result<SignedOrExisting, IssueError>>);
+
+impl SignedBatch {
+    /// Items in the batch.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    /// Whether the batch is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+fn check_batch_size(n: usize) -> Result<(), IssueError> {
+    if n > MAX_BATCH {
+        return Err(IssueError::new(
+            ErrorCode::BatchTooLarge,
+            format!("{n} items in one batch; at most {MAX_BATCH}"),
+        ));
+    }
+    Ok(())
 }
 
 enum SignedOrExisting {

@@ -7,7 +7,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use base64::Engine as _;
-use ca_core::issue::{AccountLimits, Engine, ErrorCode, IssueError, Outcome, RequestItem};
+use ca_core::issue::{
+    AccountLimits, Engine, ErrorCode, IssueError, Outcome, RequestItem, SignedBatch,
+};
 use serde_json::json;
 
 use crate::args::IssueArgs;
@@ -184,57 +186,81 @@ pub fn process_batch(
         );
         b
     });
-    let mut summary = BatchSummary::default();
     let start = Instant::now();
     let mut lines = BufReader::new(file).lines().enumerate();
     let mut index = 0usize;
-    loop {
-        let mut items: Vec<Result<RequestItem, IssueError>> = Vec::with_capacity(chunk);
-        let mut meta: Vec<(usize, usize)> = Vec::with_capacity(chunk);
-        for (n, line) in lines.by_ref() {
-            let line = line.with_context(|| format!("reading {}", input_path.display()))?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            items.push(
-                serde_json::from_str::<RequestItem>(&line)
-                    .map_err(|e| IssueError::new(ErrorCode::Json, format!("line {}: {e}", n + 1))),
-            );
-            meta.push((index, n + 1));
-            index += 1;
-            if items.len() == chunk {
-                break;
-            }
-        }
-        if items.is_empty() {
-            break;
-        }
-        let results = engine
-            .issue_batch(&items, &AccountLimits::default(), false)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        // The engine stored and flushed these before returning: now they may be answered.
-        for ((i, line), r) in meta.iter().zip(&results) {
-            serde_json::to_writer(&mut writer, &result_json(*i, Some(*line), r))?;
-            writer.write_all(b"\n")?;
-            summary.items += 1;
-            match r {
-                Ok(o) if o.existing => summary.existing += 1,
-                Ok(_) => summary.issued += 1,
-                Err(e) => {
-                    summary.rejected += 1;
-                    *summary
-                        .rejected_by_code
-                        .entry(e.code.to_string())
-                        .or_default() += 1;
+    // Two stages: this thread parses and signs chunk k+1 while the committer stores chunk k,
+    // flushes the store, and only then writes and fsyncs chunk k's results.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<(usize, usize)>, SignedBatch)>(1);
+    let bar_ref = bar.as_ref();
+    let committed: Result<BatchSummary> = std::thread::scope(|s| {
+        let committer = s.spawn(move || -> Result<BatchSummary> {
+            let mut summary = BatchSummary::default();
+            for (meta, signed) in rx {
+                let results = engine
+                    .commit_signed(signed)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                for ((i, line), r) in meta.iter().zip(&results) {
+                    serde_json::to_writer(&mut writer, &result_json(*i, Some(*line), r))?;
+                    writer.write_all(b"\n")?;
+                    summary.items += 1;
+                    match r {
+                        Ok(o) if o.existing => summary.existing += 1,
+                        Ok(_) => summary.issued += 1,
+                        Err(e) => {
+                            summary.rejected += 1;
+                            *summary
+                                .rejected_by_code
+                                .entry(e.code.to_string())
+                                .or_default() += 1;
+                        }
+                    }
+                }
+                writer.flush()?;
+                writer.get_ref().sync_data()?;
+                if let Some(b) = bar_ref {
+                    b.inc(results.len() as u64);
                 }
             }
-        }
-        writer.flush()?;
-        writer.get_ref().sync_data()?;
-        if let Some(b) = &bar {
-            b.inc(results.len() as u64);
-        }
-    }
+            Ok(summary)
+        });
+        let produced = (|| -> Result<()> {
+            loop {
+                let mut items: Vec<Result<RequestItem, IssueError>> = Vec::with_capacity(chunk);
+                let mut meta: Vec<(usize, usize)> = Vec::with_capacity(chunk);
+                for (n, line) in lines.by_ref() {
+                    let line = line.with_context(|| format!("reading {}", input_path.display()))?;
+                    if line.trim().is_empty() {
+                        continue;
+                    }
+                    items.push(serde_json::from_str::<RequestItem>(&line).map_err(|e| {
+                        IssueError::new(ErrorCode::Json, format!("line {}: {e}", n + 1))
+                    }));
+                    meta.push((index, n + 1));
+                    index += 1;
+                    if items.len() == chunk {
+                        break;
+                    }
+                }
+                if items.is_empty() {
+                    return Ok(());
+                }
+                let signed = engine
+                    .sign_batch(&items, &AccountLimits::default())
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                if tx.send((meta, signed)).is_err() {
+                    // The committer stopped on an error; it reports it below.
+                    return Ok(());
+                }
+            }
+        })();
+        drop(tx);
+        let summary = committer
+            .join()
+            .map_err(|_| anyhow::anyhow!("the committer thread panicked"))??;
+        produced.map(|()| summary)
+    });
+    let mut summary = committed?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
