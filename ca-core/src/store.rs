@@ -182,7 +182,12 @@ fn encode(r: &CertRecord) -> Vec<u8> {
 impl SledStore {
     /// Opens (creating) the store at `dir`.
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
-        let db = sled::Config::new().path(dir).open()?;
+        // A bounded page cache: memory stays flat however many certificates are stored
+        // (sled's default is 1 GiB).
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(64 * 1024 * 1024)
+            .open()?;
         Ok(SledStore {
             meta: db.open_tree("meta")?,
             pki: db.open_tree("pki")?,

@@ -199,7 +199,6 @@ impl Engine {
                     *approved,
                     &issuer,
                     &self.crl,
-                    self.store.as_ref(),
                     SystemTime::now(),
                 )?;
                 Ok(Prepared::ToSign(
