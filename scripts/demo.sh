@@ -47,6 +47,25 @@ SOFTHSM2_CONF="$METERPKI_HOME/softhsm/softhsm2.conf" \
   pkcs11-tool --module "$(grep '^module' "$METERPKI_HOME/meterpki.toml" | cut -d'"' -f2)" \
     --token-label meterpki-online --login --pin env:METERPKI_DEMO_PIN --list-objects --type privkey
 
+say "meterpki issue: a meter certificate from a CSR made by openssl"
+openssl ecparam -name prime256v1 -genkey -noout -out "$DEMO/meter.key"
+openssl req -new -key "$DEMO/meter.key" -subj "/" -out "$DEMO/meter.csr"
+"$M" issue --profile meter-signing --device-id 00-DB-12-34-56-78-90-01 --csr "$DEMO/meter.csr" --out "$DEMO/meter.pem"
+openssl verify -x509_strict -CAfile "$METERPKI_HOME/ca/root.pem" -untrusted "$METERPKI_HOME/ca/device.pem" "$DEMO/meter.pem"
+echo "size: $(openssl x509 -in "$DEMO/meter.pem" -outform DER | wc -c) bytes DER"
+openssl x509 -in "$DEMO/meter.pem" -noout -text | sed -n '/X509v3 extensions/,/Signature Algorithm/p'
+echo "The same request again returns the same certificate:"
+"$M" issue --profile meter-signing --device-id 00DB123456789001 --csr "$DEMO/meter.csr" --json | grep -E '"(serial|existing)"'
+if [ -x .tools/venv/bin/lint_pkix_cert ]; then
+  echo "pkilint (RFC 5280): $(.tools/venv/bin/lint_pkix_cert lint -s WARNING "$DEMO/meter.pem" | grep -c . || true) finding(s)"
+fi
+
+say "meterpki issue --batch: 2,000 meter requests (a factory line's file)"
+"$M" bench make-batch --count 2000 --out "$DEMO/line-1.ndjson"
+"$M" issue --batch "$DEMO/line-1.ndjson" --out "$DEMO/line-1.results.ndjson"
+echo "Run again: nothing new is issued"
+"$M" issue --batch "$DEMO/line-1.ndjson" --out "$DEMO/line-1.again.ndjson"
+
 say "meterpki status"
 "$M" status
 
@@ -54,4 +73,4 @@ say "meterpki audit verify"
 "$M" audit verify
 
 say "Done. Home: $METERPKI_HOME   Shares: $DEMO/shares"
-echo "Certificate issuance, revocation and CRLs arrive with the next issues (see the README)."
+echo "Revocation and CRLs arrive with the next issue (see the README)."
