@@ -67,6 +67,9 @@ pub struct CrlConfig {
     /// Empty: certificates carry no CRL pointer.
     #[serde(default = "default_crl_base")]
     pub base_url: String,
+    /// Hours from a CRL's thisUpdate to its nextUpdate.
+    #[serde(default = "default_next_update")]
+    pub next_update_hours: u32,
 }
 
 impl Default for CrlConfig {
@@ -74,12 +77,17 @@ impl Default for CrlConfig {
         CrlConfig {
             shards: default_shards(),
             base_url: default_crl_base(),
+            next_update_hours: default_next_update(),
         }
     }
 }
 
 fn default_shards() -> u32 {
     16
+}
+
+fn default_next_update() -> u32 {
+    24
 }
 
 fn default_crl_base() -> String {
@@ -287,6 +295,12 @@ impl Config {
         }
         if !(1..=4096).contains(&self.crl.shards) {
             return Err(invalid("crl.shards", "must be between 1 and 4096"));
+        }
+        if !(1..=8760).contains(&self.crl.next_update_hours) {
+            return Err(invalid(
+                "crl.next_update_hours",
+                "must be between 1 and 8760 (a year)",
+            ));
         }
         if !self.crl.base_url.is_empty() {
             let u = &self.crl.base_url;

@@ -8,11 +8,13 @@
 mod audit;
 mod certs;
 mod config;
+pub mod crl;
 mod eui64;
 mod fsutil;
 mod home;
 pub mod issue;
 mod quorum;
+mod revocation;
 mod signer;
 mod store;
 
@@ -29,8 +31,9 @@ pub use home::{CaKind, Home};
 pub use quorum::{
     combine_shares, split_secret, CeremonyRecord, QuorumError, RootSecret, ShareFile,
 };
+pub use revocation::{Reason, Revocation};
 pub use signer::{
     spki_from_point, verify_signature, verify_signature_fast, KeyAlgorithm, SignError, Signer,
     VerifyError,
 };
-pub use store::{CertRecord, Commit, Committed, SledStore, Store, StoreError};
+pub use store::{CertRecord, Commit, Committed, Revoked, SledStore, Store, StoreError};

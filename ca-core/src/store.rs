@@ -5,6 +5,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::revocation::{Reason, Revocation};
+
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -102,6 +104,39 @@ pub trait Store: Send + Sync {
     ) -> Result<Committed, StoreError>;
     /// How many certificates are stored.
     fn cert_count(&self) -> Result<u64, StoreError>;
+    /// Revokes certificates (one atomic write, flushed). Revoking twice is harmless: the first
+    /// revocation stands and is reported. A revoked certificate is no longer the active one of
+    /// its device and usage.
+    fn revoke(
+        &self,
+        serials: &[Vec<u8>],
+        revocation: &Revocation,
+    ) -> Result<Vec<Revoked>, StoreError>;
+    /// The revocation of a certificate, if revoked.
+    fn revocation(&self, serial: &[u8]) -> Result<Option<Revocation>, StoreError>;
+    /// The revoked certificates bound to one CRL shard of an issuer: only that shard is read.
+    fn revoked_in_shard(
+        &self,
+        issuer: &str,
+        shard: u32,
+    ) -> Result<Vec<(Vec<u8>, Revocation)>, StoreError>;
+    /// Every revoked certificate of an issuer (the full CRL).
+    fn revoked_of_issuer(&self, issuer: &str) -> Result<Vec<(Vec<u8>, Revocation)>, StoreError>;
+    /// A persistent counter or setting.
+    fn meta_u64(&self, key: &str) -> Result<Option<u64>, StoreError>;
+    /// Sets a persistent counter or setting, durably.
+    fn set_meta_u64(&self, key: &str, value: u64) -> Result<(), StoreError>;
+}
+
+/// What revoking one serial did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Revoked {
+    /// Revoked now.
+    Now(Box<CertRecord>),
+    /// It had been revoked before; that revocation stands.
+    Already(Box<CertRecord>, Revocation),
+    /// No certificate has that serial.
+    Unknown(Vec<u8>),
 }
 
 /// The embedded `sled` store under `<home>/store`.
@@ -128,6 +163,30 @@ const ACTIVE: u8 = b'a';
 const BY_SUBJECT: u8 = b's';
 const BY_SHARD: u8 = b'h';
 const CERT_COUNT: &[u8] = b"n/certs";
+const REVOKED: u8 = b'r';
+const REVOKED_BY_SHARD: u8 = b'v';
+
+fn revoked_key(serial: &[u8]) -> Vec<u8> {
+    key(REVOKED, &[serial])
+}
+
+fn revoked_shard_key(issuer: &str, shard: u32, serial: &[u8]) -> Vec<u8> {
+    key(
+        REVOKED_BY_SHARD,
+        &[issuer.as_bytes(), &[0], &shard.to_be_bytes(), serial],
+    )
+}
+
+fn decode_rev(key: &[u8], v: &[u8]) -> Result<Revocation, StoreError> {
+    bincode::deserialize(v).map_err(|e| StoreError::Corrupt {
+        key: hex::encode(key),
+        reason: e.to_string(),
+    })
+}
+
+fn encode_rev(r: &Revocation) -> Vec<u8> {
+    bincode::serialize(r).expect("a Revocation always serialises")
+}
 
 fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
     let mut k = vec![prefix];
@@ -309,6 +368,19 @@ impl Store for SledStore {
             if let Some(mut prev) = current {
                 prev.replaced_by = Some(rec.serial.clone());
                 batch.insert(cert_key(&prev.serial), encode(&prev));
+                // The replaced certificate is revoked as superseded in the same write.
+                if self.pki.get(revoked_key(&prev.serial))?.is_none() {
+                    let rev = encode_rev(&Revocation {
+                        reason: Reason::Superseded,
+                        revoked_at: rec.issued_at,
+                        invalidity_date: None,
+                    });
+                    batch.insert(revoked_key(&prev.serial), rev.clone());
+                    batch.insert(
+                        revoked_shard_key(&prev.issuer, prev.shard, &prev.serial),
+                        rev,
+                    );
+                }
             }
             batch.insert(cert_key(&rec.serial), encode(rec));
             batch.insert(akey.clone(), rec.serial.clone());
@@ -348,5 +420,101 @@ impl Store for SledStore {
             }
             _ => 0,
         })
+    }
+
+    fn revoke(
+        &self,
+        serials: &[Vec<u8>],
+        revocation: &Revocation,
+    ) -> Result<Vec<Revoked>, StoreError> {
+        let _writer = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let mut batch = sled::Batch::default();
+        let mut out = Vec::with_capacity(serials.len());
+        let mut seen: std::collections::HashMap<Vec<u8>, Revocation> = Default::default();
+        let rev = encode_rev(revocation);
+        for serial in serials {
+            let Some(rec) = self.cert(serial)? else {
+                out.push(Revoked::Unknown(serial.clone()));
+                continue;
+            };
+            let earlier = match seen.get(serial) {
+                Some(r) => Some(*r),
+                None => self.revocation(serial)?,
+            };
+            if let Some(earlier) = earlier {
+                out.push(Revoked::Already(Box::new(rec), earlier));
+                continue;
+            }
+            batch.insert(revoked_key(serial), rev.clone());
+            batch.insert(
+                revoked_shard_key(&rec.issuer, rec.shard, serial),
+                rev.clone(),
+            );
+            let akey = active_key(&rec.subject_id, &rec.profile);
+            if self.pki.get(&akey)?.as_deref() == Some(serial.as_slice()) {
+                batch.remove(akey);
+            }
+            seen.insert(serial.clone(), *revocation);
+            out.push(Revoked::Now(Box::new(rec)));
+        }
+        if !seen.is_empty() {
+            self.pki.apply_batch(batch)?;
+            self.db.flush()?;
+        }
+        Ok(out)
+    }
+
+    fn revocation(&self, serial: &[u8]) -> Result<Option<Revocation>, StoreError> {
+        let k = revoked_key(serial);
+        match self.pki.get(&k)? {
+            Some(v) => Ok(Some(decode_rev(&k, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn revoked_in_shard(
+        &self,
+        issuer: &str,
+        shard: u32,
+    ) -> Result<Vec<(Vec<u8>, Revocation)>, StoreError> {
+        let prefix = key(
+            REVOKED_BY_SHARD,
+            &[issuer.as_bytes(), &[0], &shard.to_be_bytes()],
+        );
+        let mut out = Vec::new();
+        for kv in self.pki.scan_prefix(&prefix) {
+            let (k, v) = kv?;
+            out.push((k[prefix.len()..].to_vec(), decode_rev(&k, &v)?));
+        }
+        Ok(out)
+    }
+
+    fn revoked_of_issuer(&self, issuer: &str) -> Result<Vec<(Vec<u8>, Revocation)>, StoreError> {
+        let prefix = key(REVOKED_BY_SHARD, &[issuer.as_bytes(), &[0]]);
+        let mut out = Vec::new();
+        for kv in self.pki.scan_prefix(&prefix) {
+            let (k, v) = kv?;
+            out.push((k[prefix.len() + 4..].to_vec(), decode_rev(&k, &v)?));
+        }
+        Ok(out)
+    }
+
+    fn meta_u64(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        match self.meta.get(key)? {
+            Some(v) if v.len() == 8 => Ok(Some(u64::from_be_bytes(
+                v.as_ref().try_into().unwrap_or_default(),
+            ))),
+            Some(_) => Err(StoreError::Corrupt {
+                key: key.into(),
+                reason: "not a u64".into(),
+            }),
+            None => Ok(None),
+        }
+    }
+
+    fn set_meta_u64(&self, key: &str, value: u64) -> Result<(), StoreError> {
+        self.meta.insert(key, &value.to_be_bytes()[..])?;
+        self.db.flush()?;
+        Ok(())
     }
 }

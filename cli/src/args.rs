@@ -45,6 +45,14 @@ pub enum Command {
         after_help = "Examples:\n  meterpki issue --profile meter-signing --device-id 00-DB-12-34-56-78-90-01 --csr meter.csr --out meter.pem\n  meterpki issue --profile supplier-signing --entity-id 90-B3-D5-1F-30-00-00-02 --name \"Example Energy\" --csr s.csr\n  meterpki issue --batch line-7.ndjson --out line-7.results.ndjson\n\nA batch line is one request item:\n  {\"profile\": \"meter-signing\", \"device_id\": \"00-DB-12-34-56-78-90-01\", \"csr\": \"<base64 DER or PEM>\"}\nwith \"public_key\" (base64 SubjectPublicKeyInfo) instead of \"csr\" where the profile allows it, and an\noptional \"replace\": true. Each result line: {\"index\", \"line\", \"status\": \"issued\"|\"rejected\", \"serial\",\n\"certificate\" (base64 DER), \"existing\"} or {\"error\": {\"code\", \"detail\"}}. Re-running a batch issues nothing twice."
     )]
     Issue(IssueArgs),
+    /// Revoke certificates by serial, by device, or every certificate of a supplier.
+    #[command(
+        after_help = "Examples:\n  meterpki revoke --serial 4f1c2a9b0d3e5f6071 --reason keyCompromise --invalidity-date 2026-11-20T08:00:00Z\n  meterpki revoke --device-id 00-DB-12-34-56-78-90-01 --reason cessationOfOperation --publish\n  meterpki revoke --supplier 90-B3-D5-1F-30-00-00-02 --reason affiliationChanged\n  meterpki revoke --serials-file compromised.txt --reason keyCompromise\n\nReasons (RFC 5280): unspecified, keyCompromise, cACompromise, affiliationChanged, superseded,\ncessationOfOperation, privilegeWithdrawn, aACompromise. Revoking twice is harmless: the first\nrevocation stands and is reported."
+    )]
+    Revoke(RevokeArgs),
+    /// Certificate revocation lists.
+    #[command(subcommand)]
+    Crl(CrlCommand),
     /// Show stored certificates by serial or by device / entity ID.
     #[command(
         after_help = "Examples:\n  meterpki show --serial 4f1c2a9b0d3e5f6071\n  meterpki show --device-id 00-DB-12-34-56-78-90-01 --json"
@@ -112,6 +120,54 @@ pub struct IssueArgs {
     /// Items per transaction in a batch: stored and flushed together before their results are written.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10000))]
     pub chunk: u32,
+}
+
+#[derive(Args, Debug)]
+pub struct RevokeArgs {
+    #[command(flatten)]
+    pub which: RevokeWhich,
+    /// RFC 5280 reason.
+    #[arg(long)]
+    pub reason: String,
+    /// When the key is known or suspected to have been compromised (RFC 3339), for the CRL entry's invalidityDate.
+    #[arg(long)]
+    pub invalidity_date: Option<String>,
+    /// Republish the CRLs of the affected shards at once.
+    #[arg(long)]
+    pub publish: bool,
+}
+
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false)]
+pub struct RevokeWhich {
+    /// Serial number(s), hex.
+    #[arg(long)]
+    pub serial: Vec<String>,
+    /// Every active certificate of this device.
+    #[arg(long)]
+    pub device_id: Option<String>,
+    /// Every certificate of this supplier (entity ID).
+    #[arg(long)]
+    pub supplier: Option<String>,
+    /// A file of serials, one hex serial per line.
+    #[arg(long)]
+    pub serials_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CrlCommand {
+    /// Build, sign (in the HSM) and write every shard's CRL to <home>/crl/<issuer>/<shard>.crl, and the full CRL with --full.
+    #[command(
+        after_help = "Examples:\n  meterpki crl publish\n  meterpki crl publish --issuer device --full --json\n\nVerify a shard: openssl crl -in <home>/crl/device/3.crl -inform DER -CAfile <chain.pem> -noout"
+    )]
+    Publish {
+        /// Only this issuer.
+        #[arg(long, value_enum)]
+        issuer: Option<IssuingKind>,
+        /// Also publish the full (unsharded) CRL, <home>/crl/<issuer>/full.crl.
+        #[arg(long)]
+        full: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -194,6 +250,16 @@ pub enum AuditCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
+    /// CRLs at scale: N certificate records written straight to a scratch store, M revoked by list, every shard (and the full CRL) rebuilt and signed with the Device CA key.
+    #[command(after_help = "Example:\n  meterpki bench crl --certs 1000000 --revoke 100000")]
+    Crl {
+        /// Certificate records in the scratch store.
+        #[arg(long, default_value_t = 1_000_000)]
+        certs: usize,
+        /// How many of them to revoke.
+        #[arg(long, default_value_t = 100_000)]
+        revoke: usize,
+    },
     /// Write an NDJSON batch of N meter-signing requests with fresh P-256 keys made in software (for benchmarks and line tests; the keys are discarded).
     #[command(
         name = "make-batch",

@@ -105,11 +105,8 @@ impl Ctx {
                 Arc::new(signer),
             )?));
         }
-        let crl = ca_core::issue::CrlSettings {
-            shards: self.config.crl.shards,
-            base_url: (!self.config.crl.base_url.is_empty())
-                .then(|| self.config.crl.base_url.clone()),
-        };
+        let crl = self.crl_settings();
+        ca_core::crl::check_shards(store.as_ref(), &crl).map_err(|e| input(e.to_string()))?;
         Ok(ca_core::issue::Engine::new(
             profiles,
             issuers,
@@ -117,6 +114,16 @@ impl Ctx {
             crl,
             self.config.hsm.sessions,
         ))
+    }
+
+    /// CRL sharding and publication settings from the config.
+    pub fn crl_settings(&self) -> ca_core::issue::CrlSettings {
+        ca_core::issue::CrlSettings {
+            shards: self.config.crl.shards,
+            base_url: (!self.config.crl.base_url.is_empty())
+                .then(|| self.config.crl.base_url.clone()),
+            next_update_hours: self.config.crl.next_update_hours,
+        }
     }
 
     pub fn store(&self) -> Result<Arc<SledStore>> {

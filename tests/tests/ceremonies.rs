@@ -77,9 +77,17 @@ fn full_hierarchy_verifies_with_openssl_and_keys_are_sensitive() {
         assert!(text.contains("CA:TRUE, pathlen:0"), "{text}");
         assert!(text.contains("Certificate Sign, CRL Sign"), "{text}");
         assert!(text.contains("ASN1 OID: prime256v1"), "{text}");
-        let lint = tool(&meterpki_tests::pkilint(), &["lint", "-s", "WARNING", &pem], &[]);
+        let lint = tool(
+            &meterpki_tests::pkilint(),
+            &["lint", "-s", "WARNING", &pem],
+            &[],
+        );
         assert_eq!(lint.code, 0, "{} {}", lint.stdout, lint.stderr);
-        assert!(lint.stdout.trim().is_empty(), "pkilint on the {kind} CA:\n{}", lint.stdout);
+        assert!(
+            lint.stdout.trim().is_empty(),
+            "pkilint on the {kind} CA:\n{}",
+            lint.stdout
+        );
     }
     let text = tool(
         "openssl",

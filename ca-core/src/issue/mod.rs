@@ -29,6 +29,16 @@ pub use lint::Linted;
 pub use policy::{AccountLimits, Approved, Decision};
 pub use request::{parse_request, Request, RequestItem, Subject};
 pub use sign::Issued;
+
+/// `SEQUENCE { tbs, signatureAlgorithm, signatureValue }` around already-encoded TBS bytes: the
+/// shape of a certificate and of a CRL alike (RFC 5280 §4.1, §5.1).
+pub(crate) fn assemble_signed(
+    tbs_der: &[u8],
+    alg_der: &[u8],
+    signature: &[u8],
+) -> Result<Vec<u8>, der::Error> {
+    sign::assemble(tbs_der, alg_der, signature)
+}
 pub use tbs::{
     shard_of, CrlSettings, HardwareModuleName, Tbs, ID_ON_HARDWARE_MODULE_NAME, SUPPLIER_ROLE_CODE,
     X500_UNIQUE_IDENTIFIER,
@@ -195,12 +205,7 @@ impl Engine {
         match policy::approve(request, limits, self.store.as_ref())? {
             Decision::Existing(record) => Ok(Prepared::Existing(record)),
             Decision::Approve(approved) => {
-                let tbs = tbs::build_tbs(
-                    *approved,
-                    &issuer,
-                    &self.crl,
-                    SystemTime::now(),
-                )?;
+                let tbs = tbs::build_tbs(*approved, &issuer, &self.crl, SystemTime::now())?;
                 Ok(Prepared::ToSign(
                     Box::new(lint::lint(tbs, &issuer)?),
                     issuer,

@@ -20,7 +20,11 @@ pub struct Issued {
 
 /// `SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue }` around the linted TBS bytes
 /// (RFC 5280 §4.1), written by hand so that the signed bytes are the linted bytes, unre-encoded.
-fn assemble(tbs_der: &[u8], alg_der: &[u8], signature: &[u8]) -> Result<Vec<u8>, der::Error> {
+pub(crate) fn assemble(
+    tbs_der: &[u8],
+    alg_der: &[u8],
+    signature: &[u8],
+) -> Result<Vec<u8>, der::Error> {
     let bitstring = der::asn1::BitStringRef::from_bytes(signature)?.to_der()?;
     let len = der::Length::try_from(tbs_der.len() + alg_der.len() + bitstring.len())?;
     let mut out = Vec::with_capacity(usize::try_from(len)? + 4);

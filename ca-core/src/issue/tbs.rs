@@ -65,6 +65,8 @@ pub struct CrlSettings {
     pub shards: u32,
     /// Base URL; the certificate names `<base>/<issuer>/<shard>.crl`. None: no pointer.
     pub base_url: Option<String>,
+    /// Hours from a CRL's thisUpdate to its nextUpdate.
+    pub next_update_hours: u32,
 }
 
 impl CrlSettings {

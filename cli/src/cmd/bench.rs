@@ -251,3 +251,121 @@ pub fn issue(ctx: &Ctx, count: usize, raw_seconds: f64) -> Result<()> {
     }
     Ok(())
 }
+
+/// `bench crl`: a scratch store (never the home's) with `certs` certificate records written
+/// straight through `Store::commit_issued` (unsigned: the CRL only needs serials and shards),
+/// `revoke` of them revoked by list, then every shard and the full CRL built and signed with the
+/// Device CA's HSM key, written to a scratch folder.
+pub fn crl(ctx: &Ctx, certs: usize, revoke: usize) -> Result<()> {
+    use ca_core::issue::{shard_of, IssuerCtx};
+    use ca_core::{CaKind, CertRecord, Reason, Revocation, SledStore, Store};
+    use rand::RngCore;
+    if revoke > certs {
+        return Err(crate::errors::input("--revoke cannot exceed --certs"));
+    }
+    let hsm = ctx.hsm()?;
+    let online = ctx.online(&hsm)?;
+    let (signer, cert) = ctx.issuer(&online, CaKind::Device)?;
+    let issuer = IssuerCtx::new(policies::IssuerKind::Device, cert, Arc::new(signer))?;
+    let settings = ctx.crl_settings();
+    let dir = tempfile::tempdir()?;
+    let store = SledStore::open(&dir.path().join("store"))?;
+    eprintln!("writing {certs} certificate records to a scratch store...");
+    let start = std::time::Instant::now();
+    let mut revoke_list = Vec::with_capacity(revoke);
+    let every = if revoke == 0 {
+        usize::MAX
+    } else {
+        certs / revoke
+    };
+    let mut chunk = Vec::with_capacity(10_000);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    for i in 0..certs {
+        let mut serial = [0u8; 9];
+        rand::rngs::OsRng.fill_bytes(&mut serial);
+        serial[0] = (serial[0] & 0x7f).max(1);
+        let c = (i as u64).to_be_bytes();
+        if revoke_list.len() < revoke && i % every == 0 {
+            revoke_list.push(serial.to_vec());
+        }
+        chunk.push((
+            CertRecord {
+                serial: serial.to_vec(),
+                issuer: "device".into(),
+                profile: "meter-signing".into(),
+                subject_id: ca_core::Eui64(c).to_string(),
+                key_hash: [0; 32],
+                shard: shard_of(&serial, settings.shards),
+                issued_at: now,
+                der: Vec::new(),
+                replaced_by: None,
+            },
+            false,
+        ));
+        if chunk.len() == 10_000 {
+            store.commit_issued(&chunk, false)?;
+            chunk.clear();
+        }
+    }
+    store.commit_issued(&chunk, false)?;
+    eprintln!(
+        "  {certs} records in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    let start = std::time::Instant::now();
+    let rev = Revocation {
+        reason: Reason::KeyCompromise,
+        revoked_at: now,
+        invalidity_date: None,
+    };
+    for part in revoke_list.chunks(10_000) {
+        store.revoke(part, &rev)?;
+    }
+    let revoke_secs = start.elapsed().as_secs_f64();
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let start = std::time::Instant::now();
+    let published =
+        ca_core::crl::publish_all(&issuer, &store, &settings, &dir.path().join("crl"), true)?;
+    let publish_secs = start.elapsed().as_secs_f64();
+    let rss = peak_rss_kb();
+    let entries: usize = published
+        .iter()
+        .filter(|p| p.scope != "full")
+        .map(|p| p.entries)
+        .sum();
+    let full = published.iter().find(|p| p.scope == "full");
+    let largest_shard = published
+        .iter()
+        .filter(|p| p.scope != "full")
+        .map(|p| p.bytes)
+        .max()
+        .unwrap_or(0);
+    let out = json!({
+        "certificates": certs,
+        "revoked": revoke_list.len(),
+        "revocations_per_second": revoke_list.len() as f64 / revoke_secs,
+        "shards": settings.shards,
+        "crls_signed": published.len(),
+        "shard_entries_total": entries,
+        "largest_shard_bytes": largest_shard,
+        "full_crl_bytes": full.map(|p| p.bytes),
+        "publish_seconds": publish_secs,
+        "peak_rss_mb_while_publishing": rss.map(|k| k as f64 / 1024.0),
+    });
+    if ctx.json {
+        print_json(&out)?;
+    } else {
+        println!("certificates           {certs} (records in a scratch store)");
+        println!(
+            "revoked by list        {} in {revoke_secs:.2} s ({:.0} revocations/s)",
+            revoke_list.len(),
+            revoke_list.len() as f64 / revoke_secs
+        );
+        println!("CRLs signed            {} ({} shards + full), {} shard entries, largest shard {} bytes, full CRL {} bytes", published.len(), settings.shards, entries, largest_shard, full.map(|p| p.bytes).unwrap_or(0));
+        println!("all CRLs rebuilt+signed {publish_secs:.2} s (target <= 2 s)");
+        if let Some(k) = rss {
+            println!("peak RSS while publishing {:.1} MB", k as f64 / 1024.0);
+        }
+    }
+    Ok(())
+}

@@ -2,16 +2,18 @@
 
 mod audit;
 mod bench;
-mod ceremony;
+pub(crate) mod ceremony;
+mod crl;
 mod init;
 mod issue;
+mod revoke;
 mod show;
 mod status;
 
 use anyhow::Result;
 use ca_core::Home;
 
-use crate::args::{AuditCommand, BenchCommand, CeremonyCommand, Cli, Command};
+use crate::args::{AuditCommand, BenchCommand, CeremonyCommand, Cli, Command, CrlCommand};
 use crate::ctx::{absolute, ensure_softhsm_env, Ctx};
 
 /// Dispatches a parsed command line.
@@ -38,6 +40,13 @@ pub fn run(cli: Cli) -> Result<()> {
                 Command::Status => status::run(&ctx),
                 Command::Issue(a) => issue::run(&ctx, a),
                 Command::Show(a) => show::run(&ctx, a),
+                Command::Revoke(a) => revoke::run(&ctx, a),
+                Command::Crl(CrlCommand::Publish { issuer, full }) => {
+                    crl::publish(&ctx, issuer, full)
+                }
+                Command::Bench(BenchCommand::Crl { certs, revoke }) => {
+                    bench::crl(&ctx, certs, revoke)
+                }
                 Command::Bench(BenchCommand::Issue { count, raw_seconds }) => {
                     bench::issue(&ctx, count, raw_seconds)
                 }
