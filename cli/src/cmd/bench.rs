@@ -182,9 +182,14 @@ pub fn make_batch(count: usize, out: &std::path::Path, profile: &str) -> Result<
 
 /// Peak resident set size of this process in kB (VmHWM).
 fn peak_rss_kb() -> Option<u64> {
+    rss_kb("VmHWM:")
+}
+
+/// A memory figure of this process from /proc/self/status, in kB.
+fn rss_kb(field: &str) -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     s.lines()
-        .find(|l| l.starts_with("VmHWM:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
 }
@@ -273,11 +278,7 @@ pub fn crl(ctx: &Ctx, certs: usize, revoke: usize) -> Result<()> {
     eprintln!("writing {certs} certificate records to a scratch store...");
     let start = std::time::Instant::now();
     let mut revoke_list = Vec::with_capacity(revoke);
-    let every = if revoke == 0 {
-        usize::MAX
-    } else {
-        certs / revoke
-    };
+    let every = certs.checked_div(revoke).unwrap_or(usize::MAX);
     let mut chunk = Vec::with_capacity(10_000);
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     for i in 0..certs {
@@ -351,6 +352,8 @@ pub fn crl(ctx: &Ctx, certs: usize, revoke: usize) -> Result<()> {
         "full_crl_bytes": full.map(|p| p.bytes),
         "publish_seconds": publish_secs,
         "peak_rss_mb_while_publishing": rss.map(|k| k as f64 / 1024.0),
+        "rss_mb_before_publishing": baseline.map(|k| k as f64 / 1024.0),
+        "peak_rss_growth_mb_while_publishing": rss.zip(baseline).map(|(p, b)| p.saturating_sub(b) as f64 / 1024.0),
     });
     if ctx.json {
         print_json(&out)?;
@@ -363,8 +366,13 @@ pub fn crl(ctx: &Ctx, certs: usize, revoke: usize) -> Result<()> {
         );
         println!("CRLs signed            {} ({} shards + full), {} shard entries, largest shard {} bytes, full CRL {} bytes", published.len(), settings.shards, entries, largest_shard, full.map(|p| p.bytes).unwrap_or(0));
         println!("all CRLs rebuilt+signed {publish_secs:.2} s (target <= 2 s)");
-        if let Some(k) = rss {
-            println!("peak RSS while publishing {:.1} MB", k as f64 / 1024.0);
+        if let (Some(p), Some(b)) = (rss, baseline) {
+            println!(
+                "RSS                    {:.1} MB before publishing (the scratch store), peak {:.1} MB: publishing added {:.1} MB",
+                b as f64 / 1024.0,
+                p as f64 / 1024.0,
+                p.saturating_sub(b) as f64 / 1024.0
+            );
         }
     }
     Ok(())
