@@ -324,6 +324,7 @@ pub fn crl(ctx: &Ctx, certs: usize, revoke: usize) -> Result<()> {
     }
     let revoke_secs = start.elapsed().as_secs_f64();
     let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let baseline = rss_kb("VmRSS:");
     let start = std::time::Instant::now();
     let published =
         ca_core::crl::publish_all(&issuer, &store, &settings, &dir.path().join("crl"), true)?;
