@@ -137,6 +137,7 @@ fn fixture_with(crl_base: Option<&str>, corrupt: bool, profiles: ProfileSet) -> 
     let crl = CrlSettings {
         shards: 16,
         base_url: crl_base.map(String::from),
+        next_update_hours: 24,
     };
     let engine = Engine::new(profiles, issuers, store.clone() as Arc<dyn Store>, crl, 2);
     Fixture {
