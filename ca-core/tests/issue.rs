@@ -406,6 +406,16 @@ fn a_second_active_certificate_needs_replace() {
     assert_ne!(a.record.serial, b.record.serial);
     let old = f.store.cert(&a.record.serial).unwrap().unwrap();
     assert_eq!(old.replaced_by.as_deref(), Some(&b.record.serial[..]));
+    // The replaced certificate is revoked as superseded, in the same write.
+    let rev = f.store.revocation(&a.record.serial).unwrap().unwrap();
+    assert_eq!(rev.reason, ca_core::Reason::Superseded);
+    assert_eq!(
+        f.store
+            .revoked_in_shard("device", a.record.shard)
+            .unwrap()
+            .len(),
+        1
+    );
     assert_eq!(
         f.store
             .active_cert("00-DB-12-34-56-78-90-02", "meter-signing")
