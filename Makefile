@@ -1,6 +1,6 @@
 # meterpki: `make demo` runs the demo, `make test` runs the tests. Both install what a fresh
 # Debian machine lacks (softhsm2, opensc, openssl) first.
-.PHONY: deps demo test lint bench-hsm
+.PHONY: deps demo test lint bench-hsm bench-issue bench-crl
 
 CARGO ?= cargo
 
@@ -25,3 +25,13 @@ lint:
 bench-hsm: deps
 	@[ -f demo/home/meterpki.toml ] || ./scripts/demo.sh >/dev/null
 	$(CARGO) run --release -q -p meterpki-cli -- --home demo/home bench hsm --seconds 5
+
+# 100,000 meter certificates through the `issue --batch` path vs the raw signing rate.
+bench-issue: deps
+	@[ -f demo/home/meterpki.toml ] || ./scripts/demo.sh >/dev/null
+	$(CARGO) run --release -q -p meterpki-cli -- --home demo/home bench issue --count 100000
+
+# 1,000,000 certificate records, 100,000 revoked, every CRL shard rebuilt and signed.
+bench-crl: deps
+	@[ -f demo/home/meterpki.toml ] || ./scripts/demo.sh >/dev/null
+	$(CARGO) run --release -q -p meterpki-cli -- --home demo/home bench crl --certs 1000000 --revoke 100000

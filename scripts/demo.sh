@@ -66,6 +66,22 @@ say "meterpki issue --batch: 2,000 meter requests (a factory line's file)"
 echo "Run again: nothing new is issued"
 "$M" issue --batch "$DEMO/line-1.ndjson" --out "$DEMO/line-1.again.ndjson"
 
+say "meterpki revoke + crl publish: the meter's key is compromised"
+SERIAL=$("$M" show --device-id 00-DB-12-34-56-78-90-01 --json | sed -n 's/.*"serial": "\([0-9a-f]*\)".*/\1/p' | head -n1)
+"$M" revoke --serial "$SERIAL" --reason keyCompromise --publish
+"$M" crl publish --issuer device --full
+cat "$METERPKI_HOME/ca/root.pem" "$METERPKI_HOME/ca/device.pem" > "$DEMO/device-chain.pem"
+SHARD=$("$M" show --serial "$SERIAL" --json | sed -n 's/.*"shard": \([0-9]*\).*/\1/p')
+for scope in "$SHARD" full; do
+  openssl crl -in "$METERPKI_HOME/crl/device/$scope.crl" -inform DER -out "$DEMO/device-$scope.crl.pem"
+  echo "CRL $scope: $(openssl crl -in "$DEMO/device-$scope.crl.pem" -CAfile "$DEMO/device-chain.pem" -noout 2>&1)"
+  echo "openssl verify -crl_check with the $scope CRL (the revoked meter must fail):"
+  if openssl verify -crl_check -CAfile "$DEMO/device-chain.pem" -CRLfile "$DEMO/device-$scope.crl.pem" "$DEMO/meter.pem"; then
+    echo "UNEXPECTED: the revoked certificate verified" >&2; exit 1
+  fi
+done
+openssl crl -in "$DEMO/device-$SHARD.crl.pem" -noout -text | sed -n '1,/Signature Algorithm: ecdsa/p' | head -25
+
 say "meterpki status"
 "$M" status
 
@@ -73,4 +89,4 @@ say "meterpki audit verify"
 "$M" audit verify
 
 say "Done. Home: $METERPKI_HOME   Shares: $DEMO/shares"
-echo "Revocation and CRLs arrive with the next issue (see the README)."
+echo "Next: the mTLS issuance API, supplier churn (see the README)."
