@@ -5,6 +5,7 @@
 //! Modules are private; this list of re-exports *is* the public API.
 #![forbid(unsafe_code)]
 
+mod account;
 mod audit;
 mod certs;
 mod config;
@@ -18,6 +19,7 @@ mod revocation;
 mod signer;
 mod store;
 
+pub use account::{check_account_name, Account, Role};
 pub use audit::{AuditError, AuditLog, AuditRecord, AuditReport, HEAD_SIGNED_EVENT};
 pub use certs::{
     build_ca_certificate, build_self_signed_root, build_signer_certificate, certificate_from_pem,

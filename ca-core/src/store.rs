@@ -5,6 +5,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::account::Account;
 use crate::revocation::{Reason, Revocation};
 
 /// Why the store failed.
@@ -126,6 +127,14 @@ pub trait Store: Send + Sync {
     fn meta_u64(&self, key: &str) -> Result<Option<u64>, StoreError>;
     /// Sets a persistent counter or setting, durably.
     fn set_meta_u64(&self, key: &str, value: u64) -> Result<(), StoreError>;
+    /// Stores (creates or updates) an account, durably.
+    fn put_account(&self, account: &Account) -> Result<(), StoreError>;
+    /// An account by name.
+    fn account(&self, name: &str) -> Result<Option<Account>, StoreError>;
+    /// The account a client certificate belongs to.
+    fn account_by_cert(&self, serial: &[u8]) -> Result<Option<Account>, StoreError>;
+    /// Every account, by name.
+    fn accounts(&self) -> Result<Vec<Account>, StoreError>;
 }
 
 /// What revoking one serial did.
@@ -164,6 +173,8 @@ const BY_SUBJECT: u8 = b's';
 const BY_SHARD: u8 = b'h';
 const CERT_COUNT: &[u8] = b"n/certs";
 const REVOKED: u8 = b'r';
+const ACCOUNT: u8 = b'u';
+const ACCOUNT_BY_CERT: u8 = b'k';
 const REVOKED_BY_SHARD: u8 = b'v';
 
 fn revoked_key(serial: &[u8]) -> Vec<u8> {
@@ -516,5 +527,62 @@ impl Store for SledStore {
         self.meta.insert(key, &value.to_be_bytes()[..])?;
         self.db.flush()?;
         Ok(())
+    }
+
+    fn put_account(&self, account: &Account) -> Result<(), StoreError> {
+        let _writer = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let mut batch = sled::Batch::default();
+        let k = key(ACCOUNT, &[account.name.as_bytes()]);
+        if let Some(old) = self.pki.get(&k)? {
+            let old: Account = serde_json::from_slice(&old).map_err(|e| StoreError::Corrupt {
+                key: account.name.clone(),
+                reason: e.to_string(),
+            })?;
+            if old.cert_serial != account.cert_serial {
+                batch.remove(key(ACCOUNT_BY_CERT, &[&old.cert_serial]));
+            }
+        }
+        batch.insert(
+            k,
+            serde_json::to_vec(account).expect("an Account always serialises"),
+        );
+        batch.insert(
+            key(ACCOUNT_BY_CERT, &[&account.cert_serial]),
+            account.name.as_bytes(),
+        );
+        self.pki.apply_batch(batch)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn account(&self, name: &str) -> Result<Option<Account>, StoreError> {
+        match self.pki.get(key(ACCOUNT, &[name.as_bytes()]))? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v).map_err(|e| {
+                StoreError::Corrupt {
+                    key: name.into(),
+                    reason: e.to_string(),
+                }
+            })?)),
+            None => Ok(None),
+        }
+    }
+
+    fn account_by_cert(&self, serial: &[u8]) -> Result<Option<Account>, StoreError> {
+        match self.pki.get(key(ACCOUNT_BY_CERT, &[serial]))? {
+            Some(name) => self.account(&String::from_utf8_lossy(&name)),
+            None => Ok(None),
+        }
+    }
+
+    fn accounts(&self) -> Result<Vec<Account>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.pki.scan_prefix([ACCOUNT]) {
+            let (k, v) = kv?;
+            out.push(serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+                key: String::from_utf8_lossy(&k).into_owned(),
+                reason: e.to_string(),
+            })?);
+        }
+        Ok(out)
     }
 }

@@ -53,6 +53,9 @@ pub enum Command {
     /// Certificate revocation lists.
     #[command(subcommand)]
     Crl(CrlCommand),
+    /// API accounts: each bound to a client certificate from the Access CA.
+    #[command(subcommand)]
+    Account(AccountCommand),
     /// Show stored certificates by serial or by device / entity ID.
     #[command(
         after_help = "Examples:\n  meterpki show --serial 4f1c2a9b0d3e5f6071\n  meterpki show --device-id 00-DB-12-34-56-78-90-01 --json"
@@ -152,6 +155,44 @@ pub struct RevokeWhich {
     /// A file of serials, one hex serial per line.
     #[arg(long)]
     pub serials_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AccountCommand {
+    /// Create an account and issue its api-client certificate: writes DIR/<name>.pem (certificate and Access CA), DIR/<name>.key (0600, unless --csr) and DIR/ca.pem (the chain to trust the server).
+    #[command(
+        after_help = "Examples:\n  meterpki account add --role factory --name line-7 --device-range 00-DB-12-00-00-00-00-00/24 --out creds/\n  meterpki account add --role supplier --name example-energy --supplier 90-B3-D5-1F-30-00-00-02 --out creds/\n  meterpki account add --role operator --name ops-1 --csr ops-1.csr --out creds/"
+    )]
+    Add {
+        /// factory, supplier or operator.
+        #[arg(long)]
+        role: String,
+        /// Account name (the certificate's CN; names the files).
+        #[arg(long)]
+        name: String,
+        /// Factory accounts: the EUI-64 range the line may name, PREFIX/BITS.
+        #[arg(long)]
+        device_range: Option<String>,
+        /// Supplier accounts: the supplier's entity ID (EUI-64).
+        #[arg(long)]
+        supplier: Option<String>,
+        /// Use the key in this CSR instead of generating one (no key file is written).
+        #[arg(long)]
+        csr: Option<PathBuf>,
+        /// Where to write the credentials.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// List the accounts.
+    #[command(after_help = "Example:\n  meterpki account list --json")]
+    List,
+    /// Disable an account: refused from now on, its certificate revoked (privilegeWithdrawn) and the Access CA's CRLs republished.
+    #[command(after_help = "Example:\n  meterpki account disable --name line-7")]
+    Disable {
+        /// Account name.
+        #[arg(long)]
+        name: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]

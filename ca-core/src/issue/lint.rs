@@ -168,14 +168,58 @@ pub fn lint(tbs: Tbs, issuer: &IssuerCtx) -> Result<Linted, IssueError> {
     if let Some(policy) = profile.policy_oid() {
         let cp = find(ID_CE_CERTIFICATE_POLICIES)
             .ok_or_else(|| fail("certificatePolicies is missing"))?;
-        if !cp.critical {
-            return Err(fail("certificatePolicies is not critical"));
+        if cp.critical != super::tbs::policies_critical(profile) {
+            return Err(fail(
+                "certificatePolicies criticality differs from the profile's",
+            ));
         }
         let cp: CertificatePolicies = ext_value(&cp.extn_value, "certificatePolicies")?;
         if cp.0.len() != 1 || cp.0[0].policy_identifier != policy {
             return Err(fail(
                 "certificatePolicies is not exactly the profile's policy",
             ));
+        }
+    }
+    // extendedKeyUsage: exactly the profile's purposes, or absent.
+    let want_eku: Vec<ObjectIdentifier> = profile
+        .extended_key_usage()
+        .iter()
+        .map(|e| e.oid())
+        .collect();
+    match find(const_oid::db::rfc5280::ID_CE_EXT_KEY_USAGE) {
+        None if want_eku.is_empty() => {}
+        Some(e) if !want_eku.is_empty() => {
+            let eku: x509_cert::ext::pkix::ExtendedKeyUsage =
+                ext_value(&e.extn_value, "extendedKeyUsage")?;
+            if eku.0 != want_eku {
+                return Err(fail("extendedKeyUsage differs from the profile's"));
+            }
+        }
+        _ => {
+            return Err(fail(
+                "extendedKeyUsage present or absent against the profile",
+            ))
+        }
+    }
+    // extendedKeyUsage: exactly the profile's purposes, or absent.
+    let want_eku: Vec<ObjectIdentifier> = profile
+        .extended_key_usage()
+        .iter()
+        .map(|e| e.oid())
+        .collect();
+    match find(const_oid::db::rfc5280::ID_CE_EXT_KEY_USAGE) {
+        None if want_eku.is_empty() => {}
+        Some(e) if !want_eku.is_empty() => {
+            let eku: x509_cert::ext::pkix::ExtendedKeyUsage =
+                ext_value(&e.extn_value, "extendedKeyUsage")?;
+            if eku.0 != want_eku {
+                return Err(fail("extendedKeyUsage differs from the profile's"));
+            }
+        }
+        _ => {
+            return Err(fail(
+                "extendedKeyUsage present or absent against the profile",
+            ))
         }
     }
     // No basicConstraints on end-entity certificates of these profiles.
@@ -224,6 +268,24 @@ pub fn lint(tbs: Tbs, issuer: &IssuerCtx) -> Result<Linted, IssueError> {
             }
             if find(ID_CE_SUBJECT_ALT_NAME).is_some() {
                 return Err(fail("a party certificate carries no subjectAltName"));
+            }
+        }
+        Subject::Tls { dns, ips, .. } => {
+            if t.subject.0.is_empty() {
+                return Err(fail("a TLS certificate names its subject"));
+            }
+            let names = dns.len() + ips.len();
+            match find(ID_CE_SUBJECT_ALT_NAME) {
+                Some(san) => {
+                    let san: SubjectAltName = ext_value(&san.extn_value, "subjectAltName")?;
+                    if san.0.len() != names {
+                        return Err(fail(
+                            "subjectAltName does not hold exactly the requested names",
+                        ));
+                    }
+                }
+                None if names == 0 => {}
+                None => return Err(fail("subjectAltName is missing")),
             }
         }
     }

@@ -27,7 +27,7 @@ use x509_cert::Certificate;
 pub use error::{ErrorCode, IssueError};
 pub use lint::Linted;
 pub use policy::{AccountLimits, Approved, Decision};
-pub use request::{parse_request, Request, RequestItem, Subject};
+pub use request::{parse_request, tls_request, KeySource, Request, RequestItem, Subject};
 pub use sign::Issued;
 
 /// `SEQUENCE { tbs, signatureAlgorithm, signatureValue }` around already-encoded TBS bytes: the
@@ -200,7 +200,15 @@ impl Engine {
 
     /// Steps 1 to 4: request, policy, TBS, lint. No HSM call, nothing stored.
     fn prepare(&self, item: &RequestItem, limits: &AccountLimits) -> Result<Prepared, IssueError> {
-        let request = parse_request(item, &self.profiles)?;
+        self.prepare_request(parse_request(item, &self.profiles)?, limits)
+    }
+
+    /// Steps 2 to 4 for a request already built (a TLS certificate made by the operator).
+    fn prepare_request(
+        &self,
+        request: Request,
+        limits: &AccountLimits,
+    ) -> Result<Prepared, IssueError> {
         let issuer = self.issuer_for(&request.profile)?.clone();
         match policy::approve(request, limits, self.store.as_ref())? {
             Decision::Existing(record) => Ok(Prepared::Existing(record)),
@@ -212,6 +220,16 @@ impl Engine {
                 ))
             }
         }
+    }
+
+    /// A request built by [`tls_request`], the whole flow: answered only once stored and flushed.
+    pub fn issue_request(&self, request: Request) -> Result<Outcome, IssueError> {
+        let signed = self
+            .prepare_request(request, &AccountLimits::default())
+            .and_then(sign_prepared);
+        let mut out = self.commit(vec![signed], false)?;
+        out.pop()
+            .unwrap_or_else(|| Err(IssueError::new(ErrorCode::Internal, "no result")))
     }
 
     /// One request, the whole flow: answered only once stored and flushed.

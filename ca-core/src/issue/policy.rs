@@ -48,7 +48,7 @@ pub fn approve(
             ));
         }
     }
-    let subject_id = request.subject.id().to_string();
+    let subject_id = request.subject.key();
     let active = store
         .active_cert(&subject_id, request.profile.name())
         .map_err(|e| IssueError::new(ErrorCode::Internal, e.to_string()))?;

@@ -54,14 +54,27 @@ pub enum Subject {
         /// Registered name.
         name: String,
     },
+    /// A TLS client (an API account) or the API server.
+    Tls {
+        /// CN=.
+        common_name: String,
+        /// OU= (the account's role), if any.
+        unit: Option<String>,
+        /// subjectAltName dNSNames (servers).
+        dns: Vec<String>,
+        /// subjectAltName iPAddresses (servers).
+        ips: Vec<std::net::IpAddr>,
+    },
 }
 
 impl Subject {
-    /// The ID the certificate is indexed under.
-    pub fn id(&self) -> Eui64 {
+    /// The ID the certificate is indexed under: the EUI-64 for meters and parties,
+    /// `tls:<common name>` for TLS certificates.
+    pub fn key(&self) -> String {
         match self {
-            Subject::Device(d) => *d,
-            Subject::Party { entity_id, .. } => *entity_id,
+            Subject::Device(d) => d.to_string(),
+            Subject::Party { entity_id, .. } => entity_id.to_string(),
+            Subject::Tls { common_name, .. } => format!("tls:{common_name}"),
         }
     }
 }
@@ -373,5 +386,103 @@ pub fn parse_request(item: &RequestItem, profiles: &ProfileSet) -> Result<Reques
         spki,
         key_hash,
         replace: item.replace,
+    })
+}
+
+/// Where a TLS request's key comes from.
+#[derive(Clone, Debug)]
+pub enum KeySource {
+    /// A PKCS#10 CSR (base64 DER or PEM), proof of possession checked.
+    Csr(String),
+    /// A key the caller generated itself (an account's key made by the CLI).
+    Spki(SubjectPublicKeyInfoOwned),
+}
+
+/// Builds a request for a TLS profile (`api-server`, `api-client`): these are not issued from
+/// request items but by the operator (`account add`, the server's own certificate).
+pub fn tls_request(
+    profiles: &ProfileSet,
+    profile: &str,
+    subject: Subject,
+    key: KeySource,
+    replace: bool,
+) -> Result<Request, IssueError> {
+    let profile = profiles.get(profile).ok_or_else(|| {
+        err(
+            ErrorCode::ProfileUnknown,
+            format!("profile {profile:?} does not exist"),
+        )
+    })?;
+    if !matches!(
+        profile.kind(),
+        ProfileKind::TlsServer | ProfileKind::TlsClient
+    ) {
+        return Err(err(
+            ErrorCode::ProfileLimit,
+            format!("profile {} is not a TLS profile", profile.name()),
+        ));
+    }
+    let Subject::Tls {
+        common_name,
+        dns,
+        ips,
+        ..
+    } = &subject
+    else {
+        return Err(err(
+            ErrorCode::ProfileLimit,
+            "a TLS certificate names a TLS subject",
+        ));
+    };
+    if common_name.trim().is_empty()
+        || common_name.chars().count() > 64
+        || common_name.chars().any(char::is_control)
+    {
+        return Err(err(
+            ErrorCode::ProfileLimit,
+            "common name: 1 to 64 printable characters",
+        ));
+    }
+    if profile.kind() == ProfileKind::TlsServer && dns.is_empty() && ips.is_empty() {
+        return Err(err(
+            ErrorCode::ProfileLimit,
+            "a server certificate needs at least one DNS name or IP address",
+        ));
+    }
+    for d in dns {
+        let ok = !d.is_empty()
+            && d.len() <= 253
+            && d.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+            });
+        if !ok {
+            return Err(err(
+                ErrorCode::ProfileLimit,
+                format!(
+                    "{d:?} is not a DNS name (letters, digits and '-' in dot-separated labels)"
+                ),
+            ));
+        }
+    }
+    let spki = match key {
+        KeySource::Csr(text) => key_from_csr(profile, &text)?,
+        KeySource::Spki(spki) => {
+            check_key(profile, &spki)?;
+            spki
+        }
+    };
+    let spki_der = spki
+        .to_der()
+        .map_err(|e| err(ErrorCode::CsrMalformed, format!("public key: {e}")))?;
+    Ok(Request {
+        profile: profile.clone(),
+        subject,
+        key_hash: sha2::Sha256::digest(&spki_der).into(),
+        spki,
+        replace,
     })
 }

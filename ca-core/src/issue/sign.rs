@@ -60,7 +60,7 @@ pub fn sign(linted: Linted, issuer: &IssuerCtx) -> Result<Issued, IssueError> {
             serial: tbs.serial,
             issuer: issuer.kind.name().to_string(),
             profile: req.profile.name().to_string(),
-            subject_id: req.subject.id().to_string(),
+            subject_id: req.subject.key(),
             key_hash: req.key_hash,
             shard: tbs.shard,
             issued_at: tbs.issued_at,

@@ -19,8 +19,8 @@ use x509_cert::ext::pkix::crl::dp::DistributionPoint;
 use x509_cert::ext::pkix::crl::CrlDistributionPoints;
 use x509_cert::ext::pkix::name::{DistributionPointName, GeneralName, OtherName};
 use x509_cert::ext::pkix::{
-    AuthorityKeyIdentifier, CertificatePolicies, KeyUsage, KeyUsages, SubjectAltName,
-    SubjectKeyIdentifier,
+    AuthorityKeyIdentifier, CertificatePolicies, ExtendedKeyUsage, KeyUsage, KeyUsages,
+    SubjectAltName, SubjectKeyIdentifier,
 };
 use x509_cert::ext::Extension;
 use x509_cert::name::{RdnSequence, RelativeDistinguishedName};
@@ -156,6 +156,34 @@ fn party_name(entity_id: &crate::eui64::Eui64, name: &str) -> Result<RdnSequence
     ]))
 }
 
+/// certificatePolicies is critical on meter and supplier certificates (DESIGN §3), where the
+/// policy is what binds the key to its use; on TLS certificates it is not, so that generic TLS
+/// stacks (which reject unknown critical extensions) accept them.
+pub(crate) fn policies_critical(profile: &Profile) -> bool {
+    matches!(
+        profile.kind(),
+        policies::ProfileKind::Meter
+            | policies::ProfileKind::Supplier
+            | policies::ProfileKind::TrustUpdateSigner
+    )
+}
+
+fn tls_name(common_name: &str, unit: Option<&str>) -> Result<RdnSequence, IssueError> {
+    let rdn =
+        |oid: ObjectIdentifier, value: &str| -> Result<RelativeDistinguishedName, IssueError> {
+            let value = Any::encode_from(&Utf8StringRef::new(value).map_err(internal)?)
+                .map_err(internal)?;
+            let set =
+                SetOfVec::try_from(vec![AttributeTypeAndValue { oid, value }]).map_err(internal)?;
+            Ok(RelativeDistinguishedName(set))
+        };
+    let mut rdns = vec![rdn(CN, common_name)?];
+    if let Some(u) = unit {
+        rdns.push(rdn(OU, u)?);
+    }
+    Ok(RdnSequence(rdns))
+}
+
 /// Builds the TBSCertificate for `approved` under `issuer`.
 pub fn build_tbs(
     approved: Approved,
@@ -204,12 +232,55 @@ pub fn build_tbs(
             RdnSequence(Vec::new())
         }
         Subject::Party { entity_id, name } => party_name(entity_id, name)?,
+        Subject::Tls {
+            common_name,
+            unit,
+            dns,
+            ips,
+        } => {
+            let mut names: Vec<GeneralName> = Vec::new();
+            for d in dns {
+                names.push(GeneralName::DnsName(Ia5String::new(d).map_err(internal)?));
+            }
+            for ip in ips {
+                let octets = match ip {
+                    std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+                    std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
+                };
+                names.push(GeneralName::IpAddress(
+                    OctetString::new(octets).map_err(internal)?,
+                ));
+            }
+            if !names.is_empty() {
+                // The subject is not empty, so the SAN is not critical (RFC 5280 §4.2.1.6).
+                exts.push(extension(
+                    const_oid::db::rfc5280::ID_CE_SUBJECT_ALT_NAME,
+                    false,
+                    &SubjectAltName(names),
+                )?);
+            }
+            tls_name(common_name, unit.as_deref())?
+        }
     };
     exts.push(extension(
         const_oid::db::rfc5280::ID_CE_KEY_USAGE,
         true,
         &key_usage(profile.key_usage()),
     )?);
+    if !profile.extended_key_usage().is_empty() {
+        let eku = ExtendedKeyUsage(
+            profile
+                .extended_key_usage()
+                .iter()
+                .map(|e| e.oid())
+                .collect(),
+        );
+        exts.push(extension(
+            const_oid::db::rfc5280::ID_CE_EXT_KEY_USAGE,
+            false,
+            &eku,
+        )?);
+    }
     if let Some(policy) = profile.policy_oid() {
         let cp = CertificatePolicies(vec![PolicyInformation {
             policy_identifier: policy,
@@ -217,7 +288,7 @@ pub fn build_tbs(
         }]);
         exts.push(extension(
             const_oid::db::rfc5280::ID_CE_CERTIFICATE_POLICIES,
-            true,
+            policies_critical(profile),
             &cp,
         )?);
     }

@@ -1,5 +1,6 @@
 //! One module per command group.
 
+mod account;
 mod audit;
 mod bench;
 pub(crate) mod ceremony;
@@ -41,6 +42,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 Command::Issue(a) => issue::run(&ctx, a),
                 Command::Show(a) => show::run(&ctx, a),
                 Command::Revoke(a) => revoke::run(&ctx, a),
+                Command::Account(a) => account::run(&ctx, a),
                 Command::Crl(CrlCommand::Publish { issuer, full }) => {
                     crl::publish(&ctx, issuer, full)
                 }
