@@ -39,3 +39,9 @@ pub use signer::{
     VerifyError,
 };
 pub use store::{CertRecord, Commit, Committed, Revoked, SledStore, Store, StoreError};
+
+/// SHA-256 of `bytes` (for callers that need a digest without their own hash dependency).
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
+}

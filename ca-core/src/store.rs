@@ -135,6 +135,15 @@ pub trait Store: Send + Sync {
     fn account_by_cert(&self, serial: &[u8]) -> Result<Option<Account>, StoreError>;
     /// Every account, by name.
     fn accounts(&self) -> Result<Vec<Account>, StoreError>;
+    /// The stored answer to an API batch (by account and request_id), for idempotent retries.
+    fn batch_record(&self, account: &str, request_id: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Stores the answer to an API batch, durably.
+    fn put_batch_record(
+        &self,
+        account: &str,
+        request_id: &str,
+        record: &[u8],
+    ) -> Result<(), StoreError>;
 }
 
 /// What revoking one serial did.
@@ -174,6 +183,7 @@ const BY_SHARD: u8 = b'h';
 const CERT_COUNT: &[u8] = b"n/certs";
 const REVOKED: u8 = b'r';
 const ACCOUNT: u8 = b'u';
+const BATCH: u8 = b'b';
 const ACCOUNT_BY_CERT: u8 = b'k';
 const REVOKED_BY_SHARD: u8 = b'v';
 
@@ -584,5 +594,29 @@ impl Store for SledStore {
             })?);
         }
         Ok(out)
+    }
+
+    fn batch_record(&self, account: &str, request_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .pki
+            .get(key(
+                BATCH,
+                &[account.as_bytes(), &[0], request_id.as_bytes()],
+            ))?
+            .map(|v| v.to_vec()))
+    }
+
+    fn put_batch_record(
+        &self,
+        account: &str,
+        request_id: &str,
+        record: &[u8],
+    ) -> Result<(), StoreError> {
+        self.pki.insert(
+            key(BATCH, &[account.as_bytes(), &[0], request_id.as_bytes()]),
+            record,
+        )?;
+        self.db.flush()?;
+        Ok(())
     }
 }

@@ -56,6 +56,24 @@ pub enum Command {
     /// API accounts: each bound to a client certificate from the Access CA.
     #[command(subcommand)]
     Account(AccountCommand),
+    /// Run the issuance API: axum over rustls with client certificates (mTLS).
+    #[command(
+        after_help = "Example:\n  meterpki serve --listen 127.0.0.1:8443\n  curl --cert creds/line-7.pem --key creds/line-7.key --cacert creds/ca.pem \\\n       -H 'content-type: application/json' -d @batch.json https://127.0.0.1:8443/v1/batches\n\nThe server's TLS key is generated in the online token (meterpki-api-server) and its certificate\nissued by the Access CA at first start (<home>/ca/api-server.pem). SIGTERM or Ctrl-C: stop\naccepting, finish in-flight batches, exit."
+    )]
+    Serve {
+        /// Address to listen on (default: server.listen from meterpki.toml).
+        #[arg(long)]
+        listen: Option<String>,
+        /// DNS names for the server certificate (default: localhost).
+        #[arg(long = "dns")]
+        dns: Vec<String>,
+        /// IP addresses for the server certificate (default: 127.0.0.1).
+        #[arg(long = "ip")]
+        ips: Vec<std::net::IpAddr>,
+        /// Requests one account may have in flight; more get 429.
+        #[arg(long, default_value_t = 4)]
+        per_account_limit: usize,
+    },
     /// Show stored certificates by serial or by device / entity ID.
     #[command(
         after_help = "Examples:\n  meterpki show --serial 4f1c2a9b0d3e5f6071\n  meterpki show --device-id 00-DB-12-34-56-78-90-01 --json"

@@ -14,6 +14,8 @@ pub struct Ctx {
     pub home: Home,
     pub config: Config,
     pub json: bool,
+    /// The store, opened once per process (sled locks its files per open).
+    pub store: std::sync::OnceLock<Arc<SledStore>>,
 }
 
 impl Ctx {
@@ -27,7 +29,12 @@ impl Ctx {
             )));
         }
         let config = Config::load(&home.config_path())?;
-        Ok(Ctx { home, config, json })
+        Ok(Ctx {
+            home,
+            config,
+            json,
+            store: std::sync::OnceLock::new(),
+        })
     }
 
     pub fn hsm(&self) -> Result<Hsm> {
@@ -127,13 +134,17 @@ impl Ctx {
     }
 
     pub fn store(&self) -> Result<Arc<SledStore>> {
+        if let Some(s) = self.store.get() {
+            return Ok(s.clone());
+        }
         let dir = self.home.store_dir();
-        Ok(Arc::new(SledStore::open(&dir).with_context(|| {
+        let store = Arc::new(SledStore::open(&dir).with_context(|| {
             format!(
                 "opening the store {} (is `meterpki serve` running on this home?)",
                 dir.display()
             )
-        })?))
+        })?);
+        Ok(self.store.get_or_init(|| store).clone())
     }
 
     pub fn audit(&self, store: Arc<SledStore>) -> AuditLog {

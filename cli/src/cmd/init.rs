@@ -169,6 +169,7 @@ fn create(home: &Home, config: &Config, softhsm: bool) -> Result<serde_json::Val
         home: home.clone(),
         config: config.clone(),
         json: false,
+        store: std::sync::OnceLock::new(),
     };
     let token = ctx.online(&hsm)?;
     let store = ctx.store()?;

@@ -8,6 +8,7 @@ mod crl;
 mod init;
 mod issue;
 mod revoke;
+mod serve;
 mod show;
 mod status;
 
@@ -43,6 +44,12 @@ pub fn run(cli: Cli) -> Result<()> {
                 Command::Show(a) => show::run(&ctx, a),
                 Command::Revoke(a) => revoke::run(&ctx, a),
                 Command::Account(a) => account::run(&ctx, a),
+                Command::Serve {
+                    listen,
+                    dns,
+                    ips,
+                    per_account_limit,
+                } => serve::run(&ctx, listen, dns, ips, per_account_limit),
                 Command::Crl(CrlCommand::Publish { issuer, full }) => {
                     crl::publish(&ctx, issuer, full)
                 }

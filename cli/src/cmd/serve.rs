@@ -1,0 +1,173 @@
+//! `meterpki serve`: builds the engine, the server's TLS identity (key in the HSM) and the
+//! client-certificate verifier, then runs `issuance-api`.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use ca_core::issue::{tls_request, KeySource, Subject};
+use ca_core::{certificate_from_pem, CaKind, KeyAlgorithm, Signer};
+use der::Encode;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
+
+use crate::ctx::{os_user, Ctx};
+use crate::errors::input;
+
+const SERVER_KEY_LABEL: &str = "meterpki-api-server";
+
+pub fn run(
+    ctx: &Ctx,
+    listen: Option<String>,
+    dns: Vec<String>,
+    ips: Vec<std::net::IpAddr>,
+    per_account_limit: usize,
+) -> Result<()> {
+    if !ctx.home.ca_cert(CaKind::Access).exists() {
+        return Err(input(
+            "there is no Access CA yet: run `meterpki ceremony issuing-ca --kind access`",
+        ));
+    }
+    let listen = listen.unwrap_or_else(|| ctx.config.server.listen.clone());
+    let dns = if dns.is_empty() && ips.is_empty() {
+        vec!["localhost".to_string()]
+    } else {
+        dns
+    };
+    let ips = if ips.is_empty() {
+        vec![std::net::IpAddr::from([127, 0, 0, 1])]
+    } else {
+        ips
+    };
+    let hsm = ctx.hsm()?;
+    let online = ctx.online(&hsm)?;
+    let store = ctx.store()?;
+    let engine = Arc::new(ctx.engine(&online, store.clone())?);
+
+    // The server's identity: a key that never leaves the token, a certificate from the Access CA.
+    let key = match online.find_key(SERVER_KEY_LABEL)? {
+        Some(k) => k,
+        None => online.generate_ec_key(SERVER_KEY_LABEL, KeyAlgorithm::EcP256)?,
+    };
+    let server_signer: Arc<dyn Signer> = Arc::new(online.signer(SERVER_KEY_LABEL)?);
+    let cert_path = ctx.home.ca_dir().join("api-server.pem");
+    let reuse = std::fs::read_to_string(&cert_path)
+        .ok()
+        .and_then(|pem| certificate_from_pem(&pem).ok())
+        .filter(|c| {
+            let left = c
+                .tbs_certificate
+                .validity
+                .not_after
+                .to_unix_duration()
+                .as_secs() as i64
+                - time::OffsetDateTime::now_utc().unix_timestamp();
+            c.tbs_certificate.subject_public_key_info.to_der().ok() == key.spki.to_der().ok()
+                && left > 30 * 86_400
+        });
+    let server_cert = match reuse {
+        Some(c) => c.to_der()?,
+        None => {
+            let subject = Subject::Tls {
+                common_name: "meterpki API".into(),
+                unit: None,
+                dns: dns.clone(),
+                ips: ips.clone(),
+            };
+            let request = tls_request(
+                engine.profiles(),
+                "api-server",
+                subject,
+                KeySource::Spki(key.spki.clone()),
+                true,
+            )
+            .map_err(|e| input(e.to_string()))?;
+            let out = engine
+                .issue_request(request)
+                .map_err(|e| anyhow::anyhow!("issuing the server certificate: {e}"))?;
+            let pem =
+                der::pem::encode_string("CERTIFICATE", der::pem::LineEnding::LF, &out.record.der)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            ca_core::write_atomic(&cert_path, pem.as_bytes(), 0o644)?;
+            eprintln!(
+                "issued the server certificate {} (serial {})",
+                cert_path.display(),
+                out.record.serial_hex()
+            );
+            out.record.der
+        }
+    };
+    let access = certificate_from_pem(&std::fs::read_to_string(ctx.home.ca_cert(CaKind::Access))?)?;
+    let root = certificate_from_pem(&std::fs::read_to_string(ctx.home.ca_cert(CaKind::Root))?)?;
+
+    // Every shard of the Access CA has a CRL before the first client connects.
+    let access_issuers = crate::cmd::crl::issuers(ctx, &online, Some(CaKind::Access))?;
+    drop(store);
+    crate::cmd::crl::publish_issuers(ctx, &online, &access_issuers, false, None)?;
+    let mut crls = Vec::new();
+    for entry in std::fs::read_dir(ctx.home.crl_dir().join("access"))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "crl") {
+            crls.push(CertificateRevocationListDer::from(std::fs::read(&path)?));
+        }
+    }
+    let tls = issuance_api::server_tls_config(
+        vec![
+            CertificateDer::from(server_cert),
+            CertificateDer::from(access.to_der()?),
+        ],
+        server_signer.clone(),
+        CertificateDer::from(root.to_der()?),
+        crls,
+    )
+    .map_err(|e| anyhow::anyhow!("TLS configuration: {e}"))?;
+
+    let ready_signer = server_signer.clone();
+    let ready: Arc<dyn Fn() -> bool + Send + Sync> =
+        Arc::new(move || ready_signer.sign(b"meterpki readiness probe").is_ok());
+    let store_for_audit = engine.store().clone();
+    let audit = ca_core::AuditLog::new(ctx.home.audit_log(), Some(store_for_audit));
+    audit.append(
+        "api.start",
+        &os_user(),
+        serde_json::json!({"listen": listen, "dns": dns, "ips": ips}),
+    )?;
+    let state = Arc::new(issuance_api::AppState::new(
+        engine,
+        audit,
+        ctx.home.crl_dir(),
+        ready,
+        per_account_limit,
+    ));
+    let router = issuance_api::router(state);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .with_context(|| format!("listening on {listen}"))?;
+        let addr = listener.local_addr()?;
+        println!("listening on https://{addr}");
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        let shutdown = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = tokio::signal::ctrl_c() => {},
+            }
+        };
+        issuance_api::serve(
+            listener,
+            tls,
+            router,
+            issuance_api::ServeOptions::default(),
+            shutdown,
+        )
+        .await?;
+        eprintln!("stopped");
+        Ok::<(), anyhow::Error>(())
+    })
+}

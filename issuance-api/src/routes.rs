@@ -1,0 +1,686 @@
+//! The routes (DESIGN §7). Every `/v1` handler first resolves the caller from its client
+//! certificate; the blocking work (HSM, store) runs on tokio's blocking pool.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use ca_core::issue::{
+    AccountLimits, Engine, ErrorCode, IssueError, Outcome, RequestItem, MAX_BATCH,
+};
+use ca_core::{
+    Account, AuditLog, CertRecord, DeviceRange, Eui64, Reason, Revocation, Revoked, Role, Store,
+};
+use der::Decode;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+
+use crate::error::ApiError;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    issued: AtomicU64,
+    existing: AtomicU64,
+    refused: Mutex<BTreeMap<String, u64>>,
+    batches: AtomicU64,
+    batch_micros: AtomicU64,
+    sign_checks: AtomicU64,
+}
+
+/// What the handlers share.
+pub struct AppState {
+    /// The issuance engine (profiles, issuers, store).
+    pub engine: Arc<Engine>,
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// The audit log.
+    pub audit: AuditLog,
+    /// `<home>/crl`.
+    pub crl_dir: PathBuf,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Whether the HSM can sign now (for `/readyz`).
+    pub ready: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// Requests one account may have in flight.
+    pub per_account_limit: usize,
+    permits: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl AppState {
+    /// State for the router.
+    pub fn new(
+        engine: Arc<Engine>,
+        audit: AuditLog,
+        crl_dir: PathBuf,
+        ready: Arc<dyn Fn() -> bool + Send + Sync>,
+        per_account_limit: usize,
+    ) -> AppState {
+        AppState {
+            store: engine.store().clone(),
+            engine,
+            audit,
+            crl_dir,
+            metrics: Arc::new(Metrics::default()),
+            ready,
+            per_account_limit: per_account_limit.max(1),
+            permits: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn permit(&self, account: &str) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        let sem = self
+            .permits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(account.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.per_account_limit)))
+            .clone();
+        sem.try_acquire_owned().map_err(|_| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-requests",
+                format!(
+                    "account {account} already has {} requests in flight",
+                    self.per_account_limit
+                ),
+            )
+        })
+    }
+
+    fn refused(&self, code: &str) {
+        *self
+            .metrics
+            .refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(code.to_string())
+            .or_default() += 1;
+    }
+}
+
+/// The client certificate of the connection (leaf DER), set by the server per connection.
+#[derive(Clone, Debug, Default)]
+pub struct Peer(pub Option<Vec<u8>>);
+
+/// The account behind the client certificate.
+pub struct Caller(pub Account);
+
+impl FromRequestParts<Arc<AppState>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Caller, ApiError> {
+        let peer = parts.extensions.get::<Peer>().cloned().unwrap_or_default();
+        let Some(der) = peer.0 else {
+            state.refused("no-client-certificate");
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "client-certificate-required",
+                "this endpoint needs a client certificate from the Access CA",
+            ));
+        };
+        // The handshake already verified the chain and the CRLs; find the account it belongs to.
+        let cert = x509_cert::Certificate::from_der(&der).map_err(ApiError::internal)?;
+        let serial = cert.tbs_certificate.serial_number.as_bytes().to_vec();
+        let store = state.store.clone();
+        let account = tokio::task::spawn_blocking(move || store.account_by_cert(&serial))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(ApiError::internal)?;
+        match account {
+            None => {
+                state.refused("unknown-account");
+                Err(ApiError::forbidden(
+                    "no account is bound to this client certificate",
+                ))
+            }
+            Some(a) if a.disabled => {
+                state.refused("account-disabled");
+                Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "account-disabled",
+                    format!("account {} is disabled", a.name),
+                ))
+            }
+            Some(a) => Ok(Caller(a)),
+        }
+    }
+}
+
+/// The router: `/v1` for accounts, `/crl` and health endpoints public.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/batches", post(post_batch))
+        .route("/v1/batches/{request_id}", get(get_batch))
+        .route("/v1/certificates/{serial}", get(get_certificate))
+        .route("/v1/certificates/{serial}/revoke", post(revoke_certificate))
+        .route(
+            "/v1/devices/{device_id}/certificates",
+            get(device_certificates),
+        )
+        .route(
+            "/v1/suppliers/{id}/certificates",
+            get(supplier_certificates),
+        )
+        .route("/crl/{issuer}/{file}", get(get_crl))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .layer(axum::extract::DefaultBodyLimit::max(16 * 1024 * 1024))
+        .with_state(state)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchRequest {
+    request_id: String,
+    #[serde(default)]
+    atomic: bool,
+    items: Vec<Value>,
+}
+
+fn result_json(index: usize, r: &Result<Outcome, IssueError>) -> Value {
+    match r {
+        Ok(o) => {
+            json!({"index": index, "status": "issued", "serial": o.record.serial_hex(), "certificate": B64.encode(&o.record.der), "existing": o.existing})
+        }
+        Err(e) => {
+            json!({"index": index, "status": "rejected", "error": {"code": e.code, "detail": e.detail}})
+        }
+    }
+}
+
+async fn post_batch(
+    State(state): State<Arc<AppState>>,
+    Caller(account): Caller,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    if account.role != Role::Factory {
+        state.refused("forbidden");
+        return Err(ApiError::forbidden(format!(
+            "account {} is a {} account; batches are for factory accounts",
+            account.name, account.role
+        )));
+    }
+    let req: BatchRequest = serde_json::from_slice(&body).map_err(|e| {
+        state.refused("malformed-json");
+        ApiError::bad_request(
+            "malformed-json",
+            format!("the body is not a valid batch: {e}"),
+        )
+    })?;
+    if req.request_id.is_empty()
+        || req.request_id.len() > 128
+        || req.request_id.chars().any(|c| c.is_control() || c == '/')
+    {
+        return Err(ApiError::bad_request(
+            "request-id",
+            "request_id: 1 to 128 characters, no '/' or control characters",
+        ));
+    }
+    if req.items.len() > MAX_BATCH {
+        state.refused("batch-too-large");
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "batch-too-large",
+            format!("{} items; at most {MAX_BATCH} per batch", req.items.len()),
+        ));
+    }
+    let _permit = state.permit(&account.name)?;
+    let hash = hex::encode(ca_core::sha256(&body));
+    // Idempotent by (account, request_id).
+    let store = state.store.clone();
+    let (name, rid) = (account.name.clone(), req.request_id.clone());
+    if let Some(rec) = tokio::task::spawn_blocking(move || store.batch_record(&name, &rid))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?
+    {
+        let rec: Value = serde_json::from_slice(&rec).map_err(ApiError::internal)?;
+        if rec["body_sha256"] != hash.as_str() {
+            state.refused("request-id-conflict");
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "request-id-conflict",
+                format!(
+                    "request_id {:?} was used with a different body",
+                    req.request_id
+                ),
+            ));
+        }
+        return Ok(respond(&headers, rec["response"].clone()));
+    }
+    let limits = AccountLimits {
+        device_range: match &account.device_range {
+            Some(r) => Some(r.parse::<DeviceRange>().map_err(ApiError::internal)?),
+            None => Some(
+                "00-00-00-00-00-00-00-00/64"
+                    .parse::<DeviceRange>()
+                    .map_err(ApiError::internal)?,
+            ),
+        },
+    };
+    // Items that are not request items, or name a profile a factory may not use, are refused here.
+    let profiles = state.engine.profiles().clone();
+    let items: Vec<Result<RequestItem, IssueError>> = req
+        .items
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let item: RequestItem = serde_json::from_value(v.clone())
+                .map_err(|e| IssueError::new(ErrorCode::Json, format!("items[{i}]: {e}")))?;
+            match profiles.get(&item.profile) {
+                Some(p) if p.kind() == policies::ProfileKind::Meter => Ok(item),
+                Some(_) => Err(IssueError::new(
+                    ErrorCode::ProfileLimit,
+                    format!(
+                        "items[{i}]: a factory account may only request meter profiles, not {}",
+                        item.profile
+                    ),
+                )),
+                None => Ok(item),
+            }
+        })
+        .collect();
+    let started = Instant::now();
+    let engine = state.engine.clone();
+    let atomic = req.atomic;
+    let results = tokio::task::spawn_blocking(move || engine.issue_batch(&items, &limits, atomic))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| ApiError::bad_request(e.code.as_str(), e.detail))?;
+    state.metrics.batches.fetch_add(1, Ordering::Relaxed);
+    state
+        .metrics
+        .batch_micros
+        .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    let mut authz_refusals = 0;
+    for r in &results {
+        match r {
+            Ok(o) if o.existing => {
+                state.metrics.existing.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(_) => {
+                state.metrics.issued.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                state.refused(e.code.as_str());
+                if matches!(e.code, ErrorCode::DeviceRange | ErrorCode::ProfileLimit) {
+                    authz_refusals += 1;
+                }
+            }
+        }
+    }
+    let response = json!({"request_id": req.request_id, "results": results.iter().enumerate().map(|(i, r)| result_json(i, r)).collect::<Vec<_>>()});
+    let issued = results.iter().filter(|r| r.is_ok()).count();
+    let _ = state.audit.append("api.batch", &account.name, json!({"request_id": req.request_id, "items": results.len(), "issued": issued, "refused": results.len() - issued}));
+    if issued == 0 && authz_refusals == results.len() && !results.is_empty() {
+        // Nothing issued, every item outside what this account may ask for.
+        return Err(ApiError::forbidden(format!(
+            "nothing issued: every item is outside what account {} may request (device range {})",
+            account.name,
+            account.device_range.unwrap_or_default()
+        )));
+    }
+    let store = state.store.clone();
+    let record = serde_json::to_vec(&json!({"body_sha256": hash, "response": response}))
+        .map_err(ApiError::internal)?;
+    let (name, rid) = (account.name.clone(), req.request_id.clone());
+    tokio::task::spawn_blocking(move || store.put_batch_record(&name, &rid, &record))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    Ok(respond(&headers, response))
+}
+
+/// JSON, or NDJSON (one result per line) when the client asks for it.
+fn respond(headers: &HeaderMap, response: Value) -> Response {
+    let wants_ndjson = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/x-ndjson"));
+    if wants_ndjson {
+        let mut out = String::new();
+        for r in response["results"].as_array().cloned().unwrap_or_default() {
+            out.push_str(&r.to_string());
+            out.push('\n');
+        }
+        ([(header::CONTENT_TYPE, "application/x-ndjson")], out).into_response()
+    } else {
+        Json(response).into_response()
+    }
+}
+
+async fn get_batch(
+    State(state): State<Arc<AppState>>,
+    Caller(account): Caller,
+    headers: HeaderMap,
+    Path(request_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let store = state.store.clone();
+    let name = account.name.clone();
+    let rid = request_id.clone();
+    let rec = tokio::task::spawn_blocking(move || store.batch_record(&name, &rid))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    let rec = rec.ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no batch {request_id:?} for account {}",
+            account.name
+        ))
+    })?;
+    let rec: Value = serde_json::from_slice(&rec).map_err(ApiError::internal)?;
+    Ok(respond(&headers, rec["response"].clone()))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ca_core::StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)
+}
+
+/// Whether `account` may see or act on `rec`.
+fn may_see(account: &Account, rec: &CertRecord) -> bool {
+    match account.role {
+        Role::Operator => true,
+        Role::Supplier => {
+            rec.profile.starts_with("supplier-")
+                && account.supplier.as_deref() == Some(rec.subject_id.as_str())
+        }
+        Role::Factory => {
+            rec.profile.starts_with("meter-")
+                && account
+                    .device_range
+                    .as_deref()
+                    .and_then(|r| r.parse::<DeviceRange>().ok())
+                    .zip(rec.subject_id.parse::<Eui64>().ok())
+                    .is_some_and(|(r, id)| r.contains(&id))
+        }
+    }
+}
+
+fn cert_json(rec: &CertRecord, revocation: Option<Revocation>, active: bool) -> Value {
+    json!({
+        "serial": rec.serial_hex(),
+        "profile": rec.profile,
+        "issuer": rec.issuer,
+        "subject": rec.subject_id,
+        "shard": rec.shard,
+        "issued_at": rec.issued_at,
+        "status": match (revocation, active) {
+            (Some(_), _) => "revoked",
+            (None, true) => "active",
+            (None, false) => "inactive",
+        },
+        "revocation": revocation.map(|r| json!({"reason": r.reason.name(), "revoked_at": r.revoked_at, "invalidity_date": r.invalidity_date})),
+        "certificate": B64.encode(&rec.der),
+    })
+}
+
+fn describe(store: &dyn Store, rec: &CertRecord) -> Result<Value, ca_core::StoreError> {
+    let rev = store.revocation(&rec.serial)?;
+    let active = store
+        .active_cert(&rec.subject_id, &rec.profile)?
+        .map(|a| a.serial == rec.serial)
+        .unwrap_or(false);
+    Ok(cert_json(rec, rev, active))
+}
+
+fn parse_serial(s: &str) -> Result<Vec<u8>, ApiError> {
+    let b = hex::decode(s)
+        .map_err(|_| ApiError::bad_request("serial", format!("{s:?} is not a hex serial")))?;
+    if b.is_empty() || b.len() > 20 {
+        return Err(ApiError::bad_request(
+            "serial",
+            "a serial is 1 to 20 octets",
+        ));
+    }
+    Ok(b)
+}
+
+async fn get_certificate(
+    State(state): State<Arc<AppState>>,
+    Caller(account): Caller,
+    Path(serial): Path<String>,
+) -> Result<Response, ApiError> {
+    let serial = parse_serial(&serial)?;
+    let store = state.store.clone();
+    let out = blocking(move || {
+        let Some(rec) = store.cert(&serial)? else {
+            return Ok(None);
+        };
+        if !may_see(&account, &rec) {
+            return Ok(None);
+        }
+        Ok(Some(describe(store.as_ref(), &rec)?))
+    })
+    .await?;
+    // Not yours and not there look the same: an account learns nothing of others' certificates.
+    out.map(|v| Json(v).into_response())
+        .ok_or_else(|| ApiError::not_found("no such certificate"))
+}
+
+async fn device_certificates(
+    State(state): State<Arc<AppState>>,
+    Caller(account): Caller,
+    Path(device): Path<String>,
+) -> Result<Response, ApiError> {
+    let id: Eui64 = device
+        .parse()
+        .map_err(|e: String| ApiError::bad_request("device-id", e))?;
+    if account.role == Role::Supplier {
+        return Err(ApiError::forbidden(
+            "supplier accounts do not look up devices",
+        ));
+    }
+    let store = state.store.clone();
+    let list = blocking(move || {
+        let mut out = Vec::new();
+        for rec in store.certs_of_subject(&id.to_string())? {
+            if rec.profile.starts_with("meter-") && may_see(&account, &rec) {
+                out.push(describe(store.as_ref(), &rec)?);
+            }
+        }
+        Ok(out)
+    })
+    .await?;
+    Ok(Json(json!({"device_id": device, "certificates": list})).into_response())
+}
+
+async fn supplier_certificates(
+    State(state): State<Arc<AppState>>,
+    Caller(account): Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id: Eui64 = id
+        .parse()
+        .map_err(|e: String| ApiError::bad_request("supplier-id", e))?;
+    match account.role {
+        Role::Operator => {}
+        Role::Supplier if account.supplier.as_deref() == Some(id.to_string().as_str()) => {}
+        _ => {
+            return Err(ApiError::forbidden(format!(
+                "account {} may not list supplier {id}'s certificates",
+                account.name
+            )))
+        }
+    }
+    let store = state.store.clone();
+    let list = blocking(move || {
+        let mut out = Vec::new();
+        for rec in store.certs_of_subject(&id.to_string())? {
+            if rec.profile.starts_with("supplier-") {
+                out.push(describe(store.as_ref(), &rec)?);
+            }
+        }
+        Ok(out)
+    })
+    .await?;
+    Ok(Json(json!({"supplier": id.to_string(), "certificates": list})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeRequest {
+    reason: String,
+    #[serde(default)]
+    invalidity_date: Option<i64>,
+}
+
+async fn revoke_certificate(
+    State(state): State<Arc<AppState>>,
+    Caller(account): Caller,
+    Path(serial): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let serial = parse_serial(&serial)?;
+    let req: RevokeRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(
+            "malformed-json",
+            format!("the body is not a revocation request: {e}"),
+        )
+    })?;
+    let reason = Reason::parse(&req.reason).map_err(|e| ApiError::bad_request("reason", e))?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    if req.invalidity_date.is_some_and(|d| d > now) {
+        return Err(ApiError::bad_request(
+            "invalidity-date",
+            "invalidity_date is in the future",
+        ));
+    }
+    let store = state.store.clone();
+    let who = account.clone();
+    let outcome = blocking(move || {
+        let Some(rec) = store.cert(&serial)? else {
+            return Ok(Err(ApiError::not_found("no such certificate")));
+        };
+        let allowed = match who.role {
+            Role::Operator => true,
+            Role::Supplier => may_see(&who, &rec),
+            Role::Factory => false,
+        };
+        if !allowed {
+            // A supplier learns nothing about certificates that are not its own.
+            return Ok(Err(
+                if who.role == Role::Supplier
+                    && !may_see(&who, &rec)
+                    && rec.profile.starts_with("supplier-")
+                {
+                    ApiError::not_found("no such certificate")
+                } else {
+                    ApiError::forbidden(format!(
+                        "a {} account may not revoke this certificate",
+                        who.role
+                    ))
+                },
+            ));
+        }
+        let r = store.revoke(
+            &[serial],
+            &Revocation {
+                reason,
+                revoked_at: now,
+                invalidity_date: req.invalidity_date,
+            },
+        )?;
+        Ok(Ok(r))
+    })
+    .await??;
+    let (status, rec, already) = match outcome.into_iter().next() {
+        Some(Revoked::Now(r)) => ("revoked", r, None),
+        Some(Revoked::Already(r, earlier)) => ("already-revoked", r, Some(earlier)),
+        _ => return Err(ApiError::not_found("no such certificate")),
+    };
+    let _ = state.audit.append(
+        "api.revoke",
+        &account.name,
+        json!({"serial": rec.serial_hex(), "reason": reason.name(), "status": status}),
+    );
+    Ok(Json(json!({"serial": rec.serial_hex(), "status": status, "reason": already.map(|e| e.reason).unwrap_or(reason).name()})).into_response())
+}
+
+async fn get_crl(
+    State(state): State<Arc<AppState>>,
+    Path((issuer, file)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    if !["device", "organisation", "access"].contains(&issuer.as_str()) {
+        return Err(ApiError::not_found("no such CRL"));
+    }
+    let stem = file
+        .strip_suffix(".crl")
+        .ok_or_else(|| ApiError::not_found("no such CRL"))?;
+    if !(stem == "full"
+        || (!stem.is_empty() && stem.len() <= 5 && stem.chars().all(|c| c.is_ascii_digit())))
+    {
+        return Err(ApiError::not_found("no such CRL"));
+    }
+    let path = state.crl_dir.join(&issuer).join(format!("{stem}.crl"));
+    match tokio::fs::read(&path).await {
+        Ok(der) => Ok(([(header::CONTENT_TYPE, "application/pkix-crl")], der).into_response()),
+        Err(_) => Err(ApiError::not_found("no such CRL (not published yet)")),
+    }
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let ready = state.ready.clone();
+    state.metrics.sign_checks.fetch_add(1, Ordering::Relaxed);
+    match tokio::task::spawn_blocking(move || ready()).await {
+        Ok(true) => (StatusCode::OK, "ready\n").into_response(),
+        _ => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "hsm-unavailable",
+            "the HSM cannot sign",
+        )
+        .into_response(),
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let m = &state.metrics;
+    let mut out = String::new();
+    out.push_str("# HELP meterpki_certificates_issued_total Certificates issued through the API.\n# TYPE meterpki_certificates_issued_total counter\n");
+    out.push_str(&format!(
+        "meterpki_certificates_issued_total {}\n",
+        m.issued.load(Ordering::Relaxed)
+    ));
+    out.push_str("# HELP meterpki_certificates_existing_total Requests answered with a certificate issued before.\n# TYPE meterpki_certificates_existing_total counter\n");
+    out.push_str(&format!(
+        "meterpki_certificates_existing_total {}\n",
+        m.existing.load(Ordering::Relaxed)
+    ));
+    out.push_str("# HELP meterpki_refused_total Refused requests and items, by reason.\n# TYPE meterpki_refused_total counter\n");
+    for (k, v) in m.refused.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        out.push_str(&format!("meterpki_refused_total{{reason=\"{k}\"}} {v}\n"));
+    }
+    out.push_str("# HELP meterpki_batch_seconds Time to answer a batch.\n# TYPE meterpki_batch_seconds summary\n");
+    out.push_str(&format!(
+        "meterpki_batch_seconds_count {}\n",
+        m.batches.load(Ordering::Relaxed)
+    ));
+    out.push_str(&format!(
+        "meterpki_batch_seconds_sum {}\n",
+        m.batch_micros.load(Ordering::Relaxed) as f64 / 1e6
+    ));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
