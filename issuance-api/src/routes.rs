@@ -124,48 +124,82 @@ impl FromRequestParts<Arc<AppState>> for Caller {
 
     async fn from_request_parts(
         parts: &mut Parts,
-        state: &Arc<AppState>,
+        _state: &Arc<AppState>,
     ) -> Result<Caller, ApiError> {
-        let peer = parts.extensions.get::<Peer>().cloned().unwrap_or_default();
-        let Some(der) = peer.0 else {
-            state.refused("no-client-certificate");
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "client-certificate-required",
-                "this endpoint needs a client certificate from the Access CA",
-            ));
-        };
-        // The handshake already verified the chain and the CRLs; find the account it belongs to.
-        let cert = x509_cert::Certificate::from_der(&der).map_err(ApiError::internal)?;
-        let serial = cert.tbs_certificate.serial_number.as_bytes().to_vec();
-        let store = state.store.clone();
-        let account = tokio::task::spawn_blocking(move || store.account_by_cert(&serial))
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(ApiError::internal)?;
-        match account {
-            None => {
-                state.refused("unknown-account");
-                Err(ApiError::forbidden(
-                    "no account is bound to this client certificate",
-                ))
-            }
-            Some(a) if a.disabled => {
-                state.refused("account-disabled");
-                Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "account-disabled",
-                    format!("account {} is disabled", a.name),
-                ))
-            }
-            Some(a) => Ok(Caller(a)),
+        // Set by `authenticate`, which every /v1 route passes through first.
+        parts
+            .extensions
+            .get::<Account>()
+            .cloned()
+            .map(Caller)
+            .ok_or_else(|| ApiError::internal("a /v1 route was reached without authentication"))
+    }
+}
+
+/// Resolves the account of the connection's client certificate for every `/v1` request. A
+/// refused request never reaches a handler; its body is read (within the limit) before the
+/// answer, so that HTTP/2 clients still uploading see the response rather than a reset stream.
+async fn authenticate(
+    State(state): State<Arc<AppState>>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let peer = request
+        .extensions()
+        .get::<Peer>()
+        .cloned()
+        .unwrap_or_default();
+    match resolve_account(&state, peer).await {
+        Ok(account) => {
+            request.extensions_mut().insert(account);
+            next.run(request).await
         }
+        Err(e) => {
+            let _ = axum::body::to_bytes(request.into_body(), 16 * 1024 * 1024).await;
+            e.into_response()
+        }
+    }
+}
+
+async fn resolve_account(state: &Arc<AppState>, peer: Peer) -> Result<Account, ApiError> {
+    let Some(der) = peer.0 else {
+        state.refused("no-client-certificate");
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "client-certificate-required",
+            "this endpoint needs a client certificate from the Access CA",
+        ));
+    };
+    // The handshake already verified the chain and the CRLs; find the account it belongs to.
+    let cert = x509_cert::Certificate::from_der(&der).map_err(ApiError::internal)?;
+    let serial = cert.tbs_certificate.serial_number.as_bytes().to_vec();
+    let store = state.store.clone();
+    let account = tokio::task::spawn_blocking(move || store.account_by_cert(&serial))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    match account {
+        None => {
+            state.refused("unknown-account");
+            Err(ApiError::forbidden(
+                "no account is bound to this client certificate",
+            ))
+        }
+        Some(a) if a.disabled => {
+            state.refused("account-disabled");
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "account-disabled",
+                format!("account {} is disabled", a.name),
+            ))
+        }
+        Some(a) => Ok(a),
     }
 }
 
 /// The router: `/v1` for accounts, `/crl` and health endpoints public.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let v1 = Router::new()
         .route("/v1/batches", post(post_batch))
         .route("/v1/batches/{request_id}", get(get_batch))
         .route("/v1/certificates/{serial}", get(get_certificate))
@@ -178,6 +212,12 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/suppliers/{id}/certificates",
             get(supplier_certificates),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authenticate,
+        ));
+    Router::new()
+        .merge(v1)
         .route("/crl/{issuer}/{file}", get(get_crl))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))

@@ -1,0 +1,639 @@
+//! The issuance API end to end: `meterpki serve` on SoftHSM, driven by curl (an independent TLS
+//! client) with the client certificates `account add` wrote. Every refusal is checked to have
+//! issued nothing.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use meterpki_tests::{tool, Scratch};
+use serde_json::{json, Value};
+
+const EXE: &str = env!("CARGO_BIN_EXE_meterpki-e2e");
+
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn start(s: &Scratch) -> Server {
+        let mut child = Command::new(EXE)
+            .args([
+                "--home",
+                &s.path("h").display().to_string(),
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .env_remove("SOFTHSM2_CONF")
+            .env_remove("METERPKI_REEXEC")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap_or_else(|_| panic!("server said {line:?}"));
+        Server { child, port }
+    }
+
+    fn stop(mut self) -> i32 {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().unwrap().code().unwrap_or(-1)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTPS request with curl: (HTTP status, body); status 0 when there was no HTTP answer.
+fn curl(
+    s: &Scratch,
+    srv: &Server,
+    account: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    extra: &[&str],
+) -> (u16, String) {
+    let mut args: Vec<String> = vec![
+        "-sS".into(),
+        "-o".into(),
+        s.path("resp.body").display().to_string(),
+        "-w".into(),
+        "%{http_code}".into(),
+        "--cacert".into(),
+        s.path("creds/ca.pem").display().to_string(),
+        "-X".into(),
+        method.into(),
+        "-H".into(),
+        "content-type: application/json".into(),
+    ];
+    if let Some(a) = account {
+        let dir = if a.starts_with("other:") {
+            "other-creds"
+        } else {
+            "creds"
+        };
+        let name = a.trim_start_matches("other:");
+        args.extend([
+            "--cert".into(),
+            s.path(&format!("{dir}/{name}.pem")).display().to_string(),
+            "--key".into(),
+            s.path(&format!("{dir}/{name}.key")).display().to_string(),
+        ]);
+    }
+    if let Some(b) = body {
+        std::fs::write(s.path("req.body"), b).unwrap();
+        args.extend([
+            "--data-binary".into(),
+            format!("@{}", s.path("req.body").display()),
+        ]);
+    }
+    args.extend(extra.iter().map(|e| e.to_string()));
+    args.push(format!("https://127.0.0.1:{}{path}", srv.port));
+    let _ = std::fs::remove_file(s.path("resp.body"));
+    let out = Command::new("curl")
+        .args(&args)
+        .output()
+        .expect("curl is installed");
+    let code = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    let body = std::fs::read_to_string(s.path("resp.body")).unwrap_or_default();
+    if code == 0 {
+        // No HTTP answer: say why (curl's message), for the assertion that reads it.
+        return (0, String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    (code, body)
+}
+
+fn items(s: &Scratch, n: usize, ids: &[&str]) -> Vec<Value> {
+    let f = s.path(&format!("items-{n}-{}.ndjson", ids.len()));
+    s.run(
+        "h",
+        &[
+            "bench",
+            "make-batch",
+            "--count",
+            &n.to_string(),
+            "--out",
+            &f.display().to_string(),
+        ],
+    )
+    .ok();
+    std::fs::read_to_string(&f)
+        .unwrap()
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            let mut v: Value = serde_json::from_str(l).unwrap();
+            if let Some(id) = ids.get(i) {
+                v["device_id"] = json!(id);
+            }
+            v
+        })
+        .collect()
+}
+
+fn setup() -> Scratch {
+    let s = Scratch::new(EXE);
+    s.ceremonies("h", 3, 2, &["device", "organisation", "access"]);
+    s.run(
+        "h",
+        &[
+            "account",
+            "add",
+            "--role",
+            "factory",
+            "--name",
+            "line-all",
+            "--device-range",
+            "00-00-00-00-00-00-00-00/0",
+            "--out",
+            "creds",
+        ],
+    )
+    .ok();
+    s.run(
+        "h",
+        &[
+            "account",
+            "add",
+            "--role",
+            "factory",
+            "--name",
+            "line-7",
+            "--device-range",
+            "00-DB-12-00-00-00-00-00/24",
+            "--out",
+            "creds",
+        ],
+    )
+    .ok();
+    s.run(
+        "h",
+        &[
+            "account",
+            "add",
+            "--role",
+            "supplier",
+            "--name",
+            "energy-a",
+            "--supplier",
+            "90-B3-D5-1F-30-00-00-0A",
+            "--out",
+            "creds",
+        ],
+    )
+    .ok();
+    s.run(
+        "h",
+        &[
+            "account", "add", "--role", "operator", "--name", "ops", "--out", "creds",
+        ],
+    )
+    .ok();
+    // Another hierarchy's client certificate: a valid certificate from another CA.
+    s.ceremonies("other", 3, 2, &["access"]);
+    s.run(
+        "other",
+        &[
+            "account",
+            "add",
+            "--role",
+            "factory",
+            "--name",
+            "intruder",
+            "--device-range",
+            "00-00-00-00-00-00-00-00/0",
+            "--out",
+            "other-creds",
+        ],
+    )
+    .ok();
+    s
+}
+
+fn device_certs(s: &Scratch, srv: &Server, id: &str) -> usize {
+    let (code, body) = curl(
+        s,
+        srv,
+        Some("ops"),
+        "GET",
+        &format!("/v1/devices/{id}/certificates"),
+        None,
+        &[],
+    );
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str::<Value>(&body).unwrap()["certificates"]
+        .as_array()
+        .unwrap()
+        .len()
+}
+
+#[test]
+fn the_api_issues_over_mutual_tls_and_refuses_what_an_account_may_not_do() {
+    let s = setup();
+    let srv = Server::start(&s);
+
+    // A factory batch over mTLS: certificates that openssl verifies.
+    let batch = json!({"request_id": "r1", "items": items(&s, 3, &[])}).to_string();
+    let (code, body) = curl(
+        &s,
+        &srv,
+        Some("line-all"),
+        "POST",
+        "/v1/batches",
+        Some(&batch),
+        &[],
+    );
+    assert_eq!(code, 200, "{body}");
+    let res: Value = serde_json::from_str(&body).unwrap();
+    let chain = s.path("device-chain.pem");
+    std::fs::write(
+        &chain,
+        format!(
+            "{}{}",
+            std::fs::read_to_string(s.path("h/ca/root.pem")).unwrap(),
+            std::fs::read_to_string(s.path("h/ca/device.pem")).unwrap()
+        ),
+    )
+    .unwrap();
+    for (i, r) in res["results"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(r["status"], "issued", "{r}");
+        use base64::Engine as _;
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(r["certificate"].as_str().unwrap())
+            .unwrap();
+        let f = s.path(&format!("api-{i}.der"));
+        std::fs::write(&f, der).unwrap();
+        let pem = s.path(&format!("api-{i}.pem")).display().to_string();
+        tool(
+            "openssl",
+            &[
+                "x509",
+                "-inform",
+                "DER",
+                "-in",
+                &f.display().to_string(),
+                "-out",
+                &pem,
+            ],
+            &[],
+        )
+        .ok();
+        let v = tool(
+            "openssl",
+            &["verify", "-CAfile", &chain.display().to_string(), &pem],
+            &[],
+        );
+        assert_eq!(v.code, 0, "{}", v.stderr);
+    }
+    // The same request again: the same certificates. The same request_id with another body: 409.
+    let (code, again) = curl(
+        &s,
+        &srv,
+        Some("line-all"),
+        "POST",
+        "/v1/batches",
+        Some(&batch),
+        &[],
+    );
+    assert_eq!(code, 200);
+    assert_eq!(
+        serde_json::from_str::<Value>(&again).unwrap()["results"],
+        res["results"]
+    );
+    let other = json!({"request_id": "r1", "items": items(&s, 1, &[])}).to_string();
+    let (code, body) = curl(
+        &s,
+        &srv,
+        Some("line-all"),
+        "POST",
+        "/v1/batches",
+        Some(&other),
+        &[],
+    );
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        body.contains("urn:meterpki:problem:request-id-conflict"),
+        "{body}"
+    );
+    let (code, stored) = curl(
+        &s,
+        &srv,
+        Some("line-all"),
+        "GET",
+        "/v1/batches/r1",
+        None,
+        &[],
+    );
+    assert_eq!(code, 200);
+    assert_eq!(
+        serde_json::from_str::<Value>(&stored).unwrap()["results"],
+        res["results"]
+    );
+    // NDJSON when asked.
+    let (code, nd) = curl(
+        &s,
+        &srv,
+        Some("line-all"),
+        "POST",
+        "/v1/batches",
+        Some(&batch),
+        &["-H", "accept: application/x-ndjson"],
+    );
+    assert_eq!(code, 200);
+    assert_eq!(nd.lines().count(), 3);
+
+    // No client certificate: 401 on /v1, public endpoints still answer.
+    let (code, body) = curl(&s, &srv, None, "POST", "/v1/batches", Some(&batch), &[]);
+    assert_eq!(code, 401, "{body}");
+    assert!(
+        body.contains("\"status\":401") && body.contains("client-certificate-required"),
+        "{body}"
+    );
+    assert_eq!(curl(&s, &srv, None, "GET", "/healthz", None, &[]).0, 200);
+    assert_eq!(curl(&s, &srv, None, "GET", "/readyz", None, &[]).0, 200);
+    assert_eq!(
+        curl(&s, &srv, None, "GET", "/crl/access/0.crl", None, &[]).0,
+        200
+    );
+    assert_eq!(
+        curl(
+            &s,
+            &srv,
+            None,
+            "GET",
+            "/crl/device/../../secrets.crl",
+            None,
+            &[]
+        )
+        .0,
+        404
+    );
+    let (code, metrics) = curl(&s, &srv, None, "GET", "/metrics", None, &[]);
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("meterpki_certificates_issued_total 3"),
+        "{metrics}"
+    );
+
+    // A certificate from another CA never completes the handshake: no HTTP answer at all.
+    let (code, _) = curl(
+        &s,
+        &srv,
+        Some("other:intruder"),
+        "POST",
+        "/v1/batches",
+        Some(&batch),
+        &[],
+    );
+    assert_eq!(code, 0, "the handshake must fail");
+
+    // A factory outside its range: 403 and nothing issued; in a mixed batch the rest is issued.
+    let outside = json!({"request_id": "o1", "items": items(&s, 1, &["00-DC-00-00-00-00-00-01"])})
+        .to_string();
+    let (code, body) = curl(
+        &s,
+        &srv,
+        Some("line-7"),
+        "POST",
+        "/v1/batches",
+        Some(&outside),
+        &[],
+    );
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(device_certs(&s, &srv, "00-DC-00-00-00-00-00-01"), 0);
+    let mixed_items = items(
+        &s,
+        2,
+        &["00-DB-12-00-00-00-00-01", "00-DC-00-00-00-00-00-02"],
+    );
+    let atomic = json!({"request_id": "m0", "atomic": true, "items": mixed_items}).to_string();
+    let (code, body) = curl(
+        &s,
+        &srv,
+        Some("line-7"),
+        "POST",
+        "/v1/batches",
+        Some(&atomic),
+        &[],
+    );
+    let r: Value = serde_json::from_str(&body).unwrap();
+    assert!(code == 200 || code == 403, "{code} {body}");
+    if code == 200 {
+        assert!(
+            r["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|x| x["status"] == "rejected"),
+            "{body}"
+        );
+    }
+    assert_eq!(
+        device_certs(&s, &srv, "00-DB-12-00-00-00-00-01"),
+        0,
+        "atomic: nothing issued"
+    );
+    let mixed = json!({"request_id": "m1", "items": mixed_items}).to_string();
+    let (code, body) = curl(
+        &s,
+        &srv,
+        Some("line-7"),
+        "POST",
+        "/v1/batches",
+        Some(&mixed),
+        &[],
+    );
+    assert_eq!(code, 200, "{body}");
+    let r: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(r["results"][0]["status"], "issued");
+    assert_eq!(r["results"][1]["error"]["code"], "device-range");
+    assert_eq!(device_certs(&s, &srv, "00-DB-12-00-00-00-00-01"), 1);
+    assert_eq!(device_certs(&s, &srv, "00-DC-00-00-00-00-00-02"), 0);
+
+    // A factory asking for a supplier profile; a supplier posting a batch.
+    let mut sup = items(&s, 1, &["00-DB-12-00-00-00-00-09"]);
+    sup[0]["profile"] = json!("supplier-signing");
+    let (code, body) = curl(
+        &s,
+        &srv,
+        Some("line-7"),
+        "POST",
+        "/v1/batches",
+        Some(&json!({"request_id": "s1", "items": sup}).to_string()),
+        &[],
+    );
+    assert_eq!(code, 403, "{body}");
+    let (code, body) = curl(
+        &s,
+        &srv,
+        Some("energy-a"),
+        "POST",
+        "/v1/batches",
+        Some(&batch),
+        &[],
+    );
+    assert_eq!(code, 403, "{body}");
+
+    // Malformed JSON: 400 with the position. Over the body limit: 413.
+    let (code, body) = curl(
+        &s,
+        &srv,
+        Some("line-all"),
+        "POST",
+        "/v1/batches",
+        Some("{\"request_id\": \"x\", \"items\": [}"),
+        &[],
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("line 1 column"), "{body}");
+    let big = format!(
+        "{{\"request_id\": \"big\", \"items\": [\"{}\"]}}",
+        "a".repeat(17 * 1024 * 1024)
+    );
+    // Over HTTP/1.1: with HTTP/2 the server answers 413 and resets the stream while curl is still
+    // uploading, and curl reports the reset rather than the status.
+    let (code, body) = curl(
+        &s,
+        &srv,
+        Some("line-all"),
+        "POST",
+        "/v1/batches",
+        Some(&big),
+        &["--http1.1"],
+    );
+    assert_eq!(code, 413, "{body}");
+
+    // Revocation: a supplier may not revoke a meter certificate; an operator may.
+    let serial = res["results"][0]["serial"].as_str().unwrap();
+    let (code, body) = curl(
+        &s,
+        &srv,
+        Some("energy-a"),
+        "POST",
+        &format!("/v1/certificates/{serial}/revoke"),
+        Some("{\"reason\": \"keyCompromise\"}"),
+        &[],
+    );
+    assert_eq!(code, 403, "{body}");
+    let (code, body) = curl(
+        &s,
+        &srv,
+        Some("line-all"),
+        "POST",
+        &format!("/v1/certificates/{serial}/revoke"),
+        Some("{\"reason\": \"keyCompromise\"}"),
+        &[],
+    );
+    assert_eq!(code, 403, "{body}");
+    let (code, body) = curl(
+        &s,
+        &srv,
+        Some("ops"),
+        "GET",
+        &format!("/v1/certificates/{serial}"),
+        None,
+        &[],
+    );
+    assert_eq!(code, 200);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["status"],
+        "active"
+    );
+    let (code, body) = curl(
+        &s,
+        &srv,
+        Some("ops"),
+        "POST",
+        &format!("/v1/certificates/{serial}/revoke"),
+        Some("{\"reason\": \"stolen\"}"),
+        &[],
+    );
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = curl(
+        &s,
+        &srv,
+        Some("ops"),
+        "POST",
+        &format!("/v1/certificates/{serial}/revoke"),
+        Some("{\"reason\": \"keyCompromise\"}"),
+        &[],
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["status"],
+        "revoked"
+    );
+    let (_, body) = curl(
+        &s,
+        &srv,
+        Some("ops"),
+        "POST",
+        &format!("/v1/certificates/{serial}/revoke"),
+        Some("{\"reason\": \"superseded\"}"),
+        &[],
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["status"],
+        "already-revoked"
+    );
+    // A supplier sees nothing of meters: the certificate does not exist for it.
+    assert_eq!(
+        curl(
+            &s,
+            &srv,
+            Some("energy-a"),
+            "GET",
+            &format!("/v1/certificates/{serial}"),
+            None,
+            &[]
+        )
+        .0,
+        404
+    );
+
+    // SIGTERM: the server stops cleanly.
+    assert_eq!(srv.stop(), 0);
+
+    // A disabled account is refused: its certificate is revoked in the Access CA's CRL.
+    s.run("h", &["account", "disable", "--name", "line-7"]).ok();
+    let srv = Server::start(&s);
+    let (code, _) = curl(
+        &s,
+        &srv,
+        Some("line-7"),
+        "POST",
+        "/v1/batches",
+        Some(
+            &json!({"request_id": "d1", "items": items(&s, 1, &["00-DB-12-00-00-00-00-05"])})
+                .to_string(),
+        ),
+        &[],
+    );
+    assert!(
+        code == 0 || code == 403,
+        "a disabled account is refused (handshake or 403), got {code}"
+    );
+    assert_eq!(device_certs(&s, &srv, "00-DB-12-00-00-00-00-05"), 0);
+    assert_eq!(srv.stop(), 0);
+    s.run("h", &["audit", "verify"]).ok();
+}
