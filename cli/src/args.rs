@@ -309,6 +309,24 @@ pub enum AuditCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
+    /// Load the API: start `meterpki serve` on this home, send N meter requests in batches over mTLS from a factory account made for the run, and print certificates/s, the raw signing rate measured before the server started, their ratio, wall time, the server's peak RSS and batch latency percentiles.
+    #[command(
+        after_help = "Example:\n  meterpki bench api --count 1000000 --batch 5000 --in-flight 2"
+    )]
+    Api {
+        /// Certificates to request.
+        #[arg(long, default_value_t = 100_000)]
+        count: usize,
+        /// Items per batch (at most 10,000).
+        #[arg(long, default_value_t = 5_000)]
+        batch: usize,
+        /// Batches in flight at once.
+        #[arg(long, default_value_t = 2)]
+        in_flight: usize,
+        /// Seconds for the raw signing-rate measurement.
+        #[arg(long, default_value_t = 5.0)]
+        raw_seconds: f64,
+    },
     /// CRLs at scale: N certificate records written straight to a scratch store, M revoked by list, every shard (and the full CRL) rebuilt and signed with the Device CA key.
     #[command(after_help = "Example:\n  meterpki bench crl --certs 1000000 --revoke 100000")]
     Crl {

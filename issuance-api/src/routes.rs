@@ -212,6 +212,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/suppliers/{id}/certificates",
             get(supplier_certificates),
         )
+        .route("/v1/suppliers/{id}/keys", post(enrol_supplier_key))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authenticate,
@@ -222,6 +223,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::map_response(problem_for_rejections))
         .layer(axum::extract::DefaultBodyLimit::max(16 * 1024 * 1024))
         .with_state(state)
 }
@@ -345,7 +347,13 @@ async fn post_batch(
     let results = tokio::task::spawn_blocking(move || engine.issue_batch(&items, &limits, atomic))
         .await
         .map_err(ApiError::internal)?
-        .map_err(|e| ApiError::bad_request(e.code.as_str(), e.detail))?;
+        .map_err(|e| match e.code {
+            ErrorCode::BatchTooLarge => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "batch-too-large", e.detail)
+            }
+            c if c.is_client_error() => ApiError::bad_request(c.as_str(), e.detail),
+            _ => ApiError::internal(e),
+        })?;
     state.metrics.batches.fetch_add(1, Ordering::Relaxed);
     state
         .metrics
@@ -388,6 +396,24 @@ async fn post_batch(
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
     Ok(respond(&headers, response))
+}
+
+/// axum answers a body over the limit (413) itself, in plain text: every error is a problem
+/// document (RFC 9457), so rewrite it.
+async fn problem_for_rejections(response: Response) -> Response {
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE && !is_problem {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            "the request body is over the 16 MiB limit",
+        )
+        .into_response();
+    }
+    response
 }
 
 /// JSON, or NDJSON (one result per line) when the client asks for it.
@@ -529,6 +555,7 @@ async fn device_certificates(
     let id: Eui64 = device
         .parse()
         .map_err(|e: String| ApiError::bad_request("device-id", e))?;
+    let normalised = id.to_string();
     if account.role == Role::Supplier {
         return Err(ApiError::forbidden(
             "supplier accounts do not look up devices",
@@ -545,7 +572,7 @@ async fn device_certificates(
         Ok(out)
     })
     .await?;
-    Ok(Json(json!({"device_id": device, "certificates": list})).into_response())
+    Ok(Json(json!({"device_id": normalised, "certificates": list})).into_response())
 }
 
 async fn supplier_certificates(
@@ -578,6 +605,82 @@ async fn supplier_certificates(
     })
     .await?;
     Ok(Json(json!({"supplier": id.to_string(), "certificates": list})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnrolRequest {
+    profile: String,
+    csr: String,
+    name: String,
+    #[serde(default)]
+    replace: bool,
+}
+
+/// A supplier enrols one of its own keys (signing or key agreement) from a CSR.
+async fn enrol_supplier_key(
+    State(state): State<Arc<AppState>>,
+    Caller(account): Caller,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let id: Eui64 = id
+        .parse()
+        .map_err(|e: String| ApiError::bad_request("supplier-id", e))?;
+    if account.role != Role::Supplier
+        || account.supplier.as_deref() != Some(id.to_string().as_str())
+    {
+        state.refused("forbidden");
+        return Err(ApiError::forbidden(format!(
+            "account {} may not enrol keys for supplier {id}",
+            account.name
+        )));
+    }
+    let req: EnrolRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(
+            "malformed-json",
+            format!("the body is not an enrolment request: {e}"),
+        )
+    })?;
+    if !req.profile.starts_with("supplier-") {
+        return Err(ApiError::forbidden(format!(
+            "a supplier enrols supplier profiles, not {}",
+            req.profile
+        )));
+    }
+    let item = RequestItem {
+        profile: req.profile,
+        device_id: None,
+        entity_id: Some(id.to_string()),
+        name: Some(req.name),
+        csr: Some(req.csr),
+        public_key: None,
+        replace: req.replace,
+    };
+    let engine = state.engine.clone();
+    let outcome =
+        tokio::task::spawn_blocking(move || engine.issue(&item, &AccountLimits::default()))
+            .await
+            .map_err(ApiError::internal)?;
+    match outcome {
+        Ok(o) => {
+            if !o.existing {
+                state.metrics.issued.fetch_add(1, Ordering::Relaxed);
+            }
+            let _ = state.audit.append("api.supplier-key", &account.name, json!({"supplier": id.to_string(), "serial": o.record.serial_hex(), "profile": o.record.profile, "existing": o.existing}));
+            Ok((if o.existing { StatusCode::OK } else { StatusCode::CREATED }, Json(json!({"serial": o.record.serial_hex(), "profile": o.record.profile, "certificate": B64.encode(&o.record.der), "existing": o.existing}))).into_response())
+        }
+        Err(e) => {
+            state.refused(e.code.as_str());
+            Err(match e.code {
+                ErrorCode::ExistingCertificate => {
+                    ApiError::new(StatusCode::CONFLICT, "existing-certificate", e.detail)
+                }
+                c if c.is_client_error() => ApiError::bad_request(c.as_str(), e.detail),
+                _ => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "hsm-unavailable", e.detail),
+            })
+        }
+    }
 }
 
 #[derive(Deserialize)]

@@ -378,3 +378,203 @@ pub fn crl(ctx: &Ctx, certs: usize, revoke: usize) -> Result<()> {
     }
     Ok(())
 }
+
+/// `bench api`: the whole path a factory line uses, measured from outside the server.
+pub fn api(
+    ctx: &Ctx,
+    count: usize,
+    batch: usize,
+    in_flight: usize,
+    raw_seconds: f64,
+) -> Result<()> {
+    use ca_core::CaKind;
+    use std::io::BufRead;
+    if batch == 0 || batch > ca_core::issue::MAX_BATCH || count == 0 || in_flight == 0 {
+        return Err(crate::errors::input(
+            "--count and --in-flight at least 1, --batch between 1 and 10000",
+        ));
+    }
+    let exe = std::env::current_exe()?;
+    let home = ctx.home.root().to_path_buf();
+    let work = tempfile::tempdir()?;
+    // 1. The raw rate, with the sessions the server will use, before the server holds the token.
+    let sessions = ctx.config.hsm.sessions;
+    let raw = {
+        let hsm = ctx.hsm()?;
+        let online = ctx.online(&hsm)?;
+        let d = Duration::from_secs_f64(raw_seconds);
+        eprintln!("raw signing rate of the Device CA key, {sessions} session(s)...");
+        bench_bare_cryptoki(&online, &CaKind::Device.key_label(), 32, sessions, d)?
+    };
+    // 2. Requests, and a factory account for the run (through the CLI, as an operator would).
+    eprintln!("making {count} CSRs...");
+    let batch_file = work.path().join("requests.ndjson");
+    write_batch(count, &batch_file, "meter-signing")?;
+    let name = format!("bench-{}", crate::cmd::random_hex(4));
+    let creds = work.path().join("creds");
+    let st = std::process::Command::new(&exe)
+        .arg("--home")
+        .arg(&home)
+        .args([
+            "account",
+            "add",
+            "--role",
+            "factory",
+            "--name",
+            &name,
+            "--device-range",
+            "00-00-00-00-00-00-00-00/0",
+            "--out",
+        ])
+        .arg(&creds)
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    anyhow::ensure!(st.success(), "creating the bench account failed");
+    // 3. The server, as its own process.
+    let mut server = std::process::Command::new(&exe)
+        .arg("--home")
+        .arg(&home)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    std::io::BufReader::new(server.stdout.take().expect("stdout")).read_line(&mut line)?;
+    let addr = line
+        .trim()
+        .trim_start_matches("listening on https://")
+        .to_string();
+    anyhow::ensure!(!addr.is_empty(), "the server did not start");
+    let pid = server.id();
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (peak, stop) = (peak.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+                    if let Some(kb) = s
+                        .lines()
+                        .find(|l| l.starts_with("VmRSS:"))
+                        .and_then(|l| l.split_whitespace().nth(1))
+                        .and_then(|v| v.parse::<u64>().ok())
+                    {
+                        peak.fetch_max(kb, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    // 4. The load: batches over mTLS, `in_flight` at a time.
+    let identity = {
+        let mut pem = std::fs::read(creds.join(format!("{name}.key")))?;
+        pem.extend(std::fs::read(creds.join(format!("{name}.pem")))?);
+        reqwest::Identity::from_pem(&pem)?
+    };
+    let roots = reqwest::Certificate::from_pem_bundle(&std::fs::read(creds.join("ca.pem"))?)?;
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .identity(identity)
+        .tls_built_in_root_certs(false);
+    for r in roots {
+        builder = builder.add_root_certificate(r);
+    }
+    let client = builder.timeout(Duration::from_secs(600)).build()?;
+    let lines: Vec<String> = std::fs::read_to_string(&batch_file)?
+        .lines()
+        .map(String::from)
+        .collect();
+    let bodies: Vec<String> = lines
+        .chunks(batch)
+        .enumerate()
+        .map(|(i, c)| {
+            format!(
+                "{{\"request_id\":\"{name}-{i}\",\"items\":[{}]}}",
+                c.join(",")
+            )
+        })
+        .collect();
+    drop(lines);
+    let url = format!("https://{addr}/v1/batches");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    eprintln!("sending {count} requests in {} batches of {batch}, {in_flight} in flight, to https://{addr}...", bodies.len());
+    let start = std::time::Instant::now();
+    let outcome: Result<(Vec<f64>, usize, usize)> = runtime.block_on(async {
+        let sem = Arc::new(tokio::sync::Semaphore::new(in_flight));
+        let mut tasks = Vec::new();
+        for body in bodies {
+            let permit = sem.clone().acquire_owned().await?;
+            let (client, url) = (client.clone(), url.clone());
+            tasks.push(tokio::spawn(async move {
+                let t = std::time::Instant::now();
+                let resp = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await?;
+                let status = resp.status();
+                let v: serde_json::Value = resp.json().await?;
+                drop(permit);
+                anyhow::ensure!(status.is_success(), "batch answered {status}: {v}");
+                let results = v["results"].as_array().cloned().unwrap_or_default();
+                let issued = results.iter().filter(|r| r["status"] == "issued").count();
+                Ok::<_, anyhow::Error>((t.elapsed().as_secs_f64(), issued, results.len() - issued))
+            }));
+        }
+        let mut lat = Vec::new();
+        let (mut issued, mut rejected) = (0, 0);
+        for t in tasks {
+            let (l, i, r) = t.await??;
+            lat.push(l);
+            issued += i;
+            rejected += r;
+        }
+        Ok((lat, issued, rejected))
+    });
+    let wall = start.elapsed().as_secs_f64();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let _ = server.wait();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = sampler.join();
+    let (mut lat, issued, rejected) = outcome?;
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let rate = issued as f64 / wall;
+    let peak_mb = peak.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1024.0;
+    let out = json!({
+        "certificates": issued, "rejected": rejected, "wall_seconds": wall, "certificates_per_second": rate,
+        "raw_signing_per_second": raw.per_second, "sessions": sessions, "ratio": rate / raw.per_second,
+        "server_peak_rss_mb": peak_mb, "batch_size": batch, "in_flight": in_flight,
+        "batch_latency_p50_seconds": pct(0.5), "batch_latency_p99_seconds": pct(0.99),
+        "projected_seconds_for_1000000": 1_000_000.0 / rate,
+    });
+    if ctx.json {
+        print_json(&out)?;
+    } else {
+        println!(
+            "issued over mTLS       {issued} certificates in {wall:.1} s ({rejected} rejected)"
+        );
+        println!("API issuance rate      {rate:>8.0} certificates/s  (1,000,000 would take {:.0} s; target <= 180 s)", 1_000_000.0 / rate);
+        println!("raw SoftHSM rate       {:>8.0} signatures/s (bare cryptoki, {sessions} session(s), measured before the server started)", raw.per_second);
+        println!(
+            "ratio                  {:>7.0} % (target >= 60 %)",
+            100.0 * rate / raw.per_second
+        );
+        println!("server peak RSS        {peak_mb:>8.1} MB (target <= 256 MB)");
+        println!("batch latency          p50 {:.2} s, p99 {:.2} s ({batch} items a batch, {in_flight} in flight)", pct(0.5), pct(0.99));
+    }
+    if rejected > 0 {
+        anyhow::bail!("{rejected} requests were rejected");
+    }
+    Ok(())
+}

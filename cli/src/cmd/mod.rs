@@ -56,6 +56,12 @@ pub fn run(cli: Cli) -> Result<()> {
                 Command::Bench(BenchCommand::Crl { certs, revoke }) => {
                     bench::crl(&ctx, certs, revoke)
                 }
+                Command::Bench(BenchCommand::Api {
+                    count,
+                    batch,
+                    in_flight,
+                    raw_seconds,
+                }) => bench::api(&ctx, count, batch, in_flight, raw_seconds),
                 Command::Bench(BenchCommand::Issue { count, raw_seconds }) => {
                     bench::issue(&ctx, count, raw_seconds)
                 }

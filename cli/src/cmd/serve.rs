@@ -120,6 +120,32 @@ pub fn run(
     )
     .map_err(|e| anyhow::anyhow!("TLS configuration: {e}"))?;
 
+    // Republish every issuer's CRLs before they reach nextUpdate, for as long as the server runs.
+    let all_issuers = crate::cmd::crl::issuers(ctx, &online, None)?;
+    let settings = ctx.crl_settings();
+    let crl_dir = ctx.home.crl_dir();
+    let republish_store = engine.store().clone();
+    let republish_audit =
+        ca_core::AuditLog::new(ctx.home.audit_log(), Some(engine.store().clone()));
+    let audit_signer = online.signer(crate::cmd::ceremony::AUDIT_KEY_LABEL)?;
+    let every =
+        std::time::Duration::from_secs((u64::from(settings.next_update_hours) * 3600 / 2).max(60));
+    std::thread::Builder::new().name("crl-republish".into()).spawn(move || loop {
+        std::thread::sleep(every);
+        let mut done = Vec::new();
+        for issuer in &all_issuers {
+            let dir = crl_dir.join(issuer.kind().name());
+            match ca_core::crl::publish_all(issuer, republish_store.as_ref(), &settings, &dir, false) {
+                Ok(p) => done.extend(p.into_iter().map(|p| serde_json::json!({"issuer": p.issuer, "scope": p.scope, "crl_number": p.crl_number, "entries": p.entries}))),
+                Err(e) => tracing::error!(issuer = %issuer.kind().name(), error = %e, "scheduled CRL publication failed; the previous CRLs stay in place"),
+            }
+        }
+        if !done.is_empty() {
+            let _ = republish_audit.append("crl.publish", "meterpki-serve", serde_json::json!({"scheduled": true, "crls": done}));
+            let _ = republish_audit.sign_head(&audit_signer, crate::cmd::ceremony::AUDIT_KEY_LABEL, "meterpki-serve");
+        }
+    })?;
+
     let ready_signer = server_signer.clone();
     let ready: Arc<dyn Fn() -> bool + Send + Sync> =
         Arc::new(move || ready_signer.sign(b"meterpki readiness probe").is_ok());
