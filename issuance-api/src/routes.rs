@@ -307,7 +307,8 @@ async fn post_batch(
                 ),
             ));
         }
-        return Ok(respond(&headers, rec["response"].clone()));
+        let response = expand_record(&state, &req.request_id, rec).await?;
+        return Ok(respond(&headers, response));
     }
     let limits = AccountLimits {
         device_range: match &account.device_range {
@@ -388,7 +389,19 @@ async fn post_batch(
         )));
     }
     let store = state.store.clone();
-    let record = serde_json::to_vec(&json!({"body_sha256": hash, "response": response}))
+    // The record keeps serials, not certificates: the certificates are in the store already.
+    let compact: Vec<Value> = response["results"]
+        .as_array()
+        .map(|rs| {
+            rs.iter()
+                .map(|r| match r["status"].as_str() {
+                    Some("issued") => json!({"serial": r["serial"], "existing": r["existing"]}),
+                    _ => json!({"error": r["error"]}),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let record = serde_json::to_vec(&json!({"body_sha256": hash, "results": compact}))
         .map_err(ApiError::internal)?;
     let (name, rid) = (account.name.clone(), req.request_id.clone());
     tokio::task::spawn_blocking(move || store.put_batch_record(&name, &rid, &record))
@@ -454,7 +467,37 @@ async fn get_batch(
         ))
     })?;
     let rec: Value = serde_json::from_slice(&rec).map_err(ApiError::internal)?;
-    Ok(respond(&headers, rec["response"].clone()))
+    let response = expand_record(&state, &request_id, rec).await?;
+    Ok(respond(&headers, response))
+}
+
+/// Rebuilds a batch's answer from its stored record: the certificates come from the store.
+async fn expand_record(
+    state: &Arc<AppState>,
+    request_id: &str,
+    rec: Value,
+) -> Result<Value, ApiError> {
+    let store = state.store.clone();
+    let rid = request_id.to_string();
+    blocking(move || {
+        let mut results = Vec::new();
+        for (i, r) in rec["results"].as_array().cloned().unwrap_or_default().into_iter().enumerate() {
+            if let Some(serial) = r["serial"].as_str() {
+                let der = hex::decode(serial)
+                    .ok()
+                    .map(|s| store.cert(&s))
+                    .transpose()?
+                    .flatten()
+                    .map(|c| c.der)
+                    .unwrap_or_default();
+                results.push(json!({"index": i, "status": "issued", "serial": serial, "certificate": B64.encode(der), "existing": r["existing"]}));
+            } else {
+                results.push(json!({"index": i, "status": "rejected", "error": r["error"]}));
+            }
+        }
+        Ok(json!({"request_id": rid, "results": results}))
+    })
+    .await
 }
 
 async fn blocking<T: Send + 'static>(

@@ -611,6 +611,117 @@ fn the_api_issues_over_mutual_tls_and_refuses_what_an_account_may_not_do() {
         404
     );
 
+    // Suppliers enrol their own keys, never another supplier's.
+    let (_, csr) = meterpki_tests::openssl_csr(&s.path(""), "sup-a", "prime256v1");
+    let enrol = json!({"profile": "supplier-signing", "name": "Energy A", "csr": std::fs::read_to_string(&csr).unwrap()}).to_string();
+    let (code, body) = curl(
+        &s,
+        &srv,
+        Some("energy-a"),
+        "POST",
+        "/v1/suppliers/90-B3-D5-1F-30-00-00-0B/keys",
+        Some(&enrol),
+        &[],
+    );
+    assert_eq!(code, 403, "supplier A enrolling for supplier B: {body}");
+    let (code, body) = curl(
+        &s,
+        &srv,
+        Some("ops"),
+        "GET",
+        "/v1/suppliers/90-B3-D5-1F-30-00-00-0B/certificates",
+        None,
+        &[],
+    );
+    assert_eq!(code, 200);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["certificates"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0,
+        "nothing enrolled for B"
+    );
+    let (code, body) = curl(
+        &s,
+        &srv,
+        Some("energy-a"),
+        "POST",
+        "/v1/suppliers/90-B3-D5-1F-30-00-00-0A/keys",
+        Some(&enrol),
+        &[],
+    );
+    assert_eq!(code, 201, "{body}");
+    let sup_serial = serde_json::from_str::<Value>(&body).unwrap()["serial"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, body) = curl(
+        &s,
+        &srv,
+        Some("energy-a"),
+        "POST",
+        "/v1/suppliers/90b3d51f3000000a/keys",
+        Some(&enrol),
+        &[],
+    );
+    assert_eq!(code, 200, "the same key again: {body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["existing"],
+        true
+    );
+    let (code, body) = curl(
+        &s,
+        &srv,
+        Some("energy-a"),
+        "GET",
+        "/v1/suppliers/90-B3-D5-1F-30-00-00-0A/certificates",
+        None,
+        &[],
+    );
+    assert_eq!(code, 200);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["certificates"][0]["serial"],
+        sup_serial.as_str()
+    );
+    assert_eq!(
+        curl(
+            &s,
+            &srv,
+            Some("energy-a"),
+            "GET",
+            "/v1/suppliers/90-B3-D5-1F-30-00-00-0B/certificates",
+            None,
+            &[]
+        )
+        .0,
+        403
+    );
+    // A factory may not revoke a supplier's key; the supplier revokes its own.
+    assert_eq!(
+        curl(
+            &s,
+            &srv,
+            Some("line-all"),
+            "POST",
+            &format!("/v1/certificates/{sup_serial}/revoke"),
+            Some("{\"reason\": \"keyCompromise\"}"),
+            &[]
+        )
+        .0,
+        403
+    );
+    let (code, body) = curl(
+        &s,
+        &srv,
+        Some("energy-a"),
+        "POST",
+        &format!("/v1/certificates/{sup_serial}/revoke"),
+        Some("{\"reason\": \"keyCompromise\"}"),
+        &[],
+    );
+    assert_eq!(code, 200, "{body}");
+
     // SIGTERM: the server stops cleanly.
     assert_eq!(srv.stop(), 0);
 
