@@ -82,6 +82,29 @@ for scope in "$SHARD" full; do
 done
 openssl crl -in "$DEMO/device-$SHARD.crl.pem" -noout -text | sed -n '1,/Signature Algorithm: ecdsa/p' | head -25
 
+say "The issuance API over mutual TLS: a factory account, meterpki serve, curl"
+"$M" account add --role factory --name line-7 --device-range 00-DB-12-00-00-00-00-00/24 --out "$DEMO/creds"
+"$M" bench make-batch --count 3 --out "$DEMO/api-items.ndjson"
+python3 - "$DEMO" <<'PY'
+import json, sys
+d = sys.argv[1]
+items = [json.loads(l) for l in open(f"{d}/api-items.ndjson")]
+for i, it in enumerate(items):
+    it["device_id"] = f"00-DB-12-00-00-00-10-{i:02X}"
+json.dump({"request_id": "line-7-000001", "items": items}, open(f"{d}/batch.json", "w"))
+PY
+"$M" serve --listen 127.0.0.1:0 > "$DEMO/serve.out" 2> "$DEMO/serve.log" &
+SERVER=$!
+for _ in $(seq 1 100); do grep -q listening "$DEMO/serve.out" 2>/dev/null && break; sleep 0.1; done
+URL=$(sed -n 's/^listening on //p' "$DEMO/serve.out")
+echo "server at $URL"
+curl -sS --cert "$DEMO/creds/line-7.pem" --key "$DEMO/creds/line-7.key" --cacert "$DEMO/creds/ca.pem" \
+     -H 'content-type: application/json' -d @"$DEMO/batch.json" "$URL/v1/batches" \
+  | python3 -c 'import json,sys; r=json.load(sys.stdin); print([(x["index"], x["status"], x.get("serial")) for x in r["results"]])'
+echo "without a client certificate:"
+curl -sS --cacert "$DEMO/creds/ca.pem" -X POST "$URL/v1/batches"; echo
+kill -TERM "$SERVER"; wait "$SERVER" || true
+
 say "meterpki status"
 "$M" status
 
@@ -89,4 +112,4 @@ say "meterpki audit verify"
 "$M" audit verify
 
 say "Done. Home: $METERPKI_HOME   Shares: $DEMO/shares"
-echo "Next: the mTLS issuance API, supplier churn (see the README)."
+echo "Next: supplier churn and trust-anchor updates (see the README)."
