@@ -201,27 +201,6 @@ pub fn lint(tbs: Tbs, issuer: &IssuerCtx) -> Result<Linted, IssueError> {
             ))
         }
     }
-    // extendedKeyUsage: exactly the profile's purposes, or absent.
-    let want_eku: Vec<ObjectIdentifier> = profile
-        .extended_key_usage()
-        .iter()
-        .map(|e| e.oid())
-        .collect();
-    match find(const_oid::db::rfc5280::ID_CE_EXT_KEY_USAGE) {
-        None if want_eku.is_empty() => {}
-        Some(e) if !want_eku.is_empty() => {
-            let eku: x509_cert::ext::pkix::ExtendedKeyUsage =
-                ext_value(&e.extn_value, "extendedKeyUsage")?;
-            if eku.0 != want_eku {
-                return Err(fail("extendedKeyUsage differs from the profile's"));
-            }
-        }
-        _ => {
-            return Err(fail(
-                "extendedKeyUsage present or absent against the profile",
-            ))
-        }
-    }
     // No basicConstraints on end-entity certificates of these profiles.
     if find(ID_CE_BASIC_CONSTRAINTS).is_some() {
         return Err(fail(

@@ -62,8 +62,7 @@ pub(crate) fn publish_issuers(
         match only_shards {
             None => published.extend(publish_all(issuer, store.as_ref(), &settings, &dir, full)?),
             Some(set) => {
-                for (name, shard) in set.iter().filter(|(n, _)| n == issuer.kind().name()) {
-                    let _ = name;
+                for (_, shard) in set.iter().filter(|(n, _)| n == issuer.kind().name()) {
                     let scope = if settings.base_url.is_some() {
                         ca_core::crl::CrlScope::Shard(*shard)
                     } else {
