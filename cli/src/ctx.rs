@@ -92,6 +92,16 @@ impl Ctx {
         online: &Arc<Token>,
         store: Arc<SledStore>,
     ) -> Result<ca_core::issue::Engine> {
+        self.engine_with(online, store, &|s| s)
+    }
+
+    /// [`Ctx::engine`], with every issuer's signer passed through `wrap` (the server times them).
+    pub fn engine_with(
+        &self,
+        online: &Arc<Token>,
+        store: Arc<SledStore>,
+        wrap: &dyn Fn(Arc<dyn ca_core::Signer>) -> Arc<dyn ca_core::Signer>,
+    ) -> Result<ca_core::issue::Engine> {
         let profiles = self.profiles()?;
         let mut issuers = Vec::new();
         for (kind, ikind) in [
@@ -109,7 +119,7 @@ impl Ctx {
             issuers.push(Arc::new(ca_core::issue::IssuerCtx::new(
                 ikind,
                 cert,
-                Arc::new(signer),
+                wrap(Arc::new(signer)),
             )?));
         }
         let crl = self.crl_settings();

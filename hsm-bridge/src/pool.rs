@@ -154,6 +154,12 @@ impl Token {
         self.lock().open
     }
 
+    /// Sessions currently lent to a caller.
+    pub fn sessions_in_use(&self) -> usize {
+        let st = self.lock();
+        st.open - st.idle.len()
+    }
+
     fn lock(&self) -> MutexGuard<'_, PoolState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }

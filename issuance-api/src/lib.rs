@@ -10,6 +10,6 @@ mod server;
 mod tls;
 
 pub use error::ApiError;
-pub use routes::{router, AppState, Metrics};
+pub use routes::{router, AppState, Metrics, TimedSigner};
 pub use server::{serve, ServeOptions};
 pub use tls::{server_tls_config, SignerKey};

@@ -33,12 +33,43 @@ const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STA
 /// Counters for `/metrics`.
 #[derive(Debug, Default)]
 pub struct Metrics {
+    /// HSM signatures made through [`TimedSigner`].
+    pub signatures: AtomicU64,
+    /// Their total time, microseconds.
+    pub sign_micros: AtomicU64,
     issued: AtomicU64,
     existing: AtomicU64,
     refused: Mutex<BTreeMap<String, u64>>,
     batches: AtomicU64,
     batch_micros: AtomicU64,
     sign_checks: AtomicU64,
+}
+
+/// A `Signer` that times every signature into [`Metrics`] (the HSM sign latency on /metrics).
+#[derive(Debug)]
+pub struct TimedSigner {
+    /// The signer.
+    pub inner: Arc<dyn ca_core::Signer>,
+    /// Where the time goes.
+    pub metrics: Arc<Metrics>,
+}
+
+impl ca_core::Signer for TimedSigner {
+    fn algorithm(&self) -> ca_core::KeyAlgorithm {
+        self.inner.algorithm()
+    }
+    fn public_key(&self) -> &spki::SubjectPublicKeyInfoOwned {
+        self.inner.public_key()
+    }
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, ca_core::SignError> {
+        let t = Instant::now();
+        let r = self.inner.sign(message);
+        self.metrics.signatures.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .sign_micros
+            .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+        r
+    }
 }
 
 /// What the handlers share.
@@ -57,26 +88,32 @@ pub struct AppState {
     pub ready: Arc<dyn Fn() -> bool + Send + Sync>,
     /// Requests one account may have in flight.
     pub per_account_limit: usize,
+    /// HSM sessions in use and in the pool, for /metrics.
+    pub pool: Arc<dyn Fn() -> (usize, usize) + Send + Sync>,
     permits: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
 impl AppState {
     /// State for the router.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         engine: Arc<Engine>,
         audit: AuditLog,
         crl_dir: PathBuf,
         ready: Arc<dyn Fn() -> bool + Send + Sync>,
         per_account_limit: usize,
+        metrics: Arc<Metrics>,
+        pool: Arc<dyn Fn() -> (usize, usize) + Send + Sync>,
     ) -> AppState {
         AppState {
             store: engine.store().clone(),
             engine,
             audit,
             crl_dir,
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             ready,
             per_account_limit: per_account_limit.max(1),
+            pool,
             permits: Mutex::new(HashMap::new()),
         }
     }
@@ -224,6 +261,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .layer(axum::middleware::map_response(problem_for_rejections))
+        // A client that stops sending its body mid-way (slowloris) is cut off.
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            std::time::Duration::from_secs(30),
+        ))
         .layer(axum::extract::DefaultBodyLimit::max(16 * 1024 * 1024))
         .with_state(state)
 }
@@ -859,6 +900,18 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     for (k, v) in m.refused.lock().unwrap_or_else(|p| p.into_inner()).iter() {
         out.push_str(&format!("meterpki_refused_total{{reason=\"{k}\"}} {v}\n"));
     }
+    let n = m.signatures.load(Ordering::Relaxed);
+    out.push_str("# HELP meterpki_hsm_sign_seconds Time the HSM takes to sign.\n# TYPE meterpki_hsm_sign_seconds summary\n");
+    out.push_str(&format!("meterpki_hsm_sign_seconds_count {n}\n"));
+    out.push_str(&format!(
+        "meterpki_hsm_sign_seconds_sum {}\n",
+        m.sign_micros.load(Ordering::Relaxed) as f64 / 1e6
+    ));
+    let (in_use, size) = (state.pool)();
+    out.push_str("# HELP meterpki_hsm_sessions_in_use HSM sessions lent to a request now.\n# TYPE meterpki_hsm_sessions_in_use gauge\n");
+    out.push_str(&format!("meterpki_hsm_sessions_in_use {in_use}\n"));
+    out.push_str("# HELP meterpki_hsm_sessions_max HSM sessions in the pool.\n# TYPE meterpki_hsm_sessions_max gauge\n");
+    out.push_str(&format!("meterpki_hsm_sessions_max {size}\n"));
     out.push_str("# HELP meterpki_batch_seconds Time to answer a batch.\n# TYPE meterpki_batch_seconds summary\n");
     out.push_str(&format!(
         "meterpki_batch_seconds_count {}\n",

@@ -17,6 +17,10 @@ struct Server {
 
 impl Server {
     fn start(s: &Scratch) -> Server {
+        Server::start_with(s, &[])
+    }
+
+    fn start_with(s: &Scratch, extra: &[&str]) -> Server {
         let mut child = Command::new(EXE)
             .args([
                 "--home",
@@ -25,6 +29,7 @@ impl Server {
                 "--listen",
                 "127.0.0.1:0",
             ])
+            .args(extra)
             .env_remove("SOFTHSM2_CONF")
             .env_remove("METERPKI_REEXEC")
             .stdout(Stdio::piped())
@@ -747,4 +752,128 @@ fn the_api_issues_over_mutual_tls_and_refuses_what_an_account_may_not_do() {
     assert_eq!(device_certs(&s, &srv, "00-DB-12-00-00-00-00-05"), 0);
     assert_eq!(srv.stop(), 0);
     s.run("h", &["audit", "verify"]).ok();
+}
+
+#[test]
+fn the_api_limits_each_account_and_finishes_in_flight_batches_at_sigterm() {
+    let s = Scratch::new(EXE);
+    s.ceremonies("h", 3, 2, &["device", "access"]);
+    s.run(
+        "h",
+        &[
+            "account",
+            "add",
+            "--role",
+            "factory",
+            "--name",
+            "line-all",
+            "--device-range",
+            "00-00-00-00-00-00-00-00/0",
+            "--out",
+            "creds",
+        ],
+    )
+    .ok();
+    let big = json!({"request_id": "big-1", "items": items(&s, 4000, &[])}).to_string();
+    let small = json!({"request_id": "small-1", "items": items(&s, 1, &[])}).to_string();
+    std::fs::write(s.path("big.json"), &big).unwrap();
+    let srv = Server::start_with(&s, &["--per-account-limit", "1"]);
+    let port = srv.port;
+    let url = format!("https://127.0.0.1:{port}/v1/batches");
+    let bg = |file: &str| {
+        let mut c = Command::new("curl");
+        c.args([
+            "-sS",
+            "-o",
+            &s.path(&format!("{file}.out")).display().to_string(),
+            "-w",
+            "%{http_code}",
+            "--cacert",
+            &s.path("creds/ca.pem").display().to_string(),
+            "--cert",
+            &s.path("creds/line-all.pem").display().to_string(),
+            "--key",
+            &s.path("creds/line-all.key").display().to_string(),
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            &format!("@{}", s.path(&format!("{file}.json")).display()),
+            &url,
+        ]);
+        c.stdout(Stdio::piped()).spawn().unwrap()
+    };
+    let mut first = bg("big");
+    // While the big batch is being issued, another request of the same account gets 429.
+    let mut saw_429 = false;
+    for _ in 0..200 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let (code, body) = curl(
+            &s,
+            &srv,
+            Some("line-all"),
+            "POST",
+            "/v1/batches",
+            Some(&small),
+            &[],
+        );
+        if code == 429 {
+            assert!(body.contains("too-many-requests"), "{body}");
+            saw_429 = true;
+            break;
+        }
+        assert_eq!(code, 200, "{body}");
+        if first.try_wait().unwrap().is_some() {
+            break;
+        }
+    }
+    assert!(
+        saw_429,
+        "a second request while the account's only slot is busy gets 429"
+    );
+    // SIGTERM while a batch is in flight: it finishes, is answered, and the server exits 0.
+    let second_big = json!({"request_id": "big-2", "items": items(&s, 4000, &[])}).to_string();
+    std::fs::write(s.path("big2.json"), &second_big).unwrap();
+    let out = first.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    let inflight = bg("big2");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let code = srv.stop();
+    assert_eq!(code, 0, "the server exits cleanly");
+    let out = inflight.wait_with_output().unwrap();
+    let status = String::from_utf8_lossy(&out.stdout).to_string();
+    if status == "200" {
+        let r: Value =
+            serde_json::from_str(&std::fs::read_to_string(s.path("big2.out")).unwrap()).unwrap();
+        assert!(r["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x["status"] == "issued"));
+    }
+    // Whatever the client saw, nothing is half-stored: a retry answers every item, issued once.
+    let srv = Server::start(&s);
+    let (code, body) = curl(
+        &s,
+        &srv,
+        Some("line-all"),
+        "POST",
+        "/v1/batches",
+        Some(&second_big),
+        &[],
+    );
+    assert_eq!(code, 200, "{body}");
+    let r: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(r["results"].as_array().unwrap().len(), 4000);
+    assert!(r["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|x| x["status"] == "issued"));
+    let (_, metrics) = curl(&s, &srv, None, "GET", "/metrics", None, &[]);
+    assert!(
+        metrics.contains("meterpki_hsm_sessions_max 2")
+            && metrics.contains("meterpki_hsm_sign_seconds_count"),
+        "{metrics}"
+    );
+    assert_eq!(srv.stop(), 0);
 }

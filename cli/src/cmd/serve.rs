@@ -40,7 +40,14 @@ pub fn run(
     let hsm = ctx.hsm()?;
     let online = ctx.online(&hsm)?;
     let store = ctx.store()?;
-    let engine = Arc::new(ctx.engine(&online, store.clone())?);
+    let metrics = Arc::new(issuance_api::Metrics::default());
+    let timed = metrics.clone();
+    let engine = Arc::new(ctx.engine_with(&online, store.clone(), &move |inner| {
+        Arc::new(issuance_api::TimedSigner {
+            inner,
+            metrics: timed.clone(),
+        }) as Arc<dyn Signer>
+    })?);
 
     // The server's identity: a key that never leaves the token, a certificate from the Access CA.
     let key = match online.find_key(SERVER_KEY_LABEL)? {
@@ -156,12 +163,17 @@ pub fn run(
         &os_user(),
         serde_json::json!({"listen": listen, "dns": dns, "ips": ips}),
     )?;
+    let pool_token = online.clone();
+    let pool: Arc<dyn Fn() -> (usize, usize) + Send + Sync> =
+        Arc::new(move || (pool_token.sessions_in_use(), pool_token.pool_size()));
     let state = Arc::new(issuance_api::AppState::new(
         engine,
         audit,
         ctx.home.crl_dir(),
         ready,
         per_account_limit,
+        metrics,
+        pool,
     ));
     let router = issuance_api::router(state);
 
