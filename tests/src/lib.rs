@@ -139,6 +139,14 @@ impl Scratch {
         }
     }
 
+    /// `meterpki account add --role ROLE --name NAME [extra...] --out creds` on `home`.
+    pub fn account(&self, home: &str, role: &str, name: &str, extra: &[&str]) {
+        let mut args = vec!["account", "add", "--role", role, "--name", name];
+        args.extend_from_slice(extra);
+        args.extend(["--out", "creds"]);
+        self.run(home, &args).ok();
+    }
+
     /// The share file of officer `i` of `home`'s root ceremony.
     pub fn share(&self, home: &str, i: u8) -> PathBuf {
         self.path(&format!("{home}-shares/officer-{i}.share"))

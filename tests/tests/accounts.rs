@@ -15,38 +15,18 @@ fn accounts_get_client_certificates_and_disabling_revokes_them() {
     s.ceremonies("h", 3, 2, &["access"]);
     let root = p(&s, "h/ca/root.pem");
     let access = p(&s, "h/ca/access.pem");
-    s.run(
+    s.account(
         "h",
-        &[
-            "account",
-            "add",
-            "--role",
-            "factory",
-            "--name",
-            "line-7",
-            "--device-range",
-            "00-DB-12-00-00-00-00-00/24",
-            "--out",
-            "creds",
-        ],
-    )
-    .ok();
-    s.run(
+        "factory",
+        "line-7",
+        &["--device-range", "00-DB-12-00-00-00-00-00/24"],
+    );
+    s.account(
         "h",
-        &[
-            "account",
-            "add",
-            "--role",
-            "supplier",
-            "--name",
-            "example-energy",
-            "--supplier",
-            "90b3d51f30000002",
-            "--out",
-            "creds",
-        ],
-    )
-    .ok();
+        "supplier",
+        "example-energy",
+        &["--supplier", "90b3d51f30000002"],
+    );
     let (_, csr) = openssl_csr(&s.path(""), "ops", "prime256v1");
     s.run(
         "h",

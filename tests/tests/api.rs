@@ -66,19 +66,22 @@ impl Drop for Server {
 }
 
 /// One HTTPS request with curl: (HTTP status, body); status 0 when there was no HTTP answer.
-fn curl(
+/// curl's arguments for one request: the answer's body to `out`, the status on stdout; the
+/// request body read from `body` (a file), the client certificate of `account` (`other:NAME`
+/// for the other hierarchy's credentials).
+fn curl_args(
     s: &Scratch,
-    srv: &Server,
+    port: u16,
     account: Option<&str>,
     method: &str,
     path: &str,
-    body: Option<&str>,
-    extra: &[&str],
-) -> (u16, String) {
+    body: Option<&std::path::Path>,
+    out: &std::path::Path,
+) -> Vec<String> {
     let mut args: Vec<String> = vec![
         "-sS".into(),
         "-o".into(),
-        s.path("resp.body").display().to_string(),
+        out.display().to_string(),
         "-w".into(),
         "%{http_code}".into(),
         "--cacert".into(),
@@ -103,14 +106,38 @@ fn curl(
         ]);
     }
     if let Some(b) = body {
-        std::fs::write(s.path("req.body"), b).unwrap();
-        args.extend([
-            "--data-binary".into(),
-            format!("@{}", s.path("req.body").display()),
-        ]);
+        args.extend(["--data-binary".into(), format!("@{}", b.display())]);
     }
+    args.push(format!("https://127.0.0.1:{port}{path}"));
+    args
+}
+
+fn curl(
+    s: &Scratch,
+    srv: &Server,
+    account: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    extra: &[&str],
+) -> (u16, String) {
+    let body_file = s.path("req.body");
+    if let Some(b) = body {
+        std::fs::write(&body_file, b).unwrap();
+    }
+    let mut args = curl_args(
+        s,
+        srv.port,
+        account,
+        method,
+        path,
+        body.map(|_| body_file.as_path()),
+        &s.path("resp.body"),
+    );
+    // Extra options go before the URL.
+    let url = args.pop().unwrap();
     args.extend(extra.iter().map(|e| e.to_string()));
-    args.push(format!("https://127.0.0.1:{}{path}", srv.port));
+    args.push(url);
     let _ = std::fs::remove_file(s.path("resp.body"));
     let out = Command::new("curl")
         .args(&args)
@@ -159,54 +186,24 @@ fn items(s: &Scratch, n: usize, ids: &[&str]) -> Vec<Value> {
 fn setup() -> Scratch {
     let s = Scratch::new(EXE);
     s.ceremonies("h", 3, 2, &["device", "organisation", "access"]);
-    s.run(
+    s.account(
         "h",
-        &[
-            "account",
-            "add",
-            "--role",
-            "factory",
-            "--name",
-            "line-all",
-            "--device-range",
-            "00-00-00-00-00-00-00-00/0",
-            "--out",
-            "creds",
-        ],
-    )
-    .ok();
-    s.run(
+        "factory",
+        "line-all",
+        &["--device-range", "00-00-00-00-00-00-00-00/0"],
+    );
+    s.account(
         "h",
-        &[
-            "account",
-            "add",
-            "--role",
-            "factory",
-            "--name",
-            "line-7",
-            "--device-range",
-            "00-DB-12-00-00-00-00-00/24",
-            "--out",
-            "creds",
-        ],
-    )
-    .ok();
-    s.run(
+        "factory",
+        "line-7",
+        &["--device-range", "00-DB-12-00-00-00-00-00/24"],
+    );
+    s.account(
         "h",
-        &[
-            "account",
-            "add",
-            "--role",
-            "supplier",
-            "--name",
-            "energy-a",
-            "--supplier",
-            "90-B3-D5-1F-30-00-00-0A",
-            "--out",
-            "creds",
-        ],
-    )
-    .ok();
+        "supplier",
+        "energy-a",
+        &["--supplier", "90-B3-D5-1F-30-00-00-0A"],
+    );
     s.run(
         "h",
         &[
@@ -758,49 +755,33 @@ fn the_api_issues_over_mutual_tls_and_refuses_what_an_account_may_not_do() {
 fn the_api_limits_each_account_and_finishes_in_flight_batches_at_sigterm() {
     let s = Scratch::new(EXE);
     s.ceremonies("h", 3, 2, &["device", "access"]);
-    s.run(
+    s.account(
         "h",
-        &[
-            "account",
-            "add",
-            "--role",
-            "factory",
-            "--name",
-            "line-all",
-            "--device-range",
-            "00-00-00-00-00-00-00-00/0",
-            "--out",
-            "creds",
-        ],
-    )
-    .ok();
+        "factory",
+        "line-all",
+        &["--device-range", "00-00-00-00-00-00-00-00/0"],
+    );
     let big = json!({"request_id": "big-1", "items": items(&s, 4000, &[])}).to_string();
     let small = json!({"request_id": "small-1", "items": items(&s, 1, &[])}).to_string();
     std::fs::write(s.path("big.json"), &big).unwrap();
     let srv = Server::start_with(&s, &["--per-account-limit", "1"]);
     let port = srv.port;
-    let url = format!("https://127.0.0.1:{port}/v1/batches");
     let bg = |file: &str| {
-        let mut c = Command::new("curl");
-        c.args([
-            "-sS",
-            "-o",
-            &s.path(&format!("{file}.out")).display().to_string(),
-            "-w",
-            "%{http_code}",
-            "--cacert",
-            &s.path("creds/ca.pem").display().to_string(),
-            "--cert",
-            &s.path("creds/line-all.pem").display().to_string(),
-            "--key",
-            &s.path("creds/line-all.key").display().to_string(),
-            "-H",
-            "content-type: application/json",
-            "--data-binary",
-            &format!("@{}", s.path(&format!("{file}.json")).display()),
-            &url,
-        ]);
-        c.stdout(Stdio::piped()).spawn().unwrap()
+        let body = s.path(&format!("{file}.json"));
+        let args = curl_args(
+            &s,
+            port,
+            Some("line-all"),
+            "POST",
+            "/v1/batches",
+            Some(&body),
+            &s.path(&format!("{file}.out")),
+        );
+        Command::new("curl")
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
     };
     let mut first = bg("big");
     // While the big batch is being issued, another request of the same account gets 429.

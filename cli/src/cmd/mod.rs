@@ -7,7 +7,7 @@ pub(crate) mod ceremony;
 mod crl;
 mod init;
 mod issue;
-mod revoke;
+pub(crate) mod revoke;
 mod serve;
 mod show;
 mod status;

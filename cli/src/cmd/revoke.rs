@@ -12,7 +12,8 @@ use crate::cmd::print_json;
 use crate::ctx::{os_user, Ctx};
 use crate::errors::input;
 
-fn parse_serial(s: &str) -> Result<Vec<u8>> {
+/// A serial as typed by a user: hex, with or without `0x` and colons.
+pub(crate) fn parse_serial(s: &str) -> Result<Vec<u8>> {
     let t = s.trim().trim_start_matches("0x").replace(':', "");
     let b = hex::decode(&t).map_err(|e| input(format!("serial {s:?} is not hex: {e}")))?;
     if b.is_empty() || b.len() > 20 {

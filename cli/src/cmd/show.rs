@@ -12,8 +12,7 @@ use crate::errors::input;
 pub fn run(ctx: &Ctx, a: ShowArgs) -> Result<()> {
     let store = ctx.store()?;
     let records: Vec<CertRecord> = if let Some(s) = &a.serial {
-        let serial = hex::decode(s.trim().trim_start_matches("0x").replace(':', ""))
-            .map_err(|e| input(format!("--serial {s:?}: not hex: {e}")))?;
+        let serial = crate::cmd::revoke::parse_serial(s)?;
         let r = store
             .cert(&serial)?
             .ok_or_else(|| input(format!("no certificate with serial {s}")))?;
