@@ -8,6 +8,7 @@
 mod account;
 mod audit;
 mod certs;
+pub mod churn;
 mod config;
 pub mod crl;
 mod eui64;
@@ -18,6 +19,8 @@ mod quorum;
 mod revocation;
 mod signer;
 mod store;
+mod supplier;
+pub mod tamp;
 
 pub use account::{check_account_name, Account, Role};
 pub use audit::{AuditError, AuditLog, AuditRecord, AuditReport, HEAD_SIGNED_EVENT};
@@ -38,10 +41,36 @@ pub use signer::{
     spki_from_point, verify_signature, verify_signature_fast, KeyAlgorithm, SignError, Signer,
     VerifyError,
 };
-pub use store::{CertRecord, Commit, Committed, Revoked, SledStore, Store, StoreError};
+pub use store::{
+    CertRecord, Commit, Committed, MeterMove, MoveOutcome, Revoked, SledStore, Store, StoreError,
+    UpdateMark,
+};
+pub use supplier::{check_supplier_name, Supplier, SupplierState};
 
 /// SHA-256 of `bytes` (for callers that need a digest without their own hash dependency).
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     use sha2::Digest;
     sha2::Sha256::digest(bytes).into()
+}
+
+/// Crash injection for the crash-safety tests: with `METERPKI_FAILPOINT=<name>:<n>` in the
+/// environment the process aborts (as a SIGKILL would stop it: no destructor, no flush) the
+/// `n`-th time it passes the point `name`. Without the variable this is one environment lookup.
+pub fn failpoint(name: &str) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static HITS: AtomicU64 = AtomicU64::new(0);
+    let Ok(spec) = std::env::var("METERPKI_FAILPOINT") else {
+        return;
+    };
+    let Some((point, n)) = spec.rsplit_once(':') else {
+        return;
+    };
+    if point != name {
+        return;
+    }
+    let n: u64 = n.parse().unwrap_or(1);
+    if HITS.fetch_add(1, Ordering::SeqCst) + 1 >= n {
+        eprintln!("failpoint {name}: aborting");
+        std::process::abort();
+    }
 }

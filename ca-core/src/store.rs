@@ -1,12 +1,14 @@
 //! Persistent state behind a trait, so that a server database can replace the embedded `sled`
 //! store when one machine is not enough (DESIGN §8). The trait holds only what the code uses.
 
+use std::fmt;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use crate::account::Account;
 use crate::revocation::{Reason, Revocation};
+use crate::supplier::Supplier;
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +146,70 @@ pub trait Store: Send + Sync {
         request_id: &str,
         record: &[u8],
     ) -> Result<(), StoreError>;
+    /// Whether any certificate was ever issued to `subject_id`.
+    fn subject_known(&self, subject_id: &str) -> Result<bool, StoreError>;
+    /// A registered supplier.
+    fn supplier(&self, id: &str) -> Result<Option<Supplier>, StoreError>;
+    /// Registers or updates a supplier, durably.
+    fn put_supplier(&self, supplier: &Supplier) -> Result<(), StoreError>;
+    /// Every registered supplier, by ID.
+    fn suppliers(&self) -> Result<Vec<Supplier>, StoreError>;
+    /// The supplier currently serving a meter.
+    fn meter_supplier(&self, device: &str) -> Result<Option<String>, StoreError>;
+    /// The last trust-anchor update made for a meter.
+    fn meter_update(&self, device: &str) -> Result<Option<UpdateMark>, StoreError>;
+    /// Up to `limit` meters served by `supplier`, in ID order, starting after `after`.
+    fn meters_of_supplier(
+        &self,
+        supplier: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError>;
+    /// How many meters `supplier` serves.
+    fn count_meters_of_supplier(&self, supplier: &str) -> Result<u64, StoreError>;
+    /// Applies assignment changes in one atomic write, flushed; each only if the meter is still
+    /// served by its `from` (and has not had this operation's update already).
+    fn move_meters(&self, moves: &[MeterMove]) -> Result<Vec<MoveOutcome>, StoreError>;
+    /// Reserves `n` numbers of a counter that only grows: returns the first (at least 1); the
+    /// reservation is durable before this returns, so a number is never handed out twice.
+    fn reserve_counter(&self, key: &str, n: u64) -> Result<u64, StoreError>;
+    /// The journal record of a multi-step operation (JSON).
+    fn op_record(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Writes an operation's journal record, durably.
+    fn put_op_record(&self, id: &str, record: &[u8]) -> Result<(), StoreError>;
+}
+
+/// The last trust-anchor update made for a meter: its sequence number and the operation.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UpdateMark {
+    /// The TAMP sequence number.
+    pub seq: u64,
+    /// The operation that produced it.
+    pub op: String,
+}
+
+/// A meter's assignment change, applied only if the meter is still where the caller saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MeterMove {
+    /// The meter, normalised EUI-64 text.
+    pub device: String,
+    /// The supplier the caller saw serving it (None: unassigned).
+    pub from: Option<String>,
+    /// The supplier serving it after the move (may equal `from`: a key change only).
+    pub to: String,
+    /// The update delivered for this move, recorded with it.
+    pub update: Option<UpdateMark>,
+}
+
+/// What [`Store::move_meters`] did with one move.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MoveOutcome {
+    /// Applied.
+    Applied,
+    /// The meter is no longer where the caller saw it: nothing changed. Carries the current one.
+    Stale(Option<String>),
+    /// The meter's last update already came from this operation: nothing changed.
+    AlreadyDone,
 }
 
 /// What revoking one serial did.
@@ -186,6 +252,22 @@ const ACCOUNT: u8 = b'u';
 const BATCH: u8 = b'b';
 const ACCOUNT_BY_CERT: u8 = b'k';
 const REVOKED_BY_SHARD: u8 = b'v';
+const SUPPLIER: u8 = b'p';
+const METER: u8 = b'm';
+const METERS_OF: u8 = b'g';
+const METER_UPDATE: u8 = b't';
+const OP: u8 = b'o';
+
+fn meters_of_key(supplier: &str, device: &str) -> Vec<u8> {
+    key(METERS_OF, &[supplier.as_bytes(), &[0], device.as_bytes()])
+}
+
+fn corrupt(key: &[u8], reason: impl fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: reason.to_string(),
+    }
+}
 
 fn revoked_key(serial: &[u8]) -> Vec<u8> {
     key(REVOKED, &[serial])
@@ -616,6 +698,171 @@ impl Store for SledStore {
             key(BATCH, &[account.as_bytes(), &[0], request_id.as_bytes()]),
             record,
         )?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn subject_known(&self, subject_id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .pki
+            .scan_prefix(subject_prefix(subject_id))
+            .next()
+            .transpose()?
+            .is_some())
+    }
+
+    fn supplier(&self, id: &str) -> Result<Option<Supplier>, StoreError> {
+        let k = key(SUPPLIER, &[id.as_bytes()]);
+        match self.pki.get(&k)? {
+            Some(v) => Ok(Some(
+                serde_json::from_slice(&v).map_err(|e| corrupt(&k, e))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    fn put_supplier(&self, supplier: &Supplier) -> Result<(), StoreError> {
+        let _writer = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        self.pki.insert(
+            key(SUPPLIER, &[supplier.id.as_bytes()]),
+            serde_json::to_vec(supplier).expect("a Supplier always serialises"),
+        )?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn suppliers(&self) -> Result<Vec<Supplier>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.pki.scan_prefix([SUPPLIER]) {
+            let (k, v) = kv?;
+            out.push(serde_json::from_slice(&v).map_err(|e| corrupt(&k, e))?);
+        }
+        Ok(out)
+    }
+
+    fn meter_supplier(&self, device: &str) -> Result<Option<String>, StoreError> {
+        let k = key(METER, &[device.as_bytes()]);
+        match self.pki.get(&k)? {
+            Some(v) => Ok(Some(
+                String::from_utf8(v.to_vec()).map_err(|e| corrupt(&k, e))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    fn meter_update(&self, device: &str) -> Result<Option<UpdateMark>, StoreError> {
+        let k = key(METER_UPDATE, &[device.as_bytes()]);
+        match self.pki.get(&k)? {
+            Some(v) => Ok(Some(bincode::deserialize(&v).map_err(|e| corrupt(&k, e))?)),
+            None => Ok(None),
+        }
+    }
+
+    fn meters_of_supplier(
+        &self,
+        supplier: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let prefix = key(METERS_OF, &[supplier.as_bytes(), &[0]]);
+        let start = match after {
+            // The smallest key after `after`'s own.
+            Some(a) => {
+                let mut k = meters_of_key(supplier, a);
+                k.push(0);
+                k
+            }
+            None => prefix.clone(),
+        };
+        let mut out = Vec::new();
+        for kv in self.pki.range(start..) {
+            let (k, _) = kv?;
+            if !k.starts_with(&prefix) || out.len() >= limit {
+                break;
+            }
+            out.push(String::from_utf8(k[prefix.len()..].to_vec()).map_err(|e| corrupt(&k, e))?);
+        }
+        Ok(out)
+    }
+
+    fn count_meters_of_supplier(&self, supplier: &str) -> Result<u64, StoreError> {
+        let prefix = key(METERS_OF, &[supplier.as_bytes(), &[0]]);
+        let mut n = 0;
+        for kv in self.pki.scan_prefix(prefix) {
+            kv?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn move_meters(&self, moves: &[MeterMove]) -> Result<Vec<MoveOutcome>, StoreError> {
+        let _writer = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let mut batch = sled::Batch::default();
+        // What this write has done so far, as later moves of the same meter must see it.
+        let mut now: std::collections::HashMap<&str, (Option<String>, Option<String>)> =
+            Default::default();
+        let mut out = Vec::with_capacity(moves.len());
+        let mut changed = false;
+        for m in moves {
+            let (current, last_op) = match now.get(m.device.as_str()) {
+                Some(v) => v.clone(),
+                None => (
+                    self.meter_supplier(&m.device)?,
+                    self.meter_update(&m.device)?.map(|u| u.op),
+                ),
+            };
+            if current != m.from {
+                out.push(MoveOutcome::Stale(current));
+                continue;
+            }
+            if let (Some(u), Some(last)) = (&m.update, &last_op) {
+                if &u.op == last {
+                    out.push(MoveOutcome::AlreadyDone);
+                    continue;
+                }
+            }
+            if let Some(from) = &m.from {
+                batch.remove(meters_of_key(from, &m.device));
+            }
+            batch.insert(key(METER, &[m.device.as_bytes()]), m.to.as_bytes());
+            batch.insert(meters_of_key(&m.to, &m.device), &[][..]);
+            let mut op = last_op;
+            if let Some(u) = &m.update {
+                batch.insert(
+                    key(METER_UPDATE, &[m.device.as_bytes()]),
+                    bincode::serialize(u).expect("an UpdateMark always serialises"),
+                );
+                op = Some(u.op.clone());
+            }
+            now.insert(&m.device, (Some(m.to.clone()), op));
+            changed = true;
+            out.push(MoveOutcome::Applied);
+        }
+        if changed {
+            self.pki.apply_batch(batch)?;
+            self.db.flush()?;
+        }
+        Ok(out)
+    }
+
+    fn reserve_counter(&self, name: &str, n: u64) -> Result<u64, StoreError> {
+        let _writer = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let last = self.meta_u64(name)?.unwrap_or(0);
+        let end = last.checked_add(n).ok_or_else(|| StoreError::Corrupt {
+            key: name.into(),
+            reason: "counter exhausted".into(),
+        })?;
+        self.meta.insert(name, &end.to_be_bytes()[..])?;
+        self.db.flush()?;
+        Ok(last + 1)
+    }
+
+    fn op_record(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.pki.get(key(OP, &[id.as_bytes()]))?.map(|v| v.to_vec()))
+    }
+
+    fn put_op_record(&self, id: &str, record: &[u8]) -> Result<(), StoreError> {
+        self.pki.insert(key(OP, &[id.as_bytes()]), record)?;
         self.db.flush()?;
         Ok(())
     }

@@ -553,6 +553,36 @@ fn meter_certificates_stay_within_the_design_sizes() {
 #[test]
 fn supplier_certificates_name_the_party() {
     let f = fixture();
+    // Only a registered, active supplier is issued certificates.
+    let mut item = RequestItem {
+        profile: "supplier-key-agreement".into(),
+        device_id: None,
+        entity_id: Some("90-B3-D5-1F-30-00-00-02".into()),
+        name: None,
+        csr: Some(B64.encode(csr_p256(&new_key()))),
+        public_key: None,
+        replace: false,
+    };
+    refused(
+        &f,
+        item.clone(),
+        ErrorCode::SupplierUnknown,
+        "not a registered supplier",
+    );
+    let mut supplier = ca_core::Supplier {
+        id: "90-B3-D5-1F-30-00-00-02".into(),
+        name: "Example Energy Ltd".into(),
+        state: ca_core::SupplierState::Acquired,
+        registered_at: 0,
+        ended_at: Some(1),
+        successor: None,
+    };
+    f.engine.store().put_supplier(&supplier).unwrap();
+    refused(&f, item.clone(), ErrorCode::SupplierInactive, "acquired");
+    supplier.state = ca_core::SupplierState::Active;
+    f.engine.store().put_supplier(&supplier).unwrap();
+    item.name = Some("Someone Else".into());
+    refused(&f, item, ErrorCode::ProfileLimit, "registered name");
     let item = RequestItem {
         profile: "supplier-key-agreement".into(),
         device_id: None,

@@ -74,6 +74,15 @@ pub enum Command {
         #[arg(long, default_value_t = 4)]
         per_account_limit: usize,
     },
+    /// Energy suppliers: registry, key enrolment, rotation and revocation, takeover and exit.
+    #[command(subcommand)]
+    Supplier(SupplierCommand),
+    /// Meters: assignment to a supplier and change of supplier, with trust-anchor updates.
+    #[command(subcommand)]
+    Meter(MeterCommand),
+    /// Trust-anchor updates (CMS SignedData carrying an RFC 5934 TAMPUpdate).
+    #[command(subcommand)]
+    Update(UpdateCommand),
     /// Show stored certificates by serial or by device / entity ID.
     #[command(
         after_help = "Examples:\n  meterpki show --serial 4f1c2a9b0d3e5f6071\n  meterpki show --device-id 00-DB-12-34-56-78-90-01 --json"
@@ -363,11 +372,222 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 5.0)]
         raw_seconds: f64,
     },
+    /// Trust-anchor updates at scale: a takeover of N meters in a scratch store (suppliers with real certificates, the home's trust-update signer key), updates/s beside the raw signing rate of that key in the same run, their ratio, and peak RSS.
+    #[command(after_help = "Example:\n  meterpki bench takeover --meters 100000")]
+    Takeover {
+        /// Meters supplier A serves.
+        #[arg(long, default_value_t = 100_000)]
+        meters: usize,
+        /// Seconds for the raw signing-rate measurement.
+        #[arg(long, default_value_t = 5.0)]
+        raw_seconds: f64,
+        /// Meters per chunk.
+        #[arg(long, default_value_t = 1000)]
+        chunk: usize,
+        /// Write the updates as one NDJSON stream instead of one file per meter.
+        #[arg(long)]
+        ndjson: bool,
+    },
     /// Raw signing rates of the online token: bare cryptoki loop vs hsm-bridge, 1 and 2 sessions, P-256 and P-384.
     #[command(after_help = "Example:\n  meterpki bench hsm --seconds 5")]
     Hsm {
         /// Seconds per measurement.
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
+    },
+}
+
+/// Where a churn command writes its trust-anchor updates.
+#[derive(Args, Debug, Clone)]
+#[group(required = false, multiple = false)]
+pub struct UpdatesOut {
+    /// Write one update per meter as DIR/<DEVICE-ID>.tamp.der (DER CMS SignedData).
+    #[arg(long, value_name = "DIR")]
+    pub updates_out: Option<PathBuf>,
+    /// Append one NDJSON line per meter, {"device_id", "seq", "update": <base64 DER>}, to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub updates_ndjson: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SupplierCommand {
+    /// Register a supplier (active from now on).
+    #[command(
+        after_help = "Example:\n  meterpki supplier register --id 90-B3-D5-1F-30-00-00-02 --name \"Example Energy\""
+    )]
+    Register {
+        /// The supplier's EUI-64 entity ID.
+        #[arg(long)]
+        id: String,
+        /// Registered name: the CN of its certificates.
+        #[arg(long)]
+        name: String,
+    },
+    /// List the registered suppliers with their state, keys and meter counts.
+    #[command(after_help = "Example:\n  meterpki supplier list --json")]
+    List,
+    /// Issue a supplier certificate from its CSR (signing or key agreement).
+    #[command(
+        after_help = "Example:\n  meterpki supplier enrol --id 90-B3-D5-1F-30-00-00-02 --profile supplier-signing --csr sign.csr --out sign.pem\n\nA supplier that is not active cannot enrol. To replace an enrolled key, use `supplier rotate`."
+    )]
+    Enrol(EnrolArgs),
+    /// Replace a supplier key: issue the new certificate, revoke the old one as superseded, and make the updates that swap the key in every meter the supplier serves.
+    #[command(
+        after_help = "Example:\n  meterpki supplier rotate --id 90-B3-D5-1F-30-00-00-02 --profile supplier-signing --csr new-sign.csr --updates-out updates/\n\nRe-running after a crash completes the same rotation: meters already updated are skipped."
+    )]
+    Rotate {
+        #[command(flatten)]
+        enrol: EnrolArgs,
+        #[command(flatten)]
+        updates: UpdatesOut,
+        /// Meters per chunk (signed, written and stored together).
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10000))]
+        chunk: u32,
+    },
+    /// Revoke one supplier certificate, republish the Organisation CA's CRLs and make the updates that remove the key from every meter the supplier serves.
+    #[command(
+        name = "revoke-key",
+        after_help = "Example:\n  meterpki supplier revoke-key --serial 4f1c2a9b0d3e5f6071 --reason keyCompromise --updates-out updates/"
+    )]
+    RevokeKey {
+        /// Serial of the supplier certificate, hex.
+        #[arg(long)]
+        serial: String,
+        /// RFC 5280 reason (keyCompromise, superseded, affiliationChanged, ...).
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        updates: UpdatesOut,
+        /// Meters per chunk.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10000))]
+        chunk: u32,
+    },
+    /// Supplier B takes over supplier A: A becomes acquired, A's certificates are revoked (cessationOfOperation) and the CRLs republished at once, every meter of A moves to B with its update.
+    #[command(
+        after_help = "Example:\n  meterpki supplier takeover --from 90-B3-D5-1F-30-00-00-02 --to 90-B3-D5-1F-30-00-00-03 --updates-out updates/\n\nRe-running after a crash completes the takeover: every meter moves exactly once."
+    )]
+    Takeover {
+        /// The supplier taken over (A).
+        #[arg(long)]
+        from: String,
+        /// The acquiring supplier (B).
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        updates: UpdatesOut,
+        /// Meters per chunk.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10000))]
+        chunk: u32,
+    },
+    /// A supplier leaves the market: as a takeover, its meters going to the named supplier of last resort; it becomes exited.
+    #[command(
+        after_help = "Example:\n  meterpki supplier exit --id 90-B3-D5-1F-30-00-00-02 --successor 90-B3-D5-1F-30-00-00-09 --updates-ndjson exit-updates.ndjson"
+    )]
+    Exit {
+        /// The supplier leaving.
+        #[arg(long)]
+        id: String,
+        /// The supplier of last resort that takes its meters.
+        #[arg(long)]
+        successor: String,
+        #[command(flatten)]
+        updates: UpdatesOut,
+        /// Meters per chunk.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10000))]
+        chunk: u32,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct EnrolArgs {
+    /// The supplier's entity ID.
+    #[arg(long)]
+    pub id: String,
+    /// supplier-signing or supplier-key-agreement.
+    #[arg(long)]
+    pub profile: String,
+    /// The supplier's PKCS#10 CSR (PEM or DER).
+    #[arg(long)]
+    pub csr: PathBuf,
+    /// Write the certificate (PEM) here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MeterCommand {
+    /// Assign meters to their first supplier: one, or a bulk file of millions of lines (NDJSON {"device_id", "supplier"} or CSV device_id,supplier).
+    #[command(
+        after_help = "Examples:\n  meterpki meter assign --device-id 00-DB-12-34-56-78-90-01 --supplier 90-B3-D5-1F-30-00-00-02\n  meterpki meter assign --file rollout.csv --updates-out updates/\n\nLines that are wrong are reported with their line numbers; the rest are applied. Re-running a\nfile is harmless: meters already with that supplier are counted as such. Updates (adding the\nsupplier's certificates) are made only when --updates-out or --updates-ndjson is given."
+    )]
+    Assign {
+        /// The meter (EUI-64).
+        #[arg(long, requires = "supplier", conflicts_with = "file")]
+        device_id: Option<String>,
+        /// The supplier (entity ID).
+        #[arg(long, conflicts_with = "file")]
+        supplier: Option<String>,
+        /// A bulk file: NDJSON or CSV.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        updates: UpdatesOut,
+        /// Lines per chunk.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10000))]
+        chunk: u32,
+    },
+    /// Change the supplier of meters: one, or a bulk file (NDJSON {"device_id", "to"} or CSV device_id,to); each gets an update removing the old supplier's keys and adding the new supplier's certificates.
+    #[command(
+        name = "change-supplier",
+        after_help = "Examples:\n  meterpki meter change-supplier --device-id 00-DB-12-34-56-78-90-01 --to 90-B3-D5-1F-30-00-00-03 --updates-out updates/\n  meterpki meter change-supplier --file switches.csv --updates-ndjson switches.ndjson"
+    )]
+    ChangeSupplier {
+        /// The meter (EUI-64).
+        #[arg(long, requires = "to", conflicts_with = "file")]
+        device_id: Option<String>,
+        /// The new supplier (entity ID).
+        #[arg(long, conflicts_with = "file")]
+        to: Option<String>,
+        /// A bulk file: NDJSON or CSV.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        updates: UpdatesOut,
+        /// Lines per chunk.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10000))]
+        chunk: u32,
+    },
+    /// A meter's current supplier and last update.
+    #[command(
+        after_help = "Example:\n  meterpki meter show --device-id 00-DB-12-34-56-78-90-01 --json"
+    )]
+    Show {
+        /// The meter (EUI-64).
+        #[arg(long)]
+        device_id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UpdateCommand {
+    /// Check an update as a meter would: CMS signature, signer chain to the root, the signer's policy OID and key usage, the target, and a sequence number greater than the last one seen.
+    #[command(
+        after_help = "Examples:\n  meterpki update verify updates/00-DB-12-34-56-78-90-01.tamp.der --root meterpki-home/ca/root.pem\n  meterpki update verify u.der --root root.pem --device-id 00-DB-12-34-56-78-90-01 --after 41 --json\n\nExit 0 when the update verifies, 2 when it does not (the reason is printed)."
+    )]
+    Verify {
+        /// The update (DER).
+        file: PathBuf,
+        /// The root CA certificate (PEM or DER) the meter trusts.
+        #[arg(long)]
+        root: PathBuf,
+        /// The meter: the update must target it.
+        #[arg(long)]
+        device_id: Option<String>,
+        /// The last sequence number the meter accepted: the update's must be greater.
+        #[arg(long)]
+        after: Option<u64>,
+        /// The trust-update signer's policy OID (default: the trust-update-signer profile's).
+        #[arg(long)]
+        policy_oid: Option<String>,
     },
 }

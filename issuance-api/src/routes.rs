@@ -20,6 +20,7 @@ use ca_core::issue::{
 };
 use ca_core::{
     Account, AuditLog, CertRecord, DeviceRange, Eui64, Reason, Revocation, Revoked, Role, Store,
+    SupplierState,
 };
 use der::Decode;
 use serde::Deserialize;
@@ -229,6 +230,34 @@ async fn resolve_account(state: &Arc<AppState>, peer: Peer) -> Result<Account, A
                 "account-disabled",
                 format!("account {} is disabled", a.name),
             ))
+        }
+        Some(a) if a.role == Role::Supplier => {
+            // A supplier that was taken over or left the market loses its power at once.
+            let id = a.supplier.clone().unwrap_or_default();
+            let store = state.store.clone();
+            let supplier = tokio::task::spawn_blocking(move || store.supplier(&id))
+                .await
+                .map_err(ApiError::internal)?
+                .map_err(ApiError::internal)?;
+            match supplier {
+                Some(s) if s.state == SupplierState::Active => Ok(a),
+                Some(s) => {
+                    state.refused("supplier-inactive");
+                    Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "supplier-inactive",
+                        format!("supplier {} ({}) is {}", s.id, s.name, s.state),
+                    ))
+                }
+                None => {
+                    state.refused("supplier-unknown");
+                    Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "supplier-unknown",
+                        format!("account {} names no registered supplier", a.name),
+                    ))
+                }
+            }
         }
         Some(a) => Ok(a),
     }
@@ -696,7 +725,9 @@ async fn supplier_certificates(
 struct EnrolRequest {
     profile: String,
     csr: String,
-    name: String,
+    /// Optional: the registered name is used; if given, it must match it.
+    #[serde(default)]
+    name: Option<String>,
     #[serde(default)]
     replace: bool,
 }
@@ -736,7 +767,7 @@ async fn enrol_supplier_key(
         profile: req.profile,
         device_id: None,
         entity_id: Some(id.to_string()),
-        name: Some(req.name),
+        name: req.name,
         csr: Some(req.csr),
         public_key: None,
         replace: req.replace,
@@ -759,6 +790,9 @@ async fn enrol_supplier_key(
             Err(match e.code {
                 ErrorCode::ExistingCertificate => {
                     ApiError::new(StatusCode::CONFLICT, "existing-certificate", e.detail)
+                }
+                c @ (ErrorCode::SupplierInactive | ErrorCode::SupplierUnknown) => {
+                    ApiError::new(StatusCode::FORBIDDEN, c.as_str(), e.detail)
                 }
                 c if c.is_client_error() => ApiError::bad_request(c.as_str(), e.detail),
                 _ => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "hsm-unavailable", e.detail),

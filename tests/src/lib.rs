@@ -147,6 +147,12 @@ impl Scratch {
         self.run(home, &args).ok();
     }
 
+    /// `meterpki supplier register --id ID --name NAME` on `home`.
+    pub fn supplier(&self, home: &str, id: &str, name: &str) {
+        self.run(home, &["supplier", "register", "--id", id, "--name", name])
+            .ok();
+    }
+
     /// The share file of officer `i` of `home`'s root ceremony.
     pub fn share(&self, home: &str, i: u8) -> PathBuf {
         self.path(&format!("{home}-shares/officer-{i}.share"))

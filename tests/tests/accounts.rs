@@ -21,6 +21,7 @@ fn accounts_get_client_certificates_and_disabling_revokes_them() {
         "line-7",
         &["--device-range", "00-DB-12-00-00-00-00-00/24"],
     );
+    s.supplier("h", "90b3d51f30000002", "Example Energy");
     s.account(
         "h",
         "supplier",

@@ -198,6 +198,8 @@ fn setup() -> Scratch {
         "line-7",
         &["--device-range", "00-DB-12-00-00-00-00-00/24"],
     );
+    s.supplier("h", "90-B3-D5-1F-30-00-00-0A", "Energy A");
+    s.supplier("h", "90-B3-D5-1F-30-00-00-0B", "Energy B");
     s.account(
         "h",
         "supplier",

@@ -289,6 +289,7 @@ fn openssl_rejects_a_revoked_certificate_and_accepts_its_shard_neighbour() {
 
     // By supplier: every certificate of the supplier, in the organisation CA's CRLs.
     let (_, sc) = openssl_csr(&s.path(""), "sup", "prime256v1");
+    s.supplier("h", "90-B3-D5-1F-30-00-00-02", "Example Energy");
     let sup_pem = p(&s, "sup.pem");
     s.run(
         "h",

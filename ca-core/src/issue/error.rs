@@ -30,6 +30,10 @@ pub enum ErrorCode {
     DeviceRange,
     /// An active certificate exists for this device and usage with another key.
     ExistingCertificate,
+    /// The supplier is not registered.
+    SupplierUnknown,
+    /// The supplier is registered but no longer active (acquired or exited).
+    SupplierInactive,
     /// Too many items in one batch.
     BatchTooLarge,
     /// Not issued because another item of an atomic batch was refused.
@@ -55,6 +59,8 @@ impl ErrorCode {
             ErrorCode::DeviceId => "device-id",
             ErrorCode::DeviceRange => "device-range",
             ErrorCode::ExistingCertificate => "existing-certificate",
+            ErrorCode::SupplierUnknown => "supplier-unknown",
+            ErrorCode::SupplierInactive => "supplier-inactive",
             ErrorCode::BatchTooLarge => "batch-too-large",
             ErrorCode::BatchAborted => "batch-aborted",
             ErrorCode::HsmUnavailable => "hsm-unavailable",

@@ -7,6 +7,7 @@ use super::error::{ErrorCode, IssueError};
 use super::request::{Request, Subject};
 use crate::eui64::DeviceRange;
 use crate::store::{CertRecord, Store};
+use crate::supplier::SupplierState;
 
 /// What the requesting account may do (API accounts; the CLI operator is unrestricted).
 #[derive(Clone, Debug, Default)]
@@ -45,6 +46,37 @@ pub fn approve(
             return Err(IssueError::new(
                 ErrorCode::DeviceRange,
                 format!("device_id {id} is outside this account's range {range}"),
+            ));
+        }
+    }
+    let mut request = request;
+    if let Subject::Party { entity_id, name } = &mut request.subject {
+        let internal =
+            |e: crate::store::StoreError| IssueError::new(ErrorCode::Internal, e.to_string());
+        let supplier = store.supplier(&entity_id.to_string()).map_err(internal)?.ok_or_else(|| {
+            IssueError::new(
+                ErrorCode::SupplierUnknown,
+                format!("entity_id {entity_id} is not a registered supplier: run `meterpki supplier register --id {entity_id} --name NAME` first"),
+            )
+        })?;
+        if supplier.state != SupplierState::Active {
+            return Err(IssueError::new(
+                ErrorCode::SupplierInactive,
+                format!(
+                    "supplier {entity_id} ({}) is {}: it cannot enrol keys",
+                    supplier.name, supplier.state
+                ),
+            ));
+        }
+        if name.is_empty() {
+            *name = supplier.name;
+        } else if *name != supplier.name {
+            return Err(IssueError::new(
+                ErrorCode::ProfileLimit,
+                format!(
+                    "name {name:?} is not supplier {entity_id}'s registered name {:?}",
+                    supplier.name
+                ),
             ));
         }
     }

@@ -322,20 +322,12 @@ pub fn parse_request(item: &RequestItem, profiles: &ProfileSet) -> Result<Reques
             let entity_id = id
                 .parse()
                 .map_err(|e| err(ErrorCode::DeviceId, format!("entity_id: {e}")))?;
-            let name = item.name.clone().ok_or_else(|| {
-                err(
-                    ErrorCode::ProfileLimit,
-                    format!("name is required for profile {}", profile.name()),
-                )
-            })?;
-            if name.trim().is_empty()
-                || name.chars().count() > 64
-                || name.chars().any(char::is_control)
-            {
-                return Err(err(
-                    ErrorCode::ProfileLimit,
-                    "name: 1 to 64 printable characters (RFC 5280 ub-common-name)",
-                ));
+            // The name is the registered one (the policy step fills it in); a request may give
+            // it, and then it must match.
+            let name = item.name.clone().unwrap_or_default();
+            if item.name.is_some() {
+                crate::supplier::check_supplier_name(&name)
+                    .map_err(|e| err(ErrorCode::ProfileLimit, e))?;
             }
             Subject::Party { entity_id, name }
         }
@@ -398,8 +390,9 @@ pub enum KeySource {
     Spki(SubjectPublicKeyInfoOwned),
 }
 
-/// Builds a request for a TLS profile (`api-server`, `api-client`): these are not issued from
-/// request items but by the operator (`account add`, the server's own certificate).
+/// Builds a request for a TLS profile (`api-server`, `api-client`) or the trust-update signer:
+/// these are not issued from request items but by the operator (`account add`, the server's own
+/// certificate, the signer of trust-anchor updates), and name a CN.
 pub fn tls_request(
     profiles: &ProfileSet,
     profile: &str,
@@ -415,11 +408,14 @@ pub fn tls_request(
     })?;
     if !matches!(
         profile.kind(),
-        ProfileKind::TlsServer | ProfileKind::TlsClient
+        ProfileKind::TlsServer | ProfileKind::TlsClient | ProfileKind::TrustUpdateSigner
     ) {
         return Err(err(
             ErrorCode::ProfileLimit,
-            format!("profile {} is not a TLS profile", profile.name()),
+            format!(
+                "profile {} is not issued by the operator (TLS and trust-update-signer profiles are)",
+                profile.name()
+            ),
         ));
     }
     let Subject::Tls {

@@ -79,6 +79,22 @@ fn add(
         ));
     }
     let store = ctx.store()?;
+    if let Some(id) = &supplier {
+        match store.supplier(id)? {
+            None => {
+                return Err(input(format!(
+                    "--supplier {id} is not a registered supplier: run `meterpki supplier register --id {id} --name NAME` first"
+                )))
+            }
+            Some(s) if s.state != ca_core::SupplierState::Active => {
+                return Err(input(format!(
+                    "--supplier {id} ({}) is {}: it cannot have an API account",
+                    s.name, s.state
+                )))
+            }
+            Some(_) => {}
+        }
+    }
     if store.account(name)?.is_some() {
         return Err(input(format!(
             "account {name:?} already exists; nothing changed"

@@ -97,6 +97,16 @@ pub fn hsm(ctx: &Ctx, seconds: f64) -> Result<()> {
 
 /// One meter request with a fresh software P-256 key: a CSR (RFC 2986) signed by that key.
 fn meter_request(profile: &str, device_id: &str) -> Result<String> {
+    use base64::Engine as _;
+    Ok(serde_json::to_string(&json!({
+        "profile": profile,
+        "device_id": device_id,
+        "csr": base64::engine::general_purpose::STANDARD.encode(software_csr()?),
+    }))?)
+}
+
+/// A CSR (RFC 2986, DER) for a fresh software P-256 key, signed by that key.
+fn software_csr() -> Result<Vec<u8>> {
     use der::asn1::{BitString, SetOfVec};
     use der::{Decode, Encode};
     use p256::ecdsa::signature::Signer as _;
@@ -121,12 +131,7 @@ fn meter_request(profile: &str, device_id: &str) -> Result<String> {
     };
     let der = csr.to_der()?;
     debug_assert!(CertReq::from_der(&der).is_ok());
-    use base64::Engine as _;
-    Ok(serde_json::to_string(&json!({
-        "profile": profile,
-        "device_id": device_id,
-        "csr": base64::engine::general_purpose::STANDARD.encode(der),
-    }))?)
+    Ok(der)
 }
 
 /// Writes `count` requests for distinct devices (a random 32-bit prefix and a counter).
@@ -575,6 +580,230 @@ pub fn api(
     }
     if rejected > 0 {
         anyhow::bail!("{rejected} requests were rejected");
+    }
+    Ok(())
+}
+
+/// `bench takeover`: a scratch store (never the home's) with suppliers A and B, each with real
+/// signing and key-agreement certificates from the Organisation CA, and `meters` meters of A
+/// (records sharing one real meter certificate, so each has its hwType); then a takeover A -> B
+/// through the same code as `supplier takeover`: one signed, verified update per meter written to
+/// a scratch folder. Prints updates/s beside the raw signing rate of the trust-update signer key
+/// measured in the same run with the same sessions, their ratio, and peak RSS.
+pub fn takeover(
+    ctx: &Ctx,
+    meters: usize,
+    raw_seconds: f64,
+    chunk: usize,
+    ndjson: bool,
+) -> Result<()> {
+    use base64::Engine as _;
+    use ca_core::churn::{Churn, DirSink, NdjsonSink, UpdateSink};
+    use ca_core::issue::{AccountLimits, RequestItem};
+    use ca_core::{CertRecord, Eui64, MeterMove, SledStore, Store, Supplier, SupplierState};
+    use rand::RngCore;
+    let b64 = |d: Vec<u8>| base64::engine::general_purpose::STANDARD.encode(d);
+    let hsm = ctx.hsm()?;
+    let online = ctx.online(&hsm)?;
+    let sessions = ctx.config.hsm.sessions;
+    // The home's trust-update signer (made if missing), then nothing more of the home's store.
+    let real = ctx.engine(&online, ctx.store()?)?;
+    let signer = crate::cmd::churn::update_signer(ctx, &online, &real)?;
+    drop(real);
+    let dir = tempfile::tempdir()?;
+    let store = Arc::new(SledStore::open(&dir.path().join("store"))?);
+    let engine = ctx.engine(&online, store.clone())?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let (a, b) = ("90-B3-D5-1F-30-00-0B-0A", "90-B3-D5-1F-30-00-0B-0B");
+    for (id, name) in [(a, "Bench Supplier A"), (b, "Bench Supplier B")] {
+        store.put_supplier(&Supplier {
+            id: id.into(),
+            name: name.into(),
+            state: SupplierState::Active,
+            registered_at: now,
+            ended_at: None,
+            successor: None,
+        })?;
+        for profile in ["supplier-signing", "supplier-key-agreement"] {
+            let item = RequestItem {
+                profile: profile.into(),
+                device_id: None,
+                entity_id: Some(id.into()),
+                name: None,
+                csr: Some(b64(software_csr()?)),
+                public_key: None,
+                replace: false,
+            };
+            engine
+                .issue(&item, &AccountLimits::default())
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+    }
+    let meter: CertRecord = engine
+        .issue(
+            &serde_json::from_str(&meter_request("meter-signing", "00-DB-BE-00-00-00-00-00")?)?,
+            &AccountLimits::default(),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .record;
+    eprintln!("writing {meters} meters of supplier A to a scratch store...");
+    let mut prefix = [0u8; 4];
+    rand::rngs::OsRng.fill_bytes(&mut prefix);
+    let mut certs = Vec::with_capacity(10_000);
+    let mut moves = Vec::with_capacity(10_000);
+    for i in 0..meters {
+        let mut id = [0u8; 8];
+        id[..4].copy_from_slice(&prefix);
+        id[4..].copy_from_slice(&(i as u32).to_be_bytes());
+        let device = Eui64(id).to_string();
+        let mut serial = [0u8; 9];
+        rand::rngs::OsRng.fill_bytes(&mut serial);
+        serial[0] = (serial[0] & 0x7f).max(1);
+        certs.push((
+            CertRecord {
+                serial: serial.to_vec(),
+                subject_id: device.clone(),
+                key_hash: ca_core::sha256(&id),
+                ..meter.clone()
+            },
+            false,
+        ));
+        moves.push(MeterMove {
+            device,
+            from: None,
+            to: a.into(),
+            update: None,
+        });
+        if certs.len() == 10_000 || i + 1 == meters {
+            store.commit_issued(&certs, false)?;
+            store.move_meters(&moves)?;
+            certs.clear();
+            moves.clear();
+        }
+    }
+    let profiles = vec![
+        "supplier-signing".to_string(),
+        "supplier-key-agreement".to_string(),
+    ];
+    let signer = Arc::new(signer);
+    let churn = Churn::new(
+        store.clone() as Arc<dyn Store>,
+        signer.clone(),
+        profiles,
+        sessions,
+    );
+    let d = Duration::from_secs_f64(raw_seconds);
+    eprintln!("raw signing rate of the trust-update signer key, {sessions} session(s), {raw_seconds} s each...");
+    let bare = bench_bare_cryptoki(
+        &online,
+        crate::cmd::churn::UPDATE_KEY_LABEL,
+        32,
+        sessions,
+        d,
+    )?;
+    let bridge = bench_signer(
+        "hsm-bridge",
+        Arc::new(online.signer(crate::cmd::churn::UPDATE_KEY_LABEL)?),
+        sessions,
+        d,
+    )?;
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    eprintln!("taking over {meters} meters (A -> B)...");
+    let updates = dir.path().join("updates");
+    let stream = dir.path().join("updates.ndjson");
+    let mut sink: Box<dyn UpdateSink> = if ndjson {
+        Box::new(NdjsonSink::open(&stream)?)
+    } else {
+        Box::new(DirSink::create(&updates)?)
+    };
+    let start = std::time::Instant::now();
+    let (mut op, revoked) = churn
+        .begin_supplier_end("takeover", a, b)
+        .map_err(crate::cmd::churn::churn_err)?;
+    let (done, refused) = churn
+        .run_op(&op, chunk, sink.as_mut(), &mut |_| {})
+        .map_err(crate::cmd::churn::churn_err)?;
+    churn
+        .complete(&mut op)
+        .map_err(crate::cmd::churn::churn_err)?;
+    let secs = start.elapsed().as_secs_f64();
+    let rss = peak_rss_kb();
+    // One update checked as a meter would, against the root.
+    let root = ca_core::certificate_from_pem(&std::fs::read_to_string(
+        ctx.home.ca_cert(ca_core::CaKind::Root),
+    )?)?;
+    drop(sink);
+    let sample: Vec<u8> = if ndjson {
+        use std::io::BufRead;
+        let line = std::io::BufReader::new(std::fs::File::open(&stream)?)
+            .lines()
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("no update written"))??;
+        let v: serde_json::Value = serde_json::from_str(&line)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(v["update"].as_str().unwrap_or_default())?
+    } else {
+        let f = std::fs::read_dir(&updates)?
+            .filter_map(|e| e.ok())
+            .find(|e| e.file_name().to_string_lossy().ends_with(".tamp.der"))
+            .ok_or_else(|| anyhow::anyhow!("no update written"))?;
+        std::fs::read(f.path())?
+    };
+    let policy = engine
+        .profiles()
+        .get("trust-update-signer")
+        .and_then(|p| p.policy_oid())
+        .ok_or_else(|| anyhow::anyhow!("no trust-update-signer policy"))?;
+    let checked = ca_core::tamp::verify_update(
+        &sample,
+        &root,
+        &ca_core::tamp::VerifyOptions {
+            signer_policy: policy,
+            device: None,
+            after_seq: None,
+            now: std::time::SystemTime::now(),
+        },
+    )?;
+    let rate = done as f64 / secs;
+    let out = json!({
+        "meters": meters,
+        "updates": done,
+        "refused": refused.len(),
+        "certificates_revoked": revoked.len(),
+        "seconds": secs,
+        "updates_per_second": rate,
+        "sessions": sessions,
+        "raw_bare_cryptoki_per_second": bare.per_second,
+        "raw_hsm_bridge_per_second": bridge.per_second,
+        "ratio_to_bare": rate / bare.per_second,
+        "ratio_to_hsm_bridge": rate / bridge.per_second,
+        "peak_rss_mb": rss.map(|k| k as f64 / 1024.0),
+        "sample_update_bytes": sample.len(),
+        "sink": if ndjson { "ndjson" } else { "one file per meter" },
+        "sample_update_seq": checked.seq,
+    });
+    if ctx.json {
+        print_json(&out)?;
+    } else {
+        println!(
+            "takeover               {done} meters moved, {} updates in {secs:.1} s ({} refused)",
+            done,
+            refused.len()
+        );
+        println!("update rate            {rate:>8.0} updates/s");
+        println!("raw SoftHSM rate       {:>8.0} signatures/s (bare cryptoki C_Sign, {sessions} session(s))", bare.per_second);
+        println!(
+            "raw via hsm-bridge     {:>8.0} signatures/s (HsmSigner::sign, {sessions} session(s))",
+            bridge.per_second
+        );
+        println!("ratio                  {:>7.0} % of the bare rate, {:.0} % of the hsm-bridge rate (target >= 60 %)", 100.0 * rate / bare.per_second, 100.0 * rate / bridge.per_second);
+        if let Some(k) = rss {
+            println!("peak RSS (takeover)    {:>8.1} MB", k as f64 / 1024.0);
+        }
+        println!(
+            "sample update          {} bytes, seq {}, verified against the root",
+            out["sample_update_bytes"], checked.seq
+        );
     }
     Ok(())
 }

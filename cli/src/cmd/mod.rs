@@ -4,18 +4,24 @@ mod account;
 mod audit;
 mod bench;
 pub(crate) mod ceremony;
+mod churn;
 mod crl;
 mod init;
 mod issue;
+mod meter;
 pub(crate) mod revoke;
 mod serve;
 mod show;
 mod status;
+mod supplier;
+mod update;
 
 use anyhow::Result;
 use ca_core::Home;
 
-use crate::args::{AuditCommand, BenchCommand, CeremonyCommand, Cli, Command, CrlCommand};
+use crate::args::{
+    AuditCommand, BenchCommand, CeremonyCommand, Cli, Command, CrlCommand, UpdateCommand,
+};
 use crate::ctx::{absolute, ensure_softhsm_env, Ctx};
 
 /// Dispatches a parsed command line.
@@ -31,6 +37,21 @@ pub fn run(cli: Cli) -> Result<()> {
             out,
             profile,
         }) => bench::make_batch(count, &out, &profile),
+        Command::Update(UpdateCommand::Verify {
+            file,
+            root,
+            device_id,
+            after,
+            policy_oid,
+        }) => update::verify(
+            &home,
+            json,
+            &file,
+            &root,
+            device_id.as_deref(),
+            after,
+            policy_oid.as_deref(),
+        ),
         other => {
             let ctx = Ctx::open(home, json)?;
             if ctx.config.hsm.softhsm {
@@ -44,6 +65,8 @@ pub fn run(cli: Cli) -> Result<()> {
                 Command::Show(a) => show::run(&ctx, a),
                 Command::Revoke(a) => revoke::run(&ctx, a),
                 Command::Account(a) => account::run(&ctx, a),
+                Command::Supplier(a) => supplier::run(&ctx, a),
+                Command::Meter(a) => meter::run(&ctx, a),
                 Command::Serve {
                     listen,
                     dns,
@@ -66,8 +89,15 @@ pub fn run(cli: Cli) -> Result<()> {
                     bench::issue(&ctx, count, raw_seconds)
                 }
                 Command::Bench(BenchCommand::Hsm { seconds }) => bench::hsm(&ctx, seconds),
+                Command::Bench(BenchCommand::Takeover {
+                    meters,
+                    raw_seconds,
+                    chunk,
+                    ndjson,
+                }) => bench::takeover(&ctx, meters, raw_seconds, chunk, ndjson),
                 Command::Init(_)
                 | Command::Audit(_)
+                | Command::Update(_)
                 | Command::Bench(BenchCommand::MakeBatch { .. }) => unreachable!("handled above"),
             }
         }

@@ -39,14 +39,25 @@ pub fn run(ctx: &Ctx, a: ShowArgs) -> Result<()> {
                 .flatten()
                 .map(|a| a.serial == r.serial)
                 .unwrap_or(false);
+            let revocation = store.revocation(&r.serial).ok().flatten();
+            let status = match (&revocation, active) {
+                (Some(rev), _) => format!("revoked ({})", rev.reason.name()),
+                (None, true) => "active".to_string(),
+                (None, false) => r
+                    .replaced_by
+                    .as_ref()
+                    .map(|s| format!("replaced by {}", hex::encode(s)))
+                    .unwrap_or_else(|| "inactive".into()),
+            };
             json!({
                 "serial": r.serial_hex(),
+                "revocation": revocation.map(|rev| json!({"reason": rev.reason.name(), "revoked_at": rev.revoked_at, "invalidity_date": rev.invalidity_date})),
                 "profile": r.profile,
                 "issuer": r.issuer,
                 "subject": r.subject_id,
                 "shard": r.shard,
                 "issued_at": time::OffsetDateTime::from_unix_timestamp(r.issued_at).ok().and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()),
-                "status": if active { "active".to_string() } else { r.replaced_by.as_ref().map(|s| format!("replaced by {}", hex::encode(s))).unwrap_or_else(|| "inactive".into()) },
+                "status": status,
                 "bytes": r.der.len(),
                 "certificate": der::pem::encode_string("CERTIFICATE", der::pem::LineEnding::LF, &r.der).unwrap_or_default(),
             })

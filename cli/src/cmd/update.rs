@@ -1,0 +1,113 @@
+//! `meterpki update verify`: checks a trust-anchor update as a meter would.
+
+use std::path::Path;
+
+use anyhow::Result;
+use ca_core::tamp::{verify_update, VerifyOptions};
+use ca_core::Eui64;
+use der::asn1::ObjectIdentifier;
+use der::{Decode, Encode};
+use serde_json::json;
+
+use crate::cmd::print_json;
+use crate::errors::input;
+
+/// Runs without a home: a head end or a test bench has only the file and the root.
+pub fn verify(
+    home: &ca_core::Home,
+    json_out: bool,
+    file: &Path,
+    root: &Path,
+    device: Option<&str>,
+    after: Option<u64>,
+    policy_oid: Option<&str>,
+) -> Result<()> {
+    let der = std::fs::read(file).map_err(|e| input(format!("{}: {e}", file.display())))?;
+    let root_bytes =
+        std::fs::read(root).map_err(|e| input(format!("--root {}: {e}", root.display())))?;
+    let root_cert = match std::str::from_utf8(&root_bytes) {
+        Ok(t) if t.contains("-----BEGIN") => ca_core::certificate_from_pem(t)
+            .map_err(|e| input(format!("--root {}: {e}", root.display())))?,
+        _ => x509_cert::Certificate::from_der(&root_bytes)
+            .map_err(|e| input(format!("--root {}: not a certificate: {e}", root.display())))?,
+    };
+    let signer_policy = match policy_oid {
+        Some(o) => {
+            ObjectIdentifier::new(o).map_err(|e| input(format!("--policy-oid {o:?}: {e}")))?
+        }
+        None => {
+            let dir = home.policies_dir();
+            let profiles = if dir.is_dir() {
+                policies::ProfileSet::load_dir(&dir).map_err(|e| input(e.to_string()))?
+            } else {
+                policies::ProfileSet::builtin()
+            };
+            profiles
+                .get("trust-update-signer")
+                .and_then(|p| p.policy_oid())
+                .ok_or_else(|| {
+                    input("no trust-update-signer profile with a policy-oid: give --policy-oid")
+                })?
+        }
+    };
+    let device: Option<Eui64> = device
+        .map(|d| d.parse().map_err(|e| input(format!("--device-id: {e}"))))
+        .transpose()?;
+    let opts = VerifyOptions {
+        signer_policy,
+        device,
+        after_seq: after,
+        now: std::time::SystemTime::now(),
+    };
+    let v = verify_update(&der, &root_cert, &opts).map_err(|e| {
+        input(format!(
+            "{}: the update does not verify: {e}",
+            file.display()
+        ))
+    })?;
+    let removed: Vec<String> = v
+        .removed
+        .iter()
+        .map(|k| hex::encode(ca_core::key_identifier(k)))
+        .collect();
+    let added: Vec<serde_json::Value> = v
+        .added
+        .iter()
+        .map(|c| {
+            json!({
+                "serial": hex::encode(c.tbs_certificate.serial_number.as_bytes()),
+                "subject": c.tbs_certificate.subject.to_string(),
+                "key_id": hex::encode(ca_core::key_identifier(&c.tbs_certificate.subject_public_key_info)),
+            })
+        })
+        .collect();
+    let devices: Vec<String> = v.devices.iter().map(|d| d.to_string()).collect();
+    let signer_serial = hex::encode(v.signer.tbs_certificate.serial_number.as_bytes());
+    if json_out {
+        print_json(&json!({
+            "verified": true, "seq": v.seq, "hw_type": v.hw_type.to_string(), "devices": devices,
+            "remove_key_ids": removed, "add": added, "signer": v.signer.tbs_certificate.subject.to_string(),
+            "signer_serial": signer_serial, "content_bytes": v.content.len(), "bytes": der.len(),
+            "root_sha256": hex::encode(ca_core::sha256(&root_cert.to_der()?)),
+        }))?;
+    } else {
+        println!(
+            "verified: seq {} for {} (hwType {}), signed by {} (serial {signer_serial})",
+            v.seq,
+            devices.join(", "),
+            v.hw_type,
+            v.signer.tbs_certificate.subject
+        );
+        for k in &removed {
+            println!("  remove key {k}");
+        }
+        for a in &added {
+            println!(
+                "  add certificate {} {}",
+                a["serial"].as_str().unwrap_or(""),
+                a["subject"].as_str().unwrap_or("")
+            );
+        }
+    }
+    Ok(())
+}
