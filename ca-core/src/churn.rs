@@ -110,6 +110,26 @@ pub struct Done {
     pub seq: Option<u64>,
 }
 
+/// A chunk's updates, signed and verified, not yet written or stored.
+#[derive(Debug, Default)]
+pub struct SignedChunk {
+    seqs: Vec<u64>,
+    ders: Vec<Vec<u8>>,
+}
+
+/// A chunk names each meter once: two moves of one meter in one write would be planned from
+/// the same state.
+fn check_distinct(plans: &[Plan]) -> Result<(), ChurnError> {
+    let mut seen = HashSet::new();
+    match plans.iter().find(|p| !seen.insert(p.device)) {
+        Some(p) => Err(ChurnError::Internal(format!(
+            "device {} planned twice in one chunk",
+            p.device
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Where updates go: one file per meter, or one NDJSON stream.
 pub trait UpdateSink: Send {
     /// Writes one meter's update.
@@ -471,36 +491,62 @@ impl Churn {
         &self,
         plans: &[Plan],
         op: &str,
+        sink: Option<&mut dyn UpdateSink>,
+    ) -> Result<Vec<Result<Done, ChurnError>>, ChurnError> {
+        let signed = match sink.is_some() {
+            true => Some(self.sign_chunk(plans)?),
+            false => {
+                check_distinct(plans)?;
+                None
+            }
+        };
+        self.commit_chunk(plans, signed, op, sink)
+    }
+
+    /// First half of [`Churn::execute`]: sequence numbers reserved (durably: a chunk that fails
+    /// later skips its numbers, never reuses them), then one update built, signed and verified
+    /// per plan.
+    pub fn sign_chunk(&self, plans: &[Plan]) -> Result<SignedChunk, ChurnError> {
+        check_distinct(plans)?;
+        if plans.is_empty() {
+            return Ok(SignedChunk::default());
+        }
+        let first = self
+            .store
+            .reserve_counter(SEQ_COUNTER, plans.len() as u64)?;
+        let seqs: Vec<u64> = (0..plans.len() as u64).map(|i| first + i).collect();
+        let ders = self.sign_all(plans, &seqs)?;
+        Ok(SignedChunk { seqs, ders })
+    }
+
+    /// Second half: the updates written to `sink` and synced, then the moves stored in one
+    /// write, flushed. Only then are the meters reported done.
+    pub fn commit_chunk(
+        &self,
+        plans: &[Plan],
+        signed: Option<SignedChunk>,
+        op: &str,
         mut sink: Option<&mut dyn UpdateSink>,
     ) -> Result<Vec<Result<Done, ChurnError>>, ChurnError> {
         if plans.is_empty() {
             return Ok(Vec::new());
         }
-        let mut seen = HashSet::new();
-        if let Some(p) = plans.iter().find(|p| !seen.insert(p.device)) {
-            return Err(ChurnError::Internal(format!(
-                "device {} planned twice in one chunk",
-                p.device
-            )));
-        }
-        let seqs: Option<Vec<u64>> = match sink.as_mut() {
-            Some(sink) => {
-                // Built and signed before anything is reserved: a chunk that cannot be signed
-                // (HSM down) consumes no sequence number... except that the number is inside
-                // the signed content, so reserve first; a failed chunk skips its numbers.
-                let first = self
-                    .store
-                    .reserve_counter(SEQ_COUNTER, plans.len() as u64)?;
-                let seqs: Vec<u64> = (0..plans.len() as u64).map(|i| first + i).collect();
-                let signed = self.sign_all(plans, &seqs)?;
-                for ((p, seq), der) in plans.iter().zip(&seqs).zip(&signed) {
+        let seqs = match (signed, sink.as_mut()) {
+            (Some(signed), Some(sink)) => {
+                if signed.seqs.len() != plans.len() {
+                    return Err(ChurnError::Internal(
+                        "signed chunk does not match its plans".into(),
+                    ));
+                }
+                for ((p, seq), der) in plans.iter().zip(&signed.seqs).zip(&signed.ders) {
                     sink.put(&p.device, *seq, der)?;
                 }
                 sink.sync()?;
                 crate::failpoint("churn.before-commit");
-                Some(seqs)
+                Some(signed.seqs)
             }
-            None => None,
+            (None, None) => None,
+            _ => return Err(ChurnError::Internal("updates without a sink".into())),
         };
         let moves: Vec<MeterMove> = plans
             .iter()
@@ -771,58 +817,84 @@ impl Churn {
         op: &OpRecord,
         chunk: usize,
         sink: &mut dyn UpdateSink,
-        progress: &mut dyn FnMut(u64),
+        progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<(u64, Vec<(String, ChurnError)>), ChurnError> {
         let updates = Churn::prepare(
             &self.certs_by_serial(&op.remove)?,
             &self.certs_by_serial(&op.add)?,
         )?;
         let moving = op.from != op.to;
-        let mut done = 0u64;
         let mut refused = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            // Moved meters leave A's index behind the cursor; the cursor also steps over
-            // meters that could not be planned.
-            let page = self
-                .store
-                .meters_of_supplier(&op.from, after.as_deref(), chunk)?;
-            if page.is_empty() {
-                break;
-            }
-            after = page.last().cloned();
-            let mut plans = Vec::with_capacity(page.len());
-            for d in &page {
-                if !moving
-                    && self.store.meter_update(d)?.map(|u| u.op).as_deref() == Some(op.id.as_str())
-                {
-                    continue;
+        // Two stages: this thread plans and signs chunk k+1 while the committer writes chunk k's
+        // updates, syncs them and stores its moves, in chunk order.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<Plan>, SignedChunk)>(1);
+        let (done, commit_refused) = std::thread::scope(|scope| {
+            let committer = scope.spawn(
+                move || -> Result<(u64, Vec<(String, ChurnError)>), ChurnError> {
+                    let mut done = 0u64;
+                    let mut refused = Vec::new();
+                    for (plans, signed) in rx {
+                        let results =
+                            self.commit_chunk(&plans, Some(signed), &op.id, Some(&mut *sink))?;
+                        for (p, r) in plans.iter().zip(results) {
+                            match r {
+                                Ok(_) => done += 1,
+                                Err(e) => refused.push((p.device.to_string(), e)),
+                            }
+                        }
+                        progress(done);
+                    }
+                    Ok((done, refused))
+                },
+            );
+            let produced = (|| -> Result<(), ChurnError> {
+                let mut after: Option<String> = None;
+                loop {
+                    // The cursor steps over meters already planned (moved ones leave A's index
+                    // behind it) and over meters that could not be planned.
+                    let page = self
+                        .store
+                        .meters_of_supplier(&op.from, after.as_deref(), chunk)?;
+                    if page.is_empty() {
+                        return Ok(());
+                    }
+                    after = page.last().cloned();
+                    let mut plans = Vec::with_capacity(page.len());
+                    for d in &page {
+                        if !moving
+                            && self.store.meter_update(d)?.map(|u| u.op).as_deref()
+                                == Some(op.id.as_str())
+                        {
+                            continue;
+                        }
+                        let device: Eui64 = d
+                            .parse()
+                            .map_err(|e| ChurnError::Internal(format!("stored meter {d}: {e}")))?;
+                        match meter_hw_type(self.store.as_ref(), &device) {
+                            Ok(hw_type) => plans.push(Plan {
+                                device,
+                                hw_type,
+                                from: Some(op.from.clone()),
+                                to: op.to.clone(),
+                                updates: updates.clone(),
+                            }),
+                            Err(e) => refused.push((d.clone(), e)),
+                        }
+                    }
+                    let signed = self.sign_chunk(&plans)?;
+                    if tx.send((plans, signed)).is_err() {
+                        // The committer stopped on an error; it is reported below.
+                        return Ok(());
+                    }
                 }
-                let device: Eui64 = d
-                    .parse()
-                    .map_err(|e| ChurnError::Internal(format!("stored meter {d}: {e}")))?;
-                match meter_hw_type(self.store.as_ref(), &device) {
-                    Ok(hw_type) => plans.push(Plan {
-                        device,
-                        hw_type,
-                        from: Some(op.from.clone()),
-                        to: op.to.clone(),
-                        updates: updates.clone(),
-                    }),
-                    Err(e) => refused.push((d.clone(), e)),
-                }
-            }
-            for (p, r) in plans
-                .iter()
-                .zip(self.execute(&plans, &op.id, Some(&mut *sink))?)
-            {
-                match r {
-                    Ok(_) => done += 1,
-                    Err(e) => refused.push((p.device.to_string(), e)),
-                }
-            }
-            progress(done);
-        }
+            })();
+            drop(tx);
+            let committed = committer
+                .join()
+                .map_err(|_| ChurnError::Internal("the committer thread panicked".into()))??;
+            produced.map(|()| committed)
+        })?;
+        refused.extend(commit_refused);
         Ok((done, refused))
     }
 
