@@ -105,6 +105,56 @@ echo "without a client certificate:"
 curl -sS --cacert "$DEMO/creds/ca.pem" -X POST "$URL/v1/batches"; echo
 kill -TERM "$SERVER"; wait "$SERVER" || true
 
+say "Suppliers and churn: registry, keys, meters, a change of supplier and a takeover"
+A=90-B3-D5-1F-30-00-00-0A; B=90-B3-D5-1F-30-00-00-0B
+"$M" supplier register --id "$A" --name "Alpha Energy"
+"$M" supplier register --id "$B" --name "Beta Power"
+for who in a b; do
+  for use in signing key-agreement; do
+    openssl ecparam -name prime256v1 -genkey -noout -out "$DEMO/$who-$use.key"
+    openssl req -new -key "$DEMO/$who-$use.key" -subj "/" -out "$DEMO/$who-$use.csr"
+  done
+done
+for use in signing key-agreement; do
+  "$M" supplier enrol --id "$A" --profile "supplier-$use" --csr "$DEMO/a-$use.csr" --out "$DEMO/a-$use.pem"
+  "$M" supplier enrol --id "$B" --profile "supplier-$use" --csr "$DEMO/b-$use.csr" --out "$DEMO/b-$use.pem"
+done
+echo "Every meter of the factory batch goes to Alpha Energy (a CSV file):"
+python3 - "$DEMO" "$A" <<'PY'
+import json, sys
+d, a = sys.argv[1], sys.argv[2]
+with open(f"{d}/assign.csv", "w") as f:
+    f.write("device_id,supplier\n")
+    for l in open(f"{d}/line-1.ndjson"):
+        f.write(f'{json.loads(l)["device_id"]},{a}\n')
+PY
+"$M" meter assign --file "$DEMO/assign.csv"
+D=$(sed -n 2p "$DEMO/assign.csv" | cut -d, -f1)
+echo "A change of supplier for $D, with its trust-anchor update:"
+"$M" meter change-supplier --device-id "$D" --to "$B" --updates-out "$DEMO/updates-change"
+openssl cms -verify -inform DER -in "$DEMO/updates-change/$D.tamp.der" -CAfile "$METERPKI_HOME/ca/root.pem" \
+  -purpose any -binary -out "$DEMO/update-content.der"
+openssl asn1parse -inform DER -in "$DEMO/update-content.der" | head -12
+"$M" update verify "$DEMO/updates-change/$D.tamp.der" --root "$METERPKI_HOME/ca/root.pem" --device-id "$D"
+echo "An update altered by one byte is refused:"
+python3 -c 'import sys; b=bytearray(open(sys.argv[1],"rb").read()); b[len(b)//2]^=1; open(sys.argv[2],"wb").write(b)' \
+  "$DEMO/updates-change/$D.tamp.der" "$DEMO/altered.der"
+if "$M" update verify "$DEMO/altered.der" --root "$METERPKI_HOME/ca/root.pem"; then
+  echo "UNEXPECTED: an altered update verified" >&2; exit 1
+fi
+echo "Beta Power takes over Alpha Energy: A's certificates revoked, CRLs republished, every meter moved:"
+"$M" supplier takeover --from "$A" --to "$B" --updates-out "$DEMO/updates-takeover"
+echo "$(ls "$DEMO/updates-takeover" | wc -l) update files; one checked by openssl:"
+openssl cms -verify -inform DER -in "$DEMO/updates-takeover/$(ls "$DEMO/updates-takeover" | head -n1)" \
+  -CAfile "$METERPKI_HOME/ca/root.pem" -purpose any -binary -out /dev/null
+cat "$METERPKI_HOME/ca/root.pem" "$METERPKI_HOME/ca/organisation.pem" > "$DEMO/org-chain.pem"
+for f in "$METERPKI_HOME"/crl/organisation/*.crl; do openssl crl -inform DER -in "$f"; done > "$DEMO/org-crls.pem"
+echo "Alpha Energy's signing certificate against the republished CRLs (must fail):"
+if openssl verify -crl_check -CAfile "$DEMO/org-chain.pem" -CRLfile "$DEMO/org-crls.pem" "$DEMO/a-signing.pem"; then
+  echo "UNEXPECTED: a certificate of the acquired supplier verified" >&2; exit 1
+fi
+"$M" supplier list
+
 say "meterpki status"
 "$M" status
 
@@ -112,4 +162,3 @@ say "meterpki audit verify"
 "$M" audit verify
 
 say "Done. Home: $METERPKI_HOME   Shares: $DEMO/shares"
-echo "Next: supplier churn and trust-anchor updates (see the README)."
