@@ -492,7 +492,12 @@ fn every_operation_makes_updates_that_openssl_and_a_meter_accept() {
         openssl_verify(&s, &f).expect("openssl");
     }
 
-    // Exit of X (no meters) to B, then a takeover into the exited X is refused.
+    // Exit of X (one meter) to B, then a takeover into the exited X is refused.
+    s.run(
+        "h",
+        &["meter", "assign", "--device-id", &ids[5], "--supplier", X],
+    )
+    .ok();
     s.run(
         "h",
         &[
@@ -508,6 +513,19 @@ fn every_operation_makes_updates_that_openssl_and_a_meter_accept() {
     )
     .ok();
     assert_eq!(supplier(&s, X)["state"], "exited");
+    assert_eq!(meter(&s, &ids[5])["supplier"], B);
+    let f = p(&s, &format!("exit/{}.tamp.der", ids[5]));
+    openssl_verify(&s, &f).expect("openssl verifies the exit's update");
+    let v = verify(&s, &f, &["--device-id", &ids[5]]).unwrap();
+    assert_eq!(
+        v["remove_key_ids"].as_array().unwrap().len(),
+        1,
+        "X's one key"
+    );
+    assert!(v["add"][0]["subject"]
+        .as_str()
+        .unwrap()
+        .contains("Beta Power"));
     s.run(
         "h",
         &[
@@ -555,7 +573,7 @@ fn every_operation_makes_updates_that_openssl_and_a_meter_accept() {
     .ok();
     assert_eq!(supplier(&s, A)["state"], "acquired");
     assert_eq!(supplier(&s, A)["meters"], 0);
-    assert_eq!(supplier(&s, B)["meters"], 5);
+    assert_eq!(supplier(&s, B)["meters"], 6);
     let a_sign_2 = s.path("a-sign-2-cert.pem");
     let a_certs = s
         .run("h", &["show", "--device-id", A, "--json"])
