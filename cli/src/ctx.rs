@@ -133,6 +133,50 @@ impl Ctx {
         ))
     }
 
+    /// The certificate of an HSM key meterpki's own services use (the API server, the
+    /// trust-update signer): the one in `path` while it certifies this key and has more than 30
+    /// days left, else a new one issued through `engine` from `request` and written to `path`.
+    /// Returns the DER and, when one was issued, its record.
+    pub fn service_certificate(
+        &self,
+        engine: &ca_core::issue::Engine,
+        path: &Path,
+        spki: &spki::SubjectPublicKeyInfoOwned,
+        request: impl FnOnce() -> Result<ca_core::issue::Request>,
+    ) -> Result<(Vec<u8>, Option<ca_core::CertRecord>)> {
+        use der::Encode;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let reuse = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|pem| ca_core::certificate_from_pem(&pem).ok())
+            .filter(|c| {
+                let left = c
+                    .tbs_certificate
+                    .validity
+                    .not_after
+                    .to_unix_duration()
+                    .as_secs() as i64
+                    - now;
+                c.tbs_certificate.subject_public_key_info.to_der().ok() == spki.to_der().ok()
+                    && left > 30 * 86_400
+            });
+        if let Some(c) = reuse {
+            return Ok((c.to_der()?, None));
+        }
+        let out = engine
+            .issue_request(request()?)
+            .map_err(|e| anyhow::anyhow!("issuing {}: {e}", path.display()))?;
+        let pem = der::pem::encode_string("CERTIFICATE", der::pem::LineEnding::LF, &out.record.der)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        ca_core::write_atomic(path, pem.as_bytes(), 0o644)?;
+        eprintln!(
+            "issued {} (serial {})",
+            path.display(),
+            out.record.serial_hex()
+        );
+        Ok((out.record.der.clone(), Some(out.record)))
+    }
+
     /// CRL sharding and publication settings from the config.
     pub fn crl_settings(&self) -> ca_core::issue::CrlSettings {
         ca_core::issue::CrlSettings {

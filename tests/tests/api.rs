@@ -763,7 +763,8 @@ fn the_api_limits_each_account_and_finishes_in_flight_batches_at_sigterm() {
         "line-all",
         &["--device-range", "00-00-00-00-00-00-00-00/0"],
     );
-    let big = json!({"request_id": "big-1", "items": items(&s, 4000, &[])}).to_string();
+    // The largest batch the API takes, so that it is still in flight when the probe arrives.
+    let big = json!({"request_id": "big-1", "items": items(&s, 10_000, &[])}).to_string();
     let small = json!({"request_id": "small-1", "items": items(&s, 1, &[])}).to_string();
     std::fs::write(s.path("big.json"), &big).unwrap();
     let srv = Server::start_with(&s, &["--per-account-limit", "1"]);
@@ -788,8 +789,8 @@ fn the_api_limits_each_account_and_finishes_in_flight_batches_at_sigterm() {
     let mut first = bg("big");
     // While the big batch is being issued, another request of the same account gets 429.
     let mut saw_429 = false;
-    for _ in 0..200 {
-        std::thread::sleep(std::time::Duration::from_millis(50));
+    for _ in 0..1000 {
+        std::thread::sleep(std::time::Duration::from_millis(10));
         let (code, body) = curl(
             &s,
             &srv,

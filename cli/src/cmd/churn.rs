@@ -9,7 +9,7 @@ use ca_core::churn::{Churn, ChurnError, DirSink, NdjsonSink, OpRecord, UpdateSin
 use ca_core::issue::{tls_request, Engine, KeySource, Subject};
 use ca_core::tamp::UpdateSigner;
 use ca_core::{certificate_from_pem, CaKind, KeyAlgorithm, Signer};
-use der::Encode;
+use der::Decode;
 use hsm_bridge::Token;
 use serde_json::json;
 
@@ -45,57 +45,29 @@ pub fn update_signer(ctx: &Ctx, online: &Arc<Token>, engine: &Engine) -> Result<
         None => online.generate_ec_key(UPDATE_KEY_LABEL, KeyAlgorithm::EcP256)?,
     };
     let cert_path = ctx.home.ca_dir().join("trust-update-signer.pem");
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let reuse = std::fs::read_to_string(&cert_path)
-        .ok()
-        .and_then(|pem| certificate_from_pem(&pem).ok())
-        .filter(|c| {
-            let left = c
-                .tbs_certificate
-                .validity
-                .not_after
-                .to_unix_duration()
-                .as_secs() as i64
-                - now;
-            c.tbs_certificate.subject_public_key_info.to_der().ok() == key.spki.to_der().ok()
-                && left > 30 * 86_400
-        });
-    let cert = match reuse {
-        Some(c) => c,
-        None => {
-            let request = tls_request(
-                engine.profiles(),
-                UPDATE_PROFILE,
-                Subject::Tls {
-                    common_name: "meterpki trust-update signer".into(),
-                    unit: None,
-                    dns: Vec::new(),
-                    ips: Vec::new(),
-                },
-                KeySource::Spki(key.spki.clone()),
-                true,
-            )
-            .map_err(|e| input(e.to_string()))?;
-            let out = engine
-                .issue_request(request)
-                .map_err(|e| anyhow::anyhow!("issuing the trust-update signer certificate: {e}"))?;
-            let pem =
-                der::pem::encode_string("CERTIFICATE", der::pem::LineEnding::LF, &out.record.der)
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-            ca_core::write_atomic(&cert_path, pem.as_bytes(), 0o644)?;
-            ctx.audit(ctx.store()?).append(
-                "trust-update-signer.issue",
-                &os_user(),
-                json!({"serial": out.record.serial_hex(), "certificate": cert_path}),
-            )?;
-            eprintln!(
-                "issued the trust-update signer certificate {} (serial {})",
-                cert_path.display(),
-                out.record.serial_hex()
-            );
-            certificate_from_pem(&pem)?
-        }
-    };
+    let (der, issued) = ctx.service_certificate(engine, &cert_path, &key.spki, || {
+        tls_request(
+            engine.profiles(),
+            UPDATE_PROFILE,
+            Subject::Tls {
+                common_name: "meterpki trust-update signer".into(),
+                unit: None,
+                dns: Vec::new(),
+                ips: Vec::new(),
+            },
+            KeySource::Spki(key.spki.clone()),
+            true,
+        )
+        .map_err(|e| input(e.to_string()))
+    })?;
+    if let Some(rec) = issued {
+        ctx.audit(ctx.store()?).append(
+            "trust-update-signer.issue",
+            &os_user(),
+            json!({"serial": rec.serial_hex(), "certificate": cert_path}),
+        )?;
+    }
+    let cert = x509_cert::Certificate::from_der(&der)?;
     let signer: Arc<dyn Signer> = Arc::new(online.signer(UPDATE_KEY_LABEL)?);
     UpdateSigner::new(signer, cert, vec![org]).context("the trust-update signer")
 }

@@ -56,52 +56,22 @@ pub fn run(
     };
     let server_signer: Arc<dyn Signer> = Arc::new(online.signer(SERVER_KEY_LABEL)?);
     let cert_path = ctx.home.ca_dir().join("api-server.pem");
-    let reuse = std::fs::read_to_string(&cert_path)
-        .ok()
-        .and_then(|pem| certificate_from_pem(&pem).ok())
-        .filter(|c| {
-            let left = c
-                .tbs_certificate
-                .validity
-                .not_after
-                .to_unix_duration()
-                .as_secs() as i64
-                - time::OffsetDateTime::now_utc().unix_timestamp();
-            c.tbs_certificate.subject_public_key_info.to_der().ok() == key.spki.to_der().ok()
-                && left > 30 * 86_400
-        });
-    let server_cert = match reuse {
-        Some(c) => c.to_der()?,
-        None => {
-            let subject = Subject::Tls {
-                common_name: "meterpki API".into(),
-                unit: None,
-                dns: dns.clone(),
-                ips: ips.clone(),
-            };
-            let request = tls_request(
-                engine.profiles(),
-                "api-server",
-                subject,
-                KeySource::Spki(key.spki.clone()),
-                true,
-            )
-            .map_err(|e| input(e.to_string()))?;
-            let out = engine
-                .issue_request(request)
-                .map_err(|e| anyhow::anyhow!("issuing the server certificate: {e}"))?;
-            let pem =
-                der::pem::encode_string("CERTIFICATE", der::pem::LineEnding::LF, &out.record.der)
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-            ca_core::write_atomic(&cert_path, pem.as_bytes(), 0o644)?;
-            eprintln!(
-                "issued the server certificate {} (serial {})",
-                cert_path.display(),
-                out.record.serial_hex()
-            );
-            out.record.der
-        }
-    };
+    let (server_cert, _) = ctx.service_certificate(&engine, &cert_path, &key.spki, || {
+        let subject = Subject::Tls {
+            common_name: "meterpki API".into(),
+            unit: None,
+            dns: dns.clone(),
+            ips: ips.clone(),
+        };
+        tls_request(
+            engine.profiles(),
+            "api-server",
+            subject,
+            KeySource::Spki(key.spki.clone()),
+            true,
+        )
+        .map_err(|e| input(e.to_string()))
+    })?;
     let access = certificate_from_pem(&std::fs::read_to_string(ctx.home.ca_cert(CaKind::Access))?)?;
     let root = certificate_from_pem(&std::fs::read_to_string(ctx.home.ca_cert(CaKind::Root))?)?;
 

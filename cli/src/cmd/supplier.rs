@@ -341,25 +341,35 @@ fn rotate(ctx: &Ctx, a: &EnrolArgs, updates: &UpdatesOut, chunk: usize) -> Resul
         )?;
         write_cert(a, &out.record)?;
     }
-    let published = republish_org(ctx, &online)?;
+    let extra = json!({"new_serial": op.add.first(), "superseded_serial": op.remove.first()});
+    finish(ctx, &online, &churn, op, chunk, sink.as_mut(), extra)
+}
+
+/// The end of every journaled operation: the Organisation CA's CRLs republished (its
+/// revocations must be seen at once), the meters updated unless a run already completed it, an
+/// audit event, the report.
+fn finish(
+    ctx: &Ctx,
+    online: &Arc<Token>,
+    churn: &Churn,
+    mut op: OpRecord,
+    chunk: usize,
+    sink: &mut dyn UpdateSink,
+    mut extra: serde_json::Value,
+) -> Result<()> {
+    let published = republish_org(ctx, online)?;
     let (done, refused) = if op.is_complete() {
         (0, Vec::new())
     } else {
-        run_op(ctx, &churn, &mut op, chunk, sink.as_mut())?
+        run_op(ctx, churn, &mut op, chunk, sink)?
     };
-    ctx.audit(store).append(
-        "supplier.rotate.updates",
+    ctx.audit(ctx.store()?).append(
+        &format!("supplier.{}.updates", op.kind),
         &os_user(),
         json!({"operation": op.id, "meters_updated": done, "refused": refused.len(), "state": op.state, "updates": sink.location()}),
     )?;
-    report(
-        ctx,
-        &op,
-        done,
-        &refused,
-        sink.as_ref(),
-        json!({"new_serial": op.add.first(), "superseded_serial": op.remove.first(), "crls_published": published.len()}),
-    )
+    extra["crls_published"] = json!(published.len());
+    report(ctx, &op, done, &refused, sink, extra)
 }
 
 fn revoke_key(
@@ -390,7 +400,7 @@ fn revoke_key(
     }
     let churn = churn(ctx, &online, &engine)?;
     let id = format!("revoke-key:{}", rec.serial_hex());
-    let mut op = churn
+    let op = churn
         .begin_key_change(&id, "revoke-key", &rec.subject_id, &rec)
         .map_err(churn_err)?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
@@ -410,25 +420,8 @@ fn revoke_key(
             json!({"supplier": rec.subject_id, "serial": rec.serial_hex(), "profile": rec.profile, "reason": reason.name(), "operation": op.id}),
         )?;
     }
-    let published = republish_org(ctx, &online)?;
-    let (done, refused) = if op.is_complete() {
-        (0, Vec::new())
-    } else {
-        run_op(ctx, &churn, &mut op, chunk, sink.as_mut())?
-    };
-    ctx.audit(store).append(
-        "supplier.revoke-key.updates",
-        &os_user(),
-        json!({"operation": op.id, "meters_updated": done, "refused": refused.len(), "state": op.state, "updates": sink.location()}),
-    )?;
-    report(
-        ctx,
-        &op,
-        done,
-        &refused,
-        sink.as_ref(),
-        json!({"serial": rec.serial_hex(), "reason": reason.name(), "already_revoked": !first_time, "crls_published": published.len()}),
-    )
+    let extra = json!({"serial": rec.serial_hex(), "reason": reason.name(), "already_revoked": !first_time});
+    finish(ctx, &online, &churn, op, chunk, sink.as_mut(), extra)
 }
 
 /// Takeover and exit.
@@ -467,7 +460,7 @@ fn end(
             return Ok(());
         }
     }
-    let (mut op, revoked) = churn
+    let (op, revoked) = churn
         .begin_supplier_end(kind, &from, &to)
         .map_err(churn_err)?;
     ctx.audit(store.clone()).append(
@@ -476,19 +469,6 @@ fn end(
         json!({"from": from, "to": to, "operation": op.id, "revoked_now": revoked.iter().map(CertRecord::serial_hex).collect::<Vec<_>>(), "reason": "cessationOfOperation"}),
     )?;
     // A's certificates are revoked: every relying party sees it now, not at the next refresh.
-    let published = republish_org(ctx, &online)?;
-    let (done, refused) = run_op(ctx, &churn, &mut op, chunk, sink.as_mut())?;
-    ctx.audit(store).append(
-        &format!("supplier.{kind}.updates"),
-        &os_user(),
-        json!({"operation": op.id, "meters_moved": done, "refused": refused.len(), "state": op.state, "updates": sink.location()}),
-    )?;
-    report(
-        ctx,
-        &op,
-        done,
-        &refused,
-        sink.as_ref(),
-        json!({"revoked": revoked.len(), "crls_published": published.len()}),
-    )
+    let extra = json!({"revoked": revoked.len()});
+    finish(ctx, &online, &churn, op, chunk, sink.as_mut(), extra)
 }
