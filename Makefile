@@ -11,6 +11,7 @@ demo: deps
 	./scripts/demo.sh
 
 test: deps
+	$(CARGO) build -p meterpki-pkcs11-faults   # the fault-injecting PKCS#11 module the fault tests load
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 	  $(CARGO) nextest run --workspace --no-fail-fast; \
 	else \

@@ -187,6 +187,14 @@ pub struct HsmConfig {
     /// Sessions in the signing pool (one per worker thread).
     #[serde(default = "default_sessions")]
     pub sessions: usize,
+    /// A signature slower than this (milliseconds) counts as an HSM failure: the CLI stops with
+    /// exit 1, the server answers 503 and reports not ready, the session is replaced.
+    #[serde(default = "default_sign_timeout_ms")]
+    pub sign_timeout_ms: u64,
+}
+
+fn default_sign_timeout_ms() -> u64 {
+    10_000
 }
 
 /// The API server.
@@ -245,6 +253,12 @@ impl Config {
             field: field.into(),
             reason: reason.into(),
         };
+        if !(100..=600_000).contains(&self.hsm.sign_timeout_ms) {
+            return Err(invalid(
+                "hsm.sign_timeout_ms",
+                "must be between 100 and 600000 (milliseconds)",
+            ));
+        }
         if !(1..=64).contains(&self.hsm.sessions) {
             return Err(invalid("hsm.sessions", "must be between 1 and 64"));
         }

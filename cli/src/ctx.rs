@@ -41,10 +41,36 @@ impl Ctx {
         Ok(Hsm::load(&self.config.hsm.module)?)
     }
 
-    /// The online token, logged in with the PIN from its configured source.
+    /// The online token, logged in with the PIN from its configured source, with a watchdog:
+    /// a signature pending longer than `hsm.sign_timeout_ms` (a hung HSM) stops the command
+    /// with exit 1 (what was answered is stored; nothing unanswered is).
     pub fn online(&self, hsm: &Hsm) -> Result<Arc<Token>> {
+        let token = self.online_unwatched(hsm)?;
+        let watched = Arc::downgrade(&token);
+        let limit = token.sign_timeout();
+        std::thread::spawn(move || loop {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let Some(t) = watched.upgrade() else { return };
+            if let Some(d) = t.oldest_sign_in_progress().filter(|d| *d > limit) {
+                eprintln!(
+                    "error: the HSM has not answered a signature for {} ms (hsm.sign_timeout_ms = {}): stopping; nothing unanswered was stored",
+                    d.as_millis(),
+                    limit.as_millis()
+                );
+                std::process::exit(1);
+            }
+        });
+        Ok(token)
+    }
+
+    /// The online token without the watchdog (the server answers 503 instead of stopping).
+    pub fn online_unwatched(&self, hsm: &Hsm) -> Result<Arc<Token>> {
         let pin = crate::pin::online_pin(&self.home, &self.config)?;
-        Ok(hsm.open(&self.config.hsm.online_token, pin, self.config.hsm.sessions)?)
+        let token = hsm.open(&self.config.hsm.online_token, pin, self.config.hsm.sessions)?;
+        token.set_sign_timeout(std::time::Duration::from_millis(
+            self.config.hsm.sign_timeout_ms,
+        ));
+        Ok(token)
     }
 
     /// An issuing CA ready to sign: its certificate from `ca/<kind>.pem` and a signer for its

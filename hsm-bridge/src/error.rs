@@ -37,6 +37,16 @@ pub enum HsmError {
         /// The labels that do exist.
         available: String,
     },
+    /// A signature took longer than the token's sign timeout: the session is thrown away.
+    #[error("the HSM took {elapsed_ms} ms to sign on token {label:?} (limit {limit_ms} ms): the signature is not used and the session is replaced")]
+    Timeout {
+        /// The token.
+        label: String,
+        /// How long it took.
+        elapsed_ms: u128,
+        /// The limit.
+        limit_ms: u128,
+    },
     /// The PIN was refused.
     #[error("login to token {label:?} refused: the PIN is incorrect (C_Login returned CKR_PIN_INCORRECT)")]
     PinIncorrect {

@@ -16,7 +16,7 @@ mod signer;
 pub use bench::{bench_bare_cryptoki, bench_signer, BenchFigure};
 pub use error::{ckr_name, HsmError};
 pub use module::{Hsm, ObjectSummary, TokenSummary};
-pub use pool::{KeyInfo, Token};
+pub use pool::{KeyInfo, Token, DEFAULT_SIGN_TIMEOUT};
 pub use signer::HsmSigner;
 
 /// Re-exported so callers can hold PINs without depending on `secrecy` directly.

@@ -6,6 +6,10 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// How long one signature may take by default before it counts as a failure.
+pub const DEFAULT_SIGN_TIMEOUT: Duration = Duration::from_secs(10);
 
 use ca_core::{spki_from_point, KeyAlgorithm};
 use cryptoki::context::Function;
@@ -38,6 +42,8 @@ pub struct KeyInfo {
 pub(crate) struct PooledSession {
     pub(crate) session: Session,
     keys: HashMap<String, ObjectHandle>,
+    /// Set when the session answered too slowly: it is discarded rather than reused.
+    poisoned: bool,
 }
 
 impl PooledSession {
@@ -94,6 +100,11 @@ pub struct Token {
     size: usize,
     state: Mutex<PoolState>,
     available: Condvar,
+    /// A signature slower than this is an error (the HSM hung or is failing).
+    sign_timeout: Mutex<Duration>,
+    /// Start times of the signatures in progress, by ticket.
+    in_flight: Mutex<HashMap<u64, Instant>>,
+    next_ticket: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Token {
@@ -123,6 +134,9 @@ impl Token {
                 open: 0,
             }),
             available: Condvar::new(),
+            sign_timeout: Mutex::new(DEFAULT_SIGN_TIMEOUT),
+            in_flight: Mutex::new(HashMap::new()),
+            next_ticket: std::sync::atomic::AtomicU64::new(0),
         });
         // Open and log in one session now, so a wrong PIN or a missing token fails here.
         let first = token.new_session()?;
@@ -132,6 +146,27 @@ impl Token {
             st.idle.push(first);
         }
         Ok(token)
+    }
+
+    /// Sets how long one signature may take before it counts as a failure (default 10 s).
+    pub fn set_sign_timeout(&self, limit: Duration) {
+        *self.sign_timeout.lock().unwrap_or_else(|p| p.into_inner()) = limit;
+    }
+
+    /// How long one signature may take.
+    pub fn sign_timeout(&self) -> Duration {
+        *self.sign_timeout.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How long the oldest signature still in progress has been waiting for the HSM: a hung
+    /// `C_Sign` shows here (a watchdog can act on it) while its thread is stuck in the module.
+    pub fn oldest_sign_in_progress(&self) -> Option<Duration> {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .min()
+            .map(Instant::elapsed)
     }
 
     /// The token's label.
@@ -192,6 +227,7 @@ impl Token {
         Ok(PooledSession {
             session,
             keys: HashMap::new(),
+            poisoned: false,
         })
     }
 
@@ -245,6 +281,15 @@ impl Token {
             attempt += 1;
             let mut s = self.checkout()?;
             match f(&mut s) {
+                Ok(_) if s.poisoned => {
+                    tracing::warn!(token = %self.label, "HSM session answered too slowly; replacing it");
+                    self.discard(s);
+                    return Err(HsmError::Timeout {
+                        label: self.label.clone(),
+                        elapsed_ms: 0,
+                        limit_ms: self.sign_timeout().as_millis(),
+                    });
+                }
                 Ok(v) => {
                     self.checkin(s);
                     return Ok(v);
@@ -426,7 +471,51 @@ impl Token {
 
     /// Signs `digest` with raw `CKM_ECDSA` and the key labelled `label`; returns raw r||s.
     pub(crate) fn sign_digest(&self, label: &str, digest: &[u8]) -> Result<Vec<u8>, HsmError> {
+        let ticket = self
+            .next_ticket
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let start = Instant::now();
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(ticket, start);
+        let limit = self.sign_timeout();
+        let out = self.sign_digest_untimed(label, digest, limit);
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&ticket);
+        match out {
+            Err(HsmError::Timeout {
+                label, limit_ms, ..
+            }) => Err(HsmError::Timeout {
+                label,
+                elapsed_ms: start.elapsed().as_millis(),
+                limit_ms,
+            }),
+            other => other,
+        }
+    }
+
+    fn sign_digest_untimed(
+        &self,
+        label: &str,
+        digest: &[u8],
+        limit: Duration,
+    ) -> Result<Vec<u8>, HsmError> {
         self.with_session("signing", |s| {
+            let started = Instant::now();
+            let out = Self::sign_on(s, label, digest);
+            // Too slow: whatever came back is not used, and the session is not trusted again.
+            if out.is_ok() && started.elapsed() > limit {
+                s.poisoned = true;
+            }
+            out
+        })
+    }
+
+    fn sign_on(s: &mut PooledSession, label: &str, digest: &[u8]) -> Result<Vec<u8>, CkError> {
+        {
             let key = match s.private_key(label)? {
                 Some(k) => k,
                 None => return Err(s.why_missing()),
@@ -447,7 +536,7 @@ impl Token {
                 }
                 other => other,
             }
-        })
+        }
     }
 }
 

@@ -91,6 +91,13 @@ pub struct AppState {
     pub per_account_limit: usize,
     /// HSM sessions in use and in the pool, for /metrics.
     pub pool: Arc<dyn Fn() -> (usize, usize) + Send + Sync>,
+    /// How long a batch may take at most before the client gets a 503.
+    pub batch_deadline: std::time::Duration,
+    /// True while a signature has been in the HSM longer than the sign timeout (a hung HSM):
+    /// batches then answer 503 at once rather than at the deadline.
+    pub hsm_stuck: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// How long `/readyz` waits for its probe signature.
+    pub ready_deadline: std::time::Duration,
     permits: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
@@ -115,8 +122,23 @@ impl AppState {
             ready,
             per_account_limit: per_account_limit.max(1),
             pool,
+            batch_deadline: std::time::Duration::from_secs(120),
+            hsm_stuck: Arc::new(|| false),
+            ready_deadline: std::time::Duration::from_secs(2),
             permits: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Watches the HSM: `stuck` says whether a signature has been pending longer than the sign
+    /// timeout; `/readyz` waits at most the sign timeout (capped at 2 s) for its probe.
+    pub fn with_hsm_watch(
+        mut self,
+        sign_timeout: std::time::Duration,
+        stuck: Arc<dyn Fn() -> bool + Send + Sync>,
+    ) -> AppState {
+        self.ready_deadline = sign_timeout.min(std::time::Duration::from_secs(2));
+        self.hsm_stuck = stuck;
+        self
     }
 
     fn permit(&self, account: &str) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
@@ -415,8 +437,26 @@ async fn post_batch(
     let started = Instant::now();
     let engine = state.engine.clone();
     let atomic = req.atomic;
-    let results = tokio::task::spawn_blocking(move || engine.issue_batch(&items, &limits, atomic))
-        .await
+    // A hung HSM must not hold the client forever: past the deadline the client gets a 503;
+    // the signatures still in the HSM then fail on their own (slower than the token's sign
+    // timeout, they are not used), so nothing is stored for them.
+    let mut work = tokio::task::spawn_blocking(move || engine.issue_batch(&items, &limits, atomic));
+    let results = loop {
+        tokio::select! {
+            joined = &mut work => break joined,
+            _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {
+                if (state.hsm_stuck)() || started.elapsed() > state.batch_deadline {
+                    state.refused("hsm-unavailable");
+                    return Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "hsm-unavailable",
+                        "the HSM did not answer in time; retry later with the same request_id",
+                    ));
+                }
+            }
+        }
+    };
+    let results = results
         .map_err(ApiError::internal)?
         .map_err(|e| match e.code {
             ErrorCode::BatchTooLarge => {
@@ -446,6 +486,24 @@ async fn post_batch(
                 }
             }
         }
+    }
+    if let Some(Err(e)) = results
+        .iter()
+        .find(|r| matches!(r, Err(e) if !e.code.is_client_error()))
+    {
+        // The HSM failed (or returned a signature that did not verify): a clear 503, and no
+        // batch record, so that a retry with the same request_id issues what is missing (the
+        // items stored before the failure come back as existing).
+        let _ = state.audit.append(
+            "api.batch.failed",
+            &account.name,
+            json!({"request_id": req.request_id, "items": results.len(), "code": e.code}),
+        );
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            e.code.as_str(),
+            "the HSM could not sign; nothing unsigned was issued; retry later with the same request_id",
+        ));
     }
     let response = json!({"request_id": req.request_id, "results": results.iter().enumerate().map(|(i, r)| result_json(i, r)).collect::<Vec<_>>()});
     let issued = results.iter().filter(|r| r.is_ok()).count();
@@ -906,8 +964,9 @@ async fn get_crl(
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let ready = state.ready.clone();
     state.metrics.sign_checks.fetch_add(1, Ordering::Relaxed);
-    match tokio::task::spawn_blocking(move || ready()).await {
-        Ok(true) => (StatusCode::OK, "ready\n").into_response(),
+    let probe = tokio::task::spawn_blocking(move || ready());
+    match tokio::time::timeout(state.ready_deadline, probe).await {
+        Ok(Ok(true)) => (StatusCode::OK, "ready\n").into_response(),
         _ => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "hsm-unavailable",

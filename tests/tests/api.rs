@@ -21,6 +21,10 @@ impl Server {
     }
 
     fn start_with(s: &Scratch, extra: &[&str]) -> Server {
+        Server::start_env(s, extra, &[])
+    }
+
+    fn start_env(s: &Scratch, extra: &[&str], env: &[(&str, String)]) -> Server {
         let mut child = Command::new(EXE)
             .args([
                 "--home",
@@ -30,6 +34,7 @@ impl Server {
                 "127.0.0.1:0",
             ])
             .args(extra)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env_remove("SOFTHSM2_CONF")
             .env_remove("METERPKI_REEXEC")
             .stdout(Stdio::piped())
@@ -969,4 +974,180 @@ fn after_a_takeover_the_old_supplier_is_refused_and_the_new_one_served() {
         shown[0]["revocation"]["reason"], "cessationOfOperation",
         "{shown}"
     );
+}
+
+/// The PKCS#11 fault injector (`pkcs11-faults`, loaded in place of SoftHSM and forwarding to it):
+/// a failing, hung or corrupting `C_Sign` gives a 503 within a bounded time and no certificate;
+/// `/readyz` goes red and back to green without a restart; the CLI stops with exit 1.
+#[test]
+fn hsm_faults_give_503_nothing_stored_and_readyz_recovers() {
+    let s = Scratch::new(EXE);
+    s.ceremonies("h", 3, 2, &["device", "access"]);
+    s.account(
+        "h",
+        "factory",
+        "line-7",
+        &["--device-range", "00-DB-12-00-00-00-00-00/24"],
+    );
+    // Load the injector instead of SoftHSM; a signature slower than 1.5 s is a failure.
+    let shim = std::path::Path::new(EXE)
+        .parent()
+        .unwrap()
+        .join("libmeterpki_pkcs11_faults.so");
+    assert!(shim.exists(), "{} not built", shim.display());
+    let toml_path = s.path("h/meterpki.toml");
+    let toml = std::fs::read_to_string(&toml_path).unwrap();
+    let real = meterpki_tests::softhsm_module();
+    let mut toml = toml.replace(&real, &shim.display().to_string());
+    toml = match toml.find("sign_timeout_ms") {
+        Some(_) => toml
+            .lines()
+            .map(|l| {
+                if l.starts_with("sign_timeout_ms") {
+                    "sign_timeout_ms = 1500".to_string()
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+        None => toml.replace("[hsm]\n", "[hsm]\nsign_timeout_ms = 1500\n"),
+    };
+    std::fs::write(&toml_path, toml).unwrap();
+    let faults = s.path("faults");
+    std::fs::write(&faults, "").unwrap();
+    let env = [
+        ("METERPKI_FAULTS_FILE", faults.display().to_string()),
+        ("METERPKI_FAULTS_MODULE", real.clone()),
+    ];
+    let set = |f: &str| std::fs::write(&faults, f).unwrap();
+    let srv = Server::start_env(&s, &[], &env);
+    let ready = |srv: &Server| curl(&s, srv, None, "GET", "/readyz", None, &[]).0;
+    let batch = |srv: &Server, rid: &str, ids: &[&str]| {
+        let body = json!({"request_id": rid, "items": items(&s, ids.len(), ids)}).to_string();
+        let t = std::time::Instant::now();
+        let (code, resp) = curl(
+            &s,
+            srv,
+            Some("line-7"),
+            "POST",
+            "/v1/batches",
+            Some(&body),
+            &[],
+        );
+        (code, resp, t.elapsed())
+    };
+    assert_eq!(ready(&srv), 200);
+    let (code, resp, _) = batch(&srv, "ok-1", &["00-DB-12-00-00-00-20-01"]);
+    assert_eq!(code, 200, "{resp}");
+
+    // A failing C_Sign (CKR_DEVICE_ERROR): 503, not ready.
+    // The faults hit the Device CA's key only: the server's TLS key is in the same HSM, and a
+    // whole-HSM failure shows as failed handshakes (checked below with the CLI).
+    set("sign=fail:0x30\nkey=meterpki-device-ca");
+    let (code, resp, _) = batch(&srv, "fail-1", &["00-DB-12-00-00-00-20-02"]);
+    assert_eq!(code, 503, "{resp}");
+    assert!(resp.contains("hsm-unavailable"), "{resp}");
+    assert_eq!(ready(&srv), 503, "the Device CA's key cannot sign");
+
+    // A corrupted signature: caught by the verification, never answered or stored.
+    set("sign=corrupt\nkey=meterpki-device-ca");
+    let (code, resp, _) = batch(&srv, "corrupt-1", &["00-DB-12-00-00-00-20-03"]);
+    assert_eq!(code, 503, "{resp}");
+    assert_eq!(
+        ready(&srv),
+        503,
+        "a probe whose signature does not verify is not ready"
+    );
+
+    // A hung C_Sign: the client gets a 503 within a bounded time, readyz too.
+    set("sign=hang\nkey=meterpki-device-ca");
+    let (code, resp, took) = batch(&srv, "hang-1", &["00-DB-12-00-00-00-20-04"]);
+    assert_eq!(code, 503, "{resp}");
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "answered after {took:?}"
+    );
+    let t = std::time::Instant::now();
+    assert_eq!(ready(&srv), 503);
+    assert!(t.elapsed() < std::time::Duration::from_secs(5));
+
+    // Cleared: ready again without a restart (sessions rebuilt), and issuing works.
+    set("");
+    let t = std::time::Instant::now();
+    while ready(&srv) != 200 {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(20),
+            "readyz stayed red"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let (code, resp, _) = batch(&srv, "ok-2", &["00-DB-12-00-00-00-20-05"]);
+    assert_eq!(code, 200, "{resp}");
+    let metrics = curl(&s, &srv, None, "GET", "/metrics", None, &[]).1;
+    assert!(metrics.contains("hsm-unavailable"), "{metrics}");
+    assert_eq!(srv.stop(), 0);
+
+    // Nothing was stored for the failed, corrupted and hung requests.
+    for d in [
+        "00-DB-12-00-00-00-20-02",
+        "00-DB-12-00-00-00-20-03",
+        "00-DB-12-00-00-00-20-04",
+    ] {
+        s.run_env(
+            "h",
+            &["show", "--device-id", d],
+            &[
+                ("METERPKI_FAULTS_FILE", &faults.display().to_string()),
+                ("METERPKI_FAULTS_MODULE", &real),
+            ],
+        )
+        .fails(2, "no certificate");
+    }
+    // The CLI: a failing HSM is exit 1 with the PKCS#11 error; a hung one exit 1 within bounds.
+    let (_, csr) = meterpki_tests::openssl_csr(&s.path(""), "m", "prime256v1");
+    let csr = csr.display().to_string();
+    let issue = |d: &str| {
+        let t = std::time::Instant::now();
+        let r = s.run_env(
+            "h",
+            &[
+                "issue",
+                "--profile",
+                "meter-signing",
+                "--device-id",
+                d,
+                "--csr",
+                &csr,
+            ],
+            &[
+                ("METERPKI_FAULTS_FILE", &faults.display().to_string()),
+                ("METERPKI_FAULTS_MODULE", &real),
+            ],
+        );
+        (r, t.elapsed())
+    };
+    set("sign=fail:0x30");
+    let (r, _) = issue("00-DB-12-00-00-00-20-06");
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("CKR_DEVICE_ERROR"), "{}", r.stderr);
+    set("sign=hang");
+    let (r, took) = issue("00-DB-12-00-00-00-20-07");
+    set("");
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("has not answered"), "{}", r.stderr);
+    assert!(took < std::time::Duration::from_secs(10), "{took:?}");
+    let (r, _) = issue("00-DB-12-00-00-00-20-08");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for d in ["00-DB-12-00-00-00-20-06", "00-DB-12-00-00-00-20-07"] {
+        s.run_env(
+            "h",
+            &["show", "--device-id", d],
+            &[
+                ("METERPKI_FAULTS_FILE", &faults.display().to_string()),
+                ("METERPKI_FAULTS_MODULE", &real),
+            ],
+        )
+        .fails(2, "no certificate");
+    }
 }

@@ -70,6 +70,7 @@ pub fn run(home: Home, a: InitArgs, json: bool) -> Result<()> {
             online_pin_env: None,
             online_pin_file: softhsm.then(|| PathBuf::from("secrets/online.pin")),
             sessions: a.sessions,
+            sign_timeout_ms: 10_000,
         },
         ca: CaConfig {
             organisation: a.org.clone(),

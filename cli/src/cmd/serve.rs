@@ -38,7 +38,7 @@ pub fn run(
         ips
     };
     let hsm = ctx.hsm()?;
-    let online = ctx.online(&hsm)?;
+    let online = ctx.online_unwatched(&hsm)?;
     let store = ctx.store()?;
     let metrics = Arc::new(issuance_api::Metrics::default());
     let timed = metrics.clone();
@@ -123,9 +123,34 @@ pub fn run(
         }
     })?;
 
+    // Ready = the HSM signs now, within the sign timeout, and the signature verifies (a module
+    // returning garbage is not ready either).
     let ready_signer = server_signer.clone();
-    let ready: Arc<dyn Fn() -> bool + Send + Sync> =
-        Arc::new(move || ready_signer.sign(b"meterpki readiness probe").is_ok());
+    let sign_timeout = online.sign_timeout();
+    let watched = Arc::downgrade(&online);
+    let stuck: Arc<dyn Fn() -> bool + Send + Sync> = Arc::new(move || {
+        watched
+            .upgrade()
+            .and_then(|t| t.oldest_sign_in_progress())
+            .is_some_and(|d| d > sign_timeout)
+    });
+    let ready_stuck = stuck.clone();
+    // Every key the server signs with: its TLS key and each issuing CA's.
+    let mut probe_signers: Vec<Arc<dyn Signer>> = vec![ready_signer];
+    for kind in [CaKind::Device, CaKind::Organisation, CaKind::Access] {
+        if ctx.home.ca_cert(kind).exists() {
+            probe_signers.push(Arc::new(ctx.issuer(&online, kind)?.0));
+        }
+    }
+    let ready: Arc<dyn Fn() -> bool + Send + Sync> = Arc::new(move || {
+        const PROBE: &[u8] = b"meterpki readiness probe";
+        !ready_stuck()
+            && probe_signers.iter().all(|signer| {
+                signer.sign(PROBE).is_ok_and(|sig| {
+                    ca_core::verify_signature_fast(signer.public_key(), PROBE, &sig).is_ok()
+                })
+            })
+    });
     let store_for_audit = engine.store().clone();
     let audit = ca_core::AuditLog::new(ctx.home.audit_log(), Some(store_for_audit));
     audit.append(
@@ -136,15 +161,18 @@ pub fn run(
     let pool_token = online.clone();
     let pool: Arc<dyn Fn() -> (usize, usize) + Send + Sync> =
         Arc::new(move || (pool_token.sessions_in_use(), pool_token.pool_size()));
-    let state = Arc::new(issuance_api::AppState::new(
-        engine,
-        audit,
-        ctx.home.crl_dir(),
-        ready,
-        per_account_limit,
-        metrics,
-        pool,
-    ));
+    let state = Arc::new(
+        issuance_api::AppState::new(
+            engine,
+            audit,
+            ctx.home.crl_dir(),
+            ready,
+            per_account_limit,
+            metrics,
+            pool,
+        )
+        .with_hsm_watch(sign_timeout, stuck),
+    );
     let router = issuance_api::router(state);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -1,0 +1,235 @@
+//! A PKCS#11 module for fault-injection tests (issue 7): loaded by meterpki in place of SoftHSM
+//! (`module = ".../libmeterpki_pkcs11_faults.so"` in `meterpki.toml`), it loads the real module
+//! named by `METERPKI_FAULTS_MODULE` (default: SoftHSM's), hands out the real function list with
+//! `C_Sign` replaced, and on every signature reads the control file named by
+//! `METERPKI_FAULTS_FILE`:
+//!
+//! ```text
+//! (missing or empty)   forward to the real module
+//! sign=fail:0x30       return that CKR code (0x30 = CKR_DEVICE_ERROR) without signing
+//! sign=hang            block until the file says something else, then forward
+//! sign=corrupt         forward, then flip a bit of the signature the module returned
+//! key=LABEL            (a second line) only signatures by the key labelled LABEL are affected
+//! ```
+//!
+//! Everything else goes straight to the real module, so the PKCS#11 boundary meterpki sees is
+//! the real one: sessions, logins, key handles and mechanisms are SoftHSM's own.
+//!
+//! This crate is the one place in the workspace with `unsafe` code: a PKCS#11 module *is* a set
+//! of C-ABI functions taking raw pointers, and no crate writes one for us. The unsafe surface is
+//! `C_GetFunctionList` (one pointer written) and the `C_Sign` wrapper (pointers passed through to
+//! the real module unchanged, one byte of its output flipped on command).
+#![allow(non_snake_case)]
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use cryptoki_sys::{
+    CKA_LABEL, CKR_OK, CK_ATTRIBUTE, CK_BYTE, CK_FUNCTION_LIST, CK_MECHANISM, CK_OBJECT_HANDLE,
+    CK_RV, CK_SESSION_HANDLE, CK_ULONG,
+};
+
+const DEFAULT_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+struct Real {
+    _lib: libloading::Library,
+    list: CK_FUNCTION_LIST,
+}
+
+// The function list is a table of C function pointers into a loaded library, read-only after
+// loading: sharing it between threads is what PKCS#11 modules are built for.
+unsafe impl Send for Real {}
+unsafe impl Sync for Real {}
+
+struct Ours(CK_FUNCTION_LIST);
+unsafe impl Send for Ours {}
+unsafe impl Sync for Ours {}
+
+static REAL: OnceLock<Result<Real, String>> = OnceLock::new();
+static OURS: OnceLock<Ours> = OnceLock::new();
+/// The key each session's signing operation uses, from `C_SignInit`.
+static SIGN_KEYS: OnceLock<Mutex<HashMap<CK_SESSION_HANDLE, CK_OBJECT_HANDLE>>> = OnceLock::new();
+
+fn sign_keys() -> std::sync::MutexGuard<'static, HashMap<CK_SESSION_HANDLE, CK_OBJECT_HANDLE>> {
+    SIGN_KEYS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+fn real() -> Result<&'static Real, &'static str> {
+    REAL.get_or_init(|| {
+        let path =
+            std::env::var("METERPKI_FAULTS_MODULE").unwrap_or_else(|_| DEFAULT_MODULE.into());
+        // SAFETY: loading a PKCS#11 module runs its initialisers; that is what the caller
+        // asked for by loading us.
+        let lib = unsafe { libloading::Library::new(&path) }.map_err(|e| format!("{path}: {e}"))?;
+        let get: libloading::Symbol<unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV> =
+            unsafe { lib.get(b"C_GetFunctionList\0") }.map_err(|e| format!("{path}: {e}"))?;
+        let mut list: *mut CK_FUNCTION_LIST = std::ptr::null_mut();
+        // SAFETY: C_GetFunctionList writes one pointer to a table that lives as long as the
+        // library, which `Real` keeps loaded.
+        let rv = unsafe { get(&mut list) };
+        if rv != CKR_OK || list.is_null() {
+            return Err(format!("{path}: C_GetFunctionList returned {rv:#x}"));
+        }
+        let list = unsafe { *list };
+        Ok(Real { _lib: lib, list })
+    })
+    .as_ref()
+    .map_err(|e| e.as_str())
+}
+
+/// What the control file asks of the next signature.
+#[derive(Debug, PartialEq, Eq)]
+enum Fault {
+    None,
+    Fail(CK_RV),
+    Hang,
+    Corrupt,
+}
+
+/// The fault for a signature in `session`: the control file's, unless it names another key.
+fn fault(real: &Real, session: CK_SESSION_HANDLE) -> Fault {
+    let Ok(path) = std::env::var("METERPKI_FAULTS_FILE") else {
+        return Fault::None;
+    };
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let f = parse(&text);
+    if f == Fault::None {
+        return f;
+    }
+    match text.lines().find_map(|l| l.trim().strip_prefix("key=")) {
+        Some(want) if label_of_sign_key(real, session).as_deref() != Some(want) => Fault::None,
+        _ => f,
+    }
+}
+
+/// The CKA_LABEL of the key `C_SignInit` named for this session, asked of the real module.
+fn label_of_sign_key(real: &Real, session: CK_SESSION_HANDLE) -> Option<String> {
+    let key = *sign_keys().get(&session)?;
+    let get = real.list.C_GetAttributeValue?;
+    let mut buf = [0u8; 256];
+    let mut attr = CK_ATTRIBUTE {
+        type_: CKA_LABEL,
+        pValue: buf.as_mut_ptr().cast(),
+        ulValueLen: buf.len() as CK_ULONG,
+    };
+    // SAFETY: one attribute with a 256-byte buffer we own; the module writes at most that.
+    let rv = unsafe { get(session, key, &mut attr, 1) };
+    if rv != CKR_OK || attr.ulValueLen as usize > buf.len() {
+        return None;
+    }
+    Some(String::from_utf8_lossy(&buf[..attr.ulValueLen as usize]).into_owned())
+}
+
+unsafe extern "C" fn C_SignInit(
+    session: CK_SESSION_HANDLE,
+    mechanism: *mut CK_MECHANISM,
+    key: CK_OBJECT_HANDLE,
+) -> CK_RV {
+    let Ok(real) = real() else {
+        return cryptoki_sys::CKR_GENERAL_ERROR;
+    };
+    let Some(init) = real.list.C_SignInit else {
+        return cryptoki_sys::CKR_FUNCTION_NOT_SUPPORTED;
+    };
+    // SAFETY: forwarded unchanged.
+    let rv = unsafe { init(session, mechanism, key) };
+    if rv == CKR_OK {
+        sign_keys().insert(session, key);
+    }
+    rv
+}
+
+fn parse(text: &str) -> Fault {
+    for line in text.lines() {
+        let Some(v) = line.trim().strip_prefix("sign=") else {
+            continue;
+        };
+        return match v {
+            "hang" => Fault::Hang,
+            "corrupt" => Fault::Corrupt,
+            v => match v.strip_prefix("fail:") {
+                Some(code) => CK_RV::from_str_radix(code.trim_start_matches("0x"), 16)
+                    .map(Fault::Fail)
+                    .unwrap_or(Fault::None),
+                None => Fault::None,
+            },
+        };
+    }
+    Fault::None
+}
+
+unsafe extern "C" fn C_Sign(
+    session: CK_SESSION_HANDLE,
+    data: *mut CK_BYTE,
+    data_len: CK_ULONG,
+    signature: *mut CK_BYTE,
+    signature_len: *mut CK_ULONG,
+) -> CK_RV {
+    let Ok(real) = real() else {
+        return cryptoki_sys::CKR_GENERAL_ERROR;
+    };
+    let Some(sign) = real.list.C_Sign else {
+        return cryptoki_sys::CKR_FUNCTION_NOT_SUPPORTED;
+    };
+    let mut f = fault(real, session);
+    while f == Fault::Hang {
+        std::thread::sleep(Duration::from_millis(20));
+        f = fault(real, session);
+    }
+    if let Fault::Fail(rv) = f {
+        return rv;
+    }
+    // SAFETY: the caller's pointers go to the real module unchanged, as if we were not here.
+    let rv = unsafe { sign(session, data, data_len, signature, signature_len) };
+    if f == Fault::Corrupt && rv == CKR_OK && !signature.is_null() && !signature_len.is_null() {
+        // SAFETY: on success the module wrote `*signature_len` bytes at `signature`.
+        let len = unsafe { *signature_len } as usize;
+        if len > 0 {
+            unsafe { *signature.add(len / 2) ^= 0x01 };
+        }
+    }
+    rv
+}
+
+/// The module's entry point: the real module's function list with `C_Sign` replaced.
+///
+/// # Safety
+/// `list` must be a valid pointer to write one pointer to, as PKCS#11 requires.
+#[no_mangle]
+pub unsafe extern "C" fn C_GetFunctionList(list: *mut *mut CK_FUNCTION_LIST) -> CK_RV {
+    if list.is_null() {
+        return cryptoki_sys::CKR_ARGUMENTS_BAD;
+    }
+    let Ok(real) = real() else {
+        return cryptoki_sys::CKR_GENERAL_ERROR;
+    };
+    let ours = OURS.get_or_init(|| {
+        let mut l = real.list;
+        l.C_Sign = Some(C_Sign);
+        l.C_SignInit = Some(C_SignInit);
+        Ours(l)
+    });
+    // SAFETY: `list` is non-null; callers only read the table (PKCS#11 declares it const in
+    // spirit; the C type is not), which lives for the life of the process.
+    unsafe { *list = &ours.0 as *const CK_FUNCTION_LIST as *mut CK_FUNCTION_LIST };
+    CKR_OK
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_file_grammar() {
+        assert_eq!(parse(""), Fault::None);
+        assert_eq!(parse("sign=hang\n"), Fault::Hang);
+        assert_eq!(parse("sign=corrupt"), Fault::Corrupt);
+        assert_eq!(parse("sign=fail:0x30"), Fault::Fail(0x30));
+        assert_eq!(parse("# comment\nsign=fail:e0"), Fault::Fail(0xe0));
+        assert_eq!(parse("sign=nonsense"), Fault::None);
+    }
+}
