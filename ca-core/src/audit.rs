@@ -19,6 +19,8 @@ use crate::store::Store;
 
 /// The event name of a record that signs the chain head.
 pub const HEAD_SIGNED_EVENT: &str = "audit.head-signed";
+/// The record that says an append cut short by a crash was removed from the end of the log.
+pub const TORN_TAIL_EVENT: &str = "audit.torn-tail-removed";
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// Why the log could not be written or read.
@@ -205,8 +207,72 @@ impl AuditLog {
             .open(&self.path)
             .map_err(|e| self.io(e))?;
         file.lock().map_err(|e| self.io(e))?;
-        let head = self.read_tail(&mut file)?;
+        let torn = self.drop_torn_tail(&mut file)?;
+        let mut head = self.read_tail(&mut file)?;
+        if let Some((bytes, digest)) = torn {
+            // Say in the chain itself what was removed.
+            let rec = self.write_record(
+                &mut file,
+                head.clone(),
+                TORN_TAIL_EVENT.to_string(),
+                serde_json::json!({"removed_bytes": bytes, "removed_sha256": digest}),
+                "meterpki",
+            )?;
+            head = Some((rec.seq, rec.hash));
+        }
         let (event, details) = make(head.clone())?;
+        self.write_record(&mut file, head, event, details, actor)
+    }
+
+    /// A crash in the middle of an append leaves a last line without its newline, written
+    /// before the store recorded the new head. When the store's head is the last complete
+    /// record, that cut line is such an unfinished append: it is removed (its size and SHA-256
+    /// are recorded in the chain by the caller) and the log goes on. Anything else — no store
+    /// to compare with, a head that is not the last complete record — is refused as before:
+    /// that is not a crash but an edit.
+    fn drop_torn_tail(&self, file: &mut File) -> Result<Option<(u64, String)>, AuditError> {
+        let len = file.metadata().map_err(|e| self.io(e))?.len();
+        if len == 0 {
+            return Ok(None);
+        }
+        let start = len.saturating_sub(64 * 1024);
+        file.seek(SeekFrom::Start(start)).map_err(|e| self.io(e))?;
+        let mut buf = Vec::new();
+        file.read_to_end(&mut buf).map_err(|e| self.io(e))?;
+        if buf.last() == Some(&b'\n') {
+            return Ok(None);
+        }
+        let Some(store) = &self.store else {
+            return Ok(None);
+        };
+        let Some(nl) = buf.iter().rposition(|b| *b == b'\n') else {
+            return Ok(None);
+        };
+        let complete = String::from_utf8_lossy(&buf[..nl]);
+        let last = complete.rsplit('\n').next().unwrap_or_default();
+        let Ok(rec) = serde_json::from_str::<AuditRecord>(last) else {
+            return Ok(None);
+        };
+        if rec.compute_hash() != rec.hash || store.audit_head()? != Some((rec.seq, rec.hash)) {
+            return Ok(None);
+        }
+        let keep = start + nl as u64 + 1;
+        let removed = &buf[nl + 1..];
+        let digest = hex::encode(crate::sha256(removed));
+        file.set_len(keep).map_err(|e| self.io(e))?;
+        file.sync_data().map_err(|e| self.io(e))?;
+        tracing::warn!(path = %self.path.display(), bytes = removed.len(), "removed an audit record cut short by a crash");
+        Ok(Some((removed.len() as u64, digest)))
+    }
+
+    fn write_record(
+        &self,
+        file: &mut File,
+        head: Option<(u64, String)>,
+        event: String,
+        details: serde_json::Value,
+        actor: &str,
+    ) -> Result<AuditRecord, AuditError> {
         let (prev_seq, prev) = head.unwrap_or((0, GENESIS.to_string()));
         let mut rec = AuditRecord {
             seq: prev_seq + 1,

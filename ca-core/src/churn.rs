@@ -210,9 +210,38 @@ pub struct NdjsonSink {
 }
 
 impl NdjsonSink {
-    /// Opens `path` for appending, creating it.
+    /// Opens `path` for appending, creating it. A last line cut short by a crash (the process
+    /// died while writing a chunk, before the chunk was synced and stored) is removed first, so
+    /// that the next line does not fuse with it.
     pub fn open(path: &Path) -> io::Result<NdjsonSink> {
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(path)?;
+        let len = file.metadata()?.len();
+        if len > 0 {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut f = &file;
+            let mut keep = 0u64;
+            let mut pos = len;
+            let mut buf = vec![0u8; 64 * 1024];
+            // Find the last newline, reading backwards in blocks.
+            'scan: while pos > 0 {
+                let n = buf.len().min(pos as usize);
+                pos -= n as u64;
+                f.seek(SeekFrom::Start(pos))?;
+                f.read_exact(&mut buf[..n])?;
+                if let Some(i) = buf[..n].iter().rposition(|b| *b == b'\n') {
+                    keep = pos + i as u64 + 1;
+                    break 'scan;
+                }
+            }
+            if keep < len {
+                file.set_len(keep)?;
+                file.sync_data()?;
+            }
+        }
         Ok(NdjsonSink {
             path: path.to_path_buf(),
             file: io::BufWriter::new(file),

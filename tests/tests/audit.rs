@@ -81,3 +81,50 @@ fn audit_verify_names_the_first_altered_removed_or_reordered_record() {
     // The original is untouched by all this.
     s.run("h", &["audit", "verify"]).ok();
 }
+
+/// A crash in the middle of an append leaves a cut last line; the next append removes it (it
+/// is an unfinished append: the store's head is the last complete record), says so in the
+/// chain, and the chain verifies. An edit that is not such a cut is still refused.
+#[test]
+fn an_append_cut_short_by_a_crash_is_removed_and_recorded() {
+    let s = Scratch::new(EXE);
+    s.ceremonies("h", 3, 2, &["device"]);
+    let log = s.path("h/audit/audit.log");
+    let mut bytes = std::fs::read(&log).unwrap();
+    bytes.extend_from_slice(b"{\"seq\":99,\"time\":\"2026-");
+    std::fs::write(&log, &bytes).unwrap();
+    s.run(
+        "h",
+        &[
+            "supplier",
+            "register",
+            "--id",
+            "90-B3-D5-1F-30-00-00-0A",
+            "--name",
+            "A",
+        ],
+    )
+    .ok();
+    s.run("h", &["audit", "verify"]).ok();
+    let list = s.run("h", &["audit", "list", "--json"]).ok().stdout;
+    assert!(list.contains("audit.torn-tail-removed"), "{list}");
+    // A cut line that follows a record the store never saw as its head is not a crash: refused.
+    let mut bytes = std::fs::read(&log).unwrap();
+    let text = String::from_utf8(bytes.clone()).unwrap();
+    let last_line_start = text.trim_end().rfind('\n').unwrap() + 1;
+    bytes.truncate(last_line_start); // drop the last record: the store's head is now ahead
+    bytes.extend_from_slice(b"{\"seq\":");
+    std::fs::write(&log, &bytes).unwrap();
+    s.run(
+        "h",
+        &[
+            "supplier",
+            "register",
+            "--id",
+            "90-B3-D5-1F-30-00-00-0B",
+            "--name",
+            "B",
+        ],
+    )
+    .fails(1, "does not end with a complete line");
+}
