@@ -1409,3 +1409,105 @@ fn security_matrix_every_caller_against_every_endpoint() {
     );
     assert_eq!(code, 200, "{resp}");
 }
+
+/// The server SIGKILLed in the middle of batches, then restarted: every batch answered before
+/// the kill is answered again identically under its request_id, a retry of an unanswered one
+/// issues what is missing once, and no serial is used twice (`METERPKI_CRASH_ROUNDS` rounds).
+#[test]
+fn a_server_killed_mid_batch_loses_nothing_answered() {
+    let rounds: usize = std::env::var("METERPKI_CRASH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let s = Scratch::new(EXE);
+    s.ceremonies("h", 3, 2, &["device", "access"]);
+    s.account(
+        "h",
+        "factory",
+        "line-all",
+        &["--device-range", "00-00-00-00-00-00-00-00/0"],
+    );
+    let mut serials = std::collections::BTreeSet::new();
+    let mut kills = 0;
+    for round in 0..rounds {
+        let body =
+            json!({"request_id": format!("r{round}"), "items": items(&s, 3000, &[])}).to_string();
+        std::fs::write(s.path(&format!("r{round}.json")), &body).unwrap();
+        let srv = Server::start(&s);
+        let args = curl_args(
+            &s,
+            srv.port,
+            Some("line-all"),
+            "POST",
+            "/v1/batches",
+            Some(&s.path(&format!("r{round}.json"))),
+            &s.path(&format!("r{round}.out")),
+        );
+        let mut client = Command::new("curl")
+            .args(&args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Kill the server at a moment within the batch (it takes about a second here).
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos() as u64;
+        std::thread::sleep(std::time::Duration::from_millis(100 + nanos % 900));
+        let mut srv = srv;
+        let killed = srv.child.try_wait().unwrap().is_none();
+        let _ = srv.child.kill(); // SIGKILL
+        let _ = srv.child.wait();
+        kills += killed as usize;
+        let first = client.wait_with_output().unwrap();
+        let first_status = String::from_utf8_lossy(&first.stdout).to_string();
+        let answered: Option<Value> = (first_status == "200").then(|| {
+            serde_json::from_str(
+                &std::fs::read_to_string(s.path(&format!("r{round}.out"))).unwrap(),
+            )
+            .unwrap()
+        });
+        drop(srv);
+        // Restart; the retry under the same request_id answers every item.
+        let srv = Server::start(&s);
+        let (code, resp) = curl(
+            &s,
+            &srv,
+            Some("line-all"),
+            "POST",
+            "/v1/batches",
+            Some(&body),
+            &[],
+        );
+        assert_eq!(code, 200, "round {round}: {resp}");
+        let retry: Value = serde_json::from_str(&resp).unwrap();
+        let results = retry["results"].as_array().unwrap();
+        assert_eq!(results.len(), 3000);
+        assert!(
+            results.iter().all(|r| r["status"] == "issued"),
+            "round {round}"
+        );
+        if let Some(a) = answered {
+            assert_eq!(
+                a["results"], retry["results"],
+                "round {round}: a stored answer changed"
+            );
+        }
+        for r in results {
+            let serial = r["serial"].as_str().unwrap().to_string();
+            assert!(
+                serials.insert(serial.clone()),
+                "round {round}: serial {serial} twice"
+            );
+        }
+        assert_eq!(srv.stop(), 0);
+    }
+    let st = s.run("h", &["status", "--json"]).ok().json();
+    // + the account's certificate and the server's own.
+    assert_eq!(
+        st["certificates"].as_u64().unwrap() as usize,
+        serials.len() + 2
+    );
+    s.run("h", &["audit", "verify"]).ok();
+    eprintln!("server crash harness: {rounds} round(s), {kills} kill(s) mid-batch");
+}
