@@ -1443,7 +1443,7 @@ fn a_server_killed_mid_batch_loses_nothing_answered() {
             Some(&s.path(&format!("r{round}.json"))),
             &s.path(&format!("r{round}.out")),
         );
-        let mut client = Command::new("curl")
+        let client = Command::new("curl")
             .args(&args)
             .stdout(Stdio::piped())
             .spawn()
