@@ -1,6 +1,6 @@
 # meterpki: `make demo` runs the demo, `make test` runs the tests. Both install what a fresh
 # Debian machine lacks (softhsm2, opensc, openssl) first.
-.PHONY: deps demo test lint bench-hsm bench-issue bench-crl
+.PHONY: deps demo test lint bench-hsm bench-issue bench-crl fuzz
 
 CARGO ?= cargo
 
@@ -17,6 +17,10 @@ test: deps
 	else \
 	  $(CARGO) test --workspace --no-fail-fast; \
 	fi
+
+# Every cargo-fuzz target for FUZZ_SECONDS each (default 60); see scripts/fuzz.sh.
+fuzz: deps
+	scripts/fuzz.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

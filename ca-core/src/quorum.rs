@@ -219,6 +219,11 @@ impl ShareFile {
                     source,
                 })?,
             );
+        ShareFile::parse(&text, path)
+    }
+
+    /// Parses and checks the text of a share file (`path` names it in errors).
+    pub fn parse(text: &str, path: &Path) -> Result<ShareFile, QuorumError> {
         let corrupt = |reason: String| QuorumError::Corrupt {
             file: path.to_path_buf(),
             reason,
