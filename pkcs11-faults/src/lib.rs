@@ -12,6 +12,10 @@
 //! key=LABEL            (a second line) only signatures by the key labelled LABEL are affected
 //! ```
 //!
+//! With `METERPKI_FAULTS_LOG` set, every `C_OpenSession` appends `open <token label>` to that
+//! file: a test can tell which tokens a process touched (the server must never open the root
+//! token).
+//!
 //! Everything else goes straight to the real module, so the PKCS#11 boundary meterpki sees is
 //! the real one: sessions, logins, key handles and mechanisms are SoftHSM's own.
 //!
@@ -26,8 +30,8 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use cryptoki_sys::{
-    CKA_LABEL, CKR_OK, CK_ATTRIBUTE, CK_BYTE, CK_FUNCTION_LIST, CK_MECHANISM, CK_OBJECT_HANDLE,
-    CK_RV, CK_SESSION_HANDLE, CK_ULONG,
+    CKA_LABEL, CKR_OK, CK_ATTRIBUTE, CK_BYTE, CK_FLAGS, CK_FUNCTION_LIST, CK_MECHANISM, CK_NOTIFY,
+    CK_OBJECT_HANDLE, CK_RV, CK_SESSION_HANDLE, CK_SLOT_ID, CK_TOKEN_INFO, CK_ULONG,
 };
 
 const DEFAULT_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
@@ -195,6 +199,41 @@ unsafe extern "C" fn C_Sign(
     rv
 }
 
+unsafe extern "C" fn C_OpenSession(
+    slot: CK_SLOT_ID,
+    flags: CK_FLAGS,
+    application: *mut std::os::raw::c_void,
+    notify: CK_NOTIFY,
+    session: *mut CK_SESSION_HANDLE,
+) -> CK_RV {
+    let Ok(real) = real() else {
+        return cryptoki_sys::CKR_GENERAL_ERROR;
+    };
+    let Some(open) = real.list.C_OpenSession else {
+        return cryptoki_sys::CKR_FUNCTION_NOT_SUPPORTED;
+    };
+    if let (Ok(log), Some(info)) = (
+        std::env::var("METERPKI_FAULTS_LOG"),
+        real.list.C_GetTokenInfo,
+    ) {
+        // SAFETY: CK_TOKEN_INFO is plain data; the module fills it.
+        let mut ti: CK_TOKEN_INFO = unsafe { std::mem::zeroed() };
+        if unsafe { info(slot, &mut ti) } == CKR_OK {
+            let label = String::from_utf8_lossy(&ti.label).trim_end().to_string();
+            use std::io::Write;
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+            {
+                let _ = writeln!(f, "open {label}");
+            }
+        }
+    }
+    // SAFETY: forwarded unchanged.
+    unsafe { open(slot, flags, application, notify, session) }
+}
+
 /// The module's entry point: the real module's function list with `C_Sign` replaced.
 ///
 /// # Safety
@@ -211,6 +250,7 @@ pub unsafe extern "C" fn C_GetFunctionList(list: *mut *mut CK_FUNCTION_LIST) -> 
         let mut l = real.list;
         l.C_Sign = Some(C_Sign);
         l.C_SignInit = Some(C_SignInit);
+        l.C_OpenSession = Some(C_OpenSession);
         Ours(l)
     });
     // SAFETY: `list` is non-null; callers only read the table (PKCS#11 declares it const in
