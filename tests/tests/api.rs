@@ -1689,6 +1689,11 @@ fn sustained_mixed_load_answers_only_successes_and_429() {
         rss_start / 1024,
         rss_end / 1024
     );
+    // A memory bound, not a timing: a leak per request would pass it within seconds.
+    assert!(
+        rss_end < rss_start + 128 * 1024,
+        "server RSS grew from {rss_start} kB to {rss_end} kB under load"
+    );
     assert_eq!(srv.stop(), 0);
 }
 
