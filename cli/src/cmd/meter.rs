@@ -180,6 +180,15 @@ fn apply(
     let mut plans: Vec<Plan> = Vec::with_capacity(chunk);
     let mut plan_lines: Vec<usize> = Vec::with_capacity(chunk);
     let mut in_chunk: HashSet<Eui64> = HashSet::new();
+    // A file's refusals name their line; a single meter's speak for themselves.
+    let from_file = file.is_some();
+    let at = |n: usize, detail: String| {
+        if from_file {
+            format!("line {n}: {detail}")
+        } else {
+            detail
+        }
+    };
     let refuse = |summary: &mut Summary, line: usize, code: &str, detail: String| {
         summary.refused += 1;
         summary
@@ -220,7 +229,7 @@ fn apply(
             }
             Err(e) => {
                 summary.lines += 1;
-                refuse(&mut summary, n, "bad-line", format!("line {n}: {e}"));
+                refuse(&mut summary, n, "bad-line", at(n, e));
                 continue;
             }
         };
@@ -247,7 +256,7 @@ fn apply(
             }
             Ok(None) => summary.unchanged += 1,
             Err(ChurnError::Refused { code, detail }) => {
-                refuse(&mut summary, n, code, format!("line {n}: {detail}"))
+                refuse(&mut summary, n, code, at(n, detail))
             }
             Err(e) => return Err(churn_err(e)),
         }
