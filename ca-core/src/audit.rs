@@ -207,8 +207,10 @@ impl AuditLog {
             .open(&self.path)
             .map_err(|e| self.io(e))?;
         file.lock().map_err(|e| self.io(e))?;
-        let torn = self.drop_torn_tail(&mut file)?;
-        let mut head = self.read_tail(&mut file)?;
+        // The end of the file, read once: checked for a cut last line, then for the head.
+        let (start, mut tail) = self.read_end(&mut file)?;
+        let torn = self.drop_torn_tail(&mut file, start, &mut tail)?;
+        let mut head = self.head_of(&tail)?;
         if let Some((bytes, digest)) = torn {
             // Say in the chain itself what was removed.
             let rec = self.write_record(
@@ -230,36 +232,31 @@ impl AuditLog {
     /// are recorded in the chain by the caller) and the log goes on. Anything else — no store
     /// to compare with, a head that is not the last complete record — is refused as before:
     /// that is not a crash but an edit.
-    fn drop_torn_tail(&self, file: &mut File) -> Result<Option<(u64, String)>, AuditError> {
-        let len = file.metadata().map_err(|e| self.io(e))?.len();
-        if len == 0 {
-            return Ok(None);
-        }
-        let start = len.saturating_sub(64 * 1024);
-        file.seek(SeekFrom::Start(start)).map_err(|e| self.io(e))?;
-        let mut buf = Vec::new();
-        file.read_to_end(&mut buf).map_err(|e| self.io(e))?;
-        if buf.last() == Some(&b'\n') {
+    fn drop_torn_tail(
+        &self,
+        file: &mut File,
+        start: u64,
+        tail: &mut Vec<u8>,
+    ) -> Result<Option<(u64, String)>, AuditError> {
+        if tail.is_empty() || tail.last() == Some(&b'\n') {
             return Ok(None);
         }
         let Some(store) = &self.store else {
             return Ok(None);
         };
-        let Some(nl) = buf.iter().rposition(|b| *b == b'\n') else {
+        let Some(nl) = tail.iter().rposition(|b| *b == b'\n') else {
             return Ok(None);
         };
-        let complete = String::from_utf8_lossy(&buf[..nl]);
-        let last = complete.rsplit('\n').next().unwrap_or_default();
-        let Ok(rec) = serde_json::from_str::<AuditRecord>(last) else {
+        let Ok(rec) = last_record(&tail[..nl]) else {
             return Ok(None);
         };
-        if rec.compute_hash() != rec.hash || store.audit_head()? != Some((rec.seq, rec.hash)) {
+        if store.audit_head()? != Some((rec.seq, rec.hash)) {
             return Ok(None);
         }
-        let keep = start + nl as u64 + 1;
-        let removed = &buf[nl + 1..];
-        let digest = hex::encode(crate::sha256(removed));
-        file.set_len(keep).map_err(|e| self.io(e))?;
+        let removed = tail.split_off(nl + 1);
+        let digest = hex::encode(crate::sha256(&removed));
+        file.set_len(start + tail.len() as u64)
+            .map_err(|e| self.io(e))?;
         file.sync_data().map_err(|e| self.io(e))?;
         tracing::warn!(path = %self.path.display(), bytes = removed.len(), "removed an audit record cut short by a crash");
         Ok(Some((removed.len() as u64, digest)))
@@ -294,29 +291,30 @@ impl AuditLog {
         Ok(rec)
     }
 
-    /// Reads the last record (its seq and hash) without reading the whole file.
-    fn read_tail(&self, file: &mut File) -> Result<Option<(u64, String)>, AuditError> {
+    /// The last 64 KiB of the file (where it starts, and the bytes): enough for the last
+    /// record, without reading the whole log.
+    fn read_end(&self, file: &mut File) -> Result<(u64, Vec<u8>), AuditError> {
         let len = file.metadata().map_err(|e| self.io(e))?.len();
-        if len == 0 {
-            return Ok(None);
-        }
         let start = len.saturating_sub(64 * 1024);
         file.seek(SeekFrom::Start(start)).map_err(|e| self.io(e))?;
         let mut buf = Vec::new();
         file.read_to_end(&mut buf).map_err(|e| self.io(e))?;
+        Ok((start, buf))
+    }
+
+    /// The last record's seq and hash, from the end of the file.
+    fn head_of(&self, tail: &[u8]) -> Result<Option<(u64, String)>, AuditError> {
+        if tail.is_empty() {
+            return Ok(None);
+        }
         let bad = |reason: String| AuditError::BadTail {
             path: self.path.clone(),
             reason,
         };
-        if buf.last() != Some(&b'\n') {
+        if tail.last() != Some(&b'\n') {
             return Err(bad("the file does not end with a complete line".into()));
         }
-        let text = String::from_utf8_lossy(&buf[..buf.len() - 1]);
-        let last = text.rsplit('\n').next().unwrap_or_default();
-        let rec: AuditRecord = serde_json::from_str(last).map_err(|e| bad(e.to_string()))?;
-        if rec.compute_hash() != rec.hash {
-            return Err(bad(format!("record {} does not match its hash", rec.seq)));
-        }
+        let rec = last_record(&tail[..tail.len() - 1]).map_err(bad)?;
         Ok(Some((rec.seq, rec.hash)))
     }
 
@@ -486,4 +484,16 @@ fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
+}
+
+/// The last line of `complete` (whole lines, without the final newline) as a record whose hash
+/// matches its content.
+fn last_record(complete: &[u8]) -> Result<AuditRecord, String> {
+    let text = String::from_utf8_lossy(complete);
+    let last = text.rsplit('\n').next().unwrap_or_default();
+    let rec: AuditRecord = serde_json::from_str(last).map_err(|e| e.to_string())?;
+    if rec.compute_hash() != rec.hash {
+        return Err(format!("record {} does not match its hash", rec.seq));
+    }
+    Ok(rec)
 }
