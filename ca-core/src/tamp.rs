@@ -381,35 +381,44 @@ pub fn encode_update(c: &UpdateContent) -> Result<Vec<u8>, TampError> {
     if c.remove.is_empty() && c.add.is_empty() {
         return Err(TampError::EmptyUpdates);
     }
-    let seq_num = SeqNumber::new(c.seq).ok_or(TampError::SeqOutOfRange { seq: c.seq })?;
-    let updates = c
-        .remove
+    TampUpdate {
+        version: None,
+        terse: None,
+        msg_ref: msg_ref(c.hw_type, &c.device, c.seq)?,
+        updates: anchor_updates(&c.remove, &c.add),
+        tamp_seq_numbers: None,
+    }
+    .to_der_checked()
+}
+
+/// `updates`: the removals first, then the additions.
+fn anchor_updates(
+    remove: &[SubjectPublicKeyInfoOwned],
+    add: &[Certificate],
+) -> Vec<TrustAnchorUpdate> {
+    remove
         .iter()
         .cloned()
         .map(TrustAnchorUpdate::Remove)
         .chain(
-            c.add
-                .iter()
+            add.iter()
                 .cloned()
                 .map(|cert| TrustAnchorUpdate::Add(TrustAnchorChoice::Certificate(cert))),
         )
-        .collect();
-    TampUpdate {
-        version: None,
-        terse: None,
-        msg_ref: TampMsgRef {
-            target: TargetIdentifier::HwModules(vec![HardwareModules {
-                hw_type: c.hw_type,
-                hw_serial_entries: vec![HardwareSerialEntry::Single(OctetString::new(
-                    c.device.bytes().to_vec(),
-                )?)],
-            }]),
-            seq_num,
-        },
-        updates,
-        tamp_seq_numbers: None,
-    }
-    .to_der_checked()
+        .collect()
+}
+
+/// `msgRef` for one meter: target `hwModules [{ hwType, [single(EUI-64)] }]`, number `seq`.
+fn msg_ref(hw_type: ObjectIdentifier, device: &Eui64, seq: u64) -> Result<TampMsgRef, TampError> {
+    Ok(TampMsgRef {
+        target: TargetIdentifier::HwModules(vec![HardwareModules {
+            hw_type,
+            hw_serial_entries: vec![HardwareSerialEntry::Single(OctetString::new(
+                device.bytes().to_vec(),
+            )?)],
+        }]),
+        seq_num: SeqNumber::new(seq).ok_or(TampError::SeqOutOfRange { seq })?,
+    })
 }
 
 /// The `updates` of many messages that differ only in target and sequence number (every meter
@@ -429,18 +438,8 @@ impl PreparedUpdates {
         if remove.is_empty() && add.is_empty() {
             return Err(TampError::EmptyUpdates);
         }
-        let updates: Vec<TrustAnchorUpdate> = remove
-            .iter()
-            .cloned()
-            .map(TrustAnchorUpdate::Remove)
-            .chain(
-                add.iter()
-                    .cloned()
-                    .map(|cert| TrustAnchorUpdate::Add(TrustAnchorChoice::Certificate(cert))),
-            )
-            .collect();
         Ok(PreparedUpdates {
-            der: updates.to_der()?,
+            der: anchor_updates(remove, add).to_der()?,
         })
     }
 
@@ -452,17 +451,7 @@ impl PreparedUpdates {
         device: &Eui64,
         seq: u64,
     ) -> Result<Vec<u8>, TampError> {
-        let seq_num = SeqNumber::new(seq).ok_or(TampError::SeqOutOfRange { seq })?;
-        let msg_ref = TampMsgRef {
-            target: TargetIdentifier::HwModules(vec![HardwareModules {
-                hw_type,
-                hw_serial_entries: vec![HardwareSerialEntry::Single(OctetString::new(
-                    device.bytes().to_vec(),
-                )?)],
-            }]),
-            seq_num,
-        }
-        .to_der()?;
+        let msg_ref = msg_ref(hw_type, device, seq)?.to_der()?;
         let mut body = Vec::with_capacity(msg_ref.len() + self.der.len());
         body.extend_from_slice(&msg_ref);
         body.extend_from_slice(&self.der);
@@ -503,6 +492,10 @@ pub struct UpdateSigner {
     /// DER pieces of the envelope that are the same in every message.
     sid_der: Vec<u8>,
     certificates_der: Vec<u8>,
+    sha256_der: Vec<u8>,
+    signature_algorithm_der: Vec<u8>,
+    content_type_der: Vec<u8>,
+    signed_data_type_der: Vec<u8>,
 }
 
 impl UpdateSigner {
@@ -554,6 +547,14 @@ impl UpdateSigner {
             sid,
             certificates_der: tlv(0xA0, &[&set_content]),
             certificates,
+            sha256_der: sha256_algorithm().to_der()?,
+            signature_algorithm_der: AlgorithmIdentifierOwned {
+                oid: ECDSA_WITH_SHA256,
+                parameters: None,
+            }
+            .to_der()?,
+            content_type_der: ID_CT_TAMP_UPDATE.to_der()?,
+            signed_data_type_der: ID_SIGNED_DATA.to_der()?,
         })
     }
 
@@ -601,12 +602,6 @@ impl UpdateSigner {
         to_be_signed: &[u8],
         signature: &[u8],
     ) -> Result<Vec<u8>, TampError> {
-        let sha256 = sha256_algorithm().to_der()?;
-        let sig_alg = AlgorithmIdentifierOwned {
-            oid: ECDSA_WITH_SHA256,
-            parameters: None,
-        }
-        .to_der()?;
         // signedAttrs [0] IMPLICIT: the signed SET's content under 0xA0.
         let attrs_content = to_be_signed
             .get(header_len(to_be_signed)?..)
@@ -616,16 +611,16 @@ impl UpdateSigner {
             &[
                 &[0x02, 0x01, 0x01],
                 &self.sid_der,
-                &sha256,
+                &self.sha256_der,
                 &tlv(0xA0, &[attrs_content]),
-                &sig_alg,
+                &self.signature_algorithm_der,
                 &tlv(0x04, &[signature]),
             ],
         );
         let encap = tlv(
             0x30,
             &[
-                &ID_CT_TAMP_UPDATE.to_der()?,
+                &self.content_type_der,
                 &tlv(0xA0, &[&tlv(0x04, &[content_der])]),
             ],
         );
@@ -633,7 +628,7 @@ impl UpdateSigner {
             0x30,
             &[
                 &[0x02, 0x01, 0x03],
-                &tlv(0x31, &[&sha256]),
+                &tlv(0x31, &[&self.sha256_der]),
                 &encap,
                 &self.certificates_der,
                 &tlv(0x31, &[&signer_info]),
@@ -641,7 +636,7 @@ impl UpdateSigner {
         );
         Ok(tlv(
             0x30,
-            &[&ID_SIGNED_DATA.to_der()?, &tlv(0xA0, &[&signed_data])],
+            &[&self.signed_data_type_der, &tlv(0xA0, &[&signed_data])],
         ))
     }
 
