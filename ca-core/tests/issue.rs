@@ -2,13 +2,15 @@
 //! is checked to have stored nothing. (The same pipeline on SoftHSM, checked with openssl and an
 //! independent linter, is in the workspace's `tests` crate.)
 
+mod common;
+use common::SoftSigner;
 use std::sync::Arc;
 
 use base64::Engine as _;
 use ca_core::issue::{AccountLimits, CrlSettings, Engine, ErrorCode, IssuerCtx, RequestItem};
 use ca_core::{
     build_ca_certificate, build_self_signed_root, spki_from_point, CaCertSpec, KeyAlgorithm,
-    SignError, Signer, SledStore, Store,
+    SledStore, Store,
 };
 use der::asn1::{BitString, SetOfVec};
 use der::{Decode, Encode};
@@ -19,78 +21,6 @@ use x509_cert::request::{CertReq, CertReqInfo, Version};
 use x509_cert::Certificate;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
-
-/// A software key behind the Signer seam, for these tests only. `corrupt` makes it return a
-/// signature that does not verify, as a faulty HSM might.
-#[derive(Debug)]
-struct SoftSigner {
-    p256: Option<p256::ecdsa::SigningKey>,
-    p384: Option<p384::ecdsa::SigningKey>,
-    spki: SubjectPublicKeyInfoOwned,
-    corrupt: bool,
-}
-
-impl SoftSigner {
-    fn p256() -> SoftSigner {
-        let k = p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng);
-        let spki = spki_from_point(
-            KeyAlgorithm::EcP256,
-            k.verifying_key().to_encoded_point(false).as_bytes(),
-        )
-        .unwrap();
-        SoftSigner {
-            p256: Some(k),
-            p384: None,
-            spki,
-            corrupt: false,
-        }
-    }
-    fn p384() -> SoftSigner {
-        let k = p384::ecdsa::SigningKey::random(&mut rand::rngs::OsRng);
-        let spki = spki_from_point(
-            KeyAlgorithm::EcP384,
-            k.verifying_key().to_encoded_point(false).as_bytes(),
-        )
-        .unwrap();
-        SoftSigner {
-            p256: None,
-            p384: Some(k),
-            spki,
-            corrupt: false,
-        }
-    }
-}
-
-impl Signer for SoftSigner {
-    fn algorithm(&self) -> KeyAlgorithm {
-        if self.p256.is_some() {
-            KeyAlgorithm::EcP256
-        } else {
-            KeyAlgorithm::EcP384
-        }
-    }
-    fn public_key(&self) -> &SubjectPublicKeyInfoOwned {
-        &self.spki
-    }
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SignError> {
-        let mut sig = match (&self.p256, &self.p384) {
-            (Some(k), _) => {
-                let s: p256::ecdsa::Signature = k.sign(message);
-                s.to_der().as_bytes().to_vec()
-            }
-            (_, Some(k)) => {
-                let s: p384::ecdsa::Signature = k.sign(message);
-                s.to_der().as_bytes().to_vec()
-            }
-            _ => unreachable!(),
-        };
-        if self.corrupt {
-            let n = sig.len();
-            sig[n - 3] ^= 0x01;
-        }
-        Ok(sig)
-    }
-}
 
 struct Fixture {
     _dir: tempfile::TempDir,

@@ -2,6 +2,8 @@
 //! signing through the Signer seam and verifying as a meter would, every tampering refused,
 //! and openssl's `cms -verify` agreeing.
 
+mod common;
+use common::SoftSigner;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -13,12 +15,11 @@ use ca_core::tamp::{
     ID_CT_TAMP_UPDATE,
 };
 use ca_core::{
-    build_ca_certificate, build_self_signed_root, certificate_to_pem, key_identifier,
-    spki_from_point, CaCertSpec, Eui64, KeyAlgorithm, SignError, Signer,
+    build_ca_certificate, build_self_signed_root, certificate_to_pem, key_identifier, CaCertSpec,
+    Eui64, Signer,
 };
 use der::asn1::{BitString, Null, ObjectIdentifier, OctetString};
 use der::{Decode, Encode};
-use p256::ecdsa::signature::Signer as _;
 use spki::{AlgorithmIdentifierOwned, SubjectPublicKeyInfoOwned};
 use x509_cert::ext::pkix::certpolicy::PolicyInformation;
 use x509_cert::ext::pkix::{
@@ -29,70 +30,6 @@ use x509_cert::ext::Extension;
 use x509_cert::serial_number::SerialNumber;
 use x509_cert::time::Validity;
 use x509_cert::{Certificate, TbsCertificate, Version};
-
-/// A software key behind the Signer seam. `corrupt` flips a bit of every signature, as a faulty
-/// HSM might.
-#[derive(Debug)]
-struct SoftSigner {
-    p256: Option<p256::ecdsa::SigningKey>,
-    p384: Option<p384::ecdsa::SigningKey>,
-    spki: SubjectPublicKeyInfoOwned,
-    corrupt: bool,
-}
-
-impl SoftSigner {
-    fn p256() -> SoftSigner {
-        let k = p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng);
-        let point = k.verifying_key().to_encoded_point(false);
-        SoftSigner {
-            spki: spki_from_point(KeyAlgorithm::EcP256, point.as_bytes()).unwrap(),
-            p256: Some(k),
-            p384: None,
-            corrupt: false,
-        }
-    }
-    fn p384() -> SoftSigner {
-        let k = p384::ecdsa::SigningKey::random(&mut rand::rngs::OsRng);
-        let point = k.verifying_key().to_encoded_point(false);
-        SoftSigner {
-            spki: spki_from_point(KeyAlgorithm::EcP384, point.as_bytes()).unwrap(),
-            p256: None,
-            p384: Some(k),
-            corrupt: false,
-        }
-    }
-}
-
-impl Signer for SoftSigner {
-    fn algorithm(&self) -> KeyAlgorithm {
-        if self.p256.is_some() {
-            KeyAlgorithm::EcP256
-        } else {
-            KeyAlgorithm::EcP384
-        }
-    }
-    fn public_key(&self) -> &SubjectPublicKeyInfoOwned {
-        &self.spki
-    }
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SignError> {
-        let mut sig = match (&self.p256, &self.p384) {
-            (Some(k), _) => {
-                let s: p256::ecdsa::Signature = k.sign(message);
-                s.to_der().as_bytes().to_vec()
-            }
-            (_, Some(k)) => {
-                let s: p384::ecdsa::Signature = k.sign(message);
-                s.to_der().as_bytes().to_vec()
-            }
-            _ => unreachable!(),
-        };
-        if self.corrupt {
-            let n = sig.len();
-            sig[n - 3] ^= 0x01;
-        }
-        Ok(sig)
-    }
-}
 
 const TEST_POLICY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.55555.1.2.3");
 const OTHER_POLICY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.55555.1.2.4");

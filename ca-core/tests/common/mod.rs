@@ -1,0 +1,71 @@
+//! What the ca-core integration tests share: a software key behind the `Signer` seam.
+#![allow(dead_code)]
+
+use ca_core::{spki_from_point, KeyAlgorithm, SignError, Signer};
+use p256::ecdsa::signature::Signer as _;
+use spki::SubjectPublicKeyInfoOwned;
+
+/// A software key behind the Signer seam, for tests only. `corrupt` makes it return a
+/// signature that does not verify (a bit flipped), as a faulty HSM might.
+#[derive(Debug)]
+pub struct SoftSigner {
+    pub p256: Option<p256::ecdsa::SigningKey>,
+    pub p384: Option<p384::ecdsa::SigningKey>,
+    pub spki: SubjectPublicKeyInfoOwned,
+    pub corrupt: bool,
+}
+
+impl SoftSigner {
+    pub fn p256() -> SoftSigner {
+        let k = p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng);
+        let point = k.verifying_key().to_encoded_point(false);
+        SoftSigner {
+            spki: spki_from_point(KeyAlgorithm::EcP256, point.as_bytes()).unwrap(),
+            p256: Some(k),
+            p384: None,
+            corrupt: false,
+        }
+    }
+
+    pub fn p384() -> SoftSigner {
+        let k = p384::ecdsa::SigningKey::random(&mut rand::rngs::OsRng);
+        let point = k.verifying_key().to_encoded_point(false);
+        SoftSigner {
+            spki: spki_from_point(KeyAlgorithm::EcP384, point.as_bytes()).unwrap(),
+            p256: None,
+            p384: Some(k),
+            corrupt: false,
+        }
+    }
+}
+
+impl Signer for SoftSigner {
+    fn algorithm(&self) -> KeyAlgorithm {
+        if self.p256.is_some() {
+            KeyAlgorithm::EcP256
+        } else {
+            KeyAlgorithm::EcP384
+        }
+    }
+    fn public_key(&self) -> &SubjectPublicKeyInfoOwned {
+        &self.spki
+    }
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SignError> {
+        let mut sig = match (&self.p256, &self.p384) {
+            (Some(k), _) => {
+                let s: p256::ecdsa::Signature = k.sign(message);
+                s.to_der().as_bytes().to_vec()
+            }
+            (_, Some(k)) => {
+                let s: p384::ecdsa::Signature = k.sign(message);
+                s.to_der().as_bytes().to_vec()
+            }
+            _ => unreachable!("a SoftSigner holds one key"),
+        };
+        if self.corrupt {
+            let n = sig.len();
+            sig[n - 3] ^= 0x01;
+        }
+        Ok(sig)
+    }
+}
