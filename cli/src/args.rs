@@ -409,6 +409,16 @@ pub struct UpdatesOut {
     pub updates_ndjson: Option<PathBuf>,
 }
 
+/// What every churn command shares: where the updates go, and the chunk size.
+#[derive(Args, Debug, Clone)]
+pub struct ChurnOut {
+    #[command(flatten)]
+    pub updates: UpdatesOut,
+    /// Meters (or lines of a bulk file) per chunk: signed, written and stored together.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub chunk: u32,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum SupplierCommand {
     /// Register a supplier (active from now on).
@@ -439,10 +449,7 @@ pub enum SupplierCommand {
         #[command(flatten)]
         enrol: EnrolArgs,
         #[command(flatten)]
-        updates: UpdatesOut,
-        /// Meters per chunk (signed, written and stored together).
-        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10000))]
-        chunk: u32,
+        out: ChurnOut,
     },
     /// Revoke one supplier certificate, republish the Organisation CA's CRLs and make the updates that remove the key from every meter the supplier serves.
     #[command(
@@ -457,10 +464,7 @@ pub enum SupplierCommand {
         #[arg(long)]
         reason: String,
         #[command(flatten)]
-        updates: UpdatesOut,
-        /// Meters per chunk.
-        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10000))]
-        chunk: u32,
+        out: ChurnOut,
     },
     /// Supplier B takes over supplier A: A becomes acquired, A's certificates are revoked (cessationOfOperation) and the CRLs republished at once, every meter of A moves to B with its update.
     #[command(
@@ -474,10 +478,7 @@ pub enum SupplierCommand {
         #[arg(long)]
         to: String,
         #[command(flatten)]
-        updates: UpdatesOut,
-        /// Meters per chunk.
-        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10000))]
-        chunk: u32,
+        out: ChurnOut,
     },
     /// A supplier leaves the market: as a takeover, its meters going to the named supplier of last resort; it becomes exited.
     #[command(
@@ -491,10 +492,7 @@ pub enum SupplierCommand {
         #[arg(long)]
         successor: String,
         #[command(flatten)]
-        updates: UpdatesOut,
-        /// Meters per chunk.
-        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10000))]
-        chunk: u32,
+        out: ChurnOut,
     },
 }
 
@@ -531,10 +529,7 @@ pub enum MeterCommand {
         #[arg(long)]
         file: Option<PathBuf>,
         #[command(flatten)]
-        updates: UpdatesOut,
-        /// Lines per chunk.
-        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10000))]
-        chunk: u32,
+        out: ChurnOut,
     },
     /// Change the supplier of meters: one, or a bulk file (NDJSON {"device_id", "to"} or CSV device_id,to); each gets an update removing the old supplier's keys and adding the new supplier's certificates.
     #[command(
@@ -552,10 +547,7 @@ pub enum MeterCommand {
         #[arg(long)]
         file: Option<PathBuf>,
         #[command(flatten)]
-        updates: UpdatesOut,
-        /// Lines per chunk.
-        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10000))]
-        chunk: u32,
+        out: ChurnOut,
     },
     /// A meter's current supplier and last update.
     #[command(

@@ -20,6 +20,16 @@ pub fn input(msg: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(InputError(msg.into()))
 }
 
+/// An issuance refusal as the CLI reports it: the requester's mistakes are input errors (exit
+/// 2), HSM and internal failures runtime errors (exit 1).
+pub fn issue_error(e: ca_core::issue::IssueError) -> anyhow::Error {
+    if e.code.is_client_error() {
+        input(e.to_string())
+    } else {
+        anyhow::anyhow!("{e}")
+    }
+}
+
 /// 2 for input errors anywhere in the chain, else 1.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::error::ProfileError;
-use crate::profile::Profile;
+use crate::profile::{Profile, ProfileKind};
 
 /// Field named in errors about reading or writing a file rather than its content.
 const FILE_FIELD: &str = "(file)";
@@ -155,6 +155,11 @@ impl ProfileSet {
     /// The profile called `name`, if the set has one.
     pub fn get(&self, name: &str) -> Option<&Profile> {
         self.profiles.get(name)
+    }
+
+    /// The profiles of one kind, by name (e.g. every supplier profile).
+    pub fn of_kind(&self, kind: ProfileKind) -> impl Iterator<Item = &Profile> {
+        self.profiles.values().filter(move |p| p.kind() == kind)
     }
 
     /// The names of all profiles, sorted.

@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::args::AccountCommand;
 use crate::cmd::print_json;
 use crate::ctx::{os_user, Ctx};
-use crate::errors::input;
+use crate::errors::{input, issue_error};
 
 pub fn run(ctx: &Ctx, cmd: AccountCommand) -> Result<()> {
     match cmd {
@@ -148,13 +148,7 @@ fn add(
     };
     let request = tls_request(engine.profiles(), "api-client", subject, key_source, false)
         .map_err(|e| input(e.to_string()))?;
-    let outcome = engine.issue_request(request).map_err(|e| {
-        if e.code.is_client_error() {
-            input(e.to_string())
-        } else {
-            anyhow::anyhow!("{e}")
-        }
-    })?;
+    let outcome = engine.issue_request(request).map_err(issue_error)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let access = std::fs::read_to_string(ctx.home.ca_cert(CaKind::Access))?;
     let root = std::fs::read_to_string(ctx.home.ca_cert(CaKind::Root))?;

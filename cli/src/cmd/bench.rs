@@ -190,6 +190,30 @@ fn peak_rss_kb() -> Option<u64> {
     rss_kb("VmHWM:")
 }
 
+/// A measured rate beside the raw signing rates of the same run, and their ratios.
+fn print_rates(
+    (label, unit, rate): (&str, &str, f64),
+    bare: &BenchFigure,
+    bridge: &BenchFigure,
+    sessions: usize,
+    target_percent: u32,
+) {
+    println!("{label:<22} {rate:>8.0} {unit}");
+    println!(
+        "raw SoftHSM rate       {:>8.0} signatures/s (bare cryptoki C_Sign, {sessions} session(s))",
+        bare.per_second
+    );
+    println!(
+        "raw via hsm-bridge     {:>8.0} signatures/s (HsmSigner::sign, {sessions} session(s))",
+        bridge.per_second
+    );
+    println!(
+        "ratio                  {:>7.0} % of the bare rate, {:.0} % of the hsm-bridge rate (target >= {target_percent} %)",
+        100.0 * rate / bare.per_second,
+        100.0 * rate / bridge.per_second
+    );
+}
+
 /// A memory figure of this process from /proc/self/status, in kB.
 fn rss_kb(field: &str) -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -245,13 +269,13 @@ pub fn issue(ctx: &Ctx, count: usize, raw_seconds: f64) -> Result<()> {
             "issued                 {} certificates in {:.1} s ({} rejected)",
             summary.issued, summary.seconds, summary.rejected
         );
-        println!("issuance rate          {rate:>8.0} certificates/s");
-        println!("raw SoftHSM rate       {:>8.0} signatures/s (bare cryptoki C_Sign, {sessions} session(s))", bare.per_second);
-        println!(
-            "raw via hsm-bridge     {:>8.0} signatures/s (HsmSigner::sign, {sessions} session(s))",
-            bridge.per_second
+        print_rates(
+            ("issuance rate", "certificates/s", rate),
+            &bare,
+            &bridge,
+            sessions,
+            70,
         );
-        println!("ratio                  {:>7.0} % of the bare rate, {:.0} % of the hsm-bridge rate (target >= 70 %)", 100.0 * rate / bare.per_second, 100.0 * rate / bridge.per_second);
         if let Some(k) = rss {
             println!("peak RSS (issuance)    {:>8.1} MB", k as f64 / 1024.0);
         }
@@ -790,13 +814,13 @@ pub fn takeover(
             done,
             refused.len()
         );
-        println!("update rate            {rate:>8.0} updates/s");
-        println!("raw SoftHSM rate       {:>8.0} signatures/s (bare cryptoki C_Sign, {sessions} session(s))", bare.per_second);
-        println!(
-            "raw via hsm-bridge     {:>8.0} signatures/s (HsmSigner::sign, {sessions} session(s))",
-            bridge.per_second
+        print_rates(
+            ("update rate", "updates/s", rate),
+            &bare,
+            &bridge,
+            sessions,
+            60,
         );
-        println!("ratio                  {:>7.0} % of the bare rate, {:.0} % of the hsm-bridge rate (target >= 60 %)", 100.0 * rate / bare.per_second, 100.0 * rate / bridge.per_second);
         if let Some(k) = rss {
             println!("peak RSS (takeover)    {:>8.1} MB", k as f64 / 1024.0);
         }

@@ -72,21 +72,25 @@ pub fn update_signer(ctx: &Ctx, online: &Arc<Token>, engine: &Engine) -> Result<
     UpdateSigner::new(signer, cert, vec![org]).context("the trust-update signer")
 }
 
+/// The names of the supplier profiles (the keys a supplier can hold in meters).
+pub fn supplier_profiles(profiles: &policies::ProfileSet) -> Vec<String> {
+    profiles
+        .of_kind(policies::ProfileKind::Supplier)
+        .map(|p| p.name().to_string())
+        .collect()
+}
+
+/// Whether `profile` names a supplier profile.
+pub fn is_supplier_profile(profiles: &policies::ProfileSet, profile: &str) -> bool {
+    profiles
+        .get(profile)
+        .is_some_and(|p| p.kind() == policies::ProfileKind::Supplier)
+}
+
 /// The churn engine for this home.
 pub fn churn(ctx: &Ctx, online: &Arc<Token>, engine: &Engine) -> Result<Churn> {
     let signer = update_signer(ctx, online, engine)?;
-    let supplier_profiles = engine
-        .profiles()
-        .names()
-        .into_iter()
-        .filter(|n| {
-            engine
-                .profiles()
-                .get(n)
-                .is_some_and(|p| p.kind() == policies::ProfileKind::Supplier)
-        })
-        .map(|n| n.to_string())
-        .collect();
+    let supplier_profiles = supplier_profiles(engine.profiles());
     Ok(Churn::new(
         engine.store().clone(),
         Arc::new(signer),

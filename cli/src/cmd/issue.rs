@@ -15,7 +15,7 @@ use serde_json::json;
 use crate::args::IssueArgs;
 use crate::cmd::print_json;
 use crate::ctx::{os_user, Ctx};
-use crate::errors::input;
+use crate::errors::{input, issue_error};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -104,11 +104,7 @@ pub fn run(ctx: &Ctx, a: IssueArgs) -> Result<()> {
                 &os_user(),
                 json!({"profile": item.profile, "subject": item.device_id.or(item.entity_id), "code": e.code, "detail": e.detail}),
             )?;
-            if e.code.is_client_error() {
-                Err(input(e.to_string()))
-            } else {
-                Err(anyhow::anyhow!("{e}"))
-            }
+            Err(issue_error(e))
         }
     }
 }

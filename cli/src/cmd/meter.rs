@@ -22,29 +22,27 @@ pub fn run(ctx: &Ctx, cmd: MeterCommand) -> Result<()> {
             device_id,
             supplier,
             file,
-            updates,
-            chunk,
+            out,
         } => apply(
             ctx,
             Mode::Assign,
             device_id.zip(supplier),
             file.as_deref(),
-            &updates,
-            chunk as usize,
+            &out.updates,
+            out.chunk as usize,
         ),
         MeterCommand::ChangeSupplier {
             device_id,
             to,
             file,
-            updates,
-            chunk,
+            out,
         } => apply(
             ctx,
             Mode::Change,
             device_id.zip(to),
             file.as_deref(),
-            &updates,
-            chunk as usize,
+            &out.updates,
+            out.chunk as usize,
         ),
         MeterCommand::Show { device_id } => show(ctx, &device_id),
     }
@@ -118,6 +116,38 @@ fn parse_line(mode: Mode, line: &str) -> Result<Option<(Eui64, Eui64)>, String> 
     Ok(Some((d, s)))
 }
 
+/// Planned lines waiting to be run as one chunk, and where their updates go.
+struct Pending<'a> {
+    churn: &'a Churn,
+    op: &'a str,
+    sink: Option<Box<dyn UpdateSink>>,
+    plans: Vec<Plan>,
+    lines: Vec<usize>,
+    /// The meters planned: a meter named again waits for the chunk that moves it first.
+    devices: HashSet<Eui64>,
+}
+
+impl Pending<'_> {
+    /// Runs the pending chunk (signed, written, stored) and counts its results.
+    fn run(&mut self, summary: &mut Summary) -> Result<()> {
+        let sink: Option<&mut dyn UpdateSink> = self.sink.as_deref_mut().map(|s| s as _);
+        let results = self
+            .churn
+            .execute(&self.plans, self.op, sink)
+            .map_err(churn_err)?;
+        for (line, r) in self.lines.iter().zip(results) {
+            match r {
+                Ok(_) => summary.applied += 1,
+                Err(e) => summary.refuse(*line, e.code().unwrap_or("internal"), e.to_string()),
+            }
+        }
+        self.plans.clear();
+        self.lines.clear();
+        self.devices.clear();
+        Ok(())
+    }
+}
+
 #[derive(Default, serde::Serialize)]
 struct Summary {
     lines: u64,
@@ -130,6 +160,14 @@ struct Summary {
     errors: Vec<serde_json::Value>,
 }
 
+impl Summary {
+    fn refuse(&mut self, line: usize, code: &str, detail: String) {
+        self.refused += 1;
+        self.errors
+            .push(json!({"line": line, "code": code, "detail": detail}));
+    }
+}
+
 /// Plans and runs chunk by chunk: a line is planned against the store as it stands after the
 /// earlier chunks, and a meter named twice waits for the chunk that moves it first.
 fn apply(
@@ -140,7 +178,7 @@ fn apply(
     updates: &UpdatesOut,
     chunk: usize,
 ) -> Result<()> {
-    let mut sink: Option<Box<dyn UpdateSink>> = match mode {
+    let sink: Option<Box<dyn UpdateSink>> = match mode {
         Mode::Assign => sink(updates)?,
         Mode::Change => Some(required_sink(updates)?),
     };
@@ -177,9 +215,14 @@ fn apply(
     let bar = bar(ctx, total, "lines");
     let start = std::time::Instant::now();
     let mut summary = Summary::default();
-    let mut plans: Vec<Plan> = Vec::with_capacity(chunk);
-    let mut plan_lines: Vec<usize> = Vec::with_capacity(chunk);
-    let mut in_chunk: HashSet<Eui64> = HashSet::new();
+    let mut pending = Pending {
+        churn: &churn,
+        op: &op,
+        sink,
+        plans: Vec::with_capacity(chunk),
+        lines: Vec::with_capacity(chunk),
+        devices: HashSet::new(),
+    };
     // A file's refusals name their line; a single meter's speak for themselves.
     let from_file = file.is_some();
     let at = |n: usize, detail: String| {
@@ -188,34 +231,6 @@ fn apply(
         } else {
             detail
         }
-    };
-    let refuse = |summary: &mut Summary, line: usize, code: &str, detail: String| {
-        summary.refused += 1;
-        summary
-            .errors
-            .push(json!({"line": line, "code": code, "detail": detail}));
-    };
-    let flush = |plans: &mut Vec<Plan>,
-                 plan_lines: &mut Vec<usize>,
-                 in_chunk: &mut HashSet<Eui64>,
-                 summary: &mut Summary,
-                 sink: &mut Option<Box<dyn UpdateSink>>|
-     -> Result<()> {
-        let sink_ref: Option<&mut dyn UpdateSink> = sink.as_deref_mut().map(|s| s as _);
-        let results = churn.execute(plans, &op, sink_ref).map_err(churn_err)?;
-        for (line, r) in plan_lines.iter().zip(results) {
-            match r {
-                Ok(_) => summary.applied += 1,
-                Err(e) => {
-                    summary.refused += 1;
-                    summary.errors.push(json!({"line": line, "code": e.code().unwrap_or("internal"), "detail": e.to_string()}));
-                }
-            }
-        }
-        plans.clear();
-        plan_lines.clear();
-        in_chunk.clear();
-        Ok(())
     };
     for (n, line) in lines {
         let line = line.with_context(|| format!("reading line {n}"))?;
@@ -229,20 +244,14 @@ fn apply(
             }
             Err(e) => {
                 summary.lines += 1;
-                refuse(&mut summary, n, "bad-line", at(n, e));
+                summary.refuse(n, "bad-line", at(n, e));
                 continue;
             }
         };
         summary.lines += 1;
         let (device, to) = parsed;
-        if in_chunk.contains(&device) {
-            flush(
-                &mut plans,
-                &mut plan_lines,
-                &mut in_chunk,
-                &mut summary,
-                &mut sink,
-            )?;
+        if pending.devices.contains(&device) {
+            pending.run(&mut summary)?;
         }
         let planned: Result<Option<Plan>, ChurnError> = match mode {
             Mode::Assign => churn.plan_assign(&device, &to.to_string()),
@@ -250,36 +259,23 @@ fn apply(
         };
         match planned {
             Ok(Some(p)) => {
-                in_chunk.insert(device);
-                plans.push(p);
-                plan_lines.push(n);
+                pending.devices.insert(device);
+                pending.plans.push(p);
+                pending.lines.push(n);
             }
             Ok(None) => summary.unchanged += 1,
-            Err(ChurnError::Refused { code, detail }) => {
-                refuse(&mut summary, n, code, at(n, detail))
-            }
+            Err(ChurnError::Refused { code, detail }) => summary.refuse(n, code, at(n, detail)),
             Err(e) => return Err(churn_err(e)),
         }
-        if plans.len() >= chunk {
-            flush(
-                &mut plans,
-                &mut plan_lines,
-                &mut in_chunk,
-                &mut summary,
-                &mut sink,
-            )?;
+        if pending.plans.len() >= chunk {
+            pending.run(&mut summary)?;
         }
         if let Some(b) = &bar {
             b.set_position(n as u64);
         }
     }
-    flush(
-        &mut plans,
-        &mut plan_lines,
-        &mut in_chunk,
-        &mut summary,
-        &mut sink,
-    )?;
+    pending.run(&mut summary)?;
+    let sink = pending.sink;
     if let Some(b) = bar {
         b.finish_and_clear();
     }

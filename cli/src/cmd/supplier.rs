@@ -15,10 +15,12 @@ use hsm_bridge::Token;
 use serde_json::json;
 
 use crate::args::{EnrolArgs, SupplierCommand, UpdatesOut};
-use crate::cmd::churn::{churn, churn_err, required_sink, run_op};
+use crate::cmd::churn::{
+    churn, churn_err, is_supplier_profile, required_sink, run_op, supplier_profiles,
+};
 use crate::cmd::print_json;
 use crate::ctx::{os_user, Ctx};
-use crate::errors::input;
+use crate::errors::{input, issue_error};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -27,29 +29,30 @@ pub fn run(ctx: &Ctx, cmd: SupplierCommand) -> Result<()> {
         SupplierCommand::Register { id, name } => register(ctx, &id, &name),
         SupplierCommand::List => list(ctx),
         SupplierCommand::Enrol(a) => enrol(ctx, &a),
-        SupplierCommand::Rotate {
-            enrol,
-            updates,
-            chunk,
-        } => rotate(ctx, &enrol, &updates, chunk as usize),
+        SupplierCommand::Rotate { enrol, out } => {
+            rotate(ctx, &enrol, &out.updates, out.chunk as usize)
+        }
         SupplierCommand::RevokeKey {
             serial,
             reason,
-            updates,
-            chunk,
-        } => revoke_key(ctx, &serial, &reason, &updates, chunk as usize),
-        SupplierCommand::Takeover {
-            from,
-            to,
-            updates,
-            chunk,
-        } => end(ctx, "takeover", &from, &to, &updates, chunk as usize),
-        SupplierCommand::Exit {
-            id,
-            successor,
-            updates,
-            chunk,
-        } => end(ctx, "exit", &id, &successor, &updates, chunk as usize),
+            out,
+        } => revoke_key(ctx, &serial, &reason, &out.updates, out.chunk as usize),
+        SupplierCommand::Takeover { from, to, out } => end(
+            ctx,
+            "takeover",
+            &from,
+            &to,
+            &out.updates,
+            out.chunk as usize,
+        ),
+        SupplierCommand::Exit { id, successor, out } => end(
+            ctx,
+            "exit",
+            &id,
+            &successor,
+            &out.updates,
+            out.chunk as usize,
+        ),
     }
 }
 
@@ -100,16 +103,7 @@ fn register(ctx: &Ctx, id: &str, name: &str) -> Result<()> {
 fn list(ctx: &Ctx) -> Result<()> {
     let store = ctx.store()?;
     let profiles = ctx.profiles()?;
-    let supplier_profiles: Vec<String> = profiles
-        .names()
-        .into_iter()
-        .filter(|n| {
-            profiles
-                .get(n)
-                .is_some_and(|p| p.kind() == policies::ProfileKind::Supplier)
-        })
-        .map(String::from)
-        .collect();
+    let supplier_profiles = supplier_profiles(&profiles);
     let mut rows = Vec::new();
     for s in store.suppliers()? {
         let mut keys = Vec::new();
@@ -157,11 +151,7 @@ fn read_csr(p: &Path) -> Result<String> {
 
 fn enrol_item(engine: &Engine, a: &EnrolArgs, replace: bool) -> Result<RequestItem> {
     let id = parse_id("--id", &a.id)?;
-    let is_supplier = engine
-        .profiles()
-        .get(&a.profile)
-        .is_some_and(|p| p.kind() == policies::ProfileKind::Supplier);
-    if !is_supplier {
+    if !is_supplier_profile(engine.profiles(), &a.profile) {
         return Err(input(format!(
             "--profile {:?} is not a supplier profile (supplier-signing, supplier-key-agreement)",
             a.profile
@@ -200,13 +190,7 @@ fn enrol(ctx: &Ctx, a: &EnrolArgs) -> Result<()> {
     let item = enrol_item(&engine, a, false)?;
     let out = engine
         .issue(&item, &AccountLimits::default())
-        .map_err(|e| {
-            if e.code.is_client_error() {
-                input(e.to_string())
-            } else {
-                anyhow::anyhow!("{e}")
-            }
-        })?;
+        .map_err(issue_error)?;
     ctx.audit(ctx.store()?).append(
         "supplier.enrol",
         &os_user(),
@@ -325,13 +309,7 @@ fn rotate(ctx: &Ctx, a: &EnrolArgs, updates: &UpdatesOut, chunk: usize) -> Resul
         // The new certificate; the old one is revoked as superseded in the same store write.
         let out = engine
             .issue(&item, &AccountLimits::default())
-            .map_err(|e| {
-                if e.code.is_client_error() {
-                    input(e.to_string())
-                } else {
-                    anyhow::anyhow!("{e}")
-                }
-            })?;
+            .map_err(issue_error)?;
         op.add = vec![out.record.serial_hex()];
         churn.save_op(&op).map_err(churn_err)?;
         ctx.audit(store.clone()).append(
@@ -387,11 +365,7 @@ fn revoke_key(
     let rec = store
         .cert(&serial)?
         .ok_or_else(|| input(format!("--serial: no certificate {}", hex::encode(&serial))))?;
-    let is_supplier = engine
-        .profiles()
-        .get(&rec.profile)
-        .is_some_and(|p| p.kind() == policies::ProfileKind::Supplier);
-    if !is_supplier {
+    if !is_supplier_profile(engine.profiles(), &rec.profile) {
         return Err(input(format!(
             "--serial {} is a {} certificate, not a supplier key (use `meterpki revoke`)",
             rec.serial_hex(),
