@@ -121,12 +121,13 @@ pub fn required_sink(u: &UpdatesOut) -> Result<Box<dyn UpdateSink>> {
     })
 }
 
-/// A progress bar on a terminal, nothing otherwise.
-pub fn bar(ctx: &Ctx, len: u64, what: &str) -> Option<indicatif::ProgressBar> {
+/// A progress bar on a terminal, nothing otherwise. `len` is only computed when the bar is shown
+/// (counting a bulk file's lines or an operation's meters is a pass over them).
+pub fn bar(ctx: &Ctx, len: impl FnOnce() -> u64, what: &str) -> Option<indicatif::ProgressBar> {
     if ctx.json || !std::io::stderr().is_terminal() {
         return None;
     }
-    let b = indicatif::ProgressBar::new(len);
+    let b = indicatif::ProgressBar::new(len());
     b.set_style(
         indicatif::ProgressStyle::with_template(&format!(
             "{{bar:40}} {{pos}}/{{len}} {what}  {{per_sec}}  eta {{eta}}"
@@ -145,8 +146,7 @@ pub fn run_op(
     chunk: usize,
     sink: &mut dyn UpdateSink,
 ) -> Result<(u64, Vec<(String, ChurnError)>)> {
-    let total = churn.remaining(op).map_err(churn_err)?;
-    let bar = bar(ctx, total, "meters");
+    let bar = bar(ctx, || churn.remaining(op).unwrap_or(0), "meters");
     let (done, refused) = churn
         .run_op(op, chunk, sink, &mut |n| {
             if let Some(b) = &bar {

@@ -202,17 +202,22 @@ fn apply(
                 }))
             }
         };
-    let total = match file {
-        Some(f) => BufReader::new(File::open(f)?).lines().count() as u64,
-        None => 1,
-    };
     let hsm = ctx.hsm()?;
     let online = ctx.online(&hsm)?;
     let engine = ctx.engine(&online, ctx.store()?)?;
     let store = ctx.store()?;
     let churn: Churn = churn(ctx, &online, &engine)?;
     let op = format!("{}:{}", mode.name(), crate::cmd::now_compact());
-    let bar = bar(ctx, total, "lines");
+    let bar = bar(
+        ctx,
+        || match file {
+            Some(f) => File::open(f)
+                .map(|f| BufReader::new(f).lines().count() as u64)
+                .unwrap_or(0),
+            None => 1,
+        },
+        "lines",
+    );
     let start = std::time::Instant::now();
     let mut summary = Summary::default();
     let mut pending = Pending {
