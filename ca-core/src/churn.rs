@@ -625,43 +625,13 @@ impl Churn {
     /// Builds and signs one update per plan, `workers` threads in parallel (the HSM session pool
     /// serves them); each signature is verified before it leaves [`UpdateSigner::sign`].
     fn sign_all(&self, plans: &[Plan], seqs: &[u64]) -> Result<Vec<Vec<u8>>, ChurnError> {
-        let one = |i: usize| -> Result<Vec<u8>, ChurnError> {
-            let p = &plans[i];
-            let content = p.updates.encode_for(p.hw_type, &p.device, seqs[i])?;
+        let jobs: Vec<(&Plan, u64)> = plans.iter().zip(seqs.iter().copied()).collect();
+        crate::par::par_map(&jobs, self.workers, |(p, seq)| {
+            let content = p.updates.encode_for(p.hw_type, &p.device, *seq)?;
             Ok(self.signer.sign_encoded(&content)?)
-        };
-        let workers = self.workers.min(plans.len()).max(1);
-        if workers == 1 {
-            return (0..plans.len()).map(one).collect();
-        }
-        let mut slots: Vec<Option<Result<Vec<u8>, ChurnError>>> = Vec::new();
-        slots.resize_with(plans.len(), || None);
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..workers)
-                .map(|w| {
-                    let one = &one;
-                    scope.spawn(move || {
-                        (w..plans.len())
-                            .step_by(workers)
-                            .map(|i| (i, one(i)))
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            for h in handles {
-                if let Ok(done) = h.join() {
-                    for (i, r) in done {
-                        slots[i] = Some(r);
-                    }
-                }
-            }
-        });
-        slots
-            .into_iter()
-            .map(|s| {
-                s.unwrap_or_else(|| Err(ChurnError::Internal("a signing thread panicked".into())))
-            })
-            .collect()
+        })
+        .into_iter()
+        .collect()
     }
 
     // ---- operations over all meters of a supplier ------------------------------------------

@@ -15,6 +15,7 @@ mod eui64;
 mod fsutil;
 mod home;
 pub mod issue;
+mod par;
 mod quorum;
 mod revocation;
 mod signer;

@@ -15,8 +15,9 @@ mod request;
 mod sign;
 mod tbs;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+
+use crate::par::{par_map, par_map_owned};
 use std::time::SystemTime;
 
 use der::{Decode, Encode};
@@ -388,53 +389,4 @@ fn abort_all(checked: Vec<Result<(), IssueError>>) -> Vec<Result<Outcome, IssueE
             )),
         })
         .collect()
-}
-
-/// Maps `f` over `items` on `workers` threads, keeping order.
-fn par_map<T: Sync, R: Send>(items: &[T], workers: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    if workers <= 1 || items.len() <= 1 {
-        return items.iter().map(f).collect();
-    }
-    let next = AtomicUsize::new(0);
-    let mut parts: Vec<Vec<(usize, R)>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..workers.min(items.len()))
-            .map(|_| {
-                s.spawn(|| {
-                    let mut done = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= items.len() {
-                            break done;
-                        }
-                        done.push((i, f(&items[i])));
-                    }
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("issuance worker panicked"))
-            .collect()
-    });
-    let mut all: Vec<(usize, R)> = parts.iter_mut().flat_map(std::mem::take).collect();
-    all.sort_by_key(|(i, _)| *i);
-    all.into_iter().map(|(_, r)| r).collect()
-}
-
-/// `par_map` over owned items.
-fn par_map_owned<T: Send, R: Send>(
-    items: Vec<T>,
-    workers: usize,
-    f: impl Fn(T) -> R + Sync,
-) -> Vec<R> {
-    let cells: Vec<std::sync::Mutex<Option<T>>> = items
-        .into_iter()
-        .map(|t| std::sync::Mutex::new(Some(t)))
-        .collect();
-    par_map(&cells, workers, |c| {
-        f(c.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-            .expect("each item taken once"))
-    })
 }
