@@ -531,6 +531,17 @@ fn the_api_issues_over_mutual_tls_and_refuses_what_an_account_may_not_do() {
         &["--http1.1"],
     );
     assert_eq!(code, 413, "{body}");
+    // Nothing of the refused body was kept: no batch under its request_id.
+    let (code, body) = curl(
+        &s,
+        &srv,
+        Some("line-all"),
+        "GET",
+        "/v1/batches/big",
+        None,
+        &[],
+    );
+    assert_eq!(code, 404, "{body}");
 
     // Revocation: a supplier may not revoke a meter certificate (to it, it does not exist:
     // 404, as for a lookup); an operator may.
