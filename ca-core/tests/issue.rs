@@ -556,3 +556,48 @@ fn the_lint_refuses_what_the_profile_forbids() {
         "over the profile's 300",
     );
 }
+
+#[test]
+fn serials_are_positive_and_carry_64_random_bits_after_a_time_octet() {
+    // 9 octets: one that names the second (1..=127, so positive and minimally encoded), then 64
+    // random bits (DESIGN §3). Certificates issued in the same second share the first octet,
+    // which is what keeps the store's inserts together.
+    let f = fixture();
+    let second = || {
+        (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            % 127) as u8
+            + 1
+    };
+    let mut serials = Vec::new();
+    for i in 0..40u32 {
+        let before = second();
+        let o = f
+            .engine
+            .issue(
+                &meter(&format!("00DB5E51{i:08X}"), &csr_p256(&new_key())),
+                &AccountLimits::default(),
+            )
+            .unwrap();
+        let after = second();
+        let s = o.record.serial.clone();
+        assert_eq!(s.len(), 9, "{}", hex::encode(&s));
+        assert!((1..=0x7f).contains(&s[0]), "{}", hex::encode(&s));
+        assert!(
+            s[0] == before || s[0] == after,
+            "{} at second {before}",
+            hex::encode(&s)
+        );
+        // The certificate carries exactly these octets as its serialNumber.
+        let cert = x509_cert::Certificate::from_der(&o.record.der).unwrap();
+        assert_eq!(cert.tbs_certificate.serial_number.as_bytes(), &s[..]);
+        serials.push(s);
+    }
+    // The random parts differ (64 bits each: a repeat would be a broken generator).
+    let mut tails: Vec<_> = serials.iter().map(|s| s[1..].to_vec()).collect();
+    tails.sort();
+    tails.dedup();
+    assert_eq!(tails.len(), serials.len());
+}
