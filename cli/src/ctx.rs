@@ -255,19 +255,44 @@ pub fn absolute(p: &Path) -> PathBuf {
 /// pointing at the home's config. Rather than `unsafe` `set_var` in a running process, the
 /// CLI re-executes itself once with the variable set (`exec`, same pid, same arguments).
 pub fn ensure_softhsm_env(home: &Home) -> Result<()> {
+    ensure_process_env(Some(home), false)
+}
+
+/// The allocator setting of a long-running server: mimalloc returns freed memory to the OS at
+/// once instead of after a delay. Measured with `bench api` (a million certificates): peak RSS
+/// 277 -> 230 MB, the ratio to the raw signing rate unchanged. mimalloc reads it only at process
+/// start, hence the re-exec; an operator's own `MIMALLOC_PURGE_DELAY` is left alone.
+const SERVER_ALLOCATOR_ENV: (&str, &str) = ("MIMALLOC_PURGE_DELAY", "0");
+
+/// Re-executes the CLI once (`exec`: same pid, same arguments) when the environment it needs
+/// is missing: `SOFTHSM2_CONF` for a SoftHSM `home`, the allocator setting for a `server`.
+pub fn ensure_process_env(softhsm_home: Option<&Home>, server: bool) -> Result<()> {
     use std::os::unix::process::CommandExt;
-    let conf = absolute(&home.softhsm_conf());
-    if std::env::var_os(softhsm_config::CONF_ENV).as_deref() == Some(conf.as_os_str()) {
+    let mut wanted: Vec<(&str, std::ffi::OsString)> = Vec::new();
+    if let Some(home) = softhsm_home {
+        let conf = absolute(&home.softhsm_conf());
+        if std::env::var_os(softhsm_config::CONF_ENV).as_deref() != Some(conf.as_os_str()) {
+            wanted.push((softhsm_config::CONF_ENV, conf.into_os_string()));
+        }
+    }
+    if server && std::env::var_os(SERVER_ALLOCATOR_ENV.0).is_none() {
+        wanted.push((SERVER_ALLOCATOR_ENV.0, SERVER_ALLOCATOR_ENV.1.into()));
+    }
+    if wanted.is_empty() {
         return Ok(());
     }
+    let names: Vec<&str> = wanted.iter().map(|(n, _)| *n).collect();
     if std::env::var_os("METERPKI_REEXEC").is_some() {
-        anyhow::bail!("could not set {} for SoftHSM", softhsm_config::CONF_ENV);
+        anyhow::bail!("could not set {} for this process", names.join(", "));
     }
     let exe = std::env::current_exe().context("locating the meterpki executable")?;
     let err = std::process::Command::new(exe)
         .args(std::env::args_os().skip(1))
-        .env(softhsm_config::CONF_ENV, &conf)
+        .envs(wanted)
         .env("METERPKI_REEXEC", "1")
         .exec();
-    Err(anyhow::Error::new(err).context("re-executing meterpki with SOFTHSM2_CONF set"))
+    Err(anyhow::Error::new(err).context(format!(
+        "re-executing meterpki with {} set",
+        names.join(", ")
+    )))
 }

@@ -1551,6 +1551,14 @@ fn sustained_mixed_load_answers_only_successes_and_429() {
         })
         .collect();
     let pid = srv.child.id();
+    // The server runs with mimalloc returning freed memory at once (set by `serve` itself).
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    assert!(
+        environ
+            .split(|b| *b == 0)
+            .any(|v| v == b"MIMALLOC_PURGE_DELAY=0"),
+        "serve runs without its allocator setting"
+    );
     let rss_start = rss(pid);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
     let (tx, rx) = std::sync::mpsc::channel::<(String, u16, std::time::Duration)>();

@@ -22,7 +22,7 @@ use ca_core::Home;
 use crate::args::{
     AuditCommand, BenchCommand, CeremonyCommand, Cli, Command, CrlCommand, UpdateCommand,
 };
-use crate::ctx::{absolute, ensure_softhsm_env, Ctx};
+use crate::ctx::{absolute, ensure_process_env, Ctx};
 
 /// Dispatches a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
@@ -54,9 +54,8 @@ pub fn run(cli: Cli) -> Result<()> {
         ),
         other => {
             let ctx = Ctx::open(home, json)?;
-            if ctx.config.hsm.softhsm {
-                ensure_softhsm_env(&ctx.home)?;
-            }
+            let server = matches!(other, Command::Serve { .. });
+            ensure_process_env(ctx.config.hsm.softhsm.then_some(&ctx.home), server)?;
             match other {
                 Command::Ceremony(CeremonyCommand::Root(a)) => ceremony::root(&ctx, a),
                 Command::Ceremony(CeremonyCommand::IssuingCa(a)) => ceremony::issuing(&ctx, a),
