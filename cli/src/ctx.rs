@@ -282,14 +282,18 @@ pub fn ensure_process_env(softhsm_home: Option<&Home>, server: bool) -> Result<(
         return Ok(());
     }
     let names: Vec<&str> = wanted.iter().map(|(n, _)| *n).collect();
-    if std::env::var_os("METERPKI_REEXEC").is_some() {
+    // The marker holds the pid that re-executed (`exec` keeps it): seeing our own pid means the
+    // re-execution did not take, and stops a loop; a child of a re-executed meterpki inherits
+    // its parent's pid and may re-execute itself.
+    let me = std::process::id().to_string();
+    if std::env::var_os("METERPKI_REEXEC").is_some_and(|v| v == me.as_str()) {
         anyhow::bail!("could not set {} for this process", names.join(", "));
     }
     let exe = std::env::current_exe().context("locating the meterpki executable")?;
     let err = std::process::Command::new(exe)
         .args(std::env::args_os().skip(1))
         .envs(wanted)
-        .env("METERPKI_REEXEC", "1")
+        .env("METERPKI_REEXEC", &me)
         .exec();
     Err(anyhow::Error::new(err).context(format!(
         "re-executing meterpki with {} set",
