@@ -557,13 +557,19 @@ async fn post_batch(
             account.device_range.unwrap_or_default()
         )));
     }
+    let items: Vec<ItemResult> = results
+        .iter()
+        .enumerate()
+        .map(|(i, r)| ItemResult::of(i, r))
+        .collect();
+    drop(results);
     let store = state.store.clone();
     // The record keeps serials, not certificates: the certificates are in the store already.
-    let compact: Vec<Value> = results
+    let compact: Vec<Value> = items
         .iter()
-        .map(|r| match r {
-            Ok(o) => json!({"serial": o.record.serial_hex(), "existing": o.existing}),
-            Err(e) => json!({"error": {"code": e.code, "detail": e.detail}}),
+        .map(|r| match &r.error {
+            None => json!({"serial": r.serial, "existing": r.existing}),
+            Some(e) => json!({"error": e}),
         })
         .collect();
     let record = serde_json::to_vec(&json!({"body_sha256": hash, "results": compact}))
@@ -573,12 +579,6 @@ async fn post_batch(
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
-    let items = results
-        .iter()
-        .enumerate()
-        .map(|(i, r)| ItemResult::of(i, r))
-        .collect();
-    drop(results);
     Ok(respond(&headers, &request_id, items))
 }
 
