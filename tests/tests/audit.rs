@@ -93,18 +93,9 @@ fn an_append_cut_short_by_a_crash_is_removed_and_recorded() {
     let mut bytes = std::fs::read(&log).unwrap();
     bytes.extend_from_slice(b"{\"seq\":99,\"time\":\"2026-");
     std::fs::write(&log, &bytes).unwrap();
-    s.run(
-        "h",
-        &[
-            "supplier",
-            "register",
-            "--id",
-            "90-B3-D5-1F-30-00-00-0A",
-            "--name",
-            "A",
-        ],
-    )
-    .ok();
+    let register =
+        |id: &str, name: &str| s.run("h", &["supplier", "register", "--id", id, "--name", name]);
+    register("90-B3-D5-1F-30-00-00-0A", "A").ok();
     s.run("h", &["audit", "verify"]).ok();
     let list = s.run("h", &["audit", "list", "--json"]).ok().stdout;
     assert!(list.contains("audit.torn-tail-removed"), "{list}");
@@ -115,16 +106,5 @@ fn an_append_cut_short_by_a_crash_is_removed_and_recorded() {
     bytes.truncate(last_line_start); // drop the last record: the store's head is now ahead
     bytes.extend_from_slice(b"{\"seq\":");
     std::fs::write(&log, &bytes).unwrap();
-    s.run(
-        "h",
-        &[
-            "supplier",
-            "register",
-            "--id",
-            "90-B3-D5-1F-30-00-00-0B",
-            "--name",
-            "B",
-        ],
-    )
-    .fails(1, "does not end with a complete line");
+    register("90-B3-D5-1F-30-00-00-0B", "B").fails(1, "does not end with a complete line");
 }

@@ -307,41 +307,23 @@ fn killed_at_random_moments_the_ca_keeps_its_invariants() {
     std::fs::write(s.path("assign.csv"), csv).unwrap();
     s.run("h", &["meter", "assign", "--file", &p(&s, "assign.csv")])
         .ok();
+    let takeover = [
+        "supplier",
+        "takeover",
+        "--from",
+        A,
+        "--to",
+        B,
+        "--updates-ndjson",
+        "takeover.ndjson",
+        "--chunk",
+        "40",
+    ];
     for _ in 0..rounds {
-        kills += kill_after(
-            &s,
-            &[
-                "supplier",
-                "takeover",
-                "--from",
-                A,
-                "--to",
-                B,
-                "--updates-ndjson",
-                "takeover.ndjson",
-                "--chunk",
-                "40",
-            ],
-            at(&mut rng, &took, "takeover"),
-        ) as usize;
+        kills += kill_after(&s, &takeover, at(&mut rng, &took, "takeover")) as usize;
     }
     let r = s
-        .run(
-            "h",
-            &[
-                "supplier",
-                "takeover",
-                "--from",
-                A,
-                "--to",
-                B,
-                "--updates-ndjson",
-                "takeover.ndjson",
-                "--chunk",
-                "40",
-                "--json",
-            ],
-        )
+        .run("h", &[&takeover[..], &["--json"]].concat())
         .ok()
         .json();
     assert!(
