@@ -17,8 +17,15 @@ impl Eui64 {
 
 impl fmt::Display for Eui64 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let parts: Vec<String> = self.0.iter().map(|b| format!("{b:02X}")).collect();
-        f.write_str(&parts.join("-"))
+        // By hand rather than `format!` per byte and a join: a device ID is formatted several
+        // times for every certificate issued, and the allocations showed in the API's profile.
+        const HEX: &[u8; 16] = b"0123456789ABCDEF";
+        let mut out = [b'-'; 23];
+        for (i, b) in self.0.iter().enumerate() {
+            out[3 * i] = HEX[usize::from(b >> 4)];
+            out[3 * i + 1] = HEX[usize::from(b & 0x0f)];
+        }
+        f.write_str(std::str::from_utf8(&out).map_err(|_| fmt::Error)?)
     }
 }
 

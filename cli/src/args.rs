@@ -320,12 +320,15 @@ pub enum AuditCommand {
 pub enum BenchCommand {
     /// Load the API: start `meterpki serve` on this home, send N meter requests in batches over mTLS from a factory account made for the run, and print certificates/s, the raw signing rate measured before the server started, their ratio, wall time, the server's peak RSS and batch latency percentiles.
     #[command(
-        after_help = "Example:\n  meterpki bench api --count 1000000 --batch 5000 --in-flight 2"
+        after_help = "Examples:\n  meterpki bench api --count 1000000 --batch 5000 --in-flight 2\n  meterpki bench make-batch --count 1000000 --out req.ndjson && meterpki bench api --requests req.ndjson"
     )]
     Api {
-        /// Certificates to request.
+        /// Certificates to request (fresh CSRs made before the run).
         #[arg(long, default_value_t = 100_000)]
         count: usize,
+        /// Send the requests of this NDJSON file (from `bench make-batch`) instead of making --count fresh ones, so runs can repeat the same input; each run needs a home that has not seen them (e.g. a fresh copy of the same home).
+        #[arg(long, value_name = "FILE", conflicts_with = "count")]
+        requests: Option<PathBuf>,
         /// Items per batch (at most 10,000).
         #[arg(long, default_value_t = 5_000)]
         batch: usize,

@@ -214,6 +214,70 @@ fn print_rates(
     );
 }
 
+/// Verifications per second of a P-256 ECDSA signature with `ca_core::verify_signature_fast`
+/// (what the pipeline runs for a CSR's proof of possession and after every HSM signature), from
+/// `threads` threads at once, as the signing rate is measured. Distinct messages and signatures,
+/// so that nothing is served from a cache.
+fn verify_rate(threads: usize, duration: Duration) -> Result<f64> {
+    use p256::ecdsa::signature::Signer as _;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    eprintln!("P-256 verification rate, {threads} thread(s)...");
+    let key = p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng);
+    let point = key.verifying_key().to_encoded_point(false);
+    let spki = ca_core::spki_from_point(KeyAlgorithm::EcP256, point.as_bytes())?;
+    let pairs: Vec<(Vec<u8>, Vec<u8>)> = (0..64u8)
+        .map(|i| {
+            let msg = vec![i; 300];
+            let sig: p256::ecdsa::Signature = key.sign(&msg);
+            (msg, sig.to_der().as_bytes().to_vec())
+        })
+        .collect();
+    let count = AtomicU64::new(0);
+    let start = std::time::Instant::now();
+    let deadline = start + duration;
+    std::thread::scope(|s| -> Result<()> {
+        let workers: Vec<_> = (0..threads.max(1))
+            .map(|_| {
+                s.spawn(|| -> Result<()> {
+                    let mut n = 0u64;
+                    while std::time::Instant::now() < deadline {
+                        for (msg, sig) in &pairs {
+                            ca_core::verify_signature_fast(&spki, msg, sig)
+                                .map_err(|e| anyhow::anyhow!("verification benchmark: {e}"))?;
+                        }
+                        n += pairs.len() as u64;
+                    }
+                    count.fetch_add(n, Ordering::Relaxed);
+                    Ok(())
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join()
+                .map_err(|_| anyhow::anyhow!("a verification thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    Ok(count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// The highest ratio the pipeline could reach on these cores if each item cost nothing but its
+/// HSM signature and `verifications` P-256 verifications, all competing for the same cores:
+/// items/s = 1 / (1/raw + verifications/verify), divided by raw.
+fn ceiling(raw: f64, verify: f64, verifications: u32) -> f64 {
+    1.0 / (1.0 + f64::from(verifications) * raw / verify)
+}
+
+fn print_ceiling(raw: f64, verify: f64, verifications: u32, which: &str) {
+    println!(
+        "P-256 verification     {verify:>8.0} verifications/s (ring, as the pipeline runs it, same thread count)"
+    );
+    println!(
+        "ratio ceiling          {:>7.0} % = 1 / (1 + {verifications} x raw / verification rate): the ratio if each item cost only its HSM signature and {which}, nothing else",
+        100.0 * ceiling(raw, verify, verifications)
+    );
+}
+
 /// A memory figure of this process from /proc/self/status, in kB.
 fn rss_kb(field: &str) -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -242,6 +306,7 @@ pub fn issue(ctx: &Ctx, count: usize, raw_seconds: f64) -> Result<()> {
     );
     let bare = bench_bare_cryptoki(&online, &CaKind::Device.key_label(), 32, sessions, d)?;
     let bridge = bench_signer("hsm-bridge", Arc::new(device_signer), sessions, d)?;
+    let verify = verify_rate(sessions, d.min(Duration::from_secs(3)))?;
     // Peak RSS from here on: the issuance, not the CSR generation.
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     eprintln!("issuing {count} certificates through the `issue --batch` path...");
@@ -260,6 +325,8 @@ pub fn issue(ctx: &Ctx, count: usize, raw_seconds: f64) -> Result<()> {
         "ratio_to_bare": rate / bare.per_second,
         "ratio_to_hsm_bridge": rate / bridge.per_second,
         "peak_rss_mb": rss.map(|k| k as f64 / 1024.0),
+        "verify_per_second": verify,
+        "ratio_ceiling": ceiling(bare.per_second, verify, 2),
         "store_certificates": ca_core::Store::cert_count(store.as_ref())?,
     });
     if ctx.json {
@@ -275,6 +342,12 @@ pub fn issue(ctx: &Ctx, count: usize, raw_seconds: f64) -> Result<()> {
             &bridge,
             sessions,
             70,
+        );
+        print_ceiling(
+            bare.per_second,
+            verify,
+            2,
+            "its 2 verifications (the CSR's proof of possession, the check of the HSM's signature)",
         );
         if let Some(k) = rss {
             println!("peak RSS (issuance)    {:>8.1} MB", k as f64 / 1024.0);
@@ -412,6 +485,7 @@ pub fn crl(ctx: &Ctx, certs: usize, revoke: usize) -> Result<()> {
 pub fn api(
     ctx: &Ctx,
     count: usize,
+    requests: Option<&std::path::Path>,
     batch: usize,
     in_flight: usize,
     raw_seconds: f64,
@@ -423,10 +497,38 @@ pub fn api(
             "--count and --in-flight at least 1, --batch between 1 and 10000",
         ));
     }
+    if !(0.1..=600.0).contains(&raw_seconds) {
+        return Err(crate::errors::input(
+            "--raw-seconds must be between 0.1 and 600",
+        ));
+    }
     let exe = std::env::current_exe()?;
     let home = ctx.home.root().to_path_buf();
     let work = tempfile::tempdir()?;
-    // 1. The raw rate, with the sessions the server will use, before the server holds the token.
+    // 1. The requests, read (or made) before anything starts.
+    let batch_file = match requests {
+        Some(file) => file.to_path_buf(),
+        None => {
+            eprintln!("making {count} CSRs...");
+            let file = work.path().join("requests.ndjson");
+            write_batch(count, &file, "meter-signing")?;
+            file
+        }
+    };
+    let lines: Vec<String> = std::fs::read_to_string(&batch_file)
+        .map_err(|e| crate::errors::input(format!("--requests {}: {e}", batch_file.display())))?
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(String::from)
+        .collect();
+    if lines.is_empty() {
+        return Err(crate::errors::input(format!(
+            "--requests {}: no request lines",
+            batch_file.display()
+        )));
+    }
+    let count = lines.len();
+    // 2. The raw rate, with the sessions the server will use, before the server holds the token.
     let sessions = ctx.config.hsm.sessions;
     let raw = {
         let hsm = ctx.hsm()?;
@@ -435,10 +537,8 @@ pub fn api(
         eprintln!("raw signing rate of the Device CA key, {sessions} session(s)...");
         bench_bare_cryptoki(&online, &CaKind::Device.key_label(), 32, sessions, d)?
     };
-    // 2. Requests, and a factory account for the run (through the CLI, as an operator would).
-    eprintln!("making {count} CSRs...");
-    let batch_file = work.path().join("requests.ndjson");
-    write_batch(count, &batch_file, "meter-signing")?;
+    let verify = verify_rate(sessions, Duration::from_secs_f64(raw_seconds.min(3.0)))?;
+    // 3. A factory account for the run (through the CLI, as an operator would).
     let name = format!("bench-{}", crate::cmd::random_hex(4));
     let creds = work.path().join("creds");
     let st = std::process::Command::new(&exe)
@@ -459,7 +559,7 @@ pub fn api(
         .stdout(std::process::Stdio::null())
         .status()?;
     anyhow::ensure!(st.success(), "creating the bench account failed");
-    // 3. The server, as its own process.
+    // 4. The server, as its own process.
     let mut server = std::process::Command::new(&exe)
         .arg("--home")
         .arg(&home)
@@ -494,7 +594,7 @@ pub fn api(
             }
         })
     };
-    // 4. The load: batches over mTLS, `in_flight` at a time.
+    // 5. The load: batches over mTLS, `in_flight` at a time.
     let identity = {
         let mut pem = std::fs::read(creds.join(format!("{name}.key")))?;
         pem.extend(std::fs::read(creds.join(format!("{name}.pem")))?);
@@ -509,10 +609,6 @@ pub fn api(
         builder = builder.add_root_certificate(r);
     }
     let client = builder.timeout(Duration::from_secs(600)).build()?;
-    let lines: Vec<String> = std::fs::read_to_string(&batch_file)?
-        .lines()
-        .map(String::from)
-        .collect();
     let bodies: Vec<String> = lines
         .chunks(batch)
         .enumerate()
@@ -607,6 +703,7 @@ pub fn api(
     let out = json!({
         "certificates": issued, "rejected": rejected, "wall_seconds": wall, "certificates_per_second": rate,
         "raw_signing_per_second": raw.per_second, "sessions": sessions, "ratio": rate / raw.per_second,
+        "verify_per_second": verify, "ratio_ceiling": ceiling(raw.per_second, verify, 2),
         "server_peak_rss_mb": peak_mb, "batch_size": batch, "in_flight": in_flight,
         "batch_latency_p50_seconds": pct(0.5), "batch_latency_p99_seconds": pct(0.99),
         "projected_seconds_for_1000000": 1_000_000.0 / rate,
@@ -622,6 +719,12 @@ pub fn api(
         println!(
             "ratio                  {:>7.0} % (target >= 60 %)",
             100.0 * rate / raw.per_second
+        );
+        print_ceiling(
+            raw.per_second,
+            verify,
+            2,
+            "its 2 verifications (the CSR's proof of possession, the check of the HSM's signature)",
         );
         println!("server peak RSS        {peak_mb:>8.1} MB (target <= 256 MB)");
         println!("batch latency          p50 {:.2} s, p99 {:.2} s ({batch} items a batch, {in_flight} in flight)", pct(0.5), pct(0.99));
@@ -755,6 +858,7 @@ pub fn takeover(
         sessions,
         d,
     )?;
+    let verify = verify_rate(sessions, d.min(Duration::from_secs(3)))?;
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     eprintln!("taking over {meters} meters (A -> B)...");
     let updates = dir.path().join("updates");
@@ -826,6 +930,8 @@ pub fn takeover(
         "ratio_to_bare": rate / bare.per_second,
         "ratio_to_hsm_bridge": rate / bridge.per_second,
         "peak_rss_mb": rss.map(|k| k as f64 / 1024.0),
+        "verify_per_second": verify,
+        "ratio_ceiling": ceiling(bare.per_second, verify, 1),
         "sample_update_bytes": sample.len(),
         "sink": if ndjson { "ndjson" } else { "one file per meter" },
         "sample_update_seq": checked.seq,
@@ -844,6 +950,12 @@ pub fn takeover(
             &bridge,
             sessions,
             60,
+        );
+        print_ceiling(
+            bare.per_second,
+            verify,
+            1,
+            "the verification of that signature before the update is written",
         );
         if let Some(k) = rss {
             println!("peak RSS (takeover)    {:>8.1} MB", k as f64 / 1024.0);

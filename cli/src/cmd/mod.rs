@@ -80,10 +80,18 @@ pub fn run(cli: Cli) -> Result<()> {
                 }
                 Command::Bench(BenchCommand::Api {
                     count,
+                    requests,
                     batch,
                     in_flight,
                     raw_seconds,
-                }) => bench::api(&ctx, count, batch, in_flight, raw_seconds),
+                }) => bench::api(
+                    &ctx,
+                    count,
+                    requests.as_deref(),
+                    batch,
+                    in_flight,
+                    raw_seconds,
+                ),
                 Command::Bench(BenchCommand::Issue { count, raw_seconds }) => {
                     bench::issue(&ctx, count, raw_seconds)
                 }
