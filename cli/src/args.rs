@@ -391,7 +391,7 @@ pub enum BenchCommand {
         #[arg(long)]
         ndjson: bool,
     },
-    /// Raw signing rates of the online token: bare cryptoki loop vs hsm-bridge, 1 and 2 sessions, P-256 and P-384.
+    /// Raw signing rates of the online token: bare cryptoki loop (with the token object, and with a session copy of the key as the pool signs) vs hsm-bridge, 1 and 2 sessions, P-256 and P-384.
     #[command(after_help = "Example:\n  meterpki bench hsm --seconds 5")]
     Hsm {
         /// Seconds per measurement.

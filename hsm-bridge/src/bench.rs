@@ -77,14 +77,29 @@ pub fn bench_signer(
     })
 }
 
-/// The floor: one session per thread opened straight from cryptoki, the key found once, then
-/// `C_Sign(CKM_ECDSA)` over a fixed digest in a tight loop. No pool, no DER conversion.
+/// The floor: one session per thread opened straight from cryptoki, the key found once and
+/// copied into the session as the pool does, then `C_Sign(CKM_ECDSA)` over a fixed digest in a
+/// tight loop. No pool, no DER conversion.
 pub fn bench_bare_cryptoki(
     token: &Arc<Token>,
     key_label: &str,
     digest_len: usize,
     threads: usize,
     duration: Duration,
+) -> Result<BenchFigure, HsmError> {
+    bench_bare_cryptoki_with(token, key_label, digest_len, threads, duration, true)
+}
+
+/// [`bench_bare_cryptoki`], choosing whether to sign with a session copy of the key (what the
+/// pool does) or with the token object itself (`session_copy` false: SoftHSM's slower path,
+/// for comparison).
+pub fn bench_bare_cryptoki_with(
+    token: &Arc<Token>,
+    key_label: &str,
+    digest_len: usize,
+    threads: usize,
+    duration: Duration,
+    session_copy: bool,
 ) -> Result<BenchFigure, HsmError> {
     let slot = token.hsm().find_token(token.label())?;
     let count = Arc::new(AtomicU64::new(0));
@@ -102,6 +117,7 @@ pub fn bench_bare_cryptoki(
                 .map_err(|e| HsmError::from_ck(e, "bench: opening a session"))?;
             let key = *session
                 .find_objects(&[
+                    Attribute::Token(true),
                     Attribute::Class(ObjectClass::PRIVATE_KEY),
                     Attribute::Label(label.clone().into_bytes()),
                 ])
@@ -111,6 +127,13 @@ pub fn bench_bare_cryptoki(
                     label: label.clone(),
                     token: "bench".into(),
                 })?;
+            // The same key handle the pool signs with: this session's own copy (see
+            // `pool::session_copy`), so the raw rate is that of the server's configuration.
+            let key = if session_copy {
+                crate::pool::session_copy(&session, key)
+            } else {
+                key
+            };
             let digest = vec![0x5au8; digest_len];
             while Instant::now() < deadline {
                 session
@@ -130,7 +153,11 @@ pub fn bench_bare_cryptoki(
     let seconds = start.elapsed().as_secs_f64();
     let signatures = count.load(Ordering::Relaxed);
     Ok(BenchFigure {
-        name: "bare cryptoki C_Sign loop".into(),
+        name: if session_copy {
+            "bare cryptoki C_Sign loop (session copy)".into()
+        } else {
+            "bare cryptoki, token object".into()
+        },
         threads,
         signatures,
         seconds,

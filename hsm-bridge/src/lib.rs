@@ -13,10 +13,10 @@ mod module;
 mod pool;
 mod signer;
 
-pub use bench::{bench_bare_cryptoki, bench_signer, BenchFigure};
+pub use bench::{bench_bare_cryptoki, bench_bare_cryptoki_with, bench_signer, BenchFigure};
 pub use error::{ckr_name, HsmError};
 pub use module::{Hsm, ObjectSummary, TokenSummary};
-pub use pool::{KeyInfo, Token, DEFAULT_SIGN_TIMEOUT};
+pub use pool::{KeyInfo, Token, DEFAULT_SIGN_TIMEOUT, KEY_RECHECK};
 pub use signer::HsmSigner;
 
 /// Re-exported so callers can hold PINs without depending on `secrecy` directly.

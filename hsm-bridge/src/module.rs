@@ -251,13 +251,13 @@ impl Hsm {
     }
 }
 
-/// Lists the objects visible to `session`.
+/// Lists the token objects visible to `session` (not the session copies the pool signs with).
 pub(crate) fn list_objects(
     session: &cryptoki::session::Session,
     token: &str,
 ) -> Result<Vec<ObjectSummary>, HsmError> {
     let handles = session
-        .find_objects(&[])
+        .find_objects(&[cryptoki::object::Attribute::Token(true)])
         .map_err(|e| HsmError::from_ck(e, format!("listing objects on {token:?}")))?;
     let mut out = Vec::new();
     for h in handles {

@@ -208,3 +208,98 @@ fn async_signing_leaves_the_runtime_free() {
         });
     });
 }
+
+/// The pool signs with its own session copy of a key (SoftHSM's token objects cost a file read
+/// per attribute): the copy is sensitive and not extractable like the token key, listings show
+/// only the token key, and a key destroyed in the token behind the pool's back (as another
+/// process would) stops being used within the recheck interval; a key re-created under the same
+/// label is the one used afterwards.
+#[test]
+fn the_pool_signs_with_a_sensitive_session_copy_that_follows_the_token_key() {
+    use cryptoki::object::{Attribute, AttributeType, ObjectClass};
+    softhsm_config::isolated(
+        "the_pool_signs_with_a_sensitive_session_copy_that_follows_the_token_key",
+        |dir| {
+            let (hsm, token) = setup(dir);
+            token.generate_ec_key("k", KeyAlgorithm::EcP256).unwrap();
+            let signer = token.signer("k").unwrap();
+            let sig = signer.sign(b"m").unwrap();
+            verify_signature(signer.public_key(), b"m", &sig).unwrap();
+
+            let slot = hsm.find_token("test-online").unwrap();
+            let other = hsm.pkcs11().open_rw_session(slot).unwrap();
+            let private_k = [
+                Attribute::Class(ObjectClass::PRIVATE_KEY),
+                Attribute::Label(b"k".to_vec()),
+            ];
+            let (mut copies, mut token_objects) = (0, Vec::new());
+            for h in other.find_objects(&private_k).unwrap() {
+                let attrs = other
+                    .get_attributes(
+                        h,
+                        &[
+                            AttributeType::Token,
+                            AttributeType::Sensitive,
+                            AttributeType::Extractable,
+                        ],
+                    )
+                    .unwrap();
+                let flag = |t: AttributeType| {
+                    attrs.iter().find_map(|a| match (a, t) {
+                        (Attribute::Token(v), AttributeType::Token)
+                        | (Attribute::Sensitive(v), AttributeType::Sensitive)
+                        | (Attribute::Extractable(v), AttributeType::Extractable) => Some(*v),
+                        _ => None,
+                    })
+                };
+                assert_eq!(flag(AttributeType::Sensitive), Some(true));
+                assert_eq!(flag(AttributeType::Extractable), Some(false));
+                if flag(AttributeType::Token) == Some(true) {
+                    token_objects.push(h);
+                } else {
+                    copies += 1;
+                }
+            }
+            assert_eq!(token_objects.len(), 1, "one token key");
+            assert!(copies >= 1, "the pool signed with a session copy");
+            let listed = token.objects().unwrap();
+            assert_eq!(
+                listed
+                    .iter()
+                    .filter(|o| o.label == "k" && o.class == "private-key")
+                    .count(),
+                1,
+                "listings show the token key only: {listed:?}"
+            );
+
+            // The token key destroyed behind the pool's back: refused within the interval, and
+            // the copy is gone too.
+            other.destroy_object(token_objects[0]).unwrap();
+            std::thread::sleep(hsm_bridge::KEY_RECHECK + std::time::Duration::from_millis(200));
+            let err = signer.sign(b"after destroy").unwrap_err();
+            assert!(err.to_string().contains('k'), "{err}");
+            std::thread::sleep(hsm_bridge::KEY_RECHECK + std::time::Duration::from_millis(200));
+            assert!(signer.sign(b"again").is_err());
+
+            // A new key under the same label, made behind the pool's back while it holds no
+            // copy, and then another while it does: each time the new key signs.
+            for round in 0..2 {
+                let old: Vec<_> = other
+                    .find_objects(&[Attribute::Label(b"k".to_vec()), Attribute::Token(true)])
+                    .unwrap();
+                for h in old {
+                    other.destroy_object(h).unwrap();
+                }
+                let fresh = token.generate_ec_key("k", KeyAlgorithm::EcP256).unwrap();
+                std::thread::sleep(hsm_bridge::KEY_RECHECK + std::time::Duration::from_millis(200));
+                let signer = token.signer("k").unwrap();
+                assert_eq!(signer.public_key(), &fresh.spki);
+                for i in 0..4u8 {
+                    let msg = [round, i];
+                    let sig = signer.sign(&msg).unwrap();
+                    verify_signature(&fresh.spki, &msg, &sig).unwrap();
+                }
+            }
+        },
+    );
+}

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use ca_core::{KeyAlgorithm, Signer};
-use hsm_bridge::{bench_bare_cryptoki, bench_signer, BenchFigure};
+use hsm_bridge::{bench_bare_cryptoki, bench_bare_cryptoki_with, bench_signer, BenchFigure};
 use serde_json::json;
 
 use crate::cmd::print_json;
@@ -31,12 +31,17 @@ pub fn hsm(ctx: &Ctx, seconds: f64) -> Result<()> {
         let mut run = || -> Result<()> {
             let curve = alg.name().to_string();
             for threads in [1usize, 2] {
-                let fig = bench_bare_cryptoki(&token, label, digest_len, threads, d)?;
-                eprintln!(
-                    "  {curve:<9} {:<34} {threads} session(s): {:>8.0} sig/s",
-                    fig.name, fig.per_second
-                );
-                figures.push((curve.clone(), fig));
+                // The token object itself (SoftHSM re-reads its file on every C_SignInit), then
+                // a session copy of it, as the pool signs.
+                for copy in [false, true] {
+                    let fig =
+                        bench_bare_cryptoki_with(&token, label, digest_len, threads, d, copy)?;
+                    eprintln!(
+                        "  {curve:<9} {:<34} {threads} session(s): {:>8.0} sig/s",
+                        fig.name, fig.per_second
+                    );
+                    figures.push((curve.clone(), fig));
+                }
                 let pooled = hsm.open(
                     token.label(),
                     crate::pin::online_pin(&ctx.home, &ctx.config)?,
@@ -83,10 +88,20 @@ pub fn hsm(ctx: &Ctx, seconds: f64) -> Result<()> {
                         })
                         .map(|(_, f)| f.per_second)
                 };
-                if let (Some(bare), Some(bridge)) = (get("bare"), get("hsm-bridge")) {
+                if let (Some(bare), Some(bridge)) = (get("bare cryptoki C_Sign"), get("hsm-bridge"))
+                {
                     println!(
                         "{curve} {threads} session(s): hsm-bridge / bare cryptoki = {:.0} %",
                         100.0 * bridge / bare
+                    );
+                }
+                if let (Some(object), Some(copy)) = (
+                    get("bare cryptoki, token object"),
+                    get("bare cryptoki C_Sign"),
+                ) {
+                    println!(
+                        "{curve} {threads} session(s): session copy / token object = {:.0} %",
+                        100.0 * copy / object
                     );
                 }
             }
