@@ -530,19 +530,28 @@ pub fn api(
             file
         }
     };
-    let lines: Vec<String> = std::fs::read_to_string(&batch_file)
-        .map_err(|e| crate::errors::input(format!("--requests {}: {e}", batch_file.display())))?
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(String::from)
-        .collect();
-    if lines.is_empty() {
+    // Counted here, read batch by batch while sending: the load client keeps one batch in
+    // memory, not the whole file (330 MB for a million requests).
+    let open_requests = || {
+        std::fs::File::open(&batch_file)
+            .map(std::io::BufReader::new)
+            .map_err(|e| crate::errors::input(format!("--requests {}: {e}", batch_file.display())))
+    };
+    let mut count = 0usize;
+    for line in open_requests()?.lines() {
+        let line = line.map_err(|e| {
+            crate::errors::input(format!("--requests {}: {e}", batch_file.display()))
+        })?;
+        if !line.trim().is_empty() {
+            count += 1;
+        }
+    }
+    if count == 0 {
         return Err(crate::errors::input(format!(
             "--requests {}: no request lines",
             batch_file.display()
         )));
     }
-    let count = lines.len();
     // 2. The raw rate, with the sessions the server will use, before the server holds the token.
     let sessions = ctx.config.hsm.sessions;
     let raw = {
@@ -624,28 +633,46 @@ pub fn api(
         builder = builder.add_root_certificate(r);
     }
     let client = builder.timeout(Duration::from_secs(600)).build()?;
-    let bodies: Vec<String> = lines
-        .chunks(batch)
-        .enumerate()
-        .map(|(i, c)| {
-            format!(
-                "{{\"request_id\":\"{name}-{i}\",\"items\":[{}]}}",
-                c.join(",")
-            )
-        })
-        .collect();
-    drop(lines);
+    // The next batch's body, from the next `batch` request lines (None at the end).
+    let mut requests = open_requests()?.lines();
+    let mut batches_made = 0usize;
+    let mut next_body = move || -> Result<Option<String>> {
+        let mut body = format!("{{\"request_id\":\"{name}-{batches_made}\",\"items\":[");
+        body.reserve(batch * 340);
+        let mut items = 0;
+        while items < batch {
+            let Some(line) = requests.next() else { break };
+            let line = line?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            if items > 0 {
+                body.push(',');
+            }
+            body.push_str(&line);
+            items += 1;
+        }
+        if items == 0 {
+            return Ok(None);
+        }
+        body.push_str("]}");
+        batches_made += 1;
+        Ok(Some(body))
+    };
     let url = format!("https://{addr}/v1/batches");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?;
-    eprintln!("sending {count} requests in {} batches of {batch}, {in_flight} in flight, to https://{addr}...", bodies.len());
+    eprintln!(
+        "sending {count} requests in {} batches of {batch}, {in_flight} in flight, to https://{addr}...",
+        count.div_ceil(batch)
+    );
     let start = std::time::Instant::now();
     let outcome: Result<(Vec<f64>, usize, usize)> = runtime.block_on(async {
         let sem = Arc::new(tokio::sync::Semaphore::new(in_flight));
         let mut tasks = Vec::new();
-        for body in bodies {
+        while let Some(body) = next_body()? {
             let permit = sem.clone().acquire_owned().await?;
             let (client, url) = (client.clone(), url.clone());
             tasks.push(tokio::spawn(async move {
