@@ -38,6 +38,15 @@ impl Ctx {
     }
 
     pub fn hsm(&self) -> Result<Hsm> {
+        if self.config.hsm.softhsm {
+            // Before SoftHSM reads its tokens: see `softhsm_config::heal_tokens`.
+            let backup = self.home.softhsm_dir().join("token-copies");
+            let healed = softhsm_config::heal_tokens(&self.home.softhsm_tokens(), &backup)
+                .context("checking the SoftHSM token files")?;
+            for dir in healed {
+                tracing::warn!(token_dir = %dir.display(), "a SoftHSM token file was left empty by an interrupted process; restored from its copy");
+            }
+        }
         Ok(Hsm::load(&self.config.hsm.module)?)
     }
 

@@ -59,6 +59,78 @@ pub fn write_config(dir: &Path) -> io::Result<PathBuf> {
     Ok(conf)
 }
 
+/// Repairs tokens that an interrupted SoftHSM left unlisted, and keeps the copies that allow it.
+///
+/// Why: SoftHSM 2.6 rewrites a token's `token.object` (label, PIN blobs, flags) in place on
+/// every login: `ftruncate` to 0, then `write`. A process killed between the two leaves the file
+/// empty, and SoftHSM then no longer lists the token, with the CA keys in it (found by our crash
+/// harness: about 3 % of SIGKILLs landing in a CLI command's first 100 ms). No SoftHSM setting
+/// avoids it, so for each token directory under `tokens` this keeps a copy of a non-empty
+/// `token.object` in `backup` (written to a temporary file and renamed, mode 0600), and puts the
+/// copy back when it finds the file empty and still empty half a second later (a live writer
+/// finishes within microseconds). Returns the token directories it repaired.
+pub fn heal_tokens(tokens: &Path, backup: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut healed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(tokens) else {
+        return Ok(healed);
+    };
+    for entry in entries {
+        let dir = entry?.path();
+        let object = dir.join("token.object");
+        let Ok(meta) = std::fs::metadata(&object) else {
+            continue;
+        };
+        let Some(name) = dir.file_name() else {
+            continue;
+        };
+        let saved = backup.join(format!("{}.token.object", name.to_string_lossy()));
+        if meta.len() == 0 {
+            let mut still_empty = true;
+            for _ in 0..10 {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                if std::fs::metadata(&object)?.len() > 0 {
+                    still_empty = false;
+                    break;
+                }
+            }
+            match std::fs::read(&saved) {
+                Ok(copy) if still_empty && !copy.is_empty() => {
+                    replace_file(&object, &copy)?;
+                    healed.push(dir);
+                }
+                _ => {}
+            }
+            continue;
+        }
+        let current = std::fs::read(&object)?;
+        if std::fs::read(&saved).ok().as_deref() != Some(&current[..]) {
+            std::fs::create_dir_all(backup)?;
+            set_mode(backup, 0o700)?;
+            replace_file(&saved, &current)?;
+        }
+    }
+    Ok(healed)
+}
+
+/// Writes `bytes` to a temporary file beside `path` (mode 0600), syncs it, and renames it over
+/// `path`: a reader sees the old file or the new one, never a part.
+fn replace_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".meterpki-tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
 fn set_mode(p: &Path, mode: u32) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
@@ -105,4 +177,56 @@ pub fn isolated(name: &str, body: impl FnOnce(&Path)) {
     );
     print!("{stdout}");
     eprint!("{stderr}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::heal_tokens;
+
+    #[test]
+    fn an_emptied_token_file_is_restored_from_its_copy_and_others_are_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let (tokens, copies) = (d.path().join("tokens"), d.path().join("copies"));
+        for t in ["t1", "t2"] {
+            std::fs::create_dir_all(tokens.join(t)).unwrap();
+            std::fs::write(tokens.join(t).join("token.object"), format!("token {t}")).unwrap();
+        }
+        // First pass: copies made, nothing repaired.
+        assert!(heal_tokens(&tokens, &copies).unwrap().is_empty());
+        assert_eq!(
+            std::fs::read_to_string(copies.join("t1.token.object")).unwrap(),
+            "token t1"
+        );
+        // A login's rewrite interrupted: t1's file empty; t2's changed legitimately.
+        std::fs::write(tokens.join("t1").join("token.object"), "").unwrap();
+        std::fs::write(tokens.join("t2").join("token.object"), "token t2 v2").unwrap();
+        let healed = heal_tokens(&tokens, &copies).unwrap();
+        assert_eq!(healed, vec![tokens.join("t1")]);
+        assert_eq!(
+            std::fs::read_to_string(tokens.join("t1").join("token.object")).unwrap(),
+            "token t1"
+        );
+        assert_eq!(
+            std::fs::read_to_string(copies.join("t2.token.object")).unwrap(),
+            "token t2 v2",
+            "the copy follows legitimate changes"
+        );
+        // An empty file with no copy is left as it is (nothing to restore it from).
+        std::fs::create_dir_all(tokens.join("t3")).unwrap();
+        std::fs::write(tokens.join("t3").join("token.object"), "").unwrap();
+        assert!(heal_tokens(&tokens, &copies).unwrap().is_empty());
+        assert_eq!(
+            std::fs::metadata(tokens.join("t3").join("token.object"))
+                .unwrap()
+                .len(),
+            0
+        );
+        // No temporary files left behind.
+        for dir in [tokens.join("t1"), copies.clone()] {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let name = e.unwrap().file_name().to_string_lossy().into_owned();
+                assert!(!name.ends_with(".meterpki-tmp"), "{name}");
+            }
+        }
+    }
 }

@@ -160,8 +160,9 @@ impl Scratch {
 
     /// Everything in the scratch directory that a command could change: every file's content,
     /// except SoftHSM's token files, whose *names* are kept (SoftHSM rewrites a token file to
-    /// count failed logins; a new key or token shows up as a new file), and the sled store's
-    /// files, which sled rewrites on every open (tests check the store through the CLI).
+    /// count failed logins; a new key or token shows up as a new file), meterpki's copies of
+    /// them, and the sled store's files, which sled rewrites on every open (tests check the
+    /// store through the CLI).
     pub fn snapshot(&self) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();
         walk(self.dir.path(), self.dir.path(), &mut out);
@@ -176,6 +177,11 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
     for e in rd.flatten() {
         let p = e.path();
         let rel = p.strip_prefix(root).unwrap().display().to_string();
+        if rel.contains("softhsm/token-copies") {
+            // meterpki's copies of SoftHSM's token files (see `softhsm_config::heal_tokens`):
+            // SoftHSM state, made or refreshed by any command that opens the HSM.
+            continue;
+        }
         if p.is_dir() {
             out.insert(format!("{rel}/"), String::new());
             walk(root, &p, out);

@@ -368,3 +368,49 @@ fn killed_at_random_moments_the_ca_keeps_its_invariants() {
     check_audit(&s);
     eprintln!("crash harness: {kills} kill(s) landed mid-operation");
 }
+
+/// SoftHSM rewrites `token.object` in place at every login; a process killed mid-rewrite leaves
+/// it empty and the token unlisted (the crash harness above hit it). The next command restores
+/// it from the copy meterpki keeps, and everything works as before.
+#[test]
+fn a_token_file_emptied_by_a_killed_login_is_restored_by_the_next_command() {
+    let s = Scratch::new(EXE);
+    s.ceremonies("h", 3, 2, &["device"]);
+    s.run("h", &["status", "--json"]).ok(); // copies made
+    let mut emptied = 0;
+    for e in std::fs::read_dir(s.path("h/softhsm/tokens")).unwrap() {
+        let f = e.unwrap().path().join("token.object");
+        if f.exists() {
+            std::fs::write(&f, b"").unwrap();
+            emptied += 1;
+        }
+    }
+    assert_eq!(emptied, 2, "root and online tokens");
+    let (_, csr) = openssl_csr(&s.path(""), "m", "prime256v1");
+    let r = s
+        .run(
+            "h",
+            &[
+                "issue",
+                "--profile",
+                "meter-signing",
+                "--device-id",
+                "00-DB-12-34-56-78-90-01",
+                "--csr",
+                &csr.display().to_string(),
+                "--out",
+                &s.path("m.pem").display().to_string(),
+            ],
+        )
+        .ok();
+    assert!(r.stderr.contains("restored from its copy"), "{}", r.stderr);
+    for e in std::fs::read_dir(s.path("h/softhsm/tokens")).unwrap() {
+        let f = e.unwrap().path().join("token.object");
+        assert!(
+            std::fs::metadata(&f).unwrap().len() > 0,
+            "{} restored",
+            f.display()
+        );
+    }
+    s.run("h", &["audit", "verify"]).ok();
+}
