@@ -103,7 +103,9 @@ pub fn heal_tokens(tokens: &Path, backup: &Path) -> io::Result<Vec<PathBuf>> {
             continue;
         }
         let current = std::fs::read(&object)?;
-        if std::fs::read(&saved).ok().as_deref() != Some(&current[..]) {
+        // Empty now means a login's rewrite is under way in another process since the size was
+        // read: keep the good copy rather than replace it with nothing.
+        if !current.is_empty() && std::fs::read(&saved).ok().as_deref() != Some(&current[..]) {
             std::fs::create_dir_all(backup)?;
             set_mode(backup, 0o700)?;
             replace_file(&saved, &current)?;
