@@ -82,9 +82,7 @@ impl PooledSession {
                 return Ok(Some(k.handle));
             }
             // Gone or replaced: the copy of the old key is not used again.
-            if k.handle != k.token_object {
-                let _ = self.session.destroy_object(k.handle);
-            }
+            k.discard(&self.session);
         }
         match token_object {
             Some(h) => {
@@ -107,9 +105,7 @@ impl PooledSession {
     /// Forgets (and destroys, if a copy) the key labelled `label`.
     fn forget_key(&mut self, label: &str) {
         if let Some(k) = self.keys.remove(label) {
-            if k.handle != k.token_object {
-                let _ = self.session.destroy_object(k.handle);
-            }
+            k.discard(&self.session);
         }
     }
 }
@@ -125,6 +121,16 @@ pub(crate) struct CachedKey {
     token_object: ObjectHandle,
     id: Option<Vec<u8>>,
     checked: Instant,
+}
+
+impl CachedKey {
+    /// Destroys the session copy (a failure only means it is already gone); a token object
+    /// used directly is left alone.
+    fn discard(self, session: &Session) {
+        if self.handle != self.token_object {
+            let _ = session.destroy_object(self.handle);
+        }
+    }
 }
 
 /// An object's CKA_ID, if it has one.

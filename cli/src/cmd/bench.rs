@@ -233,7 +233,9 @@ fn print_rates(
 /// (what the pipeline runs for a CSR's proof of possession and after every HSM signature), from
 /// `threads` threads at once, as the signing rate is measured. Distinct messages and signatures,
 /// so that nothing is served from a cache.
-fn verify_rate(threads: usize, duration: Duration) -> Result<f64> {
+fn verify_rate(threads: usize, raw_duration: Duration) -> Result<f64> {
+    // As long as the raw measurement, at most 3 s: the rate settles within a second.
+    let duration = raw_duration.min(Duration::from_secs(3));
     use p256::ecdsa::signature::Signer as _;
     use std::sync::atomic::{AtomicU64, Ordering};
     eprintln!("P-256 verification rate, {threads} thread(s)...");
@@ -283,6 +285,10 @@ fn ceiling(raw: f64, verify: f64, verifications: u32) -> f64 {
     1.0 / (1.0 + f64::from(verifications) * raw / verify)
 }
 
+/// What a certificate's two verifications are, for [`print_ceiling`].
+const CERTIFICATE_VERIFICATIONS: &str =
+    "its 2 verifications (the CSR's proof of possession, the check of the HSM's signature)";
+
 fn print_ceiling(raw: f64, verify: f64, verifications: u32, which: &str) {
     println!(
         "P-256 verification     {verify:>8.0} verifications/s (ring, as the pipeline runs it, same thread count)"
@@ -321,7 +327,7 @@ pub fn issue(ctx: &Ctx, count: usize, raw_seconds: f64) -> Result<()> {
     );
     let bare = bench_bare_cryptoki(&online, &CaKind::Device.key_label(), 32, sessions, d)?;
     let bridge = bench_signer("hsm-bridge", Arc::new(device_signer), sessions, d)?;
-    let verify = verify_rate(sessions, d.min(Duration::from_secs(3)))?;
+    let verify = verify_rate(sessions, d)?;
     // Peak RSS from here on: the issuance, not the CSR generation.
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     eprintln!("issuing {count} certificates through the `issue --batch` path...");
@@ -358,12 +364,7 @@ pub fn issue(ctx: &Ctx, count: usize, raw_seconds: f64) -> Result<()> {
             sessions,
             70,
         );
-        print_ceiling(
-            bare.per_second,
-            verify,
-            2,
-            "its 2 verifications (the CSR's proof of possession, the check of the HSM's signature)",
-        );
+        print_ceiling(bare.per_second, verify, 2, CERTIFICATE_VERIFICATIONS);
         if let Some(k) = rss {
             println!("peak RSS (issuance)    {:>8.1} MB", k as f64 / 1024.0);
         }
@@ -532,16 +533,17 @@ pub fn api(
     };
     // Counted here, read batch by batch while sending: the load client keeps one batch in
     // memory, not the whole file (330 MB for a million requests).
+    let unreadable = |e: std::io::Error| {
+        crate::errors::input(format!("--requests {}: {e}", batch_file.display()))
+    };
     let open_requests = || {
         std::fs::File::open(&batch_file)
             .map(std::io::BufReader::new)
-            .map_err(|e| crate::errors::input(format!("--requests {}: {e}", batch_file.display())))
+            .map_err(unreadable)
     };
     let mut count = 0usize;
     for line in open_requests()?.lines() {
-        let line = line.map_err(|e| {
-            crate::errors::input(format!("--requests {}: {e}", batch_file.display()))
-        })?;
+        let line = line.map_err(unreadable)?;
         if !line.trim().is_empty() {
             count += 1;
         }
@@ -561,7 +563,7 @@ pub fn api(
         eprintln!("raw signing rate of the Device CA key, {sessions} session(s)...");
         bench_bare_cryptoki(&online, &CaKind::Device.key_label(), 32, sessions, d)?
     };
-    let verify = verify_rate(sessions, Duration::from_secs_f64(raw_seconds.min(3.0)))?;
+    let verify = verify_rate(sessions, Duration::from_secs_f64(raw_seconds))?;
     // 3. A factory account for the run (through the CLI, as an operator would).
     let name = format!("bench-{}", crate::cmd::random_hex(4));
     let creds = work.path().join("creds");
@@ -762,12 +764,7 @@ pub fn api(
             "ratio                  {:>7.0} % (target >= 60 %)",
             100.0 * rate / raw.per_second
         );
-        print_ceiling(
-            raw.per_second,
-            verify,
-            2,
-            "its 2 verifications (the CSR's proof of possession, the check of the HSM's signature)",
-        );
+        print_ceiling(raw.per_second, verify, 2, CERTIFICATE_VERIFICATIONS);
         println!("server peak RSS        {peak_mb:>8.1} MB (target <= 256 MB)");
         println!("batch latency          p50 {:.2} s, p99 {:.2} s ({batch} items a batch, {in_flight} in flight)", pct(0.5), pct(0.99));
     }
@@ -900,7 +897,7 @@ pub fn takeover(
         sessions,
         d,
     )?;
-    let verify = verify_rate(sessions, d.min(Duration::from_secs(3)))?;
+    let verify = verify_rate(sessions, d)?;
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     eprintln!("taking over {meters} meters (A -> B)...");
     let updates = dir.path().join("updates");
