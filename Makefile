@@ -29,14 +29,14 @@ lint:
 # Raw SoftHSM signing rates (bare cryptoki vs hsm-bridge, 1 and 2 sessions) on a demo home.
 bench-hsm: deps
 	@[ -f demo/home/meterpki.toml ] || ./scripts/demo.sh >/dev/null
-	$(CARGO) run --release -q -p meterpki-cli -- --home demo/home bench hsm --seconds 5
+	$(CARGO) run --release -q -p meterpki-cli -- --home demo/home hsm bench --seconds 5
 
 # 100,000 meter certificates through the `issue --batch` path vs the raw signing rate.
 bench-issue: deps
 	@[ -f demo/home/meterpki.toml ] || ./scripts/demo.sh >/dev/null
-	$(CARGO) run --release -q -p meterpki-cli -- --home demo/home bench issue --count 100000
+	$(CARGO) run --release -q -p meterpki-bench -- --home demo/home issue --count 100000
 
 # 1,000,000 certificate records, 100,000 revoked, every CRL shard rebuilt and signed.
 bench-crl: deps
 	@[ -f demo/home/meterpki.toml ] || ./scripts/demo.sh >/dev/null
-	$(CARGO) run --release -q -p meterpki-cli -- --home demo/home bench crl --certs 1000000 --revoke 100000
+	$(CARGO) run --release -q -p meterpki-bench -- --home demo/home crl --certs 1000000 --revoke 100000

@@ -9,8 +9,9 @@ DEMO=${METERPKI_DEMO_DIR:-demo}
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 say "Building meterpki (release)"
-cargo build --release -q -p meterpki-cli
+cargo build --release -q -p meterpki-cli -p meterpki-bench
 M="$PWD/target/release/meterpki"
+MB="$PWD/target/release/meterpki-bench"   # test input: a factory line's request file
 
 if [ -e "$DEMO" ]; then
   [ -f "$DEMO/.meterpki-demo" ] || { echo "$DEMO exists and is not a meterpki demo folder; refusing to remove it" >&2; exit 1; }
@@ -61,7 +62,7 @@ if [ -x .tools/venv/bin/lint_pkix_cert ]; then
 fi
 
 say "meterpki issue --batch: 2,000 meter requests (a factory line's file)"
-"$M" bench make-batch --count 2000 --out "$DEMO/line-1.ndjson"
+"$MB" make-batch --count 2000 --out "$DEMO/line-1.ndjson"
 "$M" issue --batch "$DEMO/line-1.ndjson" --out "$DEMO/line-1.results.ndjson"
 echo "Run again: nothing new is issued"
 "$M" issue --batch "$DEMO/line-1.ndjson" --out "$DEMO/line-1.again.ndjson"
@@ -84,7 +85,7 @@ openssl crl -in "$DEMO/device-$SHARD.crl.pem" -noout -text | sed -n '1,/Signatur
 
 say "The issuance API over mutual TLS: a factory account, meterpki serve, curl"
 "$M" account add --role factory --name line-7 --device-range 00-DB-12-00-00-00-00-00/24 --out "$DEMO/creds"
-"$M" bench make-batch --count 3 --out "$DEMO/api-items.ndjson"
+"$MB" make-batch --count 3 --out "$DEMO/api-items.ndjson"
 python3 - "$DEMO" <<'PY'
 import json, sys
 d = sys.argv[1]

@@ -387,6 +387,14 @@ pub fn certificate_from_pem(pem: &str) -> Result<Certificate, CertError> {
     Ok(Certificate::from_pem(pem)?)
 }
 
+/// A certificate from a file's bytes: PEM or DER.
+pub fn certificate_from_bytes(bytes: &[u8]) -> Result<Certificate, CertError> {
+    match std::str::from_utf8(bytes) {
+        Ok(t) if t.contains("-----BEGIN") => certificate_from_pem(t),
+        _ => Ok(Certificate::from_der(bytes)?),
+    }
+}
+
 /// Encodes a certificate as PEM (LF line endings).
 pub fn certificate_to_pem(cert: &Certificate) -> Result<String, CertError> {
     Ok(cert.to_pem(der::pem::LineEnding::LF)?)

@@ -53,9 +53,12 @@ pub struct Config {
     /// The API server.
     #[serde(default)]
     pub server: ServerConfig,
+    /// Where the store lives.
+    #[serde(default)]
+    pub store: crate::store::StoreConfig,
 }
 
-/// CRL sharding (DESIGN §5).
+/// CRL sharding.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CrlConfig {
@@ -124,8 +127,8 @@ pub struct CaConfig {
 
 impl CaConfig {
     /// The subject a CA of `kind` gets at its ceremony.
-    pub fn subject(&self, kind: crate::home::CaKind) -> String {
-        use crate::home::CaKind;
+    pub fn subject(&self, kind: crate::CaKind) -> String {
+        use crate::CaKind;
         let org = &self.organisation;
         let (explicit, default) = match kind {
             CaKind::Root => (&self.root_subject, format!("CN={org} Root CA,O={org}")),
@@ -290,10 +293,10 @@ impl Config {
             ));
         }
         for (field, kind) in [
-            ("ca.root_subject", crate::home::CaKind::Root),
-            ("ca.device_subject", crate::home::CaKind::Device),
-            ("ca.organisation_subject", crate::home::CaKind::Organisation),
-            ("ca.access_subject", crate::home::CaKind::Access),
+            ("ca.root_subject", crate::CaKind::Root),
+            ("ca.device_subject", crate::CaKind::Device),
+            ("ca.organisation_subject", crate::CaKind::Organisation),
+            ("ca.access_subject", crate::CaKind::Access),
         ] {
             if let Err(e) = crate::certs::parse_name(&self.ca.subject(kind)) {
                 return Err(invalid(field, &e.to_string()));

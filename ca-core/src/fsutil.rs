@@ -3,39 +3,75 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Writes `bytes` to `path` through a temporary file in the same directory, fsyncs it, renames it
 /// over `path` and fsyncs the directory: a reader sees the old file or the new one, never a torn one.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp.{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    {
+    StagedFile::write(path, bytes, mode)?.commit()
+}
+
+/// A file written and synced under a temporary name beside its final path, not yet visible
+/// there: [`StagedFile::commit`] renames it into place; dropping it uncommitted removes it.
+/// Lets a caller make several files (or a file and a store write) appear together.
+#[derive(Debug)]
+pub struct StagedFile {
+    tmp: PathBuf,
+    path: PathBuf,
+    done: bool,
+}
+
+impl StagedFile {
+    /// Writes `bytes` to a temporary file beside `path` (mode `mode`) and syncs it.
+    pub fn write(path: &Path, bytes: &[u8], mode: u32) -> io::Result<StagedFile> {
+        let dir = parent(path);
+        let name = path
+            .file_name()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+        let tmp = dir.join(format!(
+            ".{}.tmp.{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        let staged = StagedFile {
+            tmp,
+            path: path.to_path_buf(),
+            done: false,
+        };
         let mut f = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(mode)
-            .open(&tmp)?;
+            .open(&staged.tmp)?;
         f.set_permissions(fs::Permissions::from_mode(mode))?;
         f.write_all(bytes)?;
         f.sync_all()?;
+        Ok(staged)
     }
-    if let Err(e) = fs::rename(&tmp, path) {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
+
+    /// Renames the file into place and syncs the directory: a reader sees the old file or the
+    /// new one, never a torn one.
+    pub fn commit(mut self) -> io::Result<()> {
+        fs::rename(&self.tmp, &self.path)?;
+        self.done = true;
+        File::open(parent(&self.path))?.sync_all()
     }
-    File::open(dir)?.sync_all()
+}
+
+impl Drop for StagedFile {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+fn parent(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
 }
 
 /// Creates `path` with mode 0600 and writes `bytes`; refuses to overwrite an existing file.

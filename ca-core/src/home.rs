@@ -1,64 +1,12 @@
-//! The home directory's layout (DESIGN §7): the one place that knows where things live, so users
+//! The home directory's layout: the one place that knows where things live, so users
 //! and scripts can rely on the same paths the code uses.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 /// A meterpki home directory.
 #[derive(Debug, Clone)]
 pub struct Home {
     root: PathBuf,
-}
-
-/// The certification authorities of the hierarchy (DESIGN §2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CaKind {
-    /// The P-384 root, on the root token.
-    Root,
-    /// Issues meter certificates.
-    Device,
-    /// Issues supplier and other party certificates, and the trust-update signer.
-    Organisation,
-    /// Issues TLS certificates for the API.
-    Access,
-}
-
-impl CaKind {
-    /// The three issuing CAs.
-    pub const ISSUING: [CaKind; 3] = [CaKind::Device, CaKind::Organisation, CaKind::Access];
-
-    /// The name used in paths, labels and the CLI.
-    pub fn name(self) -> &'static str {
-        match self {
-            CaKind::Root => "root",
-            CaKind::Device => "device",
-            CaKind::Organisation => "organisation",
-            CaKind::Access => "access",
-        }
-    }
-
-    /// The CKA_LABEL of this CA's key pair in its token.
-    pub fn key_label(self) -> String {
-        format!("meterpki-{}-ca", self.name())
-    }
-
-    /// Parses a CLI name.
-    pub fn from_name(name: &str) -> Option<CaKind> {
-        match name {
-            "root" => Some(CaKind::Root),
-            "device" => Some(CaKind::Device),
-            "organisation" | "organization" => Some(CaKind::Organisation),
-            "access" => Some(CaKind::Access),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for CaKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
 }
 
 impl Home {
@@ -79,7 +27,7 @@ impl Home {
         self.root.join("ca")
     }
     /// `ca/<kind>.pem`.
-    pub fn ca_cert(&self, kind: CaKind) -> PathBuf {
+    pub fn ca_cert(&self, kind: policies::CaKind) -> PathBuf {
         self.ca_dir().join(format!("{}.pem", kind.name()))
     }
     /// `ca/audit.pem`: the audit signer's certificate (issued by the root).

@@ -5,48 +5,51 @@
 //! Modules are private; this list of re-exports *is* the public API.
 #![forbid(unsafe_code)]
 
-mod account;
 mod audit;
 mod certs;
 pub mod churn;
 mod config;
 pub mod crl;
-mod eui64;
 mod fsutil;
 mod home;
+pub mod hsm;
 pub mod issue;
+mod model;
 mod par;
 mod quorum;
-mod revocation;
+pub mod service;
 mod signer;
-mod store;
-mod supplier;
+pub mod store;
 pub mod tamp;
 
-pub use account::{check_account_name, Account, Role};
-pub use audit::{AuditError, AuditLog, AuditRecord, AuditReport, HEAD_SIGNED_EVENT};
+pub use audit::{
+    AuditEntry, AuditError, AuditLog, AuditRecord, AuditReport, HEAD_SIGNED_EVENT, TORN_TAIL_EVENT,
+    UNCOMMITTED_EVENT,
+};
 pub use certs::{
-    build_ca_certificate, build_self_signed_root, build_signer_certificate, certificate_from_pem,
-    certificate_to_pem, check_key_matches, fingerprint_sha256, key_identifier, parse_name,
-    verify_certificate_signature, CaCertSpec, CertError, CertInfo,
+    build_ca_certificate, build_self_signed_root, build_signer_certificate, certificate_from_bytes,
+    certificate_from_pem, certificate_to_pem, check_key_matches, fingerprint_sha256,
+    key_identifier, parse_name, verify_certificate_signature, CaCertSpec, CertError, CertInfo,
 };
 pub use config::{CaConfig, Config, ConfigError, CrlConfig, HsmConfig, PinSource, ServerConfig};
-pub use eui64::{DeviceRange, Eui64};
 pub use fsutil::{write_atomic, write_new_secret};
-pub use home::{CaKind, Home};
+pub use home::Home;
+pub use model::{
+    check_account_name, check_supplier_name, Account, DeviceRange, Eui64, OpKind, OpRecord,
+    OpState, Reason, Revocation, Role, Supplier, SupplierState,
+};
+pub use policies::CaKind;
 pub use quorum::{
     combine_shares, split_secret, CeremonyRecord, QuorumError, RootSecret, ShareFile,
 };
-pub use revocation::{Reason, Revocation};
 pub use signer::{
     spki_from_point, verify_signature, verify_signature_fast, KeyAlgorithm, SignError, Signer,
     VerifyError,
 };
 pub use store::{
-    CertRecord, Commit, Committed, MeterMove, MoveOutcome, Revoked, SledStore, Store, StoreError,
-    UpdateMark,
+    Applied, ApplyError, AuditHead, CertRecord, Commit, Committed, MeterMove, MoveOutcome, Op,
+    Revoked, Store, StoreError, Txn, UpdateMark,
 };
-pub use supplier::{check_supplier_name, Supplier, SupplierState};
 
 /// SHA-256 of `bytes` (for callers that need a digest without their own hash dependency).
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {

@@ -94,7 +94,7 @@ use x509_cert::ext::pkix::{BasicConstraints, CertificatePolicies, KeyUsage, KeyU
 use x509_cert::Certificate;
 
 use crate::certs::{check_key_matches, verify_certificate_signature, CertError};
-use crate::eui64::Eui64;
+use crate::model::Eui64;
 use crate::signer::{verify_signature_fast, KeyAlgorithm, SignError, Signer, VerifyError};
 
 /// id-ct-TAMP-update (RFC 5934 Appendix A): the eContentType of a TAMP update.

@@ -8,14 +8,16 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use ca_core::issue::{AccountLimits, CrlSettings, Engine, ErrorCode, IssuerCtx, RequestItem};
+use ca_core::issue::{IssueError, Outcome};
+use ca_core::store::StoreConfig;
 use ca_core::{
-    build_ca_certificate, build_self_signed_root, spki_from_point, CaCertSpec, KeyAlgorithm,
-    SledStore, Store,
+    build_ca_certificate, build_self_signed_root, spki_from_point, AuditEntry, AuditLog,
+    CaCertSpec, CaKind, Home, KeyAlgorithm, Store,
 };
 use der::asn1::{BitString, SetOfVec};
 use der::{Decode, Encode};
 use p256::ecdsa::signature::Signer as _;
-use policies::{IssuerKind, ProfileSet};
+use policies::ProfileSet;
 use spki::SubjectPublicKeyInfoOwned;
 use x509_cert::request::{CertReq, CertReqInfo, Version};
 use x509_cert::Certificate;
@@ -24,8 +26,17 @@ const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STA
 
 struct Fixture {
     _dir: tempfile::TempDir,
-    store: Arc<SledStore>,
+    store: Arc<dyn Store>,
     engine: Engine,
+}
+
+/// Every commit of these tests is recorded in the audit log, as the service records them.
+fn record(r: &[Result<Outcome, IssueError>]) -> Option<AuditEntry> {
+    Some(AuditEntry::new(
+        "test.issue",
+        "test",
+        serde_json::json!({"items": r.len()}),
+    ))
 }
 
 fn ca(kind_subject: &str, corrupt: bool) -> (Certificate, Arc<SoftSigner>) {
@@ -57,19 +68,21 @@ fn ca(kind_subject: &str, corrupt: bool) -> (Certificate, Arc<SoftSigner>) {
 
 fn fixture_with(crl_base: Option<&str>, corrupt: bool, profiles: ProfileSet) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SledStore::open(&dir.path().join("store")).unwrap());
+    let home = Home::new(dir.path());
+    let store = ca_core::store::open(&StoreConfig::default(), &home).unwrap();
     let (dcert, dkey) = ca("CN=MDCA1", corrupt);
     let (ocert, okey) = ca("CN=Test Organisation CA,O=Test", corrupt);
     let issuers = vec![
-        Arc::new(IssuerCtx::new(IssuerKind::Device, dcert, dkey).unwrap()),
-        Arc::new(IssuerCtx::new(IssuerKind::Organisation, ocert, okey).unwrap()),
+        Arc::new(IssuerCtx::new(CaKind::Device, dcert, dkey).unwrap()),
+        Arc::new(IssuerCtx::new(CaKind::Organisation, ocert, okey).unwrap()),
     ];
     let crl = CrlSettings {
         shards: 16,
         base_url: crl_base.map(String::from),
         next_update_hours: 24,
     };
-    let engine = Engine::new(profiles, issuers, store.clone() as Arc<dyn Store>, crl, 2);
+    let audit = AuditLog::new(home.audit_log(), store.clone());
+    let engine = Engine::new(profiles, issuers, audit, crl, 2).unwrap();
     Fixture {
         _dir: dir,
         store,
@@ -159,7 +172,7 @@ fn refused(f: &Fixture, item: RequestItem, code: ErrorCode, needle: &str) {
     let before = f.store.cert_count().unwrap();
     let err = f
         .engine
-        .issue(&item, &AccountLimits::default())
+        .issue(&item, &AccountLimits::default(), &record)
         .unwrap_err();
     assert_eq!(err.code, code, "{err}");
     assert!(
@@ -178,7 +191,10 @@ fn a_meter_certificate_is_issued_once_and_retries_return_it() {
     let f = fixture();
     let key = new_key();
     let item = meter("00db123456789001", &csr_p256(&key));
-    let first = f.engine.issue(&item, &AccountLimits::default()).unwrap();
+    let first = f
+        .engine
+        .issue(&item, &AccountLimits::default(), &record)
+        .unwrap();
     assert!(!first.existing);
     assert_eq!(
         first.record.subject_id, "00-DB-12-34-56-78-90-01",
@@ -189,6 +205,7 @@ fn a_meter_certificate_is_issued_once_and_retries_return_it() {
         .issue(
             &meter("00:DB:12:34:56:78:90:01", &csr_p256(&key)),
             &AccountLimits::default(),
+            &record,
         )
         .unwrap();
     assert!(again.existing);
@@ -199,7 +216,7 @@ fn a_meter_certificate_is_issued_once_and_retries_return_it() {
     let cert = Certificate::from_der(&first.record.der).unwrap();
     assert!(cert.tbs_certificate.subject.0.is_empty());
     let der = cert.tbs_certificate.to_der().unwrap();
-    let device_ca = f.engine.issuer(IssuerKind::Device).unwrap().certificate();
+    let device_ca = f.engine.issuer(CaKind::Device).unwrap().certificate();
     let ca_spki = device_ca.tbs_certificate.subject_public_key_info.clone();
     ca_core::verify_signature(&ca_spki, &der, cert.signature.raw_bytes()).unwrap();
 }
@@ -322,6 +339,7 @@ fn a_second_active_certificate_needs_replace() {
         .issue(
             &meter("00DB123456789002", &csr_p256(&new_key())),
             &AccountLimits::default(),
+            &record,
         )
         .unwrap();
     refused(
@@ -332,7 +350,10 @@ fn a_second_active_certificate_needs_replace() {
     );
     let mut item = meter("00DB123456789002", &csr_p256(&new_key()));
     item.replace = true;
-    let b = f.engine.issue(&item, &AccountLimits::default()).unwrap();
+    let b = f
+        .engine
+        .issue(&item, &AccountLimits::default(), &record)
+        .unwrap();
     assert_ne!(a.record.serial, b.record.serial);
     let old = f.store.cert(&a.record.serial).unwrap().unwrap();
     assert_eq!(old.replaced_by.as_deref(), Some(&b.record.serial[..]));
@@ -341,7 +362,7 @@ fn a_second_active_certificate_needs_replace() {
     assert_eq!(rev.reason, ca_core::Reason::Superseded);
     assert_eq!(
         f.store
-            .revoked_in_shard("device", a.record.shard)
+            .revoked_in_shard(CaKind::Device, a.record.shard)
             .unwrap()
             .len(),
         1
@@ -357,7 +378,9 @@ fn a_second_active_certificate_needs_replace() {
     // Another usage of the same device is independent.
     let mut ka = meter("00DB123456789002", &csr_p256(&new_key()));
     ka.profile = "meter-key-agreement".into();
-    f.engine.issue(&ka, &AccountLimits::default()).unwrap();
+    f.engine
+        .issue(&ka, &AccountLimits::default(), &record)
+        .unwrap();
 }
 
 #[test]
@@ -370,7 +393,7 @@ fn batches_keep_order_limit_size_and_atomic_is_all_or_nothing() {
 
     let out = f
         .engine
-        .issue_batch(&items, &AccountLimits::default(), true)
+        .issue_batch(&items, &AccountLimits::default(), true, &record)
         .unwrap();
     assert_eq!(out[1].as_ref().unwrap_err().code, ErrorCode::DeviceId);
     assert_eq!(out[0].as_ref().unwrap_err().code, ErrorCode::BatchAborted);
@@ -379,7 +402,7 @@ fn batches_keep_order_limit_size_and_atomic_is_all_or_nothing() {
 
     let out = f
         .engine
-        .issue_batch(&items, &AccountLimits::default(), false)
+        .issue_batch(&items, &AccountLimits::default(), false, &record)
         .unwrap();
     assert!(out[0].is_ok() && out[1].is_err() && out[2].is_ok());
     assert_eq!(f.store.cert_count().unwrap(), 2);
@@ -400,7 +423,7 @@ fn batches_keep_order_limit_size_and_atomic_is_all_or_nothing() {
     ];
     let out = f
         .engine
-        .issue_batch(&twice, &AccountLimits::default(), false)
+        .issue_batch(&twice, &AccountLimits::default(), false, &record)
         .unwrap();
     let (a, b) = (out[0].as_ref().unwrap(), out[1].as_ref().unwrap());
     assert_eq!(a.record.serial, b.record.serial);
@@ -411,7 +434,7 @@ fn batches_keep_order_limit_size_and_atomic_is_all_or_nothing() {
     let many: Vec<_> = (0..10_001).map(|_| Ok(good1.clone())).collect();
     let err = f
         .engine
-        .issue_batch(&many, &AccountLimits::default(), false)
+        .issue_batch(&many, &AccountLimits::default(), false, &record)
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::BatchTooLarge);
     assert_eq!(f.store.cert_count().unwrap(), 3);
@@ -424,12 +447,20 @@ fn an_account_range_is_enforced() {
         device_range: Some("00-DB-12-00-00-00-00-00/24".parse().unwrap()),
     };
     f.engine
-        .issue(&meter("00DB12FF00000001", &csr_p256(&new_key())), &limits)
+        .issue(
+            &meter("00DB12FF00000001", &csr_p256(&new_key())),
+            &limits,
+            &record,
+        )
         .unwrap();
     let before = f.store.cert_count().unwrap();
     let err = f
         .engine
-        .issue(&meter("00DB13FF00000001", &csr_p256(&new_key())), &limits)
+        .issue(
+            &meter("00DB13FF00000001", &csr_p256(&new_key())),
+            &limits,
+            &record,
+        )
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::DeviceRange);
     assert_eq!(f.store.cert_count().unwrap(), before);
@@ -443,6 +474,7 @@ fn a_bad_hsm_signature_is_never_stored() {
         .issue(
             &meter("00DB123456789001", &csr_p256(&new_key())),
             &AccountLimits::default(),
+            &record,
         )
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::HsmUnavailable);
@@ -465,7 +497,10 @@ fn meter_certificates_stay_within_the_design_sizes() {
             };
             let mut item = meter(&id, &csr_p256(&new_key()));
             item.profile = profile.into();
-            let o = f.engine.issue(&item, &AccountLimits::default()).unwrap();
+            let o = f
+                .engine
+                .issue(&item, &AccountLimits::default(), &record)
+                .unwrap();
             if let Some(b) = base {
                 let url = format!("{b}/device/{}.crl", o.record.shard);
                 assert!(url.len() <= 30, "{url}");
@@ -507,10 +542,16 @@ fn supplier_certificates_name_the_party() {
         ended_at: Some(1),
         successor: None,
     };
-    f.engine.store().put_supplier(&supplier).unwrap();
+    let put = |op| {
+        f.engine
+            .store()
+            .apply(ca_core::Txn::new().with(op), None)
+            .unwrap()
+    };
+    put(ca_core::Op::InsertSupplier(supplier.clone()));
     refused(&f, item.clone(), ErrorCode::SupplierInactive, "acquired");
     supplier.state = ca_core::SupplierState::Active;
-    f.engine.store().put_supplier(&supplier).unwrap();
+    put(ca_core::Op::UpdateSupplier(supplier));
     item.name = Some("Someone Else".into());
     refused(&f, item, ErrorCode::ProfileLimit, "registered name");
     let item = RequestItem {
@@ -522,7 +563,10 @@ fn supplier_certificates_name_the_party() {
         public_key: None,
         replace: false,
     };
-    let o = f.engine.issue(&item, &AccountLimits::default()).unwrap();
+    let o = f
+        .engine
+        .issue(&item, &AccountLimits::default(), &record)
+        .unwrap();
     let cert = Certificate::from_der(&o.record.der).unwrap();
     let subject = cert.tbs_certificate.subject.to_string();
     assert!(
@@ -579,6 +623,7 @@ fn serials_are_positive_and_carry_64_random_bits_after_a_time_octet() {
             .issue(
                 &meter(&format!("00DB5E51{i:08X}"), &csr_p256(&new_key())),
                 &AccountLimits::default(),
+                &record,
             )
             .unwrap();
         let after = second();

@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use ca_core::CaKind;
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -94,9 +95,9 @@ pub enum Command {
     /// The hash-chained audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
-    /// Benchmarks (figures, not tests).
+    /// The HSM: the raw signing rate of the online token.
     #[command(subcommand)]
-    Bench(BenchCommand),
+    Hsm(HsmCommand),
 }
 
 #[derive(Args, Debug)]
@@ -229,9 +230,9 @@ pub enum CrlCommand {
         after_help = "Examples:\n  meterpki crl publish\n  meterpki crl publish --issuer device --full --json\n\nVerify a shard: openssl crl -in <home>/crl/device/3.crl -inform DER -CAfile <chain.pem> -noout"
     )]
     Publish {
-        /// Only this issuer.
-        #[arg(long, value_enum)]
-        issuer: Option<IssuingKind>,
+        /// Only this issuer: device, organisation or access.
+        #[arg(long, value_parser = CaKind::parse_issuing)]
+        issuer: Option<CaKind>,
         /// Also publish the full (unsharded) CRL, <home>/crl/<issuer>/full.crl.
         #[arg(long)]
         full: bool,
@@ -283,21 +284,11 @@ pub struct RootArgs {
     pub operator: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum IssuingKind {
-    /// Device CA: meter certificates.
-    Device,
-    /// Organisation CA: supplier certificates, trust-update signer.
-    Organisation,
-    /// Access CA: TLS certificates for the API.
-    Access,
-}
-
 #[derive(Args, Debug)]
 pub struct IssuingArgs {
-    /// Which issuing CA.
-    #[arg(long, value_enum)]
-    pub kind: IssuingKind,
+    /// Which issuing CA: device (meter certificates), organisation (supplier certificates, the trust-update signer) or access (TLS certificates for the API).
+    #[arg(long, value_parser = CaKind::parse_issuing)]
+    pub kind: CaKind,
     /// A share file; give at least the quorum.
     #[arg(long = "share", required = true)]
     pub shares: Vec<PathBuf>,
@@ -317,83 +308,10 @@ pub enum AuditCommand {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum BenchCommand {
-    /// Load the API: start `meterpki serve` on this home, send N meter requests in batches over mTLS from a factory account made for the run, and print certificates/s, the raw signing rate measured before the server started, their ratio, wall time, the server's peak RSS and batch latency percentiles.
-    #[command(
-        after_help = "Examples:\n  meterpki bench api --count 1000000 --batch 5000 --in-flight 2\n  meterpki bench make-batch --count 1000000 --out req.ndjson && meterpki bench api --requests req.ndjson"
-    )]
-    Api {
-        /// Certificates to request (fresh CSRs made before the run).
-        #[arg(long, default_value_t = 100_000)]
-        count: usize,
-        /// Send the requests of this NDJSON file (from `bench make-batch`) instead of making --count fresh ones, so runs can repeat the same input; each run needs a home that has not seen them (e.g. a fresh copy of the same home).
-        #[arg(long, value_name = "FILE", conflicts_with = "count")]
-        requests: Option<PathBuf>,
-        /// Items per batch (at most 10,000).
-        #[arg(long, default_value_t = 5_000)]
-        batch: usize,
-        /// Batches in flight at once.
-        #[arg(long, default_value_t = 2)]
-        in_flight: usize,
-        /// Seconds for the raw signing-rate measurement.
-        #[arg(long, default_value_t = 5.0)]
-        raw_seconds: f64,
-    },
-    /// CRLs at scale: N certificate records written straight to a scratch store, M revoked by list, every shard (and the full CRL) rebuilt and signed with the Device CA key.
-    #[command(after_help = "Example:\n  meterpki bench crl --certs 1000000 --revoke 100000")]
-    Crl {
-        /// Certificate records in the scratch store.
-        #[arg(long, default_value_t = 1_000_000)]
-        certs: usize,
-        /// How many of them to revoke.
-        #[arg(long, default_value_t = 100_000)]
-        revoke: usize,
-    },
-    /// Write an NDJSON batch of N meter-signing requests with fresh P-256 keys made in software (for benchmarks and line tests; the keys are discarded).
-    #[command(
-        name = "make-batch",
-        after_help = "Example:\n  meterpki bench make-batch --count 10000 --out line-7.ndjson"
-    )]
-    MakeBatch {
-        /// Requests to write.
-        #[arg(long)]
-        count: usize,
-        /// The NDJSON file to write.
-        #[arg(long)]
-        out: PathBuf,
-        /// Profile of the requests.
-        #[arg(long, default_value = "meter-signing")]
-        profile: String,
-    },
-    /// Issue N meter certificates from freshly made CSRs through the `issue --batch` path; print certificates/s next to the raw signing rate measured in the same run, their ratio, and peak RSS.
-    #[command(after_help = "Example:\n  meterpki bench issue --count 100000")]
-    Issue {
-        /// Certificates to issue.
-        #[arg(long, default_value_t = 100_000)]
-        count: usize,
-        /// Seconds for the raw signing-rate measurement.
-        #[arg(long, default_value_t = 5.0)]
-        raw_seconds: f64,
-    },
-    /// Trust-anchor updates at scale: a takeover of N meters in a scratch store (suppliers with real certificates, the home's trust-update signer key), updates/s beside the raw signing rate of that key in the same run, their ratio, and peak RSS.
-    #[command(after_help = "Example:\n  meterpki bench takeover --meters 100000")]
-    Takeover {
-        /// Meters supplier A serves.
-        #[arg(long, default_value_t = 100_000)]
-        meters: usize,
-        /// Seconds for the raw signing-rate measurement.
-        #[arg(long, default_value_t = 5.0)]
-        raw_seconds: f64,
-        /// Meters per chunk.
-        #[arg(long, default_value_t = 1000)]
-        chunk: usize,
-        /// Write the updates as one NDJSON stream instead of one file per meter.
-        #[arg(long)]
-        ndjson: bool,
-    },
-    /// Raw signing rates of the online token: bare cryptoki loop (with the token object, and with a session copy of the key as the pool signs) vs hsm-bridge, 1 and 2 sessions, P-256 and P-384.
-    #[command(after_help = "Example:\n  meterpki bench hsm --seconds 5")]
-    Hsm {
+pub enum HsmCommand {
+    /// Raw signing rates of the online token: a bare cryptoki loop (with the token object, and with a session copy of the key as the pool signs) vs hsm-bridge, 1 and 2 sessions, P-256 and P-384. The figures the issuance benchmarks (the meterpki-bench binary) compare against.
+    #[command(after_help = "Example:\n  meterpki hsm bench --seconds 5")]
+    Bench {
         /// Seconds per measurement.
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,

@@ -1,65 +1,123 @@
-//! What every command needs: the home, its config, the HSM, the store, the audit log.
+//! How the CLI opens a home: the service with the PKCS#11 module (SoftHSM's token files looked
+//! after first), the online PIN from its sources, and a watchdog that stops a command whose HSM
+//! hangs. Also the process environment the CLI re-executes itself for.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
-use ca_core::{AuditLog, Config, Home, SledStore, Store};
-use hsm_bridge::{Hsm, Token};
-
-use crate::errors::input;
+use ca_core::hsm::{HsmModule, HsmToken, ObjectSummary, SecretString, TokenSummary};
+use ca_core::service::{Actor, HsmAccess, Service, ServiceError};
+use ca_core::{Config, Home};
 
 /// An opened home.
 pub struct Ctx {
-    pub home: Home,
-    pub config: Config,
+    pub service: Service,
     pub json: bool,
-    /// The store, opened once per process (sled locks its files per open).
-    pub store: std::sync::OnceLock<Arc<SledStore>>,
+}
+
+/// Whether a command may stop the process when the HSM hangs (the CLI) or answers 503 instead
+/// (the server).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Watchdog {
+    On,
+    Off,
 }
 
 impl Ctx {
     /// Opens an initialised home.
-    pub fn open(home: Home, json: bool) -> Result<Ctx> {
-        if !home.config_path().exists() {
-            return Err(input(format!(
-                "{} is not a meterpki home (no meterpki.toml): run `meterpki --home {} init` first",
-                home.root().display(),
-                home.root().display()
-            )));
-        }
-        let config = Config::load(&home.config_path())?;
+    pub fn open(home: Home, json: bool, watchdog: Watchdog) -> Result<Ctx> {
         Ok(Ctx {
-            home,
-            config,
+            service: Service::open(home.clone(), hsm_access(&home, watchdog))?,
             json,
-            store: std::sync::OnceLock::new(),
         })
     }
 
-    pub fn hsm(&self) -> Result<Hsm> {
-        if self.config.hsm.softhsm {
-            // Before SoftHSM reads its tokens: see `softhsm_config::heal_tokens`.
-            let backup = self.home.softhsm_dir().join("token-copies");
-            let healed = softhsm_config::heal_tokens(&self.home.softhsm_tokens(), &backup)
-                .context("checking the SoftHSM token files")?;
-            for dir in healed {
-                tracing::warn!(token_dir = %dir.display(), "a SoftHSM token file was left empty by an interrupted process; restored from its copy");
-            }
-        }
-        Ok(Hsm::load(&self.config.hsm.module)?)
+    pub fn home(&self) -> &Home {
+        self.service.home()
     }
 
-    /// The online token, logged in with the PIN from its configured source, with a watchdog:
-    /// a signature pending longer than `hsm.sign_timeout_ms` (a hung HSM) stops the command
-    /// with exit 1 (what was answered is stored; nothing unanswered is).
-    pub fn online(&self, hsm: &Hsm) -> Result<Arc<Token>> {
-        let token = self.online_unwatched(hsm)?;
+    pub fn config(&self) -> &Config {
+        self.service.config()
+    }
+}
+
+/// The operator at this shell, for the audit log.
+pub fn operator() -> Actor {
+    Actor::local()
+}
+
+/// The PKCS#11 module of `home` and the online PIN's sources.
+pub fn hsm_access(home: &Home, watchdog: Watchdog) -> HsmAccess {
+    let (h1, h2) = (home.clone(), home.clone());
+    HsmAccess {
+        load: Arc::new(move |config: &Config| load_module(&h1, config, watchdog)),
+        online_pin: Arc::new(move |config: &Config| {
+            crate::pin::online_pin(&h2, config)
+                .map_err(|e| ServiceError::invalid("pin", format!("{e:#}")))
+        }),
+    }
+}
+
+fn load_module(
+    home: &Home,
+    config: &Config,
+    watchdog: Watchdog,
+) -> Result<Arc<dyn HsmModule>, ServiceError> {
+    let tokens = config.hsm.softhsm.then(|| home.softhsm_tokens());
+    if let Some(dir) = &tokens {
+        // Before SoftHSM reads its tokens: see `softhsm_config::heal_tokens`.
+        let backup = home.softhsm_dir().join("token-copies");
+        let healed = softhsm_config::heal_tokens(dir, &backup)
+            .map_err(|e| ServiceError::io("checking the SoftHSM token files", e))?;
+        for d in healed {
+            tracing::warn!(token_dir = %d.display(), "a SoftHSM token file was left empty by an interrupted process; restored from its copy");
+        }
+    }
+    let module = hsm_bridge::Pkcs11Module::load(&config.hsm.module, tokens)
+        .map_err(ca_core::hsm::HsmError::from)?;
+    Ok(match watchdog {
+        Watchdog::On => Arc::new(Watched(module)),
+        Watchdog::Off => Arc::new(module),
+    })
+}
+
+/// A module whose tokens are watched: a signature pending longer than `hsm.sign_timeout_ms`
+/// (a hung HSM) stops the command with exit 1 (what was answered is stored; nothing
+/// unanswered is).
+#[derive(Debug)]
+struct Watched(hsm_bridge::Pkcs11Module);
+
+impl HsmModule for Watched {
+    fn manufacturer(&self) -> Result<String, ca_core::hsm::HsmError> {
+        self.0.manufacturer()
+    }
+    fn tokens(&self) -> Result<Vec<TokenSummary>, ca_core::hsm::HsmError> {
+        self.0.tokens()
+    }
+    fn init_token(
+        &self,
+        label: &str,
+        so_pin: &SecretString,
+        user_pin: &SecretString,
+    ) -> Result<(), ca_core::hsm::HsmError> {
+        self.0.init_token(label, so_pin, user_pin)
+    }
+    fn discard_token(&self, label: &str) -> Result<bool, ca_core::hsm::HsmError> {
+        self.0.discard_token(label)
+    }
+    fn open(
+        &self,
+        label: &str,
+        pin: SecretString,
+        sessions: usize,
+    ) -> Result<Arc<dyn HsmToken>, ca_core::hsm::HsmError> {
+        let token = self.0.open(label, pin, sessions)?;
         let watched = Arc::downgrade(&token);
-        let limit = token.sign_timeout();
         std::thread::spawn(move || loop {
             std::thread::sleep(std::time::Duration::from_millis(100));
             let Some(t) = watched.upgrade() else { return };
+            let limit = t.sign_timeout();
             if let Some(d) = t.oldest_sign_in_progress().filter(|d| *d > limit) {
                 eprintln!(
                     "error: the HSM has not answered a signature for {} ms (hsm.sign_timeout_ms = {}): stopping; nothing unanswered was stored",
@@ -71,181 +129,9 @@ impl Ctx {
         });
         Ok(token)
     }
-
-    /// The online token without the watchdog (the server answers 503 instead of stopping).
-    pub fn online_unwatched(&self, hsm: &Hsm) -> Result<Arc<Token>> {
-        let pin = crate::pin::online_pin(&self.home, &self.config)?;
-        let token = hsm.open(&self.config.hsm.online_token, pin, self.config.hsm.sessions)?;
-        token.set_sign_timeout(std::time::Duration::from_millis(
-            self.config.hsm.sign_timeout_ms,
-        ));
-        Ok(token)
+    fn public_objects(&self, label: &str) -> Result<Vec<ObjectSummary>, ca_core::hsm::HsmError> {
+        self.0.public_objects(label)
     }
-
-    /// An issuing CA ready to sign: its certificate from `ca/<kind>.pem` and a signer for its
-    /// key on the online token. Refused when the key does not match the certificate.
-    pub fn issuer(
-        &self,
-        online: &Arc<Token>,
-        kind: ca_core::CaKind,
-    ) -> Result<(hsm_bridge::HsmSigner, x509_cert::Certificate)> {
-        let path = self.home.ca_cert(kind);
-        let pem = std::fs::read_to_string(&path).map_err(|_| {
-            input(format!(
-                "no {kind} CA in {} ({} missing): run `meterpki ceremony issuing-ca --kind {kind}`",
-                self.home.root().display(),
-                path.display()
-            ))
-        })?;
-        let cert = ca_core::certificate_from_pem(&pem)
-            .with_context(|| format!("reading {}", path.display()))?;
-        let signer = online.signer(&kind.key_label())?;
-        ca_core::check_key_matches(&signer, &cert, kind.name()).with_context(|| {
-            format!(
-                "refusing the {kind} CA: {} is not the certificate of its HSM key",
-                path.display()
-            )
-        })?;
-        Ok((signer, cert))
-    }
-
-    /// The certificate profiles: `<home>/policies/*.toml`, or the shipped ones when the home
-    /// has no such folder. A profile that does not validate stops the command here.
-    pub fn profiles(&self) -> Result<policies::ProfileSet> {
-        let dir = self.home.policies_dir();
-        if dir.is_dir() {
-            Ok(policies::ProfileSet::load_dir(&dir).map_err(|e| input(e.to_string()))?)
-        } else {
-            Ok(policies::ProfileSet::builtin())
-        }
-    }
-
-    /// The issuance engine with every issuing CA that exists in this home (device,
-    /// organisation), each refused if its HSM key does not match its certificate.
-    pub fn engine(
-        &self,
-        online: &Arc<Token>,
-        store: Arc<SledStore>,
-    ) -> Result<ca_core::issue::Engine> {
-        self.engine_with(online, store, &|s| s)
-    }
-
-    /// [`Ctx::engine`], with every issuer's signer passed through `wrap` (the server times them).
-    pub fn engine_with(
-        &self,
-        online: &Arc<Token>,
-        store: Arc<SledStore>,
-        wrap: &dyn Fn(Arc<dyn ca_core::Signer>) -> Arc<dyn ca_core::Signer>,
-    ) -> Result<ca_core::issue::Engine> {
-        let profiles = self.profiles()?;
-        let mut issuers = Vec::new();
-        for (kind, ikind) in [
-            (ca_core::CaKind::Device, policies::IssuerKind::Device),
-            (
-                ca_core::CaKind::Organisation,
-                policies::IssuerKind::Organisation,
-            ),
-            (ca_core::CaKind::Access, policies::IssuerKind::Access),
-        ] {
-            if !self.home.ca_cert(kind).exists() {
-                continue;
-            }
-            let (signer, cert) = self.issuer(online, kind)?;
-            issuers.push(Arc::new(ca_core::issue::IssuerCtx::new(
-                ikind,
-                cert,
-                wrap(Arc::new(signer)),
-            )?));
-        }
-        let crl = self.crl_settings();
-        ca_core::crl::check_shards(store.as_ref(), &crl).map_err(|e| input(e.to_string()))?;
-        Ok(ca_core::issue::Engine::new(
-            profiles,
-            issuers,
-            store as Arc<dyn Store>,
-            crl,
-            self.config.hsm.sessions,
-        ))
-    }
-
-    /// The certificate of an HSM key meterpki's own services use (the API server, the
-    /// trust-update signer): the one in `path` while it certifies this key and has more than 30
-    /// days left, else a new one issued through `engine` from `request` and written to `path`.
-    /// Returns the DER and, when one was issued, its record.
-    pub fn service_certificate(
-        &self,
-        engine: &ca_core::issue::Engine,
-        path: &Path,
-        spki: &spki::SubjectPublicKeyInfoOwned,
-        request: impl FnOnce() -> Result<ca_core::issue::Request>,
-    ) -> Result<(Vec<u8>, Option<ca_core::CertRecord>)> {
-        use der::Encode;
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let reuse = std::fs::read_to_string(path)
-            .ok()
-            .and_then(|pem| ca_core::certificate_from_pem(&pem).ok())
-            .filter(|c| {
-                let left = c
-                    .tbs_certificate
-                    .validity
-                    .not_after
-                    .to_unix_duration()
-                    .as_secs() as i64
-                    - now;
-                c.tbs_certificate.subject_public_key_info.to_der().ok() == spki.to_der().ok()
-                    && left > 30 * 86_400
-            });
-        if let Some(c) = reuse {
-            return Ok((c.to_der()?, None));
-        }
-        let out = engine
-            .issue_request(request()?)
-            .map_err(|e| anyhow::anyhow!("issuing {}: {e}", path.display()))?;
-        let pem = der::pem::encode_string("CERTIFICATE", der::pem::LineEnding::LF, &out.record.der)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        ca_core::write_atomic(path, pem.as_bytes(), 0o644)?;
-        eprintln!(
-            "issued {} (serial {})",
-            path.display(),
-            out.record.serial_hex()
-        );
-        Ok((out.record.der.clone(), Some(out.record)))
-    }
-
-    /// CRL sharding and publication settings from the config.
-    pub fn crl_settings(&self) -> ca_core::issue::CrlSettings {
-        ca_core::issue::CrlSettings {
-            shards: self.config.crl.shards,
-            base_url: (!self.config.crl.base_url.is_empty())
-                .then(|| self.config.crl.base_url.clone()),
-            next_update_hours: self.config.crl.next_update_hours,
-        }
-    }
-
-    pub fn store(&self) -> Result<Arc<SledStore>> {
-        if let Some(s) = self.store.get() {
-            return Ok(s.clone());
-        }
-        let dir = self.home.store_dir();
-        let store = Arc::new(SledStore::open(&dir).with_context(|| {
-            format!(
-                "opening the store {} (is `meterpki serve` running on this home?)",
-                dir.display()
-            )
-        })?);
-        Ok(self.store.get_or_init(|| store).clone())
-    }
-
-    pub fn audit(&self, store: Arc<SledStore>) -> AuditLog {
-        AuditLog::new(self.home.audit_log(), Some(store as Arc<dyn Store>))
-    }
-}
-
-/// The OS user, for the audit log's `actor`.
-pub fn os_user() -> String {
-    std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// Makes `p` absolute without requiring it to exist.
@@ -268,9 +154,9 @@ pub fn ensure_softhsm_env(home: &Home) -> Result<()> {
 }
 
 /// The allocator setting of a long-running server: mimalloc returns freed memory to the OS at
-/// once instead of after a delay. Measured with `bench api` (a million certificates): peak RSS
-/// 277 -> 230 MB, the ratio to the raw signing rate unchanged. mimalloc reads it only at process
-/// start, hence the re-exec; an operator's own `MIMALLOC_PURGE_DELAY` is left alone.
+/// once instead of after a delay. Measured with `meterpki-bench api` (a million certificates):
+/// peak RSS 277 -> 230 MB, the ratio to the raw signing rate unchanged. mimalloc reads it only
+/// at process start, hence the re-exec; an operator's own `MIMALLOC_PURGE_DELAY` is left alone.
 const SERVER_ALLOCATOR_ENV: (&str, &str) = ("MIMALLOC_PURGE_DELAY", "0");
 
 /// Re-executes the CLI once (`exec`: same pid, same arguments) when the environment it needs

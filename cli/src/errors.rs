@@ -1,9 +1,8 @@
 //! Which failures are the user's input (exit 2) and which are the system's (exit 1).
 
-use ca_core::QuorumError;
-use hsm_bridge::HsmError;
+use ca_core::service::ServiceError;
 
-/// A usage or input error: bad arguments, bad files, a state that forbids the command.
+/// A usage or input error found while parsing the command line: bad arguments, bad files.
 #[derive(Debug)]
 pub struct InputError(pub String);
 
@@ -20,37 +19,27 @@ pub fn input(msg: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(InputError(msg.into()))
 }
 
-/// An issuance refusal as the CLI reports it: the requester's mistakes are input errors (exit
-/// 2), HSM and internal failures runtime errors (exit 1).
-pub fn issue_error(e: ca_core::issue::IssueError) -> anyhow::Error {
-    if e.code.is_client_error() {
-        input(e.to_string())
-    } else {
-        anyhow::anyhow!("{e}")
-    }
-}
-
-/// 2 for input errors anywhere in the chain, else 1.
+/// 2 for the requester's mistakes anywhere in the chain (bad input, a refusal, a state that
+/// forbids the command), else 1 (the HSM, the audit log, the store, meterpki itself).
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
         if cause.downcast_ref::<InputError>().is_some() {
             return 2;
         }
-        if let Some(q) = cause.downcast_ref::<QuorumError>() {
+        if let Some(q) = cause.downcast_ref::<ca_core::QuorumError>() {
             return match q {
-                QuorumError::Io { .. } => 1,
+                ca_core::QuorumError::Io { .. } => 1,
                 _ => 2,
             };
         }
-        if let Some(h) = cause.downcast_ref::<HsmError>() {
-            return match h {
-                HsmError::PinIncorrect { .. }
-                | HsmError::PinLocked { .. }
-                | HsmError::TokenNotFound { .. }
-                | HsmError::ModuleLoad { .. }
-                | HsmError::TokenExists { .. } => 2,
-                _ => 1,
-            };
+        if let Some(s) = cause.downcast_ref::<ServiceError>() {
+            return if s.class().is_client_error() { 2 } else { 1 };
+        }
+        if let Some(h) = cause.downcast_ref::<ca_core::hsm::HsmError>() {
+            return if h.kind.is_input() { 2 } else { 1 };
+        }
+        if let Some(h) = cause.downcast_ref::<hsm_bridge::HsmError>() {
+            return if h.kind().is_input() { 2 } else { 1 };
         }
         if cause.downcast_ref::<ca_core::ConfigError>().is_some() {
             return 2;

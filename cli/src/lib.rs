@@ -15,6 +15,14 @@ use clap::Parser;
 
 pub use errors::InputError;
 
+/// What other front ends of a home (the benchmark binary) share with the CLI: opening the
+/// service with the home's HSM and PIN sources, and the process environment SoftHSM needs.
+pub mod support {
+    pub use crate::ctx::{absolute, ensure_process_env, hsm_access, Watchdog};
+    pub use crate::errors::{exit_code, input};
+    pub use crate::pin::online_pin;
+}
+
 /// Runs the CLI with the process's arguments and returns its exit code.
 pub fn main() -> ExitCode {
     let cli = match args::Cli::try_parse() {

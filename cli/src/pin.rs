@@ -5,8 +5,8 @@ use std::io::IsTerminal;
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use ca_core::hsm::SecretString;
 use ca_core::{Config, Home, PinSource};
-use hsm_bridge::SecretString;
 use zeroize::Zeroizing;
 
 use crate::errors::input;

@@ -11,6 +11,8 @@ use cryptoki::session::UserType;
 use cryptoki::slot::Slot;
 use secrecy::SecretString;
 
+use ca_core::hsm::{ObjectSummary, TokenSummary};
+
 use crate::error::HsmError;
 use crate::pool::Token;
 
@@ -25,40 +27,6 @@ impl std::fmt::Debug for Hsm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Hsm").field("module", &self.module).finish()
     }
-}
-
-/// One token, as `status` shows it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct TokenSummary {
-    /// Slot id.
-    pub slot: u64,
-    /// CKA label.
-    pub label: String,
-    /// Serial number.
-    pub serial: String,
-    /// Manufacturer.
-    pub manufacturer: String,
-    /// Model.
-    pub model: String,
-    /// Whether the user PIN is set.
-    pub user_pin_initialized: bool,
-}
-
-/// One object on a token.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ObjectSummary {
-    /// `private-key`, `public-key`, ...
-    pub class: String,
-    /// CKA_LABEL.
-    pub label: String,
-    /// CKA_ID, hex.
-    pub id: String,
-    /// CKA_SENSITIVE (private keys).
-    pub sensitive: Option<bool>,
-    /// CKA_EXTRACTABLE (private keys).
-    pub extractable: Option<bool>,
-    /// CKA_TOKEN.
-    pub token: Option<bool>,
 }
 
 fn registry() -> &'static Mutex<HashMap<PathBuf, Pkcs11>> {

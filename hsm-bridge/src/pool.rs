@@ -19,24 +19,12 @@ use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHan
 use cryptoki::session::{Session, UserType};
 use der::{Decode, Encode};
 use secrecy::SecretString;
-use spki::SubjectPublicKeyInfoOwned;
 
 use crate::error::{module_not_initialised, session_is_dead, HsmError};
-use crate::module::{list_objects, Hsm, ObjectSummary};
-use crate::signer::HsmSigner;
+use ca_core::hsm::{KeyInfo, ObjectSummary};
 
-/// A key pair on a token, by its public half.
-#[derive(Debug, Clone)]
-pub struct KeyInfo {
-    /// CKA_LABEL.
-    pub label: String,
-    /// CKA_ID.
-    pub id: Vec<u8>,
-    /// Curve.
-    pub algorithm: KeyAlgorithm,
-    /// The public key.
-    pub spki: SubjectPublicKeyInfoOwned,
-}
+use crate::module::{list_objects, Hsm};
+use crate::signer::HsmSigner;
 
 /// One session and the key handles found through it.
 pub(crate) struct PooledSession {

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use ca_core::{KeyAlgorithm, SignError, Signer};
 use spki::SubjectPublicKeyInfoOwned;
 
-use crate::pool::{KeyInfo, Token};
+use ca_core::hsm::KeyInfo;
+
+use crate::pool::Token;
 
 /// Signs with a private key that never leaves its token.
 #[derive(Clone)]

@@ -3,6 +3,7 @@
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
+use ca_core::service::{ErrorClass, ServiceError};
 use serde_json::json;
 
 /// An API error, answered as `application/problem+json` (RFC 9457).
@@ -45,6 +46,39 @@ impl ApiError {
             "internal",
             "an internal error occurred; it has been logged",
         )
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    /// A use case's refusal as its HTTP status and stable code; failures inside meterpki are
+    /// logged and answered without their internals.
+    fn from(e: ServiceError) -> ApiError {
+        let code = e.code();
+        let status = match (code, e.class()) {
+            ("client-certificate-required", _) => StatusCode::UNAUTHORIZED,
+            ("batch-too-large", _) => StatusCode::PAYLOAD_TOO_LARGE,
+            (_, ErrorClass::Invalid) => StatusCode::BAD_REQUEST,
+            (_, ErrorClass::NotFound) => StatusCode::NOT_FOUND,
+            (_, ErrorClass::Denied) => StatusCode::FORBIDDEN,
+            (_, ErrorClass::Conflict) => StatusCode::CONFLICT,
+            (_, ErrorClass::Unavailable) => {
+                tracing::error!(error = %e, "refused: a dependency is unavailable");
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            (_, ErrorClass::Internal) => return ApiError::internal(e),
+        };
+        let detail = match &e {
+            ServiceError::Refused { detail, .. } => detail.clone(),
+            ServiceError::Issue(i) => i.detail.clone(),
+            _ if status == StatusCode::SERVICE_UNAVAILABLE => match code {
+                "audit-unavailable" => {
+                    "the audit log cannot be written; nothing was changed; retry later".into()
+                }
+                _ => "the HSM cannot sign now; nothing was changed; retry later".into(),
+            },
+            other => other.to_string(),
+        };
+        ApiError::new(status, code, detail)
     }
 }
 

@@ -11,7 +11,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::routes::Peer;
+use crate::auth::Peer;
 
 /// How the server runs.
 #[derive(Debug, Clone)]

@@ -6,8 +6,48 @@ use std::collections::BTreeSet;
 use serde_json::Value;
 
 const DOC: &str = include_str!("../openapi.json");
-const ROUTES: &str = include_str!("../src/routes.rs");
-const API_ERROR: &str = include_str!("../src/error.rs");
+const ROUTES: &str = include_str!("../src/routes/mod.rs");
+/// Every source of the API crate that can answer a problem document.
+const API_SOURCES: &[&str] = &[
+    include_str!("../src/routes/mod.rs"),
+    include_str!("../src/routes/batches.rs"),
+    include_str!("../src/routes/certificates.rs"),
+    include_str!("../src/routes/suppliers.rs"),
+    include_str!("../src/routes/public.rs"),
+    include_str!("../src/routes/limits.rs"),
+    include_str!("../src/auth.rs"),
+    include_str!("../src/state.rs"),
+    include_str!("../src/error.rs"),
+];
+/// The use cases the API calls (and what they call): their refusals become problem kinds. The
+/// CLI's use cases live in the same files; only these functions are read.
+const SERVICE_FNS: &[&str] = &[
+    "authorize",
+    "authenticate",
+    "api_batch",
+    "batch_answer",
+    "expand",
+    "certificate",
+    "device_certificates",
+    "supplier_certificates",
+    "views",
+    "revoke_one",
+    "check_reason",
+    "enrol_key",
+    "enrol_item",
+    "from",
+    "class",
+    "code",
+];
+const SERVICE_SOURCES: &[&str] = &[
+    include_str!("../../ca-core/src/service/authz.rs"),
+    include_str!("../../ca-core/src/service/accounts.rs"),
+    include_str!("../../ca-core/src/service/issuance.rs"),
+    include_str!("../../ca-core/src/service/views.rs"),
+    include_str!("../../ca-core/src/service/revoke.rs"),
+    include_str!("../../ca-core/src/service/suppliers.rs"),
+    include_str!("../../ca-core/src/service/error.rs"),
+];
 const ISSUE_ERROR: &str = include_str!("../../ca-core/src/issue/error.rs");
 
 /// The HTTP methods an OpenAPI path item can hold (and axum's method routers of the same name).
@@ -407,6 +447,26 @@ fn problem_kinds(src: &str) -> BTreeSet<String> {
     let toks = tokens(src);
     let mut out = BTreeSet::new();
     for i in 0..toks.len() {
+        // The service's refusals: `ServiceError::denied("kind", ...)` and its siblings, and
+        // `refused(ErrorClass::X, "kind", ...)`.
+        if is_ident(toks.get(i), "ServiceError")
+            && is_punct(toks.get(i + 1), ':')
+            && is_punct(toks.get(i + 2), ':')
+            && is_punct(toks.get(i + 4), '(')
+        {
+            let at = match toks.get(i + 3) {
+                Some(Tok::Ident(f)) if ["denied", "invalid", "conflict"].contains(&f.as_str()) => {
+                    Some(i + 5)
+                }
+                Some(Tok::Ident(f)) if f == "refused" => (i + 5..closing(&toks, i + 4))
+                    .find(|&j| is_punct(toks.get(j), ','))
+                    .map(|j| j + 1),
+                _ => None,
+            };
+            if let Some(Tok::Str(kind)) = at.and_then(|j| toks.get(j)) {
+                out.insert(kind.clone());
+            }
+        }
         if is_ident(toks.get(i), "bad_request") && is_punct(toks.get(i + 1), '(') {
             if let Some(Tok::Str(kind)) = toks.get(i + 2) {
                 out.insert(kind.clone());
@@ -438,6 +498,42 @@ fn problem_kinds(src: &str) -> BTreeSet<String> {
     out
 }
 
+/// The text of every `fn NAME` in `src` (signature and body) whose NAME is in `names`.
+fn fn_bodies(src: &str, names: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = src;
+    while let Some(at) = rest.find("fn ") {
+        let after = &rest[at + 3..];
+        let name: String = after
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        let Some(open) = after.find('{') else { break };
+        // The body: from the first `{` to its match (strings in these sources hold no braces
+        // that matter: a stray one only widens the text read).
+        let mut depth = 0usize;
+        let mut end = open;
+        for (i, c) in after[open..].char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = open + i + 1;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        if names.contains(&name.as_str()) {
+            out.push(after[..end].to_string());
+        }
+        rest = &after[end.max(1)..];
+    }
+    out
+}
+
 /// The strings of `ErrorCode::as_str`.
 fn error_codes(src: &str) -> BTreeSet<String> {
     let toks = tokens(src);
@@ -461,8 +557,15 @@ fn every_error_kind_and_code_is_described() {
         .as_str()
         .expect("BatchError.code has no description");
 
-    let mut kinds = problem_kinds(ROUTES);
-    kinds.extend(problem_kinds(API_ERROR));
+    let mut kinds = BTreeSet::new();
+    for src in API_SOURCES {
+        kinds.extend(problem_kinds(src));
+    }
+    for src in SERVICE_SOURCES {
+        for body in fn_bodies(src, SERVICE_FNS) {
+            kinds.extend(problem_kinds(&body));
+        }
+    }
     assert!(
         kinds.contains("too-many-requests") && kinds.contains("forbidden"),
         "problem kinds not parsed from the sources: {kinds:?}"

@@ -23,14 +23,15 @@
 #![forbid(unsafe_code)]
 
 mod error;
+mod kinds;
 mod profile;
+mod raw;
 mod set;
 
 pub use const_oid::ObjectIdentifier;
 pub use error::ProfileError;
-pub use profile::{
-    Curve, ExtendedKeyUsage, IssuerKind, KeyUsageBit, Profile, ProfileKind, Validity,
-};
+pub use kinds::{CaKind, Curve, ExtendedKeyUsage, KeyUsageBit, ProfileKind, Validity};
+pub use profile::Profile;
 pub use set::{ProfileSet, BUILTIN};
 
 #[cfg(test)]

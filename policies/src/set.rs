@@ -7,7 +7,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::error::ProfileError;
-use crate::profile::{Profile, ProfileKind};
+use crate::kinds::ProfileKind;
+use crate::profile::Profile;
 
 /// Field named in errors about reading or writing a file rather than its content.
 const FILE_FIELD: &str = "(file)";

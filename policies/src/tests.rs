@@ -144,7 +144,7 @@ fn meter_profiles_have_shipped_values() {
         let p = set.get(name).expect(name);
         assert_eq!(p.name(), name);
         assert_eq!(p.kind(), ProfileKind::Meter);
-        assert_eq!(p.issuer(), IssuerKind::Device);
+        assert_eq!(p.issuer(), CaKind::Device);
         assert_eq!(p.key_usage(), [bit]);
         assert_eq!(p.curves(), [Curve::P256]);
         assert_eq!(p.policy_oid(), Some(oid(policy)));
@@ -175,7 +175,7 @@ fn supplier_profiles_have_shipped_values() {
     ] {
         let p = set.get(name).expect(name);
         assert_eq!(p.kind(), ProfileKind::Supplier);
-        assert_eq!(p.issuer(), IssuerKind::Organisation);
+        assert_eq!(p.issuer(), CaKind::Organisation);
         assert_eq!(p.key_usage(), [bit]);
         assert_eq!(p.curves(), [Curve::P256]);
         assert_eq!(p.policy_oid(), Some(oid(policy)));
@@ -194,7 +194,7 @@ fn ca_profiles_have_shipped_values() {
     let set = ProfileSet::builtin();
     let root = set.get("root-ca").expect("root-ca");
     assert_eq!(root.kind(), ProfileKind::RootCa);
-    assert_eq!(root.issuer(), IssuerKind::Root);
+    assert_eq!(root.issuer(), CaKind::Root);
     assert_eq!(root.curves(), [Curve::P384]);
     assert_eq!(
         root.key_usage(),
@@ -212,7 +212,7 @@ fn ca_profiles_have_shipped_values() {
     for name in ["device-ca", "organisation-ca", "access-ca"] {
         let p = set.get(name).expect(name);
         assert_eq!(p.kind(), ProfileKind::IssuingCa);
-        assert_eq!(p.issuer(), IssuerKind::Root);
+        assert_eq!(p.issuer(), CaKind::Root);
         assert_eq!(p.curves(), [Curve::P256]);
         assert_eq!(
             p.key_usage(),
@@ -248,7 +248,7 @@ fn tls_and_trust_update_profiles_have_shipped_values() {
     ] {
         let p = set.get(name).expect(name);
         assert_eq!(p.kind(), kind);
-        assert_eq!(p.issuer(), IssuerKind::Access);
+        assert_eq!(p.issuer(), CaKind::Access);
         assert_eq!(p.curves(), [Curve::P256]);
         assert_eq!(p.key_usage(), [KeyUsageBit::DigitalSignature]);
         assert_eq!(p.extended_key_usage(), [eku]);
@@ -260,7 +260,7 @@ fn tls_and_trust_update_profiles_have_shipped_values() {
 
     let tus = set.get("trust-update-signer").expect("trust-update-signer");
     assert_eq!(tus.kind(), ProfileKind::TrustUpdateSigner);
-    assert_eq!(tus.issuer(), IssuerKind::Organisation);
+    assert_eq!(tus.issuer(), CaKind::Organisation);
     assert_eq!(tus.curves(), [Curve::P256]);
     assert_eq!(tus.key_usage(), [KeyUsageBit::DigitalSignature]);
     assert_eq!(tus.validity(), Validity::Days(1826));
@@ -273,10 +273,10 @@ fn tls_and_trust_update_profiles_have_shipped_values() {
 fn enum_helpers() {
     assert_eq!(ExtendedKeyUsage::ServerAuth.oid(), oid("1.3.6.1.5.5.7.3.1"));
     assert_eq!(ExtendedKeyUsage::ClientAuth.oid(), oid("1.3.6.1.5.5.7.3.2"));
-    assert_eq!(IssuerKind::Root.name(), "root");
-    assert_eq!(IssuerKind::Device.name(), "device");
-    assert_eq!(IssuerKind::Organisation.name(), "organisation");
-    assert_eq!(IssuerKind::Access.name(), "access");
+    assert_eq!(CaKind::Root.name(), "root");
+    assert_eq!(CaKind::Device.name(), "device");
+    assert_eq!(CaKind::Organisation.name(), "organisation");
+    assert_eq!(CaKind::Access.name(), "access");
 }
 
 // ---- directories ------------------------------------------------------------------------------

@@ -104,6 +104,33 @@ impl Scratch {
         self.run_env(home, args, &[])
     }
 
+    /// The benchmark binary built beside the CLI under test (`meterpki-bench-e2e`).
+    pub fn bench_exe(&self) -> PathBuf {
+        self.exe.with_file_name("meterpki-bench-e2e")
+    }
+
+    /// Runs `meterpki-bench --home <home> args...` with extra environment variables.
+    pub fn bench_env(&self, home: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut c = Command::new(self.bench_exe());
+        c.current_dir(self.dir.path())
+            .arg("--home")
+            .arg(self.path(home))
+            .args(args)
+            .env_remove("METERPKI_HSM_PIN")
+            .env_remove("METERPKI_HOME")
+            .env_remove("SOFTHSM2_CONF")
+            .env_remove("METERPKI_REEXEC");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        Run::from(c.output().expect("run meterpki-bench"))
+    }
+
+    /// Runs `meterpki-bench --home <home> args...`.
+    pub fn bench(&self, home: &str, args: &[&str]) -> Run {
+        self.bench_env(home, args, &[])
+    }
+
     /// `init`, a root ceremony (`officers`, `quorum`, shares in `<home>-shares/`) and the given
     /// issuing CAs, each opened with the first `quorum` shares.
     pub fn ceremonies(&self, home: &str, officers: u8, quorum: u8, issuing: &[&str]) {

@@ -162,10 +162,9 @@ fn curl(
 
 fn items(s: &Scratch, n: usize, ids: &[&str]) -> Vec<Value> {
     let f = s.path(&format!("items-{n}-{}.ndjson", ids.len()));
-    s.run(
+    s.bench(
         "h",
         &[
-            "bench",
             "make-batch",
             "--count",
             &n.to_string(),
@@ -1791,10 +1790,7 @@ fn secrets_never_leak_and_the_server_never_opens_the_root_token() {
         &["meter", "change-supplier"],
         &["meter", "show"],
         &["update", "verify"],
-        &["bench", "hsm"],
-        &["bench", "api"],
-        &["bench", "issue"],
-        &["bench", "takeover"],
+        &["hsm", "bench"],
     ];
     for h in helps {
         let mut args: Vec<&str> = h.to_vec();
@@ -1804,19 +1800,34 @@ fn secrets_never_leak_and_the_server_never_opens_the_root_token() {
         seen += &r.stdout;
         seen += &r.stderr;
     }
+    // The benchmark binary's help texts too.
+    for h in [
+        &[][..],
+        &["api"],
+        &["issue"],
+        &["takeover"],
+        &["crl"],
+        &["make-batch"],
+    ] {
+        let mut args: Vec<&str> = h.to_vec();
+        args.push("--help");
+        let r = s.bench_env("h", &args, &env_ref);
+        assert_eq!(r.code, 0, "meterpki-bench {args:?}: {}", r.stderr);
+        seen += &r.stdout;
+        seen += &r.stderr;
+    }
     // Ordinary work, verbose, and refusals (errors print their causes).
     let batch = s.path("b.ndjson").display().to_string();
+    let r = s.bench_env(
+        "h",
+        &["make-batch", "--count", "3", "--out", &batch],
+        &env_ref,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    seen += &r.stdout;
+    seen += &r.stderr;
     for args in [
         vec!["-vv", "status", "--json"],
-        vec![
-            "-vv",
-            "bench",
-            "make-batch",
-            "--count",
-            "3",
-            "--out",
-            &batch,
-        ],
         vec!["-vv", "issue", "--batch", &batch, "--out", "b.out"],
         vec!["-vv", "crl", "publish"],
         vec!["-vv", "account", "list"],
@@ -2014,11 +2025,8 @@ fn slow_and_silent_connections_are_cut_off_and_others_served() {
 fn bench_api_issues_a_request_file_over_mtls_and_reports_its_figures() {
     let s = setup();
     let req = s.path("bench-req.ndjson").display().to_string();
-    s.run(
-        "h",
-        &["bench", "make-batch", "--count", "30", "--out", &req],
-    )
-    .ok();
+    s.bench("h", &["make-batch", "--count", "30", "--out", &req])
+        .ok();
     let first: Value = serde_json::from_str(
         std::fs::read_to_string(&req)
             .unwrap()
@@ -2029,11 +2037,10 @@ fn bench_api_issues_a_request_file_over_mtls_and_reports_its_figures() {
     .unwrap();
     let device = first["device_id"].as_str().unwrap().to_string();
     let v = s
-        .run(
+        .bench(
             "h",
             &[
                 "--json",
-                "bench",
                 "api",
                 "--requests",
                 &req,
@@ -2041,6 +2048,8 @@ fn bench_api_issues_a_request_file_over_mtls_and_reports_its_figures() {
                 "8",
                 "--raw-seconds",
                 "0.3",
+                "--meterpki",
+                EXE,
             ],
         )
         .ok()
@@ -2096,21 +2105,20 @@ fn bench_api_issues_a_request_file_over_mtls_and_reports_its_figures() {
     );
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     // Refusals: a missing file, an empty one, a nonsense measurement time, both inputs at once.
-    s.run("h", &["bench", "api", "--requests", "nope.ndjson"])
+    s.bench("h", &["api", "--requests", "nope.ndjson"])
         .fails(2, "--requests");
     std::fs::write(s.path("empty.ndjson"), "\n").unwrap();
-    s.run(
+    s.bench(
         "h",
         &[
-            "bench",
             "api",
             "--requests",
             &s.path("empty.ndjson").display().to_string(),
         ],
     )
     .fails(2, "no request lines");
-    s.run("h", &["bench", "api", "--count", "5", "--raw-seconds", "0"])
+    s.bench("h", &["api", "--count", "5", "--raw-seconds", "0"])
         .fails(2, "--raw-seconds");
-    s.run("h", &["bench", "api", "--count", "5", "--requests", &req])
+    s.bench("h", &["api", "--count", "5", "--requests", &req])
         .fails(2, "cannot be used with");
 }

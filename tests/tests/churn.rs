@@ -54,16 +54,9 @@ fn setup(n: usize) -> (Scratch, Vec<String>) {
     enrol(&s, B, "supplier-key-agreement", "b-ka");
     enrol(&s, X, "supplier-signing", "x-sign");
     let batch = p(&s, "meters.ndjson");
-    s.run(
+    s.bench(
         "h",
-        &[
-            "bench",
-            "make-batch",
-            "--count",
-            &n.to_string(),
-            "--out",
-            &batch,
-        ],
+        &["make-batch", "--count", &n.to_string(), "--out", &batch],
     )
     .ok();
     s.run(

@@ -159,11 +159,8 @@ fn killed_at_random_moments_the_ca_keeps_its_invariants() {
     for round in 0..rounds {
         // 1. Batch issuance killed mid-run, then run again.
         let batch = p(&s, &format!("batch-{round}.ndjson"));
-        s.run(
-            "h",
-            &["bench", "make-batch", "--count", "600", "--out", &batch],
-        )
-        .ok();
+        s.bench("h", &["make-batch", "--count", "600", "--out", &batch])
+            .ok();
         let out1 = s.path(&format!("killed-{round}.ndjson"));
         kills += kill_after(
             &s,

@@ -430,10 +430,9 @@ fn results(path: &std::path::Path) -> Vec<serde_json::Value> {
 fn a_batch_reports_bad_lines_and_a_rerun_issues_nothing_new() {
     let s = setup();
     let batch = s.path("b.ndjson");
-    s.run(
+    s.bench(
         "h",
         &[
-            "bench",
             "make-batch",
             "--count",
             "40",
@@ -525,16 +524,9 @@ fn a_batch_killed_mid_run_loses_nothing_and_reuses_no_serial() {
     let s = setup();
     let n = 2500;
     let batch = s.path("b.ndjson").display().to_string();
-    s.run(
+    s.bench(
         "h",
-        &[
-            "bench",
-            "make-batch",
-            "--count",
-            &n.to_string(),
-            "--out",
-            &batch,
-        ],
+        &["make-batch", "--count", &n.to_string(), "--out", &batch],
     )
     .ok();
     let out1 = s.path("killed.ndjson");

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-/// Stable error codes of an issuance request (DESIGN §4: "each with its own error code").
+/// Stable error codes of an issuance request: each check has its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 #[non_exhaustive]
@@ -40,6 +40,8 @@ pub enum ErrorCode {
     BatchAborted,
     /// The HSM could not sign.
     HsmUnavailable,
+    /// The audit record could not be written, so nothing was stored.
+    AuditUnavailable,
     /// Something inside meterpki failed; the detail is logged.
     Internal,
 }
@@ -64,13 +66,17 @@ impl ErrorCode {
             ErrorCode::BatchTooLarge => "batch-too-large",
             ErrorCode::BatchAborted => "batch-aborted",
             ErrorCode::HsmUnavailable => "hsm-unavailable",
+            ErrorCode::AuditUnavailable => "audit-unavailable",
             ErrorCode::Internal => "internal",
         }
     }
 
     /// True for the requester's mistakes (4xx / exit 2), false for ours (5xx / exit 1).
     pub fn is_client_error(self) -> bool {
-        !matches!(self, ErrorCode::HsmUnavailable | ErrorCode::Internal)
+        !matches!(
+            self,
+            ErrorCode::HsmUnavailable | ErrorCode::AuditUnavailable | ErrorCode::Internal
+        )
     }
 }
 

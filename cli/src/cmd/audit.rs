@@ -1,52 +1,39 @@
 //! `meterpki audit verify` and `meterpki audit list`.
 
-use std::sync::Arc;
-
-use anyhow::{Context, Result};
-use ca_core::{
-    certificate_from_pem, verify_certificate_signature, AuditLog, CaKind, SledStore, Store,
-};
+use anyhow::Result;
 
 use crate::cmd::print_json;
-use crate::ctx::Ctx;
+use crate::ctx::{operator, Ctx};
 
 pub fn verify(ctx: &Ctx) -> Result<()> {
-    let home = &ctx.home;
-    // The audit signer's key is trusted only through the root certificate.
-    let key = if home.audit_cert().exists() {
-        let root = certificate_from_pem(
-            &std::fs::read_to_string(home.ca_cert(CaKind::Root))
-                .with_context(|| format!("reading {}", home.ca_cert(CaKind::Root).display()))?,
-        )?;
-        let audit = certificate_from_pem(&std::fs::read_to_string(home.audit_cert())?)?;
-        verify_certificate_signature(&audit, &root.tbs_certificate.subject_public_key_info)
-            .context("the audit signer certificate is not signed by the root")?;
-        Some(audit.tbs_certificate.subject_public_key_info)
-    } else {
-        None
-    };
-    let store: Arc<SledStore> = ctx.store()?;
-    let log = AuditLog::new(home.audit_log(), Some(store as Arc<dyn Store>));
-    let report = log.verify(key.as_ref())?;
+    let (report, keyed) = ctx.service.verify_audit(&operator())?;
     if ctx.json {
         print_json(&report)?;
     } else if report.ok {
         println!(
-            "audit log intact: {} records, {} signed heads{}, head #{}",
+            "audit log intact: {} records, {} signed heads{}, head #{}{}",
             report.records,
             report.signed_heads,
-            if key.is_some() {
+            if keyed {
                 " verified with the root-certified audit key"
             } else {
                 " (no audit key yet: signatures not checked)"
             },
-            report.head.as_ref().map(|h| h.0).unwrap_or(0)
+            report.head.as_ref().map(|h| h.0).unwrap_or(0),
+            if report.uncommitted > 0 {
+                format!(
+                    "; {} record(s) after the store's head were never committed (a change interrupted by a crash) and go at the next write",
+                    report.uncommitted
+                )
+            } else {
+                String::new()
+            }
         );
     }
     if !report.ok {
         anyhow::bail!(
             "audit log {} is NOT intact: {}",
-            home.audit_log().display(),
+            ctx.home().audit_log().display(),
             report.problem.unwrap_or_default()
         );
     }
@@ -54,7 +41,7 @@ pub fn verify(ctx: &Ctx) -> Result<()> {
 }
 
 pub fn list(ctx: &Ctx) -> Result<()> {
-    let records = AuditLog::new(ctx.home.audit_log(), None).records()?;
+    let records = ctx.service.audit_records(&operator())?;
     if ctx.json {
         return print_json(&records);
     }

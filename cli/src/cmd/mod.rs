@@ -1,15 +1,16 @@
-//! One module per command group.
+//! One module per command group: each parses its arguments, calls one use case of
+//! `ca_core::service` and renders the result (text, or JSON with `--json`).
 
 mod account;
 mod audit;
-mod bench;
-pub(crate) mod ceremony;
+mod ceremony;
 mod churn;
 mod crl;
+mod hsm;
 mod init;
 mod issue;
 mod meter;
-pub(crate) mod revoke;
+mod revoke;
 mod serve;
 mod show;
 mod status;
@@ -20,9 +21,9 @@ use anyhow::Result;
 use ca_core::Home;
 
 use crate::args::{
-    AuditCommand, BenchCommand, CeremonyCommand, Cli, Command, CrlCommand, UpdateCommand,
+    AuditCommand, CeremonyCommand, Cli, Command, CrlCommand, HsmCommand, UpdateCommand,
 };
-use crate::ctx::{absolute, ensure_process_env, Ctx};
+use crate::ctx::{absolute, ensure_process_env, Ctx, Watchdog};
 
 /// Dispatches a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
@@ -30,13 +31,10 @@ pub fn run(cli: Cli) -> Result<()> {
     let json = cli.json;
     match cli.command {
         Command::Init(a) => init::run(home, a, json),
-        Command::Audit(AuditCommand::Verify) => audit::verify(&Ctx::open(home, json)?),
-        Command::Audit(AuditCommand::List) => audit::list(&Ctx::open(home, json)?),
-        Command::Bench(BenchCommand::MakeBatch {
-            count,
-            out,
-            profile,
-        }) => bench::make_batch(count, &out, &profile),
+        Command::Audit(AuditCommand::Verify) => {
+            audit::verify(&Ctx::open(home, json, Watchdog::On)?)
+        }
+        Command::Audit(AuditCommand::List) => audit::list(&Ctx::open(home, json, Watchdog::On)?),
         Command::Update(UpdateCommand::Verify {
             file,
             root,
@@ -53,9 +51,10 @@ pub fn run(cli: Cli) -> Result<()> {
             policy_oid.as_deref(),
         ),
         other => {
-            let ctx = Ctx::open(home, json)?;
             let server = matches!(other, Command::Serve { .. });
-            ensure_process_env(ctx.config.hsm.softhsm.then_some(&ctx.home), server)?;
+            let watchdog = if server { Watchdog::Off } else { Watchdog::On };
+            let ctx = Ctx::open(home, json, watchdog)?;
+            ensure_process_env(ctx.config().hsm.softhsm.then_some(ctx.home()), server)?;
             match other {
                 Command::Ceremony(CeremonyCommand::Root(a)) => ceremony::root(&ctx, a),
                 Command::Ceremony(CeremonyCommand::IssuingCa(a)) => ceremony::issuing(&ctx, a),
@@ -71,41 +70,14 @@ pub fn run(cli: Cli) -> Result<()> {
                     dns,
                     ips,
                     per_account_limit,
-                } => serve::run(&ctx, listen, dns, ips, per_account_limit),
+                } => serve::run(ctx, listen, dns, ips, per_account_limit),
                 Command::Crl(CrlCommand::Publish { issuer, full }) => {
                     crl::publish(&ctx, issuer, full)
                 }
-                Command::Bench(BenchCommand::Crl { certs, revoke }) => {
-                    bench::crl(&ctx, certs, revoke)
+                Command::Hsm(HsmCommand::Bench { seconds }) => hsm::bench(&ctx, seconds),
+                Command::Init(_) | Command::Audit(_) | Command::Update(_) => {
+                    unreachable!("handled above")
                 }
-                Command::Bench(BenchCommand::Api {
-                    count,
-                    requests,
-                    batch,
-                    in_flight,
-                    raw_seconds,
-                }) => bench::api(
-                    &ctx,
-                    count,
-                    requests.as_deref(),
-                    batch,
-                    in_flight,
-                    raw_seconds,
-                ),
-                Command::Bench(BenchCommand::Issue { count, raw_seconds }) => {
-                    bench::issue(&ctx, count, raw_seconds)
-                }
-                Command::Bench(BenchCommand::Hsm { seconds }) => bench::hsm(&ctx, seconds),
-                Command::Bench(BenchCommand::Takeover {
-                    meters,
-                    raw_seconds,
-                    chunk,
-                    ndjson,
-                }) => bench::takeover(&ctx, meters, raw_seconds, chunk, ndjson),
-                Command::Init(_)
-                | Command::Audit(_)
-                | Command::Update(_)
-                | Command::Bench(BenchCommand::MakeBatch { .. }) => unreachable!("handled above"),
             }
         }
     }
@@ -117,27 +89,49 @@ pub(crate) fn print_json(value: &impl serde::Serialize) -> Result<()> {
     Ok(())
 }
 
-/// Random bytes as lowercase hex, from the OS RNG.
-pub(crate) fn random_hex(bytes: usize) -> String {
-    use rand::RngCore;
-    let mut b = vec![0u8; bytes];
-    rand::rngs::OsRng.fill_bytes(&mut b);
-    let s = hex::encode(&b);
-    zeroize::Zeroize::zeroize(&mut b);
-    s
+/// A serial as typed by a user: hex, with or without `0x` and colons.
+pub(crate) fn parse_serial(s: &str) -> Result<Vec<u8>> {
+    let t = s.trim().trim_start_matches("0x").replace(':', "");
+    let b = hex::decode(&t)
+        .map_err(|e| crate::errors::input(format!("serial {s:?} is not hex: {e}")))?;
+    if b.is_empty() || b.len() > 20 {
+        return Err(crate::errors::input(format!(
+            "serial {s:?}: 1 to 20 octets"
+        )));
+    }
+    Ok(b)
 }
 
-/// Now, RFC 3339 UTC.
-pub(crate) fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+/// An EUI-64 flag, or an input error naming the flag.
+pub(crate) fn parse_id(flag: &str, s: &str) -> Result<ca_core::Eui64> {
+    s.parse()
+        .map_err(|e| crate::errors::input(format!("{flag}: {e}")))
 }
 
-/// Now, compact, for file names.
-pub(crate) fn now_compact() -> String {
-    let f = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
-    time::OffsetDateTime::now_utc()
-        .format(&f)
+/// A CSR or key file for a request item: PEM stays text, DER becomes base64.
+pub(crate) fn read_blob(flag: &str, p: &std::path::Path) -> Result<String> {
+    use base64::Engine as _;
+    let bytes = std::fs::read(p)
+        .map_err(|e| crate::errors::input(format!("{flag} {}: {e}", p.display())))?;
+    Ok(match String::from_utf8(bytes.clone()) {
+        Ok(t) if t.contains("-----BEGIN") => t,
+        _ => base64::engine::general_purpose::STANDARD.encode(bytes),
+    })
+}
+
+/// A certificate as PEM.
+pub(crate) fn pem(der: &[u8]) -> Result<String> {
+    der::pem::encode_string("CERTIFICATE", der::pem::LineEnding::LF, der)
+        .map_err(|e| anyhow::anyhow!("encoding PEM: {e}"))
+}
+
+/// Unix seconds as RFC 3339.
+pub(crate) fn rfc3339(t: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_default()
 }

@@ -6,7 +6,7 @@ use anyhow::Result;
 use ca_core::tamp::{verify_update, VerifyOptions};
 use ca_core::Eui64;
 use der::asn1::ObjectIdentifier;
-use der::{Decode, Encode};
+use der::Encode;
 use serde_json::json;
 
 use crate::cmd::print_json;
@@ -25,12 +25,8 @@ pub fn verify(
     let der = std::fs::read(file).map_err(|e| input(format!("{}: {e}", file.display())))?;
     let root_bytes =
         std::fs::read(root).map_err(|e| input(format!("--root {}: {e}", root.display())))?;
-    let root_cert = match std::str::from_utf8(&root_bytes) {
-        Ok(t) if t.contains("-----BEGIN") => ca_core::certificate_from_pem(t)
-            .map_err(|e| input(format!("--root {}: {e}", root.display())))?,
-        _ => x509_cert::Certificate::from_der(&root_bytes)
-            .map_err(|e| input(format!("--root {}: not a certificate: {e}", root.display())))?,
-    };
+    let root_cert = ca_core::certificate_from_bytes(&root_bytes)
+        .map_err(|e| input(format!("--root {}: not a certificate: {e}", root.display())))?;
     let signer_policy = match policy_oid {
         Some(o) => {
             ObjectIdentifier::new(o).map_err(|e| input(format!("--policy-oid {o:?}: {e}")))?

@@ -1,0 +1,339 @@
+//! `meterpki-bench api`: a factory line's whole path measured from outside: a real
+//! `meterpki serve` process, a factory account made for the run, batches over mTLS, the
+//! server's memory sampled throughout.
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use ca_core::CaKind;
+use hsm_bridge::bench_bare_cryptoki;
+use meterpki_cli::support::input;
+use serde_json::json;
+
+use crate::figures::{ceiling, print_ceiling, verify_rate, CERTIFICATE_VERIFICATIONS};
+use crate::Bench;
+
+/// `meterpki-bench api` arguments.
+#[derive(clap::Args, Debug)]
+pub(crate) struct ApiArgs {
+    /// Certificates to request (fresh CSRs made before the run).
+    #[arg(long, default_value_t = 100_000)]
+    pub count: usize,
+    /// Send the requests of this NDJSON file (from `make-batch`) instead of making --count fresh ones, so runs can repeat the same input; each run needs a home that has not seen them (e.g. a fresh copy of the same home).
+    #[arg(long, value_name = "FILE", conflicts_with = "count")]
+    pub requests: Option<PathBuf>,
+    /// Items per batch (at most 10,000).
+    #[arg(long, default_value_t = 5_000)]
+    pub batch: usize,
+    /// Batches in flight at once.
+    #[arg(long, default_value_t = 2)]
+    pub in_flight: usize,
+    /// Seconds for the raw signing-rate measurement.
+    #[arg(long, default_value_t = 5.0)]
+    pub raw_seconds: f64,
+    /// The `meterpki` binary that serves (default: the one beside this binary, else on PATH).
+    #[arg(long, value_name = "PATH")]
+    pub meterpki: Option<PathBuf>,
+}
+
+/// The `meterpki` binary: given, beside this one, or on PATH.
+fn meterpki_binary(given: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = given {
+        return Ok(p.to_path_buf());
+    }
+    let beside = std::env::current_exe()?.with_file_name("meterpki");
+    if beside.exists() {
+        return Ok(beside);
+    }
+    Ok(PathBuf::from("meterpki"))
+}
+
+/// A progress bar on a terminal, nothing otherwise.
+pub(crate) fn bar(len: u64, what: &str) -> Option<indicatif::ProgressBar> {
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return None;
+    }
+    let b = indicatif::ProgressBar::new(len);
+    b.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{{bar:40}} {{pos}}/{{len}} {what}  {{per_sec}}  eta {{eta}}"
+        ))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    Some(b)
+}
+
+/// `meterpki-bench api`: the whole path a factory line uses, measured from outside the server.
+pub(crate) fn run(b: &Bench, a: &ApiArgs) -> Result<()> {
+    let (count, requests, batch, in_flight, raw_seconds) = (
+        a.count,
+        a.requests.as_deref(),
+        a.batch,
+        a.in_flight,
+        a.raw_seconds,
+    );
+    if batch == 0 || batch > ca_core::issue::MAX_BATCH || count == 0 || in_flight == 0 {
+        return Err(input(
+            "--count and --in-flight at least 1, --batch between 1 and 10000",
+        ));
+    }
+    let exe = meterpki_binary(a.meterpki.as_deref())?;
+    let home = b.service.home().root().to_path_buf();
+    let work = tempfile::tempdir()?;
+    // 1. The requests, read (or made) before anything starts.
+    let batch_file = match requests {
+        Some(file) => file.to_path_buf(),
+        None => {
+            eprintln!("making {count} CSRs...");
+            let file = work.path().join("requests.ndjson");
+            crate::input::write_batch(count, &file, "meter-signing")?;
+            file
+        }
+    };
+    // Counted here, read batch by batch while sending: the load client keeps one batch in
+    // memory, not the whole file (330 MB for a million requests).
+    let unreadable = |e: std::io::Error| input(format!("--requests {}: {e}", batch_file.display()));
+    let open_requests = || {
+        std::fs::File::open(&batch_file)
+            .map(std::io::BufReader::new)
+            .map_err(unreadable)
+    };
+    let mut count = 0usize;
+    for line in open_requests()?.lines() {
+        let line = line.map_err(unreadable)?;
+        if !line.trim().is_empty() {
+            count += 1;
+        }
+    }
+    if count == 0 {
+        return Err(input(format!(
+            "--requests {}: no request lines",
+            batch_file.display()
+        )));
+    }
+    // 2. The raw rate, with the sessions the server will use, before the server holds the token.
+    let sessions = b.service.config().hsm.sessions;
+    let raw = {
+        let token = b.raw_token(sessions)?;
+        let d = Duration::from_secs_f64(raw_seconds);
+        eprintln!("raw signing rate of the Device CA key, {sessions} session(s)...");
+        bench_bare_cryptoki(&token, &CaKind::Device.key_label(), 32, sessions, d)?
+    };
+    let verify = verify_rate(sessions, Duration::from_secs_f64(raw_seconds))?;
+    // 3. A factory account for the run (through the CLI, as an operator would).
+    let name = format!("bench-{:08x}", rand::random::<u32>());
+    let creds = work.path().join("creds");
+    let st = std::process::Command::new(&exe)
+        .arg("--home")
+        .arg(&home)
+        .args([
+            "account",
+            "add",
+            "--role",
+            "factory",
+            "--name",
+            &name,
+            "--device-range",
+            "00-00-00-00-00-00-00-00/0",
+            "--out",
+        ])
+        .arg(&creds)
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    anyhow::ensure!(st.success(), "creating the bench account failed");
+    // 4. The server, as its own process.
+    let mut server = std::process::Command::new(&exe)
+        .arg("--home")
+        .arg(&home)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    std::io::BufReader::new(server.stdout.take().expect("stdout")).read_line(&mut line)?;
+    let addr = line
+        .trim()
+        .trim_start_matches("listening on https://")
+        .to_string();
+    anyhow::ensure!(!addr.is_empty(), "the server did not start");
+    let pid = server.id();
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (peak, stop) = (peak.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+                    if let Some(kb) = s
+                        .lines()
+                        .find(|l| l.starts_with("VmRSS:"))
+                        .and_then(|l| l.split_whitespace().nth(1))
+                        .and_then(|v| v.parse::<u64>().ok())
+                    {
+                        peak.fetch_max(kb, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    // 5. The load: batches over mTLS, `in_flight` at a time.
+    let identity = {
+        let mut pem = std::fs::read(creds.join(format!("{name}.key")))?;
+        pem.extend(std::fs::read(creds.join(format!("{name}.pem")))?);
+        reqwest::Identity::from_pem(&pem)?
+    };
+    let roots = reqwest::Certificate::from_pem_bundle(&std::fs::read(creds.join("ca.pem"))?)?;
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .identity(identity)
+        .tls_built_in_root_certs(false);
+    for r in roots {
+        builder = builder.add_root_certificate(r);
+    }
+    let client = builder.timeout(Duration::from_secs(600)).build()?;
+    // The next batch's body, from the next `batch` request lines (None at the end).
+    let mut requests = open_requests()?.lines();
+    let mut batches_made = 0usize;
+    let mut next_body = move || -> Result<Option<String>> {
+        let mut body = format!("{{\"request_id\":\"{name}-{batches_made}\",\"items\":[");
+        body.reserve(batch * 340);
+        let mut items = 0;
+        while items < batch {
+            let Some(line) = requests.next() else { break };
+            let line = line?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            if items > 0 {
+                body.push(',');
+            }
+            body.push_str(&line);
+            items += 1;
+        }
+        if items == 0 {
+            return Ok(None);
+        }
+        body.push_str("]}");
+        batches_made += 1;
+        Ok(Some(body))
+    };
+    let url = format!("https://{addr}/v1/batches");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    eprintln!(
+        "sending {count} requests in {} batches of {batch}, {in_flight} in flight, to https://{addr}...",
+        count.div_ceil(batch)
+    );
+    let start = std::time::Instant::now();
+    let outcome: Result<(Vec<f64>, usize, usize)> = runtime.block_on(async {
+        let sem = Arc::new(tokio::sync::Semaphore::new(in_flight));
+        let mut tasks = Vec::new();
+        while let Some(body) = next_body()? {
+            let permit = sem.clone().acquire_owned().await?;
+            let (client, url) = (client.clone(), url.clone());
+            tasks.push(tokio::spawn(async move {
+                let t = std::time::Instant::now();
+                let resp = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await?;
+                let status = resp.status();
+                let body = resp.bytes().await?;
+                drop(permit);
+                anyhow::ensure!(
+                    status.is_success(),
+                    "batch answered {status}: {}",
+                    String::from_utf8_lossy(&body)
+                );
+                // Only each item's status is read (the load client shares the server's cores,
+                // so it does not build a tree of a batch's 5,000 certificates).
+                #[derive(serde::Deserialize)]
+                struct Item<'a> {
+                    #[serde(borrow)]
+                    status: &'a str,
+                }
+                #[derive(serde::Deserialize)]
+                struct Answer<'a> {
+                    #[serde(borrow)]
+                    results: Vec<Item<'a>>,
+                }
+                let answer: Answer<'_> = serde_json::from_slice(&body)?;
+                let issued = answer
+                    .results
+                    .iter()
+                    .filter(|r| r.status == "issued")
+                    .count();
+                Ok::<_, anyhow::Error>((
+                    t.elapsed().as_secs_f64(),
+                    issued,
+                    answer.results.len() - issued,
+                ))
+            }));
+        }
+        let mut lat = Vec::new();
+        let (mut issued, mut rejected) = (0, 0);
+        for t in tasks {
+            let (l, i, r) = t.await??;
+            lat.push(l);
+            issued += i;
+            rejected += r;
+        }
+        Ok((lat, issued, rejected))
+    });
+    let wall = start.elapsed().as_secs_f64();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let _ = server.wait();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = sampler.join();
+    let (mut lat, issued, rejected) = outcome?;
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let rate = issued as f64 / wall;
+    let peak_mb = peak.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1024.0;
+    let out = json!({
+        "certificates": issued, "rejected": rejected, "wall_seconds": wall, "certificates_per_second": rate,
+        "raw_signing_per_second": raw.per_second, "sessions": sessions, "ratio": rate / raw.per_second,
+        "verify_per_second": verify, "ratio_ceiling": ceiling(raw.per_second, verify, 2),
+        "share_of_ceiling": rate / raw.per_second / ceiling(raw.per_second, verify, 2),
+        "server_peak_rss_mb": peak_mb, "batch_size": batch, "in_flight": in_flight,
+        "batch_latency_p50_seconds": pct(0.5), "batch_latency_p99_seconds": pct(0.99),
+        "projected_seconds_for_1000000": 1_000_000.0 / rate,
+    });
+    if b.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "issued over mTLS       {issued} certificates in {wall:.1} s ({rejected} rejected)"
+        );
+        println!("API issuance rate      {rate:>8.0} certificates/s  (1,000,000 would take {:.0} s; target <= 180 s)", 1_000_000.0 / rate);
+        println!("raw SoftHSM rate       {:>8.0} signatures/s (bare cryptoki, {sessions} session(s), measured before the server started)", raw.per_second);
+        println!(
+            "ratio                  {:>7.0} % of the raw rate",
+            100.0 * rate / raw.per_second
+        );
+        print_ceiling(raw.per_second, verify, 2, CERTIFICATE_VERIFICATIONS);
+        println!(
+            "share of the ceiling   {:>7.0} % (target >= 75 %)",
+            100.0 * rate / raw.per_second / ceiling(raw.per_second, verify, 2)
+        );
+        println!("server peak RSS        {peak_mb:>8.1} MB (target <= 256 MB)");
+        println!("batch latency          p50 {:.2} s, p99 {:.2} s ({batch} items a batch, {in_flight} in flight)", pct(0.5), pct(0.99));
+    }
+    if rejected > 0 {
+        anyhow::bail!("{rejected} requests were rejected");
+    }
+    Ok(())
+}

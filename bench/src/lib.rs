@@ -1,0 +1,197 @@
+//! `meterpki-bench`: the benchmarks and the load generator, out of the production binary. Each
+//! runs the same code paths as the commands it measures (through `ca_core::service`, or the
+//! real `meterpki serve` process for the API) and prints its rate beside the raw HSM signing
+//! rate and the P-256 verification rate measured in the same run (docs/benchmarks.md).
+#![forbid(unsafe_code)]
+
+mod api;
+mod crl;
+mod figures;
+mod input;
+mod issue;
+mod takeover;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use ca_core::service::Service;
+use ca_core::Home;
+use clap::{Parser, Subcommand};
+use meterpki_cli::support::{absolute, ensure_process_env, hsm_access, input, Watchdog};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "meterpki-bench",
+    version,
+    about = "meterpki benchmarks: issuance through the CLI path and the API, CRLs at scale, trust-anchor updates, each beside the raw HSM rate of the same run.",
+    after_help = "Examples:\n  meterpki-bench --home demo/home issue --count 100000\n  meterpki-bench make-batch --count 1000000 --out req.ndjson && meterpki-bench --home copy-of-home api --requests req.ndjson\n\nThe raw signing rate alone: meterpki hsm bench. See docs/benchmarks.md for every figure and how it was measured."
+)]
+struct Cli {
+    /// The meterpki home (as for `meterpki`).
+    #[arg(
+        long,
+        global = true,
+        env = "METERPKI_HOME",
+        default_value = "./meterpki-home"
+    )]
+    home: PathBuf,
+    /// Print machine-readable JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Load the API: start `meterpki serve` on this home, send N meter requests in batches over mTLS from a factory account made for the run, and print certificates/s, the raw signing rate measured before the server started, their ratio, wall time, the server's peak RSS and batch latency percentiles.
+    #[command(
+        after_help = "Examples:\n  meterpki-bench api --count 1000000 --batch 5000 --in-flight 2\n  meterpki-bench make-batch --count 1000000 --out req.ndjson && meterpki-bench api --requests req.ndjson"
+    )]
+    Api(api::ApiArgs),
+    /// CRLs at scale: N certificate records written straight to a scratch store, M revoked by list, every shard (and the full CRL) rebuilt and signed with the Device CA key.
+    #[command(after_help = "Example:\n  meterpki-bench crl --certs 1000000 --revoke 100000")]
+    Crl {
+        /// Certificate records in the scratch store.
+        #[arg(long, default_value_t = 1_000_000)]
+        certs: usize,
+        /// How many of them to revoke.
+        #[arg(long, default_value_t = 100_000)]
+        revoke: usize,
+    },
+    /// Write an NDJSON batch of N meter-signing requests with fresh P-256 keys made in software (for benchmarks and line tests; the keys are discarded).
+    #[command(
+        name = "make-batch",
+        after_help = "Example:\n  meterpki-bench make-batch --count 10000 --out line-7.ndjson"
+    )]
+    MakeBatch {
+        /// Requests to write.
+        #[arg(long)]
+        count: usize,
+        /// The NDJSON file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Profile of the requests.
+        #[arg(long, default_value = "meter-signing")]
+        profile: String,
+    },
+    /// Issue N meter certificates from freshly made CSRs through the `issue --batch` path; print certificates/s next to the raw signing rate measured in the same run, their ratio, and peak RSS.
+    #[command(after_help = "Example:\n  meterpki-bench issue --count 100000")]
+    Issue {
+        /// Certificates to issue.
+        #[arg(long, default_value_t = 100_000)]
+        count: usize,
+        /// Seconds for the raw signing-rate measurement.
+        #[arg(long, default_value_t = 5.0)]
+        raw_seconds: f64,
+    },
+    /// Trust-anchor updates at scale: a takeover of N meters in a scratch store (suppliers with real certificates, the home's trust-update signer key), updates/s beside the raw signing rate of that key in the same run, their ratio, and peak RSS.
+    #[command(after_help = "Example:\n  meterpki-bench takeover --meters 100000")]
+    Takeover {
+        /// Meters supplier A serves.
+        #[arg(long, default_value_t = 100_000)]
+        meters: usize,
+        /// Seconds for the raw signing-rate measurement.
+        #[arg(long, default_value_t = 5.0)]
+        raw_seconds: f64,
+        /// Meters per chunk.
+        #[arg(long, default_value_t = 1000)]
+        chunk: usize,
+        /// Write the updates as one NDJSON stream instead of one file per meter.
+        #[arg(long)]
+        ndjson: bool,
+    },
+}
+
+/// An opened home, as the CLI opens it.
+pub(crate) struct Bench {
+    service: Service,
+    json: bool,
+}
+
+impl Bench {
+    fn open(home: &std::path::Path, json: bool) -> Result<Bench> {
+        let home = Home::new(absolute(home));
+        let service = Service::open(home.clone(), hsm_access(&home, Watchdog::On))?;
+        ensure_process_env(service.config().hsm.softhsm.then_some(&home), false)?;
+        Ok(Bench { service, json })
+    }
+
+    /// A raw-rate session pool on the online token, opened as `meterpki hsm bench` does.
+    fn raw_token(&self, sessions: usize) -> Result<std::sync::Arc<hsm_bridge::Token>> {
+        let config = self.service.config();
+        let hsm = hsm_bridge::Hsm::load(&config.hsm.module)?;
+        Ok(hsm.open(
+            &config.hsm.online_token,
+            meterpki_cli::support::online_pin(self.service.home(), config)?,
+            sessions,
+        )?)
+    }
+}
+
+fn check_seconds(flag: &str, s: f64) -> Result<()> {
+    if !(0.1..=600.0).contains(&s) {
+        return Err(input(format!("{flag} must be between 0.1 and 600")));
+    }
+    Ok(())
+}
+
+/// Runs the benchmark binary with the process's arguments and returns its exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    ExitCode::SUCCESS
+                }
+                _ => ExitCode::from(2),
+            };
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(meterpki_cli::support::exit_code(&e))
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::MakeBatch {
+            count,
+            out,
+            profile,
+        } => input::make_batch(count, &out, &profile),
+        Command::Api(a) => {
+            check_seconds("--raw-seconds", a.raw_seconds)?;
+            api::run(&Bench::open(&cli.home, cli.json)?, &a)
+        }
+        Command::Issue { count, raw_seconds } => {
+            check_seconds("--raw-seconds", raw_seconds)?;
+            issue::run(&Bench::open(&cli.home, cli.json)?, count, raw_seconds)
+        }
+        Command::Crl { certs, revoke } => {
+            crl::run(&Bench::open(&cli.home, cli.json)?, certs, revoke)
+        }
+        Command::Takeover {
+            meters,
+            raw_seconds,
+            chunk,
+            ndjson,
+        } => {
+            check_seconds("--raw-seconds", raw_seconds)?;
+            takeover::run(
+                &Bench::open(&cli.home, cli.json)?,
+                meters,
+                raw_seconds,
+                chunk,
+                ndjson,
+            )
+        }
+    }
+}

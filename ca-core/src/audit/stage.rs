@@ -1,0 +1,247 @@
+//! Writing a record as part of a store write: the end of the log brought back to the store's
+//! last committed record, then the new record written and synced, the file kept locked until
+//! the store has written (or the record withdrawn if it could not).
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+
+use super::{
+    now_rfc3339, AuditEntry, AuditError, AuditLog, AuditRecord, GENESIS, TORN_TAIL_EVENT,
+    UNCOMMITTED_EVENT,
+};
+use crate::store::{Applied, AuditHead, AuditStage};
+
+/// How much of the end of the log is read to find the store's head: far more than the records
+/// one interrupted write can leave behind it.
+const TAIL_WINDOW: u64 = 256 * 1024;
+
+type MakeEntry<'a> =
+    dyn FnOnce(&Applied, Option<&AuditHead>) -> Result<Option<AuditEntry>, AuditError> + 'a;
+
+/// The log's side of one store write.
+pub(super) struct FileStage<'a> {
+    log: &'a AuditLog,
+    make: Option<Box<MakeEntry<'a>>>,
+    /// The log, locked, between staging and the end of the store's write.
+    file: Option<File>,
+    /// Its length before this write's records (what a rollback truncates to).
+    start_len: u64,
+    record: Option<AuditRecord>,
+}
+
+impl<'a> FileStage<'a> {
+    pub(super) fn new(
+        log: &'a AuditLog,
+        make: impl FnOnce(&Applied, Option<&AuditHead>) -> Result<Option<AuditEntry>, AuditError> + 'a,
+    ) -> FileStage<'a> {
+        FileStage {
+            log,
+            make: Some(Box::new(make)),
+            file: None,
+            start_len: 0,
+            record: None,
+        }
+    }
+
+    /// The record written, once the store has committed it.
+    pub(super) fn into_record(self) -> Option<AuditRecord> {
+        self.record.clone()
+    }
+}
+
+impl AuditStage for FileStage<'_> {
+    fn stage(
+        &mut self,
+        store_head: Option<&AuditHead>,
+        applied: &Applied,
+    ) -> Result<Option<AuditHead>, AuditError> {
+        let log = self.log;
+        let io = |e| log.io(e);
+        if let Some(dir) = log.path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&log.path)
+            .map_err(io)?;
+        // Other processes that write this log (a CLI beside a server) wait here.
+        file.lock().map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        let start = len.saturating_sub(TAIL_WINDOW);
+        file.seek(SeekFrom::Start(start)).map_err(io)?;
+        let mut tail = Vec::new();
+        file.read_to_end(&mut tail).map_err(io)?;
+        let end = settle(log, &tail, start, store_head)?;
+        let mut head = end.head.clone();
+        if end.keep < len {
+            let removed = &tail[(end.keep - start) as usize..];
+            let digest = hex::encode(crate::sha256(removed));
+            file.set_len(end.keep).map_err(io)?;
+            file.sync_data().map_err(io)?;
+            tracing::warn!(path = %log.path.display(), bytes = removed.len(), records = end.uncommitted, "removed from the end of the audit log what the store never committed");
+            let (event, details) = if end.uncommitted == 0 {
+                (
+                    TORN_TAIL_EVENT,
+                    serde_json::json!({"removed_bytes": removed.len(), "removed_sha256": digest}),
+                )
+            } else {
+                (
+                    UNCOMMITTED_EVENT,
+                    serde_json::json!({"records": end.uncommitted, "removed_bytes": removed.len(), "removed_sha256": digest}),
+                )
+            };
+            // The note is written with this write's record and committed with it.
+            let note = write_record(
+                log,
+                &mut file,
+                head.as_ref(),
+                AuditEntry::new(event, "meterpki", details),
+            )?;
+            head = Some(note.head());
+        }
+        self.start_len = end.keep;
+        let make = self.make.take().expect("a stage is staged once");
+        let Some(entry) = make(applied, head.as_ref())? else {
+            if head.as_ref() != end.head.as_ref() {
+                // Only the note: commit it alone.
+                file.sync_data().map_err(io)?;
+                self.file = Some(file);
+                return Ok(head);
+            }
+            return Ok(None);
+        };
+        let rec = write_record(log, &mut file, head.as_ref(), entry)?;
+        file.sync_data().map_err(io)?;
+        let new_head = rec.head();
+        self.record = Some(rec);
+        self.file = Some(file);
+        Ok(Some(new_head))
+    }
+
+    fn rollback(&mut self) {
+        if let Some(file) = &self.file {
+            let _ = file.set_len(self.start_len);
+            let _ = file.sync_data();
+        }
+        self.record = None;
+    }
+}
+
+fn write_record(
+    log: &AuditLog,
+    file: &mut File,
+    head: Option<&AuditHead>,
+    entry: AuditEntry,
+) -> Result<AuditRecord, AuditError> {
+    let (prev_seq, prev) = head
+        .map(|h| (h.seq, h.hash.clone()))
+        .unwrap_or((0, GENESIS.to_string()));
+    let mut rec = AuditRecord {
+        seq: prev_seq + 1,
+        time: now_rfc3339(),
+        event: entry.event,
+        actor: entry.actor,
+        details: entry.details,
+        prev,
+        hash: String::new(),
+    };
+    rec.hash = rec.compute_hash();
+    let mut line = serde_json::to_vec(&rec).map_err(|e| log.io(e.into()))?;
+    line.push(b'\n');
+    file.write_all(&line).map_err(|e| log.io(e))?;
+    Ok(rec)
+}
+
+/// Where the committed part of the log ends.
+struct End {
+    /// File length to keep.
+    keep: u64,
+    /// The last committed record, which the next one chains to.
+    head: Option<AuditHead>,
+    /// Complete records after it (never committed).
+    uncommitted: u64,
+}
+
+/// Finds the store's last committed record at the end of the log. What follows it — a line cut
+/// by a crash, records whose store write never happened — is to be removed; anything else (the
+/// head missing, records that do not chain to it) is an edit, refused.
+fn settle(
+    log: &AuditLog,
+    tail: &[u8],
+    start: u64,
+    store_head: Option<&AuditHead>,
+) -> Result<End, AuditError> {
+    let bad = |reason: String| AuditError::BadTail {
+        path: log.path.clone(),
+        reason,
+    };
+    let complete_end = tail.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let torn = complete_end < tail.len();
+    // Whole lines in the window, with the offset just past each; the first is partial when the
+    // window starts inside the file.
+    let mut lines = Vec::new();
+    let mut at = 0usize;
+    for line in tail[..complete_end].split_inclusive(|b| *b == b'\n') {
+        at += line.len();
+        lines.push((&line[..line.len() - 1], at));
+    }
+    if start > 0 && !lines.is_empty() {
+        lines.remove(0);
+    }
+    let parse = |l: &[u8]| serde_json::from_slice::<AuditRecord>(l).ok();
+    let Some(head) = store_head else {
+        // A store that never committed a record (a new home, or one whose store was replaced):
+        // chain to the last complete record, refuse a cut line.
+        if torn {
+            return Err(bad("the file does not end with a complete line".into()));
+        }
+        let last = match lines.last() {
+            Some((l, _)) => Some(
+                parse(l)
+                    .filter(|r| r.compute_hash() == r.hash)
+                    .ok_or_else(|| bad("the last record is unreadable or altered".into()))?
+                    .head(),
+            ),
+            None => None,
+        };
+        return Ok(End {
+            keep: start + complete_end as u64,
+            head: last,
+            uncommitted: 0,
+        });
+    };
+    let Some(pos) = lines
+        .iter()
+        .rposition(|(l, _)| parse(l).is_some_and(|r| r.seq == head.seq && r.hash == head.hash))
+    else {
+        return Err(bad(if torn {
+            "the file does not end with a complete line".into()
+        } else {
+            format!(
+                "record {} (the last one the store committed) is not at the end of the log: records were removed or the log replaced",
+                head.seq
+            )
+        }));
+    };
+    // What follows the head must be records chained to it, written by a write that never
+    // reached the store.
+    let mut prev = head.clone();
+    for (l, _) in &lines[pos + 1..] {
+        let rec = parse(l)
+            .filter(|r| r.compute_hash() == r.hash && r.seq == prev.seq + 1 && r.prev == prev.hash)
+            .ok_or_else(|| {
+                bad(format!(
+                    "what follows record {} (the last one the store committed) is not a record chained to it: the log was edited",
+                    prev.seq
+                ))
+            })?;
+        prev = rec.head();
+    }
+    Ok(End {
+        keep: start + lines[pos].1 as u64,
+        head: Some(head.clone()),
+        uncommitted: (lines.len() - pos - 1) as u64,
+    })
+}

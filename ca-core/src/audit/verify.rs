@@ -1,0 +1,182 @@
+//! `audit verify`: every hash, link, sequence number and head signature, and the log against
+//! the head the store committed.
+
+use std::collections::HashSet;
+use std::io;
+
+use base64::Engine as _;
+use serde::Serialize;
+use spki::SubjectPublicKeyInfoOwned;
+
+use super::{head_message, AuditError, AuditLog, AuditRecord, GENESIS, HEAD_SIGNED_EVENT};
+use crate::signer::verify_signature;
+
+/// What `verify` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditReport {
+    /// True when the whole chain is intact.
+    pub ok: bool,
+    /// Records read.
+    pub records: u64,
+    /// Head signatures that verified.
+    pub signed_heads: u64,
+    /// The last record's seq and hash.
+    pub head: Option<(u64, String)>,
+    /// Records after the store's committed head: written by a write whose store change never
+    /// happened (a crash between the two); the next write removes them.
+    pub uncommitted: u64,
+    /// The first problem, naming the line and the record.
+    pub problem: Option<String>,
+}
+
+impl AuditLog {
+    /// Checks the whole chain: every hash, every link, every sequence number, every head
+    /// signature (with `audit_key`), and that the log reaches the head the store committed.
+    pub fn verify(
+        &self,
+        audit_key: Option<&SubjectPublicKeyInfoOwned>,
+    ) -> Result<AuditReport, AuditError> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(self.io(e)),
+        };
+        let lines: Vec<&str> = text.lines().collect();
+        // Every seq that appears anywhere, to tell a reordering from a removal.
+        let present: HashSet<u64> = lines
+            .iter()
+            .filter_map(|l| serde_json::from_str::<AuditRecord>(l).ok())
+            .map(|r| r.seq)
+            .collect();
+        let mut report = AuditReport {
+            ok: true,
+            records: 0,
+            signed_heads: 0,
+            head: None,
+            uncommitted: 0,
+            problem: None,
+        };
+        let mut prev = GENESIS.to_string();
+        let mut hashes = Vec::with_capacity(lines.len());
+        for (i, line) in lines.iter().enumerate() {
+            if let Err(msg) = check_line(i + 1, line, &prev, &present, audit_key, &mut report) {
+                report.ok = false;
+                report.problem = Some(msg);
+                return Ok(report);
+            }
+            prev = report
+                .head
+                .as_ref()
+                .map(|h| h.1.clone())
+                .unwrap_or_default();
+            hashes.push(prev.clone());
+        }
+        if let Some(store) = &self.store {
+            if let Some(head) = store.audit_head()? {
+                let last = report.head.as_ref().map(|h| h.0).unwrap_or(0);
+                let problem = if head.seq > last {
+                    Some(format!(
+                        "record {} was removed: the log ends at record {last} but the store recorded record {} as the head",
+                        last + 1,
+                        head.seq
+                    ))
+                } else if head.seq.checked_sub(1).and_then(|i| hashes.get(i as usize))
+                    != Some(&head.hash)
+                {
+                    Some(format!(
+                        "record {} differs from the head the store recorded",
+                        head.seq
+                    ))
+                } else {
+                    report.uncommitted = last - head.seq;
+                    None
+                };
+                if problem.is_some() {
+                    report.ok = false;
+                    report.problem = problem;
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// Checks line `n` (which must hold record `n`) against the hash before it.
+fn check_line(
+    n: usize,
+    line: &str,
+    prev: &str,
+    present: &HashSet<u64>,
+    audit_key: Option<&SubjectPublicKeyInfoOwned>,
+    report: &mut AuditReport,
+) -> Result<(), String> {
+    // Records are numbered from 1 with no gap, so line n must hold record n.
+    let expected_seq = n as u64;
+    let rec: AuditRecord = serde_json::from_str(line).map_err(|e| {
+        format!("line {n}: record {expected_seq} is unreadable, it was altered ({e})")
+    })?;
+    if rec.compute_hash() != rec.hash {
+        return Err(format!(
+            "line {n}: record {} ({}) was altered: its content does not match its hash",
+            rec.seq, rec.event
+        ));
+    }
+    if rec.seq != expected_seq {
+        return Err(
+            if rec.seq < expected_seq || present.contains(&expected_seq) {
+                format!(
+                    "line {n}: records are out of order: expected record {expected_seq}, found record {} ({})",
+                    rec.seq, rec.event
+                )
+            } else {
+                format!(
+                    "line {n}: record {expected_seq} was removed: record {} ({}) follows record {}",
+                    rec.seq,
+                    rec.event,
+                    expected_seq - 1
+                )
+            },
+        );
+    }
+    if rec.prev != prev {
+        return Err(format!(
+            "line {n}: record {} ({}) does not chain to record {}: a record was replaced",
+            rec.seq,
+            rec.event,
+            expected_seq - 1
+        ));
+    }
+    if rec.event == HEAD_SIGNED_EVENT {
+        check_head_signature(&rec, prev, audit_key)
+            .map_err(|msg| format!("line {n}: record {}: {msg}", rec.seq))?;
+        report.signed_heads += 1;
+    }
+    report.records += 1;
+    report.head = Some((rec.seq, rec.hash));
+    Ok(())
+}
+
+fn check_head_signature(
+    rec: &AuditRecord,
+    prev: &str,
+    key: Option<&SubjectPublicKeyInfoOwned>,
+) -> Result<(), String> {
+    let d = &rec.details;
+    let seq = d["signed_seq"]
+        .as_u64()
+        .ok_or("head signature without signed_seq")?;
+    let hash = d["signed_hash"]
+        .as_str()
+        .ok_or("head signature without signed_hash")?;
+    if seq + 1 != rec.seq || hash != prev {
+        return Err("the head signature does not sign the record before it".into());
+    }
+    let sig = base64::engine::general_purpose::STANDARD
+        .decode(d["signature"].as_str().unwrap_or_default())
+        .map_err(|e| format!("head signature is not base64: {e}"))?;
+    if let Some(key) = key {
+        verify_signature(key, &head_message(seq, hash), &sig)
+            .map_err(|e| format!("the head signature does not verify with the audit key: {e}"))?;
+    }
+    Ok(())
+}

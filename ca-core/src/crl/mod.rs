@@ -1,0 +1,245 @@
+//! Sharded CRLs (docs/design.md, "Revocation and CRLs"): X.509 v2 CRLs (RFC 5280 §5), one per
+//! shard of each issuer, each with a critical issuingDistributionPoint naming the URL its
+//! certificates carry, an authorityKeyIdentifier and a cRLNumber that only grows; plus a full
+//! CRL on request. Signed in the HSM through the same [`Signer`](crate::Signer) as
+//! certificates and verified before they are written.
+//!
+//! A publication signs every CRL it makes into a temporary file, then commits the new cRLNumbers
+//! with its audit record in one store write, then renames the files into place: a failed
+//! signature or audit record consumes no number and changes no file; a crash after the commit
+//! leaves the old files, and the next publication uses greater numbers.
+
+mod build;
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+pub use build::build_crl;
+
+use crate::audit::{AuditEntry, AuditLog};
+use crate::fsutil::StagedFile;
+use crate::issue::{CrlSettings, IssuerCtx};
+use crate::store::{ApplyError, Op, Store, StoreError, Txn};
+use crate::CaKind;
+
+/// Which CRL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrlScope {
+    /// One shard: the certificates bound to it at issuance.
+    Shard(u32),
+    /// Every certificate of the issuer, no issuingDistributionPoint.
+    Full,
+}
+
+impl CrlScope {
+    /// `3` or `full`: the file stem and the counter's name.
+    pub fn name(self) -> String {
+        match self {
+            CrlScope::Shard(n) => n.to_string(),
+            CrlScope::Full => "full".into(),
+        }
+    }
+}
+
+/// Why a CRL could not be published. Nothing was written and no cRLNumber consumed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CrlError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The audit record could not be written: nothing was published.
+    #[error("the audit record could not be written, so nothing was published: {0}")]
+    Audit(#[from] crate::audit::AuditError),
+    /// The HSM could not sign.
+    #[error("signing the CRL: {0}")]
+    Sign(#[from] crate::signer::SignError),
+    /// The HSM's signature does not verify.
+    #[error("the HSM's signature on the CRL does not verify with the issuer's key: {0}")]
+    Verify(String),
+    /// Encoding failed.
+    #[error("DER: {0}")]
+    Der(#[from] der::Error),
+    /// Writing failed.
+    #[error("writing {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Sharded CRLs need the URL certificates point at.
+    #[error("sharded CRLs need crl.base_url (certificates name <base_url>/<issuer>/<shard>.crl); with no base URL only the full CRL is published")]
+    NoBaseUrl,
+    /// The shard count changed after certificates were bound to shards.
+    #[error("crl.shards is {configured} in meterpki.toml, but certificates are bound to {stored} shards; set crl.shards = {stored} again")]
+    ShardsChanged {
+        /// Shards certificates were issued with.
+        stored: u64,
+        /// Shards configured now.
+        configured: u32,
+    },
+}
+
+/// What one publication wrote.
+#[derive(Debug, Clone, Serialize)]
+pub struct Published {
+    /// Issuer name.
+    pub issuer: String,
+    /// Shard number or `full`.
+    pub scope: String,
+    /// The file written.
+    pub path: PathBuf,
+    /// Its cRLNumber.
+    pub crl_number: u64,
+    /// Revoked certificates listed.
+    pub entries: usize,
+    /// DER size.
+    pub bytes: usize,
+    /// thisUpdate, Unix seconds.
+    pub this_update: i64,
+    /// nextUpdate, Unix seconds.
+    pub next_update: i64,
+}
+
+const SHARDS_KEY: &str = "crl.shards";
+
+impl From<ApplyError> for CrlError {
+    fn from(e: ApplyError) -> CrlError {
+        match e {
+            ApplyError::Store(e) => CrlError::Store(e),
+            ApplyError::Audit(e) => CrlError::Audit(e),
+        }
+    }
+}
+
+/// Binds the store to the configured shard count the first time, and refuses a change later:
+/// every certificate names its shard, so N is fixed once certificates exist.
+pub fn check_shards(store: &dyn Store, settings: &CrlSettings) -> Result<(), CrlError> {
+    match store.counter(SHARDS_KEY)? {
+        Some(n) if n != u64::from(settings.shards) => Err(CrlError::ShardsChanged {
+            stored: n,
+            configured: settings.shards,
+        }),
+        Some(_) => Ok(()),
+        None => {
+            let bind = Txn::new().with(Op::BindSetting {
+                name: SHARDS_KEY.into(),
+                value: u64::from(settings.shards),
+            });
+            store.apply(bind, None)?;
+            Ok(())
+        }
+    }
+}
+
+fn counter_key(issuer: CaKind, scope: CrlScope) -> String {
+    format!("crl.number/{}/{}", issuer.name(), scope.name())
+}
+
+/// The last cRLNumber published for a scope (0: none yet).
+pub fn last_number(store: &dyn Store, issuer: CaKind, scope: CrlScope) -> Result<u64, CrlError> {
+    Ok(store.counter(&counter_key(issuer, scope))?.unwrap_or(0))
+}
+
+/// The shard's URL (the certificates' cRLDistributionPoints and the CRL's IDP).
+pub fn shard_url(settings: &CrlSettings, issuer: CaKind, shard: u32) -> Option<String> {
+    settings.url(issuer.name(), shard)
+}
+
+/// The scopes a publication of every CRL covers: each shard (when certificates point at
+/// shards), and the full CRL when asked or when there are no shards.
+pub fn all_scopes(settings: &CrlSettings, full: bool) -> Vec<CrlScope> {
+    let mut out = Vec::new();
+    if settings.base_url.is_some() {
+        out.extend((0..settings.shards).map(CrlScope::Shard));
+    }
+    if full || settings.base_url.is_none() {
+        out.push(CrlScope::Full);
+    }
+    out
+}
+
+/// The scope that lists a certificate bound to `shard`: the shard, or the full CRL when
+/// certificates carry no pointer.
+pub fn scope_of(settings: &CrlSettings, shard: u32) -> CrlScope {
+    if settings.base_url.is_some() {
+        CrlScope::Shard(shard)
+    } else {
+        CrlScope::Full
+    }
+}
+
+/// Publishes the CRLs of `issuer` for `scopes` to `dir/<scope>.crl`, one CRL in memory at a
+/// time: each built, signed and verified into a temporary file; then the cRLNumbers committed
+/// with the audit record `describe` makes of them; then the files renamed into place. Every
+/// publication also refreshes the full CRL when `dir/full.crl` exists, so it never lags.
+pub fn publish(
+    issuer: &IssuerCtx,
+    audit: &AuditLog,
+    settings: &CrlSettings,
+    scopes: &[CrlScope],
+    dir: &Path,
+    describe: &dyn Fn(&[Published]) -> AuditEntry,
+) -> Result<Vec<Published>, CrlError> {
+    let store = audit
+        .store()
+        .ok_or_else(|| CrlError::Audit(crate::audit::AuditError::ReadOnly(audit.path().into())))?;
+    let kind = issuer.kind;
+    std::fs::create_dir_all(dir).map_err(|source| CrlError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut scopes = scopes.to_vec();
+    if !scopes.contains(&CrlScope::Full) && dir.join("full.crl").exists() {
+        scopes.push(CrlScope::Full);
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let mut staged = Vec::with_capacity(scopes.len());
+    let mut published = Vec::with_capacity(scopes.len());
+    let mut txn = Txn::new();
+    for scope in scopes {
+        let entries = match scope {
+            CrlScope::Shard(s) => store.revoked_in_shard(kind, s)?,
+            CrlScope::Full => store.revoked_of_issuer(kind)?,
+        };
+        let number = last_number(store.as_ref(), kind, scope)? + 1;
+        let der = build_crl(issuer, settings, scope, number, &entries, now)?;
+        let path = dir.join(format!("{}.crl", scope.name()));
+        staged.push(
+            StagedFile::write(&path, &der, 0o644).map_err(|source| CrlError::Io {
+                path: path.clone(),
+                source,
+            })?,
+        );
+        txn.push(Op::AdvanceCounter {
+            name: counter_key(kind, scope),
+            to: number,
+        });
+        published.push(Published {
+            issuer: kind.name().to_string(),
+            scope: scope.name(),
+            path,
+            crl_number: number,
+            entries: entries.len(),
+            bytes: der.len(),
+            this_update: now,
+            next_update: now + i64::from(settings.next_update_hours) * 3600,
+        });
+    }
+    audit.commit(txn, |_| Some(describe(&published)))?;
+    crate::failpoint("crl.before-rename");
+    for (file, p) in staged.into_iter().zip(&published) {
+        file.commit().map_err(|source| CrlError::Io {
+            path: p.path.clone(),
+            source,
+        })?;
+    }
+    Ok(published)
+}

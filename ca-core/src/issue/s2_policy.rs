@@ -1,0 +1,103 @@
+//! Step 2: a [`Request`] is checked against the profile, the account and what is already
+//! issued, and becomes an [`Approved`] request (or the certificate already issued for it).
+
+use policies::ProfileKind;
+
+use super::error::{ErrorCode, IssueError};
+use super::s1_request::{Request, Subject};
+use crate::model::DeviceRange;
+use crate::model::SupplierState;
+use crate::store::{CertRecord, Store};
+
+/// What the requesting account may do (API accounts; the CLI operator is unrestricted).
+#[derive(Clone, Debug, Default)]
+pub struct AccountLimits {
+    /// The EUI-64 range this account may name, for device certificates.
+    pub device_range: Option<DeviceRange>,
+}
+
+/// A request that passed every check and will be signed.
+#[derive(Clone, Debug)]
+pub struct Approved {
+    pub(crate) request: Request,
+}
+
+/// The result of the policy step.
+#[derive(Debug)]
+pub enum Decision {
+    /// Sign it.
+    Approve(Box<Approved>),
+    /// The same subject, usage and key already has its certificate: answer it, sign nothing.
+    Existing(Box<CertRecord>),
+}
+
+/// Applies the account's range and the one-active-certificate rule (DESIGN §4).
+pub fn approve(
+    request: Request,
+    limits: &AccountLimits,
+    store: &dyn Store,
+) -> Result<Decision, IssueError> {
+    if let (ProfileKind::Meter, Subject::Device(id), Some(range)) = (
+        request.profile.kind(),
+        &request.subject,
+        &limits.device_range,
+    ) {
+        if !range.contains(id) {
+            return Err(IssueError::new(
+                ErrorCode::DeviceRange,
+                format!("device_id {id} is outside this account's range {range}"),
+            ));
+        }
+    }
+    let mut request = request;
+    if let Subject::Party { entity_id, name } = &mut request.subject {
+        let internal =
+            |e: crate::store::StoreError| IssueError::new(ErrorCode::Internal, e.to_string());
+        let supplier = store.supplier(&entity_id.to_string()).map_err(internal)?.ok_or_else(|| {
+            IssueError::new(
+                ErrorCode::SupplierUnknown,
+                format!("entity_id {entity_id} is not a registered supplier: run `meterpki supplier register --id {entity_id} --name NAME` first"),
+            )
+        })?;
+        if supplier.state != SupplierState::Active {
+            return Err(IssueError::new(
+                ErrorCode::SupplierInactive,
+                format!(
+                    "supplier {entity_id} ({}) is {}: it cannot enrol keys",
+                    supplier.name, supplier.state
+                ),
+            ));
+        }
+        if name.is_empty() {
+            *name = supplier.name;
+        } else if *name != supplier.name {
+            return Err(IssueError::new(
+                ErrorCode::ProfileLimit,
+                format!(
+                    "name {name:?} is not supplier {entity_id}'s registered name {:?}",
+                    supplier.name
+                ),
+            ));
+        }
+    }
+    let subject_id = request.subject.key();
+    let active = store
+        .active_cert(&subject_id, request.profile.name())
+        .map_err(|e| IssueError::new(ErrorCode::Internal, e.to_string()))?;
+    if let Some(active) = active {
+        if active.key_hash == request.key_hash {
+            return Ok(Decision::Existing(Box::new(active)));
+        }
+        if !request.replace {
+            return Err(IssueError::new(
+                ErrorCode::ExistingCertificate,
+                format!(
+                    "{subject_id} already holds an active {} certificate (serial {}) for another key; send \"replace\": true to replace it",
+                    request.profile.name(),
+                    active.serial_hex()
+                ),
+            ));
+        }
+    }
+    Ok(Decision::Approve(Box::new(Approved { request })))
+}

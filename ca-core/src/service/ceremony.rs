@@ -1,0 +1,454 @@
+//! Key ceremonies: the root (a new token whose PIN only a quorum of officers can rebuild) and
+//! the issuing CAs (a quorum opens the root token to certify a key made on the online token).
+//! A ceremony that fails leaves nothing behind: no share, no key, no token, no certificate.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::json;
+
+use super::identity::AUDIT_KEY_LABEL;
+use super::{
+    authorize, now_compact, now_rfc3339, random_hex, Action, Actor, Service, ServiceError,
+};
+use crate::certs::{
+    build_ca_certificate, build_self_signed_root, build_signer_certificate, certificate_to_pem,
+    check_key_matches, fingerprint_sha256, verify_certificate_signature, CaCertSpec, CertInfo,
+};
+use crate::fsutil::{write_new_secret, StagedFile};
+use crate::hsm::{HsmToken, SecretString};
+use crate::quorum::{combine_shares, split_secret, CeremonyRecord, RootSecret, ShareFile};
+use crate::signer::{KeyAlgorithm, Signer};
+use crate::CaKind;
+
+/// What a root ceremony is asked for.
+#[derive(Clone, Debug)]
+pub struct RootCeremony {
+    /// Officers N (one share each).
+    pub officers: u8,
+    /// Shares needed, M.
+    pub quorum: u8,
+    /// Officer names, in order (default officer-1 .. officer-N).
+    pub officer_names: Vec<String>,
+    /// Where the share files go (created 0700 when missing).
+    pub shares_dir: PathBuf,
+}
+
+/// What an issuing-CA ceremony is asked for.
+#[derive(Debug)]
+pub struct IssuingCeremony {
+    /// Which CA.
+    pub kind: CaKind,
+    /// The share files given.
+    pub shares: Vec<PathBuf>,
+}
+
+fn io(context: String) -> impl FnOnce(std::io::Error) -> ServiceError {
+    move |e| ServiceError::io(context, e)
+}
+
+fn json_text(value: &impl serde::Serialize) -> Result<String, ServiceError> {
+    serde_json::to_string_pretty(value).map_err(|e| ServiceError::Internal(e.to_string()))
+}
+
+/// A public file of the ceremony, written and synced under a temporary name: it appears only
+/// once the ceremony's audit record is committed.
+fn stage(path: &Path, text: &str) -> Result<StagedFile, ServiceError> {
+    StagedFile::write(path, text.as_bytes(), 0o644)
+        .map_err(io(format!("writing {}", path.display())))
+}
+
+fn publish(files: Vec<StagedFile>) -> Result<(), ServiceError> {
+    for f in files {
+        f.commit()
+            .map_err(io("putting the ceremony's files in place".into()))?;
+    }
+    Ok(())
+}
+
+impl Service {
+    /// The root ceremony: the root token created with a random PIN split into N shares (M
+    /// needed), the P-384 root key and its self-signed certificate, the audit signer certified
+    /// by the root. Returns the transcript (also written to `ceremonies/`).
+    pub fn root_ceremony(
+        &self,
+        actor: &Actor,
+        c: &RootCeremony,
+    ) -> Result<serde_json::Value, ServiceError> {
+        authorize(actor, Action::Administer)?;
+        let home = &self.home;
+        if self.has_ca(CaKind::Root) || home.root_ceremony().exists() {
+            return Err(ServiceError::conflict(
+                "root-exists",
+                format!(
+                    "{} already holds a root CA ({}); a second root ceremony changes nothing",
+                    home.root().display(),
+                    home.ca_cert(CaKind::Root).display()
+                ),
+            ));
+        }
+        let names = check_officers(c)?;
+        let share_paths: Vec<PathBuf> = names
+            .iter()
+            .map(|n| c.shares_dir.join(format!("{n}.share")))
+            .collect();
+        if let Some(p) = share_paths.iter().find(|p| p.exists()) {
+            return Err(ServiceError::conflict(
+                "share-exists",
+                format!(
+                    "{} already exists; a share file is never overwritten",
+                    p.display()
+                ),
+            ));
+        }
+        // The online token first: a wrong PIN fails here, before anything exists.
+        let online = self.online()?;
+        let module = self.module()?;
+        let created_dir = create_private_dir(&c.shares_dir)?;
+        let secret = RootSecret::generate();
+        let ceremony_id = random_hex(16);
+        let root_label = self.config.hsm.root_token.clone();
+        module
+            .init_token(
+                &root_label,
+                &SecretString::from(secret.so_pin().to_string()),
+                &SecretString::from(secret.user_pin().to_string()),
+            )
+            .map_err(|e| match e.kind {
+                crate::hsm::HsmErrorKind::TokenExists => ServiceError::conflict(
+                    "token-exists",
+                    format!(
+                        "{e}: it belongs to an earlier or abandoned root ceremony. Remove it \
+                         (softhsm2-util --delete-token --token {root_label}) or configure another hsm.root_token"
+                    ),
+                ),
+                _ => e.into(),
+            })?;
+        let made_audit_key = online.find_key(AUDIT_KEY_LABEL)?.is_none();
+        let outcome = self.root_after_token(
+            actor,
+            c,
+            &online,
+            &secret,
+            &ceremony_id,
+            &names,
+            &share_paths,
+        );
+        if outcome.is_err() {
+            // Undo: no shares, no key, no root token left behind from a failed ceremony.
+            for p in &share_paths {
+                let _ = std::fs::remove_file(p);
+            }
+            if made_audit_key {
+                let _ = online.destroy_key(AUDIT_KEY_LABEL);
+            }
+            let _ = module.discard_token(&root_label);
+            if created_dir {
+                let _ = std::fs::remove_dir(&c.shares_dir);
+            }
+        }
+        let summary = outcome?;
+        self.sign_audit_head(actor)?;
+        Ok(summary)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn root_after_token(
+        &self,
+        actor: &Actor,
+        c: &RootCeremony,
+        online: &Arc<dyn HsmToken>,
+        secret: &RootSecret,
+        ceremony_id: &str,
+        names: &[String],
+        share_paths: &[PathBuf],
+    ) -> Result<serde_json::Value, ServiceError> {
+        let home = &self.home;
+        let ca = &self.config.ca;
+        let root_label = self.config.hsm.root_token.clone();
+        let root_token = self.module()?.open(
+            &root_label,
+            SecretString::from(secret.user_pin().to_string()),
+            1,
+        )?;
+        let root_key = root_token.generate_key(&CaKind::Root.key_label(), KeyAlgorithm::EcP384)?;
+        let root_signer = root_token.signer(&CaKind::Root.key_label())?;
+        let root_cert = build_self_signed_root(
+            root_signer.as_ref(),
+            &CaCertSpec {
+                subject: ca.subject(CaKind::Root),
+                validity_days: ca.root_validity_days,
+                path_len: 1,
+            },
+        )?;
+        // The audit signer: a P-256 key on the online token, certified by the root, so that
+        // `audit verify` can trust head signatures through the root alone.
+        let audit_key = match online.find_key(AUDIT_KEY_LABEL)? {
+            Some(k) => k,
+            None => online.generate_key(AUDIT_KEY_LABEL, KeyAlgorithm::EcP256)?,
+        };
+        let audit_cert = build_signer_certificate(
+            root_signer.as_ref(),
+            &root_cert,
+            &audit_key.spki,
+            &CaCertSpec {
+                subject: format!("CN={} Audit Signer,O={}", ca.organisation, ca.organisation),
+                validity_days: ca.issuing_validity_days,
+                path_len: 0,
+            },
+        )?;
+        let (shares, digests) = split_secret(secret, ceremony_id, c.quorum, names)?;
+        for (share, path) in shares.iter().zip(share_paths) {
+            write_new_secret(path, share.to_text().as_bytes())
+                .map_err(io(format!("writing share file {}", path.display())))?;
+        }
+        let record = CeremonyRecord {
+            ceremony_id: ceremony_id.to_string(),
+            created: now_rfc3339(),
+            quorum: c.quorum,
+            officers: c.officers,
+            officer_names: names.to_vec(),
+            share_digests: digests.clone(),
+            secret_check: secret.check_value(ceremony_id),
+            root_token: root_label.clone(),
+            root_key_label: CaKind::Root.key_label(),
+            root_key_id: hex::encode(&root_key.id),
+            root_cert_sha256: fingerprint_sha256(&root_cert),
+        };
+        let pem = |c: &x509_cert::Certificate| certificate_to_pem(c).map_err(ServiceError::from);
+        let transcript_path = home
+            .ceremonies_dir()
+            .join(format!("{}-root.json", now_compact()));
+        let transcript = json!({
+            "ceremony": "root",
+            "ceremony_id": ceremony_id,
+            "operator": actor.name(),
+            "started_by_os_user": Actor::local().name(),
+            "time": record.created,
+            "quorum": c.quorum,
+            "officers": names,
+            "share_files": share_paths.iter().zip(&digests).map(|(p, d)| json!({"file": p, "sha256_of_share": d})).collect::<Vec<_>>(),
+            "root_token": root_label,
+            "root_key": {"label": CaKind::Root.key_label(), "id": hex::encode(&root_key.id), "algorithm": "EC P-384", "sensitive": true, "extractable": false},
+            "root": CertInfo::of(&root_cert),
+            "audit_key": {"label": AUDIT_KEY_LABEL, "id": hex::encode(&audit_key.id), "token": self.config.hsm.online_token},
+            "audit_signer": CertInfo::of(&audit_cert),
+        });
+        // Every public file is staged; they appear once the ceremony's audit record is
+        // committed, the ceremony record (which marks the root as made) last.
+        let files = vec![
+            stage(&home.ca_cert(CaKind::Root), &pem(&root_cert)?)?,
+            stage(&home.audit_cert(), &pem(&audit_cert)?)?,
+            stage(&transcript_path, &json_text(&transcript)?)?,
+            stage(&home.root_ceremony(), &json_text(&record)?)?,
+        ];
+        self.audit()?
+            .append("ceremony.root", actor.name(), transcript.clone())?;
+        publish(files)?;
+        let mut summary = transcript;
+        summary["transcript"] = json!(transcript_path);
+        Ok(summary)
+    }
+
+    /// An issuing-CA ceremony: the shares rebuild the root token's PIN; a P-256 key is made on
+    /// the online token and certified by the root. Returns the transcript.
+    pub fn issuing_ca_ceremony(
+        &self,
+        actor: &Actor,
+        c: IssuingCeremony,
+    ) -> Result<serde_json::Value, ServiceError> {
+        authorize(actor, Action::Administer)?;
+        let home = &self.home;
+        let kind = c.kind;
+        let record_text = std::fs::read_to_string(home.root_ceremony()).map_err(|_| {
+            ServiceError::invalid(
+                "no-root",
+                format!(
+                    "no root ceremony in {} yet: run `meterpki ceremony root` first",
+                    home.root().display()
+                ),
+            )
+        })?;
+        let record: CeremonyRecord = serde_json::from_str(&record_text).map_err(|e| {
+            ServiceError::Internal(format!("reading {}: {e}", home.root_ceremony().display()))
+        })?;
+        // Every share is read and checked before anything else happens.
+        let mut shares = Vec::with_capacity(c.shares.len());
+        for p in &c.shares {
+            shares.push((p.clone(), ShareFile::read(p)?));
+        }
+        let secret = combine_shares(&record, &shares)?;
+        drop(shares);
+        if self.has_ca(kind) {
+            return Err(ServiceError::conflict(
+                "ca-exists",
+                format!(
+                    "the {kind} CA already exists ({}); nothing changed",
+                    home.ca_cert(kind).display()
+                ),
+            ));
+        }
+        let root_cert = self.ca_cert(CaKind::Root)?;
+        if fingerprint_sha256(&root_cert) != record.root_cert_sha256 {
+            return Err(ServiceError::Internal(format!(
+                "{} is not the certificate made at root ceremony {}",
+                home.ca_cert(CaKind::Root).display(),
+                record.ceremony_id
+            )));
+        }
+        let online = self.online()?;
+        let root_token = self.module()?.open(
+            &record.root_token,
+            SecretString::from(secret.user_pin().to_string()),
+            1,
+        )?;
+        drop(secret);
+        let root_signer = root_token.signer(&record.root_key_label)?;
+        // Refuse a root key that does not match root.pem, and a root.pem not signed by it.
+        check_key_matches(root_signer.as_ref(), &root_cert, "root")?;
+        verify_certificate_signature(&root_cert, root_signer.public_key())?;
+        let label = kind.key_label();
+        if online.find_key(&label)?.is_some() {
+            // A key without its certificate is what an interrupted ceremony leaves behind.
+            tracing::warn!(key = %label, "removing a key left by an interrupted ceremony");
+            online.destroy_key(&label)?;
+        }
+        let result = self.issuing_after_key(
+            actor,
+            kind,
+            &online,
+            root_signer.as_ref(),
+            &root_cert,
+            &record,
+        );
+        if result.is_err() {
+            let _ = online.destroy_key(&label);
+        }
+        let summary = result?;
+        self.sign_audit_head(actor)?;
+        Ok(summary)
+    }
+
+    fn issuing_after_key(
+        &self,
+        actor: &Actor,
+        kind: CaKind,
+        online: &Arc<dyn HsmToken>,
+        root_signer: &dyn Signer,
+        root_cert: &x509_cert::Certificate,
+        record: &CeremonyRecord,
+    ) -> Result<serde_json::Value, ServiceError> {
+        let home = &self.home;
+        let label = kind.key_label();
+        let key = online.generate_key(&label, KeyAlgorithm::EcP256)?;
+        let cert = build_ca_certificate(
+            root_signer,
+            root_cert,
+            &key.spki,
+            &CaCertSpec {
+                subject: self.config.ca.subject(kind),
+                validity_days: self.config.ca.issuing_validity_days,
+                path_len: 0,
+            },
+        )?;
+        // The issuing CA's own key must sign what its certificate says it does.
+        check_key_matches(online.signer(&label)?.as_ref(), &cert, kind.name())?;
+        let transcript_path =
+            home.ceremonies_dir()
+                .join(format!("{}-{}-ca.json", now_compact(), kind.name()));
+        let transcript = json!({
+            "ceremony": format!("issuing-ca {}", kind.name()),
+            "root_ceremony_id": record.ceremony_id,
+            "operator": actor.name(),
+            "started_by_os_user": Actor::local().name(),
+            "time": now_rfc3339(),
+            "quorum": record.quorum,
+            "key": {"label": label, "id": hex::encode(&key.id), "token": self.config.hsm.online_token, "algorithm": "EC P-256", "sensitive": true, "extractable": false},
+            "certificate": CertInfo::of(&cert),
+            "issuer_sha256": record.root_cert_sha256,
+        });
+        // The certificate file appears once the audit record is committed: its presence is
+        // what makes the CA exist.
+        let files = vec![
+            stage(&transcript_path, &json_text(&transcript)?)?,
+            stage(&home.ca_cert(kind), &certificate_to_pem(&cert)?)?,
+        ];
+        self.audit()?.append(
+            &format!("ceremony.issuing-ca.{}", kind.name()),
+            actor.name(),
+            transcript.clone(),
+        )?;
+        publish(files)?;
+        let mut summary = transcript;
+        summary["transcript"] = json!(transcript_path);
+        Ok(summary)
+    }
+}
+
+/// The officers' names: given, or officer-1 .. officer-N; distinct; each names a file.
+fn check_officers(c: &RootCeremony) -> Result<Vec<String>, ServiceError> {
+    let n = usize::from(c.officers);
+    if c.quorum < 2 || c.quorum > c.officers {
+        return Err(ServiceError::invalid(
+            "quorum",
+            format!(
+                "--quorum must be at least 2 and at most --officers ({}), got {}",
+                c.officers, c.quorum
+            ),
+        ));
+    }
+    let names: Vec<String> = if c.officer_names.is_empty() {
+        (1..=n).map(|i| format!("officer-{i}")).collect()
+    } else {
+        c.officer_names.clone()
+    };
+    if names.len() != n {
+        return Err(ServiceError::invalid(
+            "officers",
+            format!(
+                "--officer given {} times but --officers is {n}",
+                names.len()
+            ),
+        ));
+    }
+    if names.iter().collect::<BTreeSet<_>>().len() != n {
+        return Err(ServiceError::invalid(
+            "officers",
+            "--officer names must be distinct",
+        ));
+    }
+    for name in &names {
+        let ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && !name.starts_with('.');
+        if !ok {
+            return Err(ServiceError::invalid(
+                "officers",
+                format!(
+                    "--officer {name:?}: use 1 to 64 letters, digits, '-', '_' or '.' (it names a file)"
+                ),
+            ));
+        }
+    }
+    Ok(names)
+}
+
+/// Creates `dir` 0700 when missing (returns whether it did) and proves it takes files.
+fn create_private_dir(dir: &Path) -> Result<bool, ServiceError> {
+    use std::os::unix::fs::PermissionsExt;
+    let created = !dir.exists();
+    if created {
+        std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io(format!("setting the mode of {}", dir.display())))?;
+    }
+    // Prove the directory takes files before the root token is created.
+    let probe = dir.join(format!(".meterpki-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(io(format!("{} is not writable", dir.display())))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(created)
+}

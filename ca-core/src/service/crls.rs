@@ -1,0 +1,96 @@
+//! Publishing CRLs: on demand, after revocations that must be seen at once, and on the
+//! server's schedule; every publication audited and the audit head signed after it.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use serde_json::json;
+
+use super::{authorize, Action, Actor, Service, ServiceError};
+use crate::audit::AuditEntry;
+use crate::crl::{all_scopes, scope_of, CrlScope, Published};
+use crate::store::Revoked;
+use crate::CaKind;
+
+/// The CRL shards a set of revocations touches: (issuer, shard) of each certificate revoked
+/// now (and, with `already`, of those revoked before too).
+pub(crate) fn shards_of(revoked: &[Revoked], already: bool) -> BTreeSet<(CaKind, u32)> {
+    revoked
+        .iter()
+        .filter_map(|r| match r {
+            Revoked::Now(rec) => Some((rec.issuer, rec.shard)),
+            Revoked::Already(rec, _) if already => Some((rec.issuer, rec.shard)),
+            _ => None,
+        })
+        .collect()
+}
+
+impl Service {
+    /// Publishes the CRLs of every issuing CA (or `only`): every shard, or only `shards` when
+    /// given (the full CRL is refreshed with them when it exists), the full CRL too with `full`.
+    /// Each issuer's publication commits its cRLNumbers with a `crl.publish` record; the audit
+    /// head is signed after.
+    pub fn publish_crls(
+        &self,
+        actor: &Actor,
+        only: Option<CaKind>,
+        full: bool,
+        shards: Option<&BTreeSet<(CaKind, u32)>>,
+    ) -> Result<Vec<Published>, ServiceError> {
+        match actor {
+            Actor::System(_) => authorize(actor, Action::Republish)?,
+            _ => authorize(actor, Action::Administer)?,
+        }
+        let settings = self.crl_settings();
+        crate::crl::check_shards(self.store()?.as_ref(), &settings)?;
+        let audit = self.audit()?;
+        let mut published = Vec::new();
+        for issuer in self.issuers(only)? {
+            let kind = issuer.kind();
+            let scopes: Vec<CrlScope> = match shards {
+                None => all_scopes(&settings, full),
+                Some(set) => {
+                    let mut s: Vec<CrlScope> = set
+                        .iter()
+                        .filter(|(k, _)| *k == kind)
+                        .map(|(_, shard)| scope_of(&settings, *shard))
+                        .collect();
+                    s.dedup();
+                    s
+                }
+            };
+            if scopes.is_empty() {
+                continue;
+            }
+            let dir = self.crl_dir().join(kind.name());
+            published.extend(crate::crl::publish(
+                &issuer,
+                &audit,
+                &settings,
+                &scopes,
+                &dir,
+                &|p| {
+                    AuditEntry::new(
+                        "crl.publish",
+                        actor.name(),
+                        json!({"scheduled": matches!(actor, Actor::System(_)), "crls": p.iter().map(|p| json!({"issuer": p.issuer, "scope": p.scope, "crl_number": p.crl_number, "entries": p.entries})).collect::<Vec<_>>()}),
+                    )
+                },
+            )?);
+        }
+        if !published.is_empty() {
+            self.sign_audit_head(actor)?;
+        }
+        Ok(published)
+    }
+
+    /// The published CRL file `<issuer>/<name>` (`3.crl`, `full.crl`), when the name is one
+    /// this home publishes; never a path outside `<home>/crl`.
+    pub fn crl_file(&self, issuer: &str, name: &str) -> Option<PathBuf> {
+        let kind = CaKind::from_name(issuer).filter(|k| *k != CaKind::Root)?;
+        let stem = name.strip_suffix(".crl")?;
+        let ok = stem == "full"
+            || (!stem.is_empty() && stem.len() <= 5 && stem.chars().all(|c| c.is_ascii_digit()));
+        ok.then(|| self.crl_dir().join(kind.name()).join(format!("{stem}.crl")))
+    }
+}

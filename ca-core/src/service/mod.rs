@@ -1,0 +1,362 @@
+//! The use cases, one function each (docs/design.md, "The service layer"): ceremonies, issuance,
+//! revocation, CRL publication, accounts, suppliers and churn, service identities, status.
+//!
+//! Each use case decides who may do it ([`authorize`]), does all of its writes in one store
+//! transaction (or journaled and resumable, for operations over many meters), commits its audit
+//! record with them and fails closed: nothing is reported done unless its record is written.
+//! The CLI and the API parse their input, call one of these and render the result.
+
+mod accounts;
+mod authz;
+mod ceremony;
+mod crls;
+mod error;
+mod identity;
+mod init;
+mod issuance;
+mod meters;
+mod revoke;
+mod server;
+mod status;
+mod suppliers;
+mod views;
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+use policies::ProfileSet;
+use x509_cert::Certificate;
+
+pub use accounts::{AccountCreated, ClientKey, Disabled, NewAccount};
+pub use authz::{authorize, limits, may_request, may_see, Action, Actor};
+pub use ceremony::{IssuingCeremony, RootCeremony};
+pub use error::{ErrorClass, ServiceError};
+pub use identity::{ServerIdentity, AUDIT_KEY_LABEL, SERVER_KEY_LABEL, UPDATE_KEY_LABEL};
+pub use issuance::{ApiBatch, BatchAnswer, BatchSummary, ItemResult};
+pub use meters::{parse_bulk_line, BulkMode, BulkSummary, MeterView};
+pub use revoke::{RevokeOutcome, RevokeRow, Selector};
+pub use server::{Readiness, ServerStart};
+pub use status::Status;
+pub use suppliers::{ChurnReport, SupplierRow};
+pub use views::CertView;
+
+use crate::audit::AuditLog;
+use crate::certs::{certificate_from_pem, check_key_matches};
+use crate::config::Config;
+use crate::home::Home;
+use crate::hsm::{HsmModule, HsmToken, SecretString};
+use crate::issue::{CrlSettings, Engine, IssuerCtx};
+use crate::signer::Signer;
+use crate::store::Store;
+use crate::CaKind;
+
+/// Wraps every issuer's signer (the server times signatures for its metrics).
+pub type SignerWrap = Arc<dyn Fn(Arc<dyn Signer>) -> Arc<dyn Signer> + Send + Sync>;
+
+/// Loads the configured PKCS#11 module.
+pub type LoadModule =
+    Arc<dyn Fn(&Config) -> Result<Arc<dyn HsmModule>, ServiceError> + Send + Sync>;
+
+/// Supplies the online token's user PIN.
+pub type OnlinePin = Arc<dyn Fn(&Config) -> Result<SecretString, ServiceError> + Send + Sync>;
+
+/// How the service reaches the HSM: the front end loads the module (and, for SoftHSM homes,
+/// looks after its token files) and supplies the online token's PIN (from the environment, a
+/// file or a prompt; never the command line).
+#[derive(Clone)]
+pub struct HsmAccess {
+    /// Loads the configured PKCS#11 module.
+    pub load: LoadModule,
+    /// The online token's user PIN.
+    pub online_pin: OnlinePin,
+}
+
+/// The home, opened: its config, store, audit log, HSM and issuance engine, each made on first
+/// use (a command that only reads the audit log never loads the HSM).
+pub struct Service {
+    home: Home,
+    config: Config,
+    hsm: HsmAccess,
+    wrap: Option<SignerWrap>,
+    store: OnceLock<Arc<dyn Store>>,
+    /// A scratch folder holding this service's store, audit log and CRLs instead of the home.
+    scratch: Option<std::path::PathBuf>,
+    module: OnceLock<Arc<dyn HsmModule>>,
+    online: Mutex<Option<Arc<dyn HsmToken>>>,
+    engine: Mutex<Option<Arc<Engine>>>,
+    profiles: OnceLock<ProfileSet>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Service({})", self.home.root().display())
+    }
+}
+
+impl Service {
+    /// Opens an initialised home.
+    pub fn open(home: Home, hsm: HsmAccess) -> Result<Service, ServiceError> {
+        if !home.config_path().exists() {
+            return Err(ServiceError::invalid(
+                "not-a-home",
+                format!(
+                    "{} is not a meterpki home (no meterpki.toml): run `meterpki --home {} init` first",
+                    home.root().display(),
+                    home.root().display()
+                ),
+            ));
+        }
+        let config = Config::load(&home.config_path())?;
+        Ok(Service {
+            home,
+            config,
+            hsm,
+            wrap: None,
+            store: OnceLock::new(),
+            scratch: None,
+            module: OnceLock::new(),
+            online: Mutex::new(None),
+            engine: Mutex::new(None),
+            profiles: OnceLock::new(),
+        })
+    }
+
+    /// The same home's configuration, CAs and HSM over a scratch folder: a store, an audit log
+    /// and CRLs of its own in `dir`. Benchmarks run the real code paths this way without
+    /// touching the home's state.
+    pub fn scratch(&self, dir: &std::path::Path) -> Result<Service, ServiceError> {
+        let store = crate::store::open(&crate::store::StoreConfig::default(), &Home::new(dir))?;
+        let s = Service {
+            home: self.home.clone(),
+            config: self.config.clone(),
+            hsm: self.hsm.clone(),
+            wrap: None,
+            store: OnceLock::new(),
+            scratch: Some(dir.to_path_buf()),
+            module: OnceLock::new(),
+            online: Mutex::new(None),
+            engine: Mutex::new(None),
+            profiles: OnceLock::new(),
+        };
+        let _ = s.store.set(store);
+        Ok(s)
+    }
+
+    /// Where CRLs are published: `<home>/crl` (a scratch service's own folder).
+    pub fn crl_dir(&self) -> std::path::PathBuf {
+        match &self.scratch {
+            Some(d) => d.join("crl"),
+            None => self.home.crl_dir(),
+        }
+    }
+
+    /// Every issuer's signer is passed through `wrap` when the engine is built.
+    pub fn with_signer_wrap(mut self, wrap: SignerWrap) -> Service {
+        self.wrap = Some(wrap);
+        self
+    }
+
+    /// The home.
+    pub fn home(&self) -> &Home {
+        &self.home
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The store, opened once per process.
+    pub fn store(&self) -> Result<Arc<dyn Store>, ServiceError> {
+        if let Some(s) = self.store.get() {
+            return Ok(s.clone());
+        }
+        let store = crate::store::open(&self.config.store, &self.home)?;
+        Ok(self.store.get_or_init(|| store).clone())
+    }
+
+    /// The audit log, committed through the store.
+    pub fn audit(&self) -> Result<AuditLog, ServiceError> {
+        let path = match &self.scratch {
+            Some(d) => d.join("audit.log"),
+            None => self.home.audit_log(),
+        };
+        Ok(AuditLog::new(path, self.store()?))
+    }
+
+    /// The certificate profiles: `<home>/policies/*.toml`, or the shipped ones when the home
+    /// has no such folder. A profile that does not validate stops here.
+    pub fn profiles(&self) -> Result<&ProfileSet, ServiceError> {
+        if let Some(p) = self.profiles.get() {
+            return Ok(p);
+        }
+        let dir = self.home.policies_dir();
+        let set = if dir.is_dir() {
+            ProfileSet::load_dir(&dir)
+                .map_err(|e| ServiceError::invalid("profile", e.to_string()))?
+        } else {
+            ProfileSet::builtin()
+        };
+        Ok(self.profiles.get_or_init(|| set))
+    }
+
+    /// The HSM module.
+    pub fn module(&self) -> Result<Arc<dyn HsmModule>, ServiceError> {
+        if let Some(m) = self.module.get() {
+            return Ok(m.clone());
+        }
+        let m = (self.hsm.load)(&self.config)?;
+        Ok(self.module.get_or_init(|| m).clone())
+    }
+
+    /// The online token, logged in with its PIN, its sign timeout set.
+    pub fn online(&self) -> Result<Arc<dyn HsmToken>, ServiceError> {
+        let mut slot = self.online.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = slot.as_ref() {
+            return Ok(t.clone());
+        }
+        let module = self.module()?;
+        let pin = (self.hsm.online_pin)(&self.config)?;
+        let token = module.open(&self.config.hsm.online_token, pin, self.config.hsm.sessions)?;
+        token.set_sign_timeout(std::time::Duration::from_millis(
+            self.config.hsm.sign_timeout_ms,
+        ));
+        *slot = Some(token.clone());
+        Ok(token)
+    }
+
+    /// Whether the home has the CA certificate of `kind`.
+    pub fn has_ca(&self, kind: CaKind) -> bool {
+        self.home.ca_cert(kind).exists()
+    }
+
+    /// The CA certificate of `kind`, from `ca/<kind>.pem`.
+    pub fn ca_cert(&self, kind: CaKind) -> Result<Certificate, ServiceError> {
+        let path = self.home.ca_cert(kind);
+        let pem = std::fs::read_to_string(&path).map_err(|_| {
+            ServiceError::invalid(
+                "no-ca",
+                if kind == CaKind::Root {
+                    format!(
+                        "no root CA in {} ({} missing): run `meterpki ceremony root`",
+                        self.home.root().display(),
+                        path.display()
+                    )
+                } else {
+                    format!(
+                        "no {kind} CA in {} ({} missing): run `meterpki ceremony issuing-ca --kind {kind}`",
+                        self.home.root().display(),
+                        path.display()
+                    )
+                },
+            )
+        })?;
+        certificate_from_pem(&pem)
+            .map_err(|e| ServiceError::Internal(format!("reading {}: {e}", path.display())))
+    }
+
+    /// An issuing CA ready to sign: its certificate and a signer for its key on the online
+    /// token. Refused when the key does not match the certificate.
+    pub fn issuer(&self, kind: CaKind) -> Result<IssuerCtx, ServiceError> {
+        let cert = self.ca_cert(kind)?;
+        let signer = self.online()?.signer(&kind.key_label())?;
+        check_key_matches(signer.as_ref(), &cert, kind.name()).map_err(|e| {
+            ServiceError::Internal(format!(
+                "refusing the {kind} CA: {} is not the certificate of its HSM key: {e}",
+                self.home.ca_cert(kind).display()
+            ))
+        })?;
+        let signer = match &self.wrap {
+            Some(wrap) => wrap(signer),
+            None => signer,
+        };
+        Ok(IssuerCtx::new(kind, cert, signer)?)
+    }
+
+    /// Every issuing CA of the home (or only `only`), each bound to its HSM key.
+    pub fn issuers(&self, only: Option<CaKind>) -> Result<Vec<IssuerCtx>, ServiceError> {
+        let mut out = Vec::new();
+        for kind in CaKind::ISSUING {
+            if only.is_some_and(|o| o != kind) || !self.has_ca(kind) {
+                continue;
+            }
+            out.push(self.issuer(kind)?);
+        }
+        if out.is_empty() {
+            return Err(ServiceError::invalid(
+                "no-ca",
+                match only {
+                    Some(k) => format!("there is no {k} CA in this home"),
+                    None => {
+                        "there is no issuing CA in this home yet: run `meterpki ceremony issuing-ca`"
+                            .into()
+                    }
+                },
+            ));
+        }
+        Ok(out)
+    }
+
+    /// CRL sharding and publication settings from the config.
+    pub fn crl_settings(&self) -> CrlSettings {
+        CrlSettings {
+            shards: self.config.crl.shards,
+            base_url: (!self.config.crl.base_url.is_empty())
+                .then(|| self.config.crl.base_url.clone()),
+            next_update_hours: self.config.crl.next_update_hours,
+        }
+    }
+
+    /// The issuance engine with every issuing CA of the home, built once. Refused when the
+    /// configured shard count differs from the one certificates were bound to.
+    pub fn engine(&self) -> Result<Arc<Engine>, ServiceError> {
+        let mut slot = self.engine.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = slot.as_ref() {
+            return Ok(e.clone());
+        }
+        let mut issuers = Vec::new();
+        for kind in CaKind::ISSUING {
+            if self.has_ca(kind) {
+                issuers.push(Arc::new(self.issuer(kind)?));
+            }
+        }
+        let crl = self.crl_settings();
+        crate::crl::check_shards(self.store()?.as_ref(), &crl)?;
+        let engine = Arc::new(Engine::new(
+            self.profiles()?.clone(),
+            issuers,
+            self.audit()?,
+            crl,
+            self.config.hsm.sessions,
+        )?);
+        *slot = Some(engine.clone());
+        Ok(engine)
+    }
+}
+
+/// Now, Unix seconds.
+pub(crate) fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// Now, RFC 3339 UTC.
+pub(crate) fn now_rfc3339() -> String {
+    crate::audit::now_rfc3339()
+}
+
+/// Now, compact, for file names.
+pub(crate) fn now_compact() -> String {
+    let f = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
+    time::OffsetDateTime::now_utc()
+        .format(&f)
+        .unwrap_or_default()
+}
+
+/// Random bytes as lowercase hex, from the OS RNG.
+pub(crate) fn random_hex(bytes: usize) -> String {
+    use rand::RngCore;
+    let mut b = vec![0u8; bytes];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    let s = hex::encode(&b);
+    zeroize::Zeroize::zeroize(&mut b);
+    s
+}

@@ -1,0 +1,303 @@
+//! Revocation: by serial (a list, or one through the API), every unrevoked certificate of a
+//! device, or every certificate of a supplier. One write with its audit record; the affected
+//! CRL shards republished at once when asked.
+
+use serde::Serialize;
+use serde_json::json;
+use sha2::Digest;
+
+use super::{authorize, crls::shards_of, unix_now, Action, Actor, Service, ServiceError};
+use crate::audit::AuditEntry;
+use crate::crl::Published;
+use crate::model::{Eui64, Reason, Revocation};
+use crate::store::{Op, Revoked, Txn};
+use crate::CaKind;
+
+/// Which certificates.
+#[derive(Clone, Debug)]
+pub enum Selector {
+    /// These serials.
+    Serials {
+        /// The serials.
+        serials: Vec<Vec<u8>>,
+        /// The file they came from, for the audit record.
+        file: Option<std::path::PathBuf>,
+    },
+    /// Every unrevoked meter certificate of a device.
+    Device(Eui64),
+    /// Every unrevoked certificate of a supplier.
+    Supplier(Eui64),
+}
+
+/// One serial's outcome.
+#[derive(Clone, Debug, Serialize)]
+pub struct RevokeRow {
+    /// Serial, hex.
+    pub serial: String,
+    /// `revoked`, `already-revoked` or `unknown`.
+    pub status: &'static str,
+    /// Profile (known serials).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// Subject (known serials).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// The reason that stands.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+    /// When the earlier revocation was made (already-revoked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<i64>,
+}
+
+/// What a revocation did.
+#[derive(Clone, Debug, Serialize)]
+pub struct RevokeOutcome {
+    /// One per serial, in order.
+    pub results: Vec<RevokeRow>,
+    /// Revoked now.
+    pub revoked: usize,
+    /// Revoked before.
+    pub already_revoked: usize,
+    /// Unknown serials.
+    pub unknown: usize,
+    /// CRLs republished.
+    pub published: Vec<Published>,
+}
+
+fn rows(outcomes: &[Revoked], reason: Reason) -> Vec<RevokeRow> {
+    outcomes
+        .iter()
+        .map(|o| match o {
+            Revoked::Now(r) => RevokeRow {
+                serial: r.serial_hex(),
+                status: "revoked",
+                profile: Some(r.profile.clone()),
+                subject: Some(r.subject_id.clone()),
+                reason: Some(reason.name()),
+                revoked_at: None,
+            },
+            Revoked::Already(r, earlier) => RevokeRow {
+                serial: r.serial_hex(),
+                status: "already-revoked",
+                profile: Some(r.profile.clone()),
+                subject: Some(r.subject_id.clone()),
+                reason: Some(earlier.reason.name()),
+                revoked_at: Some(earlier.revoked_at),
+            },
+            Revoked::Unknown(s) => RevokeRow {
+                serial: hex::encode(s),
+                status: "unknown",
+                profile: None,
+                subject: None,
+                reason: None,
+                revoked_at: None,
+            },
+        })
+        .collect()
+}
+
+impl Service {
+    /// Revokes the certificates `which` names, with `reason` (and an invalidityDate in the
+    /// past, if given), in one write with its audit record; with `publish`, the CRL shards
+    /// they belong to are republished at once.
+    pub fn revoke(
+        &self,
+        actor: &Actor,
+        which: Selector,
+        reason: Reason,
+        invalidity_date: Option<i64>,
+        publish: bool,
+    ) -> Result<RevokeOutcome, ServiceError> {
+        authorize(actor, Action::Administer)?;
+        let now = unix_now();
+        check_reason(reason, invalidity_date, now)?;
+        let store = self.store()?;
+        let (serials, mut details) = match which {
+            Selector::Serials { serials, file } => {
+                // CA certificates are not in the end-entity store and are never revoked here.
+                for kind in CaKind::ALL {
+                    if !self.has_ca(kind) {
+                        continue;
+                    }
+                    let ca = self.ca_cert(kind)?;
+                    let own = ca.tbs_certificate.serial_number.as_bytes();
+                    if let Some(s) = serials.iter().find(|s| s.as_slice() == own) {
+                        return Err(ServiceError::invalid(
+                            "ca-certificate",
+                            format!(
+                                "serial {} is the {kind} CA's own certificate: CA certificates are not revoked through `meterpki revoke`",
+                                hex::encode(s)
+                            ),
+                        ));
+                    }
+                }
+                let details = if serials.len() <= 1000 {
+                    json!({"serials": serials.iter().map(hex::encode).collect::<Vec<_>>()})
+                } else {
+                    let mut sorted: Vec<&Vec<u8>> = serials.iter().collect();
+                    sorted.sort();
+                    let mut h = sha2::Sha256::new();
+                    for s in sorted {
+                        h.update(s);
+                    }
+                    json!({"serial_count": serials.len(), "serials_sha256": hex::encode(h.finalize()), "file": file})
+                };
+                (serials, details)
+            }
+            Selector::Device(id) => {
+                let list = self.unrevoked(&id, CaKind::Device)?;
+                if list.is_empty() {
+                    return Err(ServiceError::invalid(
+                        "no-certificate",
+                        format!("{id} has no unrevoked meter certificate"),
+                    ));
+                }
+                (list, json!({"device_id": id.to_string()}))
+            }
+            Selector::Supplier(id) => {
+                let list = self.unrevoked(&id, CaKind::Organisation)?;
+                if list.is_empty() {
+                    return Err(ServiceError::invalid(
+                        "no-certificate",
+                        format!("supplier {id} has no unrevoked certificate"),
+                    ));
+                }
+                (list, json!({"supplier": id.to_string()}))
+            }
+        };
+        let _ = &store;
+        let revocation = Revocation {
+            reason,
+            revoked_at: now,
+            invalidity_date,
+        };
+        let (applied, _) = self.audit()?.commit(
+            Txn::new().with(Op::Revoke {
+                serials,
+                revocation,
+            }),
+            |applied| {
+                let out = applied.revoked(0).unwrap_or_default();
+                let count = |f: fn(&Revoked) -> bool| out.iter().filter(|r| f(r)).count();
+                let (now_n, already) = (
+                    count(|r| matches!(r, Revoked::Now(_))),
+                    count(|r| matches!(r, Revoked::Already(..))),
+                );
+                if now_n + already == 0 {
+                    return None;
+                }
+                details["reason"] = json!(reason.name());
+                details["invalidity_date"] = json!(invalidity_date);
+                details["revoked"] = json!(now_n);
+                details["already_revoked"] = json!(already);
+                details["unknown"] = json!(count(|r| matches!(r, Revoked::Unknown(_))));
+                Some(AuditEntry::new(
+                    "certificate.revoke",
+                    actor.name(),
+                    details.clone(),
+                ))
+            },
+        )?;
+        let outcomes = applied.revoked(0).unwrap_or_default();
+        let shards = shards_of(outcomes, false);
+        let published = if publish && !shards.is_empty() {
+            self.publish_crls(actor, None, false, Some(&shards))?
+        } else {
+            Vec::new()
+        };
+        let results = rows(outcomes, reason);
+        let count = |s: &str| results.iter().filter(|r| r.status == s).count();
+        Ok(RevokeOutcome {
+            revoked: count("revoked"),
+            already_revoked: count("already-revoked"),
+            unknown: count("unknown"),
+            results,
+            published,
+        })
+    }
+
+    /// Revokes one certificate for an API caller: an operator any, a supplier its own (others
+    /// are "not found"), a factory none. A `keyCompromise` or `cACompromise` is published at
+    /// once. Returns the outcome for that serial.
+    pub fn revoke_one(
+        &self,
+        actor: &Actor,
+        serial: &[u8],
+        reason: Reason,
+        invalidity_date: Option<i64>,
+    ) -> Result<RevokeRow, ServiceError> {
+        let now = unix_now();
+        check_reason(reason, invalidity_date, now)?;
+        let store = self.store()?;
+        let rec = store
+            .cert(serial)?
+            .ok_or_else(|| ServiceError::not_found("no such certificate"))?;
+        authorize(actor, Action::Revoke(&rec))?;
+        let revocation = Revocation {
+            reason,
+            revoked_at: now,
+            invalidity_date,
+        };
+        let (applied, _) = self.audit()?.commit(
+            Txn::new().with(Op::Revoke {
+                serials: vec![serial.to_vec()],
+                revocation,
+            }),
+            |applied| {
+                let status = match applied.revoked(0) {
+                    Some([Revoked::Now(_)]) => "revoked",
+                    _ => "already-revoked",
+                };
+                Some(AuditEntry::new(
+                    "api.revoke",
+                    actor.name(),
+                    json!({"serial": hex::encode(serial), "reason": reason.name(), "status": status}),
+                ))
+            },
+        )?;
+        let outcomes = applied.revoked(0).unwrap_or_default();
+        if matches!(reason, Reason::KeyCompromise | Reason::CaCompromise) {
+            let shards = shards_of(outcomes, false);
+            if !shards.is_empty() {
+                if let Err(e) =
+                    self.publish_crls(&Actor::System("meterpki-serve"), None, false, Some(&shards))
+                {
+                    tracing::error!(error = %e, "publishing the CRLs after a compromise failed; the scheduled publication will retry");
+                }
+            }
+        }
+        rows(outcomes, reason)
+            .into_iter()
+            .next()
+            .filter(|r| r.status != "unknown")
+            .ok_or_else(|| ServiceError::not_found("no such certificate"))
+    }
+
+    /// Serials of a subject's certificates from one issuer that are not revoked yet.
+    fn unrevoked(&self, id: &Eui64, issuer: CaKind) -> Result<Vec<Vec<u8>>, ServiceError> {
+        let store = self.store()?;
+        let mut out = Vec::new();
+        for r in store.certs_of_subject(&id.to_string())? {
+            if r.issuer == issuer && store.revocation(&r.serial)?.is_none() {
+                out.push(r.serial);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The reasons meterpki revokes with, and an invalidityDate that is not in the future.
+fn check_reason(
+    _reason: Reason,
+    invalidity_date: Option<i64>,
+    now: i64,
+) -> Result<(), ServiceError> {
+    if invalidity_date.is_some_and(|d| d > now) {
+        return Err(ServiceError::invalid(
+            "invalidity-date",
+            "invalidity_date is in the future",
+        ));
+    }
+    Ok(())
+}

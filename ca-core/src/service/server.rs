@@ -1,0 +1,131 @@
+//! What the API server needs from the CA: its identity and the Access CA's CRLs at start, a
+//! readiness probe over every key it signs with, and CRLs republished on a schedule.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::{Actor, Service, ServiceError};
+use crate::hsm::HsmToken;
+use crate::signer::{verify_signature_fast, Signer};
+use crate::CaKind;
+
+/// What the server starts with.
+#[derive(Debug)]
+pub struct ServerStart {
+    /// Its TLS identity.
+    pub identity: super::ServerIdentity,
+    /// Every CRL of the Access CA (DER), for the client-certificate verifier.
+    pub access_crls: Vec<Vec<u8>>,
+}
+
+/// Whether the HSM can sign now with every key the server uses.
+#[derive(Debug)]
+pub struct Readiness {
+    signers: Vec<Arc<dyn Signer>>,
+    token: Arc<dyn HsmToken>,
+}
+
+impl Readiness {
+    /// Ready = nothing stuck in the HSM past its sign timeout, and every key signs now with a
+    /// signature that verifies (a module returning garbage is not ready either).
+    pub fn ready(&self) -> bool {
+        const PROBE: &[u8] = b"meterpki readiness probe";
+        !self.stuck()
+            && self.signers.iter().all(|signer| {
+                signer.sign(PROBE).is_ok_and(|sig| {
+                    verify_signature_fast(signer.public_key(), PROBE, &sig).is_ok()
+                })
+            })
+    }
+
+    /// True while a signature has been in the HSM longer than the sign timeout (a hung HSM).
+    pub fn stuck(&self) -> bool {
+        self.token
+            .oldest_sign_in_progress()
+            .is_some_and(|d| d > self.token.sign_timeout())
+    }
+
+    /// The token's sign timeout.
+    pub fn sign_timeout(&self) -> Duration {
+        self.token.sign_timeout()
+    }
+
+    /// HSM sessions lent out now, and in the pool.
+    pub fn sessions(&self) -> (usize, usize) {
+        (self.token.sessions_in_use(), self.token.pool_size())
+    }
+}
+
+impl Service {
+    /// The server's start: its identity (key and certificate made on first start), every CRL of
+    /// the Access CA published before the first client connects, and an `api.start` record.
+    pub fn start_server(
+        &self,
+        actor: &Actor,
+        listen: &str,
+        dns: Vec<String>,
+        ips: Vec<std::net::IpAddr>,
+    ) -> Result<ServerStart, ServiceError> {
+        let identity = self.server_identity(actor, dns.clone(), ips.clone())?;
+        self.publish_crls(actor, Some(CaKind::Access), false, None)?;
+        let dir = self.crl_dir().join(CaKind::Access.name());
+        let mut access_crls = Vec::new();
+        let entries = std::fs::read_dir(&dir)
+            .map_err(|e| ServiceError::io(format!("reading {}", dir.display()), e))?;
+        for entry in entries {
+            let path = entry
+                .map_err(|e| ServiceError::io(format!("reading {}", dir.display()), e))?
+                .path();
+            if path.extension().is_some_and(|e| e == "crl") {
+                access_crls.push(
+                    std::fs::read(&path)
+                        .map_err(|e| ServiceError::io(format!("reading {}", path.display()), e))?,
+                );
+            }
+        }
+        self.audit()?.append(
+            "api.start",
+            actor.name(),
+            json!({"listen": listen, "dns": dns, "ips": ips}),
+        )?;
+        Ok(ServerStart {
+            identity,
+            access_crls,
+        })
+    }
+
+    /// The readiness probe over `server_key` and every issuing CA's key.
+    pub fn readiness(&self, server_key: Arc<dyn Signer>) -> Result<Readiness, ServiceError> {
+        let mut signers = vec![server_key];
+        for issuer in self.issuers(None)? {
+            signers.push(issuer.signer().clone());
+        }
+        Ok(Readiness {
+            signers,
+            token: self.online()?,
+        })
+    }
+
+    /// Republishes every issuer's CRLs before they reach nextUpdate (at half their lifetime),
+    /// for as long as the process runs. A failed publication leaves the previous CRLs in place
+    /// and is logged; the next round tries again.
+    pub fn spawn_crl_schedule(self: &Arc<Self>) -> Result<(), ServiceError> {
+        let every =
+            Duration::from_secs((u64::from(self.config.crl.next_update_hours) * 3600 / 2).max(60));
+        let service = self.clone();
+        std::thread::Builder::new()
+            .name("crl-republish".into())
+            .spawn(move || loop {
+                std::thread::sleep(every);
+                if let Err(e) =
+                    service.publish_crls(&Actor::System("meterpki-serve"), None, false, None)
+                {
+                    tracing::error!(error = %e, "scheduled CRL publication failed; the previous CRLs stay in place");
+                }
+            })
+            .map_err(|e| ServiceError::io("starting the CRL schedule", e))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,123 @@
+//! Persistent state behind one trait, so that a server database can take over from the embedded
+//! `sled` store when one machine is not enough. The contract every backend keeps (and the
+//! conformance suite in [`conformance`] checks) is written down in docs/design.md, "The store".
+//!
+//! Reads are plain methods. Every write that changes what meterpki has issued, revoked or
+//! decided goes through [`Store::apply`]: a [`Txn`] of typed operations applied atomically, with
+//! the audit record that describes it (see [`AuditStage`]): the record is written once the
+//! outcome is known and before anything is stored, and the store moves its audit head to it in
+//! the same write. Bookkeeping that changes nothing a relying party sees (reserving sequence
+//! numbers, claiming a request ID) needs no record.
+
+mod error;
+mod open;
+mod records;
+pub(crate) mod sled;
+mod txn;
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+
+use std::fmt;
+
+pub use error::{ApplyError, StoreError};
+pub use open::{open, StoreBackend, StoreConfig};
+pub use records::{
+    AuditHead, BatchItem, BatchRecord, BatchState, CertRecord, Claim, Commit, Committed, MeterMove,
+    MoveOutcome, Revoked, UpdateMark,
+};
+pub use txn::{Applied, AuditStage, Op, OpOutcome, Txn};
+
+use crate::model::{Account, OpRecord, Revocation, Supplier};
+use crate::CaKind;
+
+/// What meterpki keeps between runs. See the module documentation for the write rules.
+pub trait Store: Send + Sync + fmt::Debug {
+    /// The backend's name for messages: `sled`, `postgres`.
+    fn backend(&self) -> &'static str;
+
+    // ---- certificates ---------------------------------------------------------------------
+
+    /// A certificate by serial.
+    fn cert(&self, serial: &[u8]) -> Result<Option<CertRecord>, StoreError>;
+    /// Whether a serial was ever used (by any certificate, revoked or not).
+    fn serial_taken(&self, serial: &[u8]) -> Result<bool, StoreError>;
+    /// The active (latest, not revoked, not replaced) certificate of `subject_id` for `profile`.
+    fn active_cert(
+        &self,
+        subject_id: &str,
+        profile: &str,
+    ) -> Result<Option<CertRecord>, StoreError>;
+    /// Every certificate of a subject, oldest first.
+    fn certs_of_subject(&self, subject_id: &str) -> Result<Vec<CertRecord>, StoreError>;
+    /// Whether any certificate was ever issued to `subject_id`.
+    fn subject_known(&self, subject_id: &str) -> Result<bool, StoreError>;
+    /// How many certificates are stored.
+    fn cert_count(&self) -> Result<u64, StoreError>;
+
+    // ---- revocations ----------------------------------------------------------------------
+
+    /// The revocation of a certificate, if revoked.
+    fn revocation(&self, serial: &[u8]) -> Result<Option<Revocation>, StoreError>;
+    /// The revoked certificates bound to one CRL shard of an issuer: only that shard is read.
+    fn revoked_in_shard(
+        &self,
+        issuer: CaKind,
+        shard: u32,
+    ) -> Result<Vec<(Vec<u8>, Revocation)>, StoreError>;
+    /// Every revoked certificate of an issuer (the full CRL).
+    fn revoked_of_issuer(&self, issuer: CaKind) -> Result<Vec<(Vec<u8>, Revocation)>, StoreError>;
+
+    // ---- counters, settings, the audit head ----------------------------------------------
+
+    /// A counter or a setting (`crl.number/<issuer>/<scope>`, `tamp.seq`, `crl.shards`).
+    fn counter(&self, name: &str) -> Result<Option<u64>, StoreError>;
+    /// Reserves `n` numbers of a counter that only grows and returns the first (at least 1).
+    /// Durable before it returns, so a number is never handed out twice; numbers reserved by
+    /// a run that then fails are skipped, never reused.
+    fn reserve(&self, counter: &str, n: u64) -> Result<u64, StoreError>;
+    /// The audit record the last write committed (see [`AuditStage`]).
+    fn audit_head(&self) -> Result<Option<AuditHead>, StoreError>;
+
+    // ---- accounts, suppliers, meters, journals, API batches ------------------------------
+
+    /// An account by name.
+    fn account(&self, name: &str) -> Result<Option<Account>, StoreError>;
+    /// The account a client certificate belongs to.
+    fn account_by_cert(&self, serial: &[u8]) -> Result<Option<Account>, StoreError>;
+    /// Every account, by name.
+    fn accounts(&self) -> Result<Vec<Account>, StoreError>;
+    /// A registered supplier.
+    fn supplier(&self, id: &str) -> Result<Option<Supplier>, StoreError>;
+    /// Every registered supplier, by ID.
+    fn suppliers(&self) -> Result<Vec<Supplier>, StoreError>;
+    /// The supplier currently serving a meter.
+    fn meter_supplier(&self, device: &str) -> Result<Option<String>, StoreError>;
+    /// The last trust-anchor update made for a meter.
+    fn meter_update(&self, device: &str) -> Result<Option<UpdateMark>, StoreError>;
+    /// Up to `limit` meters served by `supplier`, in ID order, starting after `after`.
+    fn meters_of_supplier(
+        &self,
+        supplier: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError>;
+    /// How many meters `supplier` serves.
+    fn count_meters_of_supplier(&self, supplier: &str) -> Result<u64, StoreError>;
+    /// The journal of a multi-step operation.
+    fn operation(&self, id: &str) -> Result<Option<OpRecord>, StoreError>;
+    /// The record of an API batch, by account and request ID.
+    fn batch(&self, account: &str, request_id: &str) -> Result<Option<BatchRecord>, StoreError>;
+
+    // ---- the one way to change state -----------------------------------------------------
+
+    /// Applies `txn` atomically and durably: every operation, or none. Conditional operations
+    /// (a certificate whose device already has another active key, a meter that moved
+    /// meanwhile, ...) report their outcome; a refused operation ([`StoreError::Refused`])
+    /// aborts the whole transaction.
+    ///
+    /// With `audit`, the record that describes the change is written once the outcomes are
+    /// known and before anything is stored; the store's audit head moves to it in the same
+    /// write. If the record cannot be written, nothing is stored.
+    fn apply(&self, txn: Txn, audit: Option<&mut dyn AuditStage>) -> Result<Applied, ApplyError>;
+}

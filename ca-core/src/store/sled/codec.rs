@@ -1,0 +1,310 @@
+//! The sled store's key layout and value encodings, including the records of schema 1.
+//!
+//! One tree (`pki`) holds everything under one-byte key prefixes, so that any transaction is one
+//! atomic `apply_batch` (sled's multi-tree transactions cost several times more):
+//!
+//! ```text
+//! c<serial>                          CertRecord      (0xC2 + bincode; schema 1: bincode, no tag)
+//! a<subject>\0<profile>              serial of the active certificate
+//! s<subject>\0<issued_at BE><serial> ()              certificates of a subject, oldest first
+//! r<serial>                          Revocation (bincode)
+//! v<issuer>\0<shard BE><serial>      Revocation      revocations by CRL shard
+//! u<name>                            Account (JSON)
+//! k<client certificate serial>       account name
+//! b<account>\0<request_id>           BatchRecord (JSON)
+//! p<id>                              Supplier (JSON)
+//! m<device>                          supplier serving the meter
+//! g<supplier>\0<device>              ()              meters of a supplier
+//! t<device>                          UpdateMark (bincode)
+//! o<id>                              OpRecord (JSON)
+//! n/certs                            certificate count (u64 BE)
+//! M<name>                            counters and settings (u64 BE), the audit head, the schema
+//! ```
+
+use const_oid::ObjectIdentifier;
+use der::Decode;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::model::Revocation;
+use crate::store::{AuditHead, CertRecord, StoreError};
+use crate::CaKind;
+
+pub(super) const CERT: u8 = b'c';
+pub(super) const ACTIVE: u8 = b'a';
+pub(super) const BY_SUBJECT: u8 = b's';
+pub(super) const REVOKED: u8 = b'r';
+pub(super) const REVOKED_BY_SHARD: u8 = b'v';
+pub(super) const ACCOUNT: u8 = b'u';
+pub(super) const ACCOUNT_BY_CERT: u8 = b'k';
+pub(super) const BATCH: u8 = b'b';
+pub(super) const SUPPLIER: u8 = b'p';
+pub(super) const METER: u8 = b'm';
+pub(super) const METERS_OF: u8 = b'g';
+pub(super) const METER_UPDATE: u8 = b't';
+pub(super) const OPERATION: u8 = b'o';
+pub(super) const META: u8 = b'M';
+// b'h' (every certificate by issuer and shard) was written by early versions and never read:
+// the CRLs need only the revoked ones (REVOKED_BY_SHARD). Stores that have it keep it, unused.
+pub(super) const CERT_COUNT: &[u8] = b"n/certs";
+/// The audit head's name among the meta keys.
+pub(super) const AUDIT_HEAD: &str = "audit.head";
+/// The schema version's name among the meta keys.
+pub(super) const SCHEMA: &str = "schema";
+
+/// Tag of a schema-2 certificate record. A schema-1 record starts with its serial's length as
+/// a little-endian u64, and a serial is at most 20 octets, so it never starts with this byte.
+const CERT_V2: u8 = 0xC2;
+
+/// A key: one prefix byte, then the parts.
+pub(super) fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = vec![prefix];
+    for p in parts {
+        k.extend_from_slice(p);
+    }
+    k
+}
+
+pub(super) fn cert_key(serial: &[u8]) -> Vec<u8> {
+    key(CERT, &[serial])
+}
+
+pub(super) fn active_key(subject_id: &str, profile: &str) -> Vec<u8> {
+    key(ACTIVE, &[subject_id.as_bytes(), &[0], profile.as_bytes()])
+}
+
+pub(super) fn subject_prefix(subject_id: &str) -> Vec<u8> {
+    key(BY_SUBJECT, &[subject_id.as_bytes(), &[0]])
+}
+
+pub(super) fn subject_key(subject_id: &str, issued_at: i64, serial: &[u8]) -> Vec<u8> {
+    key(
+        BY_SUBJECT,
+        &[
+            subject_id.as_bytes(),
+            &[0],
+            &issued_at.to_be_bytes(),
+            serial,
+        ],
+    )
+}
+
+pub(super) fn revoked_key(serial: &[u8]) -> Vec<u8> {
+    key(REVOKED, &[serial])
+}
+
+pub(super) fn shard_prefix(issuer: CaKind) -> Vec<u8> {
+    key(REVOKED_BY_SHARD, &[issuer.name().as_bytes(), &[0]])
+}
+
+pub(super) fn revoked_shard_key(issuer: CaKind, shard: u32, serial: &[u8]) -> Vec<u8> {
+    let mut k = shard_prefix(issuer);
+    k.extend_from_slice(&shard.to_be_bytes());
+    k.extend_from_slice(serial);
+    k
+}
+
+pub(super) fn meters_of_prefix(supplier: &str) -> Vec<u8> {
+    key(METERS_OF, &[supplier.as_bytes(), &[0]])
+}
+
+pub(super) fn meters_of_key(supplier: &str, device: &str) -> Vec<u8> {
+    key(METERS_OF, &[supplier.as_bytes(), &[0], device.as_bytes()])
+}
+
+pub(super) fn batch_key(account: &str, request_id: &str) -> Vec<u8> {
+    key(BATCH, &[account.as_bytes(), &[0], request_id.as_bytes()])
+}
+
+pub(super) fn meta_key(name: &str) -> Vec<u8> {
+    key(META, &[name.as_bytes()])
+}
+
+/// A printable form of a key for error messages.
+pub(super) fn printable(key: &[u8]) -> String {
+    String::from_utf8(key.to_vec()).unwrap_or_else(|_| hex::encode(key))
+}
+
+pub(super) fn encode_cert(r: &CertRecord) -> Vec<u8> {
+    let mut v = vec![CERT_V2];
+    bincode::serialize_into(&mut v, r).expect("a CertRecord always serialises");
+    v
+}
+
+pub(super) fn decode_cert(key: &[u8], v: &[u8]) -> Result<CertRecord, StoreError> {
+    match v.split_first() {
+        Some((&CERT_V2, rest)) => {
+            bincode::deserialize(rest).map_err(|e| StoreError::corrupt(printable(key), e))
+        }
+        _ => {
+            let old: CertRecordV1 =
+                bincode::deserialize(v).map_err(|e| StoreError::corrupt(printable(key), e))?;
+            old.upgrade()
+                .map_err(|e| StoreError::corrupt(printable(key), e))
+        }
+    }
+}
+
+pub(super) fn encode_bin(v: &impl Serialize) -> Vec<u8> {
+    bincode::serialize(v).expect("store values always serialise")
+}
+
+pub(super) fn decode_bin<T: DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<T, StoreError> {
+    bincode::deserialize(v).map_err(|e| StoreError::corrupt(printable(key), e))
+}
+
+pub(super) fn encode_json(v: &impl Serialize) -> Vec<u8> {
+    serde_json::to_vec(v).expect("store values always serialise")
+}
+
+pub(super) fn decode_json<T: DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(v).map_err(|e| StoreError::corrupt(printable(key), e))
+}
+
+pub(super) fn encode_rev(r: &Revocation) -> Vec<u8> {
+    encode_bin(r)
+}
+
+pub(super) fn decode_rev(key: &[u8], v: &[u8]) -> Result<Revocation, StoreError> {
+    decode_bin(key, v)
+}
+
+pub(super) fn encode_u64(v: u64) -> [u8; 8] {
+    v.to_be_bytes()
+}
+
+pub(super) fn decode_u64(key: &[u8], v: &[u8]) -> Result<u64, StoreError> {
+    let b: [u8; 8] = v
+        .try_into()
+        .map_err(|_| StoreError::corrupt(printable(key), "not a u64"))?;
+    Ok(u64::from_be_bytes(b))
+}
+
+/// The audit head: seq (u64 BE) then the hash's text.
+pub(super) fn encode_head(h: &AuditHead) -> Vec<u8> {
+    let mut v = h.seq.to_be_bytes().to_vec();
+    v.extend_from_slice(h.hash.as_bytes());
+    v
+}
+
+pub(super) fn decode_head(key: &[u8], v: &[u8]) -> Result<AuditHead, StoreError> {
+    if v.len() < 8 {
+        return Err(StoreError::corrupt(printable(key), "too short"));
+    }
+    let seq = decode_u64(key, &v[..8])?;
+    let hash = String::from_utf8(v[8..].to_vec())
+        .map_err(|_| StoreError::corrupt(printable(key), "hash"))?;
+    Ok(AuditHead { seq, hash })
+}
+
+/// A certificate record as schema 1 stored it: the issuer as text and no hwType.
+#[derive(serde::Deserialize)]
+struct CertRecordV1 {
+    serial: Vec<u8>,
+    issuer: String,
+    profile: String,
+    subject_id: String,
+    key_hash: [u8; 32],
+    shard: u32,
+    issued_at: i64,
+    der: Vec<u8>,
+    replaced_by: Option<Vec<u8>>,
+}
+
+impl CertRecordV1 {
+    fn upgrade(self) -> Result<CertRecord, String> {
+        let issuer = CaKind::from_name(&self.issuer)
+            .ok_or_else(|| format!("unknown issuer {:?}", self.issuer))?;
+        let hw_type = if issuer == CaKind::Device {
+            hw_type_of(&self.der)?
+        } else {
+            None
+        };
+        Ok(CertRecord {
+            serial: self.serial,
+            issuer,
+            profile: self.profile,
+            subject_id: self.subject_id,
+            key_hash: self.key_hash,
+            shard: self.shard,
+            issued_at: self.issued_at,
+            der: self.der,
+            replaced_by: self.replaced_by,
+            hw_type,
+        })
+    }
+}
+
+/// The hwType of a meter certificate's hardwareModuleName, read once when a schema-1 record is
+/// upgraded (schema-2 records carry it).
+fn hw_type_of(der: &[u8]) -> Result<Option<ObjectIdentifier>, String> {
+    use x509_cert::ext::pkix::name::GeneralName;
+    use x509_cert::ext::pkix::SubjectAltName;
+    let cert = x509_cert::Certificate::from_der(der).map_err(|e| e.to_string())?;
+    for ext in cert
+        .tbs_certificate
+        .extensions
+        .as_deref()
+        .unwrap_or_default()
+    {
+        if ext.extn_id != const_oid::db::rfc5280::ID_CE_SUBJECT_ALT_NAME {
+            continue;
+        }
+        let san = SubjectAltName::from_der(ext.extn_value.as_bytes()).map_err(|e| e.to_string())?;
+        for name in san.0 {
+            if let GeneralName::OtherName(on) = name {
+                if on.type_id == crate::issue::ID_ON_HARDWARE_MODULE_NAME {
+                    let hmn: crate::issue::HardwareModuleName =
+                        on.value.decode_as().map_err(|e| e.to_string())?;
+                    return Ok(Some(hmn.hw_type));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_one_records_read_and_schema_two_records_round_trip() {
+        #[derive(serde::Serialize)]
+        struct V1<'a> {
+            serial: Vec<u8>,
+            issuer: &'a str,
+            profile: &'a str,
+            subject_id: &'a str,
+            key_hash: [u8; 32],
+            shard: u32,
+            issued_at: i64,
+            der: Vec<u8>,
+            replaced_by: Option<Vec<u8>>,
+        }
+        for len in [1usize, 2, 9, 20] {
+            let v1 = bincode::serialize(&V1 {
+                serial: vec![0x42; len],
+                issuer: "organisation",
+                profile: "supplier-signing",
+                subject_id: "00-DB-12-34-56-78-90-01",
+                key_hash: [7; 32],
+                shard: 3,
+                issued_at: 1_700_000_000,
+                der: vec![0x30, 0x00],
+                replaced_by: None,
+            })
+            .unwrap();
+            assert_ne!(
+                v1[0], CERT_V2,
+                "a schema-1 record never starts with the tag"
+            );
+            let rec = decode_cert(b"c", &v1).unwrap();
+            assert_eq!(rec.issuer, CaKind::Organisation);
+            assert_eq!(rec.serial.len(), len);
+            assert_eq!(rec.hw_type, None);
+            let v2 = encode_cert(&rec);
+            assert_eq!(decode_cert(b"c", &v2).unwrap(), rec);
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! One transaction of the sled store: the operations read the tree through what the transaction
+//! has written so far (an overlay), and their writes collect in one batch.
+
+use std::collections::{HashMap, HashSet};
+
+use super::codec::*;
+use super::SledStore;
+use crate::model::{Account, Reason, Revocation, Supplier};
+use crate::store::{
+    Applied, BatchRecord, BatchState, CertRecord, Claim, Commit, Committed, MeterMove, MoveOutcome,
+    Op, OpOutcome, Revoked, StoreError, Txn, UpdateMark,
+};
+
+pub(super) struct Writer<'a> {
+    store: &'a SledStore,
+    batch: sled::Batch,
+    /// What this transaction wrote, as later reads must see it (None: removed).
+    overlay: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    written: bool,
+}
+
+impl<'a> Writer<'a> {
+    pub(super) fn new(store: &'a SledStore) -> Writer<'a> {
+        Writer {
+            store,
+            batch: sled::Batch::default(),
+            overlay: HashMap::new(),
+            written: true,
+        }
+    }
+
+    pub(super) fn into_batch(self) -> sled::Batch {
+        self.batch
+    }
+
+    fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.overlay.get(k) {
+            Some(v) => Ok(v.clone()),
+            None => Ok(self.store.get(k)?.map(|v| v.to_vec())),
+        }
+    }
+
+    fn insert(&mut self, k: Vec<u8>, v: Vec<u8>) {
+        self.batch.insert(k.clone(), v.clone());
+        self.overlay.insert(k, Some(v));
+    }
+
+    fn remove(&mut self, k: Vec<u8>) {
+        self.batch.remove(k.clone());
+        self.overlay.insert(k, None);
+    }
+
+    fn cert(&self, serial: &[u8]) -> Result<Option<CertRecord>, StoreError> {
+        let k = cert_key(serial);
+        self.get(&k)?.map(|v| decode_cert(&k, &v)).transpose()
+    }
+
+    fn revocation(&self, serial: &[u8]) -> Result<Option<Revocation>, StoreError> {
+        let k = revoked_key(serial);
+        self.get(&k)?.map(|v| decode_rev(&k, &v)).transpose()
+    }
+
+    fn u64_at(&self, k: &[u8]) -> Result<Option<u64>, StoreError> {
+        self.get(k)?.map(|v| decode_u64(k, &v)).transpose()
+    }
+
+    /// Runs every operation; the batch holds their writes. `written` is false when a
+    /// conditional operation holds the whole transaction back.
+    pub(super) fn run(&mut self, txn: Txn) -> Result<Applied, StoreError> {
+        let mut outcomes = Vec::with_capacity(txn.ops.len());
+        for op in txn.ops {
+            outcomes.push(match op {
+                Op::CommitIssued {
+                    items,
+                    all_or_nothing,
+                } => OpOutcome::Committed(self.commit_issued(&items, all_or_nothing)?),
+                Op::Revoke {
+                    serials,
+                    revocation,
+                } => OpOutcome::Revoked(self.revoke(&serials, &revocation)?),
+                Op::InsertAccount(a) => self.put_account(&a, true).map(|()| OpOutcome::Done)?,
+                Op::UpdateAccount(a) => self.put_account(&a, false).map(|()| OpOutcome::Done)?,
+                Op::InsertSupplier(s) => self.put_supplier(&s, true).map(|()| OpOutcome::Done)?,
+                Op::UpdateSupplier(s) => self.put_supplier(&s, false).map(|()| OpOutcome::Done)?,
+                Op::MoveMeters(moves) => OpOutcome::Moved(self.move_meters(&moves)?),
+                Op::PutOperation(op) => {
+                    self.insert(key(OPERATION, &[op.id.as_bytes()]), encode_json(&op));
+                    OpOutcome::Done
+                }
+                Op::ClaimBatch {
+                    account,
+                    request_id,
+                    body_sha256,
+                } => OpOutcome::Claimed(self.claim(&account, &request_id, body_sha256)?),
+                Op::CompleteBatch {
+                    account,
+                    request_id,
+                    record,
+                } => self
+                    .complete(&account, &request_id, record)
+                    .map(|()| OpOutcome::Done)?,
+                Op::AdvanceCounter { name, to } => {
+                    let k = meta_key(&name);
+                    let now = self.u64_at(&k)?.unwrap_or(0);
+                    if to <= now {
+                        return Err(StoreError::Refused(format!(
+                            "counter {name} is at {now}; it only grows (asked to set {to})"
+                        )));
+                    }
+                    self.insert(k, encode_u64(to).to_vec());
+                    OpOutcome::Done
+                }
+                Op::BindSetting { name, value } => {
+                    let k = meta_key(&name);
+                    match self.u64_at(&k)? {
+                        Some(v) if v != value => {
+                            return Err(StoreError::Refused(format!(
+                                "setting {name} is {v}; it cannot become {value}"
+                            )))
+                        }
+                        Some(_) => {}
+                        None => self.insert(k, encode_u64(value).to_vec()),
+                    }
+                    OpOutcome::Done
+                }
+            });
+        }
+        Ok(Applied {
+            written: self.written,
+            outcomes,
+        })
+    }
+
+    fn commit_issued(
+        &mut self,
+        items: &[(CertRecord, bool)],
+        all_or_nothing: bool,
+    ) -> Result<Committed, StoreError> {
+        let mut out = Vec::with_capacity(items.len());
+        let mut serials: HashSet<&[u8]> = HashSet::new();
+        let mut stored = 0u64;
+        for (rec, replace) in items {
+            let akey = active_key(&rec.subject_id, &rec.profile);
+            let current = match self.get(&akey)? {
+                Some(serial) => Some(self.cert(&serial)?.ok_or_else(|| {
+                    StoreError::corrupt(
+                        hex::encode(&serial),
+                        "the active index names a missing certificate",
+                    )
+                })?),
+                None => None,
+            };
+            if let Some(existing) = &current {
+                if existing.key_hash == rec.key_hash {
+                    out.push(Commit::Existing(Box::new(existing.clone())));
+                    continue;
+                }
+                if !replace {
+                    out.push(Commit::Conflict(Box::new(existing.clone())));
+                    continue;
+                }
+            }
+            if !serials.insert(&rec.serial) || self.get(&cert_key(&rec.serial))?.is_some() {
+                return Err(StoreError::Refused(format!(
+                    "serial {} is already used",
+                    rec.serial_hex()
+                )));
+            }
+            if let Some(mut prev) = current {
+                prev.replaced_by = Some(rec.serial.clone());
+                self.insert(cert_key(&prev.serial), encode_cert(&prev));
+                // The replaced certificate is revoked as superseded in the same write.
+                if self.revocation(&prev.serial)?.is_none() {
+                    let rev = encode_rev(&Revocation {
+                        reason: Reason::Superseded,
+                        revoked_at: rec.issued_at,
+                        invalidity_date: None,
+                    });
+                    self.insert(revoked_key(&prev.serial), rev.clone());
+                    self.insert(
+                        revoked_shard_key(prev.issuer, prev.shard, &prev.serial),
+                        rev,
+                    );
+                }
+            }
+            self.insert(cert_key(&rec.serial), encode_cert(rec));
+            self.insert(akey, rec.serial.clone());
+            self.insert(
+                subject_key(&rec.subject_id, rec.issued_at, &rec.serial),
+                Vec::new(),
+            );
+            stored += 1;
+            out.push(Commit::Stored);
+        }
+        let all = !all_or_nothing || out.iter().all(|c| matches!(c, Commit::Stored));
+        if !all {
+            self.written = false;
+        } else if stored > 0 {
+            let count = self.u64_at(CERT_COUNT)?.unwrap_or(0) + stored;
+            self.insert(CERT_COUNT.to_vec(), encode_u64(count).to_vec());
+        }
+        Ok(Committed {
+            stored: all,
+            items: out,
+        })
+    }
+
+    fn revoke(
+        &mut self,
+        serials: &[Vec<u8>],
+        revocation: &Revocation,
+    ) -> Result<Vec<Revoked>, StoreError> {
+        let mut out = Vec::with_capacity(serials.len());
+        let rev = encode_rev(revocation);
+        for serial in serials {
+            let Some(rec) = self.cert(serial)? else {
+                out.push(Revoked::Unknown(serial.clone()));
+                continue;
+            };
+            if let Some(earlier) = self.revocation(serial)? {
+                out.push(Revoked::Already(Box::new(rec), earlier));
+                continue;
+            }
+            self.insert(revoked_key(serial), rev.clone());
+            self.insert(
+                revoked_shard_key(rec.issuer, rec.shard, serial),
+                rev.clone(),
+            );
+            let akey = active_key(&rec.subject_id, &rec.profile);
+            if self.get(&akey)?.as_deref() == Some(serial.as_slice()) {
+                self.remove(akey);
+            }
+            out.push(Revoked::Now(Box::new(rec)));
+        }
+        Ok(out)
+    }
+
+    fn put_account(&mut self, account: &Account, insert: bool) -> Result<(), StoreError> {
+        let k = key(ACCOUNT, &[account.name.as_bytes()]);
+        let old: Option<Account> = self.get(&k)?.map(|v| decode_json(&k, &v)).transpose()?;
+        match (&old, insert) {
+            (Some(_), true) => {
+                return Err(StoreError::Refused(format!(
+                    "account {:?} already exists",
+                    account.name
+                )))
+            }
+            (None, false) => {
+                return Err(StoreError::Refused(format!(
+                    "there is no account {:?}",
+                    account.name
+                )))
+            }
+            _ => {}
+        }
+        let by_cert = key(ACCOUNT_BY_CERT, &[&account.cert_serial]);
+        if let Some(owner) = self.get(&by_cert)? {
+            if owner != account.name.as_bytes() {
+                return Err(StoreError::Refused(format!(
+                    "client certificate {} is bound to account {:?}",
+                    hex::encode(&account.cert_serial),
+                    String::from_utf8_lossy(&owner)
+                )));
+            }
+        }
+        if let Some(old) = old.filter(|o| o.cert_serial != account.cert_serial) {
+            self.remove(key(ACCOUNT_BY_CERT, &[&old.cert_serial]));
+        }
+        self.insert(k, encode_json(account));
+        self.insert(by_cert, account.name.as_bytes().to_vec());
+        Ok(())
+    }
+
+    fn put_supplier(&mut self, supplier: &Supplier, insert: bool) -> Result<(), StoreError> {
+        let k = key(SUPPLIER, &[supplier.id.as_bytes()]);
+        match (self.get(&k)?.is_some(), insert) {
+            (true, true) => {
+                return Err(StoreError::Refused(format!(
+                    "supplier {} is already registered",
+                    supplier.id
+                )))
+            }
+            (false, false) => {
+                return Err(StoreError::Refused(format!(
+                    "supplier {} is not registered",
+                    supplier.id
+                )))
+            }
+            _ => {}
+        }
+        self.insert(k, encode_json(supplier));
+        Ok(())
+    }
+
+    fn move_meters(&mut self, moves: &[MeterMove]) -> Result<Vec<MoveOutcome>, StoreError> {
+        let mut out = Vec::with_capacity(moves.len());
+        for m in moves {
+            let mk = key(METER, &[m.device.as_bytes()]);
+            let uk = key(METER_UPDATE, &[m.device.as_bytes()]);
+            let current = self
+                .get(&mk)?
+                .map(|v| String::from_utf8(v).map_err(|e| StoreError::corrupt(printable(&mk), e)))
+                .transpose()?;
+            let last: Option<UpdateMark> =
+                self.get(&uk)?.map(|v| decode_bin(&uk, &v)).transpose()?;
+            if current != m.from {
+                out.push(MoveOutcome::Stale(current));
+                continue;
+            }
+            if let (Some(u), Some(last)) = (&m.update, &last) {
+                if u.op == last.op {
+                    out.push(MoveOutcome::AlreadyDone);
+                    continue;
+                }
+            }
+            if let Some(from) = &m.from {
+                self.remove(meters_of_key(from, &m.device));
+            }
+            self.insert(mk, m.to.as_bytes().to_vec());
+            self.insert(meters_of_key(&m.to, &m.device), Vec::new());
+            if let Some(u) = &m.update {
+                self.insert(uk, encode_bin(u));
+            }
+            out.push(MoveOutcome::Applied);
+        }
+        Ok(out)
+    }
+
+    fn claim(
+        &mut self,
+        account: &str,
+        request_id: &str,
+        body_sha256: String,
+    ) -> Result<Claim, StoreError> {
+        let k = batch_key(account, request_id);
+        let Some(v) = self.get(&k)? else {
+            let record = BatchRecord {
+                body_sha256,
+                state: BatchState::Pending,
+                results: Vec::new(),
+            };
+            self.insert(k, encode_json(&record));
+            return Ok(Claim::New);
+        };
+        let record: BatchRecord = decode_json(&k, &v)?;
+        // Nothing to write whatever was found: the claim holds nothing else back.
+        Ok(if record.body_sha256 != body_sha256 {
+            Claim::Conflict
+        } else if record.state == BatchState::Complete {
+            Claim::Complete(record)
+        } else {
+            Claim::Pending
+        })
+    }
+
+    fn complete(
+        &mut self,
+        account: &str,
+        request_id: &str,
+        mut record: BatchRecord,
+    ) -> Result<(), StoreError> {
+        let k = batch_key(account, request_id);
+        let claimed: Option<BatchRecord> =
+            self.get(&k)?.map(|v| decode_json(&k, &v)).transpose()?;
+        match claimed {
+            Some(c) if c.body_sha256 == record.body_sha256 => {}
+            Some(_) => {
+                return Err(StoreError::Refused(format!(
+                    "request_id {request_id:?} of account {account} is bound to another body"
+                )))
+            }
+            None => {
+                return Err(StoreError::Refused(format!(
+                    "request_id {request_id:?} of account {account} was never claimed"
+                )))
+            }
+        }
+        record.state = BatchState::Complete;
+        self.insert(k, encode_json(&record));
+        Ok(())
+    }
+}
