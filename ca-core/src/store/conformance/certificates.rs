@@ -1,0 +1,216 @@
+//! Rules for certificates and revocations: a serial is stored once, one active certificate per
+//! device and usage (even under concurrent writers), replacement revokes the old certificate in
+//! the same write, all-or-nothing commits, and revocations are final and listed by shard.
+
+use std::path::Path;
+
+use crate::model::Reason;
+use crate::store::{Commit, Op, Revoked, Txn};
+use crate::CaKind;
+
+use super::helpers::{
+    apply, cert, commit, refused, revocation, revoke, supplier, together, DEV, DEV2,
+};
+use super::Harness;
+
+/// Stored certificates are read back by serial, by subject (oldest first) and as the active one.
+pub fn certificates_round_trip_and_are_indexed(h: &dyn Harness, dir: &Path) {
+    let s = h.open(dir);
+    assert_eq!(s.cert_count().unwrap(), 0);
+    assert!(!s.subject_known(DEV).unwrap());
+    let a = cert(1, DEV, "meter-signing", 1);
+    let b = cert(2, DEV, "meter-key-agreement", 2);
+    assert_eq!(
+        commit(
+            s.as_ref(),
+            vec![(a.clone(), false), (b.clone(), false)],
+            false
+        ),
+        vec![Commit::Stored, Commit::Stored]
+    );
+    assert_eq!(s.cert(&a.serial).unwrap().as_ref(), Some(&a));
+    assert!(s.serial_taken(&b.serial).unwrap());
+    assert!(!s.serial_taken(&[9, 9]).unwrap());
+    assert_eq!(
+        s.active_cert(DEV, "meter-signing").unwrap(),
+        Some(a.clone())
+    );
+    assert_eq!(s.certs_of_subject(DEV).unwrap(), vec![a, b]);
+    assert!(s.subject_known(DEV).unwrap());
+    assert_eq!(s.cert_count().unwrap(), 2);
+}
+
+/// A serial ever used is refused, within one commit or across commits, and nothing is stored.
+pub fn a_serial_is_never_stored_twice(h: &dyn Harness, dir: &Path) {
+    let s = h.open(dir);
+    let a = cert(1, DEV, "meter-signing", 1);
+    commit(s.as_ref(), vec![(a.clone(), false)], false);
+    let mut again = cert(1, DEV2, "meter-signing", 1);
+    again.serial = a.serial.clone();
+    refused(apply(
+        s.as_ref(),
+        Txn::new().with(Op::CommitIssued {
+            items: vec![(again, false)],
+            all_or_nothing: false,
+        }),
+    ));
+    let x = cert(7, "00-DB-12-34-56-78-90-07", "meter-signing", 7);
+    let mut y = cert(8, "00-DB-12-34-56-78-90-08", "meter-signing", 8);
+    y.serial = x.serial.clone();
+    refused(apply(
+        s.as_ref(),
+        Txn::new().with(Op::CommitIssued {
+            items: vec![(x, false), (y, false)],
+            all_or_nothing: false,
+        }),
+    ));
+    assert_eq!(s.cert_count().unwrap(), 1);
+    assert!(!s.subject_known(DEV2).unwrap());
+    assert!(!s.subject_known("00-DB-12-34-56-78-90-07").unwrap());
+}
+
+/// Concurrent writers for one device and usage: one certificate stored, the others told who
+/// won (another key: a conflict; the same key: the existing certificate).
+pub fn one_active_certificate_per_device_and_usage_under_concurrency(h: &dyn Harness, dir: &Path) {
+    let s = h.open(dir);
+    let n = 8;
+    let outcomes = together(n, |i| {
+        commit(
+            s.as_ref(),
+            vec![(cert(i as u8, DEV, "meter-signing", 10 + i as u8), false)],
+            false,
+        )
+        .remove(0)
+    });
+    let stored = outcomes.iter().filter(|c| **c == Commit::Stored).count();
+    let conflicts = outcomes
+        .iter()
+        .filter(|c| matches!(c, Commit::Conflict(_)))
+        .count();
+    assert_eq!((stored, conflicts), (1, n - 1), "{outcomes:?}");
+    assert_eq!(s.cert_count().unwrap(), 1);
+    let winner = s.active_cert(DEV, "meter-signing").unwrap().unwrap();
+    for c in &outcomes {
+        if let Commit::Conflict(active) = c {
+            assert_eq!(**active, winner);
+        }
+    }
+    // The same key from every writer: one stored, the rest answered with it.
+    let outcomes = together(n, |i| {
+        commit(
+            s.as_ref(),
+            vec![(cert(100 + i as u8, DEV2, "meter-signing", 99), false)],
+            false,
+        )
+        .remove(0)
+    });
+    let stored = outcomes.iter().filter(|c| **c == Commit::Stored).count();
+    let existing = outcomes
+        .iter()
+        .filter(|c| matches!(c, Commit::Existing(_)))
+        .count();
+    assert_eq!((stored, existing), (1, n - 1), "{outcomes:?}");
+    assert_eq!(s.cert_count().unwrap(), 2);
+    assert_eq!(s.certs_of_subject(DEV2).unwrap().len(), 1);
+}
+
+/// `replace` makes the new certificate active and revokes the old one as superseded, at once.
+pub fn replace_supersedes_and_revokes_the_old_certificate(h: &dyn Harness, dir: &Path) {
+    let s = h.open(dir);
+    let old = cert(1, DEV, "meter-signing", 1);
+    let new = cert(2, DEV, "meter-signing", 2);
+    commit(s.as_ref(), vec![(old.clone(), false)], false);
+    assert!(matches!(
+        commit(s.as_ref(), vec![(new.clone(), false)], false)[0],
+        Commit::Conflict(_)
+    ));
+    assert_eq!(
+        commit(s.as_ref(), vec![(new.clone(), true)], false),
+        vec![Commit::Stored]
+    );
+    assert_eq!(
+        s.active_cert(DEV, "meter-signing").unwrap(),
+        Some(new.clone())
+    );
+    let old_now = s.cert(&old.serial).unwrap().unwrap();
+    assert_eq!(old_now.replaced_by, Some(new.serial.clone()));
+    let rev = s.revocation(&old.serial).unwrap().unwrap();
+    assert_eq!(rev.reason, Reason::Superseded);
+    assert_eq!(
+        s.revoked_in_shard(CaKind::Device, old.shard).unwrap(),
+        vec![(old.serial.clone(), rev)]
+    );
+}
+
+/// With all-or-nothing, one refused item stores nothing of the transaction.
+pub fn all_or_nothing_commits_store_nothing_when_one_item_is_refused(h: &dyn Harness, dir: &Path) {
+    let s = h.open(dir);
+    commit(
+        s.as_ref(),
+        vec![(cert(1, DEV, "meter-signing", 1), false)],
+        false,
+    );
+    let a = apply(
+        s.as_ref(),
+        Txn::new()
+            .with(Op::CommitIssued {
+                items: vec![
+                    (cert(2, DEV2, "meter-signing", 2), false),
+                    (cert(3, DEV, "meter-signing", 3), false),
+                ],
+                all_or_nothing: true,
+            })
+            .with(Op::InsertSupplier(supplier("90-B3-D5-1F-30-00-00-0A"))),
+    )
+    .unwrap();
+    assert!(!a.written);
+    let c = a.committed(0).unwrap();
+    assert!(!c.stored);
+    assert_eq!(c.items[0], Commit::Stored, "would have been stored");
+    assert!(matches!(c.items[1], Commit::Conflict(_)));
+    assert_eq!(s.cert_count().unwrap(), 1);
+    assert!(!s.subject_known(DEV2).unwrap());
+    assert!(s.supplier("90-B3-D5-1F-30-00-00-0A").unwrap().is_none());
+}
+
+/// A revocation stands once made: revoking again reports the first; the certificate is no
+/// longer active; each shard lists its own revocations.
+pub fn revocation_is_final_and_listed_by_shard(h: &dyn Harness, dir: &Path) {
+    let s = h.open(dir);
+    let a = cert(1, DEV, "meter-signing", 1);
+    let b = cert(2, DEV2, "meter-signing", 2);
+    commit(
+        s.as_ref(),
+        vec![(a.clone(), false), (b.clone(), false)],
+        false,
+    );
+    let first = revocation(Reason::KeyCompromise, 10);
+    let out = revoke(s.as_ref(), vec![a.serial.clone(), vec![0xEE]], first);
+    assert!(matches!(&out[0], Revoked::Now(r) if r.serial == a.serial));
+    assert_eq!(out[1], Revoked::Unknown(vec![0xEE]));
+    let out = revoke(
+        s.as_ref(),
+        vec![a.serial.clone()],
+        revocation(Reason::Superseded, 20),
+    );
+    assert!(matches!(&out[0], Revoked::Already(_, r) if *r == first));
+    assert_eq!(s.revocation(&a.serial).unwrap(), Some(first));
+    assert_eq!(s.revocation(&b.serial).unwrap(), None);
+    assert_eq!(s.active_cert(DEV, "meter-signing").unwrap(), None);
+    assert_eq!(
+        s.revoked_in_shard(CaKind::Device, a.shard).unwrap(),
+        vec![(a.serial.clone(), first)]
+    );
+    assert!(s
+        .revoked_in_shard(CaKind::Device, b.shard)
+        .unwrap()
+        .is_empty());
+    assert!(s
+        .revoked_of_issuer(CaKind::Organisation)
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        s.revoked_of_issuer(CaKind::Device).unwrap(),
+        vec![(a.serial, first)]
+    );
+}

@@ -1,0 +1,190 @@
+//! Rules for accounts, suppliers, operation journals, transactions and the audit stage: each is
+//! created once, journals round-trip, a refused operation aborts its whole transaction, and the
+//! audit record commits with the change (nothing is written without it).
+
+use std::path::Path;
+
+use crate::model::{OpKind, OpRecord, OpState, Reason, SupplierState};
+use crate::store::{ApplyError, Commit, Op, OpOutcome, Txn};
+
+use super::helpers::{
+    account, apply, cert, commit, head, refused, revocation, supplier, Stage, DEV,
+};
+use super::Harness;
+
+/// An account is created once, found by name and by its client certificate; a new certificate
+/// moves the certificate index.
+pub fn accounts_are_created_once_and_found_by_certificate(h: &dyn Harness, dir: &Path) {
+    let s = h.open(dir);
+    let a = account("line-1", 1);
+    apply(s.as_ref(), Txn::new().with(Op::InsertAccount(a.clone()))).unwrap();
+    refused(apply(
+        s.as_ref(),
+        Txn::new().with(Op::InsertAccount(a.clone())),
+    ));
+    refused(apply(
+        s.as_ref(),
+        Txn::new().with(Op::UpdateAccount(account("nobody", 9))),
+    ));
+    // Another account cannot take the same client certificate.
+    refused(apply(
+        s.as_ref(),
+        Txn::new().with(Op::InsertAccount(account("line-2", 1))),
+    ));
+    assert_eq!(s.account("line-1").unwrap(), Some(a.clone()));
+    assert_eq!(s.account_by_cert(&a.cert_serial).unwrap(), Some(a.clone()));
+    let mut b = a.clone();
+    b.cert_serial = vec![0x50, 2];
+    b.disabled = true;
+    apply(s.as_ref(), Txn::new().with(Op::UpdateAccount(b.clone()))).unwrap();
+    assert_eq!(s.account_by_cert(&a.cert_serial).unwrap(), None);
+    assert_eq!(s.account_by_cert(&b.cert_serial).unwrap(), Some(b.clone()));
+    apply(
+        s.as_ref(),
+        Txn::new().with(Op::InsertAccount(account("line-0", 3))),
+    )
+    .unwrap();
+    let names: Vec<String> = s.accounts().unwrap().into_iter().map(|a| a.name).collect();
+    assert_eq!(names, vec!["line-0", "line-1"]);
+}
+
+/// A supplier is registered once and updated in place.
+pub fn suppliers_are_registered_once(h: &dyn Harness, dir: &Path) {
+    let s = h.open(dir);
+    let a = supplier("90-B3-D5-1F-30-00-00-0A");
+    apply(s.as_ref(), Txn::new().with(Op::InsertSupplier(a.clone()))).unwrap();
+    refused(apply(
+        s.as_ref(),
+        Txn::new().with(Op::InsertSupplier(a.clone())),
+    ));
+    refused(apply(
+        s.as_ref(),
+        Txn::new().with(Op::UpdateSupplier(supplier("90-B3-D5-1F-30-00-00-0B"))),
+    ));
+    let mut ended = a.clone();
+    ended.state = SupplierState::Acquired;
+    ended.successor = Some("90-B3-D5-1F-30-00-00-0B".into());
+    apply(
+        s.as_ref(),
+        Txn::new().with(Op::UpdateSupplier(ended.clone())),
+    )
+    .unwrap();
+    assert_eq!(s.supplier(&a.id).unwrap(), Some(ended.clone()));
+    assert_eq!(s.suppliers().unwrap(), vec![ended]);
+}
+
+/// A journal is read back as written.
+pub fn operation_journals_round_trip(h: &dyn Harness, dir: &Path) {
+    let s = h.open(dir);
+    assert_eq!(s.operation("takeover:A").unwrap(), None);
+    let mut op = OpRecord {
+        id: "takeover:A".into(),
+        kind: OpKind::Takeover,
+        from: "A".into(),
+        to: "B".into(),
+        remove: vec!["0a".into()],
+        add: vec!["0b".into(), "0c".into()],
+        state: OpState::Running,
+        started_at: 5,
+        completed_at: None,
+    };
+    apply(s.as_ref(), Txn::new().with(Op::PutOperation(op.clone()))).unwrap();
+    assert_eq!(s.operation("takeover:A").unwrap(), Some(op.clone()));
+    op.state = OpState::Complete;
+    op.completed_at = Some(6);
+    apply(s.as_ref(), Txn::new().with(Op::PutOperation(op.clone()))).unwrap();
+    assert_eq!(s.operation("takeover:A").unwrap(), Some(op));
+}
+
+/// One refused operation leaves every other operation of its transaction unwritten.
+pub fn a_refused_operation_aborts_the_whole_transaction(h: &dyn Harness, dir: &Path) {
+    let s = h.open(dir);
+    let c = cert(1, DEV, "meter-signing", 1);
+    commit(s.as_ref(), vec![(c.clone(), false)], false);
+    apply(
+        s.as_ref(),
+        Txn::new().with(Op::InsertAccount(account("line-1", 1))),
+    )
+    .unwrap();
+    let mut disabled = account("line-1", 1);
+    disabled.disabled = true;
+    refused(apply(
+        s.as_ref(),
+        Txn::new()
+            .with(Op::UpdateAccount(disabled))
+            .with(Op::Revoke {
+                serials: vec![c.serial.clone()],
+                revocation: revocation(Reason::PrivilegeWithdrawn, 3),
+            })
+            .with(Op::InsertAccount(account("line-1", 2))),
+    ));
+    assert!(!s.account("line-1").unwrap().unwrap().disabled);
+    assert_eq!(s.revocation(&c.serial).unwrap(), None);
+}
+
+/// The stage sees the outcome before anything is written; its head is stored with the change;
+/// a stage that fails leaves nothing written.
+pub fn the_audit_record_commits_with_the_change(h: &dyn Harness, dir: &Path) {
+    let s = h.open(dir);
+    let c = cert(1, DEV, "meter-signing", 1);
+    let txn = || {
+        Txn::new().with(Op::CommitIssued {
+            items: vec![(c.clone(), false)],
+            all_or_nothing: false,
+        })
+    };
+    let mut failing = Stage {
+        seen: Vec::new(),
+        answer: Some(Err(())),
+        rolled_back: false,
+    };
+    match s.apply(txn(), Some(&mut failing)) {
+        Err(ApplyError::Audit(_)) => {}
+        other => panic!("expected the audit failure, got {other:?}"),
+    }
+    assert_eq!(failing.seen.len(), 1);
+    assert_eq!(failing.seen[0].0, None);
+    assert_eq!(
+        failing.seen[0].1.outcomes,
+        vec![OpOutcome::Committed(crate::store::Committed {
+            stored: true,
+            items: vec![Commit::Stored]
+        })]
+    );
+    assert_eq!(
+        s.cert_count().unwrap(),
+        0,
+        "nothing written without its record"
+    );
+    assert_eq!(s.audit_head().unwrap(), None);
+    let mut ok = Stage {
+        seen: Vec::new(),
+        answer: Some(Ok(Some(head(1)))),
+        rolled_back: false,
+    };
+    s.apply(txn(), Some(&mut ok)).unwrap();
+    assert!(!ok.rolled_back);
+    assert_eq!(s.cert_count().unwrap(), 1);
+    assert_eq!(s.audit_head().unwrap(), Some(head(1)));
+    // A record with no change of its own (a ceremony's transcript) moves the head alone.
+    let mut alone = Stage {
+        seen: Vec::new(),
+        answer: Some(Ok(Some(head(2)))),
+        rolled_back: false,
+    };
+    s.apply(Txn::new(), Some(&mut alone)).unwrap();
+    assert_eq!(alone.seen[0].0, Some(head(1)));
+    assert_eq!(s.audit_head().unwrap(), Some(head(2)));
+    // Nothing to record: the head stays.
+    let mut none = Stage {
+        seen: Vec::new(),
+        answer: Some(Ok(None)),
+        rolled_back: false,
+    };
+    s.apply(
+        Txn::new().with(Op::InsertSupplier(supplier("90-B3-D5-1F-30-00-00-0A"))),
+        Some(&mut none),
+    )
+    .unwrap();
+    assert_eq!(s.audit_head().unwrap(), Some(head(2)));
+}
