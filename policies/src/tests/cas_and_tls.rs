@@ -1,0 +1,132 @@
+//! The rules for the trust-update signer, TLS and CA profiles, and the fields only TLS (extended
+//! key usage) or CAs (path length) may have.
+
+use super::{load_edited, oid, refused};
+
+#[test]
+fn trust_update_signer_rules() {
+    refused(
+        "trust-update-signer",
+        &[("issuer", Some("\"root\""))],
+        "issuer",
+    );
+    refused(
+        "trust-update-signer",
+        &[("key-usage", Some("[\"key-agreement\"]"))],
+        "key-usage",
+    );
+    refused("trust-update-signer", &[("policy-oid", None)], "policy-oid");
+}
+
+#[test]
+fn tls_rules() {
+    for name in ["api-server", "api-client"] {
+        refused(name, &[("issuer", Some("\"organisation\""))], "issuer");
+        refused(
+            name,
+            &[(
+                "key-usage",
+                Some("[\"digital-signature\", \"key-agreement\"]"),
+            )],
+            "key-usage",
+        );
+        refused(name, &[("extended-key-usage", None)], "extended-key-usage");
+        refused(
+            name,
+            &[(
+                "extended-key-usage",
+                Some("[\"server-auth\", \"client-auth\"]"),
+            )],
+            "extended-key-usage",
+        );
+    }
+    refused(
+        "api-server",
+        &[("extended-key-usage", Some("[\"client-auth\"]"))],
+        "extended-key-usage",
+    );
+    refused(
+        "api-client",
+        &[("extended-key-usage", Some("[\"server-auth\"]"))],
+        "extended-key-usage",
+    );
+    // policy-oid is optional for TLS.
+    let p = load_edited("api-server", &[("policy-oid", None)]).expect("no policy OID is fine");
+    assert_eq!(p.policy_oid(), None);
+    // Default CRL pointer for TLS is on.
+    let p = load_edited("api-client", &[("crl-distribution-point", None)]).expect("default");
+    assert!(p.crl_distribution_point());
+}
+
+#[test]
+fn extended_key_usage_is_forbidden_outside_tls() {
+    for name in [
+        "meter-signing",
+        "supplier-signing",
+        "trust-update-signer",
+        "root-ca",
+        "device-ca",
+    ] {
+        refused(
+            name,
+            &[("extended-key-usage", Some("[\"server-auth\"]"))],
+            "extended-key-usage",
+        );
+    }
+}
+
+#[test]
+fn ca_rules() {
+    refused("root-ca", &[("issuer", Some("\"device\""))], "issuer");
+    refused(
+        "device-ca",
+        &[("issuer", Some("\"organisation\""))],
+        "issuer",
+    );
+    refused("root-ca", &[("path-len", None)], "path-len");
+    refused("access-ca", &[("path-len", None)], "path-len");
+    refused("access-ca", &[("path-len", Some("-1"))], "path-len");
+    refused("access-ca", &[("path-len", Some("256"))], "path-len");
+    refused(
+        "root-ca",
+        &[("key-usage", Some("[\"key-cert-sign\"]"))],
+        "key-usage",
+    );
+    refused(
+        "organisation-ca",
+        &[(
+            "key-usage",
+            Some("[\"key-cert-sign\", \"crl-sign\", \"digital-signature\"]"),
+        )],
+        "key-usage",
+    );
+    refused(
+        "device-ca",
+        &[("device-type-oid", Some("\"1.3.6.1.4.1.32473.2.1\""))],
+        "device-type-oid",
+    );
+    // Order of the two bits does not matter; policy-oid is optional for CAs.
+    let p = load_edited(
+        "root-ca",
+        &[
+            ("key-usage", Some("[\"crl-sign\", \"key-cert-sign\"]")),
+            ("policy-oid", Some("\"2.5.29.32.0\"")),
+            ("crl-distribution-point", None),
+        ],
+    )
+    .expect("valid");
+    assert_eq!(p.policy_oid(), Some(oid("2.5.29.32.0")));
+    assert!(!p.crl_distribution_point(), "CAs default to no CRL pointer");
+}
+
+#[test]
+fn path_len_is_forbidden_outside_cas() {
+    for name in [
+        "meter-signing",
+        "supplier-signing",
+        "api-server",
+        "trust-update-signer",
+    ] {
+        refused(name, &[("path-len", Some("0"))], "path-len");
+    }
+}
