@@ -1,0 +1,287 @@
+//! Faults: a failing, hung or corrupting HSM (through the PKCS#11 fault injector) and a server
+//! SIGKILLed in the middle of batches; nothing answered is lost, nothing half-stored.
+
+use std::process::{Command, Stdio};
+
+use meterpki_tests::Scratch;
+use serde_json::{json, Value};
+
+use crate::support::{curl, curl_args, items, Server, EXE};
+
+/// The PKCS#11 fault injector (`pkcs11-faults`, loaded in place of SoftHSM and forwarding to it):
+/// a failing, hung or corrupting `C_Sign` gives a 503 within a bounded time and no certificate;
+/// `/readyz` goes red and back to green without a restart; the CLI stops with exit 1.
+#[test]
+fn hsm_faults_give_503_nothing_stored_and_readyz_recovers() {
+    let s = Scratch::new(EXE);
+    s.ceremonies("h", 3, 2, &["device", "access"]);
+    s.account(
+        "h",
+        "factory",
+        "line-7",
+        &["--device-range", "00-DB-12-00-00-00-00-00/24"],
+    );
+    // Load the injector instead of SoftHSM; a signature slower than 1.5 s is a failure.
+    let shim = std::path::Path::new(EXE)
+        .parent()
+        .unwrap()
+        .join("libmeterpki_pkcs11_faults.so");
+    assert!(shim.exists(), "{} not built", shim.display());
+    let toml_path = s.path("h/meterpki.toml");
+    let toml = std::fs::read_to_string(&toml_path).unwrap();
+    let real = meterpki_tests::softhsm_module();
+    let mut toml = toml.replace(&real, &shim.display().to_string());
+    toml = match toml.find("sign_timeout_ms") {
+        Some(_) => toml
+            .lines()
+            .map(|l| {
+                if l.starts_with("sign_timeout_ms") {
+                    "sign_timeout_ms = 1500".to_string()
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+        None => toml.replace("[hsm]\n", "[hsm]\nsign_timeout_ms = 1500\n"),
+    };
+    std::fs::write(&toml_path, toml).unwrap();
+    let faults = s.path("faults");
+    std::fs::write(&faults, "").unwrap();
+    let env = [
+        ("METERPKI_FAULTS_FILE", faults.display().to_string()),
+        ("METERPKI_FAULTS_MODULE", real.clone()),
+    ];
+    let set = |f: &str| std::fs::write(&faults, f).unwrap();
+    let srv = Server::start_env(&s, &[], &env);
+    let ready = |srv: &Server| curl(&s, srv, None, "GET", "/readyz", None, &[]).0;
+    let batch = |srv: &Server, rid: &str, ids: &[&str]| {
+        let body = json!({"request_id": rid, "items": items(&s, ids.len(), ids)}).to_string();
+        let t = std::time::Instant::now();
+        let (code, resp) = curl(
+            &s,
+            srv,
+            Some("line-7"),
+            "POST",
+            "/v1/batches",
+            Some(&body),
+            &[],
+        );
+        (code, resp, t.elapsed())
+    };
+    assert_eq!(ready(&srv), 200);
+    let (code, resp, _) = batch(&srv, "ok-1", &["00-DB-12-00-00-00-20-01"]);
+    assert_eq!(code, 200, "{resp}");
+
+    // A failing C_Sign (CKR_DEVICE_ERROR): 503, not ready.
+    // The faults hit the Device CA's key only: the server's TLS key is in the same HSM, and a
+    // whole-HSM failure shows as failed handshakes (checked below with the CLI).
+    set("sign=fail:0x30\nkey=meterpki-device-ca");
+    let (code, resp, _) = batch(&srv, "fail-1", &["00-DB-12-00-00-00-20-02"]);
+    assert_eq!(code, 503, "{resp}");
+    assert!(resp.contains("hsm-unavailable"), "{resp}");
+    assert_eq!(ready(&srv), 503, "the Device CA's key cannot sign");
+
+    // A corrupted signature: caught by the verification, never answered or stored.
+    set("sign=corrupt\nkey=meterpki-device-ca");
+    let (code, resp, _) = batch(&srv, "corrupt-1", &["00-DB-12-00-00-00-20-03"]);
+    assert_eq!(code, 503, "{resp}");
+    assert_eq!(
+        ready(&srv),
+        503,
+        "a probe whose signature does not verify is not ready"
+    );
+
+    // A hung C_Sign: the client gets a 503 within a bounded time, readyz too.
+    set("sign=hang\nkey=meterpki-device-ca");
+    let (code, resp, took) = batch(&srv, "hang-1", &["00-DB-12-00-00-00-20-04"]);
+    assert_eq!(code, 503, "{resp}");
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "answered after {took:?}"
+    );
+    let t = std::time::Instant::now();
+    assert_eq!(ready(&srv), 503);
+    assert!(t.elapsed() < std::time::Duration::from_secs(5));
+
+    // Cleared: ready again without a restart (sessions rebuilt), and issuing works.
+    set("");
+    let t = std::time::Instant::now();
+    while ready(&srv) != 200 {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(20),
+            "readyz stayed red"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let (code, resp, _) = batch(&srv, "ok-2", &["00-DB-12-00-00-00-20-05"]);
+    assert_eq!(code, 200, "{resp}");
+    let metrics = curl(&s, &srv, None, "GET", "/metrics", None, &[]).1;
+    assert!(metrics.contains("hsm-unavailable"), "{metrics}");
+    assert_eq!(srv.stop(), 0);
+
+    // Nothing was stored for the failed, corrupted and hung requests.
+    for d in [
+        "00-DB-12-00-00-00-20-02",
+        "00-DB-12-00-00-00-20-03",
+        "00-DB-12-00-00-00-20-04",
+    ] {
+        s.run_env(
+            "h",
+            &["show", "--device-id", d],
+            &[
+                ("METERPKI_FAULTS_FILE", &faults.display().to_string()),
+                ("METERPKI_FAULTS_MODULE", &real),
+            ],
+        )
+        .fails(2, "no certificate");
+    }
+    // The CLI: a failing HSM is exit 1 with the PKCS#11 error; a hung one exit 1 within bounds.
+    let (_, csr) = meterpki_tests::openssl_csr(&s.path(""), "m", "prime256v1");
+    let csr = csr.display().to_string();
+    let issue = |d: &str| {
+        let t = std::time::Instant::now();
+        let r = s.run_env(
+            "h",
+            &[
+                "issue",
+                "--profile",
+                "meter-signing",
+                "--device-id",
+                d,
+                "--csr",
+                &csr,
+            ],
+            &[
+                ("METERPKI_FAULTS_FILE", &faults.display().to_string()),
+                ("METERPKI_FAULTS_MODULE", &real),
+            ],
+        );
+        (r, t.elapsed())
+    };
+    set("sign=fail:0x30");
+    let (r, _) = issue("00-DB-12-00-00-00-20-06");
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("CKR_DEVICE_ERROR"), "{}", r.stderr);
+    set("sign=hang");
+    let (r, took) = issue("00-DB-12-00-00-00-20-07");
+    set("");
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("has not answered"), "{}", r.stderr);
+    assert!(took < std::time::Duration::from_secs(10), "{took:?}");
+    let (r, _) = issue("00-DB-12-00-00-00-20-08");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for d in ["00-DB-12-00-00-00-20-06", "00-DB-12-00-00-00-20-07"] {
+        s.run_env(
+            "h",
+            &["show", "--device-id", d],
+            &[
+                ("METERPKI_FAULTS_FILE", &faults.display().to_string()),
+                ("METERPKI_FAULTS_MODULE", &real),
+            ],
+        )
+        .fails(2, "no certificate");
+    }
+}
+
+/// The server SIGKILLed in the middle of batches, then restarted: every batch answered before
+/// the kill is answered again identically under its request_id, a retry of an unanswered one
+/// issues what is missing once, and no serial is used twice (`METERPKI_CRASH_ROUNDS` rounds).
+#[test]
+fn a_server_killed_mid_batch_loses_nothing_answered() {
+    let rounds: usize = std::env::var("METERPKI_CRASH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let s = Scratch::new(EXE);
+    s.ceremonies("h", 3, 2, &["device", "access"]);
+    s.account(
+        "h",
+        "factory",
+        "line-all",
+        &["--device-range", "00-00-00-00-00-00-00-00/0"],
+    );
+    let mut serials = std::collections::BTreeSet::new();
+    let mut kills = 0;
+    for round in 0..rounds {
+        let body =
+            json!({"request_id": format!("r{round}"), "items": items(&s, 3000, &[])}).to_string();
+        std::fs::write(s.path(&format!("r{round}.json")), &body).unwrap();
+        let srv = Server::start(&s);
+        let args = curl_args(
+            &s,
+            srv.port,
+            Some("line-all"),
+            "POST",
+            "/v1/batches",
+            Some(&s.path(&format!("r{round}.json"))),
+            &s.path(&format!("r{round}.out")),
+        );
+        let client = Command::new("curl")
+            .args(&args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Kill the server at a moment within the batch (it takes about a second here).
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos() as u64;
+        std::thread::sleep(std::time::Duration::from_millis(100 + nanos % 900));
+        let mut srv = srv;
+        let killed = srv.child.try_wait().unwrap().is_none();
+        let _ = srv.child.kill(); // SIGKILL
+        let _ = srv.child.wait();
+        kills += killed as usize;
+        let first = client.wait_with_output().unwrap();
+        let first_status = String::from_utf8_lossy(&first.stdout).to_string();
+        let answered: Option<Value> = (first_status == "200").then(|| {
+            serde_json::from_str(
+                &std::fs::read_to_string(s.path(&format!("r{round}.out"))).unwrap(),
+            )
+            .unwrap()
+        });
+        drop(srv);
+        // Restart; the retry under the same request_id answers every item.
+        let srv = Server::start(&s);
+        let (code, resp) = curl(
+            &s,
+            &srv,
+            Some("line-all"),
+            "POST",
+            "/v1/batches",
+            Some(&body),
+            &[],
+        );
+        assert_eq!(code, 200, "round {round}: {resp}");
+        let retry: Value = serde_json::from_str(&resp).unwrap();
+        let results = retry["results"].as_array().unwrap();
+        assert_eq!(results.len(), 3000);
+        assert!(
+            results.iter().all(|r| r["status"] == "issued"),
+            "round {round}"
+        );
+        if let Some(a) = answered {
+            assert_eq!(
+                a["results"], retry["results"],
+                "round {round}: a stored answer changed"
+            );
+        }
+        for r in results {
+            let serial = r["serial"].as_str().unwrap().to_string();
+            assert!(
+                serials.insert(serial.clone()),
+                "round {round}: serial {serial} twice"
+            );
+        }
+        assert_eq!(srv.stop(), 0);
+    }
+    let st = s.run("h", &["status", "--json"]).ok().json();
+    // + the account's certificate and the server's own.
+    assert_eq!(
+        st["certificates"].as_u64().unwrap() as usize,
+        serials.len() + 2
+    );
+    s.run("h", &["audit", "verify"]).ok();
+    eprintln!("server crash harness: {rounds} round(s), {kills} kill(s) mid-batch");
+}
