@@ -51,6 +51,25 @@ fn meterpki_binary(given: Option<&Path>) -> Result<PathBuf> {
     Ok(PathBuf::from("meterpki"))
 }
 
+/// A progress bar (or nothing) as the service's progress report.
+pub(crate) struct Bar(pub(crate) Option<indicatif::ProgressBar>);
+
+impl ca_core::service::Progress for Bar {
+    fn done(&self, done: u64) {
+        if let Some(b) = &self.0 {
+            b.set_position(done);
+        }
+    }
+}
+
+impl Bar {
+    pub(crate) fn finish(self) {
+        if let Some(b) = self.0 {
+            b.finish_and_clear();
+        }
+    }
+}
+
 /// A progress bar on a terminal, nothing otherwise.
 pub(crate) fn bar(len: u64, what: &str) -> Option<indicatif::ProgressBar> {
     if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {

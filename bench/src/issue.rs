@@ -38,15 +38,9 @@ pub(crate) fn run(b: &Bench, count: usize, raw_seconds: f64) -> Result<()> {
     // Peak RSS from here on: the issuance, not the CSR generation.
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     eprintln!("issuing {count} certificates through the `issue --batch` path...");
-    let bar = crate::api::bar(count as u64, "certificates");
-    let summary = service.issue_file(&Actor::local(), &batch, &results, 1000, &|n| {
-        if let Some(b) = &bar {
-            b.set_position(n);
-        }
-    })?;
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
+    let bar = crate::api::Bar(crate::api::bar(count as u64, "certificates"));
+    let summary = service.issue_file(&Actor::local(), &batch, &results, 1000, &bar)?;
+    bar.finish();
     let rss = peak_rss_kb();
     let rate = summary.issued as f64 / summary.seconds;
     let out = json!({

@@ -123,7 +123,7 @@ pub(crate) fn run(
         &b_id,
         chunk,
         sink.as_mut(),
-        &mut |_| {},
+        &ca_core::service::Quiet,
     )?;
     let secs = start.elapsed().as_secs_f64();
     let rss = peak_rss_kb();

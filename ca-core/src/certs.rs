@@ -366,7 +366,7 @@ fn sign_under_issuer(
     )
 }
 
-/// Refuses a signer whose public key is not the one in `cert` (DESIGN: an issuer whose HSM key
+/// Refuses a signer whose public key is not the one in `cert` (docs/design.md#the-hierarchy: an issuer whose HSM key
 /// does not match its certificate is refused at start-up).
 pub fn check_key_matches(
     signer: &dyn Signer,

@@ -114,7 +114,7 @@ pub struct CaConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_subject: Option<String>,
     /// Subject of the Device CA. It is the issuer name of every meter certificate, so it is kept
-    /// short: the default `CN=MDCA1` keeps a meter certificate within 410 bytes (DESIGN §3).
+    /// short: the default `CN=MDCA1` keeps a meter certificate within 410 bytes (docs/design.md#certificates).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_subject: Option<String>,
     /// Subject of the Organisation CA; default `CN=<organisation> Organisation CA,O=<organisation>`.

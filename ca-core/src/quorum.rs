@@ -1,4 +1,4 @@
-//! M-of-N custody of the root token (DESIGN §2).
+//! M-of-N custody of the root token (docs/design.md#the-hierarchy).
 //!
 //! At the root ceremony a 32-byte secret is drawn from the OS RNG; the root token's user and SO
 //! PINs are derived from it and it is split with Shamir's scheme over GF(2^8) (`vsss-rs`) into N

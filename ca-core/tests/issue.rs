@@ -483,7 +483,7 @@ fn a_bad_hsm_signature_is_never_stored() {
 
 #[test]
 fn meter_certificates_stay_within_the_design_sizes() {
-    // DESIGN §3: at most 410 bytes with the CRL pointer off, 460 with a pointer of up to 30
+    // docs/design.md#certificates: at most 410 bytes with the CRL pointer off, 460 with a pointer of up to 30
     // characters. 300 certificates cover the spread of ECDSA signature lengths (70 to 72 bytes).
     for (base, limit) in [(None, 410usize), (Some("http://c.mp/crl"), 460)] {
         let f = fixture_with(base, false, ProfileSet::builtin());
@@ -604,7 +604,7 @@ fn the_lint_refuses_what_the_profile_forbids() {
 #[test]
 fn serials_are_positive_and_carry_64_random_bits_after_a_time_octet() {
     // 9 octets: one that names the second (1..=127, so positive and minimally encoded), then 64
-    // random bits (DESIGN §3). Certificates issued in the same second share the first octet,
+    // random bits (docs/design.md#certificates). Certificates issued in the same second share the first octet,
     // which is what keeps the store's inserts together.
     let f = fixture();
     let second = || {

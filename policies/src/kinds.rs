@@ -48,7 +48,7 @@ impl ProfileKind {
         matches!(self, ProfileKind::TlsServer | ProfileKind::TlsClient)
     }
 
-    /// The CA that must sign certificates of this kind (DESIGN §2).
+    /// The CA that must sign certificates of this kind (docs/design.md#the-hierarchy).
     pub fn required_issuer(self) -> CaKind {
         match self {
             ProfileKind::Meter => CaKind::Device,
@@ -59,7 +59,7 @@ impl ProfileKind {
     }
 }
 
-/// The four certification authorities of the hierarchy (docs/design.md, "The hierarchy"): the
+/// The four certification authorities of the hierarchy (docs/design.md#the-hierarchy): the
 /// one enum everything uses, from a profile's `issuer` to a store record, a key label and a CLI
 /// flag.
 #[derive(

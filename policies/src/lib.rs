@@ -1,4 +1,4 @@
-//! Certificate profiles as validated TOML (DESIGN §3).
+//! Certificate profiles as validated TOML (docs/design.md#certificates).
 //!
 //! A *profile* says what one kind of certificate looks like: who issues it, its keyUsage bits, the
 //! curves its subject key may use, its policy and device-type OIDs, its lifetime and a few

@@ -23,7 +23,7 @@ const MAX_DER_BYTES: i64 = 8_192;
 const MIN_OID_ARCS: usize = 3;
 
 /// Reason shared by the meter and supplier curve rule.
-const P256_ONLY: &str = "meters and suppliers use P-256 only (DESIGN §3)";
+const P256_ONLY: &str = "meters and suppliers use P-256 only (docs/design.md#certificates)";
 /// Reason shared by the meter and supplier keyUsage rule.
 const ONE_BIT: &str =
     "one keyUsage bit per certificate (GB SMKI: one certificate per key and usage)";
@@ -81,10 +81,10 @@ impl RawProfile {
             let why = match kind {
                 ProfileKind::RootCa => "the root CA certificate is self-signed".to_string(),
                 ProfileKind::IssuingCa => {
-                    "issuing CA certificates are signed by the root CA (DESIGN §2)".to_string()
+                    "issuing CA certificates are signed by the root CA (docs/design.md#the-hierarchy)".to_string()
                 }
                 _ => format!(
-                    "{kind_name} certificates come from the {} CA (DESIGN §2)",
+                    "{kind_name} certificates come from the {} CA (docs/design.md#the-hierarchy)",
                     issuer.name()
                 ),
             };
@@ -124,7 +124,7 @@ impl RawProfile {
                 "policy-oid",
                 format!(
                     "missing: required for kind `{kind_name}`: these certificates carry a critical \
-                     certificatePolicies extension with the profile's own policy OID (DESIGN §3)"
+                     certificatePolicies extension with the profile's own policy OID (docs/design.md#certificates)"
                 ),
             ));
         }
@@ -135,7 +135,7 @@ impl RawProfile {
                 return Err(err(
                     "device-type-oid",
                     "missing: required for kind `meter`: it is the hwType of the meter \
-                     certificate's hardwareModuleName subjectAltName (RFC 4108, DESIGN §3)"
+                     certificate's hardwareModuleName subjectAltName (RFC 4108; docs/design.md#certificates)"
                         .to_string(),
                 ))
             }
@@ -145,7 +145,7 @@ impl RawProfile {
                     "device-type-oid",
                     format!(
                         "not allowed for kind `{kind_name}`: only meter certificates carry a \
-                         hardwareModuleName subjectAltName with a device type (DESIGN §3)"
+                         hardwareModuleName subjectAltName with a device type (docs/design.md#certificates)"
                     ),
                 ))
             }
@@ -165,7 +165,7 @@ impl RawProfile {
                     "extended-key-usage",
                     format!(
                         "{}; it must be exactly [\"{}\"] for kind `{kind_name}`: a TLS \
-                         certificate is good for one side of the connection only (DESIGN §3)",
+                         certificate is good for one side of the connection only (docs/design.md#certificates)",
                         if eku_given {
                             format!("is {}", show(&extended_key_usage, |e| e.name()))
                         } else {
@@ -180,7 +180,7 @@ impl RawProfile {
                     "extended-key-usage",
                     format!(
                         "not allowed for kind `{kind_name}`: only tls-server and tls-client \
-                         certificates carry an extendedKeyUsage (DESIGN §3)"
+                         certificates carry an extendedKeyUsage (docs/design.md#certificates)"
                     ),
                 ))
             }
@@ -194,7 +194,7 @@ impl RawProfile {
                     "path-len",
                     format!(
                         "missing: required for kind `{kind_name}`: CA certificates carry \
-                         basicConstraints with a pathLenConstraint (DESIGN §3: root 1, issuing CAs 0)"
+                         basicConstraints with a pathLenConstraint (root 1, issuing CAs 0: docs/design.md#certificates)"
                     ),
                 ))
             }
@@ -337,7 +337,7 @@ fn check_key_usage(kind: ProfileKind, bits: &[KeyUsageBit]) -> Result<(), String
         ProfileKind::TrustUpdateSigner | ProfileKind::TlsServer | ProfileKind::TlsClient => {
             if bits != [DigitalSignature] {
                 let why = if kind == ProfileKind::TrustUpdateSigner {
-                    "the trust-update signer only signs trust updates (DESIGN §3)"
+                    "the trust-update signer only signs trust updates (docs/design.md#certificates)"
                 } else {
                     "TLS with ECDSA keys and ECDHE key exchange needs only digitalSignature \
                      (RFC 8446, RFC 5246)"
@@ -354,7 +354,7 @@ fn check_key_usage(kind: ProfileKind, bits: &[KeyUsageBit]) -> Result<(), String
                 return Err(format!(
                     "is {shown} but must be exactly [\"key-cert-sign\", \"crl-sign\"] for kind \
                      `{kind_name}`: a CA key signs certificates and CRLs and nothing else \
-                     (DESIGN §3)"
+                     (docs/design.md#certificates)"
                 ));
             }
         }

@@ -411,3 +411,137 @@ fn a_token_file_emptied_by_a_killed_login_is_restored_by_the_next_command() {
     }
     s.run("h", &["audit", "verify"]).ok();
 }
+
+/// Whether `account`'s client certificate is listed in the Access CA's published CRLs.
+fn access_crls_list(s: &Scratch, serial: &str) -> bool {
+    let Ok(dir) = std::fs::read_dir(s.path("h/crl/access")) else {
+        return false;
+    };
+    dir.flatten().any(|e| {
+        let path = e.path().display().to_string();
+        path.ends_with(".crl")
+            && tool(
+                "openssl",
+                &["crl", "-inform", "DER", "-in", &path, "-noout", "-text"],
+                &[],
+            )
+            .ok()
+            .stdout
+            .to_ascii_lowercase()
+            .contains(&format!("serial number: {serial}"))
+    })
+}
+
+/// The account, as `account list` shows it: (disabled, certificate serial).
+fn account_state(s: &Scratch, name: &str) -> (bool, String) {
+    let list = s.run("h", &["account", "list", "--json"]).ok().json();
+    let a = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == name)
+        .unwrap_or_else(|| panic!("no account {name}: {list}"))
+        .clone();
+    (
+        a["disabled"].as_bool().unwrap(),
+        a["certificate_serial"].as_str().unwrap().to_string(),
+    )
+}
+
+/// Whether the store has the certificate revoked.
+fn revoked(s: &Scratch, serial: &str) -> bool {
+    let v = s
+        .run("h", &["show", "--serial", serial, "--json"])
+        .ok()
+        .json();
+    v[0]["status"].as_str().unwrap().starts_with("revoked")
+}
+
+/// `account disable` stopped at every point (SIGKILL at random moments, and aborts at the two
+/// seams: after the audit record is written but before the store write, and after the store
+/// write but before the CRLs are published) never leaves a disabled account whose certificate
+/// is not revoked; the re-run finishes the job (the CRL lists the certificate) and the audit
+/// chain verifies.
+#[test]
+fn account_disable_stopped_anywhere_never_leaves_a_disabled_account_unrevoked() {
+    let rounds: usize = std::env::var("METERPKI_CRASH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let seed: u64 = std::env::var("METERPKI_CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    eprintln!("account disable: {rounds} random kill(s), METERPKI_CRASH_SEED={seed}");
+    let mut rng = Rng(seed);
+    let s = Scratch::new(EXE);
+    s.ceremonies("h", 3, 2, &["access"]);
+    let check = |name: &str| {
+        let (disabled, serial) = account_state(&s, name);
+        assert!(
+            !disabled || revoked(&s, &serial),
+            "{name}: disabled but its certificate {serial} is not revoked"
+        );
+        // The re-run completes it: disabled, revoked, in the published CRL.
+        s.run("h", &["account", "disable", "--name", name]).ok();
+        let (disabled, serial) = account_state(&s, name);
+        assert!(disabled && revoked(&s, &serial), "{name} after the re-run");
+        assert!(
+            access_crls_list(&s, &serial),
+            "{name}: certificate {serial} missing from the Access CA's CRLs"
+        );
+        check_audit(&s);
+    };
+    let mut n = 0;
+    let mut add = || {
+        n += 1;
+        let name = format!("op-{n}");
+        s.account("h", "operator", &name, &[]);
+        name
+    };
+    // Stopped after the audit record was written, before the store wrote the change: nothing
+    // happened (the record is removed by the next write).
+    let name = add();
+    let r = s.run_env(
+        "h",
+        &["account", "disable", "--name", &name],
+        &[("METERPKI_FAILPOINT", "store.after-audit:1")],
+    );
+    assert_ne!(r.code, 0, "the failpoint stopped it");
+    let (disabled, serial) = account_state(&s, &name);
+    assert!(!disabled && !revoked(&s, &serial), "nothing was changed");
+    let v = s.run("h", &["audit", "verify", "--json"]).ok().json();
+    assert_eq!(v["uncommitted"], 1, "{v}");
+    check(&name);
+    let list = s.run("h", &["audit", "list", "--json"]).ok().stdout;
+    assert!(list.contains(ca_core::UNCOMMITTED_EVENT), "{list}");
+    // Stopped after the store write, before the CRLs: disabled and revoked; the re-run publishes.
+    let name = add();
+    let r = s.run_env(
+        "h",
+        &["account", "disable", "--name", &name],
+        &[("METERPKI_FAILPOINT", "account.disable.after-commit:1")],
+    );
+    assert_ne!(r.code, 0, "the failpoint stopped it");
+    let (disabled, serial) = account_state(&s, &name);
+    assert!(disabled && revoked(&s, &serial));
+    check(&name);
+    // SIGKILL at random moments.
+    let mut kills = 0;
+    for _ in 0..rounds {
+        let name = add();
+        kills += kill_after(
+            &s,
+            &["account", "disable", "--name", &name],
+            1 + rng.below(400),
+        ) as usize;
+        check(&name);
+    }
+    eprintln!("account disable: {kills} of {rounds} kill(s) landed mid-run");
+}

@@ -1,7 +1,7 @@
 //! The audit log: every security event a JSON line, each record holding the SHA-256 of the one
 //! before it, the chain head signed with an HSM key at each ceremony and CRL publication.
 //!
-//! A record and the state change it describes commit together (docs/design.md, "Audit"):
+//! A record and the state change it describes commit together (docs/design.md#audit):
 //! [`AuditLog::commit`] hands the store a stage that writes the record once the outcome is
 //! known and before anything is stored, and the store moves its head to that record in the same
 //! write. If the record cannot be written, nothing changes. A record past the store's head was

@@ -1,4 +1,4 @@
-//! Supplier churn (docs/design.md, "Suppliers and churn"): meter assignment, change of supplier,
+//! Supplier churn (docs/design.md#suppliers-and-churn): meter assignment, change of supplier,
 //! takeover, exit, supplier key rotation and key revocation, each producing per affected meter a
 //! signed trust-anchor update ([`crate::tamp`]).
 //!

@@ -19,7 +19,7 @@ pub trait UpdateSink: Send {
     fn location(&self) -> String;
 }
 
-/// `DIR/<DEVICE-ID>.tamp.der`, one file per meter (DESIGN §7), each written through a temporary
+/// `DIR/<DEVICE-ID>.tamp.der`, one file per meter (README.md#the-home), each written through a temporary
 /// file and a rename; synced once per chunk (`syncfs`) rather than once per file. The folder is
 /// created with the first update, so a refused command leaves nothing behind.
 #[derive(Debug)]

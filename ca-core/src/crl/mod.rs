@@ -1,4 +1,4 @@
-//! Sharded CRLs (docs/design.md, "Revocation and CRLs"): X.509 v2 CRLs (RFC 5280 §5), one per
+//! Sharded CRLs (docs/design.md#revocation-and-crls): X.509 v2 CRLs (RFC 5280 §5), one per
 //! shard of each issuer, each with a critical issuingDistributionPoint naming the URL its
 //! certificates carry, an authorityKeyIdentifier and a cRLNumber that only grows; plus a full
 //! CRL on request. Signed in the HSM through the same [`Signer`](crate::Signer) as

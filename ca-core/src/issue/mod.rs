@@ -1,4 +1,4 @@
-//! The issuance pipeline (docs/design.md, "Issuance"), one module a step, each turning one type
+//! The issuance pipeline (docs/design.md#issuance), one module a step, each turning one type
 //! into the next, in the order a directory listing shows them:
 //!
 //! ```text

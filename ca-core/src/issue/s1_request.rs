@@ -16,7 +16,7 @@ use crate::signer::{
     SECP384R1,
 };
 
-/// One request item, as in a CLI NDJSON line or an API batch's `items` (DESIGN §4).
+/// One request item, as in a CLI NDJSON line or an API batch's `items` (docs/design.md#issuance).
 #[derive(Clone, Debug, serde::Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct RequestItem {

@@ -31,7 +31,7 @@ pub enum Decision {
     Existing(Box<CertRecord>),
 }
 
-/// Applies the account's range and the one-active-certificate rule (DESIGN §4).
+/// Applies the account's range and the one-active-certificate rule (docs/design.md#issuance).
 pub fn approve(
     request: Request,
     limits: &AccountLimits,

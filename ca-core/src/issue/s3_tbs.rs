@@ -94,8 +94,8 @@ fn internal(e: impl std::fmt::Display) -> IssueError {
 }
 
 /// A serial of 9 octets: one octet that changes every second (cycling through 1..=127), then 64
-/// random bits (DESIGN §3: at least 64 random bits; and a meter certificate must stay within 410
-/// bytes, so no octet more). Positive and minimally encoded. A collision is caught when the
+/// random bits (docs/design.md#certificates asks for at least 64 random bits, and a meter
+/// certificate must stay within 410 bytes, so no octet more). Positive and minimally encoded. A collision is caught when the
 /// certificate is stored, which refuses a serial already used.
 ///
 /// The first octet is for the store, not for anyone reading the serial: with purely random
@@ -166,7 +166,7 @@ fn party_name(entity_id: &crate::model::Eui64, name: &str) -> Result<RdnSequence
     ]))
 }
 
-/// certificatePolicies is critical on meter and supplier certificates (DESIGN §3), where the
+/// certificatePolicies is critical on meter and supplier certificates (docs/design.md#certificates), where the
 /// policy is what binds the key to its use; on TLS certificates it is not, so that generic TLS
 /// stacks (which reject unknown critical extensions) accept them.
 pub(crate) fn policies_critical(profile: &Profile) -> bool {

@@ -2,7 +2,7 @@
 //! [`Linted`], and only a `Linted` can be signed (STYLE: Boulder's lint-before-sign).
 //!
 //! The checks read the DER back, as a relying party would, rather than trusting the builder:
-//! RFC 5280 structure (§4.1, §4.2) and the profile's rules (DESIGN §3).
+//! RFC 5280 structure (§4.1, §4.2) and the profile's rules (docs/design.md#certificates).
 
 use std::collections::HashSet;
 
@@ -83,7 +83,7 @@ pub fn lint(tbs: Tbs, issuer: &IssuerCtx) -> Result<Linted, IssueError> {
     if t.version != Version::V3 {
         return Err(fail("version is not v3"));
     }
-    // §4.1.2.2: positive, at most 20 octets; DESIGN: at least 64 random bits.
+    // §4.1.2.2: positive, at most 20 octets; at least 64 random bits (docs/design.md#certificates).
     let serial = t.serial_number.as_bytes();
     if serial.is_empty()
         || serial.len() > 20
@@ -268,7 +268,7 @@ pub fn lint(tbs: Tbs, issuer: &IssuerCtx) -> Result<Linted, IssueError> {
             }
         }
     }
-    // cRLDistributionPoints names the certificate's own shard, or is absent (DESIGN §5).
+    // cRLDistributionPoints names the certificate's own shard, or is absent (docs/design.md#revocation-and-crls).
     match (&tbs.crl_url, find(ID_CE_CRL_DISTRIBUTION_POINTS)) {
         (None, None) => {}
         (Some(url), Some(dp)) => {
@@ -292,7 +292,7 @@ pub fn lint(tbs: Tbs, issuer: &IssuerCtx) -> Result<Linted, IssueError> {
             ))
         }
     }
-    // Size (DESIGN §3): the signed certificate, with the longest signature, fits the profile.
+    // Size (docs/design.md#certificates): the signed certificate, with the longest signature, fits the profile.
     if let Some(max) = profile.max_der_bytes() {
         let worst = der.len() + signature_overhead(issuer.algorithm.field_len());
         if worst > max {

@@ -237,13 +237,15 @@ impl Service {
         // The certificate as signed: its serial binds the account.
         let record = match signed.items().next() {
             Some(Ok((record, false))) => record.clone(),
-            Some(Ok((record, true))) => return Err(ServiceError::conflict(
-                "key-in-use",
-                format!(
+            Some(Ok((record, true))) => {
+                return Err(ServiceError::conflict(
+                    "key-in-use",
+                    format!(
                     "this key already has client certificate {}; an account needs a key of its own",
                     record.serial_hex()
                 ),
-            )),
+                ))
+            }
             Some(Err(e)) => return Err(ServiceError::Issue(e.clone())),
             None => return Err(ServiceError::Internal("no certificate was signed".into())),
         };

@@ -1,4 +1,4 @@
-//! Who may do what: one model for the CLI and the API (docs/design.md, "Who may do what").
+//! Who may do what: one model for the CLI and the API (docs/design.md#who-may-do-what).
 //!
 //! An [`Actor`] is either someone at the home's shell (the CLI: an operator with every right the
 //! home's files already give them), an API account (its role and scope from the store, never

@@ -10,7 +10,7 @@ use base64::Engine as _;
 use serde::Serialize;
 use serde_json::json;
 
-use super::{authorize, limits, may_request, Action, Actor, Service, ServiceError};
+use super::{authorize, limits, may_request, Action, Actor, Progress, Service, ServiceError};
 use crate::audit::AuditEntry;
 use crate::issue::{
     AccountLimits, ErrorCode, IssueError, Outcome, RequestItem, SignedBatch, MAX_BATCH,
@@ -165,7 +165,7 @@ impl Service {
         input: &Path,
         output: &Path,
         chunk: usize,
-        progress: &(dyn Fn(u64) + Sync),
+        progress: &dyn Progress,
     ) -> Result<BatchSummary, ServiceError> {
         authorize(actor, Action::Administer)?;
         if input.canonicalize().ok() == output.canonicalize().ok() && output.exists() {
@@ -234,7 +234,7 @@ impl Service {
                     }
                     writer.flush().map_err(io)?;
                     writer.get_ref().sync_data().map_err(io)?;
-                    progress(summary.items as u64);
+                    progress.done(summary.items as u64);
                 }
                 Ok(summary)
             });

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use serde::Serialize;
 use serde_json::json;
 
-use super::{authorize, now_compact, Action, Actor, Service, ServiceError};
+use super::{authorize, now_compact, Action, Actor, Progress, Service, ServiceError};
 use crate::churn::{Churn, ChurnError, Plan, UpdateSink};
 use crate::model::Eui64;
 use crate::store::UpdateMark;
@@ -176,7 +176,7 @@ impl Service {
         from_file: bool,
         chunk: usize,
         sink: Option<&mut dyn UpdateSink>,
-        progress: &dyn Fn(u64),
+        progress: &dyn Progress,
     ) -> Result<BulkSummary, ServiceError> {
         authorize(actor, Action::Administer)?;
         if mode == BulkMode::Change && sink.is_none() {
@@ -210,7 +210,7 @@ impl Service {
             }
         };
         for (n, line) in lines {
-            progress(n as u64);
+            progress.done(n as u64);
             let parsed = match line.and_then(|l| parse_bulk_line(mode, &l)) {
                 Ok(Some(p)) => p,
                 Ok(None) => continue,

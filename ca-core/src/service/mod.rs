@@ -1,4 +1,4 @@
-//! The use cases, one function each (docs/design.md, "The service layer"): ceremonies, issuance,
+//! The use cases, one function each (docs/design.md#the-service-layer): ceremonies, issuance,
 //! revocation, CRL publication, accounts, suppliers and churn, service identities, status.
 //!
 //! Each use case decides who may do it ([`authorize`]), does all of its writes in one store
@@ -48,6 +48,26 @@ use crate::issue::{CrlSettings, Engine, IssuerCtx};
 use crate::signer::Signer;
 use crate::store::Store;
 use crate::CaKind;
+
+/// How a long use case reports how far it got (the CLI draws a progress bar).
+pub trait Progress: Send + Sync {
+    /// Whether the total is wanted: counting it can cost a pass over the work.
+    fn wants_total(&self) -> bool {
+        false
+    }
+    /// The total, once known.
+    fn total(&self, _total: u64) {}
+    /// Items done so far.
+    fn done(&self, done: u64);
+}
+
+/// No progress report.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Quiet;
+
+impl Progress for Quiet {
+    fn done(&self, _done: u64) {}
+}
 
 /// Wraps every issuer's signer (the server times signatures for its metrics).
 pub type SignerWrap = Arc<dyn Fn(Arc<dyn Signer>) -> Arc<dyn Signer> + Send + Sync>;

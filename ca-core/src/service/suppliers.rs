@@ -8,7 +8,7 @@ use policies::ProfileKind;
 use serde::Serialize;
 use serde_json::json;
 
-use super::{authorize, unix_now, Action, Actor, Service, ServiceError};
+use super::{authorize, unix_now, Action, Actor, Progress, Service, ServiceError};
 use crate::audit::AuditEntry;
 use crate::churn::{active, registered, Churn, ChurnError, UpdateSink};
 use crate::issue::{parse_request, AccountLimits, Outcome, RequestItem};
@@ -226,7 +226,7 @@ impl Service {
         csr: String,
         chunk: usize,
         sink: &mut dyn UpdateSink,
-        progress: &mut (dyn FnMut(u64) + Send),
+        progress: &dyn Progress,
     ) -> Result<(ChurnReport, CertRecord), ServiceError> {
         authorize(actor, Action::Administer)?;
         let item = self.enrol_item(actor, id, profile, csr, None, true)?;
@@ -318,7 +318,7 @@ impl Service {
         reason: Reason,
         chunk: usize,
         sink: &mut dyn UpdateSink,
-        progress: &mut (dyn FnMut(u64) + Send),
+        progress: &dyn Progress,
     ) -> Result<ChurnReport, ServiceError> {
         authorize(actor, Action::Administer)?;
         let store = self.store()?;
@@ -397,7 +397,7 @@ impl Service {
         to: &Eui64,
         chunk: usize,
         sink: &mut dyn UpdateSink,
-        progress: &mut (dyn FnMut(u64) + Send),
+        progress: &dyn Progress,
     ) -> Result<ChurnReport, ServiceError> {
         authorize(actor, Action::Administer)?;
         let (field_to, end_state) = match kind {
@@ -552,7 +552,7 @@ impl Service {
         mut op: OpRecord,
         chunk: usize,
         sink: &mut dyn UpdateSink,
-        progress: &mut (dyn FnMut(u64) + Send),
+        progress: &dyn Progress,
         more: serde_json::Value,
     ) -> Result<ChurnReport, ServiceError> {
         let published = self.publish_crls(actor, Some(CaKind::Organisation), false, None)?;
@@ -560,7 +560,10 @@ impl Service {
             (0, Vec::new())
         } else {
             let event = format!("supplier.{}.updates", op.kind);
-            churn.run_op(&op, chunk, &event, sink, progress)?
+            if progress.wants_total() {
+                progress.total(churn.remaining(&op)?);
+            }
+            churn.run_op(&op, chunk, &event, sink, &mut |n| progress.done(n))?
         };
         if refused.is_empty() && !op.is_complete() {
             churn.complete(&mut op)?;

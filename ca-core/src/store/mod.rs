@@ -1,6 +1,6 @@
 //! Persistent state behind one trait, so that a server database can take over from the embedded
 //! `sled` store when one machine is not enough. The contract every backend keeps (and the
-//! conformance suite in [`conformance`] checks) is written down in docs/design.md, "The store".
+//! conformance suite in [`conformance`] checks) is written down in docs/design.md#the-store.
 //!
 //! Reads are plain methods. Every write that changes what meterpki has issued, revoked or
 //! decided goes through [`Store::apply`]: a [`Txn`] of typed operations applied atomically, with

@@ -55,6 +55,34 @@ pub fn bar(ctx: &Ctx, len: impl FnOnce() -> u64, what: &str) -> Option<indicatif
     Some(progress_bar(len(), what))
 }
 
+/// A progress bar (or nothing, off a terminal) as the service's progress report.
+pub struct Bar(pub Option<indicatif::ProgressBar>);
+
+impl ca_core::service::Progress for Bar {
+    fn wants_total(&self) -> bool {
+        self.0.is_some()
+    }
+    fn total(&self, total: u64) {
+        if let Some(b) = &self.0 {
+            b.set_length(total);
+        }
+    }
+    fn done(&self, done: u64) {
+        if let Some(b) = &self.0 {
+            b.set_position(done);
+        }
+    }
+}
+
+impl Bar {
+    /// Removes the bar from the terminal.
+    pub fn finish(self) {
+        if let Some(b) = self.0 {
+            b.finish_and_clear();
+        }
+    }
+}
+
 /// Non-empty lines of a file (for a progress bar's length).
 pub fn count_lines(p: &Path) -> u64 {
     std::fs::File::open(p)

@@ -1,6 +1,5 @@
 //! `meterpki issue`: one certificate, or a batch from NDJSON.
 
-use std::io::IsTerminal;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -8,6 +7,7 @@ use ca_core::issue::RequestItem;
 use ca_core::service::ItemResult;
 
 use crate::args::IssueArgs;
+use crate::cmd::churn::{self, Bar};
 use crate::cmd::{pem, print_json, read_blob};
 use crate::ctx::{operator, Ctx};
 use crate::errors::input;
@@ -74,20 +74,15 @@ pub fn run(ctx: &Ctx, a: IssueArgs) -> Result<()> {
 }
 
 fn run_batch(ctx: &Ctx, batch: &Path, out: &Path, chunk: usize) -> Result<()> {
-    let bar = (std::io::stderr().is_terminal() && !ctx.json).then(|| {
-        let total = crate::cmd::churn::count_lines(batch);
-        crate::cmd::churn::progress_bar(total, "certificates")
-    });
+    let bar = Bar(churn::bar(
+        ctx,
+        || churn::count_lines(batch),
+        "certificates",
+    ));
     let summary = ctx
         .service
-        .issue_file(&operator(), batch, out, chunk, &|n| {
-            if let Some(b) = &bar {
-                b.set_position(n);
-            }
-        })?;
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
+        .issue_file(&operator(), batch, out, chunk, &bar)?;
+    bar.finish();
     if ctx.json {
         print_json(&summary)?;
     } else {

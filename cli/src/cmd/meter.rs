@@ -10,7 +10,7 @@ use ca_core::service::BulkMode;
 use serde_json::json;
 
 use crate::args::{ChurnOut, MeterCommand};
-use crate::cmd::churn::{bar, count_lines, sink};
+use crate::cmd::churn::{bar, count_lines, sink, Bar};
 use crate::cmd::{parse_id, print_json};
 use crate::ctx::{operator, Ctx};
 use crate::errors::input;
@@ -76,7 +76,7 @@ fn apply(
             }))
         }
     };
-    let bar = bar(ctx, || file.map(count_lines).unwrap_or(1), "lines");
+    let bar = Bar(bar(ctx, || file.map(count_lines).unwrap_or(1), "lines"));
     let summary = ctx.service.bulk_meters(
         &operator(),
         mode,
@@ -84,15 +84,9 @@ fn apply(
         file.is_some(),
         out.chunk as usize,
         sink.as_mut().map(|s| &mut **s as &mut dyn UpdateSink),
-        &|n| {
-            if let Some(b) = &bar {
-                b.set_position(n);
-            }
-        },
+        &bar,
     )?;
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
+    bar.finish();
     if ctx.json {
         print_json(&summary)?;
     } else {

@@ -7,7 +7,7 @@ use ca_core::{OpKind, Reason};
 use serde_json::json;
 
 use crate::args::{ChurnOut, EnrolArgs, SupplierCommand};
-use crate::cmd::churn::{bar, report, required_sink};
+use crate::cmd::churn::{bar, report, required_sink, Bar};
 use crate::cmd::{parse_id, parse_serial, pem, print_json, read_blob};
 use crate::ctx::{operator, Ctx};
 use crate::errors::input;
@@ -122,20 +122,12 @@ fn enrol(ctx: &Ctx, a: &EnrolArgs) -> Result<()> {
 fn with_progress<T>(
     ctx: &Ctx,
     out: &ChurnOut,
-    run: impl FnOnce(&mut dyn UpdateSink, &mut (dyn FnMut(u64) + Send)) -> Result<T>,
+    run: impl FnOnce(&mut dyn UpdateSink, &Bar) -> Result<T>,
 ) -> Result<T> {
     let mut sink = required_sink(&out.updates)?;
-    let bar = bar(ctx, || 0, "meters");
-    let mut progress = |n: u64| {
-        if let Some(b) = &bar {
-            b.set_length(b.length().unwrap_or(0).max(n));
-            b.set_position(n);
-        }
-    };
-    let r = run(sink.as_mut(), &mut progress);
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
+    let bar = Bar(bar(ctx, || 0, "meters"));
+    let r = run(sink.as_mut(), &bar);
+    bar.finish();
     r
 }
 

@@ -1,4 +1,4 @@
-//! The routes (README, "The issuance API"), one module per concern: batches, certificate
+//! The routes (README.md#the-issuance-api), one module per concern: batches, certificate
 //! lookups and revocation, supplier keys, and the public endpoints. Handlers parse, call the
 //! service and render; who may do what is decided by the service.
 

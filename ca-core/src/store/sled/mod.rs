@@ -366,6 +366,9 @@ impl Store for SledStore {
         };
         if let Some((h, _)) = &head {
             batch.insert(meta_key(AUDIT_HEAD), encode_head(h));
+            // The record is written, the change not yet: a crash here leaves an uncommitted
+            // record, which the next write removes.
+            crate::failpoint("store.after-audit");
         }
         let written = self
             .pki
