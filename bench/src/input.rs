@@ -86,7 +86,7 @@ pub(crate) fn write_batch(count: usize, out: &std::path::Path, profile: &str) ->
     Ok(())
 }
 
-pub fn make_batch(count: usize, out: &std::path::Path, profile: &str) -> Result<()> {
+pub(crate) fn make_batch(count: usize, out: &std::path::Path, profile: &str) -> Result<()> {
     if count == 0 {
         return Err(input("--count must be at least 1"));
     }

@@ -1,3 +1,5 @@
+//! The `meterpki-bench` binary: see docs/benchmarks.md.
+
 // The same allocator as `meterpki` (see cli/src/main.rs), so that the figures of the
 // benchmarks that run in this process (issue, takeover, crl) compare with the server's.
 #[cfg(feature = "mimalloc")]

@@ -15,7 +15,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
 /// there: [`StagedFile::commit`] renames it into place; dropping it uncommitted removes it.
 /// Lets a caller make several files (or a file and a store write) appear together.
 #[derive(Debug)]
-pub struct StagedFile {
+pub(crate) struct StagedFile {
     tmp: PathBuf,
     path: PathBuf,
     done: bool,
@@ -23,7 +23,7 @@ pub struct StagedFile {
 
 impl StagedFile {
     /// Writes `bytes` to a temporary file beside `path` (mode `mode`) and syncs it.
-    pub fn write(path: &Path, bytes: &[u8], mode: u32) -> io::Result<StagedFile> {
+    pub(crate) fn write(path: &Path, bytes: &[u8], mode: u32) -> io::Result<StagedFile> {
         let dir = parent(path);
         let name = path
             .file_name()
@@ -52,7 +52,7 @@ impl StagedFile {
 
     /// Renames the file into place and syncs the directory: a reader sees the old file or the
     /// new one, never a torn one.
-    pub fn commit(mut self) -> io::Result<()> {
+    pub(crate) fn commit(mut self) -> io::Result<()> {
         fs::rename(&self.tmp, &self.path)?;
         self.done = true;
         File::open(parent(&self.path))?.sync_all()

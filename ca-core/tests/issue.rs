@@ -636,7 +636,7 @@ fn serials_are_positive_and_carry_64_random_bits_after_a_time_octet() {
             hex::encode(&s)
         );
         // The certificate carries exactly these octets as its serialNumber.
-        let cert = x509_cert::Certificate::from_der(&o.record.der).unwrap();
+        let cert = Certificate::from_der(&o.record.der).unwrap();
         assert_eq!(cert.tbs_certificate.serial_number.as_bytes(), &s[..]);
         serials.push(s);
     }

@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand};
     about = "PKI and key management for smart metering: keys in HSMs, quorum ceremonies, audit.",
     after_help = "Examples:\n  meterpki init\n  meterpki ceremony root --officers 5 --quorum 3 --shares-dir shares\n  meterpki ceremony issuing-ca --kind device --share shares/officer-1.share --share shares/officer-2.share --share shares/officer-3.share\n  meterpki status --json\n\nPINs are never taken from the command line: the online token's PIN comes from\nMETERPKI_HSM_PIN, the file named in meterpki.toml (secrets/online.pin for SoftHSM homes) or a prompt."
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     /// The meterpki home directory.
     #[arg(
         long,
@@ -32,7 +32,7 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum Command {
+pub(crate) enum Command {
     /// Create a home: config, store, audit log and, for SoftHSM, a token directory and the online token.
     #[command(
         after_help = "Examples:\n  meterpki --home /srv/meterpki init\n  meterpki init --module /usr/lib/vendor/libpkcs11.so --online-token CA-ONLINE   # a vendor HSM; PIN from METERPKI_HSM_PIN"
@@ -101,7 +101,7 @@ pub enum Command {
 }
 
 #[derive(Args, Debug)]
-pub struct InitArgs {
+pub(crate) struct InitArgs {
     /// PKCS#11 module. Default: the installed SoftHSM2 module.
     #[arg(long)]
     pub module: Option<PathBuf>,
@@ -120,7 +120,7 @@ pub struct InitArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct IssueArgs {
+pub(crate) struct IssueArgs {
     /// Profile of a single certificate (meter-signing, meter-key-agreement, supplier-signing, supplier-key-agreement).
     #[arg(long, conflicts_with = "batch")]
     pub profile: Option<String>,
@@ -154,7 +154,7 @@ pub struct IssueArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct RevokeArgs {
+pub(crate) struct RevokeArgs {
     #[command(flatten)]
     pub which: RevokeWhich,
     /// RFC 5280 reason.
@@ -170,7 +170,7 @@ pub struct RevokeArgs {
 
 #[derive(Args, Debug)]
 #[group(required = true, multiple = false)]
-pub struct RevokeWhich {
+pub(crate) struct RevokeWhich {
     /// Serial number(s), hex.
     #[arg(long)]
     pub serial: Vec<String>,
@@ -186,7 +186,7 @@ pub struct RevokeWhich {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum AccountCommand {
+pub(crate) enum AccountCommand {
     /// Create an account and issue its api-client certificate: writes DIR/<name>.pem (certificate and Access CA), DIR/<name>.key (0600, unless --csr) and DIR/ca.pem (the chain to trust the server).
     #[command(
         after_help = "Examples:\n  meterpki account add --role factory --name line-7 --device-range 00-DB-12-00-00-00-00-00/24 --out creds/\n  meterpki account add --role supplier --name example-energy --supplier 90-B3-D5-1F-30-00-00-02 --out creds/\n  meterpki account add --role operator --name ops-1 --csr ops-1.csr --out creds/"
@@ -224,7 +224,7 @@ pub enum AccountCommand {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum CrlCommand {
+pub(crate) enum CrlCommand {
     /// Build, sign (in the HSM) and write every shard's CRL to <home>/crl/<issuer>/<shard>.crl, and the full CRL with --full.
     #[command(
         after_help = "Examples:\n  meterpki crl publish\n  meterpki crl publish --issuer device --full --json\n\nVerify a shard: openssl crl -in <home>/crl/device/3.crl -inform DER -CAfile <chain.pem> -noout"
@@ -241,7 +241,7 @@ pub enum CrlCommand {
 
 #[derive(Args, Debug)]
 #[group(required = true, multiple = false)]
-pub struct ShowArgs {
+pub(crate) struct ShowArgs {
     /// Serial number, hex.
     #[arg(long)]
     pub serial: Option<String>,
@@ -251,7 +251,7 @@ pub struct ShowArgs {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum CeremonyCommand {
+pub(crate) enum CeremonyCommand {
     /// Create the root token with a random PIN split into N shares (M needed), the P-384 root key and the self-signed root certificate.
     #[command(
         after_help = "Example:\n  meterpki ceremony root --officers 5 --quorum 3 --shares-dir /media/officers \\\n      --officer alice --officer bob --officer carol --officer dave --officer erin\n\nEach officer receives one file DIR/<officer>.share (mode 0600). Any QUORUM of them open the root\ntoken at a later ceremony; fewer reveal nothing."
@@ -266,7 +266,7 @@ pub enum CeremonyCommand {
 }
 
 #[derive(Args, Debug)]
-pub struct RootArgs {
+pub(crate) struct RootArgs {
     /// Number of officers N (one share each).
     #[arg(long)]
     pub officers: u8,
@@ -285,7 +285,7 @@ pub struct RootArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct IssuingArgs {
+pub(crate) struct IssuingArgs {
     /// Which issuing CA: device (meter certificates), organisation (supplier certificates, the trust-update signer) or access (TLS certificates for the API).
     #[arg(long, value_parser = CaKind::parse_issuing)]
     pub kind: CaKind,
@@ -298,7 +298,7 @@ pub struct IssuingArgs {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum AuditCommand {
+pub(crate) enum AuditCommand {
     /// Check every record's hash, link and sequence number and every signed head; name the first altered, removed or reordered record.
     #[command(after_help = "Example:\n  meterpki audit verify && echo intact")]
     Verify,
@@ -308,7 +308,7 @@ pub enum AuditCommand {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum HsmCommand {
+pub(crate) enum HsmCommand {
     /// Raw signing rates of the online token: a bare cryptoki loop (with the token object, and with a session copy of the key as the pool signs) vs hsm-bridge, 1 and 2 sessions, P-256 and P-384. The figures the issuance benchmarks (the meterpki-bench binary) compare against.
     #[command(after_help = "Example:\n  meterpki hsm bench --seconds 5")]
     Bench {
@@ -321,7 +321,7 @@ pub enum HsmCommand {
 /// Where a churn command writes its trust-anchor updates.
 #[derive(Args, Debug, Clone)]
 #[group(required = false, multiple = false)]
-pub struct UpdatesOut {
+pub(crate) struct UpdatesOut {
     /// Write one update per meter as DIR/<DEVICE-ID>.tamp.der (DER CMS SignedData).
     #[arg(long, value_name = "DIR")]
     pub updates_out: Option<PathBuf>,
@@ -332,7 +332,7 @@ pub struct UpdatesOut {
 
 /// What every churn command shares: where the updates go, and the chunk size.
 #[derive(Args, Debug, Clone)]
-pub struct ChurnOut {
+pub(crate) struct ChurnOut {
     #[command(flatten)]
     pub updates: UpdatesOut,
     /// Meters (or lines of a bulk file) per chunk: signed, written and stored together.
@@ -341,7 +341,7 @@ pub struct ChurnOut {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum SupplierCommand {
+pub(crate) enum SupplierCommand {
     /// Register a supplier (active from now on).
     #[command(
         after_help = "Example:\n  meterpki supplier register --id 90-B3-D5-1F-30-00-00-02 --name \"Example Energy\""
@@ -418,7 +418,7 @@ pub enum SupplierCommand {
 }
 
 #[derive(Args, Debug, Clone)]
-pub struct EnrolArgs {
+pub(crate) struct EnrolArgs {
     /// The supplier's entity ID.
     #[arg(long)]
     pub id: String,
@@ -434,7 +434,7 @@ pub struct EnrolArgs {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum MeterCommand {
+pub(crate) enum MeterCommand {
     /// Assign meters to their first supplier: one, or a bulk file of millions of lines (NDJSON {"device_id", "supplier"} or CSV device_id,supplier).
     #[command(
         after_help = "Examples:\n  meterpki meter assign --device-id 00-DB-12-34-56-78-90-01 --supplier 90-B3-D5-1F-30-00-00-02\n  meterpki meter assign --file rollout.csv --updates-out updates/\n\nLines that are wrong are reported with their line numbers; the rest are applied. Re-running a\nfile is harmless: meters already with that supplier are counted as such. Updates (adding the\nsupplier's certificates) are made only when --updates-out or --updates-ndjson is given."
@@ -482,7 +482,7 @@ pub enum MeterCommand {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum UpdateCommand {
+pub(crate) enum UpdateCommand {
     /// Check an update as a meter would: CMS signature, signer chain to the root, the signer's policy OID and key usage, the target, and a sequence number greater than the last one seen.
     #[command(
         after_help = "Examples:\n  meterpki update verify updates/00-DB-12-34-56-78-90-01.tamp.der --root meterpki-home/ca/root.pem\n  meterpki update verify u.der --root root.pem --device-id 00-DB-12-34-56-78-90-01 --after 41 --json\n\nExit 0 when the update verifies, 2 when it does not (the reason is printed)."

@@ -11,7 +11,7 @@ use ca_core::service::{Actor, HsmAccess, Service, ServiceError};
 use ca_core::{Config, Home};
 
 /// An opened home.
-pub struct Ctx {
+pub(crate) struct Ctx {
     pub service: Service,
     pub json: bool,
 }
@@ -20,30 +20,32 @@ pub struct Ctx {
 /// (the server).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Watchdog {
+    /// A signature pending past the sign timeout stops the process (exit 1).
     On,
+    /// No watchdog: the caller answers a hung HSM itself (the server's 503).
     Off,
 }
 
 impl Ctx {
     /// Opens an initialised home.
-    pub fn open(home: Home, json: bool, watchdog: Watchdog) -> Result<Ctx> {
+    pub(crate) fn open(home: Home, json: bool, watchdog: Watchdog) -> Result<Ctx> {
         Ok(Ctx {
             service: Service::open(home.clone(), hsm_access(&home, watchdog))?,
             json,
         })
     }
 
-    pub fn home(&self) -> &Home {
+    pub(crate) fn home(&self) -> &Home {
         self.service.home()
     }
 
-    pub fn config(&self) -> &Config {
+    pub(crate) fn config(&self) -> &Config {
         self.service.config()
     }
 }
 
 /// The operator at this shell, for the audit log.
-pub fn operator() -> Actor {
+pub(crate) fn operator() -> Actor {
     Actor::local()
 }
 
@@ -149,7 +151,7 @@ pub fn absolute(p: &Path) -> PathBuf {
 /// tokens inside itself, so before loading the module the process must run with that variable
 /// pointing at the home's config. Rather than `unsafe` `set_var` in a running process, the
 /// CLI re-executes itself once with the variable set (`exec`, same pid, same arguments).
-pub fn ensure_softhsm_env(home: &Home) -> Result<()> {
+pub(crate) fn ensure_softhsm_env(home: &Home) -> Result<()> {
     ensure_process_env(Some(home), false)
 }
 

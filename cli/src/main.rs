@@ -1,3 +1,5 @@
+//! The `meterpki` binary: see the README for every command.
+
 // mimalloc instead of glibc's malloc: sled, the DER encoders and the signing threads allocate
 // from several threads at once, where glibc's arenas cost a fifth of the CPU in `bench takeover`
 // and grow the peak RSS. Built with mimalloc's `no_thp` feature: transparent huge pages rounded

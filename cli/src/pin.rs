@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 use crate::errors::input;
 
 /// The variable that overrides every configured source.
-pub const PIN_ENV: &str = "METERPKI_HSM_PIN";
+pub(crate) const PIN_ENV: &str = "METERPKI_HSM_PIN";
 
 /// Resolves the online PIN: `METERPKI_HSM_PIN`, the configured variable, the configured file,
 /// then a prompt when a terminal is attached.
@@ -57,7 +57,7 @@ pub fn online_pin(home: &Home, config: &Config) -> Result<SecretString> {
 }
 
 /// Reads a PIN file: the first line, without its newline. Refuses a file others can read.
-pub fn read_pin_file(path: &Path) -> Result<SecretString> {
+pub(crate) fn read_pin_file(path: &Path) -> Result<SecretString> {
     use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(path).with_context(|| format!("PIN file {}", path.display()))?;
     if meta.permissions().mode() & 0o077 != 0 {

@@ -225,7 +225,7 @@ pub(crate) fn list_objects(
     token: &str,
 ) -> Result<Vec<ObjectSummary>, HsmError> {
     let handles = session
-        .find_objects(&[cryptoki::object::Attribute::Token(true)])
+        .find_objects(&[Attribute::Token(true)])
         .map_err(|e| HsmError::from_ck(e, format!("listing objects on {token:?}")))?;
     let mut out = Vec::new();
     for h in handles {

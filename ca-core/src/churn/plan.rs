@@ -29,7 +29,10 @@ pub struct Plan {
 }
 
 /// The hwType of a meter: kept with its first meter certificate's record.
-pub fn meter_hw_type(store: &dyn Store, device: &Eui64) -> Result<ObjectIdentifier, ChurnError> {
+pub(super) fn meter_hw_type(
+    store: &dyn Store,
+    device: &Eui64,
+) -> Result<ObjectIdentifier, ChurnError> {
     let id = device.to_string();
     let certs = store.certs_of_subject(&id)?;
     let Some(rec) = certs.iter().find(|r| r.issuer == CaKind::Device) else {

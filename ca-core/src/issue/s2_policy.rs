@@ -32,7 +32,7 @@ pub enum Decision {
 }
 
 /// Applies the account's range and the one-active-certificate rule (docs/design.md#issuance).
-pub fn approve(
+pub(super) fn approve(
     request: Request,
     limits: &AccountLimits,
     store: &dyn Store,

@@ -104,8 +104,8 @@ fn internal(e: impl std::fmt::Display) -> IssueError {
 /// one 127th of the tree (a few hundred pages for a million certificates), read in once.
 fn fresh_serial() -> Vec<u8> {
     use rand::RngCore;
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let mut b = [0u8; 9];
@@ -195,7 +195,7 @@ fn tls_name(common_name: &str, unit: Option<&str>) -> Result<RdnSequence, IssueE
 }
 
 /// Builds the TBSCertificate for `approved` under `issuer`.
-pub fn build_tbs(
+pub(super) fn build_tbs(
     approved: Approved,
     issuer: &IssuerCtx,
     crl: &CrlSettings,

@@ -68,7 +68,7 @@ fn ext_value<'a, T: Decode<'a>>(value: &'a OctetString, what: &str) -> Result<T,
 }
 
 /// Lints `tbs` for `issuer`.
-pub fn lint(tbs: Tbs, issuer: &IssuerCtx) -> Result<Linted, IssueError> {
+pub(super) fn lint(tbs: Tbs, issuer: &IssuerCtx) -> Result<Linted, IssueError> {
     let der = tbs.tbs.to_der().map_err(|e| fail(e.to_string()))?;
     // Read back what will be signed, as a relying party would.
     let t = TbsCertificate::from_der(&der).map_err(|e| fail(format!("does not decode: {e}")))?;

@@ -36,7 +36,7 @@ pub(crate) fn assemble(
 }
 
 /// Signs `linted` with the issuer's key and verifies the result.
-pub fn sign(linted: Linted, issuer: &IssuerCtx) -> Result<Issued, IssueError> {
+pub(super) fn sign(linted: Linted, issuer: &IssuerCtx) -> Result<Issued, IssueError> {
     let signature = issuer.signer.sign(linted.der()).map_err(|e| {
         tracing::error!(issuer = %issuer.kind.name(), error = %e, "HSM signing failed");
         IssueError::new(

@@ -8,7 +8,7 @@ use spki::SubjectPublicKeyInfoOwned;
 /// A software key behind the Signer seam, for tests only. `corrupt` makes it return a
 /// signature that does not verify (a bit flipped), as a faulty HSM might.
 #[derive(Debug)]
-pub struct SoftSigner {
+pub(crate) struct SoftSigner {
     pub p256: Option<p256::ecdsa::SigningKey>,
     pub p384: Option<p384::ecdsa::SigningKey>,
     pub spki: SubjectPublicKeyInfoOwned,
@@ -16,7 +16,7 @@ pub struct SoftSigner {
 }
 
 impl SoftSigner {
-    pub fn p256() -> SoftSigner {
+    pub(crate) fn p256() -> SoftSigner {
         let k = p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng);
         let point = k.verifying_key().to_encoded_point(false);
         SoftSigner {
@@ -27,7 +27,7 @@ impl SoftSigner {
         }
     }
 
-    pub fn p384() -> SoftSigner {
+    pub(crate) fn p384() -> SoftSigner {
         let k = p384::ecdsa::SigningKey::random(&mut rand::rngs::OsRng);
         let point = k.verifying_key().to_encoded_point(false);
         SoftSigner {

@@ -12,7 +12,7 @@ use crate::cmd::{parse_id, print_json, read_blob};
 use crate::ctx::{operator, Ctx};
 use crate::errors::input;
 
-pub fn run(ctx: &Ctx, cmd: AccountCommand) -> Result<()> {
+pub(super) fn run(ctx: &Ctx, cmd: AccountCommand) -> Result<()> {
     match cmd {
         AccountCommand::Add {
             role,

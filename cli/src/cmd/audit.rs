@@ -5,7 +5,7 @@ use anyhow::Result;
 use crate::cmd::print_json;
 use crate::ctx::{operator, Ctx};
 
-pub fn verify(ctx: &Ctx) -> Result<()> {
+pub(super) fn verify(ctx: &Ctx) -> Result<()> {
     let (report, keyed) = ctx.service.verify_audit(&operator())?;
     if ctx.json {
         print_json(&report)?;
@@ -40,7 +40,7 @@ pub fn verify(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
-pub fn list(ctx: &Ctx) -> Result<()> {
+pub(super) fn list(ctx: &Ctx) -> Result<()> {
     let records = ctx.service.audit_records(&operator())?;
     if ctx.json {
         return print_json(&records);

@@ -12,7 +12,7 @@ fn actor(named: &Option<String>) -> Actor {
     named.clone().map(Actor::Operator).unwrap_or_else(operator)
 }
 
-pub fn root(ctx: &Ctx, a: RootArgs) -> Result<()> {
+pub(super) fn root(ctx: &Ctx, a: RootArgs) -> Result<()> {
     let summary = ctx.service.root_ceremony(
         &actor(&a.operator),
         &RootCeremony {
@@ -55,7 +55,7 @@ pub fn root(ctx: &Ctx, a: RootArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn issuing(ctx: &Ctx, a: IssuingArgs) -> Result<()> {
+pub(super) fn issuing(ctx: &Ctx, a: IssuingArgs) -> Result<()> {
     let kind = a.kind;
     let summary = ctx.service.issuing_ca_ceremony(
         &actor(&a.operator),

@@ -13,7 +13,7 @@ use crate::ctx::Ctx;
 use crate::errors::input;
 
 /// The sink named by `--updates-out` / `--updates-ndjson`, if any.
-pub fn sink(u: &UpdatesOut) -> Result<Option<Box<dyn UpdateSink>>> {
+pub(super) fn sink(u: &UpdatesOut) -> Result<Option<Box<dyn UpdateSink>>> {
     if let Some(dir) = &u.updates_out {
         return Ok(Some(Box::new(DirSink::create(dir).map_err(|e| {
             input(format!("--updates-out {}: {e}", dir.display()))
@@ -28,14 +28,14 @@ pub fn sink(u: &UpdatesOut) -> Result<Option<Box<dyn UpdateSink>>> {
 }
 
 /// The sink, required.
-pub fn required_sink(u: &UpdatesOut) -> Result<Box<dyn UpdateSink>> {
+pub(super) fn required_sink(u: &UpdatesOut) -> Result<Box<dyn UpdateSink>> {
     sink(u)?.ok_or_else(|| {
         input("give --updates-out DIR or --updates-ndjson FILE: this operation makes trust-anchor updates for the meters")
     })
 }
 
 /// A progress bar of `len` steps.
-pub fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
+pub(super) fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
     let b = indicatif::ProgressBar::new(len);
     b.set_style(
         indicatif::ProgressStyle::with_template(&format!(
@@ -48,7 +48,11 @@ pub fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
 
 /// A progress bar on a terminal, nothing otherwise. `len` is only computed when the bar is shown
 /// (counting a bulk file's lines or an operation's meters is a pass over them).
-pub fn bar(ctx: &Ctx, len: impl FnOnce() -> u64, what: &str) -> Option<indicatif::ProgressBar> {
+pub(super) fn bar(
+    ctx: &Ctx,
+    len: impl FnOnce() -> u64,
+    what: &str,
+) -> Option<indicatif::ProgressBar> {
     if ctx.json || !std::io::stderr().is_terminal() {
         return None;
     }
@@ -56,7 +60,7 @@ pub fn bar(ctx: &Ctx, len: impl FnOnce() -> u64, what: &str) -> Option<indicatif
 }
 
 /// A progress bar (or nothing, off a terminal) as the service's progress report.
-pub struct Bar(pub Option<indicatif::ProgressBar>);
+pub(super) struct Bar(pub Option<indicatif::ProgressBar>);
 
 impl ca_core::service::Progress for Bar {
     fn wants_total(&self) -> bool {
@@ -76,7 +80,7 @@ impl ca_core::service::Progress for Bar {
 
 impl Bar {
     /// Removes the bar from the terminal.
-    pub fn finish(self) {
+    pub(super) fn finish(self) {
         if let Some(b) = self.0 {
             b.finish_and_clear();
         }
@@ -84,7 +88,7 @@ impl Bar {
 }
 
 /// Non-empty lines of a file (for a progress bar's length).
-pub fn count_lines(p: &Path) -> u64 {
+pub(super) fn count_lines(p: &Path) -> u64 {
     std::fs::File::open(p)
         .map(|f| {
             BufReader::new(f)
@@ -97,7 +101,7 @@ pub fn count_lines(p: &Path) -> u64 {
 
 /// Prints what a journaled operation did; refused meters make it exit 2 (the operation stays
 /// open: a re-run completes it).
-pub fn report(ctx: &Ctx, r: &ChurnReport) -> Result<()> {
+pub(super) fn report(ctx: &Ctx, r: &ChurnReport) -> Result<()> {
     if ctx.json {
         print_json(r)?;
     } else if r.already_complete {

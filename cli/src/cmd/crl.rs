@@ -26,7 +26,7 @@ pub(crate) fn print_published(ctx: &Ctx, published: &[Published]) -> Result<()> 
     Ok(())
 }
 
-pub fn publish(ctx: &Ctx, issuer: Option<CaKind>, full: bool) -> Result<()> {
+pub(super) fn publish(ctx: &Ctx, issuer: Option<CaKind>, full: bool) -> Result<()> {
     let published = ctx.service.publish_crls(&operator(), issuer, full, None)?;
     print_published(ctx, &published)
 }

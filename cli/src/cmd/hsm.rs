@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::cmd::print_json;
 use crate::ctx::Ctx;
 
-pub fn bench(ctx: &Ctx, seconds: f64) -> Result<()> {
+pub(super) fn bench(ctx: &Ctx, seconds: f64) -> Result<()> {
     if !(0.1..=600.0).contains(&seconds) {
         return Err(crate::errors::input(
             "--seconds must be between 0.1 and 600",

@@ -11,7 +11,7 @@ use crate::cmd::print_json;
 use crate::ctx::{ensure_softhsm_env, hsm_access, Watchdog};
 use crate::errors::input;
 
-pub fn run(home: Home, a: InitArgs, json: bool) -> Result<()> {
+pub(super) fn run(home: Home, a: InitArgs, json: bool) -> Result<()> {
     let module = match a.module {
         Some(m) => m,
         None => softhsm_config::find_module().ok_or_else(|| {

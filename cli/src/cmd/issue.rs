@@ -12,7 +12,7 @@ use crate::cmd::{pem, print_json, read_blob};
 use crate::ctx::{operator, Ctx};
 use crate::errors::input;
 
-pub fn run(ctx: &Ctx, a: IssueArgs) -> Result<()> {
+pub(super) fn run(ctx: &Ctx, a: IssueArgs) -> Result<()> {
     if let Some(batch) = &a.batch {
         let out = a
             .out

@@ -15,7 +15,7 @@ use crate::cmd::{parse_id, print_json};
 use crate::ctx::{operator, Ctx};
 use crate::errors::input;
 
-pub fn run(ctx: &Ctx, cmd: MeterCommand) -> Result<()> {
+pub(super) fn run(ctx: &Ctx, cmd: MeterCommand) -> Result<()> {
     match cmd {
         MeterCommand::Assign {
             device_id,

@@ -26,7 +26,7 @@ use crate::args::{
 use crate::ctx::{absolute, ensure_process_env, Ctx, Watchdog};
 
 /// Dispatches a parsed command line.
-pub fn run(cli: Cli) -> Result<()> {
+pub(crate) fn run(cli: Cli) -> Result<()> {
     let home = Home::new(absolute(&cli.home));
     let json = cli.json;
     match cli.command {

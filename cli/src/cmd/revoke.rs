@@ -9,7 +9,7 @@ use crate::cmd::{parse_id, parse_serial, print_json};
 use crate::ctx::{operator, Ctx};
 use crate::errors::input;
 
-pub fn run(ctx: &Ctx, a: RevokeArgs) -> Result<()> {
+pub(super) fn run(ctx: &Ctx, a: RevokeArgs) -> Result<()> {
     let reason = Reason::parse(&a.reason).map_err(|e| input(format!("--reason: {e}")))?;
     let invalidity_date = match &a.invalidity_date {
         None => None,

@@ -10,7 +10,7 @@ use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
 
 use crate::ctx::Ctx;
 
-pub fn run(
+pub(super) fn run(
     ctx: Ctx,
     listen: Option<String>,
     dns: Vec<String>,

@@ -9,7 +9,7 @@ use crate::cmd::{parse_id, parse_serial, pem, print_json, rfc3339};
 use crate::ctx::{operator, Ctx};
 use crate::errors::input;
 
-pub fn run(ctx: &Ctx, a: ShowArgs) -> Result<()> {
+pub(super) fn run(ctx: &Ctx, a: ShowArgs) -> Result<()> {
     let views: Vec<CertView> = if let Some(s) = &a.serial {
         let serial = parse_serial(s)?;
         vec![ctx

@@ -6,7 +6,7 @@ use ca_core::hsm::ObjectSummary;
 use crate::cmd::print_json;
 use crate::ctx::{operator, Ctx};
 
-pub fn run(ctx: &Ctx) -> Result<()> {
+pub(super) fn run(ctx: &Ctx) -> Result<()> {
     let st = ctx.service.status(&operator())?;
     let result = if st.mismatches.is_empty() {
         Ok(())

@@ -12,7 +12,7 @@ use crate::cmd::{parse_id, parse_serial, pem, print_json, read_blob};
 use crate::ctx::{operator, Ctx};
 use crate::errors::input;
 
-pub fn run(ctx: &Ctx, cmd: SupplierCommand) -> Result<()> {
+pub(super) fn run(ctx: &Ctx, cmd: SupplierCommand) -> Result<()> {
     match cmd {
         SupplierCommand::Register { id, name } => register(ctx, &id, &name),
         SupplierCommand::List => list(ctx),

@@ -13,7 +13,7 @@ use crate::cmd::print_json;
 use crate::errors::input;
 
 /// Runs without a home: a head end or a test bench has only the file and the root.
-pub fn verify(
+pub(super) fn verify(
     home: &ca_core::Home,
     json_out: bool,
     file: &Path,
