@@ -4,8 +4,9 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use cms::cert::CertificateChoices;
+use cms::cert::IssuerAndSerialNumber;
 use cms::content_info::{CmsVersion, ContentInfo};
-use cms::signed_data::{SignedAttributes, SignedData, SignerIdentifier};
+use cms::signed_data::{SignedAttributes, SignedData, SignerIdentifier, SignerInfo};
 use der::asn1::{ObjectIdentifier, OctetString};
 use der::{Any, Decode, Encode, Tag, Tagged};
 use spki::{AlgorithmIdentifierOwned, SubjectPublicKeyInfoOwned};
@@ -73,7 +74,38 @@ pub fn verify_update(
     root: &Certificate,
     opts: &VerifyOptions,
 ) -> Result<VerifiedUpdate, TampError> {
-    // The envelope (RFC 5652 §3, §5.1).
+    let (sd, content) = envelope(der)?;
+    let (si, ias, attrs) = signer_info(&sd)?;
+    check_content_attributes(attrs, &content)?;
+    let pool = certificates(&sd);
+    let signer = check_signature(&pool, si, ias, attrs)?;
+    check_path(signer, &pool, root, opts)?;
+    let read = read_update(&content, opts)?;
+    Ok(VerifiedUpdate {
+        seq: read.seq,
+        terse: read.terse,
+        hw_type: read.hw_type,
+        devices: read.devices,
+        removed: read.removed,
+        added: read.added,
+        signer: signer.clone(),
+        content,
+    })
+}
+
+/// What the TAMPUpdate itself says.
+struct UpdateRead {
+    seq: u64,
+    terse: bool,
+    hw_type: ObjectIdentifier,
+    devices: Vec<Eui64>,
+    removed: Vec<SubjectPublicKeyInfoOwned>,
+    added: Vec<Certificate>,
+}
+
+/// The envelope (RFC 5652 §3, §5.1): strict DER, a SignedData of version 3 with SHA-256 alone,
+/// encapsulating a TAMP update. Returns the SignedData and the DER `TAMPUpdate`.
+fn envelope(der: &[u8]) -> Result<(SignedData, Vec<u8>), TampError> {
     let content_info = ContentInfo::from_der(der).map_err(malformed("ContentInfo"))?;
     canonical(&content_info, der, "ContentInfo")?;
     if content_info.content_type != ID_SIGNED_DATA {
@@ -127,9 +159,14 @@ pub fn verify_update(
         })?
         .decode_as::<OctetString>()
         .map_err(malformed("eContent"))?;
-    let content = content.as_bytes();
+    Ok((sd, content.as_bytes().to_vec()))
+}
 
-    // The one SignerInfo (RFC 5652 §5.3).
+/// The one SignerInfo (RFC 5652 §5.3), identified by issuer and serial, SHA-256 and
+/// ecdsa-with-SHA256, with signed attributes.
+fn signer_info(
+    sd: &SignedData,
+) -> Result<(&SignerInfo, &IssuerAndSerialNumber, &SignedAttributes), TampError> {
     let si = match sd.signer_infos.0.as_slice() {
         [si] => si,
         other => {
@@ -178,6 +215,11 @@ pub fn verify_update(
                 "signedAttrs are absent (RFC 5652 §5.3: required when eContentType is not id-data)"
                     .into(),
         })?;
+    Ok((si, ias, attrs))
+}
+
+/// The signed contentType and messageDigest attributes name and hash this content.
+fn check_content_attributes(attrs: &SignedAttributes, content: &[u8]) -> Result<(), TampError> {
     let signed_type: ObjectIdentifier = single_attribute(attrs, ID_CONTENT_TYPE, "contentType")?
         .decode_as()
         .map_err(malformed("contentType signed attribute"))?;
@@ -195,9 +237,12 @@ pub fn verify_update(
         return Err(TampError::MessageDigest);
     }
 
-    // The signer and its signature (RFC 5652 §5.4, §5.6).
-    let pool: Vec<&Certificate> = sd
-        .certificates
+    Ok(())
+}
+
+/// The certificates the message carries.
+fn certificates(sd: &SignedData) -> Vec<&Certificate> {
+    sd.certificates
         .as_ref()
         .map(|set| {
             set.0
@@ -208,7 +253,17 @@ pub fn verify_update(
                 })
                 .collect()
         })
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// The signer among them (RFC 5652 §5.4, §5.6): a P-256 key whose signature over the signed
+/// attributes verifies.
+fn check_signature<'a>(
+    pool: &[&'a Certificate],
+    si: &SignerInfo,
+    ias: &IssuerAndSerialNumber,
+    attrs: &SignedAttributes,
+) -> Result<&'a Certificate, TampError> {
     let signer = pool
         .iter()
         .copied()
@@ -231,8 +286,18 @@ pub fn verify_update(
     let signed_bytes = attrs.to_der().map_err(malformed("signedAttrs"))?;
     verify_signature_fast(signer_spki, &signed_bytes, si.signature.as_bytes())
         .map_err(TampError::Signature)?;
+    Ok(signer)
+}
 
-    // The path to the root (RFC 5280 §6.1, reduced to what a meter checks).
+/// The path signer -> CAs from the message -> `root` (RFC 5280 §6.1, reduced to what a meter
+/// checks): every certificate valid at `opts.now`, the root's pathLenConstraint kept, the CAs
+/// with cA and keyCertSign, the signer an end entity with digitalSignature and the policy.
+fn check_path(
+    signer: &Certificate,
+    pool: &[&Certificate],
+    root: &Certificate,
+    opts: &VerifyOptions,
+) -> Result<(), TampError> {
     let now = opts
         .now
         .duration_since(UNIX_EPOCH)
@@ -240,7 +305,7 @@ pub fn verify_update(
             reason: "the verification time is before 1970".into(),
         })?
         .as_secs();
-    let intermediates = build_path(signer, &pool, root)?;
+    let intermediates = build_path(signer, pool, root)?;
     check_valid_at(root, now)?;
     let root_exts = extensions(root)?;
     if let Some(limit) = root_exts.bc.as_ref().and_then(|bc| bc.path_len_constraint) {
@@ -261,7 +326,13 @@ pub fn verify_update(
     check_valid_at(signer, now)?;
     check_signer(signer, &opts.signer_policy)?;
 
-    // The TAMPUpdate (RFC 5934 §4.3, §6).
+    Ok(())
+}
+
+/// The TAMPUpdate (RFC 5934 §4.3, §6): one hwModules target of `single` EUI-64s (this meter
+/// among them, when asked), a sequence number greater than the last accepted, removes and
+/// certificate adds.
+fn read_update(content: &[u8], opts: &VerifyOptions) -> Result<UpdateRead, TampError> {
     let update = decode_update(content)?;
     let modules = match &update.msg_ref.target {
         TargetIdentifier::HwModules(list) => match list.as_slice() {
@@ -350,15 +421,13 @@ pub fn verify_update(
             }
         }
     }
-    Ok(VerifiedUpdate {
+    Ok(UpdateRead {
         seq,
         terse: update.terse == Some(TerseOrVerbose::Terse),
         hw_type: modules.hw_type,
         devices,
         removed,
         added,
-        signer: signer.clone(),
-        content: content.to_vec(),
     })
 }
 
