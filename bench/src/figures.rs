@@ -113,3 +113,31 @@ pub(crate) fn rss_kb(field: &str) -> Option<u64> {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
 }
+
+/// The JSON fields every in-process benchmark reports beside its own: the raw rates of the same
+/// run, the ratios, the verification rate, the ceiling for `verifications` per item and the
+/// share of it reached, and the peak RSS.
+pub(crate) fn rates_json(
+    rate: f64,
+    bare: &BenchFigure,
+    bridge: &BenchFigure,
+    verify: f64,
+    verifications: u32,
+    rss_kb: Option<u64>,
+) -> serde_json::Map<String, serde_json::Value> {
+    let c = ceiling(bare.per_second, verify, verifications);
+    let v = serde_json::json!({
+        "raw_bare_cryptoki_per_second": bare.per_second,
+        "raw_hsm_bridge_per_second": bridge.per_second,
+        "ratio_to_bare": rate / bare.per_second,
+        "ratio_to_hsm_bridge": rate / bridge.per_second,
+        "peak_rss_mb": rss_kb.map(|k| k as f64 / 1024.0),
+        "verify_per_second": verify,
+        "ratio_ceiling": c,
+        "share_of_ceiling": rate / bare.per_second / c,
+    });
+    match v {
+        serde_json::Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    }
+}

@@ -11,7 +11,7 @@ use hsm_bridge::{bench_bare_cryptoki, bench_signer};
 use serde_json::json;
 
 use crate::figures::{
-    ceiling, peak_rss_kb, print_ceiling, print_rates, verify_rate, CERTIFICATE_VERIFICATIONS,
+    peak_rss_kb, print_ceiling, print_rates, rates_json, verify_rate, CERTIFICATE_VERIFICATIONS,
 };
 use crate::Bench;
 
@@ -43,22 +43,17 @@ pub(crate) fn run(b: &Bench, count: usize, raw_seconds: f64) -> Result<()> {
     bar.finish();
     let rss = peak_rss_kb();
     let rate = summary.issued as f64 / summary.seconds;
-    let out = json!({
+    let mut out = json!({
         "certificates": summary.issued,
         "rejected": summary.rejected,
         "seconds": summary.seconds,
         "certificates_per_second": rate,
         "sessions": sessions,
-        "raw_bare_cryptoki_per_second": bare.per_second,
-        "raw_hsm_bridge_per_second": bridge.per_second,
-        "ratio_to_bare": rate / bare.per_second,
-        "ratio_to_hsm_bridge": rate / bridge.per_second,
-        "peak_rss_mb": rss.map(|k| k as f64 / 1024.0),
-        "verify_per_second": verify,
-        "ratio_ceiling": ceiling(bare.per_second, verify, 2),
-        "share_of_ceiling": rate / bare.per_second / ceiling(bare.per_second, verify, 2),
         "store_certificates": service.store()?.cert_count()?,
     });
+    if let Some(o) = out.as_object_mut() {
+        o.extend(rates_json(rate, &bare, &bridge, verify, 2, rss));
+    }
     if b.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {

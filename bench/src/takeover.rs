@@ -18,7 +18,7 @@ use hsm_bridge::{bench_bare_cryptoki, bench_signer};
 use rand::RngCore;
 use serde_json::json;
 
-use crate::figures::{ceiling, peak_rss_kb, print_ceiling, print_rates, verify_rate};
+use crate::figures::{peak_rss_kb, print_ceiling, print_rates, rates_json, verify_rate};
 use crate::input::{meter_request, software_csr};
 use crate::Bench;
 
@@ -147,7 +147,7 @@ pub(crate) fn run(
     )?;
     let done = report.meters_updated;
     let rate = done as f64 / secs;
-    let out = json!({
+    let mut out = json!({
         "meters": meters,
         "updates": done,
         "refused": report.refused.len(),
@@ -155,18 +155,13 @@ pub(crate) fn run(
         "seconds": secs,
         "updates_per_second": rate,
         "sessions": sessions,
-        "raw_bare_cryptoki_per_second": bare.per_second,
-        "raw_hsm_bridge_per_second": bridge.per_second,
-        "ratio_to_bare": rate / bare.per_second,
-        "ratio_to_hsm_bridge": rate / bridge.per_second,
-        "peak_rss_mb": rss.map(|k| k as f64 / 1024.0),
-        "verify_per_second": verify,
-        "ratio_ceiling": ceiling(bare.per_second, verify, 1),
-        "share_of_ceiling": rate / bare.per_second / ceiling(bare.per_second, verify, 1),
         "sample_update_bytes": sample.len(),
         "sink": if ndjson { "ndjson" } else { "one file per meter" },
         "sample_update_seq": checked.seq,
     });
+    if let Some(o) = out.as_object_mut() {
+        o.extend(rates_json(rate, &bare, &bridge, verify, 1, rss));
+    }
     if b.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {

@@ -3,8 +3,9 @@
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 
 use sha2::{Digest, Sha256};
 
@@ -222,6 +223,74 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
             let bytes = std::fs::read(&p).unwrap_or_default();
             out.insert(rel, hex::encode(Sha256::digest(bytes)));
         }
+    }
+}
+
+/// A `meterpki serve` process on the home `h` of a scratch directory, on a free port; killed
+/// when dropped.
+pub struct Server {
+    /// The process.
+    pub child: Child,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl Server {
+    /// Starts the server.
+    pub fn start(s: &Scratch) -> Server {
+        Server::start_with(s, &[])
+    }
+
+    /// Starts the server with extra arguments.
+    pub fn start_with(s: &Scratch, extra: &[&str]) -> Server {
+        Server::start_env(s, extra, &[])
+    }
+
+    /// Starts the server with extra arguments and environment variables.
+    pub fn start_env(s: &Scratch, extra: &[&str], env: &[(&str, String)]) -> Server {
+        let mut child = Command::new(&s.exe)
+            .args([
+                "--home",
+                &s.path("h").display().to_string(),
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .args(extra)
+            .env_remove("SOFTHSM2_CONF")
+            .env_remove("METERPKI_REEXEC")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap_or_else(|_| panic!("server said {line:?}"));
+        Server { child, port }
+    }
+
+    /// SIGTERM, then its exit code.
+    pub fn stop(mut self) -> i32 {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().unwrap().code().unwrap_or(-1)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -103,17 +103,13 @@ fn crl_numbers(s: &Scratch) -> BTreeMap<String, u64> {
     out
 }
 
-fn check_audit(s: &Scratch) {
-    s.run("h", &["audit", "verify"]).ok();
-}
-
-#[test]
-fn killed_at_random_moments_the_ca_keeps_its_invariants() {
-    let rounds: usize = std::env::var("METERPKI_CRASH_ROUNDS")
+/// `METERPKI_CRASH_ROUNDS` (default 2) and `METERPKI_CRASH_SEED` (default: from the clock).
+fn rounds_and_seed() -> (usize, u64) {
+    let rounds = std::env::var("METERPKI_CRASH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2);
-    let seed: u64 = std::env::var("METERPKI_CRASH_SEED")
+    let seed = std::env::var("METERPKI_CRASH_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| {
@@ -123,6 +119,16 @@ fn killed_at_random_moments_the_ca_keeps_its_invariants() {
                 .as_nanos() as u64
                 | 1
         });
+    (rounds, seed)
+}
+
+fn check_audit(s: &Scratch) {
+    s.run("h", &["audit", "verify"]).ok();
+}
+
+#[test]
+fn killed_at_random_moments_the_ca_keeps_its_invariants() {
+    let (rounds, seed) = rounds_and_seed();
     eprintln!("crash harness: {rounds} round(s) per operation, METERPKI_CRASH_SEED={seed}");
     let mut rng = Rng(seed);
     let s = Scratch::new(EXE);
@@ -464,20 +470,7 @@ fn revoked(s: &Scratch, serial: &str) -> bool {
 /// chain verifies.
 #[test]
 fn account_disable_stopped_anywhere_never_leaves_a_disabled_account_unrevoked() {
-    let rounds: usize = std::env::var("METERPKI_CRASH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2);
-    let seed: u64 = std::env::var("METERPKI_CRASH_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
+    let (rounds, seed) = rounds_and_seed();
     eprintln!("account disable: {rounds} random kill(s), METERPKI_CRASH_SEED={seed}");
     let mut rng = Rng(seed);
     let s = Scratch::new(EXE);

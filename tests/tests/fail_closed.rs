@@ -2,51 +2,12 @@
 //! cannot be written, the CLI exits 1 and the API answers 503, and nothing changed. And an API
 //! batch's request ID is bound to one body: two bodies sent at once under one ID issue once.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
-use meterpki_tests::{openssl_csr, Scratch};
+use meterpki_tests::{openssl_csr, Scratch, Server};
 use serde_json::Value;
 
 const EXE: &str = env!("CARGO_BIN_EXE_meterpki-e2e");
-
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Server {
-    fn start(s: &Scratch) -> Server {
-        let mut child = Command::new(EXE)
-            .args(["--home", &s.path("h").display().to_string()])
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .env_remove("SOFTHSM2_CONF")
-            .env_remove("METERPKI_REEXEC")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .rsplit(':')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap_or_else(|_| panic!("server said {line:?}"));
-        Server { child, port }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// curl as account `line`: a process that writes the body to `out` and the status on stdout.
 fn curl(s: &Scratch, port: u16, method: &str, path: &str, body: Option<&str>, out: &str) -> Child {

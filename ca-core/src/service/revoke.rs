@@ -112,7 +112,6 @@ impl Service {
         authorize(actor, Action::Administer)?;
         let now = unix_now();
         check_reason(reason, invalidity_date, now)?;
-        let store = self.store()?;
         let (serials, mut details) = match which {
             Selector::Serials { serials, file } => {
                 // CA certificates are not in the end-entity store and are never revoked here.
@@ -166,7 +165,6 @@ impl Service {
                 (list, json!({"supplier": id.to_string()}))
             }
         };
-        let _ = &store;
         let revocation = Revocation {
             reason,
             revoked_at: now,

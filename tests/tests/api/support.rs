@@ -1,73 +1,14 @@
 //! What the API tests share: the `meterpki serve` process, curl requests with an account's
 //! client certificate, request items, and the home most tests start from.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use meterpki_tests::Scratch;
 use serde_json::{json, Value};
 
 pub(crate) const EXE: &str = env!("CARGO_BIN_EXE_meterpki-e2e");
 
-pub(crate) struct Server {
-    pub(crate) child: Child,
-    pub(crate) port: u16,
-}
-
-impl Server {
-    pub(crate) fn start(s: &Scratch) -> Server {
-        Server::start_with(s, &[])
-    }
-
-    pub(crate) fn start_with(s: &Scratch, extra: &[&str]) -> Server {
-        Server::start_env(s, extra, &[])
-    }
-
-    pub(crate) fn start_env(s: &Scratch, extra: &[&str], env: &[(&str, String)]) -> Server {
-        let mut child = Command::new(EXE)
-            .args([
-                "--home",
-                &s.path("h").display().to_string(),
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-            ])
-            .args(extra)
-            .env_remove("SOFTHSM2_CONF")
-            .env_remove("METERPKI_REEXEC")
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .rsplit(':')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap_or_else(|_| panic!("server said {line:?}"));
-        Server { child, port }
-    }
-
-    pub(crate) fn stop(mut self) -> i32 {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        self.child.wait().unwrap().code().unwrap_or(-1)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+pub(crate) use meterpki_tests::Server;
 
 /// One HTTPS request with curl: (HTTP status, body); status 0 when there was no HTTP answer.
 /// curl's arguments for one request: the answer's body to `out`, the status on stdout; the

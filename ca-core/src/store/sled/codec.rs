@@ -199,16 +199,17 @@ pub(super) fn decode_head(key: &[u8], v: &[u8]) -> Result<AuditHead, StoreError>
 
 /// A certificate record as schema 1 stored it: the issuer as text and no hwType.
 #[derive(serde::Deserialize)]
-struct CertRecordV1 {
-    serial: Vec<u8>,
-    issuer: String,
-    profile: String,
-    subject_id: String,
-    key_hash: [u8; 32],
-    shard: u32,
-    issued_at: i64,
-    der: Vec<u8>,
-    replaced_by: Option<Vec<u8>>,
+#[cfg_attr(test, derive(serde::Serialize))]
+pub(super) struct CertRecordV1 {
+    pub(super) serial: Vec<u8>,
+    pub(super) issuer: String,
+    pub(super) profile: String,
+    pub(super) subject_id: String,
+    pub(super) key_hash: [u8; 32],
+    pub(super) shard: u32,
+    pub(super) issued_at: i64,
+    pub(super) der: Vec<u8>,
+    pub(super) replaced_by: Option<Vec<u8>>,
 }
 
 impl CertRecordV1 {
@@ -270,24 +271,12 @@ mod tests {
 
     #[test]
     fn schema_one_records_read_and_schema_two_records_round_trip() {
-        #[derive(serde::Serialize)]
-        struct V1<'a> {
-            serial: Vec<u8>,
-            issuer: &'a str,
-            profile: &'a str,
-            subject_id: &'a str,
-            key_hash: [u8; 32],
-            shard: u32,
-            issued_at: i64,
-            der: Vec<u8>,
-            replaced_by: Option<Vec<u8>>,
-        }
         for len in [1usize, 2, 9, 20] {
-            let v1 = bincode::serialize(&V1 {
+            let v1 = bincode::serialize(&CertRecordV1 {
                 serial: vec![0x42; len],
-                issuer: "organisation",
-                profile: "supplier-signing",
-                subject_id: "00-DB-12-34-56-78-90-01",
+                issuer: "organisation".into(),
+                profile: "supplier-signing".into(),
+                subject_id: "00-DB-12-34-56-78-90-01".into(),
                 key_hash: [7; 32],
                 shard: 3,
                 issued_at: 1_700_000_000,

@@ -400,18 +400,6 @@ mod tests {
     /// certificates without hwType) opens upgraded, with nothing lost.
     #[test]
     fn a_schema_one_store_is_upgraded_in_place() {
-        #[derive(serde::Serialize)]
-        struct V1 {
-            serial: Vec<u8>,
-            issuer: String,
-            profile: String,
-            subject_id: String,
-            key_hash: [u8; 32],
-            shard: u32,
-            issued_at: i64,
-            der: Vec<u8>,
-            replaced_by: Option<Vec<u8>>,
-        }
         let dir = tempfile::tempdir().unwrap();
         {
             let db = sled::open(dir.path()).unwrap();
@@ -422,7 +410,7 @@ mod tests {
             let mut head = 7u64.to_be_bytes().to_vec();
             head.extend_from_slice(b"abc");
             meta.insert("audit.head", head).unwrap();
-            let rec = V1 {
+            let rec = CertRecordV1 {
                 serial: vec![0x42, 1],
                 issuer: "organisation".into(),
                 profile: "supplier-signing".into(),
