@@ -4,6 +4,11 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Numbers the temporary files of this process, so two threads staging the same path never
+/// write the same temporary file.
+static STAGED: AtomicU64 = AtomicU64::new(0);
 
 /// Writes `bytes` to `path` through a temporary file in the same directory, fsyncs it, renames it
 /// over `path` and fsyncs the directory: a reader sees the old file or the new one, never a torn one.
@@ -29,9 +34,10 @@ impl StagedFile {
             .file_name()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
         let tmp = dir.join(format!(
-            ".{}.tmp.{}",
+            ".{}.tmp.{}.{}",
             name.to_string_lossy(),
-            std::process::id()
+            std::process::id(),
+            STAGED.fetch_add(1, Ordering::Relaxed)
         ));
         let staged = StagedFile {
             tmp,
@@ -56,6 +62,25 @@ impl StagedFile {
         fs::rename(&self.tmp, &self.path)?;
         self.done = true;
         File::open(parent(&self.path))?.sync_all()
+    }
+
+    /// Where the file goes.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Like [`StagedFile::commit`], for a file whose content must not be lost when it cannot
+    /// be put in place (what a committed ceremony produced): the temporary file is then kept,
+    /// and its path returned with the error.
+    pub(crate) fn commit_or_keep(mut self) -> Result<(), (io::Error, Option<PathBuf>)> {
+        if let Err(e) = fs::rename(&self.tmp, &self.path) {
+            self.done = true;
+            return Err((e, Some(self.tmp.clone())));
+        }
+        self.done = true;
+        File::open(parent(&self.path))
+            .and_then(|d| d.sync_all())
+            .map_err(|e| (e, None))
     }
 }
 

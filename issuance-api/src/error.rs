@@ -72,9 +72,9 @@ impl From<ServiceError> for ApiError {
             ServiceError::Issue(i) => i.detail.clone(),
             _ if status == StatusCode::SERVICE_UNAVAILABLE => match code {
                 "audit-unavailable" => {
-                    "the audit log cannot be written; nothing was changed; retry later".into()
+                    "the audit log cannot be written, so nothing was issued, revoked or changed; retry later (a batch with the same request_id and body)".into()
                 }
-                _ => "the HSM cannot sign now; nothing was changed; retry later".into(),
+                _ => "the HSM cannot sign now, so nothing was issued, revoked or changed; retry later (a batch with the same request_id and body)".into(),
             },
             other => other.to_string(),
         };

@@ -93,6 +93,9 @@ fn an_append_cut_short_by_a_crash_is_removed_and_recorded() {
     let mut bytes = std::fs::read(&log).unwrap();
     bytes.extend_from_slice(b"{\"seq\":99,\"time\":\"2026-");
     std::fs::write(&log, &bytes).unwrap();
+    // `audit verify` tells the cut line from an alteration.
+    let verified = s.run("h", &["audit", "verify"]).ok().stdout;
+    assert!(verified.contains("cut by a crash"), "{verified}");
     let register =
         |id: &str, name: &str| s.run("h", &["supplier", "register", "--id", id, "--name", name]);
     register("90-B3-D5-1F-30-00-00-0A", "A").ok();
@@ -107,4 +110,5 @@ fn an_append_cut_short_by_a_crash_is_removed_and_recorded() {
     bytes.extend_from_slice(b"{\"seq\":");
     std::fs::write(&log, &bytes).unwrap();
     register("90-B3-D5-1F-30-00-00-0B", "B").fails(1, "does not end with a complete line");
+    s.run("h", &["audit", "verify"]).fails(1, "was removed");
 }

@@ -11,8 +11,9 @@ use super::{
 };
 use crate::store::{Applied, AuditHead, AuditStage};
 
-/// How much of the end of the log is read to find the store's head: far more than the records
-/// one interrupted write can leave behind it.
+/// How much of the end of the log is read first to find the store's head: far more than the
+/// records one interrupted write can leave behind it. When the head is not in it (a record
+/// larger than that), the window doubles until it is, up to the whole file.
 const TAIL_WINDOW: u64 = 256 * 1024;
 
 type MakeEntry<'a> =
@@ -60,20 +61,33 @@ impl AuditStage for FileStage<'_> {
         if let Some(dir) = log.path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
+        let created = !log.path.exists();
         let mut file = OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
             .open(&log.path)
             .map_err(io)?;
+        if created {
+            // The new log's name is durable before anything is committed against it.
+            if let Some(dir) = log.path.parent() {
+                File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+            }
+        }
         // Other processes that write this log (a CLI beside a server) wait here.
         file.lock().map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
-        let start = len.saturating_sub(TAIL_WINDOW);
-        file.seek(SeekFrom::Start(start)).map_err(io)?;
-        let mut tail = Vec::new();
-        file.read_to_end(&mut tail).map_err(io)?;
-        let end = settle(log, &tail, start, store_head)?;
+        let mut window = TAIL_WINDOW;
+        let (start, tail, end) = loop {
+            let start = len.saturating_sub(window);
+            file.seek(SeekFrom::Start(start)).map_err(io)?;
+            let mut tail = Vec::new();
+            file.read_to_end(&mut tail).map_err(io)?;
+            match settle(log, &tail, start, store_head)? {
+                Some(end) => break (start, tail, end),
+                None => window = window.saturating_mul(2),
+            }
+        };
         let mut head = end.head.clone();
         if end.keep < len {
             let removed = &tail[(end.keep - start) as usize..];
@@ -166,13 +180,14 @@ struct End {
 
 /// Finds the store's last committed record at the end of the log. What follows it — a line cut
 /// by a crash, records whose store write never happened — is to be removed; anything else (the
-/// head missing, records that do not chain to it) is an edit, refused.
+/// head missing, records that do not chain to it) is an edit, refused. `None`: the window
+/// (which starts at `start`, inside the file) is too small to tell; read more.
 fn settle(
     log: &AuditLog,
     tail: &[u8],
     start: u64,
     store_head: Option<&AuditHead>,
-) -> Result<End, AuditError> {
+) -> Result<Option<End>, AuditError> {
     let bad = |reason: String| AuditError::BadTail {
         path: log.path.clone(),
         reason,
@@ -193,9 +208,9 @@ fn settle(
     let parse = |l: &[u8]| serde_json::from_slice::<AuditRecord>(l).ok();
     let Some(head) = store_head else {
         // A store that never committed a record (a new home, or one whose store was replaced):
-        // chain to the last complete record, refuse a cut line.
-        if torn {
-            return Err(bad("the file does not end with a complete line".into()));
+        // chain to the last complete record; a line cut by a crash after it is removed.
+        if lines.is_empty() && start > 0 {
+            return Ok(None);
         }
         let last = match lines.last() {
             Some((l, _)) => Some(
@@ -206,16 +221,19 @@ fn settle(
             ),
             None => None,
         };
-        return Ok(End {
+        return Ok(Some(End {
             keep: start + complete_end as u64,
             head: last,
             uncommitted: 0,
-        });
+        }));
     };
     let Some(pos) = lines
         .iter()
         .rposition(|(l, _)| parse(l).is_some_and(|r| r.seq == head.seq && r.hash == head.hash))
     else {
+        if start > 0 {
+            return Ok(None);
+        }
         return Err(bad(if torn {
             "the file does not end with a complete line".into()
         } else {
@@ -239,9 +257,92 @@ fn settle(
             })?;
         prev = rec.head();
     }
-    Ok(End {
+    Ok(Some(End {
         keep: start + lines[pos].1 as u64,
         head: Some(head.clone()),
         uncommitted: (lines.len() - pos - 1) as u64,
-    })
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::super::AuditLog;
+    use crate::store::sled::SledStore;
+    use crate::store::Store;
+
+    fn log(dir: &std::path::Path) -> AuditLog {
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.join("store")).unwrap());
+        AuditLog::new(dir.join("audit.log"), store)
+    }
+
+    /// A record larger than the first window read (a publication of many CRLs, a long list of
+    /// serials) is found as the head; the write after it chains to it, and so does one after a
+    /// line cut by a crash behind it.
+    #[test]
+    fn a_head_larger_than_the_window_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = log(dir.path());
+        let big = "x".repeat(3 * super::TAIL_WINDOW as usize);
+        let first = log
+            .append("test.big", "t", serde_json::json!({ "big": big }))
+            .unwrap();
+        let second = log
+            .append("test.small", "t", serde_json::json!({}))
+            .unwrap();
+        assert_eq!(second.seq, first.seq + 1);
+        assert_eq!(second.prev, first.hash);
+        let big2 = log
+            .append("test.big", "t", serde_json::json!({ "big": big }))
+            .unwrap();
+        let mut bytes = std::fs::read(dir.path().join("audit.log")).unwrap();
+        bytes.extend_from_slice(b"{\"seq\":");
+        std::fs::write(dir.path().join("audit.log"), &bytes).unwrap();
+        let after = log
+            .append("test.small", "t", serde_json::json!({}))
+            .unwrap();
+        let records = log.records().unwrap();
+        let events: Vec<&str> = records.iter().map(|r| r.event.as_str()).collect();
+        assert_eq!(
+            events,
+            [
+                "test.big",
+                "test.small",
+                "test.big",
+                super::TORN_TAIL_EVENT,
+                "test.small"
+            ]
+        );
+        assert_eq!(records[3].prev, big2.hash);
+        assert_eq!(after.seq, big2.seq + 2);
+        let report = log.verify(None).unwrap();
+        assert!(report.ok, "{report:?}");
+        assert_eq!(report.torn_tail_bytes, 0);
+    }
+
+    /// A line cut by a crash at the end of a log is reported by `verify` as such, not as an
+    /// altered record; cut into the store's head, it is a removal.
+    #[test]
+    fn verify_tells_a_cut_uncommitted_line_from_a_removed_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = log(dir.path());
+        log.append("test.one", "t", serde_json::json!({})).unwrap();
+        log.append("test.two", "t", serde_json::json!({})).unwrap();
+        let path = dir.path().join("audit.log");
+        let whole = std::fs::read(&path).unwrap();
+        let mut cut = whole.clone();
+        cut.extend_from_slice(b"{\"seq\":3,\"ti");
+        std::fs::write(&path, &cut).unwrap();
+        let report = log.verify(None).unwrap();
+        assert!(report.ok, "{report:?}");
+        assert_eq!(report.torn_tail_bytes, 12);
+        std::fs::write(&path, &whole[..whole.len() - 10]).unwrap();
+        let report = log.verify(None).unwrap();
+        assert!(!report.ok);
+        assert!(
+            report.problem.as_deref().unwrap_or("").contains("removed"),
+            "{report:?}"
+        );
+    }
 }

@@ -25,6 +25,10 @@ pub struct AuditReport {
     /// Records after the store's committed head: written by a write whose store change never
     /// happened (a crash between the two); the next write removes them.
     pub uncommitted: u64,
+    /// Bytes at the end that are not a whole line: a record cut by a crash while it was being
+    /// written, before its store write (the next write removes them). A committed record cut
+    /// this way is reported as removed.
+    pub torn_tail_bytes: u64,
     /// The first problem, naming the line and the record.
     pub problem: Option<String>,
 }
@@ -41,7 +45,10 @@ impl AuditLog {
             Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
             Err(e) => return Err(self.io(e)),
         };
-        let lines: Vec<&str> = text.lines().collect();
+        // A last line without its newline was cut while being written.
+        let whole = text.rfind('\n').map_or(0, |i| i + 1);
+        let torn = (text.len() - whole) as u64;
+        let lines: Vec<&str> = text[..whole].lines().collect();
         // Every seq that appears anywhere, to tell a reordering from a removal.
         let present: HashSet<u64> = lines
             .iter()
@@ -54,6 +61,7 @@ impl AuditLog {
             signed_heads: 0,
             head: None,
             uncommitted: 0,
+            torn_tail_bytes: torn,
             problem: None,
         };
         let mut prev = GENESIS.to_string();

@@ -49,10 +49,24 @@ impl Churn {
         sink: &mut dyn UpdateSink,
         progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<(u64, Vec<(String, ChurnError)>), ChurnError> {
-        let updates = Churn::prepare(
-            &self.certs_by_serial(&op.remove)?,
-            &self.certs_by_serial(&op.add)?,
-        )?;
+        let add = self.certs_by_serial(&op.add)?;
+        // A key revoked since the operation started is never installed in a meter.
+        for rec in &add {
+            if let Some(r) = self.store.revocation(&rec.serial)? {
+                return Err(ChurnError::refused(
+                    "anchor-revoked",
+                    format!(
+                        "operation {} installs {}'s key {} in meters, but that certificate was revoked ({}) at {} (Unix time), after the operation started; no meter was updated by this run",
+                        op.id,
+                        rec.subject_id,
+                        rec.serial_hex(),
+                        r.reason.name(),
+                        r.revoked_at
+                    ),
+                ));
+            }
+        }
+        let updates = Churn::prepare(&self.certs_by_serial(&op.remove)?, &add)?;
         let moving = op.kind.moves_meters();
         let mut refused = Vec::new();
         // Two stages: this thread plans and signs chunk k+1 while the committer writes chunk k's

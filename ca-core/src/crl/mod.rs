@@ -12,6 +12,7 @@
 mod build;
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -107,6 +108,12 @@ pub struct Published {
 
 const SHARDS_KEY: &str = "crl.shards";
 
+/// One publication at a time in this process: two (an API revocation's and the schedule's) that
+/// overlapped could read the same cRLNumber, and the one committing second would be refused
+/// after signing; or rename their files in the opposite order to their numbers. Publications
+/// from other processes are ordered by the store's counters (a stale number is refused).
+static PUBLISHING: Mutex<()> = Mutex::new(());
+
 impl From<ApplyError> for CrlError {
     fn from(e: ApplyError) -> CrlError {
         match e {
@@ -189,6 +196,7 @@ pub fn publish(
         .store()
         .ok_or_else(|| CrlError::Audit(crate::audit::AuditError::ReadOnly(audit.path().into())))?;
     let kind = issuer.kind;
+    let _one_at_a_time = PUBLISHING.lock().unwrap_or_else(|e| e.into_inner());
     std::fs::create_dir_all(dir).map_err(|source| CrlError::Io {
         path: dir.to_path_buf(),
         source,

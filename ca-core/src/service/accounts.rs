@@ -263,8 +263,9 @@ impl Service {
         };
         txn.push(Op::InsertAccount(account));
         let serial = record.serial_hex();
-        let (applied, _) = self.audit()?.commit(txn, |_| {
-            Some(AuditEntry::new(
+        let (applied, _) = self.audit()?.commit(txn, |applied| {
+            // Held back (another request stored a certificate for this key meanwhile): no record.
+            applied.written.then(|| AuditEntry::new(
                 "account.add",
                 actor.name(),
                 json!({"account": a.name, "role": a.role, "device_range": a.device_range, "supplier": a.supplier, "certificate_serial": serial}),

@@ -76,8 +76,10 @@ pub enum Action<'a> {
     ReadBatch,
     /// See a certificate and its status.
     See(&'a CertRecord),
-    /// Revoke a certificate.
-    Revoke(&'a CertRecord),
+    /// Revoke a certificate; `None` asks, before the certificate is looked up, whether the
+    /// caller may revoke at all (so that a caller who may not learns nothing of which serials
+    /// exist).
+    Revoke(Option<&'a CertRecord>),
     /// List the certificates of a device.
     ListDevice,
     /// List the certificates of a supplier.
@@ -129,8 +131,9 @@ pub fn authorize(actor: &Actor, action: Action<'_>) -> Result<(), ServiceError> 
             "factory accounts do not revoke certificates (operators and the owning supplier do)"
                 .into(),
         )),
-        Action::Revoke(rec) if may_see(account, rec) => Ok(()),
-        Action::Revoke(_) => Err(ServiceError::not_found("no such certificate")),
+        Action::Revoke(None) => Ok(()),
+        Action::Revoke(Some(rec)) if may_see(account, rec) => Ok(()),
+        Action::Revoke(Some(_)) => Err(ServiceError::not_found("no such certificate")),
         Action::ListDevice if account.role == Role::Supplier => {
             Err(forbidden("supplier accounts do not look up devices".into()))
         }

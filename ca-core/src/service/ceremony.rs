@@ -59,12 +59,56 @@ fn stage(path: &Path, text: &str) -> Result<StagedFile, ServiceError> {
         .map_err(io(format!("writing {}", path.display())))
 }
 
-fn publish(files: Vec<StagedFile>) -> Result<(), ServiceError> {
-    for f in files {
-        f.commit()
-            .map_err(io("putting the ceremony's files in place".into()))?;
+/// A ceremony done in the HSM, its files staged: what is left is its audit record, then its
+/// files.
+struct Prepared {
+    event: String,
+    transcript: serde_json::Value,
+    transcript_path: PathBuf,
+    files: Vec<StagedFile>,
+}
+
+impl Service {
+    /// Commits the ceremony's audit record; until it is committed, a failure is the caller's to
+    /// undo (`Err`), after it the ceremony stands and is only finished: its files put in place
+    /// (any that cannot be are reported with where their content was kept) and the head signed.
+    fn record_ceremony(
+        &self,
+        actor: &Actor,
+        prepared: Result<Prepared, ServiceError>,
+    ) -> Result<Result<serde_json::Value, ServiceError>, ServiceError> {
+        let p = prepared?;
+        self.audit()?
+            .append(&p.event, actor.name(), p.transcript.clone())?;
+        let mut missing = Vec::new();
+        for f in p.files {
+            let path = f.path().to_path_buf();
+            match f.commit_or_keep() {
+                Ok(()) => {}
+                Err((e, Some(kept))) => missing.push(format!(
+                    "{} ({e}; its content is in {}: move it there)",
+                    path.display(),
+                    kept.display()
+                )),
+                Err((e, None)) => missing.push(format!(
+                    "{} (in place, but its directory could not be synced: {e})",
+                    path.display()
+                )),
+            }
+        }
+        if !missing.is_empty() {
+            return Ok(Err(ServiceError::Incomplete(format!(
+                "the {} ceremony was made and recorded in the audit log, but not all its files are in place: {}",
+                p.event,
+                missing.join("; ")
+            ))));
+        }
+        let signed = self.sign_audit_head(actor);
+        let mut summary = p.transcript;
+        summary["transcript"] = json!(p.transcript_path);
+        summary["audit_head_signed"] = json!(signed);
+        Ok(Ok(summary))
     }
-    Ok(())
 }
 
 impl Service {
@@ -126,7 +170,7 @@ impl Service {
                 _ => e.into(),
             })?;
         let made_audit_key = online.find_key(AUDIT_KEY_LABEL)?.is_none();
-        let outcome = self.root_after_token(
+        let prepared = self.root_after_token(
             actor,
             c,
             &online,
@@ -135,6 +179,7 @@ impl Service {
             &names,
             &share_paths,
         );
+        let outcome = self.record_ceremony(actor, prepared);
         if outcome.is_err() {
             // Undo: no shares, no key, no root token left behind from a failed ceremony.
             for p in &share_paths {
@@ -148,9 +193,7 @@ impl Service {
                 let _ = std::fs::remove_dir(&c.shares_dir);
             }
         }
-        let summary = outcome?;
-        self.sign_audit_head(actor)?;
-        Ok(summary)
+        outcome?
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -163,7 +206,7 @@ impl Service {
         ceremony_id: &str,
         names: &[String],
         share_paths: &[PathBuf],
-    ) -> Result<serde_json::Value, ServiceError> {
+    ) -> Result<Prepared, ServiceError> {
         let home = &self.home;
         let ca = &self.config.ca;
         let root_label = self.config.hsm.root_token.clone();
@@ -243,12 +286,12 @@ impl Service {
             stage(&transcript_path, &json_text(&transcript)?)?,
             stage(&home.root_ceremony(), &json_text(&record)?)?,
         ];
-        self.audit()?
-            .append("ceremony.root", actor.name(), transcript.clone())?;
-        publish(files)?;
-        let mut summary = transcript;
-        summary["transcript"] = json!(transcript_path);
-        Ok(summary)
+        Ok(Prepared {
+            event: "ceremony.root".into(),
+            transcript,
+            transcript_path,
+            files,
+        })
     }
 
     /// An issuing-CA ceremony: the shares rebuild the root token's PIN; a P-256 key is made on
@@ -314,7 +357,7 @@ impl Service {
             tracing::warn!(key = %label, "removing a key left by an interrupted ceremony");
             online.destroy_key(&label)?;
         }
-        let result = self.issuing_after_key(
+        let prepared = self.issuing_after_key(
             actor,
             kind,
             &online,
@@ -322,12 +365,11 @@ impl Service {
             &root_cert,
             &record,
         );
-        if result.is_err() {
+        let outcome = self.record_ceremony(actor, prepared);
+        if outcome.is_err() {
             let _ = online.destroy_key(&label);
         }
-        let summary = result?;
-        self.sign_audit_head(actor)?;
-        Ok(summary)
+        outcome?
     }
 
     fn issuing_after_key(
@@ -338,7 +380,7 @@ impl Service {
         root_signer: &dyn Signer,
         root_cert: &x509_cert::Certificate,
         record: &CeremonyRecord,
-    ) -> Result<serde_json::Value, ServiceError> {
+    ) -> Result<Prepared, ServiceError> {
         let home = &self.home;
         let label = kind.key_label();
         let key = online.generate_key(&label, KeyAlgorithm::EcP256)?;
@@ -374,15 +416,12 @@ impl Service {
             stage(&transcript_path, &json_text(&transcript)?)?,
             stage(&home.ca_cert(kind), &certificate_to_pem(&cert)?)?,
         ];
-        self.audit()?.append(
-            &format!("ceremony.issuing-ca.{}", kind.name()),
-            actor.name(),
-            transcript.clone(),
-        )?;
-        publish(files)?;
-        let mut summary = transcript;
-        summary["transcript"] = json!(transcript_path);
-        Ok(summary)
+        Ok(Prepared {
+            event: format!("ceremony.issuing-ca.{}", kind.name()),
+            transcript,
+            transcript_path,
+            files,
+        })
     }
 }
 

@@ -25,6 +25,34 @@ pub(crate) fn shards_of(revoked: &[Revoked], already: bool) -> BTreeSet<(CaKind,
         .collect()
 }
 
+/// Above this many CRLs a publication's record summarises them instead of listing each: a
+/// thousand shards would otherwise make one record of a hundred kilobytes.
+const LISTED_CRLS: usize = 64;
+
+/// The `crl.publish` record's details: every CRL with its number and entries, or for a large
+/// publication the count, the numbers' range, the entries in all and the SHA-256 of the full
+/// listing (which the published files reproduce).
+fn publication_details(scheduled: bool, published: &[Published]) -> serde_json::Value {
+    let list: Vec<_> = published
+        .iter()
+        .map(|p| json!({"issuer": p.issuer, "scope": p.scope, "crl_number": p.crl_number, "entries": p.entries}))
+        .collect();
+    if list.len() <= LISTED_CRLS {
+        return json!({"scheduled": scheduled, "crls": list});
+    }
+    let numbers = published.iter().map(|p| p.crl_number);
+    let listing = serde_json::to_vec(&list).unwrap_or_default();
+    json!({
+        "scheduled": scheduled,
+        "issuer": published.first().map(|p| p.issuer.as_str()),
+        "crl_count": list.len(),
+        "crl_number_min": numbers.clone().min(),
+        "crl_number_max": numbers.max(),
+        "entries": published.iter().map(|p| p.entries).sum::<usize>(),
+        "listing_sha256": hex::encode(crate::sha256(&listing)),
+    })
+}
+
 impl Service {
     /// Publishes the CRLs of every issuing CA (or `only`): every shard, or only `shards` when
     /// given (the full CRL is refreshed with them when it exists), the full CRL too with `full`.
@@ -73,13 +101,13 @@ impl Service {
                     AuditEntry::new(
                         "crl.publish",
                         actor.name(),
-                        json!({"scheduled": matches!(actor, Actor::System(_)), "crls": p.iter().map(|p| json!({"issuer": p.issuer, "scope": p.scope, "crl_number": p.crl_number, "entries": p.entries})).collect::<Vec<_>>()}),
+                        publication_details(matches!(actor, Actor::System(_)), p),
                     )
                 },
             )?);
         }
         if !published.is_empty() {
-            self.sign_audit_head(actor)?;
+            self.sign_audit_head(actor);
         }
         Ok(published)
     }

@@ -37,7 +37,9 @@ impl ErrorClass {
     }
 }
 
-/// A use case's refusal or failure. Whatever the variant, nothing was changed.
+/// A use case's refusal or failure. Except for [`ServiceError::Incomplete`] (and a store that
+/// applied a write it could not flush, which says so), nothing was changed: no change is ever
+/// made without its audit record.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServiceError {
@@ -90,6 +92,10 @@ pub enum ServiceError {
     /// Something inside meterpki failed.
     #[error("{0}")]
     Internal(String),
+    /// The change was made and audited, but what follows it could not all be done (a
+    /// ceremony's files put in place): the detail says what is missing and how to finish.
+    #[error("{0}")]
+    Incomplete(String),
 }
 
 impl From<ApplyError> for ServiceError {
@@ -185,6 +191,7 @@ impl ServiceError {
             | ServiceError::Churn(ChurnError::Audit(_)) => "audit-unavailable",
             ServiceError::Churn(e) => e.code().unwrap_or("internal"),
             ServiceError::Quorum(_) => "share",
+            ServiceError::Incomplete(_) => "incomplete",
             ServiceError::Config(_) => "config",
             _ => match self.class() {
                 ErrorClass::Unavailable => "hsm-unavailable",

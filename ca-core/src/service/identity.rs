@@ -42,12 +42,23 @@ impl Service {
         Ok(self.online()?.signer(AUDIT_KEY_LABEL)?)
     }
 
-    /// Signs the audit chain's head with the audit key (after ceremonies and CRL publications).
-    pub(crate) fn sign_audit_head(&self, actor: &Actor) -> Result<(), ServiceError> {
-        let signer = self.audit_signer()?;
-        self.audit()?
-            .sign_head(signer.as_ref(), AUDIT_KEY_LABEL, actor.name())?;
-        Ok(())
+    /// Signs the audit chain's head with the audit key, after a ceremony or a publication that
+    /// is already committed: a failure cannot undo it, so it is reported as a warning (the next
+    /// ceremony or publication signs the head, which covers every record before it). Returns
+    /// whether the head was signed.
+    pub(crate) fn sign_audit_head(&self, actor: &Actor) -> bool {
+        let signed = self.audit_signer().and_then(|signer| {
+            self.audit()?
+                .sign_head(signer.as_ref(), AUDIT_KEY_LABEL, actor.name())
+                .map_err(ServiceError::from)
+        });
+        match signed {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "the change is committed, but the audit head could not be signed; the next ceremony or CRL publication signs it");
+                false
+            }
+        }
     }
 
     /// The key labelled `label` on the online token, generated the first time.
@@ -98,7 +109,9 @@ impl Service {
             true,
         )?;
         let mut results = engine.commit_signed(engine.sign_request(request), false, &|r| {
-            let serial = r.first()?.as_ref().ok()?.record.serial_hex();
+            // A certificate stored before (same key, same profile) is reused, not issued.
+            let issued = r.first()?.as_ref().ok().filter(|o| !o.existing)?;
+            let serial = issued.record.serial_hex();
             Some(AuditEntry::new(
                 "identity.issue",
                 actor.name(),

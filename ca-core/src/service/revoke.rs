@@ -225,13 +225,14 @@ impl Service {
         reason: Reason,
         invalidity_date: Option<i64>,
     ) -> Result<RevokeRow, ServiceError> {
+        authorize(actor, Action::Revoke(None))?;
         let now = unix_now();
         check_reason(reason, invalidity_date, now)?;
         let store = self.store()?;
         let rec = store
             .cert(serial)?
             .ok_or_else(|| ServiceError::not_found("no such certificate"))?;
-        authorize(actor, Action::Revoke(&rec))?;
+        authorize(actor, Action::Revoke(Some(&rec)))?;
         let revocation = Revocation {
             reason,
             revoked_at: now,

@@ -285,8 +285,8 @@ impl Service {
             let mut txn = Txn::new();
             let plan = signed.into_txn(&mut txn, true);
             txn.push(Op::PutOperation(op.clone()));
-            let (applied, _) = self.audit()?.commit(txn, |_| {
-                Some(AuditEntry::new(
+            let (applied, _) = self.audit()?.commit(txn, |applied| {
+                applied.written.then(|| AuditEntry::new(
                     "supplier.rotate",
                     actor.name(),
                     json!({"supplier": supplier, "profile": profile, "old": op.remove, "new": op.add, "operation": op.id}),
@@ -369,13 +369,16 @@ impl Service {
             },
         });
         let at = txn.ops().len() - 1;
+        let new_op = existing.is_none();
         let (applied, _) = self.audit()?.commit(txn, |applied| {
             let now = matches!(applied.revoked(at), Some([Revoked::Now(_)]));
-            now.then(|| {
+            // A new journal is always recorded, also for a key revoked before (by `revoke`):
+            // the meters' updates it starts are this operation's.
+            (now || new_op).then(|| {
                 AuditEntry::new(
                     "supplier.revoke-key",
                     actor.name(),
-                    json!({"supplier": rec.subject_id, "serial": rec.serial_hex(), "profile": rec.profile, "reason": reason.name(), "operation": op.id}),
+                    json!({"supplier": rec.subject_id, "serial": rec.serial_hex(), "profile": rec.profile, "reason": reason.name(), "operation": op.id, "already_revoked": !now}),
                 )
             })
         })?;
@@ -441,6 +444,20 @@ impl Service {
         let mut a = registered(store.as_ref(), &from)?;
         let existing = churn.op(&op_id)?;
         let op = match existing.clone() {
+            Some(op) if op.to != to && op.is_complete() => {
+                return Err(ChurnError::refused(
+                    "supplier-inactive",
+                    format!(
+                        "--from: supplier {from} ({}) is already {}: its {kind} to {} completed at {} (Unix time); its meters are {}'s now",
+                        a.name,
+                        a.state,
+                        op.to,
+                        op.completed_at.unwrap_or(op.started_at),
+                        op.to
+                    ),
+                )
+                .into())
+            }
             Some(op) if op.to != to => {
                 return Err(ChurnError::refused(
                     "operation-running",

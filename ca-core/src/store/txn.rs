@@ -54,6 +54,7 @@ pub enum Op {
         body_sha256: String,
     },
     /// Records a batch's answer; refused unless the request ID is claimed with the same body.
+    /// A batch answered already keeps its first answer.
     CompleteBatch {
         /// Account name.
         account: String,
@@ -99,8 +100,9 @@ pub enum OpOutcome {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Applied {
     /// False when a conditional operation held the whole transaction back (an all-or-nothing
-    /// commit with a refused item, a claim that found the request ID taken): nothing but the
-    /// audit head, if a record was staged, was written.
+    /// commit with an item not stored, a claim that found the request ID taken): none of its
+    /// operations was written. A record the caller stages anyway (its audit entry is made from
+    /// this outcome) is still committed with the audit head.
     pub written: bool,
     /// One per operation, in order.
     pub outcomes: Vec<OpOutcome>,

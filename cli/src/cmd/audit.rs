@@ -29,6 +29,12 @@ pub(super) fn verify(ctx: &Ctx) -> Result<()> {
                 String::new()
             }
         );
+        if report.torn_tail_bytes > 0 {
+            println!(
+                "the log ends with {} bytes of a record cut by a crash before it was committed; the next write removes them",
+                report.torn_tail_bytes
+            );
+        }
     }
     if !report.ok {
         anyhow::bail!(

@@ -483,6 +483,20 @@ fn the_api_issues_over_mutual_tls_and_refuses_what_an_account_may_not_do() {
         .0,
         403
     );
+    // ... nor any serial: the answer does not tell which serials exist.
+    assert_eq!(
+        curl(
+            &s,
+            &srv,
+            Some("line-all"),
+            "POST",
+            "/v1/certificates/7f00000000000000000001/revoke",
+            Some("{\"reason\": \"keyCompromise\"}"),
+            &[]
+        )
+        .0,
+        403
+    );
     let (code, body) = curl(
         &s,
         &srv,

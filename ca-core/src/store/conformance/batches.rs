@@ -79,6 +79,19 @@ pub fn batch_claims_bind_a_request_id_to_one_body_under_concurrency(h: &dyn Harn
     )
     .unwrap();
     assert_eq!(claim(s.as_ref(), &body), Claim::Complete(record.clone()));
+    // A second answer to the same body leaves the first in place.
+    let mut second = record.clone();
+    second.results = Vec::new();
+    apply(
+        s.as_ref(),
+        Txn::new().with(Op::CompleteBatch {
+            account: "line-1".into(),
+            request_id: "r-1".into(),
+            record: second,
+        }),
+    )
+    .unwrap();
+    assert_eq!(claim(s.as_ref(), &body), Claim::Complete(record.clone()));
     assert_eq!(claim(s.as_ref(), "body-x"), Claim::Conflict);
     assert_eq!(s.batch("line-1", "r-1").unwrap(), Some(record));
     assert_eq!(s.batch("line-2", "r-1").unwrap(), None);

@@ -370,17 +370,24 @@ impl Store for SledStore {
             // record, which the next write removes.
             crate::failpoint("store.after-audit");
         }
-        let written = self
-            .pki
-            .apply_batch(batch)
-            .map_err(db_err("writing"))
-            .and_then(|()| self.flush());
-        if let Err(e) = written {
+        if let Err(e) = self.pki.apply_batch(batch) {
+            // Nothing was written: the record goes too.
             if let Some((_, stage)) = head {
                 stage.rollback();
             }
-            return Err(e.into());
+            return Err(StoreError::backend(BACKEND, "writing", e).into());
         }
+        // Applied: readers see the change and the head names the record, which stays. A failed
+        // flush leaves both in place, the change perhaps not durable: the caller hears that.
+        self.flush().map_err(|e| {
+            StoreError::Backend {
+                backend: BACKEND,
+                message: format!(
+                    "the change was applied and audited but may not be on disk ({e}); check the store's disk before going on"
+                ),
+                source: None,
+            }
+        })?;
         Ok(applied)
     }
 }

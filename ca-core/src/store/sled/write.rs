@@ -363,6 +363,10 @@ impl<'a> Writer<'a> {
         let claimed: Option<BatchRecord> =
             self.get(&k)?.map(|v| decode_json(&k, &v)).transpose()?;
         match claimed {
+            // Answered already (a retry that raced the first): the first answer stands.
+            Some(c) if c.body_sha256 == record.body_sha256 && c.state == BatchState::Complete => {
+                return Ok(())
+            }
             Some(c) if c.body_sha256 == record.body_sha256 => {}
             Some(_) => {
                 return Err(StoreError::Refused(format!(
