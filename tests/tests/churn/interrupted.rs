@@ -3,6 +3,8 @@
 
 use std::collections::BTreeSet;
 
+use serde_json::Value;
+
 use crate::support::{assign_all, meter, p, setup, supplier, verify, A, B, X};
 
 #[test]
@@ -113,5 +115,67 @@ fn a_takeover_killed_half_way_is_completed_by_a_rerun() {
         )
         .ok();
     assert!(r.stdout.contains("already completed"), "{}", r.stdout);
+    s.run("h", &["audit", "verify"]).ok();
+}
+
+/// A rotation interrupted after its first chunk, whose new key is then revoked, is not
+/// resumed: the re-run refuses to install a revoked key and updates no meter.
+#[test]
+fn a_rotation_whose_new_key_was_revoked_meanwhile_is_not_resumed() {
+    let (s, ids) = setup(20);
+    assign_all(&s, &ids, A);
+    let (_, csr) = meterpki_tests::openssl_csr(&s.path(""), "a-sign-2", "prime256v1");
+    let csr = csr.display().to_string();
+    let rotate = |env: &[(&str, &str)]| {
+        s.run_env(
+            "h",
+            &[
+                "supplier",
+                "rotate",
+                "--id",
+                A,
+                "--profile",
+                "supplier-signing",
+                "--csr",
+                &csr,
+                "--updates-out",
+                "rot",
+                "--chunk",
+                "7",
+            ],
+            env,
+        )
+    };
+    let r = rotate(&[("METERPKI_FAILPOINT", "churn.before-commit:2")]);
+    assert_ne!(r.code, 0, "the failpoint did not fire");
+    // The new key is the active signing certificate of A; revoke it.
+    let certs = s
+        .run("h", &["show", "--device-id", A, "--json"])
+        .ok()
+        .json();
+    let new = certs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["profile"] == "supplier-signing" && c["status"] == "active")
+        .unwrap()["serial"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    s.run(
+        "h",
+        &["revoke", "--serial", &new, "--reason", "keyCompromise"],
+    )
+    .ok();
+    let meters_before: Vec<Value> = ids.iter().map(|d| meter(&s, d)).collect();
+    let files_before = std::fs::read_dir(s.path("rot")).unwrap().count();
+    rotate(&[]).fails(2, "was revoked");
+    let meters_after: Vec<Value> = ids.iter().map(|d| meter(&s, d)).collect();
+    assert_eq!(meters_before, meters_after, "a meter was updated");
+    assert_eq!(
+        std::fs::read_dir(s.path("rot")).unwrap().count(),
+        files_before,
+        "an update file was written"
+    );
     s.run("h", &["audit", "verify"]).ok();
 }
