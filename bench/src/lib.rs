@@ -139,25 +139,7 @@ fn check_seconds(flag: &str, s: f64) -> Result<()> {
 
 /// Runs the benchmark binary with the process's arguments and returns its exit code.
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
-            return match e.kind() {
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
-                    ExitCode::SUCCESS
-                }
-                _ => ExitCode::from(2),
-            };
-        }
-    };
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(meterpki_cli::support::exit_code(&e))
-        }
-    }
+    meterpki_cli::support::run_main(run)
 }
 
 fn run(cli: Cli) -> Result<()> {

@@ -21,7 +21,7 @@ pub fn input(msg: impl Into<String>) -> anyhow::Error {
 
 /// 2 for the requester's mistakes anywhere in the chain (bad input, a refusal, a state that
 /// forbids the command), else 1 (the HSM, the audit log, the store, meterpki itself).
-pub fn exit_code(e: &anyhow::Error) -> u8 {
+pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
         if cause.downcast_ref::<InputError>().is_some() {
             return 2;

@@ -19,13 +19,24 @@ pub use errors::InputError;
 /// service with the home's HSM and PIN sources, and the process environment SoftHSM needs.
 pub mod support {
     pub use crate::ctx::{absolute, ensure_process_env, hsm_access, Watchdog};
-    pub use crate::errors::{exit_code, input};
+    pub use crate::errors::input;
     pub use crate::pin::online_pin;
+    pub use crate::run_main;
 }
 
 /// Runs the CLI with the process's arguments and returns its exit code.
 pub fn main() -> ExitCode {
-    let cli = match args::Cli::try_parse() {
+    run_main(|cli: args::Cli| {
+        init_tracing(cli.verbose);
+        cmd::run(cli)
+    })
+}
+
+/// A binary's `main`: parses the process's arguments as `C` (help and version exit 0, a usage
+/// error 2), runs `run` and prints its error, exiting with the code of its class (2 for the
+/// caller's input, 1 for everything else).
+pub fn run_main<C: Parser>(run: impl FnOnce(C) -> anyhow::Result<()>) -> ExitCode {
+    let cli = match C::try_parse() {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
@@ -37,8 +48,7 @@ pub fn main() -> ExitCode {
             };
         }
     };
-    init_tracing(cli.verbose);
-    match cmd::run(cli) {
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -83,9 +83,10 @@ impl Scratch {
         self.dir.path().join(rel)
     }
 
-    /// Runs `meterpki --home <home> args...` with extra environment variables.
-    pub fn run_env(&self, home: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
-        let mut c = Command::new(&self.exe);
+    /// Runs `exe --home <home> args...` in the scratch directory, with none of the caller's
+    /// meterpki environment and with `env` added.
+    fn exec(&self, exe: &Path, home: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut c = Command::new(exe);
         c.current_dir(self.dir.path())
             .arg("--home")
             .arg(self.path(home))
@@ -97,7 +98,15 @@ impl Scratch {
         for (k, v) in env {
             c.env(k, v);
         }
-        Run::from(c.output().expect("run meterpki"))
+        Run::from(
+            c.output()
+                .unwrap_or_else(|e| panic!("running {}: {e}", exe.display())),
+        )
+    }
+
+    /// Runs `meterpki --home <home> args...` with extra environment variables.
+    pub fn run_env(&self, home: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
+        self.exec(&self.exe, home, args, env)
     }
 
     /// Runs `meterpki --home <home> args...`.
@@ -112,19 +121,7 @@ impl Scratch {
 
     /// Runs `meterpki-bench --home <home> args...` with extra environment variables.
     pub fn bench_env(&self, home: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
-        let mut c = Command::new(self.bench_exe());
-        c.current_dir(self.dir.path())
-            .arg("--home")
-            .arg(self.path(home))
-            .args(args)
-            .env_remove("METERPKI_HSM_PIN")
-            .env_remove("METERPKI_HOME")
-            .env_remove("SOFTHSM2_CONF")
-            .env_remove("METERPKI_REEXEC");
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        Run::from(c.output().expect("run meterpki-bench"))
+        self.exec(&self.bench_exe(), home, args, env)
     }
 
     /// Runs `meterpki-bench --home <home> args...`.
