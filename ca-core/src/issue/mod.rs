@@ -38,7 +38,7 @@ pub use s6_commit::{Describe, PlannedCommit, SignedBatch};
 
 use crate::audit::AuditLog;
 use crate::par::{par_map, par_map_owned};
-use crate::store::{CertRecord, Store};
+use crate::store::{CertRecord, Store, Txn};
 use s6_commit::SignedOrExisting;
 
 /// `SEQUENCE { tbs, signatureAlgorithm, signatureValue }` around already-encoded TBS bytes: the
@@ -226,14 +226,18 @@ impl Engine {
             return Ok(out);
         }
         let prepare = |item: &Result<RequestItem, IssueError>| {
-            item.clone().and_then(|i| self.prepare(&i, limits))
+            item.as_ref()
+                .map_err(Clone::clone)
+                .and_then(|i| self.prepare(i, limits))
         };
         // All-or-nothing: refuse before any signature if one item is bad.
         let prepared = par_map(items, self.workers, prepare);
         if prepared.iter().any(Result::is_err) {
             let out = abort_all(prepared.into_iter().map(|p| p.map(|_| ())).collect());
             // Nothing is stored, but the refusal is on record.
-            self.commit_signed(SignedBatch(Vec::new()), true, &|_| describe(&out))?;
+            self.audit
+                .commit(Txn::new(), |_| describe(&out))
+                .map_err(s6_commit::commit_error)?;
             return Ok(out);
         }
         let signed = par_map_owned(prepared, self.workers, |p| p.and_then(sign_prepared));
@@ -250,8 +254,9 @@ impl Engine {
     ) -> Result<SignedBatch, IssueError> {
         check_batch_size(items.len())?;
         Ok(SignedBatch(par_map(items, self.workers, |item| {
-            item.clone()
-                .and_then(|i| self.prepare(&i, limits))
+            item.as_ref()
+                .map_err(Clone::clone)
+                .and_then(|i| self.prepare(i, limits))
                 .and_then(sign_prepared)
         })))
     }

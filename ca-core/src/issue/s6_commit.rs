@@ -70,23 +70,23 @@ pub struct PlannedCommit {
 
 impl PlannedCommit {
     /// The answer to each item, from the store's outcome of the transaction.
-    pub fn results(&self, applied: &Applied) -> Vec<Result<Outcome, IssueError>> {
+    pub fn results(self, applied: &Applied) -> Vec<Result<Outcome, IssueError>> {
         let Some(committed) = applied.committed(self.op) else {
             let e = IssueError::new(ErrorCode::Internal, "the store did not report the commit");
             return self.signed.0.iter().map(|_| Err(e.clone())).collect();
         };
         let mut commits = committed.items.iter();
         let mut out = Vec::with_capacity(self.signed.len());
-        for s in &self.signed.0 {
+        for s in self.signed.0 {
             out.push(match s {
-                Err(e) => Err(e.clone()),
+                Err(e) => Err(e),
                 Ok(SignedOrExisting::Existing(record)) => Ok(Outcome {
-                    record: (**record).clone(),
+                    record: *record,
                     existing: true,
                 }),
                 Ok(SignedOrExisting::Signed(issued)) => match commits.next() {
                     Some(Commit::Stored) if committed.stored => Ok(Outcome {
-                        record: issued.record.clone(),
+                        record: issued.record,
                         existing: false,
                     }),
                     Some(Commit::Stored) => Err(aborted()),
@@ -132,11 +132,12 @@ pub(crate) fn commit(
     let mut txn = Txn::new();
     let plan = signed.into_txn(&mut txn, atomic);
     let mut results = None;
+    let slot = &mut results;
     audit
-        .commit(txn, |applied| {
+        .commit(txn, move |applied| {
             let r = plan.results(applied);
             let entry = describe(&r);
-            results = Some(r);
+            *slot = Some(r);
             entry
         })
         .map_err(commit_error)?;

@@ -100,8 +100,7 @@ pub enum OpOutcome {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Applied {
     /// False when a conditional operation held the whole transaction back (an all-or-nothing
-    /// commit with an item not stored, a claim that found the request ID taken): none of its
-    /// operations was written. A record the caller stages anyway (its audit entry is made from
+    /// commit with an item not stored): none of its operations was written. A record the caller stages anyway (its audit entry is made from
     /// this outcome) is still committed with the audit head.
     pub written: bool,
     /// One per operation, in order.

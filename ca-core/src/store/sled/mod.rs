@@ -356,7 +356,9 @@ impl Store for SledStore {
             }
             None => None,
         };
-        if !applied.written && head.is_none() {
+        // Nothing to write (held back, or every operation found what it asked for): no batch
+        // and no flush.
+        if (!applied.written || w.is_empty()) && head.is_none() {
             return Ok(applied);
         }
         let mut batch = if applied.written {

@@ -1,7 +1,9 @@
 //! One transaction of the sled store: the operations read the tree through what the transaction
-//! has written so far (an overlay), and their writes collect in one batch.
+//! has written so far (an overlay), which becomes the one batch the store applies.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+
+use sled::IVec;
 
 use super::codec::*;
 use super::SledStore;
@@ -13,9 +15,9 @@ use crate::store::{
 
 pub(super) struct Writer<'a> {
     store: &'a SledStore,
-    batch: sled::Batch,
-    /// What this transaction wrote, as later reads must see it (None: removed).
-    overlay: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// What this transaction wrote, the last write of each key (None: removed): what later
+    /// reads see, and the batch the store applies.
+    overlay: HashMap<Vec<u8>, Option<IVec>>,
     written: bool,
 }
 
@@ -23,30 +25,39 @@ impl<'a> Writer<'a> {
     pub(super) fn new(store: &'a SledStore) -> Writer<'a> {
         Writer {
             store,
-            batch: sled::Batch::default(),
             overlay: HashMap::new(),
             written: true,
         }
     }
 
-    pub(super) fn into_batch(self) -> sled::Batch {
-        self.batch
+    /// True when the operations wrote nothing (found everything as asked).
+    pub(super) fn is_empty(&self) -> bool {
+        self.overlay.is_empty()
     }
 
-    fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    pub(super) fn into_batch(self) -> sled::Batch {
+        let mut batch = sled::Batch::default();
+        for (k, v) in self.overlay {
+            match v {
+                Some(v) => batch.insert(k, v),
+                None => batch.remove(k),
+            }
+        }
+        batch
+    }
+
+    fn get(&self, k: &[u8]) -> Result<Option<IVec>, StoreError> {
         match self.overlay.get(k) {
             Some(v) => Ok(v.clone()),
-            None => Ok(self.store.get(k)?.map(|v| v.to_vec())),
+            None => self.store.get(k),
         }
     }
 
     fn insert(&mut self, k: Vec<u8>, v: Vec<u8>) {
-        self.batch.insert(k.clone(), v.clone());
-        self.overlay.insert(k, Some(v));
+        self.overlay.insert(k, Some(IVec::from(v)));
     }
 
     fn remove(&mut self, k: Vec<u8>) {
-        self.batch.remove(k.clone());
         self.overlay.insert(k, None);
     }
 
@@ -137,7 +148,6 @@ impl<'a> Writer<'a> {
         all_or_nothing: bool,
     ) -> Result<Committed, StoreError> {
         let mut out = Vec::with_capacity(items.len());
-        let mut serials: HashSet<&[u8]> = HashSet::new();
         let mut stored = 0u64;
         for (rec, replace) in items {
             let akey = active_key(&rec.subject_id, &rec.profile);
@@ -150,17 +160,20 @@ impl<'a> Writer<'a> {
                 })?),
                 None => None,
             };
-            if let Some(existing) = &current {
-                if existing.key_hash == rec.key_hash {
-                    out.push(Commit::Existing(Box::new(existing.clone())));
+            let current = match current {
+                Some(existing) if existing.key_hash == rec.key_hash => {
+                    out.push(Commit::Existing(Box::new(existing)));
                     continue;
                 }
-                if !replace {
-                    out.push(Commit::Conflict(Box::new(existing.clone())));
+                Some(existing) if !replace => {
+                    out.push(Commit::Conflict(Box::new(existing)));
                     continue;
                 }
-            }
-            if !serials.insert(&rec.serial) || self.get(&cert_key(&rec.serial))?.is_some() {
+                current => current,
+            };
+            // A serial stored before, or earlier in this transaction (the overlay holds it).
+            let ckey = cert_key(&rec.serial);
+            if self.get(&ckey)?.is_some() {
                 return Err(StoreError::Refused(format!(
                     "serial {} is already used",
                     rec.serial_hex()
@@ -183,7 +196,7 @@ impl<'a> Writer<'a> {
                     );
                 }
             }
-            self.insert(cert_key(&rec.serial), encode_cert(rec));
+            self.insert(ckey, encode_cert(rec));
             self.insert(akey, rec.serial.clone());
             self.insert(
                 subject_key(&rec.subject_id, rec.issued_at, &rec.serial),
@@ -255,7 +268,7 @@ impl<'a> Writer<'a> {
         }
         let by_cert = key(ACCOUNT_BY_CERT, &[&account.cert_serial]);
         if let Some(owner) = self.get(&by_cert)? {
-            if owner != account.name.as_bytes() {
+            if &*owner != account.name.as_bytes() {
                 return Err(StoreError::Refused(format!(
                     "client certificate {} is bound to account {:?}",
                     hex::encode(&account.cert_serial),
@@ -299,7 +312,10 @@ impl<'a> Writer<'a> {
             let uk = key(METER_UPDATE, &[m.device.as_bytes()]);
             let current = self
                 .get(&mk)?
-                .map(|v| String::from_utf8(v).map_err(|e| StoreError::corrupt(printable(&mk), e)))
+                .map(|v| {
+                    String::from_utf8(v.to_vec())
+                        .map_err(|e| StoreError::corrupt(printable(&mk), e))
+                })
                 .transpose()?;
             let last: Option<UpdateMark> =
                 self.get(&uk)?.map(|v| decode_bin(&uk, &v)).transpose()?;
