@@ -64,6 +64,27 @@ impl StagedFile {
         File::open(parent(&self.path))?.sync_all()
     }
 
+    /// Renames every file into place, then syncs each of their directories once (a
+    /// publication of many files in one directory pays one directory sync, not one a file).
+    /// On failure, the file that failed and why; the files before it are in place.
+    pub(crate) fn commit_all(files: Vec<StagedFile>) -> Result<(), (PathBuf, io::Error)> {
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for mut f in files {
+            fs::rename(&f.tmp, &f.path).map_err(|e| (f.path.clone(), e))?;
+            f.done = true;
+            let dir = parent(&f.path);
+            if !dirs.iter().any(|d| d == dir) {
+                dirs.push(dir.to_path_buf());
+            }
+        }
+        for dir in dirs {
+            File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| (dir, e))?;
+        }
+        Ok(())
+    }
+
     /// Where the file goes.
     pub(crate) fn path(&self) -> &Path {
         &self.path

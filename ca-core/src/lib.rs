@@ -51,6 +51,11 @@ pub use store::{
     Revoked, Store, StoreError, Txn, UpdateMark,
 };
 
+/// Now, Unix seconds.
+pub(crate) fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
 /// SHA-256 of `bytes` (for callers that need a digest without their own hash dependency).
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     use sha2::Digest;

@@ -11,10 +11,10 @@ use super::{
 };
 use crate::store::{Applied, AuditHead, AuditStage};
 
-/// How much of the end of the log is read first to find the store's head: far more than the
-/// records one interrupted write can leave behind it. When the head is not in it (a record
-/// larger than that), the window doubles until it is, up to the whole file.
-const TAIL_WINDOW: u64 = 256 * 1024;
+/// How much of the end of the log is read first to find the store's head, which is almost
+/// always its last line: more than the records one interrupted write leaves behind it. When
+/// the head is not in it (larger records), the window doubles until it is, up to the whole file.
+const TAIL_WINDOW: u64 = 16 * 1024;
 
 type MakeEntry<'a> =
     dyn FnOnce(&Applied, Option<&AuditHead>) -> Result<Option<AuditEntry>, AuditError> + 'a;
@@ -46,7 +46,7 @@ impl<'a> FileStage<'a> {
 
     /// The record written, once the store has committed it.
     pub(super) fn into_record(self) -> Option<AuditRecord> {
-        self.record.clone()
+        self.record
     }
 }
 

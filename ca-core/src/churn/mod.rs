@@ -110,9 +110,7 @@ impl std::fmt::Debug for Churn {
     }
 }
 
-pub(crate) fn unix_now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
-}
+pub(crate) use crate::unix_now;
 
 /// A supplier by ID, refused when unknown.
 pub fn registered(store: &dyn Store, id: &str) -> Result<Supplier, ChurnError> {

@@ -13,7 +13,6 @@ mod build;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
@@ -196,6 +195,8 @@ pub fn publish(
         .store()
         .ok_or_else(|| CrlError::Audit(crate::audit::AuditError::ReadOnly(audit.path().into())))?;
     let kind = issuer.kind;
+    // Certificates name their shard: a changed shard count is refused before anything is built.
+    check_shards(store.as_ref(), settings)?;
     let _one_at_a_time = PUBLISHING.lock().unwrap_or_else(|e| e.into_inner());
     std::fs::create_dir_all(dir).map_err(|source| CrlError::Io {
         path: dir.to_path_buf(),
@@ -205,10 +206,7 @@ pub fn publish(
     if !scopes.contains(&CrlScope::Full) && dir.join("full.crl").exists() {
         scopes.push(CrlScope::Full);
     }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let now = crate::unix_now();
     let mut staged = Vec::with_capacity(scopes.len());
     let mut published = Vec::with_capacity(scopes.len());
     let mut txn = Txn::new();
@@ -243,11 +241,6 @@ pub fn publish(
     }
     audit.commit(txn, |_| Some(describe(&published)))?;
     crate::failpoint("crl.before-rename");
-    for (file, p) in staged.into_iter().zip(&published) {
-        file.commit().map_err(|source| CrlError::Io {
-            path: p.path.clone(),
-            source,
-        })?;
-    }
+    StagedFile::commit_all(staged).map_err(|(path, source)| CrlError::Io { path, source })?;
     Ok(published)
 }

@@ -70,7 +70,6 @@ impl Service {
             _ => authorize(actor, Action::Administer)?,
         }
         let settings = self.crl_settings();
-        crate::crl::check_shards(self.store()?.as_ref(), &settings)?;
         let audit = self.audit()?;
         let mut published = Vec::new();
         for issuer in self.issuers(only)? {

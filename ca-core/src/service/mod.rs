@@ -353,15 +353,8 @@ impl Service {
     }
 }
 
-/// Now, Unix seconds.
-pub(crate) fn unix_now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
-}
-
-/// Now, RFC 3339 UTC.
-pub(crate) fn now_rfc3339() -> String {
-    crate::audit::now_rfc3339()
-}
+pub(crate) use crate::audit::now_rfc3339;
+pub(crate) use crate::unix_now;
 
 /// Now, compact, for file names.
 pub(crate) fn now_compact() -> String {
