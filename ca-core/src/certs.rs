@@ -400,6 +400,14 @@ pub fn certificate_to_pem(cert: &Certificate) -> Result<String, CertError> {
     Ok(cert.to_pem(der::pem::LineEnding::LF)?)
 }
 
+/// A certificate's DER as PEM.
+pub fn der_to_pem(der: &[u8]) -> Result<String, CertError> {
+    Ok(
+        der::pem::encode_string("CERTIFICATE", der::pem::LineEnding::LF, der)
+            .map_err(der::Error::from)?,
+    )
+}
+
 /// Checks that `cert` carries a valid signature from `issuer`'s key.
 pub fn verify_certificate_signature(
     cert: &Certificate,

@@ -28,7 +28,7 @@ pub use audit::{
 };
 pub use certs::{
     build_ca_certificate, build_self_signed_root, build_signer_certificate, certificate_from_bytes,
-    certificate_from_pem, certificate_to_pem, check_key_matches, fingerprint_sha256,
+    certificate_from_pem, certificate_to_pem, check_key_matches, der_to_pem, fingerprint_sha256,
     key_identifier, parse_name, verify_certificate_signature, CaCertSpec, CertError, CertInfo,
 };
 pub use config::{CaConfig, Config, ConfigError, CrlConfig, HsmConfig, PinSource, ServerConfig};

@@ -7,6 +7,7 @@ use der::Decode;
 use serde::Serialize;
 use serde_json::json;
 
+use super::error::io_at;
 use super::{authorize, unix_now, Action, Actor, Service, ServiceError};
 use crate::audit::AuditEntry;
 use crate::fsutil::{write_new_secret, StagedFile};
@@ -73,10 +74,6 @@ pub struct Disabled {
     pub certificate_revoked: String,
     /// The Access CA's CRLs republished.
     pub published: Vec<crate::crl::Published>,
-}
-
-fn io(context: String) -> impl FnOnce(std::io::Error) -> ServiceError {
-    move |e| ServiceError::io(context, e)
 }
 
 impl Service {
@@ -178,25 +175,25 @@ impl Service {
         // unless the account is stored.
         let mut written = Written::default();
         let result = self.commit_account(actor, &a, signed, |rec_der| {
-            std::fs::create_dir_all(&a.out).map_err(io(format!("creating {}", a.out.display())))?;
+            std::fs::create_dir_all(&a.out)
+                .map_err(io_at(format!("creating {}", a.out.display())))?;
             if let Some(pem) = &key_pem {
                 write_new_secret(&key_path, pem.as_bytes())
-                    .map_err(io(format!("writing {}", key_path.display())))?;
+                    .map_err(io_at(format!("writing {}", key_path.display())))?;
                 written.key = Some(key_path.clone());
             }
             let access = std::fs::read_to_string(self.home.ca_cert(CaKind::Access))
-                .map_err(io("reading the Access CA certificate".into()))?;
+                .map_err(io_at("reading the Access CA certificate".into()))?;
             let root = std::fs::read_to_string(self.home.ca_cert(CaKind::Root))
-                .map_err(io("reading the root certificate".into()))?;
-            let leaf = der::pem::encode_string("CERTIFICATE", der::pem::LineEnding::LF, rec_der)
-                .map_err(|e| ServiceError::Internal(e.to_string()))?;
+                .map_err(io_at("reading the root certificate".into()))?;
+            let leaf = crate::certs::der_to_pem(rec_der)?;
             written.files.push(
                 StagedFile::write(&cert_path, format!("{leaf}{access}").as_bytes(), 0o644)
-                    .map_err(io(format!("writing {}", cert_path.display())))?,
+                    .map_err(io_at(format!("writing {}", cert_path.display())))?,
             );
             written.files.push(
                 StagedFile::write(&ca_path, format!("{root}{access}").as_bytes(), 0o644)
-                    .map_err(io(format!("writing {}", ca_path.display())))?,
+                    .map_err(io_at(format!("writing {}", ca_path.display())))?,
             );
             Ok(())
         });
@@ -211,7 +208,7 @@ impl Service {
         };
         for f in written.files {
             f.commit()
-                .map_err(io("putting the credentials in place".into()))?;
+                .map_err(io_at("putting the credentials in place".into()))?;
         }
         Ok(AccountCreated {
             account: a.name.clone(),

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
+use super::error::io_at;
 use super::identity::AUDIT_KEY_LABEL;
 use super::{
     authorize, now_compact, now_rfc3339, random_hex, Action, Actor, Service, ServiceError,
@@ -44,10 +45,6 @@ pub struct IssuingCeremony {
     pub shares: Vec<PathBuf>,
 }
 
-fn io(context: String) -> impl FnOnce(std::io::Error) -> ServiceError {
-    move |e| ServiceError::io(context, e)
-}
-
 fn json_text(value: &impl serde::Serialize) -> Result<String, ServiceError> {
     serde_json::to_string_pretty(value).map_err(|e| ServiceError::Internal(e.to_string()))
 }
@@ -56,7 +53,7 @@ fn json_text(value: &impl serde::Serialize) -> Result<String, ServiceError> {
 /// once the ceremony's audit record is committed.
 fn stage(path: &Path, text: &str) -> Result<StagedFile, ServiceError> {
     StagedFile::write(path, text.as_bytes(), 0o644)
-        .map_err(io(format!("writing {}", path.display())))
+        .map_err(io_at(format!("writing {}", path.display())))
 }
 
 /// A ceremony done in the HSM, its files staged: what is left is its audit record, then its
@@ -68,16 +65,21 @@ struct Prepared {
     files: Vec<StagedFile>,
 }
 
+/// Whether a ceremony's outcome is to be undone: it failed before its record was committed.
+fn undo(outcome: &Result<serde_json::Value, ServiceError>) -> bool {
+    matches!(outcome, Err(e) if !matches!(e, ServiceError::Incomplete(_)))
+}
+
 impl Service {
     /// Commits the ceremony's audit record; until it is committed, a failure is the caller's to
-    /// undo (`Err`), after it the ceremony stands and is only finished: its files put in place
-    /// (any that cannot be are reported with where their content was kept) and the head signed.
+    /// undo. After it the ceremony stands and is only finished: its files put in place (any
+    /// that cannot be are reported, with where their content was kept, as
+    /// [`ServiceError::Incomplete`], which is not undone) and the head signed.
     fn record_ceremony(
         &self,
         actor: &Actor,
-        prepared: Result<Prepared, ServiceError>,
-    ) -> Result<Result<serde_json::Value, ServiceError>, ServiceError> {
-        let p = prepared?;
+        p: Prepared,
+    ) -> Result<serde_json::Value, ServiceError> {
         self.audit()?
             .append(&p.event, actor.name(), p.transcript.clone())?;
         let mut missing = Vec::new();
@@ -97,17 +99,17 @@ impl Service {
             }
         }
         if !missing.is_empty() {
-            return Ok(Err(ServiceError::Incomplete(format!(
+            return Err(ServiceError::Incomplete(format!(
                 "the {} ceremony was made and recorded in the audit log, but not all its files are in place: {}",
                 p.event,
                 missing.join("; ")
-            ))));
+            )));
         }
         let signed = self.sign_audit_head(actor);
         let mut summary = p.transcript;
         summary["transcript"] = json!(p.transcript_path);
         summary["audit_head_signed"] = json!(signed);
-        Ok(Ok(summary))
+        Ok(summary)
     }
 }
 
@@ -179,8 +181,8 @@ impl Service {
             &names,
             &share_paths,
         );
-        let outcome = self.record_ceremony(actor, prepared);
-        if outcome.is_err() {
+        let outcome = prepared.and_then(|p| self.record_ceremony(actor, p));
+        if undo(&outcome) {
             // Undo: no shares, no key, no root token left behind from a failed ceremony.
             for p in &share_paths {
                 let _ = std::fs::remove_file(p);
@@ -193,7 +195,7 @@ impl Service {
                 let _ = std::fs::remove_dir(&c.shares_dir);
             }
         }
-        outcome?
+        outcome
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -244,7 +246,7 @@ impl Service {
         let (shares, digests) = split_secret(secret, ceremony_id, c.quorum, names)?;
         for (share, path) in shares.iter().zip(share_paths) {
             write_new_secret(path, share.to_text().as_bytes())
-                .map_err(io(format!("writing share file {}", path.display())))?;
+                .map_err(io_at(format!("writing share file {}", path.display())))?;
         }
         let record = CeremonyRecord {
             ceremony_id: ceremony_id.to_string(),
@@ -365,11 +367,11 @@ impl Service {
             &root_cert,
             &record,
         );
-        let outcome = self.record_ceremony(actor, prepared);
-        if outcome.is_err() {
+        let outcome = prepared.and_then(|p| self.record_ceremony(actor, p));
+        if undo(&outcome) {
             let _ = online.destroy_key(&label);
         }
-        outcome?
+        outcome
     }
 
     fn issuing_after_key(
@@ -481,13 +483,13 @@ fn create_private_dir(dir: &Path) -> Result<bool, ServiceError> {
     use std::os::unix::fs::PermissionsExt;
     let created = !dir.exists();
     if created {
-        std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(io_at(format!("creating {}", dir.display())))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(io(format!("setting the mode of {}", dir.display())))?;
+            .map_err(io_at(format!("setting the mode of {}", dir.display())))?;
     }
     // Prove the directory takes files before the root token is created.
     let probe = dir.join(format!(".meterpki-probe-{}", std::process::id()));
-    std::fs::write(&probe, b"").map_err(io(format!("{} is not writable", dir.display())))?;
+    std::fs::write(&probe, b"").map_err(io_at(format!("{} is not writable", dir.display())))?;
     let _ = std::fs::remove_file(&probe);
     Ok(created)
 }

@@ -112,6 +112,11 @@ impl From<ApplyError> for ServiceError {
     }
 }
 
+/// Maps a file error to [`ServiceError::Io`] with `context` (which file, doing what).
+pub(crate) fn io_at(context: String) -> impl FnOnce(std::io::Error) -> ServiceError {
+    move |e| ServiceError::io(context, e)
+}
+
 impl ServiceError {
     /// A refusal.
     pub fn refused(class: ErrorClass, code: &'static str, detail: impl Into<String>) -> Self {

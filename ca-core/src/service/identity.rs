@@ -124,8 +124,7 @@ impl Service {
                 "no result",
             ))
         })?;
-        let pem = der::pem::encode_string("CERTIFICATE", der::pem::LineEnding::LF, &out.record.der)
-            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let pem = crate::certs::der_to_pem(&out.record.der)?;
         crate::fsutil::write_atomic(path, pem.as_bytes(), 0o644)
             .map_err(|e| ServiceError::io(format!("writing {}", path.display()), e))?;
         tracing::info!(path = %path.display(), serial = %out.record.serial_hex(), "issued a service certificate");

@@ -4,6 +4,7 @@
 use serde_json::json;
 use zeroize::Zeroizing;
 
+use super::error::io_at;
 use super::{random_hex, HsmAccess, Service, ServiceError};
 use crate::config::Config;
 use crate::fsutil::{write_atomic, write_new_secret};
@@ -20,10 +21,6 @@ const DIRS: &[&str] = &[
     "ceremonies",
     "softhsm",
 ];
-
-fn io(context: String) -> impl FnOnce(std::io::Error) -> ServiceError {
-    move |e| ServiceError::io(context, e)
-}
 
 impl Service {
     /// Creates the home `home` configured with `config`. `prepare` runs once the folders exist
@@ -56,7 +53,7 @@ impl Service {
         }
         if root.exists() {
             let mut entries =
-                std::fs::read_dir(&root).map_err(io(format!("reading {}", root.display())))?;
+                std::fs::read_dir(&root).map_err(io_at(format!("reading {}", root.display())))?;
             if entries.next().is_some() {
                 return Err(ServiceError::invalid(
                     "home",
@@ -95,16 +92,16 @@ fn create(
     use std::os::unix::fs::PermissionsExt;
     let root = home.root();
     let softhsm = config.hsm.softhsm;
-    std::fs::create_dir_all(root).map_err(io(format!("creating {}", root.display())))?;
+    std::fs::create_dir_all(root).map_err(io_at(format!("creating {}", root.display())))?;
     for d in DIRS {
         if *d == "softhsm" && !softhsm {
             continue;
         }
         let p = root.join(d);
-        std::fs::create_dir_all(&p).map_err(io(format!("creating {}", p.display())))?;
+        std::fs::create_dir_all(&p).map_err(io_at(format!("creating {}", p.display())))?;
     }
     std::fs::set_permissions(home.secrets_dir(), std::fs::Permissions::from_mode(0o700))
-        .map_err(io("setting the mode of secrets/".into()))?;
+        .map_err(io_at("setting the mode of secrets/".into()))?;
     // The shipped certificate profiles, for the operator to adapt (validated at every load).
     policies::ProfileSet::write_builtin(&home.policies_dir())
         .map_err(|e| ServiceError::Internal(e.to_string()))?;
@@ -123,13 +120,13 @@ fn create(
             &home.online_pin(),
             format!("{}\n", user.as_str()).as_bytes(),
         )
-        .map_err(io(format!("writing {}", home.online_pin().display())))?;
+        .map_err(io_at(format!("writing {}", home.online_pin().display())))?;
         let so_path = home.secrets_dir().join("online-so.pin");
         write_new_secret(&so_path, format!("{}\n", so.as_str()).as_bytes())
-            .map_err(io(format!("writing {}", so_path.display())))?;
+            .map_err(io_at(format!("writing {}", so_path.display())))?;
     }
     write_atomic(&home.config_path(), config.to_toml().as_bytes(), 0o644)
-        .map_err(io(format!("writing {}", home.config_path().display())))?;
+        .map_err(io_at(format!("writing {}", home.config_path().display())))?;
     let details = json!({
         "module": config.hsm.module,
         "manufacturer": manufacturer,

@@ -111,7 +111,7 @@ impl Service {
     ) -> Result<RevokeOutcome, ServiceError> {
         authorize(actor, Action::Administer)?;
         let now = unix_now();
-        check_reason(reason, invalidity_date, now)?;
+        check_invalidity_date(invalidity_date, now)?;
         let (serials, mut details) = match which {
             Selector::Serials { serials, file } => {
                 // CA certificates are not in the end-entity store and are never revoked here.
@@ -227,7 +227,7 @@ impl Service {
     ) -> Result<RevokeRow, ServiceError> {
         authorize(actor, Action::Revoke(None))?;
         let now = unix_now();
-        check_reason(reason, invalidity_date, now)?;
+        check_invalidity_date(invalidity_date, now)?;
         let store = self.store()?;
         let rec = store
             .cert(serial)?
@@ -286,12 +286,8 @@ impl Service {
     }
 }
 
-/// The reasons meterpki revokes with, and an invalidityDate that is not in the future.
-fn check_reason(
-    _reason: Reason,
-    invalidity_date: Option<i64>,
-    now: i64,
-) -> Result<(), ServiceError> {
+/// An invalidityDate, when given, is not in the future.
+fn check_invalidity_date(invalidity_date: Option<i64>, now: i64) -> Result<(), ServiceError> {
     if invalidity_date.is_some_and(|d| d > now) {
         return Err(ServiceError::invalid(
             "invalidity-date",

@@ -96,16 +96,18 @@ impl Service {
         })
     }
 
-    /// The readiness probe over `server_key` and every issuing CA's key.
+    /// The readiness probe over `server_key` and every issuing CA's key. The probe's test
+    /// signatures use the keys directly, not through the signing metrics' wrapper: they are
+    /// not issuance.
     pub fn readiness(&self, server_key: Arc<dyn Signer>) -> Result<Readiness, ServiceError> {
+        let token = self.online()?;
         let mut signers = vec![server_key];
-        for issuer in self.issuers(None)? {
-            signers.push(issuer.signer().clone());
+        for kind in CaKind::ISSUING {
+            if self.has_ca(kind) {
+                signers.push(token.signer(&kind.key_label())?);
+            }
         }
-        Ok(Readiness {
-            signers,
-            token: self.online()?,
-        })
+        Ok(Readiness { signers, token })
     }
 
     /// Republishes every issuer's CRLs before they reach nextUpdate (at half their lifetime),

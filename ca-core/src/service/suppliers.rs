@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::{authorize, unix_now, Action, Actor, Progress, Service, ServiceError};
 use crate::audit::AuditEntry;
-use crate::churn::{active, registered, Churn, ChurnError, UpdateSink};
+use crate::churn::{registered, Churn, ChurnError, UpdateSink};
 use crate::issue::{parse_request, AccountLimits, Outcome, RequestItem};
 use crate::model::{
     check_supplier_name, Eui64, OpKind, OpRecord, OpState, Reason, Revocation, Supplier,
@@ -274,10 +274,10 @@ impl Service {
         if op.add.is_empty() {
             // The new certificate (the old one is revoked as superseded by the same write) and
             // the journal naming both keys, committed together.
-            let signed = engine.sign_batch(&[Ok(item)], &AccountLimits::default())?;
+            // The request parsed (and its CSR checked) above, signed as it is.
+            let signed = engine.sign_request(request);
             let new = match signed.items().next() {
-                Some(Ok((rec, false))) => rec.clone(),
-                Some(Ok((rec, true))) => rec.clone(),
+                Some(Ok((rec, _))) => rec.clone(),
                 Some(Err(e)) => return Err(ServiceError::Issue(e.clone())),
                 None => return Err(ServiceError::Internal("nothing was signed".into())),
             };
@@ -345,7 +345,8 @@ impl Service {
         let churn = self.churn(actor)?;
         let op_id = format!("revoke-key:{}", rec.serial_hex());
         let existing = churn.op(&op_id)?;
-        let op = existing.clone().unwrap_or(OpRecord {
+        let new_op = existing.is_none();
+        let op = existing.unwrap_or_else(|| OpRecord {
             id: op_id,
             kind: OpKind::RevokeKey,
             from: rec.subject_id.clone(),
@@ -357,7 +358,7 @@ impl Service {
             completed_at: None,
         });
         let mut txn = Txn::new();
-        if existing.is_none() {
+        if new_op {
             txn.push(Op::PutOperation(op.clone()));
         }
         txn.push(Op::Revoke {
@@ -369,7 +370,6 @@ impl Service {
             },
         });
         let at = txn.ops().len() - 1;
-        let new_op = existing.is_none();
         let (applied, _) = self.audit()?.commit(txn, |applied| {
             let now = matches!(applied.revoked(at), Some([Revoked::Now(_)]));
             // A new journal is always recorded, also for a key revoked before (by `revoke`):
@@ -415,10 +415,9 @@ impl Service {
         let (from, to) = (from.to_string(), to.to_string());
         let store = self.store()?;
         let op_id = OpRecord::supplier_end_id(kind, &from);
-        if let Some(op) = store
-            .operation(&op_id)?
-            .filter(|o| o.is_complete() && o.to == to)
-        {
+        let existing = store.operation(&op_id)?;
+        if let Some(op) = existing.as_ref().filter(|o| o.is_complete() && o.to == to) {
+            let op = op.clone();
             return Ok(ChurnReport {
                 operation: op.id,
                 kind: op.kind,
@@ -442,8 +441,15 @@ impl Service {
         }
         let churn = self.churn(actor)?;
         let mut a = registered(store.as_ref(), &from)?;
-        let existing = churn.op(&op_id)?;
-        let op = match existing.clone() {
+        let new_op = existing.is_none();
+        // A's supplier certificates: revoked by this write; those unrevoked are the keys the
+        // meters lose.
+        let a_certs: Vec<CertRecord> = store
+            .certs_of_subject(&from)?
+            .into_iter()
+            .filter(|r| churn.supplier_profiles().contains(&r.profile))
+            .collect();
+        let op = match existing {
             Some(op) if op.to != to && op.is_complete() => {
                 return Err(ChurnError::refused(
                     "supplier-inactive",
@@ -474,14 +480,11 @@ impl Service {
                     )
                     .into());
                 }
-                // B must be able to serve meters before A loses them.
-                active(store.as_ref(), &to, field_to)?;
+                // B must be able to serve meters (active, with keys) before A loses them.
                 let add = churn.target(&to, field_to)?;
                 let mut remove = Vec::new();
-                for r in store.certs_of_subject(&from)? {
-                    if churn.supplier_profiles().contains(&r.profile)
-                        && store.revocation(&r.serial)?.is_none()
-                    {
+                for r in &a_certs {
+                    if store.revocation(&r.serial)?.is_none() {
                         remove.push(r.serial_hex());
                     }
                 }
@@ -501,7 +504,7 @@ impl Service {
         // One write: the journal, A's end, A's certificates revoked (each idempotent, so a
         // re-run repeats it harmlessly).
         let mut txn = Txn::new();
-        if existing.is_none() {
+        if new_op {
             txn.push(Op::PutOperation(op.clone()));
         }
         if a.state == SupplierState::Active {
@@ -510,14 +513,8 @@ impl Service {
             a.successor = Some(to.clone());
             txn.push(Op::UpdateSupplier(a));
         }
-        let serials: Vec<Vec<u8>> = store
-            .certs_of_subject(&from)?
-            .into_iter()
-            .filter(|r| churn.supplier_profiles().contains(&r.profile))
-            .map(|r| r.serial)
-            .collect();
         txn.push(Op::Revoke {
-            serials,
+            serials: a_certs.into_iter().map(|r| r.serial).collect(),
             revocation: Revocation {
                 reason: Reason::CessationOfOperation,
                 revoked_at: unix_now(),
