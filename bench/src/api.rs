@@ -51,40 +51,6 @@ fn meterpki_binary(given: Option<&Path>) -> Result<PathBuf> {
     Ok(PathBuf::from("meterpki"))
 }
 
-/// A progress bar (or nothing) as the service's progress report.
-pub(crate) struct Bar(pub(crate) Option<indicatif::ProgressBar>);
-
-impl ca_core::service::Progress for Bar {
-    fn done(&self, done: u64) {
-        if let Some(b) = &self.0 {
-            b.set_position(done);
-        }
-    }
-}
-
-impl Bar {
-    pub(crate) fn finish(self) {
-        if let Some(b) = self.0 {
-            b.finish_and_clear();
-        }
-    }
-}
-
-/// A progress bar on a terminal, nothing otherwise.
-pub(crate) fn bar(len: u64, what: &str) -> Option<indicatif::ProgressBar> {
-    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        return None;
-    }
-    let b = indicatif::ProgressBar::new(len);
-    b.set_style(
-        indicatif::ProgressStyle::with_template(&format!(
-            "{{bar:40}} {{pos}}/{{len}} {what}  {{per_sec}}  eta {{eta}}"
-        ))
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    Some(b)
-}
-
 /// `meterpki-bench api`: the whole path a factory line uses, measured from outside the server.
 pub(crate) fn run(b: &Bench, a: &ApiArgs) -> Result<()> {
     let (count, requests, batch, in_flight, raw_seconds) = (

@@ -8,6 +8,7 @@ use anyhow::Result;
 use ca_core::service::Actor;
 use ca_core::CaKind;
 use hsm_bridge::{bench_bare_cryptoki, bench_signer};
+use meterpki_cli::support::{progress_bar, Bar};
 use serde_json::json;
 
 use crate::figures::{
@@ -38,7 +39,8 @@ pub(crate) fn run(b: &Bench, count: usize, raw_seconds: f64) -> Result<()> {
     // Peak RSS from here on: the issuance, not the CSR generation.
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     eprintln!("issuing {count} certificates through the `issue --batch` path...");
-    let bar = crate::api::Bar(crate::api::bar(count as u64, "certificates"));
+    let bar = Bar(std::io::IsTerminal::is_terminal(&std::io::stderr())
+        .then(|| progress_bar(count as u64, "certificates")));
     let summary = service.issue_file(&Actor::local(), &batch, &results, 1000, &bar)?;
     bar.finish();
     let rss = peak_rss_kb();

@@ -18,7 +18,9 @@ use anyhow::Result;
 use ca_core::service::Service;
 use ca_core::Home;
 use clap::{Parser, Subcommand};
-use meterpki_cli::support::{absolute, ensure_process_env, hsm_access, input, Watchdog};
+use meterpki_cli::support::{
+    absolute, check_seconds, ensure_process_env, hsm_access, raw_online_token, Watchdog,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -120,21 +122,9 @@ impl Bench {
 
     /// A raw-rate session pool on the online token, opened as `meterpki hsm bench` does.
     fn raw_token(&self, sessions: usize) -> Result<std::sync::Arc<hsm_bridge::Token>> {
-        let config = self.service.config();
-        let hsm = hsm_bridge::Hsm::load(&config.hsm.module)?;
-        Ok(hsm.open(
-            &config.hsm.online_token,
-            meterpki_cli::support::online_pin(self.service.home(), config)?,
-            sessions,
-        )?)
+        let (_, token) = raw_online_token(self.service.home(), self.service.config(), sessions)?;
+        Ok(token)
     }
-}
-
-fn check_seconds(flag: &str, s: f64) -> Result<()> {
-    if !(0.1..=600.0).contains(&s) {
-        return Err(input(format!("{flag} must be between 0.1 and 600")));
-    }
-    Ok(())
 }
 
 /// Runs the benchmark binary with the process's arguments and returns its exit code.

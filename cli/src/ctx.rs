@@ -61,14 +61,12 @@ pub fn hsm_access(home: &Home, watchdog: Watchdog) -> HsmAccess {
     }
 }
 
-fn load_module(
-    home: &Home,
-    config: &Config,
-    watchdog: Watchdog,
-) -> Result<Arc<dyn HsmModule>, ServiceError> {
+/// Before SoftHSM reads its tokens (a home with `hsm.softhsm`): token files an interrupted
+/// process left empty are restored from their copies (see `softhsm_config::heal_tokens`).
+/// Returns the token directory.
+fn heal_softhsm(home: &Home, config: &Config) -> Result<Option<PathBuf>, ServiceError> {
     let tokens = config.hsm.softhsm.then(|| home.softhsm_tokens());
     if let Some(dir) = &tokens {
-        // Before SoftHSM reads its tokens: see `softhsm_config::heal_tokens`.
         let backup = home.softhsm_dir().join("token-copies");
         let healed = softhsm_config::heal_tokens(dir, &backup)
             .map_err(|e| ServiceError::io("checking the SoftHSM token files", e))?;
@@ -76,6 +74,33 @@ fn load_module(
             tracing::warn!(token_dir = %d.display(), "a SoftHSM token file was left empty by an interrupted process; restored from its copy");
         }
     }
+    Ok(tokens)
+}
+
+/// The PKCS#11 module, loaded as the service loads it (SoftHSM token files repaired first),
+/// and the online token opened as a pool of `sessions`, for the raw signing-rate benchmarks
+/// (`meterpki hsm bench`, `meterpki-bench`), which bypass the service.
+pub fn raw_online_token(
+    home: &Home,
+    config: &Config,
+    sessions: usize,
+) -> Result<(hsm_bridge::Hsm, Arc<hsm_bridge::Token>)> {
+    heal_softhsm(home, config)?;
+    let hsm = hsm_bridge::Hsm::load(&config.hsm.module)?;
+    let token = hsm.open(
+        &config.hsm.online_token,
+        crate::pin::online_pin(home, config)?,
+        sessions,
+    )?;
+    Ok((hsm, token))
+}
+
+fn load_module(
+    home: &Home,
+    config: &Config,
+    watchdog: Watchdog,
+) -> Result<Arc<dyn HsmModule>, ServiceError> {
+    let tokens = heal_softhsm(home, config)?;
     let module = hsm_bridge::Pkcs11Module::load(&config.hsm.module, tokens)
         .map_err(ca_core::hsm::HsmError::from)?;
     Ok(match watchdog {

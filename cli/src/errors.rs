@@ -19,6 +19,14 @@ pub fn input(msg: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(InputError(msg.into()))
 }
 
+/// A benchmark's measuring time in seconds, `flag` given: 0.1 to 600.
+pub fn check_seconds(flag: &str, seconds: f64) -> anyhow::Result<()> {
+    if !(0.1..=600.0).contains(&seconds) {
+        return Err(input(format!("{flag} must be between 0.1 and 600")));
+    }
+    Ok(())
+}
+
 /// 2 for the requester's mistakes anywhere in the chain (bad input, a refusal, a state that
 /// forbids the command), else 1 (the HSM, the audit log, the store, meterpki itself).
 pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {

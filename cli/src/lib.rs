@@ -18,9 +18,9 @@ pub use errors::InputError;
 /// What other front ends of a home (the benchmark binary) share with the CLI: opening the
 /// service with the home's HSM and PIN sources, and the process environment SoftHSM needs.
 pub mod support {
-    pub use crate::ctx::{absolute, ensure_process_env, hsm_access, Watchdog};
-    pub use crate::errors::input;
-    pub use crate::pin::online_pin;
+    pub use crate::cmd::churn::{progress_bar, Bar};
+    pub use crate::ctx::{absolute, ensure_process_env, hsm_access, raw_online_token, Watchdog};
+    pub use crate::errors::{check_seconds, input};
     pub use crate::run_main;
 }
 

@@ -16,7 +16,7 @@ pub(crate) const PIN_ENV: &str = "METERPKI_HSM_PIN";
 
 /// Resolves the online PIN: `METERPKI_HSM_PIN`, the configured variable, the configured file,
 /// then a prompt when a terminal is attached.
-pub fn online_pin(home: &Home, config: &Config) -> Result<SecretString> {
+pub(crate) fn online_pin(home: &Home, config: &Config) -> Result<SecretString> {
     let mut sources = vec![PinSource::Env(PIN_ENV.to_string())];
     sources.extend(config.online_pin_sources());
     let mut tried = Vec::new();

@@ -35,7 +35,7 @@ pub(super) fn required_sink(u: &UpdatesOut) -> Result<Box<dyn UpdateSink>> {
 }
 
 /// A progress bar of `len` steps.
-pub(super) fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
+pub fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
     let b = indicatif::ProgressBar::new(len);
     b.set_style(
         indicatif::ProgressStyle::with_template(&format!(
@@ -60,7 +60,7 @@ pub(super) fn bar(
 }
 
 /// A progress bar (or nothing, off a terminal) as the service's progress report.
-pub(super) struct Bar(pub Option<indicatif::ProgressBar>);
+pub struct Bar(pub Option<indicatif::ProgressBar>);
 
 impl ca_core::service::Progress for Bar {
     fn wants_total(&self) -> bool {
@@ -80,7 +80,7 @@ impl ca_core::service::Progress for Bar {
 
 impl Bar {
     /// Removes the bar from the terminal.
-    pub(super) fn finish(self) {
+    pub fn finish(self) {
         if let Some(b) = self.0 {
             b.finish_and_clear();
         }

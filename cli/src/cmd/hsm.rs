@@ -13,19 +13,10 @@ use crate::cmd::print_json;
 use crate::ctx::Ctx;
 
 pub(super) fn bench(ctx: &Ctx, seconds: f64) -> Result<()> {
-    if !(0.1..=600.0).contains(&seconds) {
-        return Err(crate::errors::input(
-            "--seconds must be between 0.1 and 600",
-        ));
-    }
+    crate::errors::check_seconds("--seconds", seconds)?;
     let d = Duration::from_secs_f64(seconds);
     let config = ctx.config();
-    let hsm = hsm_bridge::Hsm::load(&config.hsm.module)?;
-    let token = hsm.open(
-        &config.hsm.online_token,
-        crate::pin::online_pin(ctx.home(), config)?,
-        config.hsm.sessions,
-    )?;
+    let (hsm, token) = crate::ctx::raw_online_token(ctx.home(), config, config.hsm.sessions)?;
     let mut figures: Vec<(String, BenchFigure)> = Vec::new();
     for (alg, label, digest_len) in [
         (KeyAlgorithm::EcP256, "meterpki-bench-p256", 32),

@@ -10,7 +10,7 @@ use ca_core::service::BulkMode;
 use serde_json::json;
 
 use crate::args::{ChurnOut, MeterCommand};
-use crate::cmd::churn::{bar, count_lines, sink, Bar};
+use crate::cmd::churn::{bar, count_lines, required_sink, sink, Bar};
 use crate::cmd::{parse_id, print_json};
 use crate::ctx::{operator, Ctx};
 use crate::errors::input;
@@ -52,12 +52,10 @@ fn apply(
     file: Option<&Path>,
     out: &ChurnOut,
 ) -> Result<()> {
-    let mut sink: Option<Box<dyn UpdateSink>> = sink(&out.updates)?;
-    if mode == BulkMode::Change && sink.is_none() {
-        return Err(input(
-            "give --updates-out DIR or --updates-ndjson FILE: this operation makes trust-anchor updates for the meters",
-        ));
-    }
+    let mut sink: Option<Box<dyn UpdateSink>> = match mode {
+        BulkMode::Change => Some(required_sink(&out.updates)?),
+        BulkMode::Assign => sink(&out.updates)?,
+    };
     let mut lines: Box<dyn Iterator<Item = (usize, Result<String, String>)>> = match (&one, file) {
         (Some((d, s)), None) => Box::new(std::iter::once((1, Ok(format!("{d},{s}"))))),
         (None, Some(f)) => {

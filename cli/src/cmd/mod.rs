@@ -4,7 +4,7 @@
 mod account;
 mod audit;
 mod ceremony;
-mod churn;
+pub(crate) mod churn;
 mod crl;
 mod hsm;
 mod init;
@@ -121,8 +121,7 @@ pub(crate) fn read_blob(flag: &str, p: &std::path::Path) -> Result<String> {
 
 /// A certificate as PEM.
 pub(crate) fn pem(der: &[u8]) -> Result<String> {
-    der::pem::encode_string("CERTIFICATE", der::pem::LineEnding::LF, der)
-        .map_err(|e| anyhow::anyhow!("encoding PEM: {e}"))
+    Ok(ca_core::der_to_pem(der)?)
 }
 
 /// Unix seconds as RFC 3339.
