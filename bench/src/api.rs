@@ -51,6 +51,19 @@ fn meterpki_binary(given: Option<&Path>) -> Result<PathBuf> {
     Ok(PathBuf::from("meterpki"))
 }
 
+/// The server under load: stopped (SIGTERM, then waited for) when the run ends, also when it
+/// ends early with an error.
+struct ServerProcess(std::process::Child);
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
 /// `meterpki-bench api`: the whole path a factory line uses, measured from outside the server.
 pub(crate) fn run(b: &Bench, a: &ApiArgs) -> Result<()> {
     let (count, requests, batch, in_flight, raw_seconds) = (
@@ -130,35 +143,30 @@ pub(crate) fn run(b: &Bench, a: &ApiArgs) -> Result<()> {
         .status()?;
     anyhow::ensure!(st.success(), "creating the bench account failed");
     // 4. The server, as its own process.
-    let mut server = std::process::Command::new(&exe)
-        .arg("--home")
-        .arg(&home)
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()?;
+    let mut server = ServerProcess(
+        std::process::Command::new(&exe)
+            .arg("--home")
+            .arg(&home)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()?,
+    );
     let mut line = String::new();
-    std::io::BufReader::new(server.stdout.take().expect("stdout")).read_line(&mut line)?;
+    std::io::BufReader::new(server.0.stdout.take().expect("stdout")).read_line(&mut line)?;
     let addr = line
         .trim()
         .trim_start_matches("listening on https://")
         .to_string();
     anyhow::ensure!(!addr.is_empty(), "the server did not start");
-    let pid = server.id();
+    let pid = server.0.id().to_string();
     let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampler = {
         let (peak, stop) = (peak.clone(), stop.clone());
         std::thread::spawn(move || {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-                    if let Some(kb) = s
-                        .lines()
-                        .find(|l| l.starts_with("VmRSS:"))
-                        .and_then(|l| l.split_whitespace().nth(1))
-                        .and_then(|v| v.parse::<u64>().ok())
-                    {
-                        peak.fetch_max(kb, std::sync::atomic::Ordering::Relaxed);
-                    }
+                if let Some(kb) = crate::figures::rss_kb_of(&pid, "VmRSS:") {
+                    peak.fetch_max(kb, std::sync::atomic::Ordering::Relaxed);
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -273,10 +281,7 @@ pub(crate) fn run(b: &Bench, a: &ApiArgs) -> Result<()> {
         Ok((lat, issued, rejected))
     });
     let wall = start.elapsed().as_secs_f64();
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
-    let _ = server.wait();
+    drop(server);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = sampler.join();
     let (mut lat, issued, rejected) = outcome?;

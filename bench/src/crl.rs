@@ -8,7 +8,6 @@ use ca_core::issue::shard_of;
 use ca_core::service::Actor;
 use ca_core::{CaKind, CertRecord, Op, Reason, Revocation, Txn};
 use meterpki_cli::support::input;
-use rand::RngCore;
 use serde_json::json;
 
 use crate::figures::{peak_rss_kb, rss_kb};
@@ -40,9 +39,7 @@ pub(crate) fn run(b: &Bench, certs: usize, revoke: usize) -> Result<()> {
         )
     };
     for i in 0..certs {
-        let mut serial = [0u8; 9];
-        rand::rngs::OsRng.fill_bytes(&mut serial);
-        serial[0] = (serial[0] & 0x7f).max(1);
+        let serial = ca_core::random_serial_bytes();
         let c = (i as u64).to_be_bytes();
         if revoke_list.len() < revoke && i % every == 0 {
             revoke_list.push(serial.to_vec());
@@ -89,7 +86,7 @@ pub(crate) fn run(b: &Bench, certs: usize, revoke: usize) -> Result<()> {
     let revoke_secs = start.elapsed().as_secs_f64();
     // The issuer (and its HSM sessions) ready before the clock starts.
     service.issuer(CaKind::Device)?;
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    crate::figures::reset_peak_rss();
     let baseline = rss_kb("VmRSS:");
     let start = std::time::Instant::now();
     let published = service.publish_crls(&Actor::local(), Some(CaKind::Device), true, None)?;

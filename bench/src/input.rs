@@ -33,10 +33,7 @@ pub(crate) fn software_csr() -> Result<Vec<u8>> {
     let sig: p256::ecdsa::Signature = key.sign(&info.to_der()?);
     let csr = CertReq {
         info,
-        algorithm: spki::AlgorithmIdentifierOwned {
-            oid: der::asn1::ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2"),
-            parameters: None,
-        },
+        algorithm: ca_core::KeyAlgorithm::EcP256.signature_algorithm(),
         signature: BitString::from_bytes(sig.to_der().as_bytes())?,
     };
     let der = csr.to_der()?;

@@ -64,9 +64,7 @@ pub(crate) fn run(
         id[..4].copy_from_slice(&prefix);
         id[4..].copy_from_slice(&(i as u32).to_be_bytes());
         let device = Eui64(id).to_string();
-        let mut serial = [0u8; 9];
-        rand::rngs::OsRng.fill_bytes(&mut serial);
-        serial[0] = (serial[0] & 0x7f).max(1);
+        let serial = ca_core::random_serial_bytes();
         certs.push((
             CertRecord {
                 serial: serial.to_vec(),
@@ -106,7 +104,7 @@ pub(crate) fn run(
     let verify = verify_rate(sessions, d)?;
     // The churn engine's signer ready before the clock starts.
     scratch.update_signer(&actor)?;
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    crate::figures::reset_peak_rss();
     eprintln!("taking over {meters} meters (A -> B)...");
     let updates = dir.path().join("updates");
     let stream = dir.path().join("updates.ndjson");

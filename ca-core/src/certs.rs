@@ -156,12 +156,17 @@ pub fn key_identifier(spki: &SubjectPublicKeyInfoOwned) -> [u8; 8] {
 
 /// A positive serial of 64 random bits plus a leading zero-free byte: 9 octets, never negative.
 pub(crate) fn random_serial() -> Result<SerialNumber, der::Error> {
+    SerialNumber::new(&random_serial_bytes())
+}
+
+/// 72 random bits as a serial number's content octets: the first in 0x01..=0x7f, so that the
+/// INTEGER is positive and minimally encoded and DER keeps all 72 bits.
+pub fn random_serial_bytes() -> [u8; 9] {
     use rand::RngCore;
     let mut bytes = [0u8; 9];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
-    // First octet in 0x01..=0x7f: positive and minimally encoded, so DER keeps all 72 bits.
     bytes[0] = (bytes[0] & 0x7f).max(1);
-    SerialNumber::new(&bytes)
+    bytes
 }
 
 /// X.509 time for a moment: UTCTime through 2049, GeneralizedTime from 2050 (RFC 5280 §4.1.2.5).

@@ -29,7 +29,8 @@ pub use audit::{
 pub use certs::{
     build_ca_certificate, build_self_signed_root, build_signer_certificate, certificate_from_bytes,
     certificate_from_pem, certificate_to_pem, check_key_matches, der_to_pem, fingerprint_sha256,
-    key_identifier, parse_name, verify_certificate_signature, CaCertSpec, CertError, CertInfo,
+    key_identifier, parse_name, random_serial_bytes, verify_certificate_signature, CaCertSpec,
+    CertError, CertInfo,
 };
 pub use config::{CaConfig, Config, ConfigError, CrlConfig, HsmConfig, PinSource, ServerConfig};
 pub use fsutil::{write_atomic, write_new_secret};
