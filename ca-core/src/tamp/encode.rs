@@ -109,10 +109,7 @@ impl PreparedUpdates {
         seq: u64,
     ) -> Result<Vec<u8>, TampError> {
         let msg_ref = msg_ref(hw_type, device, seq)?.to_der()?;
-        let mut body = Vec::with_capacity(msg_ref.len() + self.der.len());
-        body.extend_from_slice(&msg_ref);
-        body.extend_from_slice(&self.der);
-        Ok(tlv(0x30, &[&body]))
+        Ok(tlv(0x30, &[&msg_ref, &self.der]))
     }
 }
 

@@ -40,6 +40,9 @@ pub struct UpdateSigner {
     signature_algorithm_der: Vec<u8>,
     content_type_der: Vec<u8>,
     signed_data_type_der: Vec<u8>,
+    /// The DER signed attributes but for the message digest, their last 32 bytes: the same for
+    /// every content (see [`UpdateSigner::attributes_for`]).
+    signed_attrs_prefix: Vec<u8>,
 }
 
 impl UpdateSigner {
@@ -84,7 +87,21 @@ impl UpdateSigner {
                 r.read_slice(header.length)
             })?
             .to_vec();
+        // contentType sorts before messageDigest in the DER SET OF (its SEQUENCE is shorter),
+        // so the digest's 32 bytes end the encoding: checked here once, used for every update.
+        let empty = signed_attributes(&[])?.to_der()?;
+        let signed_attrs_prefix = empty[..empty.len() - 32].to_vec();
+        let probe = b"meterpki";
+        if signed_attributes(probe)?.to_der()?
+            != [&signed_attrs_prefix[..], &crate::sha256(probe)[..]].concat()
+        {
+            return Err(TampError::Unsupported {
+                what: "a signed-attributes encoding whose message digest is not its last 32 bytes"
+                    .into(),
+            });
+        }
         Ok(UpdateSigner {
+            signed_attrs_prefix,
             signer,
             cert,
             sid_der: sid.to_der()?,
@@ -234,7 +251,7 @@ impl UpdateSigner {
     /// ([`PreparedUpdates`](super::PreparedUpdates)): the content is not decoded again; the
     /// signature is verified all the same.
     pub fn sign_encoded(&self, content_der: &[u8]) -> Result<Vec<u8>, TampError> {
-        let tbs = signed_attributes(content_der)?.to_der()?;
+        let tbs = self.attributes_for(content_der);
         let signature = self.signer.sign(&tbs)?;
         verify_signature_fast(
             &self.cert.tbs_certificate.subject_public_key_info,
@@ -243,6 +260,18 @@ impl UpdateSigner {
         )
         .map_err(|source| TampError::SignerSignature { source })?;
         self.envelope(content_der, &tbs, &signature)
+    }
+}
+
+impl UpdateSigner {
+    /// The DER signed attributes of `content_der` (what [`signed_attributes`] encodes): the
+    /// constant prefix and the content's SHA-256, without building and sorting the SET each
+    /// time.
+    fn attributes_for(&self, content_der: &[u8]) -> Vec<u8> {
+        let mut tbs = Vec::with_capacity(self.signed_attrs_prefix.len() + 32);
+        tbs.extend_from_slice(&self.signed_attrs_prefix);
+        tbs.extend_from_slice(&crate::sha256(content_der));
+        tbs
     }
 }
 
