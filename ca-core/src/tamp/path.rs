@@ -3,12 +3,15 @@
 //! root, each certificate's signature and validity, the extensions a meter acts on, and what
 //! the CAs and the signer must be.
 
+use std::time::UNIX_EPOCH;
+
 use der::asn1::ObjectIdentifier;
 use der::Decode;
 use x509_cert::ext::pkix::{BasicConstraints, CertificatePolicies, KeyUsage, KeyUsages};
 use x509_cert::Certificate;
 
 use super::error::TampError;
+use super::verify::VerifyOptions;
 use crate::certs::verify_certificate_signature;
 use crate::signer::KeyAlgorithm;
 
@@ -23,7 +26,7 @@ const ID_CE_AUTHORITY_KEY_IDENTIFIER: ObjectIdentifier = ObjectIdentifier::new_u
 const MAX_INTERMEDIATES: usize = 4;
 
 /// The CA certificates from `pool` between `signer` and `root`, nearest the signer first.
-pub(super) fn build_path<'c>(
+fn build_path<'c>(
     signer: &'c Certificate,
     pool: &[&'c Certificate],
     root: &Certificate,
@@ -98,7 +101,7 @@ fn check_issued_by(cert: &Certificate, issuer: &Certificate) -> Result<(), TampE
     })
 }
 
-pub(super) fn check_valid_at(cert: &Certificate, now: u64) -> Result<(), TampError> {
+fn check_valid_at(cert: &Certificate, now: u64) -> Result<(), TampError> {
     let v = &cert.tbs_certificate.validity;
     let not_before = v.not_before.to_unix_duration().as_secs();
     let not_after = v.not_after.to_unix_duration().as_secs();
@@ -128,13 +131,13 @@ fn rfc3339(secs: u64) -> String {
 }
 
 /// The extensions a meter acts on; any other critical extension refuses the certificate.
-pub(super) struct Exts {
-    pub(super) bc: Option<BasicConstraints>,
+struct Exts {
+    bc: Option<BasicConstraints>,
     ku: Option<KeyUsage>,
     policies: Option<CertificatePolicies>,
 }
 
-pub(super) fn extensions(cert: &Certificate) -> Result<Exts, TampError> {
+fn extensions(cert: &Certificate) -> Result<Exts, TampError> {
     let subject = &cert.tbs_certificate.subject;
     let chain_err = |reason: String| TampError::Chain {
         reason: format!("{subject}: {reason}"),
@@ -179,7 +182,7 @@ pub(super) fn extensions(cert: &Certificate) -> Result<Exts, TampError> {
 }
 
 /// An intermediate CA with `below` CA certificates under it in the path.
-pub(super) fn check_ca(ca: &Certificate, below: usize) -> Result<(), TampError> {
+fn check_ca(ca: &Certificate, below: usize) -> Result<(), TampError> {
     let subject = &ca.tbs_certificate.subject;
     let exts = extensions(ca)?;
     let bc = exts.bc.filter(|bc| bc.ca).ok_or_else(|| TampError::Chain {
@@ -205,10 +208,7 @@ pub(super) fn check_ca(ca: &Certificate, below: usize) -> Result<(), TampError> 
     Ok(())
 }
 
-pub(super) fn check_signer(
-    signer: &Certificate,
-    policy: &ObjectIdentifier,
-) -> Result<(), TampError> {
+fn check_signer(signer: &Certificate, policy: &ObjectIdentifier) -> Result<(), TampError> {
     let subject = signer.tbs_certificate.subject.to_string();
     let exts = extensions(signer)?;
     if exts.bc.is_some_and(|bc| bc.ca) {
@@ -235,5 +235,44 @@ pub(super) fn check_signer(
             policy: *policy,
         });
     }
+    Ok(())
+}
+
+/// The path signer -> CAs from the message -> `root` (RFC 5280 §6.1, reduced to what a meter
+/// checks): every certificate valid at `opts.now`, the root's pathLenConstraint kept, the CAs
+/// with cA and keyCertSign, the signer an end entity with digitalSignature and the policy.
+pub(super) fn check_path(
+    signer: &Certificate,
+    pool: &[&Certificate],
+    root: &Certificate,
+    opts: &VerifyOptions,
+) -> Result<(), TampError> {
+    let now = opts
+        .now
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| TampError::Chain {
+            reason: "the verification time is before 1970".into(),
+        })?
+        .as_secs();
+    let intermediates = build_path(signer, pool, root)?;
+    check_valid_at(root, now)?;
+    let root_exts = extensions(root)?;
+    if let Some(limit) = root_exts.bc.as_ref().and_then(|bc| bc.path_len_constraint) {
+        if intermediates.len() > usize::from(limit) {
+            return Err(TampError::Chain {
+                reason: format!(
+                    "{} intermediate CA(s) under the root {}, its pathLenConstraint is {limit}",
+                    intermediates.len(),
+                    root.tbs_certificate.subject
+                ),
+            });
+        }
+    }
+    for (below, ca) in intermediates.iter().enumerate() {
+        check_valid_at(ca, now)?;
+        check_ca(ca, below)?;
+    }
+    check_valid_at(signer, now)?;
+    check_signer(signer, &opts.signer_policy)?;
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! The meter's side: [`verify_update`] checks the CMS envelope, the signer and its signature,
 //! the path to the root, then the `TAMPUpdate`'s target and sequence number.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use cms::cert::CertificateChoices;
 use cms::cert::IssuerAndSerialNumber;
@@ -17,7 +17,7 @@ use super::asn1::{
     decode_update, HardwareSerialEntry, TargetIdentifier, TerseOrVerbose, TrustAnchorUpdate,
 };
 use super::error::{canonical, malformed, TampError};
-use super::path::{build_path, check_ca, check_signer, check_valid_at, extensions};
+use super::path::check_path;
 use super::{
     ECDSA_WITH_SHA256, ID_CONTENT_TYPE, ID_CT_TAMP_UPDATE, ID_MESSAGE_DIGEST, ID_SHA256,
     ID_SIGNED_DATA,
@@ -289,46 +289,6 @@ fn check_signature<'a>(
     Ok(signer)
 }
 
-/// The path signer -> CAs from the message -> `root` (RFC 5280 §6.1, reduced to what a meter
-/// checks): every certificate valid at `opts.now`, the root's pathLenConstraint kept, the CAs
-/// with cA and keyCertSign, the signer an end entity with digitalSignature and the policy.
-fn check_path(
-    signer: &Certificate,
-    pool: &[&Certificate],
-    root: &Certificate,
-    opts: &VerifyOptions,
-) -> Result<(), TampError> {
-    let now = opts
-        .now
-        .duration_since(UNIX_EPOCH)
-        .map_err(|_| TampError::Chain {
-            reason: "the verification time is before 1970".into(),
-        })?
-        .as_secs();
-    let intermediates = build_path(signer, pool, root)?;
-    check_valid_at(root, now)?;
-    let root_exts = extensions(root)?;
-    if let Some(limit) = root_exts.bc.as_ref().and_then(|bc| bc.path_len_constraint) {
-        if intermediates.len() > usize::from(limit) {
-            return Err(TampError::Chain {
-                reason: format!(
-                    "{} intermediate CA(s) under the root {}, its pathLenConstraint is {limit}",
-                    intermediates.len(),
-                    root.tbs_certificate.subject
-                ),
-            });
-        }
-    }
-    for (below, ca) in intermediates.iter().enumerate() {
-        check_valid_at(ca, now)?;
-        check_ca(ca, below)?;
-    }
-    check_valid_at(signer, now)?;
-    check_signer(signer, &opts.signer_policy)?;
-
-    Ok(())
-}
-
 /// The TAMPUpdate (RFC 5934 §4.3, §6): one hwModules target of `single` EUI-64s (this meter
 /// among them, when asked), a sequence number greater than the last accepted, removes and
 /// certificate adds.
@@ -403,12 +363,13 @@ fn read_update(content: &[u8], opts: &VerifyOptions) -> Result<UpdateRead, TampE
             return Err(TampError::SeqNotGreater { seq, after });
         }
     }
+    let (hw_type, terse) = (modules.hw_type, update.terse == Some(TerseOrVerbose::Terse));
     let mut removed = Vec::new();
     let mut added = Vec::new();
-    for u in &update.updates {
+    for u in update.updates {
         match u {
-            TrustAnchorUpdate::Remove(spki) => removed.push(spki.clone()),
-            TrustAnchorUpdate::Add(TrustAnchorChoice::Certificate(c)) => added.push(c.clone()),
+            TrustAnchorUpdate::Remove(spki) => removed.push(spki),
+            TrustAnchorUpdate::Add(TrustAnchorChoice::Certificate(c)) => added.push(c),
             TrustAnchorUpdate::Add(_) => {
                 return Err(TampError::Unsupported {
                     what: "adding a trust anchor as tbsCert or taInfo".into(),
@@ -423,8 +384,8 @@ fn read_update(content: &[u8], opts: &VerifyOptions) -> Result<UpdateRead, TampE
     }
     Ok(UpdateRead {
         seq,
-        terse: update.terse == Some(TerseOrVerbose::Terse),
-        hw_type: modules.hw_type,
+        terse,
+        hw_type,
         devices,
         removed,
         added,
