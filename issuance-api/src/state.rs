@@ -82,9 +82,12 @@ impl AppState {
         let r = tokio::task::spawn_blocking(move || f(&service))
             .await
             .map_err(ApiError::internal)?;
-        r.map_err(|e| {
-            self.metrics.refused(e.code());
-            ApiError::from(e)
-        })
+        r.map_err(|e| self.refuse(e))
+    }
+
+    /// A use case's refusal as the API's answer, counted in the metrics.
+    pub(crate) fn refuse(&self, e: ca_core::service::ServiceError) -> ApiError {
+        self.metrics.refused(e.code());
+        ApiError::from(e)
     }
 }

@@ -84,6 +84,9 @@ pub enum Action<'a> {
     ListDevice,
     /// List the certificates of a supplier.
     ListSupplier(&'a Eui64),
+    /// Enrol some key for a supplier: the caller's side of [`Action::Enrol`], asked before the
+    /// request (and so the profile) is read.
+    EnrolFor(&'a Eui64),
     /// Enrol a key for a supplier.
     Enrol {
         /// The supplier.
@@ -146,17 +149,13 @@ pub fn authorize(actor: &Actor, action: Action<'_>) -> Result<(), ServiceError> 
                 account.name
             ))),
         },
+        Action::EnrolFor(supplier) => enrol_for(account, supplier),
         Action::Enrol {
             supplier,
             profile,
             kind,
         } => {
-            if account.role != Role::Supplier || !own_supplier(account, supplier) {
-                return Err(forbidden(format!(
-                    "account {} may not enrol keys for supplier {supplier}",
-                    account.name
-                )));
-            }
+            enrol_for(account, supplier)?;
             if kind != Some(ProfileKind::Supplier) {
                 return Err(forbidden(format!(
                     "a supplier enrols supplier profiles, not {profile}"
@@ -165,6 +164,17 @@ pub fn authorize(actor: &Actor, action: Action<'_>) -> Result<(), ServiceError> 
             Ok(())
         }
     }
+}
+
+/// A supplier account enrols keys for its own supplier only.
+fn enrol_for(account: &Account, supplier: &Eui64) -> Result<(), ServiceError> {
+    if account.role != Role::Supplier || !own_supplier(account, supplier) {
+        return Err(forbidden(format!(
+            "account {} may not enrol keys for supplier {supplier}",
+            account.name
+        )));
+    }
+    Ok(())
 }
 
 fn own_supplier(account: &Account, id: &Eui64) -> bool {

@@ -59,10 +59,8 @@ pub(super) async fn post_batch(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    ca_core::service::authorize(&actor, ca_core::service::Action::IssueBatch).map_err(|e| {
-        state.metrics.refused(e.code());
-        ApiError::from(e)
-    })?;
+    ca_core::service::authorize(&actor, ca_core::service::Action::IssueBatch)
+        .map_err(|e| state.refuse(e))?;
     let batch = parse(&body).inspect_err(|e| state.metrics.refused(e.kind))?;
     // The body is not needed any more: its items are parsed, its hash taken.
     drop(body);
@@ -89,10 +87,7 @@ pub(super) async fn post_batch(
             }
         }
     };
-    let answer = answer.map_err(|e| {
-        state.metrics.refused(e.code());
-        ApiError::from(e)
-    })?;
+    let answer = answer.map_err(|e| state.refuse(e))?;
     if !answer.replayed {
         state.metrics.batch(started.elapsed());
         state.metrics.items(&answer.results);

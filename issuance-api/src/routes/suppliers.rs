@@ -36,17 +36,8 @@ pub(super) async fn enrol_key(
 ) -> Result<Response, ApiError> {
     let id = parse_id("supplier-id", &id)?;
     // Who may enrol for whom is decided before the body is even parsed.
-    if let Err(e) = ca_core::service::authorize(
-        &actor,
-        ca_core::service::Action::Enrol {
-            supplier: &id,
-            profile: "",
-            kind: Some(policies::ProfileKind::Supplier),
-        },
-    ) {
-        state.metrics.refused(e.code());
-        return Err(e.into());
-    }
+    ca_core::service::authorize(&actor, ca_core::service::Action::EnrolFor(&id))
+        .map_err(|e| state.refuse(e))?;
     let req: EnrolRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(
             "malformed-json",
