@@ -71,6 +71,11 @@ pub struct CaCertSpec {
     pub validity_days: u32,
     /// basicConstraints pathLenConstraint.
     pub path_len: u8,
+    /// certificatePolicies (non-critical); none: no extension.
+    pub policies: Vec<const_oid::ObjectIdentifier>,
+    /// The URL of the CRL that lists this certificate (the root's ARL), for its
+    /// cRLDistributionPoints; none: no pointer.
+    pub crl_url: Option<String>,
 }
 
 /// A summary of a certificate for status output and transcripts.
@@ -194,16 +199,55 @@ fn ext<T: AsExtension>(
     value.to_extension(subject, exts)
 }
 
+/// certificatePolicies and cRLDistributionPoints as `spec` asks, appended to `exts`.
+fn policy_and_crl_extensions(
+    spec: &CaCertSpec,
+    subject: &Name,
+    exts: &mut Vec<Extension>,
+) -> Result<(), der::Error> {
+    use x509_cert::ext::pkix::certpolicy::PolicyInformation;
+    use x509_cert::ext::pkix::crl::dp::DistributionPoint;
+    use x509_cert::ext::pkix::name::{DistributionPointName, GeneralName};
+    use x509_cert::ext::pkix::{CertificatePolicies, CrlDistributionPoints};
+    if !spec.policies.is_empty() {
+        let policies = CertificatePolicies(
+            spec.policies
+                .iter()
+                .map(|oid| PolicyInformation {
+                    policy_identifier: *oid,
+                    policy_qualifiers: None,
+                })
+                .collect(),
+        );
+        // Non-critical: RFC 5280 §4.2.1.4 allows either, and a CA certificate is read by
+        // every relying party's stack, embedded ones included.
+        let mut e = ext(&policies, subject, exts)?;
+        e.critical = false;
+        exts.push(e);
+    }
+    if let Some(url) = &spec.crl_url {
+        let cdp = CrlDistributionPoints(vec![DistributionPoint {
+            distribution_point: Some(DistributionPointName::FullName(vec![
+                GeneralName::UniformResourceIdentifier(der::asn1::Ia5String::new(url)?),
+            ])),
+            reasons: None,
+            crl_issuer: None,
+        }]);
+        exts.push(ext(&cdp, subject, exts)?);
+    }
+    Ok(())
+}
+
 fn ca_extensions(
     subject: &Name,
     subject_spki: &SubjectPublicKeyInfoOwned,
     issuer_spki: &SubjectPublicKeyInfoOwned,
-    path_len: u8,
+    spec: &CaCertSpec,
 ) -> Result<Vec<Extension>, der::Error> {
     let mut exts: Vec<Extension> = Vec::new();
     let bc = BasicConstraints {
         ca: true,
-        path_len_constraint: Some(path_len),
+        path_len_constraint: Some(spec.path_len),
     };
     exts.push(ext(&bc, subject, &exts)?);
     let ku = KeyUsage(KeyUsages::KeyCertSign | KeyUsages::CRLSign);
@@ -218,6 +262,7 @@ fn ca_extensions(
         };
         exts.push(ext(&aki, subject, &exts)?);
     }
+    policy_and_crl_extensions(spec, subject, &mut exts)?;
     Ok(exts)
 }
 
@@ -259,7 +304,7 @@ pub fn build_self_signed_root(
 ) -> Result<Certificate, CertError> {
     let subject = parse_name(&spec.subject)?;
     let spki = signer.public_key().clone();
-    let extensions = ca_extensions(&subject, &spki, &spki, spec.path_len)?;
+    let extensions = ca_extensions(&subject, &spki, &spki, spec)?;
     let tbs = TbsCertificate {
         version: Version::V3,
         serial_number: random_serial()?,
@@ -285,7 +330,7 @@ pub fn build_ca_certificate(
 ) -> Result<Certificate, CertError> {
     let subject = parse_name(&spec.subject)?;
     let issuer_spki = &issuer_cert.tbs_certificate.subject_public_key_info;
-    let extensions = ca_extensions(&subject, subject_spki, issuer_spki, spec.path_len)?;
+    let extensions = ca_extensions(&subject, subject_spki, issuer_spki, spec)?;
     sign_under_issuer(
         issuer_signer,
         issuer_cert,
@@ -325,6 +370,7 @@ pub fn build_signer_certificate(
         authority_cert_serial_number: None,
     };
     exts.push(ext(&aki, &subject, &exts)?);
+    policy_and_crl_extensions(spec, &subject, &mut exts)?;
     sign_under_issuer(
         issuer_signer,
         issuer_cert,

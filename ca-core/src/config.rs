@@ -73,6 +73,10 @@ pub struct CrlConfig {
     /// Hours from a CRL's thisUpdate to its nextUpdate.
     #[serde(default = "default_next_update")]
     pub next_update_hours: u32,
+    /// Days from the root's ARL's thisUpdate to its nextUpdate: the root is opened only at
+    /// ceremonies, so its CRL lives long (`status` warns when a quarter of it is left).
+    #[serde(default = "default_arl_days")]
+    pub arl_next_update_days: u32,
 }
 
 impl Default for CrlConfig {
@@ -81,8 +85,13 @@ impl Default for CrlConfig {
             shards: default_shards(),
             base_url: default_crl_base(),
             next_update_hours: default_next_update(),
+            arl_next_update_days: default_arl_days(),
         }
     }
+}
+
+fn default_arl_days() -> u32 {
+    365
 }
 
 fn default_shards() -> u32 {
@@ -93,8 +102,14 @@ fn default_next_update() -> u32 {
     24
 }
 
+/// The server's plain-HTTP CRL listener (`server.crl_listen`): relying parties fetch CRLs over
+/// plain HTTP (RFC 5280 §4.2.1.13; a CRL is signed).
 fn default_crl_base() -> String {
-    "http://127.0.0.1:8443/crl".into()
+    format!("http://{}/crl", default_crl_listen())
+}
+
+fn default_crl_listen() -> String {
+    "127.0.0.1:8080".into()
 }
 
 /// Names and lifetimes of the CA certificates made at the ceremonies.
@@ -104,12 +119,14 @@ pub struct CaConfig {
     /// `O=` in every CA subject.
     #[serde(default = "default_org")]
     pub organisation: String,
-    /// Root certificate lifetime in days.
-    #[serde(default = "default_root_days")]
-    pub root_validity_days: u32,
-    /// Issuing CA certificate lifetime in days (capped at the root's end).
-    #[serde(default = "default_issuing_days")]
-    pub issuing_validity_days: u32,
+    /// Old homes' root certificate lifetime in days. CA certificates take their validity from
+    /// their profiles (`policies/root-ca.toml`); a value here must agree with the profile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_validity_days: Option<u32>,
+    /// Old homes' issuing CA lifetime in days; as `root_validity_days`, for the issuing-CA
+    /// profiles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuing_validity_days: Option<u32>,
     /// Subject of the root (RFC 4514 text); default `CN=<organisation> Root CA,O=<organisation>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_subject: Option<String>,
@@ -147,8 +164,8 @@ impl Default for CaConfig {
     fn default() -> Self {
         CaConfig {
             organisation: default_org(),
-            root_validity_days: default_root_days(),
-            issuing_validity_days: default_issuing_days(),
+            root_validity_days: None,
+            issuing_validity_days: None,
             root_subject: None,
             device_subject: None,
             organisation_subject: None,
@@ -159,12 +176,6 @@ impl Default for CaConfig {
 
 fn default_org() -> String {
     "meterpki".into()
-}
-fn default_root_days() -> u32 {
-    25 * 365 + 6
-}
-fn default_issuing_days() -> u32 {
-    15 * 365 + 4
 }
 
 /// Where the keys are.
@@ -207,12 +218,17 @@ pub struct ServerConfig {
     /// Address to listen on.
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// Address of the plain-HTTP listener that serves CRLs and CA certificates (and nothing
+    /// else) to relying parties; empty: none.
+    #[serde(default = "default_crl_listen")]
+    pub crl_listen: String,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: default_listen(),
+            crl_listen: default_crl_listen(),
         }
     }
 }
@@ -306,12 +322,18 @@ impl Config {
             ("ca.root_validity_days", self.ca.root_validity_days),
             ("ca.issuing_validity_days", self.ca.issuing_validity_days),
         ] {
-            if !(1..=36_500).contains(&days) {
+            if days.is_some_and(|d| !(1..=36_500).contains(&d)) {
                 return Err(invalid(field, "must be between 1 and 36500 days"));
             }
         }
         if !(1..=4096).contains(&self.crl.shards) {
             return Err(invalid("crl.shards", "must be between 1 and 4096"));
+        }
+        if !(1..=3650).contains(&self.crl.arl_next_update_days) {
+            return Err(invalid(
+                "crl.arl_next_update_days",
+                "must be between 1 and 3650 (ten years)",
+            ));
         }
         if !(1..=8760).contains(&self.crl.next_update_hours) {
             return Err(invalid(
@@ -328,6 +350,25 @@ impl Config {
                 return Err(invalid(
                     "crl.base_url",
                     "an http:// or https:// URL in ASCII without spaces (an IA5String, RFC 5280 §4.2.1.13), or empty for none",
+                ));
+            }
+        }
+        if !self.server.crl_listen.is_empty() {
+            if self
+                .server
+                .crl_listen
+                .parse::<std::net::SocketAddr>()
+                .is_err()
+            {
+                return Err(invalid(
+                    "server.crl_listen",
+                    "an address and port such as 127.0.0.1:8080, or empty for no plain-HTTP CRL listener",
+                ));
+            }
+            if self.server.crl_listen == self.server.listen {
+                return Err(invalid(
+                    "server.crl_listen",
+                    "must differ from server.listen: one port speaks TLS, the other plain HTTP",
                 ));
             }
         }

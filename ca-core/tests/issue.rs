@@ -47,6 +47,8 @@ fn ca(kind_subject: &str, corrupt: bool) -> (Certificate, Arc<SoftSigner>) {
             subject: "CN=Test Root".into(),
             validity_days: 3650,
             path_len: 1,
+            policies: Vec::new(),
+            crl_url: None,
         },
     )
     .unwrap();
@@ -59,6 +61,8 @@ fn ca(kind_subject: &str, corrupt: bool) -> (Certificate, Arc<SoftSigner>) {
             subject: kind_subject.into(),
             validity_days: 1000,
             path_len: 0,
+            policies: Vec::new(),
+            crl_url: None,
         },
     )
     .unwrap();
@@ -80,6 +84,7 @@ fn fixture_with(crl_base: Option<&str>, corrupt: bool, profiles: ProfileSet) -> 
         shards: 16,
         base_url: crl_base.map(String::from),
         next_update_hours: 24,
+        arl_next_update_days: 365,
     };
     let audit = AuditLog::new(home.audit_log(), store.clone());
     let engine = Engine::new(profiles, issuers, audit, crl, 2).unwrap();

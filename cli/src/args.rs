@@ -48,7 +48,7 @@ pub(crate) enum Command {
     Issue(IssueArgs),
     /// Revoke certificates by serial, by device, or every certificate of a supplier.
     #[command(
-        after_help = "Examples:\n  meterpki revoke --serial 4f1c2a9b0d3e5f6071 --reason keyCompromise --invalidity-date 2026-11-20T08:00:00Z\n  meterpki revoke --device-id 00-DB-12-34-56-78-90-01 --reason cessationOfOperation --publish\n  meterpki revoke --supplier 90-B3-D5-1F-30-00-00-02 --reason affiliationChanged\n  meterpki revoke --serials-file compromised.txt --reason keyCompromise\n\nReasons (RFC 5280): unspecified, keyCompromise, cACompromise, affiliationChanged, superseded,\ncessationOfOperation, privilegeWithdrawn, aACompromise. Revoking twice is harmless: the first\nrevocation stands and is reported."
+        after_help = "Examples:\n  meterpki revoke --serial 4f1c2a9b0d3e5f6071 --reason keyCompromise --invalidity-date 2026-11-20T08:00:00Z\n  meterpki revoke --device-id 00-DB-12-34-56-78-90-01 --reason cessationOfOperation\n  meterpki revoke --supplier 90-B3-D5-1F-30-00-00-02 --reason affiliationChanged\n  meterpki revoke --serials-file compromised.txt --reason keyCompromise\n\nReasons (RFC 5280): unspecified, keyCompromise, cACompromise, affiliationChanged, superseded,\ncessationOfOperation, privilegeWithdrawn, aACompromise. Revoking twice is harmless: the first\nrevocation stands and is reported. The affected CRLs are published before the command returns."
     )]
     Revoke(RevokeArgs),
     /// Certificate revocation lists.
@@ -59,12 +59,15 @@ pub(crate) enum Command {
     Account(AccountCommand),
     /// Run the issuance API: axum over rustls with client certificates (mTLS).
     #[command(
-        after_help = "Example:\n  meterpki serve --listen 127.0.0.1:8443\n  curl --cert creds/line-7.pem --key creds/line-7.key --cacert creds/ca.pem \\\n       -H 'content-type: application/json' -d @batch.json https://127.0.0.1:8443/v1/batches\n\nThe server's TLS key is generated in the online token (meterpki-api-server) and its certificate\nissued by the Access CA at first start (<home>/ca/api-server.pem). SIGTERM or Ctrl-C: stop\naccepting, finish in-flight batches, exit."
+        after_help = "Example:\n  meterpki serve --listen 127.0.0.1:8443 --crl-listen 127.0.0.1:8080\n  openssl verify -crl_check_all -crl_download -CAfile root.pem -untrusted device.pem meter.pem\n  curl --cert creds/line-7.pem --key creds/line-7.key --cacert creds/ca.pem \\\n       -H 'content-type: application/json' -d @batch.json https://127.0.0.1:8443/v1/batches\n\nThe server's TLS key is generated in the online token (meterpki-api-server) and its certificate\nissued by the Access CA at first start (<home>/ca/api-server.pem). SIGTERM or Ctrl-C: stop\naccepting, finish in-flight batches, exit."
     )]
     Serve {
         /// Address to listen on (default: server.listen from meterpki.toml).
         #[arg(long)]
         listen: Option<String>,
+        /// Address of the plain-HTTP listener that serves CRLs and CA certificates to relying parties (default: server.crl_listen, 127.0.0.1:8080; "" for none).
+        #[arg(long)]
+        crl_listen: Option<String>,
         /// DNS names for the server certificate (default: localhost).
         #[arg(long = "dns")]
         dns: Vec<String>,
@@ -163,9 +166,12 @@ pub(crate) struct RevokeArgs {
     /// When the key is known or suspected to have been compromised (RFC 3339), for the CRL entry's invalidityDate.
     #[arg(long)]
     pub invalidity_date: Option<String>,
-    /// Republish the CRLs of the affected shards at once.
-    #[arg(long)]
+    /// The CRLs of the affected shards (and the full CRL) are republished before the command returns; kept for scripts written when this was optional.
+    #[arg(long, hide = true)]
     pub publish: bool,
+    /// Do not republish now (a mass revocation to be published by one `meterpki crl publish` after it); refused for keyCompromise and cACompromise.
+    #[arg(long, conflicts_with = "publish")]
+    pub no_publish: bool,
 }
 
 #[derive(Args, Debug)]
@@ -263,6 +269,44 @@ pub(crate) enum CeremonyCommand {
         after_help = "Example:\n  meterpki ceremony issuing-ca --kind device \\\n      --share /media/alice.share --share /media/bob.share --share /media/carol.share"
     )]
     IssuingCa(IssuingArgs),
+    /// Re-sign the root's ARL (the CRL of the CA certificates the root issued) with a quorum of shares.
+    #[command(
+        name = "root-crl",
+        after_help = "Example:\n  meterpki ceremony root-crl --share /media/alice.share --share /media/bob.share --share /media/carol.share\n\nThe ARL (<home>/crl/root/arl.crl) is signed at every ceremony that opens the root and lives\ncrl.arl_next_update_days (default 365); `meterpki status` warns when a quarter of it is left.\nHomes made before the ARL existed get it, and their CA certificates recorded, at this ceremony."
+    )]
+    RootCrl(RootCrlArgs),
+    /// Revoke an issuing CA's certificate in the root's ARL (every certificate below it stops validating).
+    #[command(
+        name = "revoke-ca",
+        after_help = "Example:\n  meterpki ceremony revoke-ca --kind organisation --reason cACompromise \\\n      --share /media/alice.share --share /media/bob.share --share /media/carol.share\n\nReasons: cACompromise (the CA's key is compromised), keyCompromise, affiliationChanged,\nsuperseded, cessationOfOperation, unspecified. The ARL is published before the command returns;\nthe revoked CA signs nothing more."
+    )]
+    RevokeCa(RevokeCaArgs),
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct RootCrlArgs {
+    /// A share file; give at least the quorum.
+    #[arg(long = "share", required = true)]
+    pub shares: Vec<PathBuf>,
+    /// Who runs the ceremony (default: $USER).
+    #[arg(long)]
+    pub operator: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct RevokeCaArgs {
+    /// Which issuing CA: device, organisation or access.
+    #[arg(long, value_parser = CaKind::parse_issuing)]
+    pub kind: CaKind,
+    /// RFC 5280 reason, e.g. cACompromise.
+    #[arg(long)]
+    pub reason: String,
+    /// A share file; give at least the quorum.
+    #[arg(long = "share", required = true)]
+    pub shares: Vec<PathBuf>,
+    /// Who runs the ceremony (default: $USER).
+    #[arg(long)]
+    pub operator: Option<String>,
 }
 
 #[derive(Args, Debug)]

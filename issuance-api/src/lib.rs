@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod auth;
+mod crl_cache;
 mod error;
 mod metrics;
 mod routes;
@@ -14,9 +15,10 @@ mod state;
 mod tls;
 
 pub use auth::Peer;
+pub use crl_cache::CrlCache;
 pub use error::ApiError;
 pub use metrics::{Metrics, TimedSigner};
-pub use routes::{router, BODY_LIMIT};
-pub use server::{serve, ServeOptions};
+pub use routes::{crl_router, router, BODY_LIMIT};
+pub use server::{serve, serve_plain, ServeOptions};
 pub use state::AppState;
 pub use tls::{server_tls_config, SignerKey};

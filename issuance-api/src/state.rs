@@ -26,6 +26,8 @@ pub struct AppState {
     pub batch_deadline: Duration,
     /// How long `/readyz` waits for its probe.
     pub ready_deadline: Duration,
+    /// Published CRLs as served.
+    pub crls: crate::crl_cache::CrlCache,
     permits: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
@@ -44,6 +46,7 @@ impl AppState {
             readiness,
             per_account_limit: per_account_limit.max(1),
             batch_deadline: Duration::from_secs(120),
+            crls: Default::default(),
             permits: Mutex::new(HashMap::new()),
         }
     }

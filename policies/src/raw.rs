@@ -256,7 +256,7 @@ impl RawProfile {
             device_type_oid,
             validity,
             allow_bare_public_key,
-            crl_distribution_point: self.crl_distribution_point.unwrap_or(!kind.is_ca()),
+            crl_distribution_point: self.crl_distribution_point.unwrap_or(true),
             max_der_bytes,
             extended_key_usage,
             path_len,

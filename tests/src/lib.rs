@@ -230,6 +230,8 @@ pub struct Server {
     pub child: Child,
     /// Its port on 127.0.0.1.
     pub port: u16,
+    /// The port of its plain-HTTP CRL listener, if it has one.
+    pub crl_port: Option<u16>,
 }
 
 impl Server {
@@ -245,6 +247,12 @@ impl Server {
 
     /// Starts the server with extra arguments and environment variables.
     pub fn start_env(s: &Scratch, extra: &[&str], env: &[(&str, String)]) -> Server {
+        // Tests run side by side: the CRL listener gets a free port unless the test names one.
+        let crl_default: &[&str] = if extra.contains(&"--crl-listen") {
+            &[]
+        } else {
+            &["--crl-listen", "127.0.0.1:0"]
+        };
         let mut child = Command::new(&s.exe)
             .args([
                 "--home",
@@ -253,6 +261,7 @@ impl Server {
                 "--listen",
                 "127.0.0.1:0",
             ])
+            .args(crl_default)
             .args(extra)
             .env_remove("SOFTHSM2_CONF")
             .env_remove("METERPKI_REEXEC")
@@ -261,18 +270,35 @@ impl Server {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let port_of = |line: &str| -> Option<u16> {
+            line.trim()
+                .trim_end_matches("/crl/")
+                .rsplit(':')
+                .next()?
+                .parse()
+                .ok()
+        };
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .rsplit(':')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap_or_else(|_| panic!("server said {line:?}"));
-        Server { child, port }
+        out.read_line(&mut line).unwrap();
+        let port = port_of(&line).unwrap_or_else(|| panic!("server said {line:?}"));
+        let mut second = String::new();
+        let crl_port = if line.starts_with("listening") {
+            out.read_line(&mut second).unwrap();
+            second
+                .starts_with("serving CRLs")
+                .then(|| port_of(&second))
+                .flatten()
+        } else {
+            None
+        };
+        // The server writes nothing more to stdout; keep the pipe open while it runs.
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        Server {
+            child,
+            port,
+            crl_port,
+        }
     }
 
     /// SIGTERM, then its exit code.

@@ -230,7 +230,7 @@ fn openssl_rejects_a_revoked_certificate_and_accepts_its_shard_neighbour() {
         "{text}"
     );
     assert!(
-        text.contains(&format!("URI:http://127.0.0.1:8443/crl/device/{shard}.crl")),
+        text.contains(&format!("URI:http://127.0.0.1:8080/crl/device/{shard}.crl")),
         "{text}"
     );
     assert!(text.contains("X509v3 Authority Key Identifier"), "{text}");
@@ -248,7 +248,7 @@ fn openssl_rejects_a_revoked_certificate_and_accepts_its_shard_neighbour() {
     .ok()
     .stdout;
     assert!(
-        cert_text.contains(&format!("URI:http://127.0.0.1:8443/crl/device/{shard}.crl")),
+        cert_text.contains(&format!("URI:http://127.0.0.1:8080/crl/device/{shard}.crl")),
         "{cert_text}"
     );
 

@@ -45,7 +45,7 @@ pub fn build_crl(
     now: i64,
 ) -> Result<Vec<u8>, CrlError> {
     let this_update = time(now)?;
-    let next_update = time(now + i64::from(settings.next_update_hours) * 3600)?;
+    let next_update = time(now + settings.lifetime_secs(issuer.kind))?;
     let mut revoked = Vec::with_capacity(entries.len());
     for (serial, rev) in entries {
         let mut exts = Vec::new();

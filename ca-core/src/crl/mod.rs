@@ -34,11 +34,20 @@ pub enum CrlScope {
 }
 
 impl CrlScope {
-    /// `3` or `full`: the file stem and the counter's name.
+    /// `3` or `full`: the counter's name.
     pub fn name(self) -> String {
         match self {
             CrlScope::Shard(n) => n.to_string(),
             CrlScope::Full => "full".into(),
+        }
+    }
+
+    /// The file's name under `<home>/crl/<issuer>/`: `3.crl`, `full.crl`, and the root's one
+    /// CRL, its ARL, `arl.crl`.
+    pub fn file_name(self, issuer: CaKind) -> String {
+        match (issuer, self) {
+            (CaKind::Root, _) => "arl.crl".into(),
+            (_, s) => format!("{}.crl", s.name()),
         }
     }
 }
@@ -103,6 +112,48 @@ pub struct Published {
     pub this_update: i64,
     /// nextUpdate, Unix seconds.
     pub next_update: i64,
+}
+
+/// What a published CRL says of itself (for `status`, `/metrics` and HTTP caching).
+#[derive(Debug, Clone, Serialize)]
+pub struct CrlFacts {
+    /// cRLNumber (0 when absent).
+    pub crl_number: u64,
+    /// Revoked certificates listed.
+    pub entries: usize,
+    /// thisUpdate, Unix seconds.
+    pub this_update: i64,
+    /// nextUpdate, Unix seconds (None when absent).
+    pub next_update: Option<i64>,
+}
+
+impl CrlFacts {
+    /// Reads the facts from a CRL's DER.
+    pub fn parse(der: &[u8]) -> Result<CrlFacts, der::Error> {
+        use der::Decode;
+        let crl = x509_cert::crl::CertificateList::from_der(der)?;
+        let tbs = &crl.tbs_cert_list;
+        let number = tbs
+            .crl_extensions
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .find(|e| e.extn_id == const_oid::db::rfc5280::ID_CE_CRL_NUMBER)
+            .and_then(|e| der::asn1::Uint::from_der(e.extn_value.as_bytes()).ok())
+            .map(|u| {
+                u.as_bytes()
+                    .iter()
+                    .fold(0u64, |n, b| n.wrapping_shl(8) | u64::from(*b))
+            })
+            .unwrap_or(0);
+        let secs = |t: &x509_cert::time::Time| t.to_unix_duration().as_secs() as i64;
+        Ok(CrlFacts {
+            crl_number: number,
+            entries: tbs.revoked_certificates.as_ref().map_or(0, Vec::len),
+            this_update: secs(&tbs.this_update),
+            next_update: tbs.next_update.as_ref().map(secs),
+        })
+    }
 }
 
 const SHARDS_KEY: &str = "crl.shards";
@@ -182,7 +233,7 @@ pub fn scope_of(settings: &CrlSettings, shard: u32) -> CrlScope {
 /// Publishes the CRLs of `issuer` for `scopes` to `dir/<scope>.crl`, one CRL in memory at a
 /// time: each built, signed and verified into a temporary file; then the cRLNumbers committed
 /// with the audit record `describe` makes of them; then the files renamed into place. Every
-/// publication also refreshes the full CRL when `dir/full.crl` exists, so it never lags.
+/// publication also refreshes the full CRL, so it never lags; the root publishes its ARL.
 pub fn publish(
     issuer: &IssuerCtx,
     audit: &AuditLog,
@@ -203,7 +254,11 @@ pub fn publish(
         source,
     })?;
     let mut scopes = scopes.to_vec();
-    if !scopes.contains(&CrlScope::Full) && dir.join("full.crl").exists() {
+    if kind == CaKind::Root {
+        // The root publishes one CRL, of every certificate it issued: its ARL.
+        scopes = vec![CrlScope::Full];
+    } else if !scopes.contains(&CrlScope::Full) {
+        // The full CRL is refreshed with every shard, so that it never lags behind them.
         scopes.push(CrlScope::Full);
     }
     let now = crate::unix_now();
@@ -217,7 +272,7 @@ pub fn publish(
         };
         let number = last_number(store.as_ref(), kind, scope)? + 1;
         let der = build_crl(issuer, settings, scope, number, &entries, now)?;
-        let path = dir.join(format!("{}.crl", scope.name()));
+        let path = dir.join(scope.file_name(kind));
         staged.push(
             StagedFile::write(&path, &der, 0o644).map_err(|source| CrlError::Io {
                 path: path.clone(),
@@ -236,7 +291,7 @@ pub fn publish(
             entries: entries.len(),
             bytes: der.len(),
             this_update: now,
-            next_update: now + i64::from(settings.next_update_hours) * 3600,
+            next_update: now + settings.lifetime_secs(kind),
         });
     }
     audit.commit(txn, |_| Some(describe(&published)))?;

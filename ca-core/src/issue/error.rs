@@ -34,6 +34,8 @@ pub enum ErrorCode {
     SupplierUnknown,
     /// The supplier is registered but no longer active (acquired or exited).
     SupplierInactive,
+    /// The issuing CA's certificate was revoked by the root: it signs nothing more.
+    IssuerRevoked,
     /// Too many items in one batch.
     BatchTooLarge,
     /// Not issued because another item of an atomic batch was refused.
@@ -63,6 +65,7 @@ impl ErrorCode {
             ErrorCode::ExistingCertificate => "existing-certificate",
             ErrorCode::SupplierUnknown => "supplier-unknown",
             ErrorCode::SupplierInactive => "supplier-inactive",
+            ErrorCode::IssuerRevoked => "issuer-revoked",
             ErrorCode::BatchTooLarge => "batch-too-large",
             ErrorCode::BatchAborted => "batch-aborted",
             ErrorCode::HsmUnavailable => "hsm-unavailable",

@@ -80,6 +80,7 @@ pub struct Engine {
     audit: AuditLog,
     crl: CrlSettings,
     workers: usize,
+    revoked: Vec<crate::CaKind>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -112,6 +113,7 @@ impl Engine {
             audit,
             crl,
             workers: workers.max(1),
+            revoked: Vec::new(),
         })
     }
 
@@ -145,7 +147,23 @@ impl Engine {
         self.workers
     }
 
+    /// Marks issuing CAs whose certificates the root revoked: their profiles are refused.
+    pub fn with_revoked(mut self, kinds: Vec<crate::CaKind>) -> Engine {
+        self.revoked = kinds;
+        self
+    }
+
     fn issuer_for(&self, profile: &Profile) -> Result<&Arc<IssuerCtx>, IssueError> {
+        if self.revoked.contains(&profile.issuer()) {
+            return Err(IssueError::new(
+                ErrorCode::IssuerRevoked,
+                format!(
+                    "profile {} is issued by the {} CA, whose certificate the root revoked: it signs nothing more",
+                    profile.name(),
+                    profile.issuer().name()
+                ),
+            ));
+        }
         self.issuers.iter().find(|i| i.kind == profile.issuer()).ok_or_else(|| {
             IssueError::new(
                 ErrorCode::Internal,

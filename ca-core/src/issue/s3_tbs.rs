@@ -67,6 +67,8 @@ pub struct CrlSettings {
     pub base_url: Option<String>,
     /// Hours from a CRL's thisUpdate to its nextUpdate.
     pub next_update_hours: u32,
+    /// Days from the ARL's thisUpdate to its nextUpdate.
+    pub arl_next_update_days: u32,
 }
 
 impl CrlSettings {
@@ -75,6 +77,22 @@ impl CrlSettings {
         self.base_url
             .as_ref()
             .map(|b| format!("{}/{issuer}/{shard}.crl", b.trim_end_matches('/')))
+    }
+
+    /// The root's ARL's URL (`<base>/root/arl.crl`), named by issuing-CA certificates.
+    pub fn arl_url(&self) -> Option<String> {
+        self.base_url
+            .as_ref()
+            .map(|b| format!("{}/root/arl.crl", b.trim_end_matches('/')))
+    }
+
+    /// Seconds from a CRL's thisUpdate to its nextUpdate: the ARL's for the root.
+    pub fn lifetime_secs(&self, issuer: crate::CaKind) -> i64 {
+        if issuer == crate::CaKind::Root {
+            i64::from(self.arl_next_update_days) * 86_400
+        } else {
+            i64::from(self.next_update_hours) * 3600
+        }
     }
 }
 

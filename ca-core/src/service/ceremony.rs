@@ -8,19 +8,22 @@ use std::sync::Arc;
 
 use serde_json::json;
 
+use super::arl::{ca_subject_id, OpenedRoot, AUDIT_SUBJECT_ID};
 use super::error::io_at;
 use super::identity::AUDIT_KEY_LABEL;
 use super::{
     authorize, now_compact, now_rfc3339, random_hex, Action, Actor, Service, ServiceError,
 };
+use crate::audit::AuditEntry;
 use crate::certs::{
     build_ca_certificate, build_self_signed_root, build_signer_certificate, certificate_to_pem,
-    check_key_matches, fingerprint_sha256, verify_certificate_signature, CaCertSpec, CertInfo,
+    check_key_matches, fingerprint_sha256, CertInfo,
 };
 use crate::fsutil::{write_new_secret, StagedFile};
 use crate::hsm::{HsmToken, SecretString};
 use crate::quorum::{combine_shares, split_secret, CeremonyRecord, RootSecret, ShareFile};
-use crate::signer::{KeyAlgorithm, Signer};
+use crate::signer::KeyAlgorithm;
+use crate::store::{Op, Txn};
 use crate::CaKind;
 
 /// What a root ceremony is asked for.
@@ -63,6 +66,9 @@ struct Prepared {
     transcript: serde_json::Value,
     transcript_path: PathBuf,
     files: Vec<StagedFile>,
+    /// The store's side of the ceremony (the certificates the root issued), written with its
+    /// record.
+    txn: Txn,
 }
 
 /// Whether a ceremony's outcome is to be undone: it failed before its record was committed.
@@ -80,8 +86,8 @@ impl Service {
         actor: &Actor,
         p: Prepared,
     ) -> Result<serde_json::Value, ServiceError> {
-        self.audit()?
-            .append(&p.event, actor.name(), p.transcript.clone())?;
+        let entry = AuditEntry::new(p.event.clone(), actor.name(), p.transcript.clone());
+        self.audit()?.commit(p.txn, |_| Some(entry))?;
         let mut missing = Vec::new();
         for f in p.files {
             let path = f.path().to_path_buf();
@@ -114,6 +120,20 @@ impl Service {
 }
 
 impl Service {
+    /// Reads every share file and rebuilds the root PIN from them, checked against the root
+    /// ceremony's record; a refused share is named.
+    pub(super) fn check_shares(
+        &self,
+        record: &CeremonyRecord,
+        paths: &[PathBuf],
+    ) -> Result<RootSecret, ServiceError> {
+        let mut shares = Vec::with_capacity(paths.len());
+        for p in paths {
+            shares.push((p.clone(), ShareFile::read(p)?));
+        }
+        Ok(combine_shares(record, &shares)?)
+    }
+
     /// The root ceremony: the root token created with a random PIN split into N shares (M
     /// needed), the P-384 root key and its self-signed certificate, the audit signer certified
     /// by the root. Returns the transcript (also written to `ceremonies/`).
@@ -181,7 +201,11 @@ impl Service {
             &names,
             &share_paths,
         );
-        let outcome = prepared.and_then(|p| self.record_ceremony(actor, p));
+        let outcome = prepared.and_then(|(p, root)| {
+            let mut summary = self.record_ceremony(actor, p)?;
+            summary["arl"] = self.arl_after_ceremony(actor, &root, "root")?;
+            Ok(summary)
+        });
         if undo(&outcome) {
             // Undo: no shares, no key, no root token left behind from a failed ceremony.
             for p in &share_paths {
@@ -208,9 +232,8 @@ impl Service {
         ceremony_id: &str,
         names: &[String],
         share_paths: &[PathBuf],
-    ) -> Result<Prepared, ServiceError> {
+    ) -> Result<(Prepared, OpenedRoot), ServiceError> {
         let home = &self.home;
-        let ca = &self.config.ca;
         let root_label = self.config.hsm.root_token.clone();
         let root_token = self.module()?.open(
             &root_label,
@@ -219,14 +242,7 @@ impl Service {
         )?;
         let root_key = root_token.generate_key(&CaKind::Root.key_label(), KeyAlgorithm::EcP384)?;
         let root_signer = root_token.signer(&CaKind::Root.key_label())?;
-        let root_cert = build_self_signed_root(
-            root_signer.as_ref(),
-            &CaCertSpec {
-                subject: ca.subject(CaKind::Root),
-                validity_days: ca.root_validity_days,
-                path_len: 1,
-            },
-        )?;
+        let root_cert = build_self_signed_root(root_signer.as_ref(), &self.ca_spec(CaKind::Root)?)?;
         // The audit signer: a P-256 key on the online token, certified by the root, so that
         // `audit verify` can trust head signatures through the root alone.
         let audit_key = match online.find_key(AUDIT_KEY_LABEL)? {
@@ -237,11 +253,7 @@ impl Service {
             root_signer.as_ref(),
             &root_cert,
             &audit_key.spki,
-            &CaCertSpec {
-                subject: format!("CN={} Audit Signer,O={}", ca.organisation, ca.organisation),
-                validity_days: ca.issuing_validity_days,
-                path_len: 0,
-            },
+            &self.audit_signer_spec()?,
         )?;
         let (shares, digests) = split_secret(secret, ceremony_id, c.quorum, names)?;
         for (share, path) in shares.iter().zip(share_paths) {
@@ -288,12 +300,25 @@ impl Service {
             stage(&transcript_path, &json_text(&transcript)?)?,
             stage(&home.root_ceremony(), &json_text(&record)?)?,
         ];
-        Ok(Prepared {
+        let audit_record =
+            Self::root_issued_record(AUDIT_SUBJECT_ID.into(), "audit-signer", &audit_cert)?;
+        let prepared = Prepared {
             event: "ceremony.root".into(),
             transcript,
             transcript_path,
             files,
-        })
+            txn: Txn::new().with(Op::CommitIssued {
+                items: vec![(audit_record, false)],
+                all_or_nothing: true,
+            }),
+        };
+        let opened = OpenedRoot {
+            record,
+            cert: root_cert,
+            signer: root_signer,
+            _token: root_token,
+        };
+        Ok((prepared, opened))
     }
 
     /// An issuing-CA ceremony: the shares rebuild the root token's PIN; a P-256 key is made on
@@ -306,25 +331,8 @@ impl Service {
         authorize(actor, Action::Administer)?;
         let home = &self.home;
         let kind = c.kind;
-        let record_text = std::fs::read_to_string(home.root_ceremony()).map_err(|_| {
-            ServiceError::invalid(
-                "no-root",
-                format!(
-                    "no root ceremony in {} yet: run `meterpki ceremony root` first",
-                    home.root().display()
-                ),
-            )
-        })?;
-        let record: CeremonyRecord = serde_json::from_str(&record_text).map_err(|e| {
-            ServiceError::Internal(format!("reading {}: {e}", home.root_ceremony().display()))
-        })?;
-        // Every share is read and checked before anything else happens.
-        let mut shares = Vec::with_capacity(c.shares.len());
-        for p in &c.shares {
-            shares.push((p.clone(), ShareFile::read(p)?));
-        }
-        let secret = combine_shares(&record, &shares)?;
-        drop(shares);
+        // Every share is read and checked, and the root opened, before anything else happens.
+        let root = self.open_root(&c.shares)?;
         if self.has_ca(kind) {
             return Err(ServiceError::conflict(
                 "ca-exists",
@@ -334,40 +342,19 @@ impl Service {
                 ),
             ));
         }
-        let root_cert = self.ca_cert(CaKind::Root)?;
-        if fingerprint_sha256(&root_cert) != record.root_cert_sha256 {
-            return Err(ServiceError::Internal(format!(
-                "{} is not the certificate made at root ceremony {}",
-                home.ca_cert(CaKind::Root).display(),
-                record.ceremony_id
-            )));
-        }
         let online = self.online()?;
-        let root_token = self.module()?.open(
-            &record.root_token,
-            SecretString::from(secret.user_pin().to_string()),
-            1,
-        )?;
-        drop(secret);
-        let root_signer = root_token.signer(&record.root_key_label)?;
-        // Refuse a root key that does not match root.pem, and a root.pem not signed by it.
-        check_key_matches(root_signer.as_ref(), &root_cert, "root")?;
-        verify_certificate_signature(&root_cert, root_signer.public_key())?;
         let label = kind.key_label();
         if online.find_key(&label)?.is_some() {
             // A key without its certificate is what an interrupted ceremony leaves behind.
             tracing::warn!(key = %label, "removing a key left by an interrupted ceremony");
             online.destroy_key(&label)?;
         }
-        let prepared = self.issuing_after_key(
-            actor,
-            kind,
-            &online,
-            root_signer.as_ref(),
-            &root_cert,
-            &record,
-        );
-        let outcome = prepared.and_then(|p| self.record_ceremony(actor, p));
+        let prepared = self.issuing_after_key(actor, kind, &online, &root);
+        let outcome = prepared.and_then(|p| {
+            let mut summary = self.record_ceremony(actor, p)?;
+            summary["arl"] = self.arl_after_ceremony(actor, &root, "issuing-ca")?;
+            Ok(summary)
+        });
         if undo(&outcome) {
             let _ = online.destroy_key(&label);
         }
@@ -379,23 +366,14 @@ impl Service {
         actor: &Actor,
         kind: CaKind,
         online: &Arc<dyn HsmToken>,
-        root_signer: &dyn Signer,
-        root_cert: &x509_cert::Certificate,
-        record: &CeremonyRecord,
+        root: &OpenedRoot,
     ) -> Result<Prepared, ServiceError> {
         let home = &self.home;
+        let record = &root.record;
         let label = kind.key_label();
+        let spec = self.ca_spec(kind)?;
         let key = online.generate_key(&label, KeyAlgorithm::EcP256)?;
-        let cert = build_ca_certificate(
-            root_signer,
-            root_cert,
-            &key.spki,
-            &CaCertSpec {
-                subject: self.config.ca.subject(kind),
-                validity_days: self.config.ca.issuing_validity_days,
-                path_len: 0,
-            },
-        )?;
+        let cert = build_ca_certificate(root.signer.as_ref(), &root.cert, &key.spki, &spec)?;
         // The issuing CA's own key must sign what its certificate says it does.
         check_key_matches(online.signer(&label)?.as_ref(), &cert, kind.name())?;
         let transcript_path =
@@ -418,11 +396,22 @@ impl Service {
             stage(&transcript_path, &json_text(&transcript)?)?,
             stage(&home.ca_cert(kind), &certificate_to_pem(&cert)?)?,
         ];
+        // The new CA's certificate is recorded (so that the ARL can list it) with the
+        // ceremony, together with any the root issued before the store kept them.
+        let mut items = self.unrecorded_root_issued()?;
+        items.push((
+            Self::root_issued_record(ca_subject_id(kind), &format!("{}-ca", kind.name()), &cert)?,
+            false,
+        ));
         Ok(Prepared {
             event: format!("ceremony.issuing-ca.{}", kind.name()),
             transcript,
             transcript_path,
             files,
+            txn: Txn::new().with(Op::CommitIssued {
+                items,
+                all_or_nothing: true,
+            }),
         })
     }
 }

@@ -111,13 +111,29 @@ impl Service {
         Ok(published)
     }
 
-    /// The published CRL file `<issuer>/<name>` (`3.crl`, `full.crl`), when the name is one
-    /// this home publishes; never a path outside `<home>/crl`.
+    /// The published CRL file `<issuer>/<name>` (`3.crl`, `full.crl`, `root/arl.crl`), when the
+    /// name is one this home publishes; never a path outside `<home>/crl`.
     pub fn crl_file(&self, issuer: &str, name: &str) -> Option<PathBuf> {
-        let kind = CaKind::from_name(issuer).filter(|k| *k != CaKind::Root)?;
+        let kind = CaKind::from_name(issuer)?;
         let stem = name.strip_suffix(".crl")?;
-        let ok = stem == "full"
-            || (!stem.is_empty() && stem.len() <= 5 && stem.chars().all(|c| c.is_ascii_digit()));
+        let ok = if kind == CaKind::Root {
+            stem == "arl"
+        } else {
+            stem == "full"
+                || (!stem.is_empty() && stem.len() <= 5 && stem.chars().all(|c| c.is_ascii_digit()))
+        };
         ok.then(|| self.crl_dir().join(kind.name()).join(format!("{stem}.crl")))
+    }
+
+    /// A CA certificate file for relying parties: `root.pem`, `device.der`, ... (PEM or DER
+    /// by the extension), or None for any other name.
+    pub fn ca_cert_file(&self, name: &str) -> Option<(PathBuf, bool)> {
+        let (stem, pem) = match name.rsplit_once('.')? {
+            (stem, "pem") => (stem, true),
+            (stem, "der" | "crt" | "cer") => (stem, false),
+            _ => return None,
+        };
+        let kind = CaKind::from_name(stem)?;
+        Some((self.home.ca_cert(kind), pem))
     }
 }

@@ -166,7 +166,8 @@ impl ServiceError {
                 crate::issue::ErrorCode::DeviceRange
                 | crate::issue::ErrorCode::SupplierInactive
                 | crate::issue::ErrorCode::SupplierUnknown => ErrorClass::Denied,
-                crate::issue::ErrorCode::ExistingCertificate => ErrorClass::Conflict,
+                crate::issue::ErrorCode::ExistingCertificate
+                | crate::issue::ErrorCode::IssuerRevoked => ErrorClass::Conflict,
                 _ => ErrorClass::Invalid,
             },
             ServiceError::Hsm(e) if e.kind.is_input() => ErrorClass::Invalid,

@@ -7,6 +7,7 @@
 //! The CLI and the API parse their input, call one of these and render the result.
 
 mod accounts;
+mod arl;
 mod authz;
 mod ceremony;
 mod crls;
@@ -35,7 +36,7 @@ pub use issuance::{ApiBatch, BatchAnswer, BatchSummary, ItemResult};
 pub use meters::{parse_bulk_line, BulkMode, BulkSummary, MeterView};
 pub use revoke::{RevokeOutcome, RevokeRow, Selector};
 pub use server::{Readiness, ServerStart};
-pub use status::Status;
+pub use status::{CrlStatus, Status};
 pub use suppliers::{ChurnReport, SupplierRow};
 pub use views::CertView;
 
@@ -323,6 +324,7 @@ impl Service {
             base_url: (!self.config.crl.base_url.is_empty())
                 .then(|| self.config.crl.base_url.clone()),
             next_update_hours: self.config.crl.next_update_hours,
+            arl_next_update_days: self.config.crl.arl_next_update_days,
         }
     }
 
@@ -334,20 +336,26 @@ impl Service {
             return Ok(e.clone());
         }
         let mut issuers = Vec::new();
+        let mut revoked = Vec::new();
         for kind in CaKind::ISSUING {
-            if self.has_ca(kind) {
+            if self.ca_revocation(kind)?.is_some() {
+                revoked.push(kind);
+            } else if self.has_ca(kind) {
                 issuers.push(Arc::new(self.issuer(kind)?));
             }
         }
         let crl = self.crl_settings();
         crate::crl::check_shards(self.store()?.as_ref(), &crl)?;
-        let engine = Arc::new(Engine::new(
-            self.profiles()?.clone(),
-            issuers,
-            self.audit()?,
-            crl,
-            self.config.hsm.sessions,
-        )?);
+        let engine = Arc::new(
+            Engine::new(
+                self.profiles()?.clone(),
+                issuers,
+                self.audit()?,
+                crl,
+                self.config.hsm.sessions,
+            )?
+            .with_revoked(revoked),
+        );
         *slot = Some(engine.clone());
         Ok(engine)
     }
@@ -355,6 +363,17 @@ impl Service {
 
 pub(crate) use crate::audit::now_rfc3339;
 pub(crate) use crate::unix_now;
+
+/// A Unix time as RFC 3339 UTC.
+pub(crate) fn rfc3339_of(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| unix.to_string())
+}
 
 /// Now, compact, for file names.
 pub(crate) fn now_compact() -> String {

@@ -131,6 +131,18 @@ impl Service {
                         ));
                     }
                 }
+                let store = self.store()?;
+                for s in &serials {
+                    if store.cert(s)?.is_some_and(|r| r.issuer == CaKind::Root) {
+                        return Err(ServiceError::invalid(
+                            "ca-certificate",
+                            format!(
+                                "serial {} was issued by the root: certificates the root issued are revoked at `meterpki ceremony revoke-ca`",
+                                hex::encode(s)
+                            ),
+                        ));
+                    }
+                }
                 let details = if serials.len() <= 1000 {
                     json!({"serials": serials.iter().map(hex::encode).collect::<Vec<_>>()})
                 } else {
@@ -216,8 +228,8 @@ impl Service {
     }
 
     /// Revokes one certificate for an API caller: an operator any, a supplier its own (others
-    /// are "not found"), a factory none. A `keyCompromise` or `cACompromise` is published at
-    /// once. Returns the outcome for that serial.
+    /// are "not found"), a factory none. Its CRL shard (and the full CRL) is published before
+    /// the answer. Returns the outcome for that serial.
     pub fn revoke_one(
         &self,
         actor: &Actor,
@@ -233,6 +245,12 @@ impl Service {
             .cert(serial)?
             .ok_or_else(|| ServiceError::not_found("no such certificate"))?;
         authorize(actor, Action::Revoke(Some(&rec)))?;
+        if rec.issuer == CaKind::Root {
+            return Err(ServiceError::invalid(
+                "ca-certificate",
+                "this certificate was issued by the root: it is revoked at a `meterpki ceremony revoke-ca` with a quorum of officers",
+            ));
+        }
         let revocation = Revocation {
             reason,
             revoked_at: now,
@@ -256,14 +274,22 @@ impl Service {
             },
         )?;
         let outcomes = applied.revoked(0).unwrap_or_default();
-        if matches!(reason, Reason::KeyCompromise | Reason::CaCompromise) {
-            let shards = shards_of(outcomes, false);
-            if !shards.is_empty() {
-                if let Err(e) =
-                    self.publish_crls(&Actor::System("meterpki-serve"), None, false, Some(&shards))
-                {
-                    tracing::error!(error = %e, "publishing the CRLs after a compromise failed; the scheduled publication will retry");
+        // Published before the caller is answered, so that a relying party sees the revocation
+        // as soon as the revoker does. A compromise that could not be published is not
+        // reported done: the caller hears it (the revocation itself stands, and the schedule
+        // retries the publication).
+        let shards = shards_of(outcomes, false);
+        if !shards.is_empty() {
+            if let Err(e) =
+                self.publish_crls(&Actor::System("meterpki-serve"), None, false, Some(&shards))
+            {
+                if matches!(reason, Reason::KeyCompromise | Reason::CaCompromise) {
+                    return Err(ServiceError::Incomplete(format!(
+                        "certificate {} is revoked, but the CRLs could not be published ({e}); the server retries at its next scheduled publication",
+                        hex::encode(serial)
+                    )));
                 }
+                tracing::error!(error = %e, "publishing the CRLs after a revocation failed; the scheduled publication will retry");
             }
         }
         rows(outcomes, reason)

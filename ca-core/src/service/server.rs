@@ -18,6 +18,10 @@ pub struct ServerStart {
     pub identity: super::ServerIdentity,
     /// Every CRL of the Access CA (DER), for the client-certificate verifier.
     pub access_crls: Vec<Vec<u8>>,
+    /// The Access CA's certificate (DER): the one trust anchor of client certificates.
+    pub client_anchor: Vec<u8>,
+    /// What was published at start (CRLs missing or past half their lifetime).
+    pub published: Vec<crate::crl::Published>,
 }
 
 /// Whether the HSM can sign now with every key the server uses.
@@ -59,8 +63,9 @@ impl Readiness {
 }
 
 impl Service {
-    /// The server's start: its identity (key and certificate made on first start), every CRL of
-    /// the Access CA published before the first client connects, and an `api.start` record.
+    /// The server's start: its identity (key and certificate made on first start), every CRL
+    /// that is missing or past half its lifetime published before the first client connects,
+    /// and an `api.start` record.
     pub fn start_server(
         &self,
         actor: &Actor,
@@ -69,7 +74,7 @@ impl Service {
         ips: Vec<std::net::IpAddr>,
     ) -> Result<ServerStart, ServiceError> {
         let identity = self.server_identity(actor, dns.clone(), ips.clone())?;
-        self.publish_crls(actor, Some(CaKind::Access), false, None)?;
+        let published = self.publish_stale_crls(actor)?;
         let dir = self.crl_dir().join(CaKind::Access.name());
         let mut access_crls = Vec::new();
         let entries = std::fs::read_dir(&dir)
@@ -90,10 +95,52 @@ impl Service {
             actor.name(),
             json!({"listen": listen, "dns": dns, "ips": ips}),
         )?;
+        use der::Encode;
+        let client_anchor = self
+            .ca_cert(CaKind::Access)?
+            .to_der()
+            .map_err(crate::certs::CertError::from)?;
         Ok(ServerStart {
             identity,
             access_crls,
+            client_anchor,
+            published,
         })
+    }
+
+    /// Publishes every CRL of each issuing CA whose set is incomplete or past half its
+    /// lifetime (a server that was down for a while, a home restored from a backup).
+    pub fn publish_stale_crls(
+        &self,
+        actor: &Actor,
+    ) -> Result<Vec<crate::crl::Published>, ServiceError> {
+        let settings = self.crl_settings();
+        let now = crate::unix_now();
+        let mut published = Vec::new();
+        for kind in CaKind::ISSUING {
+            if !self.has_ca(kind) {
+                continue;
+            }
+            let dir = self.crl_dir().join(kind.name());
+            let mut scopes = crate::crl::all_scopes(&settings, true);
+            scopes.dedup();
+            let stale = scopes.iter().any(|scope| {
+                let facts = std::fs::read(dir.join(scope.file_name(kind)))
+                    .ok()
+                    .and_then(|der| crate::crl::CrlFacts::parse(&der).ok());
+                match facts {
+                    Some(f) => match f.next_update {
+                        Some(next) => now >= f.this_update + (next - f.this_update) / 2,
+                        None => true,
+                    },
+                    None => true,
+                }
+            });
+            if stale {
+                published.extend(self.publish_crls(actor, Some(kind), true, None)?);
+            }
+        }
+        Ok(published)
     }
 
     /// The readiness probe over `server_key` and every issuing CA's key. The probe's test

@@ -11,6 +11,18 @@ use crate::hsm::{ObjectSummary, TokenSummary};
 use crate::quorum::CeremonyRecord;
 use crate::CaKind;
 
+/// One published CRL, as `status` reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CrlStatus {
+    /// `root` (the ARL), `device`, `organisation`, `access`.
+    pub issuer: String,
+    /// The file's name: `3.crl`, `full.crl`, `arl.crl`.
+    pub file: String,
+    /// What the CRL says of itself.
+    #[serde(flatten)]
+    pub facts: crate::crl::CrlFacts,
+}
+
 /// What `status` reports.
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -30,8 +42,12 @@ pub struct Status {
     pub root_ceremony: Option<serde_json::Value>,
     /// Each CA: its certificate, whether its key is on the token and matches it.
     pub cas: Vec<serde_json::Value>,
-    /// Certificates issued.
+    /// Certificates issued (end entities; the CA certificates the root issued are in `cas`).
     pub certificates: u64,
+    /// Every published CRL: issuer, file, cRLNumber, entries, thisUpdate, nextUpdate.
+    pub crls: Vec<CrlStatus>,
+    /// What needs an operator soon (the ARL lapsing, a CRL missing or past its nextUpdate).
+    pub warnings: Vec<String>,
     /// `{"records", "head_seq", "head_hash", "last_event"}`.
     pub audit: serde_json::Value,
     /// CAs whose HSM key does not match their certificate (each refused).
@@ -113,6 +129,20 @@ impl Service {
             .and_then(|t| serde_json::from_str(&t).ok());
         let records = AuditLog::reader(self.home.audit_log()).records()?;
         let last = records.last().cloned();
+        let store = self.store()?;
+        let mut root_issued = 0;
+        for kind in CaKind::ISSUING {
+            let subject = super::arl::ca_subject_id(kind);
+            root_issued += store.certs_of_subject(&subject)?.len() as u64;
+            if let Some(rev) = self.ca_revocation(kind)? {
+                if let Some(c) = cas.iter_mut().find(|c| c["kind"] == kind.name()) {
+                    c["revoked"] =
+                        json!({"reason": rev.reason.name(), "revoked_at": rev.revoked_at});
+                }
+            }
+        }
+        root_issued += store.certs_of_subject(super::arl::AUDIT_SUBJECT_ID)?.len() as u64;
+        let (crls, warnings) = self.crl_status()?;
         Ok(Status {
             home: self.home.root().to_path_buf(),
             module: self.config.hsm.module.clone(),
@@ -122,7 +152,9 @@ impl Service {
             root_token: json!({"label": root_label, "public_objects": root_objects}),
             root_ceremony: ceremony.as_ref().map(|c| json!({"id": c.ceremony_id, "quorum": c.quorum, "officers": c.officers, "time": c.created})),
             cas,
-            certificates: self.store()?.cert_count()?,
+            certificates: store.cert_count()?.saturating_sub(root_issued),
+            crls,
+            warnings,
             audit: json!({"records": records.len(), "head_seq": last.as_ref().map(|r| r.seq), "head_hash": last.as_ref().map(|r| r.hash.clone()), "last_event": last.as_ref().map(|r| r.event.clone())}),
             mismatches,
             online_objects,
@@ -132,6 +164,76 @@ impl Service {
             last_record: last,
             records: records.len(),
         })
+    }
+
+    /// Every published CRL with what it says of itself, and warnings: the ARL missing or with
+    /// less than a quarter of its lifetime left, an issuing CA's CRL missing or past its
+    /// nextUpdate.
+    pub fn crl_status(&self) -> Result<(Vec<CrlStatus>, Vec<String>), ServiceError> {
+        let now = crate::unix_now();
+        let mut crls = Vec::new();
+        let mut warnings = Vec::new();
+        for kind in CaKind::ALL {
+            if !self.has_ca(kind) {
+                continue;
+            }
+            let dir = self.crl_dir().join(kind.name());
+            let mut files: Vec<_> = std::fs::read_dir(&dir)
+                .map(|d| {
+                    d.filter_map(Result::ok)
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .filter(|n| n.ends_with(".crl"))
+                        .collect()
+                })
+                .unwrap_or_default();
+            files.sort_by_key(|n| {
+                (
+                    n.trim_end_matches(".crl")
+                        .parse::<u64>()
+                        .unwrap_or(u64::MAX),
+                    n.clone(),
+                )
+            });
+            if files.is_empty() {
+                warnings.push(if kind == CaKind::Root {
+                    "the root has published no ARL yet (homes made before it existed): run `meterpki ceremony root-crl --share ...`".to_string()
+                } else {
+                    format!("the {kind} CA has published no CRL: run `meterpki crl publish` or start `meterpki serve`")
+                });
+            }
+            for file in files {
+                let Ok(der) = std::fs::read(dir.join(&file)) else {
+                    continue;
+                };
+                let Ok(facts) = crate::crl::CrlFacts::parse(&der) else {
+                    warnings.push(format!("{}/{file} is not a readable CRL", dir.display()));
+                    continue;
+                };
+                if let Some(next) = facts.next_update {
+                    let lifetime = (next - facts.this_update).max(1);
+                    if now >= next {
+                        warnings.push(format!(
+                            "{}/{file} LAPSED at its nextUpdate {}: relying parties refuse every certificate below it; {}",
+                            kind.name(),
+                            super::rfc3339_of(next),
+                            if kind == CaKind::Root { "run `meterpki ceremony root-crl --share ...` now" } else { "run `meterpki crl publish`" }
+                        ));
+                    } else if kind == CaKind::Root && next - now < lifetime / 4 {
+                        warnings.push(format!(
+                            "the root's ARL lapses at {} (in {} days): run `meterpki ceremony root-crl --share ...` before then",
+                            super::rfc3339_of(next),
+                            (next - now) / 86_400
+                        ));
+                    }
+                }
+                crls.push(CrlStatus {
+                    issuer: kind.name().to_string(),
+                    file,
+                    facts,
+                });
+            }
+        }
+        Ok((crls, warnings))
     }
 
     /// Checks the audit chain, trusting the audit signer's key only through the root

@@ -35,6 +35,8 @@ fn spec(subject: &str, path_len: u8) -> CaCertSpec {
         subject: subject.into(),
         validity_days: 3650,
         path_len,
+        policies: Vec::new(),
+        crl_url: None,
     }
 }
 

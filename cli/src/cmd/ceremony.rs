@@ -1,12 +1,13 @@
-//! `meterpki ceremony root` and `meterpki ceremony issuing-ca`.
+//! `meterpki ceremony root`, `issuing-ca`, `root-crl` and `revoke-ca`.
 
 use anyhow::Result;
 use ca_core::service::{Actor, IssuingCeremony, RootCeremony};
 use ca_core::CaKind;
 
-use crate::args::{IssuingArgs, RootArgs};
+use crate::args::{IssuingArgs, RevokeCaArgs, RootArgs, RootCrlArgs};
 use crate::cmd::print_json;
 use crate::ctx::{absolute, operator, Ctx};
+use crate::errors::input;
 
 fn actor(named: &Option<String>) -> Actor {
     named.clone().map(Actor::Operator).unwrap_or_else(operator)
@@ -95,4 +96,64 @@ pub(super) fn issuing(ctx: &Ctx, a: IssuingArgs) -> Result<()> {
         home.ca_cert(kind).display()
     );
     Ok(())
+}
+
+/// The ARL line of a ceremony's summary.
+fn print_arl(ctx: &Ctx, published: &serde_json::Value) {
+    for p in published.as_array().into_iter().flatten() {
+        println!(
+            "  ARL          {} (cRLNumber {}, {} entries)",
+            ctx.home().crl_dir().join("root").join("arl.crl").display(),
+            p["crl_number"],
+            p["entries"]
+        );
+    }
+}
+
+pub(super) fn root_crl(ctx: &Ctx, a: RootCrlArgs) -> Result<()> {
+    let summary = ctx
+        .service
+        .root_crl_ceremony(&actor(&a.operator), &absolute_all(&a.shares))?;
+    if ctx.json {
+        return print_json(&summary);
+    }
+    println!("Root ARL re-signed.");
+    for r in summary["recorded"].as_array().into_iter().flatten() {
+        println!(
+            "  recorded     {} (issued by the root before the ARL existed)",
+            r.as_str().unwrap_or("")
+        );
+    }
+    print_arl(ctx, &summary["published"]);
+    Ok(())
+}
+
+pub(super) fn revoke_ca(ctx: &Ctx, a: RevokeCaArgs) -> Result<()> {
+    let reason = ca_core::Reason::parse(&a.reason).map_err(|e| input(format!("--reason: {e}")))?;
+    let summary = ctx.service.revoke_ca_ceremony(
+        &actor(&a.operator),
+        a.kind,
+        reason,
+        &absolute_all(&a.shares),
+    )?;
+    if ctx.json {
+        return print_json(&summary);
+    }
+    println!(
+        "{} CA certificate {} {} ({}).",
+        a.kind,
+        summary["serial"].as_str().unwrap_or(""),
+        summary["status"].as_str().unwrap_or(""),
+        summary["reason"].as_str().unwrap_or("")
+    );
+    print_arl(ctx, &summary["published"]);
+    println!(
+        "Every certificate below the {} CA now fails revocation checking.",
+        a.kind
+    );
+    Ok(())
+}
+
+fn absolute_all(paths: &[std::path::PathBuf]) -> Vec<std::path::PathBuf> {
+    paths.iter().map(|p| absolute(p)).collect()
 }

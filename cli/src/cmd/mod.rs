@@ -58,6 +58,8 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
             match other {
                 Command::Ceremony(CeremonyCommand::Root(a)) => ceremony::root(&ctx, a),
                 Command::Ceremony(CeremonyCommand::IssuingCa(a)) => ceremony::issuing(&ctx, a),
+                Command::Ceremony(CeremonyCommand::RootCrl(a)) => ceremony::root_crl(&ctx, a),
+                Command::Ceremony(CeremonyCommand::RevokeCa(a)) => ceremony::revoke_ca(&ctx, a),
                 Command::Status => status::run(&ctx),
                 Command::Issue(a) => issue::run(&ctx, a),
                 Command::Show(a) => show::run(&ctx, a),
@@ -67,10 +69,11 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
                 Command::Meter(a) => meter::run(&ctx, a),
                 Command::Serve {
                     listen,
+                    crl_listen,
                     dns,
                     ips,
                     per_account_limit,
-                } => serve::run(ctx, listen, dns, ips, per_account_limit),
+                } => serve::run(ctx, listen, crl_listen, dns, ips, per_account_limit),
                 Command::Crl(CrlCommand::Publish { issuer, full }) => {
                     crl::publish(&ctx, issuer, full)
                 }

@@ -11,6 +11,12 @@ use crate::errors::input;
 
 pub(super) fn run(ctx: &Ctx, a: RevokeArgs) -> Result<()> {
     let reason = Reason::parse(&a.reason).map_err(|e| input(format!("--reason: {e}")))?;
+    if a.no_publish && matches!(reason, Reason::KeyCompromise | Reason::CaCompromise) {
+        return Err(input(format!(
+            "--no-publish: a {} revocation is always published at once",
+            reason.name()
+        )));
+    }
     let invalidity_date = match &a.invalidity_date {
         None => None,
         Some(d) => {
@@ -61,7 +67,7 @@ pub(super) fn run(ctx: &Ctx, a: RevokeArgs) -> Result<()> {
     };
     let out = ctx
         .service
-        .revoke(&operator(), which, reason, invalidity_date, a.publish)?;
+        .revoke(&operator(), which, reason, invalidity_date, !a.no_publish)?;
     if ctx.json {
         print_json(&out)?;
     } else {
@@ -85,7 +91,7 @@ pub(super) fn run(ctx: &Ctx, a: RevokeArgs) -> Result<()> {
         if !out.published.is_empty() {
             crate::cmd::crl::print_published(ctx, &out.published)?;
         } else if out.revoked > 0 {
-            println!("Publish the CRLs for relying parties to see it: meterpki crl publish (or revoke with --publish)");
+            println!("Not published yet (--no-publish): run `meterpki crl publish` for relying parties to see it");
         }
     }
     if out.unknown > 0 {

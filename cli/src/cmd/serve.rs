@@ -13,11 +13,13 @@ use crate::ctx::Ctx;
 pub(super) fn run(
     ctx: Ctx,
     listen: Option<String>,
+    crl_listen: Option<String>,
     dns: Vec<String>,
     ips: Vec<std::net::IpAddr>,
     per_account_limit: usize,
 ) -> Result<()> {
     let listen = listen.unwrap_or_else(|| ctx.config().server.listen.clone());
+    let crl_listen = crl_listen.unwrap_or_else(|| ctx.config().server.crl_listen.clone());
     let dns = if dns.is_empty() && ips.is_empty() {
         vec!["localhost".to_string()]
     } else {
@@ -46,7 +48,7 @@ pub(super) fn run(
             .map(CertificateDer::from)
             .collect(),
         identity.signer.clone(),
-        CertificateDer::from(identity.root),
+        CertificateDer::from(start.client_anchor),
         start
             .access_crls
             .into_iter()
@@ -63,7 +65,11 @@ pub(super) fn run(
         per_account_limit,
         metrics,
     ));
-    let router = issuance_api::router(state);
+    for p in &start.published {
+        tracing::info!(issuer = %p.issuer, scope = %p.scope, crl_number = p.crl_number, "published at start");
+    }
+    let router = issuance_api::router(state.clone());
+    let crl_router = issuance_api::crl_router(state);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -71,11 +77,27 @@ pub(super) fn run(
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
             .with_context(|| format!("listening on {listen}"))?;
+        let crl_listener = if crl_listen.is_empty() {
+            None
+        } else {
+            Some(
+                tokio::net::TcpListener::bind(&crl_listen)
+                    .await
+                    .with_context(|| {
+                        format!("listening for CRL fetches on {crl_listen} (server.crl_listen)")
+                    })?,
+            )
+        };
         let addr = listener.local_addr()?;
         println!("listening on https://{addr}");
+        match &crl_listener {
+            Some(l) => println!("serving CRLs on http://{}/crl/", l.local_addr()?),
+            None => println!("no plain-HTTP CRL listener (server.crl_listen is empty)"),
+        }
         use std::io::Write;
         std::io::stdout().flush()?;
-        let shutdown = async {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                     .expect("SIGTERM handler");
@@ -83,15 +105,35 @@ pub(super) fn run(
                 _ = term.recv() => {},
                 _ = tokio::signal::ctrl_c() => {},
             }
+            let _ = stop_tx.send(true);
+        });
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
         };
-        issuance_api::serve(
+        let tls_server = issuance_api::serve(
             listener,
             tls,
             router,
             issuance_api::ServeOptions::default(),
-            shutdown,
-        )
-        .await?;
+            stopped(stop_rx.clone()),
+        );
+        let plain_server = async {
+            match crl_listener {
+                Some(l) => {
+                    issuance_api::serve_plain(
+                        l,
+                        crl_router,
+                        issuance_api::ServeOptions::default(),
+                        stopped(stop_rx.clone()),
+                    )
+                    .await
+                }
+                None => Ok(()),
+            }
+        };
+        let (a, b) = tokio::join!(tls_server, plain_server);
+        a?;
+        b?;
         eprintln!("stopped");
         Ok::<(), anyhow::Error>(())
     })

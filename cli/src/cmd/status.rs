@@ -66,8 +66,21 @@ pub(super) fn run(ctx: &Ctx) -> Result<()> {
                 _ => "NOT FOUND",
             }
         );
+        if let Some(r) = c.get("revoked") {
+            println!(
+                "                REVOKED by the root ({}): it signs nothing more",
+                s(&r["reason"])
+            );
+        }
     }
     println!("\nCertificates issued: {}", st.certificates);
+    print_crls(&st.crls);
+    if !st.warnings.is_empty() {
+        println!("\nWarnings");
+        for w in &st.warnings {
+            println!("  ! {w}");
+        }
+    }
     if let Some(c) = &st.ceremony {
         println!(
             "\nRoot ceremony {} at {}: quorum {} of {}",
@@ -96,4 +109,57 @@ fn print_object(o: &ObjectSummary) {
         _ => String::new(),
     };
     println!("  {:<12} {:<28} id {}  {}", o.class, o.label, o.id, flags);
+}
+
+/// Each issuer's CRLs in one line (count, cRLNumbers, entries, the earliest nextUpdate), and
+/// the ARL and full CRLs on their own.
+fn print_crls(crls: &[ca_core::service::CrlStatus]) {
+    if crls.is_empty() {
+        return;
+    }
+    let when = |t: Option<i64>| {
+        t.and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_else(|| "-".into())
+    };
+    println!("\nCRLs (cRLNumber, entries, nextUpdate)");
+    let mut issuers: Vec<&str> = crls.iter().map(|c| c.issuer.as_str()).collect();
+    issuers.dedup();
+    for issuer in issuers {
+        let (shards, single): (Vec<_>, Vec<_>) = crls
+            .iter()
+            .filter(|c| c.issuer == issuer)
+            .partition(|c| c.file.trim_end_matches(".crl").parse::<u64>().is_ok());
+        for c in single {
+            println!(
+                "  {:<13} {:<10} #{:<12} {:>7} entries  next {}",
+                issuer,
+                c.file,
+                c.facts.crl_number,
+                c.facts.entries,
+                when(c.facts.next_update)
+            );
+        }
+        if !shards.is_empty() {
+            let lo = shards.iter().map(|c| c.facts.crl_number).min().unwrap_or(0);
+            let hi = shards.iter().map(|c| c.facts.crl_number).max().unwrap_or(0);
+            let entries: usize = shards.iter().map(|c| c.facts.entries).sum();
+            let next = shards.iter().filter_map(|c| c.facts.next_update).min();
+            println!(
+                "  {:<13} {:<10} #{:<12} {:>7} entries  next {} (earliest)",
+                issuer,
+                format!("{} shards", shards.len()),
+                if lo == hi {
+                    lo.to_string()
+                } else {
+                    format!("{lo}..{hi}")
+                },
+                entries,
+                when(next)
+            );
+        }
+    }
 }

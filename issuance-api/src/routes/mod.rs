@@ -47,6 +47,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .merge(v1)
         .route("/crl/{issuer}/{file}", get(public::get_crl))
+        .route("/ca/{file}", get(public::get_ca_cert))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(public::readyz))
         .route("/metrics", get(public::metrics))
@@ -59,6 +60,20 @@ pub fn router(state: Arc<AppState>) -> Router {
             std::time::Duration::from_secs(30),
         ))
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+/// The plain-HTTP router for relying parties: published CRLs and the CA certificates, nothing
+/// else (no account, no health or metrics: those stay behind TLS).
+pub fn crl_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/crl/{issuer}/{file}", get(public::get_crl))
+        .route("/ca/{file}", get(public::get_ca_cert))
+        .layer(axum::middleware::map_response(
+            limits::problem_for_rejections,
+        ))
+        // Relying parties send no bodies.
+        .layer(axum::extract::DefaultBodyLimit::max(0))
         .with_state(state)
 }
 

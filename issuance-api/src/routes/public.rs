@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use crate::error::ApiError;
@@ -12,15 +12,37 @@ use crate::state::AppState;
 pub(super) async fn get_crl(
     State(state): State<Arc<AppState>>,
     Path((issuer, file)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let path = state
         .service
         .crl_file(&issuer, &file)
         .ok_or_else(|| ApiError::not_found("no such CRL"))?;
-    match tokio::fs::read(&path).await {
-        Ok(der) => Ok(([(header::CONTENT_TYPE, "application/pkix-crl")], der).into_response()),
-        Err(_) => Err(ApiError::not_found("no such CRL (not published yet)")),
+    let crl = state
+        .crls
+        .get(&path)
+        .await
+        .ok_or_else(|| ApiError::not_found("no such CRL (not published yet)"))?;
+    Ok(crl.respond(&headers))
+}
+
+pub(super) async fn get_ca_cert(
+    State(state): State<Arc<AppState>>,
+    Path(file): Path<String>,
+) -> Result<Response, ApiError> {
+    let (path, pem) = state
+        .service
+        .ca_cert_file(&file)
+        .ok_or_else(|| ApiError::not_found("no such CA certificate"))?;
+    let text = tokio::fs::read_to_string(&path)
+        .await
+        .map_err(|_| ApiError::not_found("no such CA certificate (no such CA yet)"))?;
+    if pem {
+        return Ok(([(header::CONTENT_TYPE, "application/x-pem-file")], text).into_response());
     }
+    let cert = ca_core::certificate_from_pem(&text).map_err(ApiError::internal)?;
+    let der = der::Encode::to_der(&cert).map_err(ApiError::internal)?;
+    Ok(([(header::CONTENT_TYPE, "application/pkix-cert")], der).into_response())
 }
 
 pub(super) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
@@ -39,6 +61,25 @@ pub(super) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 }
 
 pub(super) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let body = state.metrics.render(state.readiness.sessions());
+    let mut body = state.metrics.render(state.readiness.sessions());
+    // The CRLs' nextUpdate (the ARL's above all: only a quorum can re-sign it) and whether
+    // anything needs an operator soon.
+    let service = state.service.clone();
+    if let Ok(Ok((crls, warnings))) =
+        tokio::task::spawn_blocking(move || service.crl_status()).await
+    {
+        use std::fmt::Write;
+        let _ = writeln!(body, "# HELP meterpki_crl_next_update_timestamp_seconds nextUpdate of each published CRL (Unix seconds).\n# TYPE meterpki_crl_next_update_timestamp_seconds gauge");
+        for c in &crls {
+            if let Some(next) = c.facts.next_update {
+                let _ = writeln!(
+                    body,
+                    "meterpki_crl_next_update_timestamp_seconds{{issuer=\"{}\",crl=\"{}\"}} {next}",
+                    c.issuer, c.file
+                );
+            }
+        }
+        let _ = writeln!(body, "# HELP meterpki_crl_warnings CRLs that lapse soon or lapsed, or are missing (the ARL with less than a quarter of its lifetime left counts); see `meterpki status`.\n# TYPE meterpki_crl_warnings gauge\nmeterpki_crl_warnings {}", warnings.len());
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

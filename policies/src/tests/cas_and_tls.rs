@@ -116,7 +116,10 @@ fn ca_rules() {
     )
     .expect("valid");
     assert_eq!(p.policy_oid(), Some(oid("2.5.29.32.0")));
-    assert!(!p.crl_distribution_point(), "CAs default to no CRL pointer");
+    assert!(
+        p.crl_distribution_point(),
+        "CAs point at the root's ARL by default"
+    );
 }
 
 #[test]

@@ -133,7 +133,10 @@ fn ca_profiles_have_shipped_values() {
     assert_eq!(root.path_len(), Some(1));
     assert_eq!(root.policy_oid(), None);
     assert_eq!(root.device_type_oid(), None);
-    assert!(!root.crl_distribution_point());
+    assert!(
+        root.crl_distribution_point(),
+        "the root points at its own ARL"
+    );
     assert!(!root.allow_bare_public_key());
     assert_eq!(root.max_der_bytes(), None);
     assert!(root.extended_key_usage().is_empty());
@@ -151,7 +154,10 @@ fn ca_profiles_have_shipped_values() {
         assert_eq!(p.path_len(), Some(0));
         assert_eq!(p.policy_oid(), None);
         assert_eq!(p.device_type_oid(), None);
-        assert!(!p.crl_distribution_point());
+        assert!(
+            p.crl_distribution_point(),
+            "{name} points at the root's ARL"
+        );
         assert!(p.extended_key_usage().is_empty());
     }
 }

@@ -172,6 +172,8 @@ fn secrets_never_leak_and_the_server_never_opens_the_root_token() {
             "serve",
             "--listen",
             "127.0.0.1:0",
+            "--crl-listen",
+            "127.0.0.1:0",
         ])
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .env_remove("SOFTHSM2_CONF")
@@ -180,12 +182,16 @@ fn secrets_never_leak_and_the_server_never_opens_the_root_token() {
         .stderr(std::fs::File::create(s.path("serve.log")).unwrap())
         .spawn()
         .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    out.read_line(&mut line).unwrap();
     let port: u16 = line.trim().rsplit(':').next().unwrap().parse().unwrap();
-    let srv = Server { child, port };
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    let srv = Server {
+        child,
+        port,
+        crl_port: None,
+    };
     let (code, _) = curl(
         &s,
         &srv,
