@@ -46,6 +46,11 @@ impl Home {
     pub fn store_dir(&self) -> PathBuf {
         self.root.join("store")
     }
+    /// `run/admin.sock`: the running server's socket for the operator's commands (only
+    /// while `meterpki serve` runs; reachable only by the home's OS user).
+    pub fn admin_socket(&self) -> PathBuf {
+        self.root.join("run").join("admin.sock")
+    }
     /// `softhsm/`: SoftHSM config and tokens, for SoftHSM homes.
     pub fn softhsm_dir(&self) -> PathBuf {
         self.root.join("softhsm")

@@ -8,6 +8,7 @@ mod cmd;
 mod ctx;
 mod errors;
 mod pin;
+mod remote;
 
 use std::process::ExitCode;
 

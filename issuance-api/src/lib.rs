@@ -5,6 +5,7 @@
 //! render; who may do what, every write and every audit record are decided there.
 #![forbid(unsafe_code)]
 
+mod admin;
 mod auth;
 mod crl_cache;
 mod error;
@@ -14,6 +15,7 @@ mod server;
 mod state;
 mod tls;
 
+pub use admin::AdminSocket;
 pub use auth::Peer;
 pub use crl_cache::CrlCache;
 pub use error::ApiError;

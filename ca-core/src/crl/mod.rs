@@ -94,7 +94,7 @@ pub enum CrlError {
 }
 
 /// What one publication wrote.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Published {
     /// Issuer name.
     pub issuer: String,

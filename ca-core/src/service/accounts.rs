@@ -64,7 +64,7 @@ pub struct AccountCreated {
 }
 
 /// What disabling did.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct Disabled {
     /// Name.
     pub account: String,
@@ -349,6 +349,19 @@ impl Service {
                 "no account is bound to this client certificate",
             ));
         };
+        // The account is bound to one certificate: the one the Access CA issued with this
+        // serial, byte for byte. A certificate from another issuer that happens to carry the
+        // serial (or any other certificate) is not that account's.
+        let bound = store.cert(serial)?;
+        let same = bound
+            .as_ref()
+            .is_some_and(|r| r.issuer == CaKind::Access && r.der == der);
+        if !same {
+            return Err(ServiceError::denied(
+                "unknown-account",
+                "no account is bound to this client certificate (its serial names an account, but the certificate is not the one the Access CA issued to it)",
+            ));
+        }
         if a.disabled || store.revocation(serial)?.is_some() {
             return Err(ServiceError::denied(
                 "account-disabled",

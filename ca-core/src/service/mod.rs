@@ -7,6 +7,7 @@
 //! The CLI and the API parse their input, call one of these and render the result.
 
 mod accounts;
+mod admin;
 mod arl;
 mod authz;
 mod ceremony;
@@ -28,6 +29,7 @@ use policies::ProfileSet;
 use x509_cert::Certificate;
 
 pub use accounts::{AccountCreated, ClientKey, Disabled, NewAccount};
+pub use admin::{AdminAnswer, AdminRequest, RevokeWhich};
 pub use authz::{authorize, limits, may_request, may_see, Action, Actor};
 pub use ceremony::{IssuingCeremony, RootCeremony};
 pub use error::{ErrorClass, ServiceError};

@@ -2,7 +2,7 @@
 //! device, or every certificate of a supplier. One write with its audit record; the affected
 //! CRL shards republished at once when asked.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::Digest;
 
@@ -30,12 +30,12 @@ pub enum Selector {
 }
 
 /// One serial's outcome.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RevokeRow {
     /// Serial, hex.
     pub serial: String,
     /// `revoked`, `already-revoked` or `unknown`.
-    pub status: &'static str,
+    pub status: String,
     /// Profile (known serials).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profile: Option<String>,
@@ -44,14 +44,14 @@ pub struct RevokeRow {
     pub subject: Option<String>,
     /// The reason that stands.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<&'static str>,
+    pub reason: Option<String>,
     /// When the earlier revocation was made (already-revoked).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub revoked_at: Option<i64>,
 }
 
 /// What a revocation did.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RevokeOutcome {
     /// One per serial, in order.
     pub results: Vec<RevokeRow>,
@@ -71,23 +71,23 @@ fn rows(outcomes: &[Revoked], reason: Reason) -> Vec<RevokeRow> {
         .map(|o| match o {
             Revoked::Now(r) => RevokeRow {
                 serial: r.serial_hex(),
-                status: "revoked",
+                status: "revoked".into(),
                 profile: Some(r.profile.clone()),
                 subject: Some(r.subject_id.clone()),
-                reason: Some(reason.name()),
+                reason: Some(reason.name().into()),
                 revoked_at: None,
             },
             Revoked::Already(r, earlier) => RevokeRow {
                 serial: r.serial_hex(),
-                status: "already-revoked",
+                status: "already-revoked".into(),
                 profile: Some(r.profile.clone()),
                 subject: Some(r.subject_id.clone()),
-                reason: Some(earlier.reason.name()),
+                reason: Some(earlier.reason.name().into()),
                 revoked_at: Some(earlier.revoked_at),
             },
             Revoked::Unknown(s) => RevokeRow {
                 serial: hex::encode(s),
-                status: "unknown",
+                status: "unknown".into(),
                 profile: None,
                 subject: None,
                 reason: None,

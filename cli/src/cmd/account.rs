@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use anyhow::Result;
+use ca_core::service::{AdminAnswer, AdminRequest};
 use ca_core::service::{ClientKey, NewAccount};
 use ca_core::{DeviceRange, Role};
 use serde_json::json;
@@ -110,7 +111,15 @@ fn list(ctx: &Ctx) -> Result<()> {
 }
 
 fn disable(ctx: &Ctx, name: &str) -> Result<()> {
-    let d = ctx.service.disable_account(&operator(), name)?;
+    let answer = crate::remote::run(
+        ctx,
+        AdminRequest::DisableAccount {
+            name: name.to_string(),
+        },
+    )?;
+    let AdminAnswer::Disabled(d) = answer else {
+        anyhow::bail!("the server answered another command");
+    };
     if ctx.json {
         return print_json(
             &json!({"account": d.account, "disabled": true, "disabled_now": d.disabled_now, "certificate_revoked": d.certificate_revoked, "published": d.published}),

@@ -2,10 +2,11 @@
 
 use anyhow::Result;
 use ca_core::crl::Published;
+use ca_core::service::{AdminAnswer, AdminRequest};
 use ca_core::CaKind;
 
 use crate::cmd::{print_json, rfc3339};
-use crate::ctx::{operator, Ctx};
+use crate::ctx::Ctx;
 
 pub(crate) fn print_published(ctx: &Ctx, published: &[Published]) -> Result<()> {
     if ctx.json {
@@ -27,6 +28,15 @@ pub(crate) fn print_published(ctx: &Ctx, published: &[Published]) -> Result<()> 
 }
 
 pub(super) fn publish(ctx: &Ctx, issuer: Option<CaKind>, full: bool) -> Result<()> {
-    let published = ctx.service.publish_crls(&operator(), issuer, full, None)?;
-    print_published(ctx, &published)
+    let answer = crate::remote::run(
+        ctx,
+        AdminRequest::PublishCrls {
+            issuer: issuer.map(|k| k.name().to_string()),
+            full,
+        },
+    )?;
+    let AdminAnswer::Published { crls } = answer else {
+        anyhow::bail!("the server answered another command");
+    };
+    print_published(ctx, &crls)
 }

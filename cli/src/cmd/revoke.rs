@@ -1,12 +1,12 @@
 //! `meterpki revoke`.
 
 use anyhow::{Context, Result};
-use ca_core::service::Selector;
+use ca_core::service::{AdminAnswer, AdminRequest, RevokeWhich};
 use ca_core::Reason;
 
 use crate::args::RevokeArgs;
 use crate::cmd::{parse_id, parse_serial, print_json};
-use crate::ctx::{operator, Ctx};
+use crate::ctx::Ctx;
 use crate::errors::input;
 
 pub(super) fn run(ctx: &Ctx, a: RevokeArgs) -> Result<()> {
@@ -37,7 +37,7 @@ pub(super) fn run(ctx: &Ctx, a: RevokeArgs) -> Result<()> {
     let which = if !w.serial.is_empty() || w.serials_file.is_some() {
         let mut serials = Vec::new();
         for s in &w.serial {
-            serials.push(parse_serial(s)?);
+            serials.push(hex::encode(parse_serial(s)?));
         }
         if let Some(f) = &w.serials_file {
             let text = std::fs::read_to_string(f)
@@ -47,27 +47,35 @@ pub(super) fn run(ctx: &Ctx, a: RevokeArgs) -> Result<()> {
                 if line.is_empty() || line.starts_with('#') {
                     continue;
                 }
-                serials.push(
+                serials.push(hex::encode(
                     parse_serial(line)
                         .with_context(|| format!("{} line {}", f.display(), n + 1))?,
-                );
+                ));
             }
         }
-        Selector::Serials {
+        RevokeWhich::Serials {
             serials,
             file: w.serials_file.clone(),
         }
     } else if let Some(d) = &w.device_id {
-        Selector::Device(parse_id("--device-id", d)?)
+        RevokeWhich::Device(parse_id("--device-id", d)?.to_string())
     } else {
-        Selector::Supplier(parse_id(
-            "--supplier",
-            w.supplier.as_deref().unwrap_or_default(),
-        )?)
+        RevokeWhich::Supplier(
+            parse_id("--supplier", w.supplier.as_deref().unwrap_or_default())?.to_string(),
+        )
     };
-    let out = ctx
-        .service
-        .revoke(&operator(), which, reason, invalidity_date, !a.no_publish)?;
+    let answer = crate::remote::run(
+        ctx,
+        AdminRequest::Revoke {
+            which,
+            reason: reason.name().to_string(),
+            invalidity_date,
+            publish: !a.no_publish,
+        },
+    )?;
+    let AdminAnswer::Revoked(out) = answer else {
+        anyhow::bail!("the server answered another command");
+    };
     if ctx.json {
         print_json(&out)?;
     } else {
@@ -78,7 +86,7 @@ pub(super) fn run(ctx: &Ctx, a: RevokeArgs) -> Result<()> {
                 r.serial,
                 r.profile.as_deref().unwrap_or(""),
                 r.subject.as_deref().unwrap_or(""),
-                r.reason.unwrap_or("")
+                r.reason.as_deref().unwrap_or("")
             );
         }
         if out.results.len() > 50 {

@@ -30,6 +30,7 @@ pub(super) fn run(
     } else {
         ips
     };
+    let ctx_home = ctx.home().clone();
     let metrics = Arc::new(issuance_api::Metrics::default());
     let timed = metrics.clone();
     let service = Arc::new(ctx.service.with_signer_wrap(Arc::new(move |inner| {
@@ -59,6 +60,8 @@ pub(super) fn run(
     // Every issuer's CRLs republished before they reach nextUpdate, while the server runs.
     service.spawn_crl_schedule()?;
     let readiness = Arc::new(service.readiness(identity.signer)?);
+    let service_for_admin = service.clone();
+    let admin_path = ctx_home.admin_socket();
     let state = Arc::new(issuance_api::AppState::new(
         service,
         readiness,
@@ -70,6 +73,7 @@ pub(super) fn run(
     }
     let router = issuance_api::router(state.clone());
     let crl_router = issuance_api::crl_router(state);
+    let admin_service = service_for_admin;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -96,6 +100,18 @@ pub(super) fn run(
         }
         use std::io::Write;
         std::io::stdout().flush()?;
+        // The operator's commands (revoke, account disable, crl publish) reach the store
+        // through this server while it holds it.
+        let admin = match issuance_api::AdminSocket::bind(&admin_path) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                eprintln!(
+                    "warning: no operator socket at {} ({e}): `meterpki revoke`, `account disable` and `crl publish` cannot reach this server's store",
+                    admin_path.display()
+                );
+                None
+            }
+        };
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             let mut term =
@@ -131,7 +147,12 @@ pub(super) fn run(
                 None => Ok(()),
             }
         };
-        let (a, b) = tokio::join!(tls_server, plain_server);
+        let admin_server = async {
+            if let Some(a) = admin {
+                a.serve(admin_service, stopped(stop_rx.clone())).await;
+            }
+        };
+        let (a, b, ()) = tokio::join!(tls_server, plain_server, admin_server);
         a?;
         b?;
         eprintln!("stopped");

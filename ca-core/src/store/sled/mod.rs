@@ -54,7 +54,7 @@ impl SledStore {
                 StoreError::backend(
                     BACKEND,
                     format!(
-                        "opening {} (is another meterpki process, such as `meterpki serve`, using this home?)",
+                        "opening {} (is another meterpki process using this home? A running `meterpki serve` holds the embedded store: `meterpki revoke`, `account disable` and `crl publish` go through it; stop it for other commands)",
                         dir.display()
                     ),
                     e,
