@@ -147,12 +147,21 @@ pub(crate) fn run(b: &Bench, a: &ApiArgs) -> Result<()> {
         std::process::Command::new(&exe)
             .arg("--home")
             .arg(&home)
-            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--crl-listen",
+                "127.0.0.1:0",
+            ])
             .stdout(std::process::Stdio::piped())
             .spawn()?,
     );
     let mut line = String::new();
-    std::io::BufReader::new(server.0.stdout.take().expect("stdout")).read_line(&mut line)?;
+    let mut out = std::io::BufReader::new(server.0.stdout.take().expect("stdout"));
+    out.read_line(&mut line)?;
+    // The server says more (its CRL listener); keep its stdout open while it runs.
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
     let addr = line
         .trim()
         .trim_start_matches("listening on https://")

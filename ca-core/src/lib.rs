@@ -23,8 +23,8 @@ pub mod store;
 pub mod tamp;
 
 pub use audit::{
-    AuditEntry, AuditError, AuditLog, AuditRecord, AuditReport, HEAD_SIGNED_EVENT, TORN_TAIL_EVENT,
-    UNCOMMITTED_EVENT,
+    AuditEntry, AuditError, AuditLog, AuditRecord, AuditReport, FOREIGN_EVENT, HEAD_SIGNED_EVENT,
+    TORN_TAIL_EVENT, UNCOMMITTED_EVENT,
 };
 pub use certs::{
     build_ca_certificate, build_self_signed_root, build_signer_certificate, certificate_from_bytes,

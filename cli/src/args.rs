@@ -343,7 +343,7 @@ pub(crate) struct IssuingArgs {
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum AuditCommand {
-    /// Check every record's hash, link and sequence number and every signed head; name the first altered, removed or reordered record.
+    /// Check every record's hash, link, sequence number and audit-key signature; name the first altered, removed, reordered or unsigned record.
     #[command(after_help = "Example:\n  meterpki audit verify && echo intact")]
     Verify,
     /// Print the records.

@@ -48,17 +48,47 @@ pub(crate) async fn authenticate(
         .get::<Peer>()
         .cloned()
         .unwrap_or_default();
+    let what = format!("{} {}", request.method(), request.uri().path());
+    let who = match &peer.0 {
+        Some(der) => format!(
+            "client certificate sha256:{}",
+            hex::encode(&ca_core::sha256(der)[..8])
+        ),
+        None => "no client certificate".to_string(),
+    };
     match state
         .blocking(move |s| s.authenticate(peer.0.as_deref()))
         .await
     {
         Ok(actor) => {
+            let name = actor.name().to_string();
             request.extensions_mut().insert(actor);
-            next.run(request).await
+            let response = next.run(request).await;
+            let status = response.status();
+            // 404 is how a caller is told it may not see something; every 4xx but a 429
+            // (flow control, not a refusal) is a refused request.
+            if status.is_client_error() && status != axum::http::StatusCode::TOO_MANY_REQUESTS {
+                note(&state, name, what, status);
+            }
+            response
         }
         Err(e) => {
+            let status = e.status;
             let _ = axum::body::to_bytes(request.into_body(), crate::routes::BODY_LIMIT).await;
+            note(&state, who, what, status);
             e.into_response()
         }
     }
+}
+
+/// A refused request in the audit log (the service limits how many).
+fn note(state: &Arc<AppState>, who: String, what: String, status: axum::http::StatusCode) {
+    let service = state.service.clone();
+    tokio::task::spawn_blocking(move || {
+        service.note_refusal(
+            "api.refused",
+            &who,
+            serde_json::json!({"request": what, "status": status.as_u16()}),
+        )
+    });
 }

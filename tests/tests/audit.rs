@@ -62,21 +62,18 @@ fn audit_verify_names_the_first_altered_removed_or_reordered_record() {
     s.run("truncated", &["audit", "verify"])
         .fails(1, &format!("record {n} was removed"));
 
-    // A forger who re-chains the log (recomputing every hash) cannot forge the HSM's head
-    // signature: change the signed record and re-hash it, and the signature no longer verifies.
+    // A forger who re-chains the log (recomputing every hash) cannot forge the HSM's
+    // signature: change a signed record and re-hash it, and its signature no longer verifies.
     tamper(&s, "forged", |l| {
         let last = l.len() - 1;
         let mut rec: ca_core::AuditRecord = serde_json::from_str(&l[last]).unwrap();
-        assert_eq!(rec.event, ca_core::HEAD_SIGNED_EVENT);
-        let sig = rec.details["signature"].as_str().unwrap().to_string();
-        let mut b = sig.into_bytes();
-        b[20] = if b[20] == b'A' { b'B' } else { b'A' };
-        rec.details["signature"] = String::from_utf8(b).unwrap().into();
+        assert!(rec.sig.is_some(), "every record is signed: {rec:?}");
+        rec.actor = "mallory".into();
         rec.hash = rec.compute_hash();
         l[last] = serde_json::to_string(&rec).unwrap();
     });
     s.run("forged", &["audit", "verify"])
-        .fails(1, "head signature does not verify with the audit key");
+        .fails(1, "its signature does not verify with the audit key");
 
     // The original is untouched by all this.
     s.run("h", &["audit", "verify"]).ok();
@@ -111,4 +108,73 @@ fn an_append_cut_short_by_a_crash_is_removed_and_recorded() {
     std::fs::write(&log, &bytes).unwrap();
     register("90-B3-D5-1F-30-00-00-0B", "B").fails(1, "does not end with a complete line");
     s.run("h", &["audit", "verify"]).fails(1, "was removed");
+}
+
+/// Whoever can write the log but has no HSM cannot extend it: a record appended by hand with a
+/// correct hash chain is named by `audit verify`, before and after the next legitimate append
+/// (which keeps it, says so in a signed note, and chains after it).
+#[test]
+fn a_record_appended_by_hand_is_named_before_and_after_the_next_append() {
+    let s = Scratch::new(EXE);
+    s.ceremonies("h", 3, 2, &["device"]);
+    let log = s.path("h/audit/audit.log");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let last: ca_core::AuditRecord = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    let mut forged = ca_core::AuditRecord {
+        seq: last.seq + 1,
+        time: last.time.clone(),
+        event: "account.add".into(),
+        actor: "mallory".into(),
+        details: serde_json::json!({"name": "backdoor", "role": "operator"}),
+        prev: last.hash.clone(),
+        hash: String::new(),
+        sig: None,
+    };
+    forged.hash = forged.compute_hash();
+    std::fs::write(
+        &log,
+        format!("{text}{}\n", serde_json::to_string(&forged).unwrap()),
+    )
+    .unwrap();
+    let named = format!(
+        "record {} (account.add) is not signed by the audit key",
+        forged.seq
+    );
+    s.run("h", &["audit", "verify"]).fails(1, &named);
+    // The next legitimate change keeps the forged record, notes it, and goes on.
+    s.run(
+        "h",
+        &[
+            "supplier",
+            "register",
+            "--id",
+            "90-B3-D5-1F-30-00-00-0A",
+            "--name",
+            "A",
+        ],
+    )
+    .ok();
+    s.run("h", &["audit", "verify"]).fails(
+        1,
+        &format!(
+            "record {} (account.add) is not signed by the audit key",
+            forged.seq
+        ),
+    );
+    let list = s.run("h", &["audit", "list", "--json"]).ok().json();
+    let events: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["event"].as_str().unwrap())
+        .collect();
+    let at = forged.seq as usize;
+    assert_eq!(
+        &events[at - 1..],
+        ["account.add", ca_core::FOREIGN_EVENT, "supplier.register"],
+        "{events:?}"
+    );
+    // The forged record changed nothing: there is no such account.
+    let accounts = s.run("h", &["account", "list", "--json"]).ok().stdout;
+    assert!(!accounts.contains("backdoor"), "{accounts}");
 }

@@ -231,7 +231,14 @@ fn bad_shares_are_refused_and_change_nothing() {
     let emp = empty.display().to_string();
     let missing = s.path("nope.share").display().to_string();
 
-    let before = s.snapshot();
+    // A refused share is a security event: the audit log gains a record for it, and nothing
+    // else changes.
+    let unchanged = |s: &Scratch| {
+        let mut snap = s.snapshot();
+        snap.remove("h/audit/audit.log");
+        snap
+    };
+    let before = unchanged(&s);
     let cases: Vec<(Vec<String>, &str)> = vec![
         (
             vec![sh(1), sh(2)],
@@ -255,11 +262,25 @@ fn bad_shares_are_refused_and_change_nothing() {
         r.fails(code, needle);
         assert!(!s.path("h/ca/device.pem").exists());
         assert_eq!(
-            s.snapshot(),
+            unchanged(&s),
             before,
             "refused with {needle:?} but something changed"
         );
     }
+    let audit = s.run("h", &["audit", "list", "--json"]).ok().json();
+    let refused: Vec<&serde_json::Value> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["event"] == "ceremony.share-refused")
+        .collect();
+    // Every refusal but the unreadable file (an I/O error, not a share) is recorded.
+    assert_eq!(refused.len(), 6, "{audit:#}");
+    assert!(refused[0]["details"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("quorum is 3 of 5"));
+    s.run("h", &["audit", "verify"]).ok();
     // A quorum including a share from the right ceremony still works afterwards.
     s.run(
         "h",

@@ -1,5 +1,7 @@
 //! The audit log: every security event a JSON line, each record holding the SHA-256 of the one
-//! before it, the chain head signed with an HSM key at each ceremony and CRL publication.
+//! before it and, once the audit key exists, its own signature by that HSM key over its
+//! sequence number and hash (docs/design.md#the-audit-log): nobody without the HSM can append
+//! or alter a record that `audit verify` accepts.
 //!
 //! A record and the state change it describes commit together (docs/design.md#audit):
 //! [`AuditLog::commit`] hands the store a stage that writes the record once the outcome is
@@ -16,7 +18,6 @@ use std::io::{self, BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -25,8 +26,12 @@ use crate::store::{Applied, ApplyError, AuditHead, Store, Txn};
 
 pub use verify::AuditReport;
 
-/// The event name of a record that signs the chain head.
+/// The event name of a record that signs the chain head (written by versions that signed the
+/// head now and then rather than every record; still verified).
 pub const HEAD_SIGNED_EVENT: &str = "audit.head-signed";
+/// The note a writer leaves when it finds records past the store's head that the audit key did
+/// not sign: someone wrote them by hand. They stay in the log, named by `audit verify`.
+pub const FOREIGN_EVENT: &str = "audit.foreign-records-found";
 /// The record that says an append cut short by a crash was removed from the end of the log.
 pub const TORN_TAIL_EVENT: &str = "audit.torn-tail-removed";
 /// The record that says records never committed by the store were removed from the end.
@@ -82,8 +87,12 @@ pub struct AuditRecord {
     pub details: serde_json::Value,
     /// The previous record's hash (64 zeros for the first).
     pub prev: String,
-    /// SHA-256 of this record without this field, hex.
+    /// SHA-256 of this record without this field and `sig`, hex.
     pub hash: String,
+    /// The audit key's ECDSA signature (DER, base64) over `head_message(seq, hash)`: present on
+    /// every record written once the audit key exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sig: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -156,6 +165,7 @@ pub(crate) fn head_message(seq: u64, hash: &str) -> Vec<u8> {
 pub struct AuditLog {
     path: PathBuf,
     store: Option<Arc<dyn Store>>,
+    signer: Option<Arc<dyn Signer>>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -172,7 +182,15 @@ impl AuditLog {
         AuditLog {
             path: path.into(),
             store: Some(store),
+            signer: None,
         }
+    }
+
+    /// Every record this log writes is signed by `signer` (the audit key), and records past the
+    /// store's head that it did not sign are kept and named instead of removed.
+    pub fn with_signer(mut self, signer: Arc<dyn Signer>) -> AuditLog {
+        self.signer = Some(signer);
+        self
     }
 
     /// The log at `path`, for reading only (listing records).
@@ -180,6 +198,7 @@ impl AuditLog {
         AuditLog {
             path: path.into(),
             store: None,
+            signer: None,
         }
     }
 
@@ -233,38 +252,6 @@ impl AuditLog {
         rec.ok_or_else(|| AuditError::ReadOnly(self.path.clone()).into())
     }
 
-    /// Signs the current head with `signer` and appends the signature as a record.
-    pub fn sign_head(
-        &self,
-        signer: &dyn Signer,
-        key_name: &str,
-        actor: &str,
-    ) -> Result<AuditRecord, ApplyError> {
-        let store = self.writer()?;
-        let actor = actor.to_string();
-        let key_name = key_name.to_string();
-        let mut stage = stage::FileStage::new(self, move |_applied, prev: Option<&AuditHead>| {
-            let (seq, hash) = prev
-                .map(|h| (h.seq, h.hash.clone()))
-                .unwrap_or((0, GENESIS.to_string()));
-            let sig = signer.sign(&head_message(seq, &hash))?;
-            Ok(Some(AuditEntry::new(
-                HEAD_SIGNED_EVENT,
-                actor,
-                serde_json::json!({
-                    "signed_seq": seq,
-                    "signed_hash": hash,
-                    "key": key_name,
-                    "signature": base64::engine::general_purpose::STANDARD.encode(sig),
-                }),
-            )))
-        });
-        store.apply(Txn::new(), Some(&mut stage))?;
-        stage
-            .into_record()
-            .ok_or_else(|| AuditError::ReadOnly(self.path.clone()).into())
-    }
-
     /// Reads every record (for display); stops at the first unreadable line.
     pub fn records(&self) -> Result<Vec<AuditRecord>, AuditError> {
         let file = match File::open(&self.path) {
@@ -288,4 +275,87 @@ pub(crate) fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
+}
+
+/// How many records one interrupted write can leave past the store's head: a note about a cut
+/// line or uncommitted records, a note about foreign records, and the write's own record.
+const MAX_UNCOMMITTED: u64 = 3;
+
+/// Whether the store a home opened is the one its audit log was written with: the log records
+/// every committed change, so a store that committed nothing while the log has records, a store
+/// whose last committed record is not in the log, or one whose last record is followed by more
+/// signed records than one interrupted write leaves, is missing, foreign or older than the log.
+/// `Err` says which, for a human.
+pub(crate) fn check_store_matches(
+    log_path: &Path,
+    store_head: Option<&AuditHead>,
+) -> Result<(), String> {
+    let text = match std::fs::read(log_path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        // A log that cannot be read cannot be written either: the change fails there, with
+        // the audit log's own error.
+        Err(_) => return Ok(()),
+    };
+    let torn = !text.is_empty() && !text.ends_with(b"\n");
+    let records: Vec<AuditRecord> = text
+        .split(|b| *b == b'\n')
+        .filter_map(|l| serde_json::from_slice(l).ok())
+        .collect();
+    let last_seq = records.last().map_or(0, |r| r.seq);
+    let Some(head) = store_head else {
+        if last_seq > MAX_UNCOMMITTED {
+            return Err(format!(
+                "the store has committed nothing, but the audit log {} holds {last_seq} records: \
+                 the store was removed, emptied or replaced by a new one",
+                log_path.display()
+            ));
+        }
+        return Ok(());
+    };
+    let Some(pos) = records
+        .iter()
+        .rposition(|r| r.seq == head.seq && r.hash == head.hash)
+    else {
+        return Err(if records.is_empty() {
+            format!(
+                "the store committed audit record {} but the audit log {} is missing or empty",
+                head.seq,
+                log_path.display()
+            )
+        } else if last_seq < head.seq {
+            format!(
+                "record {} was removed from the audit log {}: it ends at record {last_seq}{}, but the store committed up to record {}",
+                last_seq + 1,
+                log_path.display(),
+                if torn { " and does not end with a complete line" } else { "" },
+                head.seq
+            )
+        } else {
+            format!(
+                "the store's last committed audit record (#{} {}) is not in the audit log {}: \
+                 the store belongs to another home, or the log was replaced",
+                head.seq,
+                &head.hash[..16.min(head.hash.len())],
+                log_path.display()
+            )
+        });
+    };
+    // Records past the head that meterpki signed were committed by a store this one is older
+    // than (one interrupted write leaves at most a few).
+    let later_signed = records[pos + 1..]
+        .iter()
+        .filter(|r| r.sig.is_some())
+        .count() as u64;
+    let later = (records.len() - pos - 1) as u64;
+    let signing = records.iter().any(|r| r.sig.is_some());
+    if (signing && later_signed > MAX_UNCOMMITTED) || (!signing && later > MAX_UNCOMMITTED) {
+        return Err(format!(
+            "the store is older than the audit log {}: its last committed record is #{}, but the log goes on to #{last_seq} \
+             (a store restored from a backup, or copied from an earlier state of this home)",
+            log_path.display(),
+            head.seq
+        ));
+    }
+    Ok(())
 }

@@ -115,6 +115,20 @@ impl AuditStage for FileStage<'_> {
             )?;
             head = Some(note.head());
         }
+        if !end.foreign.is_empty() {
+            tracing::error!(path = %log.path.display(), records = ?end.foreign, "records past the store's head are not signed by the audit key: someone else wrote them; they stay in the log and `meterpki audit verify` names them");
+            let note = write_record(
+                log,
+                &mut file,
+                head.as_ref(),
+                AuditEntry::new(
+                    super::FOREIGN_EVENT,
+                    "meterpki",
+                    serde_json::json!({"records": end.foreign, "reason": "past the store's committed head and not signed by the audit key"}),
+                ),
+            )?;
+            head = Some(note.head());
+        }
         self.start_len = end.keep;
         let make = self.make.take().expect("a stage is staged once");
         let Some(entry) = make(applied, head.as_ref())? else {
@@ -160,8 +174,14 @@ fn write_record(
         details: entry.details,
         prev,
         hash: String::new(),
+        sig: None,
     };
     rec.hash = rec.compute_hash();
+    if let Some(signer) = &log.signer {
+        use base64::Engine as _;
+        let sig = signer.sign(&super::head_message(rec.seq, &rec.hash))?;
+        rec.sig = Some(base64::engine::general_purpose::STANDARD.encode(sig));
+    }
     let mut line = serde_json::to_vec(&rec).map_err(|e| log.io(e.into()))?;
     line.push(b'\n');
     file.write_all(&line).map_err(|e| log.io(e))?;
@@ -176,6 +196,9 @@ struct End {
     head: Option<AuditHead>,
     /// Complete records after it (never committed).
     uncommitted: u64,
+    /// Records past the store's head that the audit key did not sign (kept, and named in a
+    /// note).
+    foreign: Vec<u64>,
 }
 
 /// Finds the store's last committed record at the end of the log. What follows it — a line cut
@@ -225,6 +248,7 @@ fn settle(
             keep: start + complete_end as u64,
             head: last,
             uncommitted: 0,
+            foreign: Vec::new(),
         }));
     };
     let Some(pos) = lines
@@ -244,8 +268,11 @@ fn settle(
         }));
     };
     // What follows the head must be records chained to it, written by a write that never
-    // reached the store.
+    // reached the store: signed by the audit key like every record this log writes. A record
+    // the key did not sign was written by someone else; it is kept, so that `audit verify`
+    // names it for good, and the next record chains after it.
     let mut prev = head.clone();
+    let mut foreign = Vec::new();
     for (l, _) in &lines[pos + 1..] {
         let rec = parse(l)
             .filter(|r| r.compute_hash() == r.hash && r.seq == prev.seq + 1 && r.prev == prev.hash)
@@ -255,13 +282,43 @@ fn settle(
                     prev.seq
                 ))
             })?;
+        if let Some(signer) = &log.signer {
+            if !signed_by(&rec, signer.as_ref()) {
+                foreign.push(rec.seq);
+            }
+        }
         prev = rec.head();
+    }
+    if !foreign.is_empty() {
+        return Ok(Some(End {
+            keep: start + complete_end as u64,
+            head: Some(prev),
+            uncommitted: 0,
+            foreign,
+        }));
     }
     Ok(Some(End {
         keep: start + lines[pos].1 as u64,
         head: Some(head.clone()),
         uncommitted: (lines.len() - pos - 1) as u64,
+        foreign,
     }))
+}
+
+/// True when `rec` carries a signature by `signer`'s key over its seq and hash.
+fn signed_by(rec: &AuditRecord, signer: &dyn crate::signer::Signer) -> bool {
+    use base64::Engine as _;
+    rec.sig
+        .as_deref()
+        .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+        .is_some_and(|sig| {
+            crate::signer::verify_signature(
+                signer.public_key(),
+                &super::head_message(rec.seq, &rec.hash),
+                &sig,
+            )
+            .is_ok()
+        })
 }
 
 #[cfg(test)]

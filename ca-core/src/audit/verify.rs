@@ -18,8 +18,11 @@ pub struct AuditReport {
     pub ok: bool,
     /// Records read.
     pub records: u64,
-    /// Head signatures that verified.
+    /// Signatures by the audit key that verified (one per record since records are signed
+    /// one by one; older logs have head signatures now and then).
     pub signed_heads: u64,
+    /// Records no valid signature covers (0 when the log is intact).
+    pub uncovered: u64,
     /// The last record's seq and hash.
     pub head: Option<(u64, String)>,
     /// Records after the store's committed head: written by a write whose store change never
@@ -59,6 +62,7 @@ impl AuditLog {
             ok: true,
             records: 0,
             signed_heads: 0,
+            uncovered: 0,
             head: None,
             uncommitted: 0,
             torn_tail_bytes: torn,
@@ -66,8 +70,17 @@ impl AuditLog {
         };
         let mut prev = GENESIS.to_string();
         let mut hashes = Vec::with_capacity(lines.len());
+        let mut cover = Coverage::default();
         for (i, line) in lines.iter().enumerate() {
-            if let Err(msg) = check_line(i + 1, line, &prev, &present, audit_key, &mut report) {
+            if let Err(msg) = check_line(
+                i + 1,
+                line,
+                &prev,
+                &present,
+                audit_key,
+                &mut cover,
+                &mut report,
+            ) {
                 report.ok = false;
                 report.problem = Some(msg);
                 return Ok(report);
@@ -78,6 +91,18 @@ impl AuditLog {
                 .map(|h| h.1.clone())
                 .unwrap_or_default();
             hashes.push(prev.clone());
+        }
+        // Records after the last signature: nobody with the HSM vouched for them.
+        if audit_key.is_some() {
+            if let Some((seq, event)) = &cover.first_uncovered {
+                report.uncovered = report.records - cover.covered_to;
+                report.ok = false;
+                report.problem = Some(format!(
+                    "record {seq} ({event}) is not covered by a valid signature of the audit key{}: it was not written by meterpki (added by hand?)",
+                    if report.uncovered > 1 { format!(", nor are the {} after it", report.uncovered - 1) } else { String::new() }
+                ));
+                return Ok(report);
+            }
         }
         if let Some(store) = &self.store {
             if let Some(head) = store.audit_head()? {
@@ -109,6 +134,18 @@ impl AuditLog {
     }
 }
 
+/// How far signatures reach: every record up to `covered_to` is vouched for by a signature of
+/// the audit key (its own, or a later one whose hash chain includes it).
+#[derive(Default)]
+struct Coverage {
+    /// A record carrying its own signature has been seen: from then on every record must.
+    signing: bool,
+    /// The last record a valid signature covers.
+    covered_to: u64,
+    /// The first record after `covered_to`, if any (seq, event).
+    first_uncovered: Option<(u64, String)>,
+}
+
 /// Checks line `n` (which must hold record `n`) against the hash before it.
 fn check_line(
     n: usize,
@@ -116,6 +153,7 @@ fn check_line(
     prev: &str,
     present: &HashSet<u64>,
     audit_key: Option<&SubjectPublicKeyInfoOwned>,
+    cover: &mut Coverage,
     report: &mut AuditReport,
 ) -> Result<(), String> {
     // Records are numbered from 1 with no gap, so line n must hold record n.
@@ -154,10 +192,51 @@ fn check_line(
             expected_seq - 1
         ));
     }
+    let mut covers = false;
+    match &rec.sig {
+        Some(sig) => {
+            let key = audit_key.ok_or_else(|| {
+                format!(
+                    "line {n}: record {} is signed, but the audit signer's certificate (ca/audit.pem) is missing: its signatures cannot be checked",
+                    rec.seq
+                )
+            })?;
+            let sig = base64::engine::general_purpose::STANDARD
+                .decode(sig)
+                .map_err(|e| {
+                    format!(
+                        "line {n}: record {}: its signature is not base64: {e}",
+                        rec.seq
+                    )
+                })?;
+            verify_signature(key, &head_message(rec.seq, &rec.hash), &sig).map_err(|e| {
+                format!(
+                    "line {n}: record {} ({}): its signature does not verify with the audit key: it was altered or forged ({e})",
+                    rec.seq, rec.event
+                )
+            })?;
+            cover.signing = true;
+            covers = true;
+        }
+        None if cover.signing && audit_key.is_some() => {
+            return Err(format!(
+                "line {n}: record {} ({}) is not signed by the audit key: it was not written by meterpki (added by hand?)",
+                rec.seq, rec.event
+            ));
+        }
+        None => {}
+    }
     if rec.event == HEAD_SIGNED_EVENT {
         check_head_signature(&rec, prev, audit_key)
             .map_err(|msg| format!("line {n}: record {}: {msg}", rec.seq))?;
+        covers = covers || audit_key.is_some();
+    }
+    if covers {
         report.signed_heads += 1;
+        cover.covered_to = rec.seq;
+        cover.first_uncovered = None;
+    } else if cover.first_uncovered.is_none() {
+        cover.first_uncovered = Some((rec.seq, rec.event.clone()));
     }
     report.records += 1;
     report.head = Some((rec.seq, rec.hash));

@@ -146,7 +146,11 @@ impl Service {
     /// Opens the root with the officers' shares: every share checked against the root
     /// ceremony's record, the PIN rebuilt in memory only, `ca/root.pem` checked to be the
     /// certificate of that ceremony and of the key.
-    pub(super) fn open_root(&self, shares: &[PathBuf]) -> Result<OpenedRoot, ServiceError> {
+    pub(super) fn open_root(
+        &self,
+        actor: &Actor,
+        shares: &[PathBuf],
+    ) -> Result<OpenedRoot, ServiceError> {
         let home = &self.home;
         let record_text = std::fs::read_to_string(home.root_ceremony()).map_err(|_| {
             ServiceError::invalid(
@@ -160,7 +164,20 @@ impl Service {
         let record: CeremonyRecord = serde_json::from_str(&record_text).map_err(|e| {
             ServiceError::Internal(format!("reading {}: {e}", home.root_ceremony().display()))
         })?;
-        let secret = self.check_shares(&record, shares)?;
+        let secret = match self.check_shares(&record, shares) {
+            Ok(s) => s,
+            Err(e) => {
+                // A wrong, altered, foreign or missing share is a security event.
+                if !matches!(e, ServiceError::Quorum(crate::QuorumError::Io { .. })) {
+                    self.note_refusal(
+                        "ceremony.share-refused",
+                        actor.name(),
+                        json!({"shares": shares, "reason": e.to_string(), "root_ceremony_id": record.ceremony_id}),
+                    );
+                }
+                return Err(e);
+            }
+        };
         let cert = self.ca_cert(CaKind::Root)?;
         if fingerprint_sha256(&cert) != record.root_cert_sha256 {
             return Err(ServiceError::Internal(format!(
@@ -307,7 +324,7 @@ impl Service {
         shares: &[PathBuf],
     ) -> Result<serde_json::Value, ServiceError> {
         authorize(actor, Action::Administer)?;
-        let root = self.open_root(shares)?;
+        let root = self.open_root(actor, shares)?;
         let adopt = self.unrecorded_root_issued()?;
         let adopted: Vec<String> = adopt.iter().map(|(r, _)| r.subject_id.clone()).collect();
         let txn = Txn::new().with(Op::CommitIssued {
@@ -322,7 +339,6 @@ impl Service {
             ))
         })?;
         let published = self.arl_after_ceremony(actor, &root, "root-crl")?;
-        self.sign_audit_head(actor);
         Ok(json!({"ceremony": "root-crl", "recorded": adopted, "published": published}))
     }
 
@@ -362,7 +378,7 @@ impl Service {
             ));
         }
         let cert = self.ca_cert(kind)?;
-        let root = self.open_root(shares)?;
+        let root = self.open_root(actor, shares)?;
         let serial = cert.tbs_certificate.serial_number.as_bytes().to_vec();
         let adopt = self.unrecorded_root_issued()?;
         let revocation = Revocation {
@@ -396,7 +412,6 @@ impl Service {
             _ => "revoked",
         };
         let published = self.arl_after_ceremony(actor, &root, "revoke-ca")?;
-        self.sign_audit_head(actor);
         Ok(json!({
             "ceremony": "revoke-ca",
             "kind": kind.name(),

@@ -111,10 +111,8 @@ impl Service {
                 missing.join("; ")
             )));
         }
-        let signed = self.sign_audit_head(actor);
         let mut summary = p.transcript;
         summary["transcript"] = json!(p.transcript_path);
-        summary["audit_head_signed"] = json!(signed);
         Ok(summary)
     }
 }
@@ -332,7 +330,7 @@ impl Service {
         let home = &self.home;
         let kind = c.kind;
         // Every share is read and checked, and the root opened, before anything else happens.
-        let root = self.open_root(&c.shares)?;
+        let root = self.open_root(actor, &c.shares)?;
         if self.has_ca(kind) {
             return Err(ServiceError::conflict(
                 "ca-exists",

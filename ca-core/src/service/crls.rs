@@ -32,18 +32,33 @@ const LISTED_CRLS: usize = 64;
 /// The `crl.publish` record's details: every CRL with its number and entries, or for a large
 /// publication the count, the numbers' range, the entries in all and the SHA-256 of the full
 /// listing (which the published files reproduce).
-fn publication_details(scheduled: bool, published: &[Published]) -> serde_json::Value {
+///
+/// With them the store's certificate count when the publication began, and (always listed) the
+/// full CRL's number and entries, which is the issuer's revocation count: `status` and
+/// `audit verify` hold the store to these (a store's counts never go back).
+fn publication_details(
+    scheduled: bool,
+    certificates: u64,
+    published: &[Published],
+) -> serde_json::Value {
     let list: Vec<_> = published
         .iter()
         .map(|p| json!({"issuer": p.issuer, "scope": p.scope, "crl_number": p.crl_number, "entries": p.entries}))
         .collect();
     if list.len() <= LISTED_CRLS {
-        return json!({"scheduled": scheduled, "crls": list});
+        return json!({"scheduled": scheduled, "store_certificates": certificates, "crls": list});
     }
+    let full: Vec<_> = published
+        .iter()
+        .filter(|p| p.scope == "full")
+        .map(|p| json!({"issuer": p.issuer, "scope": p.scope, "crl_number": p.crl_number, "entries": p.entries}))
+        .collect();
     let numbers = published.iter().map(|p| p.crl_number);
     let listing = serde_json::to_vec(&list).unwrap_or_default();
     json!({
         "scheduled": scheduled,
+        "store_certificates": certificates,
+        "crls": full,
         "issuer": published.first().map(|p| p.issuer.as_str()),
         "crl_count": list.len(),
         "crl_number_min": numbers.clone().min(),
@@ -71,6 +86,7 @@ impl Service {
         }
         let settings = self.crl_settings();
         let audit = self.audit()?;
+        let certificates = self.store()?.cert_count()?;
         let mut published = Vec::new();
         for issuer in self.issuers(only)? {
             let kind = issuer.kind();
@@ -100,14 +116,12 @@ impl Service {
                     AuditEntry::new(
                         "crl.publish",
                         actor.name(),
-                        publication_details(matches!(actor, Actor::System(_)), p),
+                        publication_details(matches!(actor, Actor::System(_)), certificates, p),
                     )
                 },
             )?);
         }
-        if !published.is_empty() {
-            self.sign_audit_head(actor);
-        }
+        if !published.is_empty() {}
         Ok(published)
     }
 

@@ -42,25 +42,6 @@ impl Service {
         Ok(self.online()?.signer(AUDIT_KEY_LABEL)?)
     }
 
-    /// Signs the audit chain's head with the audit key, after a ceremony or a publication that
-    /// is already committed: a failure cannot undo it, so it is reported as a warning (the next
-    /// ceremony or publication signs the head, which covers every record before it). Returns
-    /// whether the head was signed.
-    pub(crate) fn sign_audit_head(&self, actor: &Actor) -> bool {
-        let signed = self.audit_signer().and_then(|signer| {
-            self.audit()?
-                .sign_head(signer.as_ref(), AUDIT_KEY_LABEL, actor.name())
-                .map_err(ServiceError::from)
-        });
-        match signed {
-            Ok(_) => true,
-            Err(e) => {
-                tracing::warn!(error = %e, "the change is committed, but the audit head could not be signed; the next ceremony or CRL publication signs it");
-                false
-            }
-        }
-    }
-
     /// The key labelled `label` on the online token, generated the first time.
     fn service_key(&self, label: &str) -> Result<SubjectPublicKeyInfoOwned, ServiceError> {
         let online = self.online()?;

@@ -17,6 +17,7 @@ mod identity;
 mod init;
 mod issuance;
 mod meters;
+mod refusals;
 mod revoke;
 mod server;
 mod status;
@@ -107,6 +108,10 @@ pub struct Service {
     online: Mutex<Option<Arc<dyn HsmToken>>>,
     engine: Mutex<Option<Arc<Engine>>>,
     profiles: OnceLock<ProfileSet>,
+    /// The audit key, found once.
+    audit_key: OnceLock<Arc<dyn Signer>>,
+    /// Refusals recorded lately (the audit log's flood limit).
+    refusals: Mutex<refusals::Refusals>,
 }
 
 impl std::fmt::Debug for Service {
@@ -140,6 +145,8 @@ impl Service {
             online: Mutex::new(None),
             engine: Mutex::new(None),
             profiles: OnceLock::new(),
+            audit_key: OnceLock::new(),
+            refusals: Default::default(),
         })
     }
 
@@ -159,6 +166,8 @@ impl Service {
             online: Mutex::new(None),
             engine: Mutex::new(None),
             profiles: OnceLock::new(),
+            audit_key: OnceLock::new(),
+            refusals: Default::default(),
         };
         let _ = s.store.set(store);
         Ok(s)
@@ -193,12 +202,64 @@ impl Service {
         if let Some(s) = self.store.get() {
             return Ok(s.clone());
         }
+        let log = self.home.audit_log();
+        // The store must exist before it is opened (opening an embedded store creates one),
+        // and once opened must be the one the audit log was written with.
+        let refuse = |why: String| {
+            ServiceError::refused(
+                ErrorClass::Internal,
+                "store-mismatch",
+                format!(
+                    "refusing to use the store of {}: {why}. Nothing was changed. Restore the \
+                     home's own store (see docs/design.md#a-store-that-cannot-silently-vanish)",
+                    self.home.root().display()
+                ),
+            )
+        };
+        if let Some(dir) = crate::store::embedded_dir(&self.config.store, &self.home) {
+            let empty = std::fs::read_dir(&dir).map_or(true, |mut d| d.next().is_none());
+            if empty {
+                crate::audit::check_store_matches(&log, None).map_err(|_| {
+                    refuse(format!(
+                        "the store {} is missing or empty, but the audit log {} records changes \
+                         committed to it",
+                        dir.display(),
+                        log.display()
+                    ))
+                })?;
+            }
+        }
         let store = crate::store::open(&self.config.store, &self.home)?;
+        crate::audit::check_store_matches(&log, store.audit_head()?.as_ref()).map_err(refuse)?;
         Ok(self.store.get_or_init(|| store).clone())
     }
 
-    /// The audit log, committed through the store.
+    /// The audit log, committed through the store; once the root ceremony made the audit key,
+    /// every record it writes is signed with it (and a home whose audit key cannot be used
+    /// writes nothing: the change fails).
     pub fn audit(&self) -> Result<AuditLog, ServiceError> {
+        let log = self.audit_unsigned()?;
+        if !self.home.audit_cert().exists() {
+            return Ok(log);
+        }
+        if let Some(s) = self.audit_key.get() {
+            return Ok(log.with_signer(s.clone()));
+        }
+        let signer = self.audit_signer()?;
+        let pem = std::fs::read_to_string(self.home.audit_cert())
+            .map_err(|e| ServiceError::io("reading the audit signer's certificate", e))?;
+        let cert = certificate_from_pem(&pem)
+            .map_err(|e| ServiceError::Internal(format!("reading ca/audit.pem: {e}")))?;
+        check_key_matches(signer.as_ref(), &cert, "audit signer").map_err(|e| {
+            ServiceError::Internal(format!(
+                "refusing to write the audit log: the audit key on the online token is not the one ca/audit.pem certifies: {e}"
+            ))
+        })?;
+        Ok(log.with_signer(self.audit_key.get_or_init(|| signer).clone()))
+    }
+
+    /// The audit log for reading and verifying (no key needed).
+    pub(crate) fn audit_unsigned(&self) -> Result<AuditLog, ServiceError> {
         let path = match &self.scratch {
             Some(d) => d.join("audit.log"),
             None => self.home.audit_log(),

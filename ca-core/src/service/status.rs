@@ -50,6 +50,9 @@ pub struct Status {
     pub warnings: Vec<String>,
     /// `{"records", "head_seq", "head_hash", "last_event"}`.
     pub audit: serde_json::Value,
+    /// Where the store has less than the audit log says it committed (a cRLNumber, the
+    /// certificate or revocation count): a store older than its log.
+    pub store_problems: Vec<String>,
     /// CAs whose HSM key does not match their certificate (each refused).
     #[serde(skip)]
     pub mismatches: Vec<String>,
@@ -143,6 +146,7 @@ impl Service {
         }
         root_issued += store.certs_of_subject(super::arl::AUDIT_SUBJECT_ID)?.len() as u64;
         let (crls, warnings) = self.crl_status()?;
+        let store_problems = self.store_against_log(&records)?;
         Ok(Status {
             home: self.home.root().to_path_buf(),
             module: self.config.hsm.module.clone(),
@@ -155,6 +159,7 @@ impl Service {
             certificates: store.cert_count()?.saturating_sub(root_issued),
             crls,
             warnings,
+            store_problems,
             audit: json!({"records": records.len(), "head_seq": last.as_ref().map(|r| r.seq), "head_hash": last.as_ref().map(|r| r.hash.clone()), "last_event": last.as_ref().map(|r| r.event.clone())}),
             mismatches,
             online_objects,
@@ -164,6 +169,79 @@ impl Service {
             last_record: last,
             records: records.len(),
         })
+    }
+
+    /// Holds the store to what the audit log says it committed: the cRLNumbers of the last
+    /// publications, the certificate count and each issuer's revocation count at them. A store
+    /// has never less than that (its counts never go back); less means it is older than its log.
+    pub(super) fn store_against_log(
+        &self,
+        records: &[AuditRecord],
+    ) -> Result<Vec<String>, ServiceError> {
+        use crate::crl::{last_number, CrlScope};
+        use std::collections::BTreeMap;
+        let store = self.store()?;
+        let mut numbers: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
+        let mut full_entries: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        let mut certificates = (0, 0);
+        for r in records.iter().filter(|r| r.event == "crl.publish") {
+            if let Some(n) = r.details["store_certificates"].as_u64() {
+                certificates = (n, r.seq);
+            }
+            for c in r.details["crls"].as_array().into_iter().flatten() {
+                let (Some(issuer), Some(scope), Some(n)) = (
+                    c["issuer"].as_str(),
+                    c["scope"].as_str(),
+                    c["crl_number"].as_u64(),
+                ) else {
+                    continue;
+                };
+                numbers.insert((issuer.into(), scope.into()), (n, r.seq));
+                if matches!(scope, "full" | "arl") {
+                    if let Some(e) = c["entries"].as_u64() {
+                        full_entries.insert(issuer.into(), (e, r.seq));
+                    }
+                }
+            }
+        }
+        let mut problems = Vec::new();
+        for ((issuer, scope), (n, seq)) in &numbers {
+            let Some(kind) = CaKind::from_name(issuer) else {
+                continue;
+            };
+            let scope_of = match scope.as_str() {
+                "full" | "arl" => CrlScope::Full,
+                s => match s.parse() {
+                    Ok(n) => CrlScope::Shard(n),
+                    Err(_) => continue,
+                },
+            };
+            let stored = last_number(store.as_ref(), kind, scope_of)?;
+            if stored < *n {
+                problems.push(format!(
+                    "the store's last cRLNumber for {issuer}/{scope} is {stored}, but audit record {seq} says {n} was published: the store is older than its audit log"
+                ));
+            }
+        }
+        let stored = store.cert_count()?;
+        if stored < certificates.0 {
+            problems.push(format!(
+                "the store holds {stored} certificates, but audit record {} says it held {} then: the store is older than its audit log",
+                certificates.1, certificates.0
+            ));
+        }
+        for (issuer, (entries, seq)) in &full_entries {
+            let Some(kind) = CaKind::from_name(issuer) else {
+                continue;
+            };
+            let stored = store.revoked_of_issuer(kind)?.len() as u64;
+            if stored < *entries {
+                problems.push(format!(
+                    "the store holds {stored} revocations by the {issuer} CA, but audit record {seq} published {entries}: revocations were lost"
+                ));
+            }
+        }
+        Ok(problems)
     }
 
     /// Every published CRL with what it says of itself, and warnings: the ARL missing or with
@@ -255,7 +333,26 @@ impl Service {
         } else {
             None
         };
-        let report = self.audit()?.verify(key.as_ref())?;
+        // A store that does not match the log is reported here, not refused: this is the
+        // command that tells what is wrong.
+        let (log, mismatch) = match self.audit_unsigned() {
+            Ok(log) => (log, None),
+            Err(e) if e.code() == "store-mismatch" => {
+                (AuditLog::reader(self.home.audit_log()), Some(e.to_string()))
+            }
+            Err(e) => return Err(e),
+        };
+        let mut report = log.verify(key.as_ref())?;
+        if report.ok {
+            let problem = match mismatch {
+                Some(m) => Some(m),
+                None => self.store_against_log(&log.records()?)?.into_iter().next(),
+            };
+            if let Some(p) = problem {
+                report.ok = false;
+                report.problem = Some(p);
+            }
+        }
         Ok((report, key.is_some()))
     }
 

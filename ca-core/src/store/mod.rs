@@ -21,7 +21,7 @@ pub mod conformance;
 use std::fmt;
 
 pub use error::{ApplyError, StoreError};
-pub use open::{open, StoreBackend, StoreConfig};
+pub use open::{embedded_dir, open, StoreBackend, StoreConfig};
 pub use records::{
     AuditHead, BatchItem, BatchRecord, BatchState, CertRecord, Claim, Commit, Committed, MeterMove,
     MoveOutcome, Revoked, UpdateMark,

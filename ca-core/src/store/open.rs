@@ -42,3 +42,14 @@ pub fn open(config: &StoreConfig, home: &Home) -> Result<Arc<dyn Store>, StoreEr
         }
     }
 }
+
+/// The directory of an embedded store (`None` for a database server): checked to exist
+/// before it is opened, since opening an embedded store creates it.
+pub fn embedded_dir(config: &StoreConfig, home: &Home) -> Option<PathBuf> {
+    match config.backend {
+        StoreBackend::Sled => Some(match &config.path {
+            Some(p) => home.resolve(p),
+            None => home.store_dir(),
+        }),
+    }
+}

@@ -11,7 +11,7 @@ pub(super) fn verify(ctx: &Ctx) -> Result<()> {
         print_json(&report)?;
     } else if report.ok {
         println!(
-            "audit log intact: {} records, {} signed heads{}, head #{}{}",
+            "audit log intact: {} records, {} signatures{}, head #{}{}",
             report.records,
             report.signed_heads,
             if keyed {

@@ -8,10 +8,12 @@ use crate::ctx::{operator, Ctx};
 
 pub(super) fn run(ctx: &Ctx) -> Result<()> {
     let st = ctx.service.status(&operator())?;
-    let result = if st.mismatches.is_empty() {
+    let mut problems = st.mismatches.clone();
+    problems.extend(st.store_problems.iter().cloned());
+    let result = if problems.is_empty() {
         Ok(())
     } else {
-        Err(anyhow::anyhow!("{}", st.mismatches.join("; ")))
+        Err(anyhow::anyhow!("{}", problems.join("; ")))
     };
     if ctx.json {
         print_json(&st)?;
