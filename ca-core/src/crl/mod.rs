@@ -83,6 +83,14 @@ pub enum CrlError {
     /// Sharded CRLs need the URL certificates point at.
     #[error("sharded CRLs need crl.base_url (certificates name <base_url>/<issuer>/<shard>.crl); with no base URL only the full CRL is published")]
     NoBaseUrl,
+    /// `crl.base_url` changed after certificates were issued naming the old one.
+    #[error("crl.base_url is {configured:?} in meterpki.toml, but this home's certificates already name their CRLs under {bound:?}, and a certificate's CRL location never changes: relying parties fetch its CRL there for the certificate's whole life. Set crl.base_url = {bound:?} again and make that URL reach the server's plain-HTTP CRL listener (server.crl_listen) or a copy of <home>/crl; choose the base URL of a new home before its root ceremony")]
+    BaseUrlChanged {
+        /// The URL certificates name.
+        bound: String,
+        /// The URL configured now.
+        configured: String,
+    },
     /// The shard count changed after certificates were bound to shards.
     #[error("crl.shards is {configured} in meterpki.toml, but certificates are bound to {stored} shards; set crl.shards = {stored} again")]
     ShardsChanged {
@@ -157,6 +165,7 @@ impl CrlFacts {
 }
 
 const SHARDS_KEY: &str = "crl.shards";
+const BASE_URL_KEY: &str = "crl.base_url";
 
 /// One publication at a time in this process: two (an API revocation's and the schedule's) that
 /// overlapped could read the same cRLNumber, and the one committing second would be refused
@@ -173,9 +182,26 @@ impl From<ApplyError> for CrlError {
     }
 }
 
-/// Binds the store to the configured shard count the first time, and refuses a change later:
-/// every certificate names its shard, so N is fixed once certificates exist.
+/// Binds the store to the configured shard count and CRL base URL the first time, and refuses
+/// a change later: every certificate names its shard's URL, so neither moves once
+/// certificates exist.
 pub fn check_shards(store: &dyn Store, settings: &CrlSettings) -> Result<(), CrlError> {
+    let configured = settings.base_url.clone().unwrap_or_default();
+    match store.setting_text(BASE_URL_KEY)? {
+        Some(bound) if bound != configured => {
+            return Err(CrlError::BaseUrlChanged { bound, configured })
+        }
+        Some(_) => {}
+        None => {
+            store.apply(
+                Txn::new().with(Op::BindText {
+                    name: BASE_URL_KEY.into(),
+                    value: configured,
+                }),
+                None,
+            )?;
+        }
+    }
     match store.counter(SHARDS_KEY)? {
         Some(n) if n != u64::from(settings.shards) => Err(CrlError::ShardsChanged {
             stored: n,

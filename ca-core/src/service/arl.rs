@@ -116,7 +116,10 @@ impl Service {
         // anchor's revocation, but `openssl verify -crl_check_all` does, and it can only fetch
         // a CRL the certificate points at.
         let crl_url = if profile.crl_distribution_point() {
-            self.crl_settings().arl_url()
+            // The URL goes into a certificate: it must be the one the home is bound to.
+            let settings = self.crl_settings();
+            crate::crl::check_shards(self.store()?.as_ref(), &settings)?;
+            settings.arl_url()
         } else {
             None
         };

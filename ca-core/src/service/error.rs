@@ -174,7 +174,9 @@ impl ServiceError {
             ServiceError::Hsm(_) | ServiceError::Audit(_) => ErrorClass::Unavailable,
             ServiceError::Quorum(QuorumError::Io { .. }) => ErrorClass::Internal,
             ServiceError::Quorum(_) | ServiceError::Config(_) => ErrorClass::Invalid,
-            ServiceError::Crl(CrlError::ShardsChanged { .. } | CrlError::NoBaseUrl) => {
+            ServiceError::Crl(
+                CrlError::ShardsChanged { .. } | CrlError::NoBaseUrl | CrlError::BaseUrlChanged { .. },
+            ) => {
                 ErrorClass::Invalid
             }
             ServiceError::Crl(CrlError::Sign(_) | CrlError::Verify(_) | CrlError::Audit(_)) => {

@@ -72,6 +72,8 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// A counter or a setting (`crl.number/<issuer>/<scope>`, `tamp.seq`, `crl.shards`).
     fn counter(&self, name: &str) -> Result<Option<u64>, StoreError>;
+    /// A text setting bound with [`Op::BindText`] (`crl.base_url`).
+    fn setting_text(&self, name: &str) -> Result<Option<String>, StoreError>;
     /// Reserves `n` numbers of a counter that only grows and returns the first (at least 1).
     /// Durable before it returns, so a number is never handed out twice; numbers reserved by
     /// a run that then fails are skipped, never reused.

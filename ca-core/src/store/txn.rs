@@ -78,6 +78,14 @@ pub enum Op {
         /// Its value.
         value: u64,
     },
+    /// Sets a text setting the first time; refused if it holds another value
+    /// (`crl.base_url`).
+    BindText {
+        /// Setting name.
+        name: String,
+        /// Its value.
+        value: String,
+    },
 }
 
 /// What one operation did, in the order of the transaction.

@@ -138,6 +138,23 @@ pub fn counters_never_go_back_and_reservations_never_overlap(h: &dyn Harness, di
     bind(16).unwrap();
     refused(bind(8));
     assert_eq!(s.counter("crl.shards").unwrap(), Some(16));
+    let bind_text = |value: &str| {
+        apply(
+            s.as_ref(),
+            Txn::new().with(Op::BindText {
+                name: "crl.base_url".into(),
+                value: value.into(),
+            }),
+        )
+    };
+    assert_eq!(s.setting_text("crl.base_url").unwrap(), None);
+    bind_text("http://a.example/crl").unwrap();
+    bind_text("http://a.example/crl").unwrap();
+    refused(bind_text("http://b.example/crl"));
+    assert_eq!(
+        s.setting_text("crl.base_url").unwrap().as_deref(),
+        Some("http://a.example/crl")
+    );
 }
 
 /// A move applies only if the meter is where the caller saw it, and an operation's update is

@@ -19,6 +19,7 @@
 //! o<id>                              OpRecord (JSON)
 //! n/certs                            certificate count (u64 BE)
 //! M<name>                            counters and settings (u64 BE), the audit head, the schema
+//! Mtext/<name>                       text settings (UTF-8)
 //! ```
 
 use const_oid::ObjectIdentifier;
@@ -118,6 +119,11 @@ pub(super) fn batch_key(account: &str, request_id: &str) -> Vec<u8> {
 
 pub(super) fn meta_key(name: &str) -> Vec<u8> {
     key(META, &[name.as_bytes()])
+}
+
+/// The key of a text setting: among the meta keys, under `text/`.
+pub(super) fn text_key(name: &str) -> Vec<u8> {
+    key(META, &[b"text/", name.as_bytes()])
 }
 
 /// A printable form of a key for error messages.

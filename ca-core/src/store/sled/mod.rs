@@ -227,6 +227,15 @@ impl Store for SledStore {
         self.meta(name)
     }
 
+    fn setting_text(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let k = text_key(name);
+        self.get(&k)?
+            .map(|v| {
+                String::from_utf8(v.to_vec()).map_err(|e| StoreError::corrupt(printable(&k), e))
+            })
+            .transpose()
+    }
+
     fn reserve(&self, counter: &str, n: u64) -> Result<u64, StoreError> {
         let _writer = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let last = self.meta(counter)?.unwrap_or(0);

@@ -121,6 +121,20 @@ impl<'a> Writer<'a> {
                     self.insert(k, encode_u64(to).to_vec());
                     OpOutcome::Done
                 }
+                Op::BindText { name, value } => {
+                    let k = text_key(&name);
+                    match self.get(&k)? {
+                        Some(v) if v.as_ref() != value.as_bytes() => {
+                            return Err(StoreError::Refused(format!(
+                                "setting {name} is {:?}; it cannot become {value:?}",
+                                String::from_utf8_lossy(&v)
+                            )))
+                        }
+                        Some(_) => {}
+                        None => self.insert(k, value.into_bytes()),
+                    }
+                    OpOutcome::Done
+                }
                 Op::BindSetting { name, value } => {
                     let k = meta_key(&name);
                     match self.u64_at(&k)? {
