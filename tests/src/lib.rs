@@ -133,6 +133,45 @@ impl Scratch {
     /// issuing CAs, each opened with the first `quorum` shares.
     pub fn ceremonies(&self, home: &str, officers: u8, quorum: u8, issuing: &[&str]) {
         self.run(home, &["init"]).ok();
+        self.ceremonies_only(home, officers, quorum, issuing);
+    }
+
+    /// `init`, then the home's CRL URLs pointed at a free port on 127.0.0.1 (`crl.base_url`
+    /// and `server.crl_listen`, before any certificate names them), then the ceremonies.
+    /// Returns the port: `Server::start_with(s, &["--crl-listen", &format!("127.0.0.1:{port}")])`
+    /// serves the CRLs where the certificates say they are.
+    pub fn ceremonies_with_crl_port(
+        &self,
+        home: &str,
+        officers: u8,
+        quorum: u8,
+        issuing: &[&str],
+    ) -> u16 {
+        self.run(home, &["init"]).ok();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = self.path(&format!("{home}/meterpki.toml"));
+        let text = std::fs::read_to_string(&config).unwrap();
+        let text = text
+            .replace(
+                "base_url = \"http://127.0.0.1:8080/crl\"",
+                &format!("base_url = \"http://127.0.0.1:{port}/crl\""),
+            )
+            .replace(
+                "crl_listen = \"127.0.0.1:8080\"",
+                &format!("crl_listen = \"127.0.0.1:{port}\""),
+            );
+        assert!(text.contains(&format!(":{port}/crl")), "{text}");
+        std::fs::write(&config, text).unwrap();
+        self.ceremonies_only(home, officers, quorum, issuing);
+        port
+    }
+
+    /// The root and issuing-CA ceremonies on an initialised `home`.
+    pub fn ceremonies_only(&self, home: &str, officers: u8, quorum: u8, issuing: &[&str]) {
         let shares = format!("{home}-shares");
         self.run(
             home,

@@ -121,7 +121,6 @@ impl Service {
                 },
             )?);
         }
-        if !published.is_empty() {}
         Ok(published)
     }
 

@@ -175,10 +175,10 @@ impl ServiceError {
             ServiceError::Quorum(QuorumError::Io { .. }) => ErrorClass::Internal,
             ServiceError::Quorum(_) | ServiceError::Config(_) => ErrorClass::Invalid,
             ServiceError::Crl(
-                CrlError::ShardsChanged { .. } | CrlError::NoBaseUrl | CrlError::BaseUrlChanged { .. },
-            ) => {
-                ErrorClass::Invalid
-            }
+                CrlError::ShardsChanged { .. }
+                | CrlError::NoBaseUrl
+                | CrlError::BaseUrlChanged { .. },
+            ) => ErrorClass::Invalid,
             ServiceError::Crl(CrlError::Sign(_) | CrlError::Verify(_) | CrlError::Audit(_)) => {
                 ErrorClass::Unavailable
             }

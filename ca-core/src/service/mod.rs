@@ -234,6 +234,12 @@ impl Service {
         Ok(self.store.get_or_init(|| store).clone())
     }
 
+    /// Opens the store and checks it against the audit log (missing, foreign or older is
+    /// refused), before a command does anything else.
+    pub fn check_store(&self) -> Result<(), ServiceError> {
+        self.store().map(|_| ())
+    }
+
     /// The audit log, committed through the store; once the root ceremony made the audit key,
     /// every record it writes is signed with it (and a home whose audit key cannot be used
     /// writes nothing: the change fails).

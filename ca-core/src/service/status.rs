@@ -287,22 +287,8 @@ impl Service {
                     warnings.push(format!("{}/{file} is not a readable CRL", dir.display()));
                     continue;
                 };
-                if let Some(next) = facts.next_update {
-                    let lifetime = (next - facts.this_update).max(1);
-                    if now >= next {
-                        warnings.push(format!(
-                            "{}/{file} LAPSED at its nextUpdate {}: relying parties refuse every certificate below it; {}",
-                            kind.name(),
-                            super::rfc3339_of(next),
-                            if kind == CaKind::Root { "run `meterpki ceremony root-crl --share ...` now" } else { "run `meterpki crl publish`" }
-                        ));
-                    } else if kind == CaKind::Root && next - now < lifetime / 4 {
-                        warnings.push(format!(
-                            "the root's ARL lapses at {} (in {} days): run `meterpki ceremony root-crl --share ...` before then",
-                            super::rfc3339_of(next),
-                            (next - now) / 86_400
-                        ));
-                    }
+                if let Some(w) = crl_warning(kind, &file, &facts, now) {
+                    warnings.push(w);
                 }
                 crls.push(CrlStatus {
                     issuer: kind.name().to_string(),
@@ -360,5 +346,70 @@ impl Service {
     pub fn audit_records(&self, actor: &Actor) -> Result<Vec<AuditRecord>, ServiceError> {
         authorize(actor, Action::Administer)?;
         Ok(AuditLog::reader(self.home.audit_log()).records()?)
+    }
+}
+
+/// What `status` and `/metrics` warn of for one CRL: past its nextUpdate (relying parties
+/// refuse everything below it), or for the root's ARL, which only a quorum can re-sign, less
+/// than a quarter of its lifetime left.
+fn crl_warning(kind: CaKind, file: &str, facts: &crate::crl::CrlFacts, now: i64) -> Option<String> {
+    let next = facts.next_update?;
+    let lifetime = (next - facts.this_update).max(1);
+    if now >= next {
+        Some(format!(
+            "{}/{file} LAPSED at its nextUpdate {}: relying parties refuse every certificate below it; {}",
+            kind.name(),
+            super::rfc3339_of(next),
+            if kind == CaKind::Root {
+                "run `meterpki ceremony root-crl --share ...` now"
+            } else {
+                "run `meterpki crl publish`"
+            }
+        ))
+    } else if kind == CaKind::Root && next - now < lifetime / 4 {
+        Some(format!(
+            "the root's ARL lapses at {} (in {} days): run `meterpki ceremony root-crl --share ...` before then",
+            super::rfc3339_of(next),
+            (next - now) / 86_400
+        ))
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(this: i64, next: i64) -> crate::crl::CrlFacts {
+        crate::crl::CrlFacts {
+            crl_number: 1,
+            entries: 0,
+            this_update: this,
+            next_update: Some(next),
+        }
+    }
+
+    /// The ARL warns once less than a quarter of its lifetime is left, and loudly once it has
+    /// lapsed; an issuing CA's CRL (republished by the server) only when it lapsed.
+    #[test]
+    fn the_arl_warns_well_before_it_lapses() {
+        let day = 86_400;
+        let arl = facts(0, 365 * day);
+        assert_eq!(crl_warning(CaKind::Root, "arl.crl", &arl, 200 * day), None);
+        let w = crl_warning(CaKind::Root, "arl.crl", &arl, 300 * day).unwrap();
+        assert!(
+            w.contains("in 65 days") && w.contains("ceremony root-crl"),
+            "{w}"
+        );
+        let w = crl_warning(CaKind::Root, "arl.crl", &arl, 366 * day).unwrap();
+        assert!(w.contains("LAPSED"), "{w}");
+        let shard = facts(0, day);
+        assert_eq!(crl_warning(CaKind::Device, "3.crl", &shard, day - 60), None);
+        let w = crl_warning(CaKind::Device, "3.crl", &shard, day).unwrap();
+        assert!(
+            w.contains("device/3.crl LAPSED") && w.contains("crl publish"),
+            "{w}"
+        );
     }
 }

@@ -21,7 +21,8 @@ use anyhow::Result;
 use ca_core::Home;
 
 use crate::args::{
-    AuditCommand, CeremonyCommand, Cli, Command, CrlCommand, HsmCommand, UpdateCommand,
+    AccountCommand, AuditCommand, CeremonyCommand, Cli, Command, CrlCommand, HsmCommand,
+    UpdateCommand,
 };
 use crate::ctx::{absolute, ensure_process_env, Ctx, Watchdog};
 
@@ -55,6 +56,18 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
             let watchdog = if server { Watchdog::Off } else { Watchdog::On };
             let ctx = Ctx::open(home, json, watchdog)?;
             ensure_process_env(ctx.config().hsm.softhsm.then_some(ctx.home()), server)?;
+            // The store is checked against the audit log before anything else happens (a key
+            // made, a file written): a missing, foreign or older store stops every command
+            // here. The commands a running server takes over check it where they run.
+            let forwardable = matches!(
+                other,
+                Command::Revoke(_)
+                    | Command::Crl(_)
+                    | Command::Account(AccountCommand::Disable { .. })
+            );
+            if !forwardable && !matches!(other, Command::Hsm(_)) {
+                ctx.service.check_store()?;
+            }
             match other {
                 Command::Ceremony(CeremonyCommand::Root(a)) => ceremony::root(&ctx, a),
                 Command::Ceremony(CeremonyCommand::IssuingCa(a)) => ceremony::issuing(&ctx, a),

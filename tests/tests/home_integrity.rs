@@ -1,0 +1,190 @@
+//! A home's state cannot silently vanish or move: a store that is missing, another home's or
+//! older than the audit log is refused by every command (and by the server) before anything is
+//! published; a changed `crl.base_url` is refused, and the certificates already issued keep the
+//! CRL location they name.
+
+use meterpki_tests::{openssl_csr, tool, Scratch, Server};
+
+const EXE: &str = env!("CARGO_BIN_EXE_meterpki-e2e");
+
+fn issue_meter(s: &Scratch, home: &str, id: &str, out: &str) -> meterpki_tests::Run {
+    let (_, csr) = openssl_csr(&s.path(""), &format!("{home}-{id}"), "prime256v1");
+    s.run(
+        home,
+        &[
+            "issue",
+            "--profile",
+            "meter-signing",
+            "--device-id",
+            id,
+            "--csr",
+            &csr.display().to_string(),
+            "--out",
+            out,
+        ],
+    )
+}
+
+/// What a user can see of `home` without its store: CRLs, the audit log, CA files.
+fn published(s: &Scratch, home: &str) -> std::collections::BTreeMap<String, String> {
+    s.snapshot()
+        .into_iter()
+        .filter(|(k, _)| {
+            k.starts_with(&format!("{home}/")) && !k.starts_with(&format!("{home}/store"))
+        })
+        .collect()
+}
+
+fn every_command_refuses(s: &Scratch, needle: &str) {
+    let before = published(s, "h");
+    for args in [
+        vec!["status"],
+        vec!["crl", "publish"],
+        vec![
+            "revoke",
+            "--device-id",
+            "00-DB-12-34-56-78-90-01",
+            "--reason",
+            "keyCompromise",
+        ],
+        vec!["show", "--device-id", "00-DB-12-34-56-78-90-01"],
+        vec!["supplier", "list"],
+        vec![
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--crl-listen",
+            "127.0.0.1:0",
+        ],
+    ] {
+        let r = s.run("h", &args).fails(1, "refusing to use the store");
+        assert!(r.stderr.contains(needle), "{args:?}: {}", r.stderr);
+    }
+    issue_meter(s, "h", "00-DB-12-34-56-78-90-09", "x.pem").fails(1, needle);
+    let r = s.run("h", &["audit", "verify"]).fails(1, "NOT intact");
+    assert!(r.stderr.contains(needle), "{}", r.stderr);
+    assert_eq!(
+        published(s, "h"),
+        before,
+        "something was published or written"
+    );
+}
+
+#[test]
+fn a_missing_foreign_or_older_store_is_refused_by_every_command() {
+    let s = Scratch::new(EXE);
+    s.ceremonies("h", 3, 2, &["device", "access"]);
+    issue_meter(&s, "h", "00-DB-12-34-56-78-90-01", "m.pem").ok();
+    s.run("h", &["crl", "publish"]).ok();
+    s.ceremonies("other", 3, 2, &["device"]);
+    let mv = |from: &str, to: &str| {
+        std::fs::rename(s.path(from), s.path(to)).unwrap();
+    };
+
+    // Removed: refused, and not re-created.
+    mv("h/store", "h-store");
+    every_command_refuses(&s, "is missing or empty");
+    assert!(!s.path("h/store").exists(), "the store was re-created");
+
+    // Another home's store.
+    tool(
+        "cp",
+        &[
+            "-a",
+            &s.path("other/store").display().to_string(),
+            &s.path("h/store").display().to_string(),
+        ],
+        &[],
+    )
+    .ok();
+    every_command_refuses(&s, "belongs to another home");
+    std::fs::remove_dir_all(s.path("h/store")).unwrap();
+
+    // Its own store again: everything works, nothing was lost.
+    mv("h-store", "h/store");
+    s.run("h", &["status"]).ok();
+    s.run("h", &["audit", "verify"]).ok();
+
+    // A copy taken before later changes (a backup restored): older than the log, refused.
+    tool(
+        "cp",
+        &[
+            "-a",
+            &s.path("h/store").display().to_string(),
+            &s.path("h-backup").display().to_string(),
+        ],
+        &[],
+    )
+    .ok();
+    for i in 2..=4 {
+        issue_meter(
+            &s,
+            "h",
+            &format!("00-DB-12-34-56-78-90-0{i}"),
+            &format!("m{i}.pem"),
+        )
+        .ok();
+    }
+    s.run(
+        "h",
+        &[
+            "revoke",
+            "--device-id",
+            "00-DB-12-34-56-78-90-02",
+            "--reason",
+            "superseded",
+        ],
+    )
+    .ok();
+    mv("h/store", "h-current");
+    mv("h-backup", "h/store");
+    every_command_refuses(&s, "older than the audit log");
+    std::fs::remove_dir_all(s.path("h/store")).unwrap();
+    mv("h-current", "h/store");
+    s.run("h", &["audit", "verify"]).ok();
+}
+
+/// The CRL URL written into a certificate is the one its CRL is published at for its whole
+/// life: a changed `crl.base_url` is refused (saying what to do), and the old certificates
+/// still pass a relying party that fetches their CRLs.
+#[test]
+fn a_changed_crl_base_url_is_refused_and_old_certificates_keep_their_crl() {
+    let s = Scratch::new(EXE);
+    let port = s.ceremonies_with_crl_port("h", 3, 2, &["device", "access"]);
+    issue_meter(&s, "h", "00-DB-12-34-56-78-90-01", "m.pem").ok();
+    let config = s.path("h/meterpki.toml");
+    let original = std::fs::read_to_string(&config).unwrap();
+    let old = format!("http://127.0.0.1:{port}/crl");
+    std::fs::write(
+        &config,
+        original.replace(&old, "http://crl.example.net/meterpki"),
+    )
+    .unwrap();
+    let before = published(&s, "h");
+    let r = issue_meter(&s, "h", "00-DB-12-34-56-78-90-02", "m2.pem").fails(2, "crl.base_url");
+    assert!(r.stderr.contains(&old), "names the bound URL: {}", r.stderr);
+    assert!(r.stderr.contains("never changes"), "{}", r.stderr);
+    s.run("h", &["crl", "publish"]).fails(2, "crl.base_url");
+    assert_eq!(published(&s, "h"), before);
+
+    std::fs::write(&config, &original).unwrap();
+    let _srv = Server::start_with(&s, &["--crl-listen", &format!("127.0.0.1:{port}")]);
+    let root = s.path("h/ca/root.pem").display().to_string();
+    let device = s.path("h/ca/device.pem").display().to_string();
+    let m = s.path("m.pem").display().to_string();
+    tool(
+        "openssl",
+        &[
+            "verify",
+            "-crl_check_all",
+            "-crl_download",
+            "-CAfile",
+            &root,
+            "-untrusted",
+            &device,
+            &m,
+        ],
+        &[],
+    )
+    .ok();
+}
