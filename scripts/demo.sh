@@ -22,6 +22,12 @@ export METERPKI_HOME="$DEMO/home"
 
 say "meterpki init  (home, config, SoftHSM token directory inside the home, online token)"
 "$M" init
+# Certificates name the URL of their CRL for their whole life, so it is chosen before the root
+# ceremony: here the server's plain-HTTP CRL listener on a free port of this machine.
+CRL_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+sed -i -e "s#^base_url = \"http://127.0.0.1:8080/crl\"#base_url = \"http://127.0.0.1:$CRL_PORT/crl\"#" \
+       -e "s#^crl_listen = \"127.0.0.1:8080\"#crl_listen = \"127.0.0.1:$CRL_PORT\"#" "$METERPKI_HOME/meterpki.toml"
+grep -E '^(base_url|crl_listen)' "$METERPKI_HOME/meterpki.toml"
 
 say "meterpki ceremony root  (5 officers, any 3 open the root token)"
 "$M" ceremony root --officers 5 --quorum 3 --shares-dir "$DEMO/shares" \
@@ -67,10 +73,9 @@ say "meterpki issue --batch: 2,000 meter requests (a factory line's file)"
 echo "Run again: nothing new is issued"
 "$M" issue --batch "$DEMO/line-1.ndjson" --out "$DEMO/line-1.again.ndjson"
 
-say "meterpki revoke + crl publish: the meter's key is compromised"
+say "meterpki revoke: the meter's key is compromised (its CRL shard and the full CRL published at once)"
 SERIAL=$("$M" show --device-id 00-DB-12-34-56-78-90-01 --json | sed -n 's/.*"serial": "\([0-9a-f]*\)".*/\1/p' | head -n1)
-"$M" revoke --serial "$SERIAL" --reason keyCompromise --publish
-"$M" crl publish --issuer device --full
+"$M" revoke --serial "$SERIAL" --reason keyCompromise
 cat "$METERPKI_HOME/ca/root.pem" "$METERPKI_HOME/ca/device.pem" > "$DEMO/device-chain.pem"
 SHARD=$("$M" show --serial "$SERIAL" --json | sed -n 's/.*"shard": \([0-9]*\).*/\1/p')
 for scope in "$SHARD" full; do
@@ -104,6 +109,32 @@ curl -sS --cert "$DEMO/creds/line-7.pem" --key "$DEMO/creds/line-7.key" --cacert
   | python3 -c 'import json,sys; r=json.load(sys.stdin); print([(x["index"], x["status"], x.get("serial")) for x in r["results"]])'
 echo "without a client certificate:"
 curl -sS --cacert "$DEMO/creds/ca.pem" -X POST "$URL/v1/batches"; echo
+
+say "A strict relying party: openssl fetches every CRL (the root's ARL too) from the URLs in the certificates"
+sed -n 's/^serving CRLs on //p' "$DEMO/serve.out"
+python3 - "$DEMO" <<'PY'
+import base64, json, sys
+d = sys.argv[1]
+r = json.loads(open(f"{d}/line-1.results.ndjson").readline())
+b = base64.b64encode(base64.b64decode(r["certificate"])).decode()
+open(f"{d}/good-meter.pem", "w").write("-----BEGIN CERTIFICATE-----\n" + "\n".join(b[i:i+64] for i in range(0, len(b), 64)) + "\n-----END CERTIFICATE-----\n")
+PY
+CHECK=(openssl verify -crl_check_all -crl_download -CAfile "$METERPKI_HOME/ca/root.pem")
+echo "a meter of the factory batch, with the meter policy enforced (-policy_check -explicit_policy):"
+"${CHECK[@]}" -policy_check -explicit_policy -policy 1.3.6.1.4.1.32473.1.1 -untrusted "$METERPKI_HOME/ca/device.pem" "$DEMO/good-meter.pem"
+echo "the factory line's API client certificate:"
+"${CHECK[@]}" -untrusted "$METERPKI_HOME/ca/access.pem" "$DEMO/creds/line-7.pem"
+echo "the meter revoked above (must fail):"
+if "${CHECK[@]}" -untrusted "$METERPKI_HOME/ca/device.pem" "$DEMO/meter.pem"; then
+  echo "UNEXPECTED: the revoked meter verified" >&2; exit 1
+fi
+echo "revoking the good meter while the server runs (the CLI hands it to the server, which publishes at once):"
+"$M" revoke --serial "$(openssl x509 -in "$DEMO/good-meter.pem" -noout -serial | cut -d= -f2)" --reason keyCompromise
+if "${CHECK[@]}" -untrusted "$METERPKI_HOME/ca/device.pem" "$DEMO/good-meter.pem"; then
+  echo "UNEXPECTED: the meter revoked a moment ago verified" >&2; exit 1
+fi
+echo "CRL headers for caches:"
+curl -sS -D - -o /dev/null "http://127.0.0.1:$CRL_PORT/crl/root/arl.crl" | grep -iE '^(content-type|etag|cache-control|expires)'
 kill -TERM "$SERVER"; wait "$SERVER" || true
 
 say "Suppliers and churn: registry, keys, meters, a change of supplier and a takeover"

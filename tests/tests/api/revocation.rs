@@ -335,3 +335,63 @@ fn the_crl_listener_serves_crls_with_caching_headers_and_nothing_else() {
         assert!(h.starts_with("HTTP/1.1 404"), "{path}: {h}");
     }
 }
+
+/// Refused requests are audit events, at most one per caller a minute (the next says how many
+/// were left out): a flood of refusals cannot flood the log.
+#[test]
+fn refused_requests_are_audit_events_without_flooding_the_log() {
+    let s = Scratch::new(EXE);
+    s.ceremonies("h", 3, 2, &["device", "access"]);
+    s.account(
+        "h",
+        "factory",
+        "line-1",
+        &["--device-range", "00-DB-12-00-00-00-00-00/24"],
+    );
+    let srv = Server::start(&s);
+    let mut refused_with = 0;
+    for _ in 0..5 {
+        let (code, _) = curl(&s, &srv, None, "POST", "/v1/batches", Some("{}"), &[]);
+        assert_eq!(code, 401);
+        let (code, _) = curl(
+            &s,
+            &srv,
+            Some("line-1"),
+            "GET",
+            "/v1/suppliers/90-B3-D5-1F-30-00-00-0A/certificates",
+            None,
+            &[],
+        );
+        assert!(
+            (400..500).contains(&code),
+            "a factory may not list suppliers: {code}"
+        );
+        refused_with = code;
+    }
+    let refused = |who: &str| {
+        let list = s.run("h", &["audit", "list", "--json"]).ok().json();
+        list.as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["event"] == "api.refused" && r["actor"] == who)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    // The records are written beside the answers; give them a moment.
+    for _ in 0..50 {
+        if !refused("line-1").is_empty() && !refused("no client certificate").is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(srv.stop(), 0);
+    let factory = refused("line-1");
+    assert_eq!(factory.len(), 1, "{factory:?}");
+    assert_eq!(factory[0]["details"]["status"], refused_with);
+    assert!(factory[0]["details"]["request"]
+        .as_str()
+        .unwrap()
+        .contains("/v1/suppliers/"));
+    assert_eq!(refused("no client certificate").len(), 1);
+    s.run("h", &["audit", "verify"]).ok();
+}
