@@ -143,7 +143,18 @@ pub struct CaConfig {
 }
 
 impl CaConfig {
-    /// The subject a CA of `kind` gets at its ceremony.
+    /// The subject `meterpki.toml` names for a CA of `kind`, if it names one.
+    pub fn explicit_subject(&self, kind: crate::CaKind) -> Option<&str> {
+        use crate::CaKind;
+        match kind {
+            CaKind::Root => self.root_subject.as_deref(),
+            CaKind::Device => self.device_subject.as_deref(),
+            CaKind::Organisation => self.organisation_subject.as_deref(),
+            CaKind::Access => self.access_subject.as_deref(),
+        }
+    }
+
+    /// The subject a CA of `kind` gets at its ceremony when its profile names none.
     pub fn subject(&self, kind: crate::CaKind) -> String {
         use crate::CaKind;
         let org = &self.organisation;

@@ -26,6 +26,7 @@ pub struct Profile {
     pub(crate) max_der_bytes: Option<usize>,
     pub(crate) extended_key_usage: Vec<ExtendedKeyUsage>,
     pub(crate) path_len: Option<u8>,
+    pub(crate) subject: Option<String>,
 }
 
 impl Profile {
@@ -93,6 +94,11 @@ impl Profile {
     /// The basicConstraints pathLenConstraint: `Some` exactly for CA profiles.
     pub fn path_len(&self) -> Option<u8> {
         self.path_len
+    }
+
+    /// CA profiles only: the CA's subject (RFC 4514 text), when the profile names it.
+    pub fn subject(&self) -> Option<&str> {
+        self.subject.as_deref()
     }
 
     /// Parses and validates one profile's TOML text.

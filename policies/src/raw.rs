@@ -49,6 +49,7 @@ pub(crate) struct RawProfile {
     max_der_bytes: Option<i64>,
     extended_key_usage: Option<Vec<ExtendedKeyUsage>>,
     path_len: Option<i64>,
+    subject: Option<String>,
 }
 
 impl RawProfile {
@@ -229,6 +230,28 @@ impl RawProfile {
             ));
         }
 
+        // A CA's own name (RFC 4514 text; parsed again where the certificate is made).
+        if let Some(subject) = &self.subject {
+            if !kind.is_ca() {
+                return Err(err(
+                    "subject",
+                    format!(
+                        "not allowed for kind `{kind_name}`: only CA profiles name their subject; \
+                         end-entity subjects come from the request"
+                    ),
+                ));
+            }
+            if subject.trim().is_empty() || subject.len() > 512 || !subject.contains('=') {
+                return Err(err(
+                    "subject",
+                    format!(
+                        "{subject:?} is not a distinguished name: write RFC 4514 text such as \
+                         \"CN=Example Root CA,O=Example\" (at most 512 characters)"
+                    ),
+                ));
+            }
+        }
+
         let validity = check_validity(kind, self.validity.as_deref(), self.validity_days)
             .map_err(|(field, reason)| err(field, reason))?;
 
@@ -260,6 +283,7 @@ impl RawProfile {
             max_der_bytes,
             extended_key_usage,
             path_len,
+            subject: self.subject,
         })
     }
 }

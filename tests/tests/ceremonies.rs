@@ -77,6 +77,20 @@ fn full_hierarchy_verifies_with_openssl_and_keys_are_sensitive() {
         assert!(text.contains("CA:TRUE, pathlen:0"), "{text}");
         assert!(text.contains("Certificate Sign, CRL Sign"), "{text}");
         assert!(text.contains("ASN1 OID: prime256v1"), "{text}");
+        // Relying parties that check revocation and policy down the whole path: a pointer at
+        // the root's ARL, and the policies of what the CA issues.
+        assert!(
+            text.contains("URI:http://127.0.0.1:8080/crl/root/arl.crl"),
+            "{text}"
+        );
+        assert!(text.contains("X509v3 Certificate Policies"), "{text}");
+        if kind == "device" {
+            assert!(
+                text.contains("Policy: 1.3.6.1.4.1.32473.1.1")
+                    && text.contains("Policy: 1.3.6.1.4.1.32473.1.2"),
+                "{text}"
+            );
+        }
         let lint = tool(
             &meterpki_tests::pkilint(),
             &["lint", "-s", "WARNING", &pem],
@@ -101,6 +115,54 @@ fn full_hierarchy_verifies_with_openssl_and_keys_are_sensitive() {
         "{text}"
     );
     assert!(text.contains("ecdsa-with-SHA384"), "{text}");
+    assert!(text.contains("Policy: X509v3 Any Policy"), "{text}");
+    let lint = tool(
+        &meterpki_tests::pkilint(),
+        &["lint", "-s", "WARNING", &root_pem],
+        &[],
+    );
+    assert!(
+        lint.code == 0 && lint.stdout.trim().is_empty(),
+        "pkilint on the root: {}{}",
+        lint.stdout,
+        lint.stderr
+    );
+    // The root's ARL: signed by the root, a CRL by pkilint's ARL rules.
+    let arl = s.path("arl.pem").display().to_string();
+    tool(
+        "openssl",
+        &[
+            "crl",
+            "-inform",
+            "DER",
+            "-in",
+            &s.path("h/crl/root/arl.crl").display().to_string(),
+            "-out",
+            &arl,
+        ],
+        &[],
+    )
+    .ok();
+    let v = tool(
+        "openssl",
+        &["crl", "-in", &arl, "-CAfile", &root_pem, "-noout"],
+        &[],
+    );
+    assert!(
+        v.stderr.contains("verify OK") || v.stdout.contains("verify OK"),
+        "{v:?}"
+    );
+    let lint = tool(
+        &meterpki_tests::pkilint().replace("lint_pkix_cert", "lint_crl"),
+        &["lint", "-t", "ARL", "-p", "PKIX", "-s", "WARNING", &arl],
+        &[],
+    );
+    assert!(
+        lint.code == 0 && lint.stdout.trim().is_empty(),
+        "pkilint on the ARL: {}{}",
+        lint.stdout,
+        lint.stderr
+    );
     // The audit signer is certified by the root too.
     let audit = s.path("h/ca/audit.pem").display().to_string();
     assert_eq!(

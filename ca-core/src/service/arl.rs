@@ -123,8 +123,27 @@ impl Service {
         } else {
             None
         };
+        // The name: the profile's, else meterpki.toml's (`ca.<kind>_subject`) or the default;
+        // never two different ones.
+        let subject = match (profile.subject(), self.config.ca.explicit_subject(kind)) {
+            (Some(p), Some(c)) if p != c => {
+                return Err(ServiceError::invalid(
+                    "config",
+                    format!(
+                        "profile `{name}` names the subject {p:?} but meterpki.toml's ca section names {c:?}: keep one"
+                    ),
+                ))
+            }
+            (Some(p), _) => {
+                crate::certs::parse_name(p).map_err(|e| {
+                    ServiceError::invalid("profile", format!("profile `{name}`, field `subject`: {e}"))
+                })?;
+                p.to_string()
+            }
+            (None, _) => self.config.ca.subject(kind),
+        };
         Ok(CaCertSpec {
-            subject: self.config.ca.subject(kind),
+            subject,
             validity_days: days,
             path_len: profile.path_len().unwrap_or(0),
             policies,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::{Actor, Service, ServiceError};
+use crate::crl::CrlScope;
 use crate::hsm::HsmToken;
 use crate::signer::{verify_signature_fast, Signer};
 use crate::CaKind;
@@ -108,8 +109,9 @@ impl Service {
         })
     }
 
-    /// Publishes every CRL of each issuing CA whose set is incomplete or past half its
-    /// lifetime (a server that was down for a while, a home restored from a backup).
+    /// Publishes every CRL of each issuing CA whose set is incomplete, past half its lifetime
+    /// (a server that was down for a while) or behind the store's revocations (a crash between
+    /// a revocation and its publication).
     pub fn publish_stale_crls(
         &self,
         actor: &Actor,
@@ -124,11 +126,15 @@ impl Service {
             let dir = self.crl_dir().join(kind.name());
             let mut scopes = crate::crl::all_scopes(&settings, true);
             scopes.dedup();
+            let revoked = self.store()?.revoked_of_issuer(kind)?.len();
             let stale = scopes.iter().any(|scope| {
                 let facts = std::fs::read(dir.join(scope.file_name(kind)))
                     .ok()
                     .and_then(|der| crate::crl::CrlFacts::parse(&der).ok());
                 match facts {
+                    // A revocation committed but not published (a crash between the two):
+                    // the full CRL lists fewer than the store holds.
+                    Some(f) if *scope == CrlScope::Full && f.entries < revoked => true,
                     Some(f) => match f.next_update {
                         Some(next) => now >= f.this_update + (next - f.this_update) / 2,
                         None => true,

@@ -290,6 +290,23 @@ impl Service {
                 if let Some(w) = crl_warning(kind, &file, &facts, now) {
                     warnings.push(w);
                 }
+                if matches!(file.as_str(), "full.crl" | "arl.crl") {
+                    // A revocation committed but never published (a crash between the two, a
+                    // `--no-publish`): relying parties do not see it yet.
+                    let stored = self.store()?.revoked_of_issuer(kind)?.len();
+                    if facts.entries < stored {
+                        warnings.push(format!(
+                            "{}/{file} lists {} revocations but the store holds {stored}: {}",
+                            kind.name(),
+                            facts.entries,
+                            if kind == CaKind::Root {
+                                "run `meterpki ceremony root-crl --share ...`"
+                            } else {
+                                "run `meterpki crl publish` (a starting server does it)"
+                            }
+                        ));
+                    }
+                }
                 crls.push(CrlStatus {
                     issuer: kind.name().to_string(),
                     file,

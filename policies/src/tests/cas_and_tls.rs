@@ -133,3 +133,21 @@ fn path_len_is_forbidden_outside_cas() {
         refused(name, &[("path-len", Some("0"))], "path-len");
     }
 }
+
+#[test]
+fn a_ca_profile_may_name_its_subject_and_nothing_else_may() {
+    let p = load_edited("device-ca", &[("subject", Some("\"CN=MDCA2\""))]).expect("valid");
+    assert_eq!(p.subject(), Some("CN=MDCA2"));
+    assert_eq!(
+        load_edited("root-ca", &[]).expect("shipped").subject(),
+        None,
+        "the shipped profiles leave the name to meterpki.toml"
+    );
+    let e = refused("meter-signing", &[("subject", Some("\"CN=x\""))], "subject");
+    assert!(e.reason.contains("only CA profiles"), "{e}");
+    refused(
+        "access-ca",
+        &[("subject", Some("\"not a name\""))],
+        "subject",
+    );
+}

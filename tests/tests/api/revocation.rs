@@ -234,6 +234,37 @@ fn every_chain_passes_crl_check_all_and_a_revocation_fails_the_next_check() {
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     s.run("h", &args).ok();
+    // The ARL that lists it: signed by the root, clean by pkilint's ARL rules.
+    let arl = s.path("arl.pem").display().to_string();
+    tool(
+        "openssl",
+        &[
+            "crl",
+            "-inform",
+            "DER",
+            "-in",
+            &s.path("h/crl/root/arl.crl").display().to_string(),
+            "-out",
+            &arl,
+        ],
+        &[],
+    )
+    .ok();
+    let text = tool("openssl", &["crl", "-in", &arl, "-noout", "-text"], &[])
+        .ok()
+        .stdout;
+    assert!(text.contains("CA Compromise"), "{text}");
+    let lint = tool(
+        &meterpki_tests::pkilint().replace("lint_pkix_cert", "lint_crl"),
+        &["lint", "-t", "ARL", "-p", "PKIX", "-s", "WARNING", &arl],
+        &[],
+    );
+    assert!(
+        lint.code == 0 && lint.stdout.trim().is_empty(),
+        "{}{}",
+        lint.stdout,
+        lint.stderr
+    );
     let srv = Server::start_with(s, &["--crl-listen", &crl_listen]);
     let r = verify(s, "organisation", &f.signer, &[]).fails(2, "certificate revoked");
     assert!(r.stderr.contains("at 1 depth"), "{}", r.stderr);
