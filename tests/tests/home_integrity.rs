@@ -100,6 +100,12 @@ fn a_missing_foreign_or_older_store_is_refused_by_every_command() {
     every_command_refuses(&s, "belongs to another home");
     std::fs::remove_dir_all(s.path("h/store")).unwrap();
 
+    // The store and the audit log both removed: the root ceremony's record still says the
+    // home had them.
+    mv("h/audit", "h-audit");
+    every_command_refuses(&s, "has a root CA");
+    mv("h-audit", "h/audit");
+
     // Its own store again: everything works, nothing was lost.
     mv("h-store", "h/store");
     s.run("h", &["status"]).ok();

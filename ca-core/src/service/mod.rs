@@ -218,6 +218,13 @@ impl Service {
         };
         if let Some(dir) = crate::store::embedded_dir(&self.config.store, &self.home) {
             let empty = std::fs::read_dir(&dir).map_or(true, |mut d| d.next().is_none());
+            if empty && self.home.root_ceremony().exists() {
+                return Err(refuse(format!(
+                    "the store {} is missing or empty, but the home has a root CA ({}) whose ceremony was committed to it",
+                    dir.display(),
+                    self.home.root_ceremony().display()
+                )));
+            }
             if empty {
                 crate::audit::check_store_matches(&log, None).map_err(|_| {
                     refuse(format!(
@@ -230,7 +237,16 @@ impl Service {
             }
         }
         let store = crate::store::open(&self.config.store, &self.home)?;
-        crate::audit::check_store_matches(&log, store.audit_head()?.as_ref()).map_err(refuse)?;
+        let head = store.audit_head()?;
+        crate::audit::check_store_matches(&log, head.as_ref()).map_err(refuse)?;
+        // A home with a root has committed its root ceremony: a store (and log) that never
+        // committed anything were both replaced or removed.
+        if head.is_none() && self.home.root_ceremony().exists() {
+            return Err(refuse(format!(
+                "the home has a root CA ({}) but its store has committed nothing: the store and the audit log were removed or replaced",
+                self.home.root_ceremony().display()
+            )));
+        }
         Ok(self.store.get_or_init(|| store).clone())
     }
 

@@ -410,9 +410,24 @@ mod tests {
 
     use super::*;
 
-    crate::store_conformance!(|dir: &Path| -> Arc<dyn Store> {
-        Arc::new(SledStore::open(dir).expect("opening the sled store"))
-    });
+    crate::store_conformance!(|dir: &Path| -> Arc<dyn Store> { Arc::new(reopen(dir)) });
+
+    /// Opens `dir`, waiting a little for a store this process just dropped: sled's flusher
+    /// thread may still hold the file lock for a moment (another process's exit releases it
+    /// at once, so only in-process reopening needs this).
+    fn reopen(dir: &Path) -> SledStore {
+        let mut tries = 0;
+        loop {
+            match SledStore::open(dir) {
+                Ok(s) => return s,
+                Err(StoreError::Backend { .. }) if tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("opening the sled store: {e:?}"),
+            }
+        }
+    }
 
     /// A store written by schema 1 (counters and the audit head in a tree of their own,
     /// certificates without hwType) opens upgraded, with nothing lost.
@@ -443,7 +458,7 @@ mod tests {
                 .unwrap();
             db.flush().unwrap();
         }
-        let s = SledStore::open(dir.path()).unwrap();
+        let s = reopen(dir.path());
         assert_eq!(s.counter("crl.shards").unwrap(), Some(16));
         assert_eq!(s.reserve("tamp.seq", 1).unwrap(), 42);
         assert_eq!(
@@ -460,7 +475,7 @@ mod tests {
         assert_eq!(s.meta(SCHEMA).unwrap(), Some(SCHEMA_VERSION));
         drop(s);
         // Opening again changes nothing.
-        let s = SledStore::open(dir.path()).unwrap();
+        let s = reopen(dir.path());
         assert_eq!(s.cert(&[0x42, 1]).unwrap(), Some(rec));
     }
 
@@ -474,7 +489,15 @@ mod tests {
                 .unwrap();
             s.flush().unwrap();
         }
-        let e = SledStore::open(dir.path()).unwrap_err();
+        // (A lock still held by the dropped store's flusher is waited out.)
+        let mut e = SledStore::open(dir.path()).unwrap_err();
+        for _ in 0..50 {
+            if !matches!(e, StoreError::Backend { .. }) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            e = SledStore::open(dir.path()).unwrap_err();
+        }
         assert!(matches!(e, StoreError::Version { .. }), "{e}");
         assert!(e.to_string().contains("upgrade meterpki"), "{e}");
     }
