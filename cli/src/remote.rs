@@ -24,8 +24,24 @@ pub(crate) fn run(ctx: &Ctx, request: AdminRequest) -> Result<AdminAnswer> {
 /// The server's answer, or None when no server listens on this home.
 fn forward(home: &Home, request: &AdminRequest) -> Result<Option<AdminAnswer>> {
     let path = home.admin_socket();
-    let Ok(mut stream) = UnixStream::connect(&path) else {
-        return Ok(None);
+    let mut stream = match UnixStream::connect(&path) {
+        Ok(s) => s,
+        // No server (or one that stopped without removing its socket): run here.
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None)
+        }
+        Err(e) => {
+            anyhow::bail!(
+                "{} exists but cannot be reached ({e}): is `meterpki serve` run by another OS user? \
+                 Run this command as the server's user",
+                path.display()
+            )
+        }
     };
     tracing::info!(socket = %path.display(), "a server holds this home's store: the command runs there");
     // A revocation publishes CRLs before it answers; the HSM's own timeout bounds that.

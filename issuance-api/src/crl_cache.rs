@@ -1,5 +1,5 @@
 //! Published CRLs as relying parties fetch them: read once per file version (a publication
-//! renames a new file into place, so the modification time and size tell a new version) and
+//! renames a new file into place, so its inode, modification time and size tell a new version) and
 //! answered with the headers HTTP caches need: `application/pkix-crl`, `ETag` (and 304 for
 //! `If-None-Match`), `Last-Modified` from thisUpdate, `Expires` and `Cache-Control` from
 //! nextUpdate (RFC 5280 §4.2.1.13 relying parties fetch CRLs over plain HTTP; RFC 9111 caches).
@@ -15,11 +15,13 @@ use axum::response::{IntoResponse, Response};
 /// One CRL file's current content and its HTTP metadata.
 #[derive(Debug)]
 pub(crate) struct CachedCrl {
-    version: (SystemTime, u64),
+    version: (SystemTime, u64, u64),
     der: axum::body::Bytes,
     etag: String,
     this_update: i64,
     next_update: Option<i64>,
+    /// What the CRL says of itself.
+    pub(crate) facts: ca_core::crl::CrlFacts,
 }
 
 /// The CRLs read so far, by path.
@@ -40,7 +42,13 @@ impl CrlCache {
     /// The CRL at `path` as published now, or None when there is none.
     pub(crate) async fn get(&self, path: &Path) -> Option<Arc<CachedCrl>> {
         let meta = tokio::fs::metadata(path).await.ok()?;
-        let version = (meta.modified().ok()?, meta.len());
+        // A publication renames a new file into place: a new inode, whatever the clock's
+        // resolution and the size.
+        let version = (
+            meta.modified().ok()?,
+            meta.len(),
+            std::os::unix::fs::MetadataExt::ino(&meta),
+        );
         if let Some(c) = self
             .files
             .lock()
@@ -61,6 +69,7 @@ impl CrlCache {
             der: der.into(),
             this_update: facts.this_update,
             next_update: facts.next_update,
+            facts,
         });
         self.files
             .lock()

@@ -120,22 +120,40 @@ fn a_record_appended_by_hand_is_named_before_and_after_the_next_append() {
     let log = s.path("h/audit/audit.log");
     let text = std::fs::read_to_string(&log).unwrap();
     let last: ca_core::AuditRecord = serde_json::from_str(text.lines().last().unwrap()).unwrap();
-    let mut forged = ca_core::AuditRecord {
-        seq: last.seq + 1,
-        time: last.time.clone(),
-        event: "account.add".into(),
-        actor: "mallory".into(),
-        details: serde_json::json!({"name": "backdoor", "role": "operator"}),
-        prev: last.hash.clone(),
-        hash: String::new(),
-        sig: None,
+    // Four records, chained; three carry a signature the audit key never made (one interrupted
+    // write leaves at most three of its own past the store's head, so these also test that
+    // forged records do not make the store look older than the log).
+    let mut text = text;
+    let mut prev = last.clone();
+    let mut forged_seqs = Vec::new();
+    for i in 0..4u64 {
+        let mut r = ca_core::AuditRecord {
+            seq: prev.seq + 1,
+            time: prev.time.clone(),
+            event: if i == 0 {
+                "account.add".into()
+            } else {
+                "crl.publish".into()
+            },
+            actor: "mallory".into(),
+            details: serde_json::json!({"name": "backdoor", "role": "operator", "crls": [{"issuer": "device", "scope": "0", "crl_number": 999, "entries": 0}], "store_certificates": 99999}),
+            prev: prev.hash.clone(),
+            hash: String::new(),
+            sig: (i > 0).then(|| "MEUCIQD7".to_string()),
+        };
+        r.hash = r.compute_hash();
+        text.push_str(&serde_json::to_string(&r).unwrap());
+        text.push('\n');
+        forged_seqs.push(r.seq);
+        prev = r;
+    }
+    let forged = ca_core::AuditRecord {
+        seq: forged_seqs[0],
+        ..last.clone()
     };
-    forged.hash = forged.compute_hash();
-    std::fs::write(
-        &log,
-        format!("{text}{}\n", serde_json::to_string(&forged).unwrap()),
-    )
-    .unwrap();
+    std::fs::write(&log, &text).unwrap();
+    // Every command still runs (the forgeries prove nothing about the store).
+    s.run("h", &["status"]).ok();
     let named = format!(
         "record {} (account.add) is not signed by the audit key",
         forged.seq
@@ -171,9 +189,20 @@ fn a_record_appended_by_hand_is_named_before_and_after_the_next_append() {
     let at = forged.seq as usize;
     assert_eq!(
         &events[at - 1..],
-        ["account.add", ca_core::FOREIGN_EVENT, "supplier.register"],
+        [
+            "account.add",
+            "crl.publish",
+            "crl.publish",
+            "crl.publish",
+            ca_core::FOREIGN_EVENT,
+            "supplier.register"
+        ],
         "{events:?}"
     );
+    let note = &list.as_array().unwrap()[at + 3];
+    assert_eq!(note["details"]["records"], serde_json::json!(forged_seqs));
+    // The forged publication's numbers are not held against the store.
+    s.run("h", &["status"]).ok();
     // The forged record changed nothing: there is no such account.
     let accounts = s.run("h", &["account", "list", "--json"]).ok().stdout;
     assert!(!accounts.contains("backdoor"), "{accounts}");

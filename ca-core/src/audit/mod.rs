@@ -120,6 +120,18 @@ impl AuditRecord {
         hex::encode(Sha256::digest(bytes))
     }
 
+    /// True when the record carries a signature by `key` over its sequence number and hash.
+    pub fn signature_verifies(&self, key: &spki::SubjectPublicKeyInfoOwned) -> bool {
+        use base64::Engine as _;
+        self.sig
+            .as_deref()
+            .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+            .is_some_and(|sig| {
+                crate::signer::verify_signature(key, &head_message(self.seq, &self.hash), &sig)
+                    .is_ok()
+            })
+    }
+
     /// This record as a head.
     pub fn head(&self) -> AuditHead {
         AuditHead {
@@ -289,19 +301,60 @@ const MAX_UNCOMMITTED: u64 = 3;
 pub(crate) fn check_store_matches(
     log_path: &Path,
     store_head: Option<&AuditHead>,
+    audit_key: Option<&spki::SubjectPublicKeyInfoOwned>,
 ) -> Result<(), String> {
-    let text = match std::fs::read(log_path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = match File::open(log_path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return check_tail(log_path, store_head, audit_key, &[], false, 0)
+        }
         // A log that cannot be read cannot be written either: the change fails there, with
         // the audit log's own error.
         Err(_) => return Ok(()),
     };
-    let torn = !text.is_empty() && !text.ends_with(b"\n");
-    let records: Vec<AuditRecord> = text
-        .split(|b| *b == b'\n')
-        .filter_map(|l| serde_json::from_slice(l).ok())
-        .collect();
+    let Ok(len) = file.metadata().map(|m| m.len()) else {
+        return Ok(());
+    };
+    // The head is almost always among the last records: read the end of the log, more of it
+    // only while the head is not found (the whole log at most, when it is not there at all).
+    let mut window: u64 = 64 * 1024;
+    loop {
+        let start = len.saturating_sub(window);
+        let mut tail = Vec::new();
+        if file.seek(SeekFrom::Start(start)).is_err() || file.read_to_end(&mut tail).is_err() {
+            return Ok(());
+        }
+        let torn = !tail.is_empty() && !tail.ends_with(b"\n");
+        let mut lines: Vec<&[u8]> = tail.split(|b| *b == b'\n').collect();
+        if start > 0 && !lines.is_empty() {
+            lines.remove(0);
+        }
+        let records: Vec<AuditRecord> = lines
+            .iter()
+            .filter_map(|l| serde_json::from_slice(l).ok())
+            .collect();
+        let found = match store_head {
+            None => !records.is_empty(),
+            Some(h) => records.iter().any(|r| r.seq == h.seq && r.hash == h.hash),
+        };
+        if found || start == 0 {
+            return check_tail(log_path, store_head, audit_key, &records, torn, start);
+        }
+        window = window.saturating_mul(2);
+    }
+}
+
+/// [`check_store_matches`] on the records at the end of the log (all of them when `start` is
+/// 0).
+fn check_tail(
+    log_path: &Path,
+    store_head: Option<&AuditHead>,
+    audit_key: Option<&spki::SubjectPublicKeyInfoOwned>,
+    records: &[AuditRecord],
+    torn: bool,
+    start: u64,
+) -> Result<(), String> {
     let last_seq = records.last().map_or(0, |r| r.seq);
     let Some(head) = store_head else {
         if last_seq > MAX_UNCOMMITTED {
@@ -317,7 +370,7 @@ pub(crate) fn check_store_matches(
         .iter()
         .rposition(|r| r.seq == head.seq && r.hash == head.hash)
     else {
-        return Err(if records.is_empty() {
+        return Err(if records.is_empty() && start == 0 {
             format!(
                 "the store committed audit record {} but the audit log {} is missing or empty",
                 head.seq,
@@ -341,15 +394,24 @@ pub(crate) fn check_store_matches(
             )
         });
     };
-    // Records past the head that meterpki signed were committed by a store this one is older
-    // than (one interrupted write leaves at most a few).
-    let later_signed = records[pos + 1..]
-        .iter()
-        .filter(|r| r.sig.is_some())
-        .count() as u64;
-    let later = (records.len() - pos - 1) as u64;
-    let signing = records.iter().any(|r| r.sig.is_some());
-    if (signing && later_signed > MAX_UNCOMMITTED) || (!signing && later > MAX_UNCOMMITTED) {
+    // Records past the head that chain to it and that the audit key signed were written by
+    // meterpki: more of them than one interrupted write leaves were committed by a store this
+    // one is older than. Lines that do not chain, and records the key did not sign, are
+    // someone else's (the writer keeps and names those); they prove nothing about the store.
+    let mut prev = head.clone();
+    let mut later = 0u64;
+    for r in &records[pos + 1..] {
+        if r.compute_hash() != r.hash || r.seq != prev.seq + 1 || r.prev != prev.hash {
+            break;
+        }
+        prev = r.head();
+        // Without an audit key yet (before the root ceremony) every chained record counts.
+        let ours = audit_key.is_none_or(|key| r.signature_verifies(key));
+        if ours {
+            later += 1;
+        }
+    }
+    if later > MAX_UNCOMMITTED {
         return Err(format!(
             "the store is older than the audit log {}: its last committed record is #{}, but the log goes on to #{last_seq} \
              (a store restored from a backup, or copied from an earlier state of this home)",
@@ -358,4 +420,78 @@ pub(crate) fn check_store_matches(
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A log of `n` chained records (checked here without an audit key, as before a root
+    /// ceremony: every chained record counts).
+    fn log_of(n: u64) -> (tempfile::TempDir, PathBuf, Vec<AuditRecord>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let mut prev = GENESIS.to_string();
+        let mut out = Vec::new();
+        let mut text = String::new();
+        for seq in 1..=n {
+            let mut r = AuditRecord {
+                seq,
+                time: "2026-12-01T00:00:00Z".into(),
+                event: "test".into(),
+                actor: "t".into(),
+                details: serde_json::json!({"pad": "x".repeat(200)}),
+                prev: prev.clone(),
+                hash: String::new(),
+                sig: None,
+            };
+            r.hash = r.compute_hash();
+            prev = r.hash.clone();
+            text.push_str(&serde_json::to_string(&r).unwrap());
+            text.push('\n');
+            out.push(r);
+        }
+        std::fs::write(&path, text).unwrap();
+        (dir, path, out)
+    }
+
+    /// The store's head found deep in a long log (past the first window read) makes the store
+    /// older than the log; at the end it matches; a head from elsewhere, or none, is refused.
+    #[test]
+    fn the_store_is_held_to_the_log_however_long_it_is() {
+        let (_dir, path, recs) = log_of(3000);
+        let last = recs.last().unwrap().head();
+        assert_eq!(check_store_matches(&path, Some(&last), None), Ok(()));
+        let near = recs[recs.len() - 3].head();
+        assert_eq!(
+            check_store_matches(&path, Some(&near), None),
+            Ok(()),
+            "a crash's leftovers"
+        );
+        let deep = recs[100].head();
+        let e = check_store_matches(&path, Some(&deep), None).unwrap_err();
+        assert!(e.contains("older than the audit log"), "{e}");
+        let foreign = AuditHead {
+            seq: 2000,
+            hash: "ab".repeat(32),
+        };
+        let e = check_store_matches(&path, Some(&foreign), None).unwrap_err();
+        assert!(e.contains("another home"), "{e}");
+        let e = check_store_matches(&path, None, None).unwrap_err();
+        assert!(e.contains("committed nothing"), "{e}");
+        let ahead = AuditHead {
+            seq: 3005,
+            hash: "cd".repeat(32),
+        };
+        let e = check_store_matches(&path, Some(&ahead), None).unwrap_err();
+        assert!(e.contains("record 3001 was removed"), "{e}");
+        let missing = path.with_file_name("none.log");
+        let e = check_store_matches(&missing, Some(&last), None).unwrap_err();
+        assert!(e.contains("missing or empty"), "{e}");
+        assert_eq!(
+            check_store_matches(&missing, None, None),
+            Ok(()),
+            "a new home"
+        );
+    }
 }

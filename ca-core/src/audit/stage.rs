@@ -124,7 +124,7 @@ impl AuditStage for FileStage<'_> {
                 AuditEntry::new(
                     super::FOREIGN_EVENT,
                     "meterpki",
-                    serde_json::json!({"records": end.foreign, "reason": "past the store's committed head and not signed by the audit key"}),
+                    serde_json::json!({"records": end.foreign, "void": end.void, "reason": "past the store's committed head and not signed by the audit key; `void`: records of writes the store never committed"}),
                 ),
             )?;
             head = Some(note.head());
@@ -199,6 +199,8 @@ struct End {
     /// Records past the store's head that the audit key did not sign (kept, and named in a
     /// note).
     foreign: Vec<u64>,
+    /// This log's own records past the head, kept beside foreign ones: never committed.
+    void: Vec<u64>,
 }
 
 /// Finds the store's last committed record at the end of the log. What follows it — a line cut
@@ -249,6 +251,7 @@ fn settle(
             head: last,
             uncommitted: 0,
             foreign: Vec::new(),
+            void: Vec::new(),
         }));
     };
     let Some(pos) = lines
@@ -273,6 +276,10 @@ fn settle(
     // names it for good, and the next record chains after it.
     let mut prev = head.clone();
     let mut foreign = Vec::new();
+    let mut ours = Vec::new();
+    // Only once the log is signed can an unsigned record be told from an uncommitted one
+    // written by an earlier version (which the next write removes as before).
+    let signing = parse(lines[pos].0).is_some_and(|r| r.sig.is_some());
     for (l, _) in &lines[pos + 1..] {
         let rec = parse(l)
             .filter(|r| r.compute_hash() == r.hash && r.seq == prev.seq + 1 && r.prev == prev.hash)
@@ -282,19 +289,21 @@ fn settle(
                     prev.seq
                 ))
             })?;
-        if let Some(signer) = &log.signer {
-            if !signed_by(&rec, signer.as_ref()) {
-                foreign.push(rec.seq);
-            }
+        match &log.signer {
+            Some(signer) if signing && !signed_by(&rec, signer.as_ref()) => foreign.push(rec.seq),
+            _ => ours.push(rec.seq),
         }
         prev = rec.head();
     }
     if !foreign.is_empty() {
+        // Everything stays; the note names the foreign records and, as void, this log's own
+        // records among them that the store never committed.
         return Ok(Some(End {
             keep: start + complete_end as u64,
             head: Some(prev),
             uncommitted: 0,
             foreign,
+            void: ours,
         }));
     }
     Ok(Some(End {
@@ -302,6 +311,7 @@ fn settle(
         head: Some(head.clone()),
         uncommitted: (lines.len() - pos - 1) as u64,
         foreign,
+        void: Vec::new(),
     }))
 }
 

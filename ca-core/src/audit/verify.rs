@@ -23,6 +23,9 @@ pub struct AuditReport {
     pub signed_heads: u64,
     /// Records no valid signature covers (0 when the log is intact).
     pub uncovered: u64,
+    /// Signed records of writes that never reached the store, kept (and named void in a signed
+    /// note) because records someone else wrote follow or precede them.
+    pub void_records: u64,
     /// The last record's seq and hash.
     pub head: Option<(u64, String)>,
     /// Records after the store's committed head: written by a write whose store change never
@@ -63,27 +66,59 @@ impl AuditLog {
             records: 0,
             signed_heads: 0,
             uncovered: 0,
+            void_records: 0,
             head: None,
             uncommitted: 0,
             torn_tail_bytes: torn,
             problem: None,
         };
+        // Records a writer found past the store's head without the audit key's signature (kept
+        // as evidence, named in a signed note) and records of a write that never reached the
+        // store kept with them (void).
+        let mut notes = Notes::default();
+        for rec in lines
+            .iter()
+            .filter_map(|l| serde_json::from_str::<AuditRecord>(l).ok())
+            .filter(|r| r.event == super::FOREIGN_EVENT)
+            .filter(|r| audit_key.is_some_and(|k| r.signature_verifies(k)))
+        {
+            let seqs = |field: &str| -> Vec<u64> {
+                rec.details[field]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(serde_json::Value::as_u64)
+                    .collect()
+            };
+            for s in seqs("records") {
+                notes.foreign.insert(s, rec.seq);
+            }
+            notes.void.extend(seqs("void"));
+        }
         let mut prev = GENESIS.to_string();
         let mut hashes = Vec::with_capacity(lines.len());
         let mut cover = Coverage::default();
+        let mut problems = Vec::new();
         for (i, line) in lines.iter().enumerate() {
-            if let Err(msg) = check_line(
+            match check_line(
                 i + 1,
                 line,
                 &prev,
                 &present,
                 audit_key,
+                &notes,
                 &mut cover,
                 &mut report,
             ) {
-                report.ok = false;
-                report.problem = Some(msg);
-                return Ok(report);
+                Ok(None) => {}
+                // Named, and the rest of the log is still checked.
+                Ok(Some(msg)) => problems.push(msg),
+                Err(msg) => {
+                    problems.push(msg);
+                    report.ok = false;
+                    report.problem = Some(summary(&problems));
+                    return Ok(report);
+                }
             }
             prev = report
                 .head
@@ -92,17 +127,21 @@ impl AuditLog {
                 .unwrap_or_default();
             hashes.push(prev.clone());
         }
+        report.void_records = notes.void.len() as u64;
         // Records after the last signature: nobody with the HSM vouched for them.
         if audit_key.is_some() {
             if let Some((seq, event)) = &cover.first_uncovered {
                 report.uncovered = report.records - cover.covered_to;
-                report.ok = false;
-                report.problem = Some(format!(
+                problems.push(format!(
                     "record {seq} ({event}) is not covered by a valid signature of the audit key{}: it was not written by meterpki (added by hand?)",
                     if report.uncovered > 1 { format!(", nor are the {} after it", report.uncovered - 1) } else { String::new() }
                 ));
-                return Ok(report);
             }
+        }
+        if !problems.is_empty() {
+            report.ok = false;
+            report.problem = Some(summary(&problems));
+            return Ok(report);
         }
         if let Some(store) = &self.store {
             if let Some(head) = store.audit_head()? {
@@ -146,16 +185,38 @@ struct Coverage {
     first_uncovered: Option<(u64, String)>,
 }
 
-/// Checks line `n` (which must hold record `n`) against the hash before it.
+/// What signed notes say of other records.
+#[derive(Default)]
+struct Notes {
+    /// Records written by someone else, and the note that names each.
+    foreign: std::collections::HashMap<u64, u64>,
+    /// Signed records of writes that never reached the store, kept beside foreign ones.
+    void: HashSet<u64>,
+}
+
+/// The first problem, and how many more there are.
+fn summary(problems: &[String]) -> String {
+    match problems {
+        [one] => one.clone(),
+        [first, rest @ ..] => format!("{first} (and {} more problem(s))", rest.len()),
+        [] => String::new(),
+    }
+}
+
+/// Checks line `n` (which must hold record `n`) against the hash before it. `Err`: the chain
+/// is broken here and nothing after it can be checked; `Ok(Some)`: this record is named (not
+/// signed by the audit key, or wrongly signed) and the chain goes on.
+#[allow(clippy::too_many_arguments)]
 fn check_line(
     n: usize,
     line: &str,
     prev: &str,
     present: &HashSet<u64>,
     audit_key: Option<&SubjectPublicKeyInfoOwned>,
+    notes: &Notes,
     cover: &mut Coverage,
     report: &mut AuditReport,
-) -> Result<(), String> {
+) -> Result<Option<String>, String> {
     // Records are numbered from 1 with no gap, so line n must hold record n.
     let expected_seq = n as u64;
     let rec: AuditRecord = serde_json::from_str(line).map_err(|e| {
@@ -192,37 +253,37 @@ fn check_line(
             expected_seq - 1
         ));
     }
+    report.records += 1;
+    report.head = Some((rec.seq, rec.hash.clone()));
+    if let Some(note) = notes.foreign.get(&rec.seq) {
+        return Ok(Some(format!(
+            "line {n}: record {} ({}) is not signed by the audit key: it was not written by meterpki (found past the store's head by the write of record {note})",
+            rec.seq, rec.event
+        )));
+    }
     let mut covers = false;
     match &rec.sig {
-        Some(sig) => {
+        Some(_) => {
             let key = audit_key.ok_or_else(|| {
                 format!(
                     "line {n}: record {} is signed, but the audit signer's certificate (ca/audit.pem) is missing: its signatures cannot be checked",
                     rec.seq
                 )
             })?;
-            let sig = base64::engine::general_purpose::STANDARD
-                .decode(sig)
-                .map_err(|e| {
-                    format!(
-                        "line {n}: record {}: its signature is not base64: {e}",
-                        rec.seq
-                    )
-                })?;
-            verify_signature(key, &head_message(rec.seq, &rec.hash), &sig).map_err(|e| {
-                format!(
-                    "line {n}: record {} ({}): its signature does not verify with the audit key: it was altered or forged ({e})",
+            if !rec.signature_verifies(key) {
+                return Ok(Some(format!(
+                    "line {n}: record {} ({}): its signature does not verify with the audit key: it was altered or forged",
                     rec.seq, rec.event
-                )
-            })?;
+                )));
+            }
             cover.signing = true;
             covers = true;
         }
         None if cover.signing && audit_key.is_some() => {
-            return Err(format!(
+            return Ok(Some(format!(
                 "line {n}: record {} ({}) is not signed by the audit key: it was not written by meterpki (added by hand?)",
                 rec.seq, rec.event
-            ));
+            )));
         }
         None => {}
     }
@@ -238,9 +299,7 @@ fn check_line(
     } else if cover.first_uncovered.is_none() {
         cover.first_uncovered = Some((rec.seq, rec.event.clone()));
     }
-    report.records += 1;
-    report.head = Some((rec.seq, rec.hash));
-    Ok(())
+    Ok(None)
 }
 
 fn check_head_signature(

@@ -276,9 +276,22 @@ impl Service {
             let cert = certificate_from_pem(&pem)
                 .map_err(|e| ServiceError::Internal(format!("reading {}: {e}", path.display())))?;
             let rec = Self::root_issued_record(subject, &profile, &cert)?;
-            if store.cert(&rec.serial)?.is_none() {
-                out.push((rec, false));
+            if store.cert(&rec.serial)?.is_some() {
+                continue;
             }
+            if let Some(other) = store.active_cert(&rec.subject_id, &rec.profile)? {
+                return Err(ServiceError::conflict(
+                    "ca-certificate",
+                    format!(
+                        "{} is not the {} certificate the store records (serial {}): put the recorded one back ({})",
+                        path.display(),
+                        rec.profile,
+                        other.serial_hex(),
+                        "meterpki show --serial <serial> prints it"
+                    ),
+                ));
+            }
+            out.push((rec, false));
         }
         Ok(out)
     }
@@ -419,6 +432,13 @@ impl Service {
             });
         let info = CertInfo::of(&cert);
         let (applied, _) = self.audit()?.commit(txn, |applied| {
+            if !matches!(
+                applied.revoked(1),
+                Some([crate::store::Revoked::Now(_) | crate::store::Revoked::Already(..)])
+            ) {
+                // Not in the store (it could not be recorded): nothing to record either.
+                return None;
+            }
             let already = matches!(
                 applied.revoked(1),
                 Some([crate::store::Revoked::Already(..)])
@@ -431,7 +451,13 @@ impl Service {
         })?;
         let status = match applied.revoked(1) {
             Some([crate::store::Revoked::Already(..)]) => "already-revoked",
-            _ => "revoked",
+            Some([crate::store::Revoked::Now(_)]) if applied.written => "revoked",
+            _ => {
+                return Err(ServiceError::Internal(format!(
+                    "the {kind} CA's certificate (serial {}) is not in the store, so it was not revoked",
+                    hex::encode(&serial)
+                )))
+            }
         };
         let published = self.arl_after_ceremony(actor, &root, "revoke-ca")?;
         Ok(json!({

@@ -340,6 +340,22 @@ impl Service {
                 ),
             ));
         }
+        // The store must not already record another certificate for this CA (its file was
+        // lost): the ARL could not list the new one, nor revoke the old.
+        if let Some(other) = self
+            .store()?
+            .active_cert(&ca_subject_id(kind), &format!("{}-ca", kind.name()))?
+        {
+            return Err(ServiceError::conflict(
+                "ca-exists",
+                format!(
+                    "the store records a {kind} CA certificate (serial {}) but {} is missing: put it back                      (`meterpki show --serial {}` prints it) rather than making a second {kind} CA",
+                    other.serial_hex(),
+                    home.ca_cert(kind).display(),
+                    other.serial_hex()
+                ),
+            ));
+        }
         let online = self.online()?;
         let label = kind.key_label();
         if online.find_key(&label)?.is_some() {

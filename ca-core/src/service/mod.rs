@@ -39,7 +39,7 @@ pub use issuance::{ApiBatch, BatchAnswer, BatchSummary, ItemResult};
 pub use meters::{parse_bulk_line, BulkMode, BulkSummary, MeterView};
 pub use revoke::{RevokeOutcome, RevokeRow, Selector};
 pub use server::{Readiness, ServerStart};
-pub use status::{CrlStatus, Status};
+pub use status::{crl_warning, CrlStatus, Status};
 pub use suppliers::{ChurnReport, SupplierRow};
 pub use views::CertView;
 
@@ -226,7 +226,7 @@ impl Service {
                 )));
             }
             if empty {
-                crate::audit::check_store_matches(&log, None).map_err(|_| {
+                crate::audit::check_store_matches(&log, None, None).map_err(|_| {
                     refuse(format!(
                         "the store {} is missing or empty, but the audit log {} records changes \
                          committed to it",
@@ -236,9 +236,11 @@ impl Service {
                 })?;
             }
         }
+        let audit_key = self.audit_public_key()?;
         let store = crate::store::open(&self.config.store, &self.home)?;
         let head = store.audit_head()?;
-        crate::audit::check_store_matches(&log, head.as_ref()).map_err(refuse)?;
+        crate::audit::check_store_matches(&log, head.as_ref(), audit_key.as_ref())
+            .map_err(refuse)?;
         // A home with a root has committed its root ceremony: a store (and log) that never
         // committed anything were both replaced or removed.
         if head.is_none() && self.home.root_ceremony().exists() {
@@ -248,6 +250,48 @@ impl Service {
             )));
         }
         Ok(self.store.get_or_init(|| store).clone())
+    }
+
+    /// The audit signer's public key, from `ca/audit.pem` checked against the root; None
+    /// before the root ceremony. A home with a root whose audit certificate is missing or not
+    /// the root's is refused: its log could be neither checked nor written.
+    fn audit_public_key(&self) -> Result<Option<spki::SubjectPublicKeyInfoOwned>, ServiceError> {
+        let path = self.home.audit_cert();
+        let has_root = self.home.root_ceremony().exists();
+        let refuse = |why: String| {
+            ServiceError::refused(
+                ErrorClass::Internal,
+                "audit-key",
+                format!(
+                    "{why}: the audit log can be neither checked nor written. Restore the file from a copy (it is public; `meterpki status` on a copy of the home shows it)"
+                ),
+            )
+        };
+        let pem = match std::fs::read_to_string(&path) {
+            Ok(p) => p,
+            Err(_) if !has_root => return Ok(None),
+            Err(e) => {
+                return Err(refuse(format!(
+                "the home has a root CA but its audit signer's certificate {} cannot be read ({e})",
+                path.display()
+            )))
+            }
+        };
+        let cert = certificate_from_pem(&pem)
+            .map_err(|e| refuse(format!("{} is not a certificate ({e})", path.display())))?;
+        if let Ok(root) = self.ca_cert(CaKind::Root) {
+            crate::certs::verify_certificate_signature(
+                &cert,
+                &root.tbs_certificate.subject_public_key_info,
+            )
+            .map_err(|e| {
+                refuse(format!(
+                    "{} is not signed by the root ({e})",
+                    path.display()
+                ))
+            })?;
+        }
+        Ok(Some(cert.tbs_certificate.subject_public_key_info))
     }
 
     /// Opens the store and checks it against the audit log (missing, foreign or older is
@@ -261,11 +305,13 @@ impl Service {
     /// writes nothing: the change fails).
     pub fn audit(&self) -> Result<AuditLog, ServiceError> {
         let log = self.audit_unsigned()?;
-        if !self.home.audit_cert().exists() {
-            return Ok(log);
-        }
         if let Some(s) = self.audit_key.get() {
             return Ok(log.with_signer(s.clone()));
+        }
+        // Before the root ceremony there is no audit key; after it, records are signed or not
+        // written (a missing ca/audit.pem does not switch signing off).
+        if !self.home.audit_cert().exists() && !self.home.root_ceremony().exists() {
+            return Ok(log);
         }
         let signer = self.audit_signer()?;
         let pem = std::fs::read_to_string(self.home.audit_cert())

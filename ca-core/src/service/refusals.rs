@@ -43,11 +43,12 @@ impl Service {
             let key = (event.to_string(), who.to_string());
             let within_budget = r.written < PER_MINUTE;
             let entry = r.callers.entry(key).or_insert((i64::MIN, 0));
-            if entry.0 == minute || !within_budget {
+            if entry.0 == minute {
                 entry.1 += 1;
-                if !within_budget {
-                    r.dropped += 1;
-                }
+                return;
+            }
+            if !within_budget {
+                r.dropped += 1;
                 return;
             }
             entry.0 = minute;

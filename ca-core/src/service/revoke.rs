@@ -110,6 +110,12 @@ impl Service {
         publish: bool,
     ) -> Result<RevokeOutcome, ServiceError> {
         authorize(actor, Action::Administer)?;
+        if !publish && matches!(reason, Reason::KeyCompromise | Reason::CaCompromise) {
+            return Err(ServiceError::invalid(
+                "publish",
+                format!("a {} revocation is always published at once", reason.name()),
+            ));
+        }
         let now = unix_now();
         check_invalidity_date(invalidity_date, now)?;
         let (serials, mut details) = match which {
@@ -210,9 +216,11 @@ impl Service {
             },
         )?;
         let outcomes = applied.revoked(0).unwrap_or_default();
-        let shards = shards_of(outcomes, false);
+        // Already-revoked ones too: a retry after a failed publication publishes.
+        let shards = shards_of(outcomes, true);
         let published = if publish && !shards.is_empty() {
-            self.publish_crls(actor, None, false, Some(&shards))?
+            self.publish_crls(actor, None, false, Some(&shards))
+                .map_err(|e| unpublished(outcomes.len(), &e))?
         } else {
             Vec::new()
         };
@@ -278,19 +286,10 @@ impl Service {
         // as soon as the revoker does. A compromise that could not be published is not
         // reported done: the caller hears it (the revocation itself stands, and the schedule
         // retries the publication).
-        let shards = shards_of(outcomes, false);
+        let shards = shards_of(outcomes, true);
         if !shards.is_empty() {
-            if let Err(e) =
-                self.publish_crls(&Actor::System("meterpki-serve"), None, false, Some(&shards))
-            {
-                if matches!(reason, Reason::KeyCompromise | Reason::CaCompromise) {
-                    return Err(ServiceError::Incomplete(format!(
-                        "certificate {} is revoked, but the CRLs could not be published ({e}); the server retries at its next scheduled publication",
-                        hex::encode(serial)
-                    )));
-                }
-                tracing::error!(error = %e, "publishing the CRLs after a revocation failed; the scheduled publication will retry");
-            }
+            self.publish_crls(&Actor::System("meterpki-serve"), None, false, Some(&shards))
+                .map_err(|e| unpublished(1, &e))?;
         }
         rows(outcomes, reason)
             .into_iter()
@@ -310,6 +309,16 @@ impl Service {
         }
         Ok(out)
     }
+}
+
+/// A revocation committed whose CRLs could not be published: said as such (a retry of the same
+/// revocation publishes them; so does `crl publish`, and a starting server).
+fn unpublished(count: usize, e: &ServiceError) -> ServiceError {
+    ServiceError::Incomplete(format!(
+        "the revocation is recorded ({count} certificate(s)), but its CRLs could not be published ({e}): \
+         relying parties do not see it yet. Revoke again (nothing is revoked twice; the CRLs are \
+         published) or run `meterpki crl publish`"
+    ))
 }
 
 /// An invalidityDate, when given, is not in the future.

@@ -181,10 +181,28 @@ impl Service {
         use crate::crl::{last_number, CrlScope};
         use std::collections::BTreeMap;
         let store = self.store()?;
+        // Only what the store committed (records up to its head), written by meterpki (signed,
+        // once the log is signed) and not named foreign or void by a writer's note.
+        let head = store.audit_head()?.map_or(0, |h| h.seq);
+        let signing = records.iter().any(|r| r.sig.is_some());
+        let void: std::collections::HashSet<u64> = records
+            .iter()
+            .filter(|r| r.event == crate::audit::FOREIGN_EVENT && r.sig.is_some())
+            .flat_map(|r| {
+                ["void", "records"]
+                    .iter()
+                    .flat_map(|f| r.details[*f].as_array().cloned().unwrap_or_default())
+                    .filter_map(|v| v.as_u64())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let records = records
+            .iter()
+            .filter(|r| r.seq <= head && (!signing || r.sig.is_some()) && !void.contains(&r.seq));
         let mut numbers: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
         let mut full_entries: BTreeMap<String, (u64, u64)> = BTreeMap::new();
         let mut certificates = (0, 0);
-        for r in records.iter().filter(|r| r.event == "crl.publish") {
+        for r in records.filter(|r| r.event == "crl.publish") {
             if let Some(n) = r.details["store_certificates"].as_u64() {
                 certificates = (n, r.seq);
             }
@@ -369,7 +387,12 @@ impl Service {
 /// What `status` and `/metrics` warn of for one CRL: past its nextUpdate (relying parties
 /// refuse everything below it), or for the root's ARL, which only a quorum can re-sign, less
 /// than a quarter of its lifetime left.
-fn crl_warning(kind: CaKind, file: &str, facts: &crate::crl::CrlFacts, now: i64) -> Option<String> {
+pub fn crl_warning(
+    kind: CaKind,
+    file: &str,
+    facts: &crate::crl::CrlFacts,
+    now: i64,
+) -> Option<String> {
     let next = facts.next_update?;
     let lifetime = (next - facts.this_update).max(1);
     if now >= next {

@@ -62,24 +62,36 @@ pub(super) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 
 pub(super) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let mut body = state.metrics.render(state.readiness.sessions());
-    // The CRLs' nextUpdate (the ARL's above all: only a quorum can re-sign it) and whether
-    // anything needs an operator soon.
-    let service = state.service.clone();
-    if let Ok(Ok((crls, warnings))) =
-        tokio::task::spawn_blocking(move || service.crl_status()).await
-    {
-        use std::fmt::Write;
-        let _ = writeln!(body, "# HELP meterpki_crl_next_update_timestamp_seconds nextUpdate of each published CRL (Unix seconds).\n# TYPE meterpki_crl_next_update_timestamp_seconds gauge");
-        for c in &crls {
-            if let Some(next) = c.facts.next_update {
-                let _ = writeln!(
-                    body,
-                    "meterpki_crl_next_update_timestamp_seconds{{issuer=\"{}\",crl=\"{}\"}} {next}",
-                    c.issuer, c.file
-                );
-            }
+    // The nextUpdate of the ARL (which only a quorum can re-sign) and of each issuer's full
+    // CRL, and how many of them need an operator soon; read through the CRL cache (one parse
+    // per published version), so a scrape costs no store read and no CRL parse.
+    use std::fmt::Write;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let mut lines = String::new();
+    let mut warnings = 0;
+    for kind in ca_core::CaKind::ALL {
+        let file = if kind == ca_core::CaKind::Root {
+            "arl.crl"
+        } else {
+            "full.crl"
+        };
+        let Some(path) = state.service.crl_file(kind.name(), file) else {
+            continue;
+        };
+        let Some(crl) = state.crls.get(&path).await else {
+            continue;
+        };
+        if let Some(next) = crl.facts.next_update {
+            let _ = writeln!(
+                lines,
+                "meterpki_crl_next_update_timestamp_seconds{{issuer=\"{}\",crl=\"{file}\"}} {next}",
+                kind.name()
+            );
         }
-        let _ = writeln!(body, "# HELP meterpki_crl_warnings CRLs that lapse soon or lapsed, or are missing (the ARL with less than a quarter of its lifetime left counts); see `meterpki status`.\n# TYPE meterpki_crl_warnings gauge\nmeterpki_crl_warnings {}", warnings.len());
+        if ca_core::service::crl_warning(kind, file, &crl.facts, now).is_some() {
+            warnings += 1;
+        }
     }
+    let _ = writeln!(body, "# HELP meterpki_crl_next_update_timestamp_seconds nextUpdate of the root's ARL and each issuer's full CRL (Unix seconds).\n# TYPE meterpki_crl_next_update_timestamp_seconds gauge\n{lines}# HELP meterpki_crl_warnings The ARL with less than a quarter of its lifetime left, or a CRL past its nextUpdate; see `meterpki status`.\n# TYPE meterpki_crl_warnings gauge\nmeterpki_crl_warnings {warnings}");
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
