@@ -43,6 +43,21 @@ fn audit_verify_names_the_first_altered_removed_or_reordered_record() {
     });
     s.run("edited", &["audit", "verify"])
         .fails(1, "line 2: record 2 (ceremony.root) was altered");
+    // ... and still after the next legitimate change.
+    s.run(
+        "edited",
+        &[
+            "supplier",
+            "register",
+            "--id",
+            "90-B3-D5-1F-30-00-00-0C",
+            "--name",
+            "C",
+        ],
+    )
+    .ok();
+    s.run("edited", &["audit", "verify"])
+        .fails(1, "line 2: record 2 (ceremony.root) was altered");
 
     tamper(&s, "deleted", |l| {
         l.remove(2);

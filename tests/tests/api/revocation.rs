@@ -123,6 +123,12 @@ fn fixture() -> Fixture {
         "line-1",
         &["--device-range", "00-DB-12-00-00-00-00-00/24"],
     );
+    s.account(
+        "h",
+        "factory",
+        "line-2",
+        &["--device-range", "00-DB-13-00-00-00-00-00/24"],
+    );
     Fixture {
         port,
         meter,
@@ -216,6 +222,42 @@ fn every_chain_passes_crl_check_all_and_a_revocation_fails_the_next_check() {
     assert!(code == 401 || code == 403, "{code} {body}");
     assert!(body.contains("account-disabled"), "{body}");
     verify(s, "access", &f.client, &[]).fails(2, "certificate revoked");
+
+    // A client certificate revoked through the API: refused on its next request.
+    let (code, _) = curl(
+        s,
+        &srv,
+        Some("line-2"),
+        "POST",
+        "/v1/batches",
+        Some(batch),
+        &[],
+    );
+    assert_ne!(code, 401);
+    let (code, body) = curl(
+        s,
+        &srv,
+        Some("ops"),
+        "POST",
+        &format!(
+            "/v1/certificates/{}/revoke",
+            serial_of(&s.path("creds/line-2.pem"))
+        ),
+        Some(r#"{"reason": "keyCompromise"}"#),
+        &[],
+    );
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = curl(
+        s,
+        &srv,
+        Some("line-2"),
+        "POST",
+        "/v1/batches",
+        Some(batch),
+        &[],
+    );
+    assert!(code == 401 || code == 403, "{code} {body}");
+    verify(s, "access", &s.path("creds/line-2.pem"), &[]).fails(2, "certificate revoked");
     assert_eq!(srv.stop(), 0);
 
     // The Organisation CA is compromised: the ARL lists it, and every certificate below it
