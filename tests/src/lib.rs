@@ -217,6 +217,73 @@ impl Scratch {
             .ok();
     }
 
+    /// `meterpki issue` of one certificate from a fresh openssl CSR: `meter-signing` for
+    /// `id` (an EUI-64 device ID), or `supplier-signing` for `id` as a supplier's entity ID
+    /// when `supplier` names it. The certificate goes to `out` (relative to the scratch
+    /// directory).
+    pub fn issue_one(&self, home: &str, id: &str, supplier: Option<&str>, out: &str) -> Run {
+        let (_, csr) = openssl_csr(&self.path(""), &format!("{home}-{id}-{out}"), "prime256v1");
+        let csr = csr.display().to_string();
+        let out = self.path(out).display().to_string();
+        let mut args = match supplier {
+            None => vec!["issue", "--profile", "meter-signing", "--device-id", id],
+            Some(name) => vec![
+                "issue",
+                "--profile",
+                "supplier-signing",
+                "--entity-id",
+                id,
+                "--name",
+                name,
+            ],
+        };
+        args.extend(["--csr", &csr, "--out", &out]);
+        self.run(home, &args)
+    }
+
+    /// `home`'s ARL in PEM (written beside it in the scratch directory), checked to be clean
+    /// by pkilint's ARL rules and signed by the root; returns its text form.
+    pub fn arl_linted(&self, home: &str) -> String {
+        let pem = self.path(&format!("{home}-arl.pem")).display().to_string();
+        let der = self
+            .path(&format!("{home}/crl/root/arl.crl"))
+            .display()
+            .to_string();
+        tool(
+            "openssl",
+            &["crl", "-inform", "DER", "-in", &der, "-out", &pem],
+            &[],
+        )
+        .ok();
+        let root = self
+            .path(&format!("{home}/ca/root.pem"))
+            .display()
+            .to_string();
+        let v = tool(
+            "openssl",
+            &["crl", "-in", &pem, "-CAfile", &root, "-noout"],
+            &[],
+        );
+        assert!(
+            v.stderr.contains("verify OK") || v.stdout.contains("verify OK"),
+            "{v:?}"
+        );
+        let lint = tool(
+            &pkilint().replace("lint_pkix_cert", "lint_crl"),
+            &["lint", "-t", "ARL", "-p", "PKIX", "-s", "WARNING", &pem],
+            &[],
+        );
+        assert!(
+            lint.code == 0 && lint.stdout.trim().is_empty(),
+            "pkilint on the ARL: {}{}",
+            lint.stdout,
+            lint.stderr
+        );
+        tool("openssl", &["crl", "-in", &pem, "-noout", "-text"], &[])
+            .ok()
+            .stdout
+    }
+
     /// The share file of officer `i` of `home`'s root ceremony.
     pub fn share(&self, home: &str, i: u8) -> PathBuf {
         self.path(&format!("{home}-shares/officer-{i}.share"))

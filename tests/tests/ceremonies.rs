@@ -128,41 +128,7 @@ fn full_hierarchy_verifies_with_openssl_and_keys_are_sensitive() {
         lint.stderr
     );
     // The root's ARL: signed by the root, a CRL by pkilint's ARL rules.
-    let arl = s.path("arl.pem").display().to_string();
-    tool(
-        "openssl",
-        &[
-            "crl",
-            "-inform",
-            "DER",
-            "-in",
-            &s.path("h/crl/root/arl.crl").display().to_string(),
-            "-out",
-            &arl,
-        ],
-        &[],
-    )
-    .ok();
-    let v = tool(
-        "openssl",
-        &["crl", "-in", &arl, "-CAfile", &root_pem, "-noout"],
-        &[],
-    );
-    assert!(
-        v.stderr.contains("verify OK") || v.stdout.contains("verify OK"),
-        "{v:?}"
-    );
-    let lint = tool(
-        &meterpki_tests::pkilint().replace("lint_pkix_cert", "lint_crl"),
-        &["lint", "-t", "ARL", "-p", "PKIX", "-s", "WARNING", &arl],
-        &[],
-    );
-    assert!(
-        lint.code == 0 && lint.stdout.trim().is_empty(),
-        "pkilint on the ARL: {}{}",
-        lint.stdout,
-        lint.stderr
-    );
+    s.arl_linted("h");
     // The audit signer is certified by the root too.
     let audit = s.path("h/ca/audit.pem").display().to_string();
     assert_eq!(

@@ -3,26 +3,12 @@
 //! published; a changed `crl.base_url` is refused, and the certificates already issued keep the
 //! CRL location they name.
 
-use meterpki_tests::{openssl_csr, tool, Scratch, Server};
+use meterpki_tests::{tool, Scratch, Server};
 
 const EXE: &str = env!("CARGO_BIN_EXE_meterpki-e2e");
 
 fn issue_meter(s: &Scratch, home: &str, id: &str, out: &str) -> meterpki_tests::Run {
-    let (_, csr) = openssl_csr(&s.path(""), &format!("{home}-{id}"), "prime256v1");
-    s.run(
-        home,
-        &[
-            "issue",
-            "--profile",
-            "meter-signing",
-            "--device-id",
-            id,
-            "--csr",
-            &csr.display().to_string(),
-            "--out",
-            out,
-        ],
-    )
+    s.issue_one(home, id, None, out)
 }
 
 /// What a user can see of `home` without its store: CRLs, the audit log, CA files.

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use meterpki_tests::{openssl_csr, tool, Run, Scratch};
+use meterpki_tests::{tool, Run, Scratch};
 
 use crate::support::{curl, Server, EXE};
 
@@ -64,44 +64,12 @@ struct Fixture {
 fn fixture() -> Fixture {
     let s = Scratch::new(EXE);
     let port = s.ceremonies_with_crl_port("h", 3, 2, &["device", "organisation", "access"]);
-    let (_, csr) = openssl_csr(&s.path(""), "meter", "prime256v1");
-    let meter = s.path("meter.pem");
-    s.run(
-        "h",
-        &[
-            "issue",
-            "--profile",
-            "meter-signing",
-            "--device-id",
-            "00-DB-12-34-56-78-90-01",
-            "--csr",
-            &csr.display().to_string(),
-            "--out",
-            &meter.display().to_string(),
-        ],
-    )
-    .ok();
+    s.issue_one("h", "00-DB-12-34-56-78-90-01", None, "meter.pem")
+        .ok();
     let sup = "90-B3-D5-1F-30-00-00-0A";
     s.supplier("h", sup, "Energy A");
-    let (_, csr) = openssl_csr(&s.path(""), "supplier", "prime256v1");
-    let supplier = s.path("supplier.pem");
-    s.run(
-        "h",
-        &[
-            "issue",
-            "--profile",
-            "supplier-signing",
-            "--entity-id",
-            sup,
-            "--name",
-            "Energy A",
-            "--csr",
-            &csr.display().to_string(),
-            "--out",
-            &supplier.display().to_string(),
-        ],
-    )
-    .ok();
+    s.issue_one("h", sup, Some("Energy A"), "supplier.pem").ok();
+    let (meter, supplier) = (s.path("meter.pem"), s.path("supplier.pem"));
     s.run(
         "h",
         &[
@@ -277,71 +245,20 @@ fn every_chain_passes_crl_check_all_and_a_revocation_fails_the_next_check() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     s.run("h", &args).ok();
     // The ARL that lists it: signed by the root, clean by pkilint's ARL rules.
-    let arl = s.path("arl.pem").display().to_string();
-    tool(
-        "openssl",
-        &[
-            "crl",
-            "-inform",
-            "DER",
-            "-in",
-            &s.path("h/crl/root/arl.crl").display().to_string(),
-            "-out",
-            &arl,
-        ],
-        &[],
-    )
-    .ok();
-    let text = tool("openssl", &["crl", "-in", &arl, "-noout", "-text"], &[])
-        .ok()
-        .stdout;
+    let text = s.arl_linted("h");
     assert!(text.contains("CA Compromise"), "{text}");
-    let lint = tool(
-        &meterpki_tests::pkilint().replace("lint_pkix_cert", "lint_crl"),
-        &["lint", "-t", "ARL", "-p", "PKIX", "-s", "WARNING", &arl],
-        &[],
-    );
-    assert!(
-        lint.code == 0 && lint.stdout.trim().is_empty(),
-        "{}{}",
-        lint.stdout,
-        lint.stderr
-    );
     let srv = Server::start_with(s, &["--crl-listen", &crl_listen]);
     let r = verify(s, "organisation", &f.signer, &[]).fails(2, "certificate revoked");
     assert!(r.stderr.contains("at 1 depth"), "{}", r.stderr);
     // Other CAs' certificates are untouched.
-    let (_, csr) = openssl_csr(&s.path(""), "meter2", "prime256v1");
-    let (_, csr2) = openssl_csr(&s.path(""), "supplier2", "prime256v1");
     drop(srv);
-    s.run(
+    s.issue_one("h", "00-DB-12-34-56-78-90-02", None, "meter2.pem")
+        .ok();
+    s.issue_one(
         "h",
-        &[
-            "issue",
-            "--profile",
-            "meter-signing",
-            "--device-id",
-            "00-DB-12-34-56-78-90-02",
-            "--csr",
-            &csr.display().to_string(),
-            "--out",
-            "meter2.pem",
-        ],
-    )
-    .ok();
-    s.run(
-        "h",
-        &[
-            "issue",
-            "--profile",
-            "supplier-signing",
-            "--entity-id",
-            "90-B3-D5-1F-30-00-00-0A",
-            "--name",
-            "Energy A",
-            "--csr",
-            &csr2.display().to_string(),
-        ],
+        "90-B3-D5-1F-30-00-00-0A",
+        Some("Energy A"),
+        "supplier2.pem",
     )
     .fails(2, "issuer-revoked");
     let st = s.run("h", &["status", "--json"]).ok().json();
