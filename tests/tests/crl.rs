@@ -393,6 +393,24 @@ fn revocation_refusals_change_nothing_and_revoking_twice_is_harmless() {
         ],
     )
     .fails(2, "in the future");
+    // Whole seconds only (a CRL's invalidityDate has none), and end-entity reasons only.
+    s.run(
+        "h",
+        &[
+            "revoke",
+            "--serial",
+            serial,
+            "--reason",
+            "keyCompromise",
+            "--invalidity-date",
+            "2026-01-01T00:00:00.5Z",
+        ],
+    )
+    .fails(2, "whole seconds");
+    for reason in ["cACompromise", "aACompromise"] {
+        s.run("h", &["revoke", "--serial", serial, "--reason", reason])
+            .fails(2, "is not a reason for an end-entity certificate");
+    }
     // The Device CA's own certificate through the end-entity path.
     let ca_text = tool(
         "openssl",
@@ -410,7 +428,13 @@ fn revocation_refusals_change_nothing_and_revoking_twice_is_harmless() {
     let ca_serial = ca_text.trim().trim_start_matches("serial=").to_lowercase();
     s.run(
         "h",
-        &["revoke", "--serial", &ca_serial, "--reason", "cACompromise"],
+        &[
+            "revoke",
+            "--serial",
+            &ca_serial,
+            "--reason",
+            "keyCompromise",
+        ],
     )
     .fails(2, "the device CA's own certificate");
     assert_eq!(s.snapshot(), before, "refused revocations changed nothing");

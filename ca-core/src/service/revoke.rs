@@ -118,6 +118,7 @@ impl Service {
         }
         let now = unix_now();
         check_invalidity_date(invalidity_date, now)?;
+        check_end_entity_reason(reason)?;
         let (serials, mut details) = match which {
             Selector::Serials { serials, file } => {
                 // CA certificates are not in the end-entity store and are never revoked here.
@@ -139,6 +140,9 @@ impl Service {
                 }
                 let store = self.store()?;
                 for s in &serials {
+                    if let Some(rec) = store.cert(s)? {
+                        check_not_service_certificate(&rec)?;
+                    }
                     if store.cert(s)?.is_some_and(|r| r.issuer == CaKind::Root) {
                         return Err(ServiceError::invalid(
                             "ca-certificate",
@@ -253,6 +257,8 @@ impl Service {
             .cert(serial)?
             .ok_or_else(|| ServiceError::not_found("no such certificate"))?;
         authorize(actor, Action::Revoke(Some(&rec)))?;
+        check_end_entity_reason(reason)?;
+        check_not_service_certificate(&rec)?;
         if rec.issuer == CaKind::Root {
             return Err(ServiceError::invalid(
                 "ca-certificate",
@@ -321,12 +327,49 @@ fn unpublished(count: usize, e: &ServiceError) -> ServiceError {
     ))
 }
 
-/// An invalidityDate, when given, is not in the future.
+/// An invalidityDate, when given, is not in the future and not before 1970 (a negative one
+/// would be written as 1970 in the CRL).
 fn check_invalidity_date(invalidity_date: Option<i64>, now: i64) -> Result<(), ServiceError> {
-    if invalidity_date.is_some_and(|d| d > now) {
-        return Err(ServiceError::invalid(
+    match invalidity_date {
+        Some(d) if d > now => Err(ServiceError::invalid(
             "invalidity-date",
             "invalidity_date is in the future",
+        )),
+        Some(d) if d < 0 => Err(ServiceError::invalid(
+            "invalidity-date",
+            format!("invalidity_date {d} is before 1970: give the Unix time (seconds) the key was compromised"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The reasons an end-entity certificate may be revoked for: not cACompromise (a CA's key;
+/// `ceremony revoke-ca`) nor aACompromise (an attribute authority's), RFC 5280 §5.3.1.
+fn check_end_entity_reason(reason: Reason) -> Result<(), ServiceError> {
+    if matches!(reason, Reason::CaCompromise | Reason::AaCompromise) {
+        return Err(ServiceError::invalid(
+            "reason",
+            format!(
+                "{} is not a reason for an end-entity certificate (RFC 5280 §5.3.1: it names a CA's or an attribute authority's compromise; a CA is revoked with `meterpki ceremony revoke-ca`): use keyCompromise",
+                reason.name()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Certificates meterpki itself presents or signs with (the API server's TLS certificate, the
+/// trust-update signer's): revoking one would leave the server presenting, or meters receiving
+/// updates signed under, a revoked certificate.
+fn check_not_service_certificate(rec: &crate::store::CertRecord) -> Result<(), ServiceError> {
+    if matches!(rec.profile.as_str(), "api-server" | "trust-update-signer") {
+        return Err(ServiceError::invalid(
+            "service-certificate",
+            format!(
+                "serial {} is meterpki's own {} certificate, which it keeps using: revoking it would leave the server presenting (or updates signed under) a revoked certificate. Replacing a service identity is not offered yet",
+                rec.serial_hex(),
+                rec.profile
+            ),
         ));
     }
     Ok(())

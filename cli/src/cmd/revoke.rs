@@ -20,13 +20,19 @@ pub(super) fn run(ctx: &Ctx, a: RevokeArgs) -> Result<()> {
     let invalidity_date = match &a.invalidity_date {
         None => None,
         Some(d) => {
-            let t = time::OffsetDateTime::parse(d, &time::format_description::well_known::Rfc3339)
-                .map_err(|e| {
-                    input(format!(
-                        "--invalidity-date {d:?}: not an RFC 3339 time ({e})"
-                    ))
-                })?
-                .unix_timestamp();
+            let parsed =
+                time::OffsetDateTime::parse(d, &time::format_description::well_known::Rfc3339)
+                    .map_err(|e| {
+                        input(format!(
+                            "--invalidity-date {d:?}: not an RFC 3339 time ({e})"
+                        ))
+                    })?;
+            if parsed.nanosecond() != 0 {
+                return Err(input(format!(
+                    "--invalidity-date {d:?}: a CRL keeps whole seconds only (RFC 5280 §5.3.2): give the time without fractional seconds"
+                )));
+            }
+            let t = parsed.unix_timestamp();
             if t > time::OffsetDateTime::now_utc().unix_timestamp() {
                 return Err(input(format!("--invalidity-date {d:?} is in the future")));
             }

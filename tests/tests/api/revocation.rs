@@ -385,3 +385,64 @@ fn refused_requests_are_audit_events_without_flooding_the_log() {
     assert_eq!(refused("no client certificate").len(), 1);
     s.run("h", &["audit", "verify"]).ok();
 }
+
+/// Revocation input over the API: an invalidity date before 1970, a CA's reason for an end
+/// entity, and the server's own TLS certificate are each refused, naming the field, and
+/// nothing is revoked.
+#[test]
+fn revocation_input_is_refused_naming_the_field() {
+    let s = Scratch::new(EXE);
+    s.ceremonies("h", 3, 2, &["device", "access"]);
+    s.account("h", "operator", "ops", &[]);
+    s.issue_one("h", "00-DB-12-34-56-78-90-01", None, "m.pem")
+        .ok();
+    let srv = Server::start(&s);
+    let meter = serial_of(&s.path("m.pem"));
+    let server_cert = serial_of(&s.path("h/ca/api-server.pem"));
+    for (serial, body, kind) in [
+        (
+            &meter,
+            r#"{"reason": "keyCompromise", "invalidity_date": -86400}"#,
+            "invalidity-date",
+        ),
+        (
+            &meter,
+            r#"{"reason": "keyCompromise", "invalidity_date": 1.5}"#,
+            "",
+        ),
+        (&meter, r#"{"reason": "cACompromise"}"#, "reason"),
+        (&meter, r#"{"reason": "aACompromise"}"#, "reason"),
+        (
+            &server_cert,
+            r#"{"reason": "keyCompromise"}"#,
+            "service-certificate",
+        ),
+    ] {
+        let (code, answer) = curl(
+            &s,
+            &srv,
+            Some("ops"),
+            "POST",
+            &format!("/v1/certificates/{serial}/revoke"),
+            Some(body),
+            &[],
+        );
+        assert_eq!(code, 400, "{body}: {answer}");
+        assert!(answer.contains(kind), "{body}: {answer}");
+    }
+    for serial in [&meter, &server_cert] {
+        let (_, answer) = curl(
+            &s,
+            &srv,
+            Some("ops"),
+            "GET",
+            &format!("/v1/certificates/{serial}"),
+            None,
+            &[],
+        );
+        assert!(
+            !answer.contains("\"revoked\""),
+            "nothing was revoked: {answer}"
+        );
+    }
+}
