@@ -200,7 +200,13 @@ pub fn ensure_process_env(softhsm_home: Option<&Home>, server: bool) -> Result<(
     if server && std::env::var_os(SERVER_ALLOCATOR_ENV.0).is_none() {
         wanted.push((SERVER_ALLOCATOR_ENV.0, SERVER_ALLOCATOR_ENV.1.into()));
     }
-    if wanted.is_empty() {
+    // A PIN in the environment stays readable in /proc/<pid>/environ for the process's whole
+    // life (unsetting it does not erase the original block): the process runs again without
+    // it, and gets the PIN through a pipe instead.
+    let pin = std::env::var(crate::pin::PIN_ENV)
+        .ok()
+        .map(zeroize::Zeroizing::new);
+    if wanted.is_empty() && pin.is_none() {
         return Ok(());
     }
     let names: Vec<&str> = wanted.iter().map(|(n, _)| *n).collect();
@@ -212,11 +218,29 @@ pub fn ensure_process_env(softhsm_home: Option<&Home>, server: bool) -> Result<(
         anyhow::bail!("could not set {} for this process", names.join(", "));
     }
     let exe = std::env::current_exe().context("locating the meterpki executable")?;
-    let err = std::process::Command::new(exe)
+    let mut command = std::process::Command::new(exe);
+    command
         .args(std::env::args_os().skip(1))
         .envs(wanted)
-        .env("METERPKI_REEXEC", &me)
-        .exec();
+        .env("METERPKI_REEXEC", &me);
+    let _pipe_reader;
+    if let Some(pin) = &pin {
+        let (reader, mut writer) = std::io::pipe().context("making a pipe for the PIN")?;
+        use std::io::Write;
+        writer
+            .write_all(pin.as_bytes())
+            .context("handing the PIN over")?;
+        drop(writer);
+        // The reading end survives the exec (std makes it close-on-exec).
+        rustix::io::fcntl_setfd(&reader, rustix::io::FdFlags::empty())
+            .context("handing the PIN over")?;
+        use std::os::fd::AsRawFd;
+        command
+            .env_remove(crate::pin::PIN_ENV)
+            .env(crate::pin::PIN_FD_ENV, reader.as_raw_fd().to_string());
+        _pipe_reader = reader;
+    }
+    let err = command.exec();
     Err(anyhow::Error::new(err).context(format!(
         "re-executing meterpki with {} set",
         names.join(", ")

@@ -37,6 +37,7 @@ pub fn main() -> ExitCode {
 /// error 2), runs `run` and prints its error, exiting with the code of its class (2 for the
 /// caller's input, 1 for everything else).
 pub fn run_main<C: Parser>(run: impl FnOnce(C) -> anyhow::Result<()>) -> ExitCode {
+    harden_process();
     let cli = match C::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -70,4 +71,25 @@ fn init_tracing(verbose: u8) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// A process that holds PINs and talks to the HSM writes no core dump and cannot be read by
+/// other processes of the same user (ptrace, /proc/<pid>/mem and environ): RLIMIT_CORE 0 and
+/// PR_SET_DUMPABLE 0. Failing to set either is logged, not fatal (a container may forbid it).
+fn harden_process() {
+    use rustix::process::{setrlimit, Resource, Rlimit};
+    if let Err(e) = setrlimit(
+        Resource::Core,
+        Rlimit {
+            current: Some(0),
+            maximum: Some(0),
+        },
+    ) {
+        eprintln!("warning: could not disable core dumps: {e}");
+    }
+    if let Err(e) =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+    {
+        eprintln!("warning: could not mark the process non-dumpable: {e}");
+    }
 }

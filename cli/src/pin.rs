@@ -13,6 +13,27 @@ use crate::errors::input;
 
 /// The variable that overrides every configured source.
 pub(crate) const PIN_ENV: &str = "METERPKI_HSM_PIN";
+/// Set by meterpki itself when it runs again without `METERPKI_HSM_PIN` in its environment:
+/// the file descriptor of a pipe holding the PIN.
+pub(crate) const PIN_FD_ENV: &str = "METERPKI_PIN_FD";
+
+/// The PIN handed over through a pipe by the process that ran this one (read once).
+fn pin_from_pipe() -> Option<Zeroizing<String>> {
+    use std::io::Read;
+    static TAKEN: std::sync::Mutex<Option<Zeroizing<String>>> = std::sync::Mutex::new(None);
+    let mut slot = TAKEN.lock().unwrap_or_else(|p| p.into_inner());
+    if slot.is_none() {
+        let fd: u32 = std::env::var(PIN_FD_ENV).ok()?.parse().ok()?;
+        // Through /proc: no unsafe code to own a raw descriptor.
+        let mut pin = Zeroizing::new(String::new());
+        std::fs::File::open(format!("/proc/self/fd/{fd}"))
+            .ok()?
+            .read_to_string(&mut pin)
+            .ok()?;
+        *slot = Some(pin);
+    }
+    slot.clone()
+}
 
 /// Resolves the online PIN: `METERPKI_HSM_PIN`, the configured variable, the configured file,
 /// then a prompt when a terminal is attached.
@@ -23,6 +44,13 @@ pub(crate) fn online_pin(home: &Home, config: &Config) -> Result<SecretString> {
     for source in sources {
         match source {
             PinSource::Env(name) => {
+                if name == PIN_ENV {
+                    if let Some(v) = pin_from_pipe().filter(|v| !v.is_empty()) {
+                        return Ok(SecretString::from(
+                            v.trim_end_matches(['\r', '\n']).to_string(),
+                        ));
+                    }
+                }
                 if let Ok(v) = std::env::var(&name) {
                     let v = Zeroizing::new(v);
                     if !v.is_empty() {

@@ -303,6 +303,11 @@ fn bad_account_requests_change_nothing() {
             vec!["--role", "operator", "--name", "../o1", "--out", "c"],
             "names files",
         ),
+        // `ca` would overwrite its own certificate with the trust chain, <out>/ca.pem.
+        (
+            vec!["--role", "operator", "--name", "ca", "--out", "c"],
+            "is reserved",
+        ),
         (
             vec![
                 "--role",

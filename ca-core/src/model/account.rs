@@ -75,11 +75,17 @@ pub fn check_account_name(name: &str) -> Result<(), String> {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
+    if !ok {
+        return Err(format!(
             "account name {name:?}: 1 to 64 letters, digits, '-', '_' or '.', not starting with '.' or '-' (it names files)"
-        ))
+        ));
     }
+    // `account add --out DIR` writes DIR/<name>.pem, DIR/<name>.key and DIR/ca.pem (the chain
+    // that trusts the server): an account named `ca` would have its certificate overwritten.
+    if name.eq_ignore_ascii_case("ca") {
+        return Err(format!(
+            "account name {name:?} is reserved: `account add` writes the server's trust chain to <out>/ca.pem"
+        ));
+    }
+    Ok(())
 }

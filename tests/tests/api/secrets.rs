@@ -246,3 +246,47 @@ fn secrets_never_leak_and_the_server_never_opens_the_root_token() {
     }
     assert!(secret_files.len() >= 8);
 }
+
+/// A PIN given in the environment is not left there: the server runs again without it (the
+/// PIN handed over through a pipe), writes no core dump and is not dumpable.
+#[test]
+fn a_pin_from_the_environment_does_not_stay_in_the_servers_environment() {
+    let s = meterpki_tests::Scratch::new(EXE);
+    s.ceremonies("h", 3, 2, &["device", "access"]);
+    s.account("h", "operator", "ops", &[]);
+    let pin = std::fs::read_to_string(s.path("h/secrets/online.pin"))
+        .unwrap()
+        .trim()
+        .to_string();
+    // The PIN file moved away: only the environment has the PIN.
+    std::fs::rename(s.path("h/secrets/online.pin"), s.path("online.pin.aside")).unwrap();
+    let srv = Server::start_env(&s, &[], &[("METERPKI_HSM_PIN", pin.clone())]);
+    let (code, _) = curl(
+        &s,
+        &srv,
+        Some("ops"),
+        "GET",
+        "/v1/devices/00-DB-12-00-00-00-00-01/certificates",
+        None,
+        &[],
+    );
+    assert_eq!(code, 200, "the server signs with the PIN it was handed");
+    let pid = srv.child.id();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(!environ.contains("METERPKI_HSM_PIN"), "{environ}");
+    assert!(
+        !environ.contains(&pin),
+        "the PIN is in the server's environment"
+    );
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    assert!(
+        core.split_whitespace().filter(|w| *w == "0").count() == 2,
+        "{core}"
+    );
+    assert_eq!(srv.stop(), 0);
+}
