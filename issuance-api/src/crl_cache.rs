@@ -39,13 +39,19 @@ fn http_date(unix: i64) -> Option<HeaderValue> {
 }
 
 impl CrlCache {
-    /// The CRL at `path` as published now, or None when there is none.
-    pub(crate) async fn get(&self, path: &Path) -> Option<Arc<CachedCrl>> {
-        let meta = tokio::fs::metadata(path).await.ok()?;
+    /// The CRL at `path` as published now, None when there is none, or why the file is not a
+    /// CRL (damaged).
+    pub(crate) async fn get(&self, path: &Path) -> Result<Option<Arc<CachedCrl>>, String> {
+        let Ok(meta) = tokio::fs::metadata(path).await else {
+            return Ok(None);
+        };
+        let Ok(modified) = meta.modified() else {
+            return Ok(None);
+        };
         // A publication renames a new file into place: a new inode, whatever the clock's
         // resolution and the size.
         let version = (
-            meta.modified().ok()?,
+            modified,
             meta.len(),
             std::os::unix::fs::MetadataExt::ino(&meta),
         );
@@ -56,13 +62,15 @@ impl CrlCache {
             .get(path)
             .filter(|c| c.version == version)
         {
-            return Some(c.clone());
+            return Ok(Some(c.clone()));
         }
-        let der = tokio::fs::read(path).await.ok()?;
+        let Ok(der) = tokio::fs::read(path).await else {
+            return Ok(None);
+        };
         // A file renamed into place between the metadata and the read is simply read again
         // on the next request: the version recorded is the one checked before reading, so
         // it can only be older than the content, never newer.
-        let facts = ca_core::crl::CrlFacts::parse(&der).ok()?;
+        let facts = ca_core::crl::CrlFacts::parse(&der).map_err(|e| e.to_string())?;
         let entry = Arc::new(CachedCrl {
             version,
             etag: format!("\"{}\"", hex::encode(&ca_core::sha256(&der)[..16])),
@@ -75,7 +83,7 @@ impl CrlCache {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(path.to_path_buf(), entry.clone());
-        Some(entry)
+        Ok(Some(entry))
     }
 }
 

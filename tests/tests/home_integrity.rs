@@ -92,6 +92,19 @@ fn a_missing_foreign_or_older_store_is_refused_by_every_command() {
     every_command_refuses(&s, "has a root CA");
     mv("h-audit", "h/audit");
 
+    // Damaged store files (cut short, emptied): a clear error naming the store, never a panic.
+    let db = s.path("h-store/db");
+    let whole = std::fs::read(&db).unwrap();
+    mv("h-store", "h/store");
+    for len in [100, 0] {
+        std::fs::write(s.path("h/store/db"), &whole[..len]).unwrap();
+        for args in [vec!["status"], vec!["crl", "publish"]] {
+            s.run("h", &args).fails(1, "its files are damaged");
+        }
+    }
+    std::fs::write(s.path("h/store/db"), &whole).unwrap();
+    mv("h/store", "h-store");
+
     // Its own store again: everything works, nothing was lost.
     mv("h-store", "h/store");
     s.run("h", &["status"]).ok();

@@ -85,10 +85,16 @@ impl Service {
                 .map_err(|e| ServiceError::io(format!("reading {}", dir.display()), e))?
                 .path();
             if path.extension().is_some_and(|e| e == "crl") {
-                access_crls.push(
-                    std::fs::read(&path)
-                        .map_err(|e| ServiceError::io(format!("reading {}", path.display()), e))?,
-                );
+                let der = std::fs::read(&path)
+                    .map_err(|e| ServiceError::io(format!("reading {}", path.display()), e))?;
+                // A file that is not a CRL (damaged, or put there by hand) is left out rather
+                // than stopping the server; the store is what client checks rely on.
+                match crate::crl::CrlFacts::parse(&der) {
+                    Ok(_) => access_crls.push(der),
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "not a CRL: left out of the TLS client verifier")
+                    }
+                }
             }
         }
         self.audit()?.append(

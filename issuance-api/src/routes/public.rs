@@ -18,12 +18,19 @@ pub(super) async fn get_crl(
         .service
         .crl_file(&issuer, &file)
         .ok_or_else(|| ApiError::not_found("no such CRL"))?;
-    let crl = state
-        .crls
-        .get(&path)
-        .await
-        .ok_or_else(|| ApiError::not_found("no such CRL (not published yet)"))?;
-    Ok(crl.respond(&headers))
+    match state.crls.get(&path).await {
+        Ok(Some(crl)) => Ok(crl.respond(&headers)),
+        Ok(None) => Err(ApiError::not_found("no such CRL (not published yet)")),
+        // Never a damaged file served as a CRL: the next publication replaces it.
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "a published CRL file is damaged; run `meterpki crl publish` (a starting server republishes it)");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "crl-damaged",
+                "the published CRL is damaged; it is being replaced",
+            ))
+        }
+    }
 }
 
 pub(super) async fn get_ca_cert(
@@ -78,8 +85,13 @@ pub(super) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         let Some(path) = state.service.crl_file(kind.name(), file) else {
             continue;
         };
-        let Some(crl) = state.crls.get(&path).await else {
-            continue;
+        let crl = match state.crls.get(&path).await {
+            Ok(Some(crl)) => crl,
+            Ok(None) => continue,
+            Err(_) => {
+                warnings += 1;
+                continue;
+            }
         };
         if let Some(next) = crl.facts.next_update {
             let _ = writeln!(

@@ -313,6 +313,21 @@ fn the_crl_listener_serves_crls_with_caching_headers_and_nothing_else() {
     assert!(again.starts_with("HTTP/1.1 304"), "{again}");
     assert!(get("/crl/root/arl.crl", &[]).starts_with("HTTP/1.1 200"));
     assert!(get("/ca/root.pem", &[]).starts_with("HTTP/1.1 200"));
+    // A damaged CRL file is never served as a CRL (503), and a starting server replaces it;
+    // a stray file that is not a CRL does not stop it from starting.
+    let full = s.path("h/crl/device/full.crl");
+    let whole = std::fs::read(&full).unwrap();
+    std::fs::write(&full, &whole[..whole.len() / 2]).unwrap();
+    let h = get("/crl/device/full.crl", &[]);
+    assert!(h.starts_with("HTTP/1.1 503"), "{h}");
+    drop(_srv);
+    std::fs::write(s.path("h/crl/access/stray.crl"), b"not a CRL").unwrap();
+    std::fs::write(s.path("h/crl/access/0.crl"), b"").unwrap();
+    let _srv = Server::start_with(&s, &["--crl-listen", &format!("127.0.0.1:{port}")]);
+    for path in ["/crl/device/full.crl", "/crl/access/0.crl"] {
+        let h = get(path, &[]);
+        assert!(h.starts_with("HTTP/1.1 200"), "{path}: {h}");
+    }
     // Nothing but CRLs and CA certificates over plain HTTP.
     for path in [
         "/v1/batches",

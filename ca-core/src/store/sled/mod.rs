@@ -46,20 +46,46 @@ impl SledStore {
         // certificates are inserted in serial order (time-prefixed serials), so the hot pages
         // are few; at 64 MiB the API server's peak RSS over 1,000,000 certificates was 70 MB
         // higher and issuance no faster.
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(24 * 1024 * 1024)
-            .open()
-            .map_err(|e| {
-                StoreError::backend(
+        // Damaged files can make sled panic rather than return an error: either way the
+        // caller gets an error naming the store.
+        let opened = std::panic::catch_unwind(|| {
+            sled::Config::new()
+                .path(dir)
+                .cache_capacity(24 * 1024 * 1024)
+                .open()
+        });
+        let damaged = |detail: String| {
+            StoreError::Backend {
+            backend: BACKEND,
+            message: format!(
+                "opening {}: its files are damaged ({detail}); nothing was changed. Restore the store from a backup of this home",
+                dir.display()
+            ),
+            source: None,
+        }
+        };
+        let db = match opened {
+            Err(_) => return Err(damaged("sled stopped while reading them".into())),
+            Ok(Err(e @ sled::Error::Corruption { .. })) => return Err(damaged(e.to_string())),
+            Ok(Err(e)) if e.to_string().contains("could not acquire lock") => {
+                return Err(StoreError::backend(
                     BACKEND,
                     format!(
-                        "opening {} (is another meterpki process using this home? A running `meterpki serve` holds the embedded store: `meterpki revoke`, `account disable` and `crl publish` go through it; stop it for other commands)",
+                        "opening {}: another meterpki process is using this home. A running `meterpki serve` holds the embedded store: `meterpki revoke`, `account disable` and `crl publish` go through it; stop it for other commands",
                         dir.display()
                     ),
                     e,
-                )
-            })?;
+                ))
+            }
+            Ok(Err(e)) => {
+                return Err(StoreError::backend(
+                    BACKEND,
+                    format!("opening {}", dir.display()),
+                    e,
+                ))
+            }
+            Ok(Ok(db)) => db,
+        };
         let pki = db.open_tree("pki").map_err(db_err("opening tree pki"))?;
         let store = SledStore {
             db,
