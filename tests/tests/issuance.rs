@@ -621,3 +621,91 @@ fn a_batch_killed_mid_run_loses_nothing_and_reuses_no_serial() {
         );
     }
 }
+
+/// One canonical spelling of a request item, as documented: standard padded base64 on one
+/// line (or PEM), an EUI-64 with nothing around it. URL-safe, unpadded or spaced base64 and a
+/// device ID with a leading space are refused, naming the field; the canonical items issue.
+#[test]
+fn request_items_take_one_canonical_form_and_refuse_the_rest() {
+    let s = setup();
+    let batch = s.path("b.ndjson");
+    s.bench(
+        "h",
+        &[
+            "make-batch",
+            "--count",
+            "30",
+            "--out",
+            &batch.display().to_string(),
+        ],
+    )
+    .ok();
+    let all: Vec<serde_json::Value> = std::fs::read_to_string(&batch)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let b64 = |v: &serde_json::Value| v["csr"].as_str().unwrap().to_string();
+    // Item 2's base64 must end in padding, for an unpadded copy to differ from it.
+    let padded = all.iter().position(|i| b64(i).ends_with('=')).unwrap();
+    let mut items: Vec<serde_json::Value> = all
+        .iter()
+        .enumerate()
+        .filter(|(n, _)| *n != padded)
+        .map(|(_, i)| i.clone())
+        .take(5)
+        .collect();
+    items.insert(2, all[padded].clone());
+    // Item 0 stays canonical; item 5 is PEM (accepted).
+    let url_safe = b64(&items[1]).replace('+', "-").replace('/', "_");
+    assert!(url_safe.contains(['-', '_']), "the CSR's base64 has + or /");
+    items[1]["csr"] = url_safe.into();
+    items[2]["csr"] = b64(&items[2]).trim_end_matches('=').to_string().into();
+    let spaced = b64(&items[3]);
+    items[3]["csr"] = format!("{} {}", &spaced[..40], &spaced[40..]).into();
+    items[4]["device_id"] = format!(" {}", items[4]["device_id"].as_str().unwrap()).into();
+    let der =
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64(&items[5])).unwrap();
+    let body = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &der);
+    let lines: Vec<&str> = body
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    items[5]["csr"] = format!(
+        "-----BEGIN CERTIFICATE REQUEST-----\n{}\n-----END CERTIFICATE REQUEST-----\n",
+        lines.join("\n")
+    )
+    .into();
+    let text: String = items.iter().map(|i| format!("{i}\n")).collect();
+    std::fs::write(&batch, text).unwrap();
+    let out = s.path("r.ndjson");
+    let r = s.run(
+        "h",
+        &[
+            "issue",
+            "--batch",
+            &batch.display().to_string(),
+            "--out",
+            &out.display().to_string(),
+        ],
+    );
+    let res = results(&out);
+    assert_eq!(res[0]["status"], "issued", "{res:#?}");
+    assert_eq!(res[5]["status"], "issued", "PEM is accepted: {}", res[5]);
+    for (i, needle) in [
+        (1, "csr: URL-safe base64"),
+        (2, "csr: not standard padded base64"),
+        (3, "csr: base64 with spaces"),
+        (4, "device_id: "),
+    ] {
+        assert_eq!(
+            res[i]["status"], "rejected",
+            "item {i}: {} sent {}",
+            res[i], items[i]
+        );
+        let detail = res[i]["error"]["detail"].as_str().unwrap();
+        assert!(detail.contains(needle), "item {i}: {detail}");
+    }
+    r.fails(2, "4 of 6 items were rejected");
+}

@@ -118,19 +118,41 @@ fn decode_blob(field: &str, text: &str, pem_label: &str) -> Result<Vec<u8>, Issu
         }
         return Ok(der);
     }
-    let compact: String = t.chars().filter(|c| !c.is_whitespace()).collect();
-    let cfg = base64::engine::GeneralPurposeConfig::new()
-        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent);
-    let std = base64::engine::GeneralPurpose::new(&base64::alphabet::STANDARD, cfg);
-    let url = base64::engine::GeneralPurpose::new(&base64::alphabet::URL_SAFE, cfg);
-    std.decode(&compact)
-        .or_else(|_| url.decode(&compact))
+    // One canonical form, as documented: standard base64 (RFC 4648 §4) with its padding, no
+    // spaces or line breaks (those belong to PEM), no URL-safe alphabet. Whatever else is
+    // refused naming the field, so that two spellings of one request never exist.
+    if text.chars().any(char::is_whitespace) {
+        return Err(err(
+            ErrorCode::CsrMalformed,
+            format!("{field}: base64 with spaces or line breaks: send standard base64 of the DER on one line, or PEM"),
+        ));
+    }
+    if text.contains(['-', '_']) {
+        return Err(err(
+            ErrorCode::CsrMalformed,
+            format!("{field}: URL-safe base64 ('-' or '_'): send standard base64 (RFC 4648 §4) of the DER, or PEM"),
+        ));
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
         .map_err(|e| {
             err(
                 ErrorCode::CsrMalformed,
-                format!("{field}: not base64 DER or PEM: {e}"),
+                format!("{field}: not standard padded base64 of DER, nor PEM: {e}"),
             )
         })
+}
+
+/// An EUI-64 from a request item, in one of the documented spellings and nothing around it.
+fn item_eui64(field: &str, text: &str) -> Result<Eui64, IssueError> {
+    if text.trim() != text {
+        return Err(err(
+            ErrorCode::DeviceId,
+            format!("{field}: {text:?} has spaces around it"),
+        ));
+    }
+    text.parse()
+        .map_err(|e| err(ErrorCode::DeviceId, format!("{field}: {e}")))
 }
 
 /// Checks that `spki` is a key the profile takes: EC, on one of its curves, a valid
@@ -298,10 +320,7 @@ pub fn parse_request(item: &RequestItem, profiles: &ProfileSet) -> Result<Reques
                     format!("device_id is required for profile {}", profile.name()),
                 )
             })?;
-            Subject::Device(
-                id.parse()
-                    .map_err(|e| err(ErrorCode::DeviceId, format!("device_id: {e}")))?,
-            )
+            Subject::Device(item_eui64("device_id", id)?)
         }
         ProfileKind::Supplier => {
             if item.device_id.is_some() {
@@ -319,9 +338,7 @@ pub fn parse_request(item: &RequestItem, profiles: &ProfileSet) -> Result<Reques
                     format!("entity_id is required for profile {}", profile.name()),
                 )
             })?;
-            let entity_id = id
-                .parse()
-                .map_err(|e| err(ErrorCode::DeviceId, format!("entity_id: {e}")))?;
+            let entity_id = item_eui64("entity_id", id)?;
             // The name is the registered one (the policy step fills it in); a request may give
             // it, and then it must match.
             let name = item.name.clone().unwrap_or_default();

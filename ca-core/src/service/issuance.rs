@@ -288,10 +288,22 @@ impl Service {
         authorize(actor, Action::IssueBatch)?;
         let account = actor.name().to_string();
         let rid = &batch.request_id;
-        if rid.is_empty() || rid.len() > 128 || rid.chars().any(|c| c.is_control() || c == '/') {
+        // The request ID goes into the audit log and URLs: printable ASCII only (no control or
+        // bidirectional-override characters that would make a record read differently from
+        // what it holds).
+        if rid.is_empty()
+            || rid.len() > 128
+            || !rid.chars().all(|c| c.is_ascii_graphic() && c != '/')
+        {
             return Err(ServiceError::invalid(
                 "request-id",
-                "request_id: 1 to 128 characters, no '/' or control characters",
+                "request_id: 1 to 128 printable ASCII characters, no space or '/'",
+            ));
+        }
+        if batch.items.is_empty() {
+            return Err(ServiceError::invalid(
+                "items",
+                "items: a batch holds at least one request item",
             ));
         }
         if batch.items.len() > MAX_BATCH {

@@ -534,3 +534,37 @@ fn the_api_issues_over_mutual_tls_and_refuses_what_an_account_may_not_do() {
     assert_eq!(srv.stop(), 0);
     s.run("h", &["audit", "verify"]).ok();
 }
+
+/// A batch's request ID is printable ASCII (no control or bidirectional-override characters,
+/// which would reach the audit log), and a batch holds at least one item: each refused with
+/// a 400 naming the field, nothing stored under the ID.
+#[test]
+fn request_ids_are_printable_and_batches_are_not_empty() {
+    let s = setup();
+    let srv = Server::start(&s);
+    for (body, kind) in [
+        (
+            "{\"request_id\": \"r\u{202e}1\", \"items\": []}",
+            "request-id",
+        ),
+        ("{\"request_id\": \"r 1\", \"items\": []}", "request-id"),
+        ("{\"request_id\": \"r1\", \"items\": []}", "items"),
+    ] {
+        let (code, answer) = curl(
+            &s,
+            &srv,
+            Some("line-7"),
+            "POST",
+            "/v1/batches",
+            Some(body),
+            &[],
+        );
+        assert_eq!(code, 400, "{body}: {answer}");
+        assert!(
+            answer.contains(&format!("problem:{kind}")),
+            "{body}: {answer}"
+        );
+    }
+    let (code, _) = curl(&s, &srv, Some("line-7"), "GET", "/v1/batches/r1", None, &[]);
+    assert_eq!(code, 404, "an empty batch is not stored");
+}
