@@ -651,3 +651,57 @@ fn serials_are_positive_and_carry_64_random_bits_after_a_time_octet() {
     tails.dedup();
     assert_eq!(tails.len(), serials.len());
 }
+
+/// Keys no certificate may be issued for: a BIT STRING that declares unused bits (not
+/// canonical DER: OpenSSL would not load the certificate), small multiples of the generator
+/// (private keys anyone can find), and keys meterpki itself uses; each refused naming why,
+/// nothing stored.
+#[test]
+fn weak_foreign_and_non_canonical_keys_are_refused() {
+    use p256::elliptic_curve::sec1::ToEncodedPoint;
+    let ca_key = new_key();
+    let ca_spki = spki_from_point(
+        KeyAlgorithm::EcP256,
+        ca_key.verifying_key().to_encoded_point(false).as_bytes(),
+    )
+    .unwrap();
+    let mut f = fixture();
+    f.engine = f
+        .engine
+        .with_reserved_keys(vec![ca_core::sha256(&ca_spki.to_der().unwrap())]);
+    let bare = |spki: &SubjectPublicKeyInfoOwned| {
+        let mut item = meter("00DB123456789001", &[]);
+        item.csr = None;
+        item.public_key = Some(B64.encode(spki.to_der().unwrap()));
+        item
+    };
+    // Unused bits declared on an otherwise good point.
+    let good = new_key();
+    let point = good.verifying_key().to_encoded_point(false);
+    let mut odd = spki_from_point(KeyAlgorithm::EcP256, point.as_bytes()).unwrap();
+    odd.subject_public_key = BitString::new(3, point.as_bytes().to_vec()).unwrap();
+    refused(&f, bare(&odd), ErrorCode::PointNotOnCurve, "unused bit");
+    // The generator itself (private key 1), 7·G and -1000·G.
+    let g = p256::ProjectivePoint::GENERATOR;
+    for p in [
+        g,
+        g * p256::Scalar::from(7u64),
+        -(g * p256::Scalar::from(1000u64)),
+    ] {
+        let enc = p256::AffinePoint::from(p).to_encoded_point(false);
+        let spki = spki_from_point(KeyAlgorithm::EcP256, enc.as_bytes()).unwrap();
+        refused(&f, bare(&spki), ErrorCode::WeakKey, "small multiple");
+    }
+    // A key meterpki uses itself.
+    refused(
+        &f,
+        bare(&ca_spki),
+        ErrorCode::WeakKey,
+        "one meterpki itself uses",
+    );
+    // An ordinary key still issues.
+    let ok = spki_from_point(KeyAlgorithm::EcP256, point.as_bytes()).unwrap();
+    f.engine
+        .issue(&bare(&ok), &AccountLimits::default(), &record)
+        .unwrap();
+}

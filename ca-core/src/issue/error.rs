@@ -24,6 +24,9 @@ pub enum ErrorCode {
     Curve,
     /// The public key is not a valid point on its curve.
     PointNotOnCurve,
+    /// A key no certificate may be issued for: a known-weak key (a small multiple of the
+    /// generator), or a key meterpki itself uses (a CA's, a service's).
+    WeakKey,
     /// The device or entity ID is not an EUI-64.
     DeviceId,
     /// The device is outside the account's allowed range.
@@ -60,6 +63,7 @@ impl ErrorCode {
             ErrorCode::KeyType => "key-type",
             ErrorCode::Curve => "curve",
             ErrorCode::PointNotOnCurve => "point-not-on-curve",
+            ErrorCode::WeakKey => "weak-key",
             ErrorCode::DeviceId => "device-id",
             ErrorCode::DeviceRange => "device-range",
             ErrorCode::ExistingCertificate => "existing-certificate",

@@ -81,6 +81,7 @@ pub struct Engine {
     crl: CrlSettings,
     workers: usize,
     revoked: Vec<crate::CaKind>,
+    reserved_keys: std::collections::HashSet<[u8; 32]>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -114,6 +115,7 @@ impl Engine {
             crl,
             workers: workers.max(1),
             revoked: Vec::new(),
+            reserved_keys: Default::default(),
         })
     }
 
@@ -179,7 +181,21 @@ impl Engine {
 
     /// Steps 1 to 4: request, policy, TBS, lint. No HSM call, nothing stored.
     fn prepare(&self, item: &RequestItem, limits: &AccountLimits) -> Result<Prepared, IssueError> {
-        self.prepare_request(parse_request(item, &self.profiles)?, limits)
+        let request = parse_request(item, &self.profiles)?;
+        if self.reserved_keys.contains(&request.key_hash) {
+            return Err(IssueError::new(
+                ErrorCode::WeakKey,
+                "the public key is one meterpki itself uses (a CA's or a service's): a certificate for it would let whoever asks pose as that CA or service",
+            ));
+        }
+        self.prepare_request(request, limits)
+    }
+
+    /// Keys no request may name (SHA-256 of each SubjectPublicKeyInfo DER): the CAs' and
+    /// meterpki's own services'.
+    pub fn with_reserved_keys(mut self, keys: Vec<[u8; 32]>) -> Engine {
+        self.reserved_keys = keys.into_iter().collect();
+        self
     }
 
     /// Steps 2 to 4 for a request already built (a TLS certificate made by the operator).

@@ -216,6 +216,16 @@ pub(crate) fn check_key(
             ),
         ));
     };
+    // Whatever is copied into a certificate must be canonical DER: a key is whole bytes.
+    if spki.subject_public_key.unused_bits() != 0 {
+        return Err(err(
+            ErrorCode::PointNotOnCurve,
+            format!(
+                "the public key's BIT STRING declares {} unused bit(s): an EC public key is a whole number of bytes (RFC 5480 §2.2)",
+                spki.subject_public_key.unused_bits()
+            ),
+        ));
+    }
     let point = spki.subject_public_key.raw_bytes();
     let want = match ours {
         Curve::P256 => 65,
@@ -240,7 +250,40 @@ pub(crate) fn check_key(
             "the public key is not a point on its curve",
         ));
     }
+    if ours == Curve::P256 && small_multiple_of_g(&point[1..33]) {
+        return Err(err(
+            ErrorCode::WeakKey,
+            "the public key is a small multiple of the curve's generator: its private key is a small number anyone can find",
+        ));
+    }
     Ok(())
+}
+
+/// How many multiples of the generator (and their negatives, which share the x-coordinate)
+/// are refused as public keys: private keys 1 to this, found by trying them.
+const SMALL_MULTIPLES: u64 = 1024;
+
+/// True when `x` is the x-coordinate of k·G for some 1 <= k <= [`SMALL_MULTIPLES`] (P-256).
+fn small_multiple_of_g(x: &[u8]) -> bool {
+    use p256::elliptic_curve::sec1::ToEncodedPoint;
+    static XS: std::sync::OnceLock<std::collections::HashSet<[u8; 32]>> =
+        std::sync::OnceLock::new();
+    let xs = XS.get_or_init(|| {
+        let g = p256::ProjectivePoint::GENERATOR;
+        let mut p = g;
+        let mut out = std::collections::HashSet::new();
+        for _ in 0..SMALL_MULTIPLES {
+            let enc = p256::AffinePoint::from(p).to_encoded_point(false);
+            if let Some(px) = enc.x() {
+                let mut k = [0u8; 32];
+                k.copy_from_slice(px);
+                out.insert(k);
+            }
+            p += g;
+        }
+        out
+    });
+    <[u8; 32]>::try_from(x).is_ok_and(|k| xs.contains(&k))
 }
 
 /// Parses a CSR and verifies its self-signature (proof of possession).

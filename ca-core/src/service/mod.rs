@@ -294,6 +294,27 @@ impl Service {
         Ok(Some(cert.tbs_certificate.subject_public_key_info))
     }
 
+    /// SHA-256 of the SubjectPublicKeyInfo of every key meterpki itself uses and has a
+    /// certificate for: the CAs, the audit signer, the API server, the trust-update signer.
+    fn own_keys(&self) -> Vec<[u8; 32]> {
+        use der::Encode;
+        let ca = self.home.ca_dir();
+        let mut files: Vec<std::path::PathBuf> =
+            CaKind::ALL.iter().map(|k| self.home.ca_cert(*k)).collect();
+        files.extend(
+            ["audit.pem", "api-server.pem", "trust-update-signer.pem"]
+                .iter()
+                .map(|f| ca.join(f)),
+        );
+        files
+            .iter()
+            .filter_map(|f| std::fs::read_to_string(f).ok())
+            .filter_map(|pem| certificate_from_pem(&pem).ok())
+            .filter_map(|c| c.tbs_certificate.subject_public_key_info.to_der().ok())
+            .map(|der| crate::sha256(&der))
+            .collect()
+    }
+
     /// Opens the store and checks it against the audit log (missing, foreign or older is
     /// refused), before a command does anything else.
     pub fn check_store(&self) -> Result<(), ServiceError> {
@@ -485,7 +506,8 @@ impl Service {
                 crl,
                 self.config.hsm.sessions,
             )?
-            .with_revoked(revoked),
+            .with_revoked(revoked)
+            .with_reserved_keys(self.own_keys()),
         );
         *slot = Some(engine.clone());
         Ok(engine)
