@@ -450,6 +450,7 @@ fn an_account_range_is_enforced() {
     let f = fixture();
     let limits = AccountLimits {
         device_range: Some("00-DB-12-00-00-00-00-00/24".parse().unwrap()),
+        no_replace: None,
     };
     f.engine
         .issue(

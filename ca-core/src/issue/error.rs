@@ -33,6 +33,8 @@ pub enum ErrorCode {
     DeviceRange,
     /// An active certificate exists for this device and usage with another key.
     ExistingCertificate,
+    /// The account may not replace an active certificate (`replace`).
+    ReplaceForbidden,
     /// The supplier is not registered.
     SupplierUnknown,
     /// The supplier is registered but no longer active (acquired or exited).
@@ -67,6 +69,7 @@ impl ErrorCode {
             ErrorCode::DeviceId => "device-id",
             ErrorCode::DeviceRange => "device-range",
             ErrorCode::ExistingCertificate => "existing-certificate",
+            ErrorCode::ReplaceForbidden => "replace-forbidden",
             ErrorCode::SupplierUnknown => "supplier-unknown",
             ErrorCode::SupplierInactive => "supplier-inactive",
             ErrorCode::IssuerRevoked => "issuer-revoked",

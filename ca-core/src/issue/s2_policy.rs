@@ -14,6 +14,9 @@ use crate::store::{CertRecord, Store};
 pub struct AccountLimits {
     /// The EUI-64 range this account may name, for device certificates.
     pub device_range: Option<DeviceRange>,
+    /// Why this account may not replace an active certificate (`"replace": true`), if it may
+    /// not.
+    pub no_replace: Option<String>,
 }
 
 /// A request that passed every check and will be signed.
@@ -87,6 +90,16 @@ pub(super) fn approve(
     if let Some(active) = active {
         if active.key_hash == request.key_hash {
             return Ok(Decision::Existing(Box::new(active)));
+        }
+        if let (true, Some(why)) = (request.replace, &limits.no_replace) {
+            return Err(IssueError::new(
+                ErrorCode::ReplaceForbidden,
+                format!(
+                    "{subject_id} holds an active {} certificate (serial {}) for another key: {why}",
+                    request.profile.name(),
+                    active.serial_hex()
+                ),
+            ));
         }
         if !request.replace {
             return Err(IssueError::new(

@@ -206,6 +206,12 @@ pub fn limits(actor: &Actor) -> AccountLimits {
     match actor {
         Actor::Account(a) => AccountLimits {
             device_range: Some(a.device_range.unwrap_or(DeviceRange::ALL)),
+            // A factory line provisions new devices: taking over a device that already holds
+            // an active certificate (revoking it and binding the identity to another key) is
+            // an operator's decision, made from the CA's shell.
+            no_replace: (a.role == Role::Factory).then(|| {
+                "a factory account may not replace a certificate: an operator does (`meterpki issue --replace`, or revoke it first)".to_string()
+            }),
         },
         _ => AccountLimits::default(),
     }

@@ -568,3 +568,76 @@ fn request_ids_are_printable_and_batches_are_not_empty() {
     let (code, _) = curl(&s, &srv, Some("line-7"), "GET", "/v1/batches/r1", None, &[]);
     assert_eq!(code, 404, "an empty batch is not stored");
 }
+
+/// A factory cannot take over a device that already holds an active certificate: `replace`
+/// from a factory account is refused (`replace-forbidden`), the device keeps its certificate;
+/// an operator replaces from the CA's shell.
+#[test]
+fn a_factory_may_not_replace_an_active_certificate() {
+    let s = setup();
+    let id = "00-DB-12-00-00-00-77-01";
+    let first = items(&s, 2, &[id, id]);
+    let srv = Server::start(&s);
+    let batch = |rid: &str, item: &Value| json!({"request_id": rid, "items": [item]}).to_string();
+    let (code, body) = curl(
+        &s,
+        &srv,
+        Some("line-7"),
+        "POST",
+        "/v1/batches",
+        Some(&batch("a", &first[0])),
+        &[],
+    );
+    assert_eq!(code, 200, "{body}");
+    let issued: Value = serde_json::from_str(&body).unwrap();
+    let serial = issued["results"][0]["serial"].as_str().unwrap().to_string();
+    let mut takeover = first[1].clone();
+    takeover["replace"] = json!(true);
+    let (code, body) = curl(
+        &s,
+        &srv,
+        Some("line-7"),
+        "POST",
+        "/v1/batches",
+        Some(&batch("b", &takeover)),
+        &[],
+    );
+    assert!(code == 200 || code == 403, "{code} {body}");
+    assert!(body.contains("replace-forbidden"), "{body}");
+    let (_, answer) = curl(
+        &s,
+        &srv,
+        Some("line-7"),
+        "GET",
+        &format!("/v1/certificates/{serial}"),
+        None,
+        &[],
+    );
+    assert!(
+        answer.contains("\"active\""),
+        "the device keeps its certificate: {answer}"
+    );
+    assert_eq!(srv.stop(), 0);
+    // The operator may.
+    let csr = s.path("takeover.csr");
+    let der = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        takeover["csr"].as_str().unwrap(),
+    )
+    .unwrap();
+    std::fs::write(&csr, der).unwrap();
+    s.run(
+        "h",
+        &[
+            "issue",
+            "--profile",
+            "meter-signing",
+            "--device-id",
+            id,
+            "--csr",
+            &csr.display().to_string(),
+            "--replace",
+        ],
+    )
+    .ok();
+}
