@@ -451,6 +451,7 @@ fn an_account_range_is_enforced() {
     let limits = AccountLimits {
         device_range: Some("00-DB-12-00-00-00-00-00/24".parse().unwrap()),
         no_replace: None,
+        no_bare_key: None,
     };
     f.engine
         .issue(

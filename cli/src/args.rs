@@ -213,6 +213,9 @@ pub(crate) enum AccountCommand {
         /// Use the key in this CSR instead of generating one (no key file is written).
         #[arg(long)]
         csr: Option<PathBuf>,
+        /// Factory accounts: may send bare public keys instead of CSRs (keys made in a meter's secure element on an authenticated line). Off by default.
+        #[arg(long)]
+        allow_bare_public_key: bool,
         /// Where to write the credentials.
         #[arg(long)]
         out: PathBuf,

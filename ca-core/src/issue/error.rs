@@ -35,6 +35,8 @@ pub enum ErrorCode {
     ExistingCertificate,
     /// The account may not replace an active certificate (`replace`).
     ReplaceForbidden,
+    /// The account may not send a bare public key (its keys come with a CSR).
+    BareKeyForbidden,
     /// The supplier is not registered.
     SupplierUnknown,
     /// The supplier is registered but no longer active (acquired or exited).
@@ -70,6 +72,7 @@ impl ErrorCode {
             ErrorCode::DeviceRange => "device-range",
             ErrorCode::ExistingCertificate => "existing-certificate",
             ErrorCode::ReplaceForbidden => "replace-forbidden",
+            ErrorCode::BareKeyForbidden => "bare-key-forbidden",
             ErrorCode::SupplierUnknown => "supplier-unknown",
             ErrorCode::SupplierInactive => "supplier-inactive",
             ErrorCode::IssuerRevoked => "issuer-revoked",

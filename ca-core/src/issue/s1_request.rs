@@ -92,6 +92,8 @@ pub struct Request {
     pub key_hash: [u8; 32],
     /// Replace an existing active certificate.
     pub replace: bool,
+    /// The key came as a bare SubjectPublicKeyInfo (no proof of possession).
+    pub bare: bool,
 }
 
 fn err(code: ErrorCode, detail: impl Into<String>) -> IssueError {
@@ -438,6 +440,7 @@ pub fn parse_request(item: &RequestItem, profiles: &ProfileSet) -> Result<Reques
         spki,
         key_hash,
         replace: item.replace,
+        bare: item.csr.is_none(),
     })
 }
 
@@ -540,5 +543,6 @@ pub fn tls_request(
         key_hash: sha2::Sha256::digest(&spki_der).into(),
         spki,
         replace,
+        bare: false,
     })
 }

@@ -17,6 +17,8 @@ pub struct AccountLimits {
     /// Why this account may not replace an active certificate (`"replace": true`), if it may
     /// not.
     pub no_replace: Option<String>,
+    /// Why this account may not send a bare public key instead of a CSR, if it may not.
+    pub no_bare_key: Option<String>,
 }
 
 /// A request that passed every check and will be signed.
@@ -40,6 +42,9 @@ pub(super) fn approve(
     limits: &AccountLimits,
     store: &dyn Store,
 ) -> Result<Decision, IssueError> {
+    if let (true, Some(why)) = (request.bare, &limits.no_bare_key) {
+        return Err(IssueError::new(ErrorCode::BareKeyForbidden, why.clone()));
+    }
     if let (ProfileKind::Meter, Subject::Device(id), Some(range)) = (
         request.profile.kind(),
         &request.subject,
@@ -90,6 +95,9 @@ pub(super) fn approve(
     if let Some(active) = active {
         if active.key_hash == request.key_hash {
             return Ok(Decision::Existing(Box::new(active)));
+        }
+        if let (true, Some(why)) = (request.replace, &limits.no_replace) {
+            let _ = why;
         }
         if let (true, Some(why)) = (request.replace, &limits.no_replace) {
             return Err(IssueError::new(

@@ -65,6 +65,10 @@ pub struct Account {
     pub disabled: bool,
     /// Creation time, Unix seconds.
     pub created: i64,
+    /// Factory accounts: may send a bare public key instead of a CSR (for keys made in a
+    /// meter's secure element on an authenticated line). Off unless an operator allowed it.
+    #[serde(default)]
+    pub bare_public_key: bool,
 }
 
 /// Checks an account name: it is a file name and a CN.

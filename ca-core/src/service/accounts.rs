@@ -38,6 +38,8 @@ pub struct NewAccount {
     pub supplier: Option<Eui64>,
     /// The key.
     pub key: ClientKey,
+    /// Factory accounts: allow bare public keys instead of CSRs.
+    pub bare_public_key: bool,
     /// Where the credentials go.
     pub out: PathBuf,
 }
@@ -112,6 +114,12 @@ impl Service {
                 ))
             }
             _ => {}
+        }
+        if a.bare_public_key && a.role != Role::Factory {
+            return Err(ServiceError::invalid(
+                "bare-public-key",
+                "--allow-bare-public-key is for factory accounts only",
+            ));
         }
         if !self.has_ca(CaKind::Access) {
             return Err(ServiceError::invalid(
@@ -257,6 +265,7 @@ impl Service {
             cert_serial: record.serial.clone(),
             disabled: false,
             created: record.issued_at,
+            bare_public_key: a.bare_public_key,
         };
         txn.push(Op::InsertAccount(account));
         let serial = record.serial_hex();
@@ -265,7 +274,7 @@ impl Service {
             applied.written.then(|| AuditEntry::new(
                 "account.add",
                 actor.name(),
-                json!({"account": a.name, "role": a.role, "device_range": a.device_range, "supplier": a.supplier, "certificate_serial": serial}),
+                json!({"account": a.name, "role": a.role, "device_range": a.device_range, "supplier": a.supplier, "bare_public_key": a.bare_public_key, "certificate_serial": serial}),
             ))
         })?;
         match plan.results(&applied).into_iter().next() {

@@ -209,6 +209,12 @@ pub fn limits(actor: &Actor) -> AccountLimits {
             // A factory line provisions new devices: taking over a device that already holds
             // an active certificate (revoking it and binding the identity to another key) is
             // an operator's decision, made from the CA's shell.
+            no_bare_key: (!a.bare_public_key).then(|| {
+                format!(
+                    "account {} may not send bare public keys: its requests carry a CSR (proof of possession); an operator allows bare keys with `account add --allow-bare-public-key`",
+                    a.name
+                )
+            }),
             no_replace: (a.role == Role::Factory).then(|| {
                 "a factory account may not replace a certificate: an operator does (`meterpki issue --replace`, or revoke it first)".to_string()
             }),

@@ -165,6 +165,7 @@ impl ServiceError {
                 crate::issue::ErrorCode::Internal => ErrorClass::Internal,
                 crate::issue::ErrorCode::DeviceRange
                 | crate::issue::ErrorCode::ReplaceForbidden
+                | crate::issue::ErrorCode::BareKeyForbidden
                 | crate::issue::ErrorCode::SupplierInactive
                 | crate::issue::ErrorCode::SupplierUnknown => ErrorClass::Denied,
                 crate::issue::ErrorCode::ExistingCertificate

@@ -21,6 +21,7 @@ pub(super) fn run(ctx: &Ctx, cmd: AccountCommand) -> Result<()> {
             device_range,
             supplier,
             csr,
+            allow_bare_public_key,
             out,
         } => add(
             ctx,
@@ -29,6 +30,7 @@ pub(super) fn run(ctx: &Ctx, cmd: AccountCommand) -> Result<()> {
             device_range,
             supplier,
             csr.as_deref(),
+            allow_bare_public_key,
             &out,
         ),
         AccountCommand::List => list(ctx),
@@ -43,6 +45,7 @@ fn add(
     device_range: Option<String>,
     supplier: Option<String>,
     csr: Option<&Path>,
+    bare_public_key: bool,
     out: &Path,
 ) -> Result<()> {
     let role = Role::parse(role).map_err(|e| input(format!("--role: {e}")))?;
@@ -62,6 +65,7 @@ fn add(
             device_range,
             supplier,
             key,
+            bare_public_key,
             out: out.to_path_buf(),
         },
     )?;

@@ -641,3 +641,66 @@ fn a_factory_may_not_replace_an_active_certificate() {
     )
     .ok();
 }
+
+/// The bare-public-key path (no proof of possession) is opt-in per factory account: refused
+/// (`bare-key-forbidden`) for an ordinary factory account, accepted for one an operator
+/// allowed it.
+#[test]
+fn bare_public_keys_are_opt_in_per_account() {
+    let s = setup();
+    s.account(
+        "h",
+        "factory",
+        "line-se",
+        &[
+            "--device-range",
+            "00-DB-12-00-00-00-00-00/24",
+            "--allow-bare-public-key",
+        ],
+    );
+    let (key, _) = meterpki_tests::openssl_csr(&s.path(""), "bare", "prime256v1");
+    let out = s.path("bare.spki");
+    tool(
+        "openssl",
+        &[
+            "pkey",
+            "-in",
+            &key.display().to_string(),
+            "-pubout",
+            "-outform",
+            "DER",
+            "-out",
+            &out.display().to_string(),
+        ],
+        &[],
+    )
+    .ok();
+    let b64 = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        std::fs::read(&out).unwrap(),
+    );
+    let item = json!({"profile": "meter-signing", "device_id": "00-DB-12-00-00-00-88-01", "public_key": b64});
+    let srv = Server::start(&s);
+    let body = |rid: &str| json!({"request_id": rid, "items": [item]}).to_string();
+    let (code, answer) = curl(
+        &s,
+        &srv,
+        Some("line-7"),
+        "POST",
+        "/v1/batches",
+        Some(&body("x1")),
+        &[],
+    );
+    assert!(answer.contains("bare-key-forbidden"), "{code} {answer}");
+    let (code, answer) = curl(
+        &s,
+        &srv,
+        Some("line-se"),
+        "POST",
+        "/v1/batches",
+        Some(&body("x2")),
+        &[],
+    );
+    assert_eq!(code, 200, "{answer}");
+    assert!(answer.contains("\"issued\""), "{answer}");
+}

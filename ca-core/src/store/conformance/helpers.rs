@@ -74,6 +74,7 @@ pub(super) fn account(name: &str, serial: u8) -> Account {
         cert_serial: vec![0x50, serial],
         disabled: false,
         created: 1,
+        bare_public_key: false,
     }
 }
 
