@@ -38,6 +38,7 @@ pub(super) fn run(ctx: &Ctx, cmd: AccountCommand) -> Result<()> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn add(
     ctx: &Ctx,
     role: &str,
