@@ -289,8 +289,13 @@ pub(crate) fn sign_tbs(
 }
 
 fn validity(days: u32) -> Result<Validity, CertError> {
-    let now = SystemTime::now();
-    let end = now + Duration::from_secs(u64::from(days) * 86_400);
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_err(|e| CertError::Validity(e.to_string()))?;
+    let now = UNIX_EPOCH + Duration::from_secs(since.as_secs());
+    // Both ends are inside the period (RFC 5280 §4.1.2.5): `days` days end one second before
+    // the same time `days` days later.
+    let end = now + Duration::from_secs(u64::from(days) * 86_400 - 1);
     Ok(Validity {
         not_before: x509_time(now)?,
         not_after: x509_time(end)?,

@@ -707,3 +707,55 @@ fn weak_foreign_and_non_canonical_keys_are_refused() {
         .issue(&bare(&ok), &AccountLimits::default(), &record)
         .unwrap();
 }
+
+/// A validity of N days is exactly N days: notBefore and notAfter both belong to the period
+/// (RFC 5280 §4.1.2.5), so notAfter is N days less one second after notBefore, for end
+/// entities and CA certificates alike.
+#[test]
+fn a_validity_of_n_days_lasts_exactly_n_days() {
+    let span = |c: &Certificate| {
+        let v = &c.tbs_certificate.validity;
+        v.not_after.to_unix_duration().as_secs() - v.not_before.to_unix_duration().as_secs()
+    };
+    let (ca_cert, _) = ca("CN=Span CA", false);
+    assert_eq!(span(&ca_cert), 1000 * 86_400 - 1);
+    let dir = tempfile::tempdir().unwrap();
+    ProfileSet::write_builtin(dir.path()).unwrap();
+    let p = dir.path().join("supplier-key-agreement.toml");
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("validity-days = 1826", "validity-days = 30");
+    std::fs::write(&p, text).unwrap();
+    let f = fixture_with(None, false, ProfileSet::load_dir(dir.path()).unwrap());
+    f.engine
+        .store()
+        .apply(
+            ca_core::Txn::new().with(ca_core::Op::InsertSupplier(ca_core::Supplier {
+                id: "90-B3-D5-1F-30-00-00-02".into(),
+                name: "Example Energy Ltd".into(),
+                state: ca_core::SupplierState::Active,
+                registered_at: 0,
+                ended_at: None,
+                successor: None,
+            })),
+            None,
+        )
+        .unwrap();
+    let item = RequestItem {
+        profile: "supplier-key-agreement".into(),
+        device_id: None,
+        entity_id: Some("90-B3-D5-1F-30-00-00-02".into()),
+        name: None,
+        csr: Some(B64.encode(csr_p256(&new_key()))),
+        public_key: None,
+        replace: false,
+    };
+    let o = f
+        .engine
+        .issue(&item, &AccountLimits::default(), &record)
+        .unwrap();
+    assert_eq!(
+        span(&Certificate::from_der(&o.record.der).unwrap()),
+        30 * 86_400 - 1
+    );
+}

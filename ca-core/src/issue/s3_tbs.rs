@@ -231,7 +231,9 @@ pub(super) fn build_tbs(
                 .map_err(internal)?,
         ),
         Validity::Days(d) => {
-            let end = now_secs + u64::from(d) * 86_400;
+            // notBefore and notAfter are both inside the period (RFC 5280 §4.1.2.5): d days
+            // end one second before the same time d days later.
+            let end = now_secs + u64::from(d) * 86_400 - 1;
             let issuer_end = issuer.not_after_unix;
             x509_time(UNIX_EPOCH + Duration::from_secs(end.min(issuer_end))).map_err(internal)?
         }
