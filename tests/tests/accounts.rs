@@ -89,6 +89,11 @@ fn accounts_get_client_certificates_and_disabling_revokes_them() {
             "{text}"
         );
         assert!(text.contains("TLS Web Client Authentication"), "{text}");
+        // A subjectAltName for verifiers that want one on every certificate.
+        assert!(
+            text.contains(&format!("URI:https://accounts.meterpki.invalid/{name}")),
+            "{text}"
+        );
         // The credential file holds the certificate and the Access CA: lint the leaf alone.
         let leaf = p(&s, &format!("{name}.leaf.pem"));
         tool("openssl", &["x509", "-in", &pem, "-out", &leaf], &[]).ok();

@@ -281,7 +281,16 @@ pub(super) fn build_tbs(
                     OctetString::new(octets).map_err(internal)?,
                 ));
             }
-            if !names.is_empty() {
+            if names.is_empty() {
+                // A client names no host; TLS verifiers that expect a subjectAltName on every
+                // certificate get the account as a URI (RFC 5280 §4.2.1.6) under the reserved
+                // `.invalid` name (RFC 2606): it identifies, it resolves nowhere.
+                names.push(GeneralName::UniformResourceIdentifier(
+                    Ia5String::new(&format!("https://accounts.meterpki.invalid/{common_name}"))
+                        .map_err(internal)?,
+                ));
+            }
+            {
                 // The subject is not empty, so the SAN is not critical (RFC 5280 §4.2.1.6).
                 exts.push(extension(
                     const_oid::db::rfc5280::ID_CE_SUBJECT_ALT_NAME,

@@ -253,7 +253,8 @@ pub(super) fn lint(tbs: Tbs, issuer: &IssuerCtx) -> Result<Linted, IssueError> {
             if t.subject.0.is_empty() {
                 return Err(fail("a TLS certificate names its subject"));
             }
-            let names = dns.len() + ips.len();
+            // A client (no host names) carries its account as one URI.
+            let names = (dns.len() + ips.len()).max(1);
             match find(ID_CE_SUBJECT_ALT_NAME) {
                 Some(san) => {
                     let san: SubjectAltName = ext_value(&san.extn_value, "subjectAltName")?;
