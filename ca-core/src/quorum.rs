@@ -212,13 +212,32 @@ impl ShareFile {
 
     /// Reads and checks a share file.
     pub fn read(path: &Path) -> Result<ShareFile, QuorumError> {
-        let text =
-            Zeroizing::new(
-                std::fs::read_to_string(path).map_err(|source| QuorumError::Io {
-                    file: path.to_path_buf(),
-                    source,
-                })?,
-            );
+        use std::io::Read;
+        // A share file is a few hundred bytes: reading is bounded (`--share /dev/zero` is an
+        // error, not all the memory).
+        const LIMIT: u64 = 64 * 1024;
+        let io = |source| QuorumError::Io {
+            file: path.to_path_buf(),
+            source,
+        };
+        let mut bytes = Zeroizing::new(Vec::new());
+        std::fs::File::open(path)
+            .map_err(io)?
+            .take(LIMIT + 1)
+            .read_to_end(&mut bytes)
+            .map_err(io)?;
+        if bytes.len() as u64 > LIMIT {
+            return Err(QuorumError::Corrupt {
+                file: path.to_path_buf(),
+                reason: format!("it is larger than {} KiB: not a share file", LIMIT / 1024),
+            });
+        }
+        let text = Zeroizing::new(String::from_utf8(bytes.to_vec()).map_err(|_| {
+            QuorumError::Corrupt {
+                file: path.to_path_buf(),
+                reason: "it is not text: not a share file".into(),
+            }
+        })?);
         ShareFile::parse(&text, path)
     }
 

@@ -277,6 +277,11 @@ fn bad_shares_are_refused_and_change_nothing() {
         (vec![sh(1), sh(3), trunc], "is corrupt or truncated"),
         (vec![sh(1), sh(3), flip], "checksum does not match"),
         (vec![sh(1), sh(3), emp], "the file is empty"),
+        // Reading is bounded: a device that never ends is refused, not read into memory.
+        (
+            vec![sh(1), sh(3), "/dev/zero".to_string()],
+            "larger than 64 KiB",
+        ),
         (vec![sh(1), sh(3), missing], "nope.share"),
     ];
     for (files, needle) in cases {
@@ -303,7 +308,7 @@ fn bad_shares_are_refused_and_change_nothing() {
         .filter(|r| r["event"] == "ceremony.share-refused")
         .collect();
     // Every refusal but the unreadable file (an I/O error, not a share) is recorded.
-    assert_eq!(refused.len(), 6, "{audit:#}");
+    assert_eq!(refused.len(), 7, "{audit:#}");
     assert!(refused[0]["details"]["reason"]
         .as_str()
         .unwrap()

@@ -709,3 +709,58 @@ fn request_items_take_one_canonical_form_and_refuse_the_rest() {
     }
     r.fails(2, "4 of 6 items were rejected");
 }
+
+/// A batch file is read a bounded line at a time: a line that is not UTF-8, or longer than
+/// 1 MiB, is refused as that line (code `json`, naming it) and the other lines are issued.
+#[test]
+fn a_line_that_is_not_text_or_too_long_is_refused_as_a_line() {
+    let s = setup();
+    let batch = s.path("b.ndjson");
+    s.bench(
+        "h",
+        &[
+            "make-batch",
+            "--count",
+            "3",
+            "--out",
+            &batch.display().to_string(),
+        ],
+    )
+    .ok();
+    let good = std::fs::read(&batch).unwrap();
+    let mut bytes = Vec::new();
+    let mut lines = good.split(|b| *b == b'\n').filter(|l| !l.is_empty());
+    bytes.extend_from_slice(lines.next().unwrap());
+    bytes.extend_from_slice(b"\n{\"profile\": \"meter-signing\", \"device_id\": \"\xff\xfe\"}\n");
+    bytes.extend_from_slice(&vec![b'x'; 2 * 1024 * 1024]);
+    bytes.push(b'\n');
+    for l in lines {
+        bytes.extend_from_slice(l);
+        bytes.push(b'\n');
+    }
+    std::fs::write(&batch, bytes).unwrap();
+    let out = s.path("r.ndjson");
+    s.run(
+        "h",
+        &[
+            "issue",
+            "--batch",
+            &batch.display().to_string(),
+            "--out",
+            &out.display().to_string(),
+        ],
+    )
+    .fails(2, "2 of 5 items were rejected");
+    let res = results(&out);
+    assert_eq!(res.len(), 5);
+    for (i, line, needle) in [(1, 2, "not UTF-8"), (2, 3, "longer than")] {
+        assert_eq!(res[i]["status"], "rejected");
+        assert_eq!(res[i]["line"], line);
+        assert_eq!(res[i]["error"]["code"], "json");
+        let detail = res[i]["error"]["detail"].as_str().unwrap();
+        assert!(detail.contains(needle), "{detail}");
+    }
+    for i in [0, 3, 4] {
+        assert_eq!(res[i]["status"], "issued", "{}", res[i]);
+    }
+}
