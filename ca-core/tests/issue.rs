@@ -759,3 +759,41 @@ fn a_validity_of_n_days_lasts_exactly_n_days() {
         30 * 86_400 - 1
     );
 }
+
+/// certificatePolicies is non-critical with the shipped meter profile (embedded X.509 stacks
+/// refuse a critical one naming anything but anyPolicy) and critical with
+/// `policy-critical = true` (the GB SMKI form); the lint holds each to its profile.
+#[test]
+fn policy_criticality_follows_the_profile() {
+    let critical_of = |f: &Fixture, id: &str| {
+        let o = f
+            .engine
+            .issue(
+                &meter(id, &csr_p256(&new_key())),
+                &AccountLimits::default(),
+                &record,
+            )
+            .unwrap();
+        let cert = Certificate::from_der(&o.record.der).unwrap();
+        let tbs_len = cert.tbs_certificate.to_der().unwrap().len();
+        let ext = cert
+            .tbs_certificate
+            .extensions
+            .unwrap()
+            .into_iter()
+            .find(|e| e.extn_id == const_oid::db::rfc5280::ID_CE_CERTIFICATE_POLICIES)
+            .unwrap();
+        (ext.critical, tbs_len)
+    };
+    let (shipped, size) = critical_of(&fixture(), "00DB123456789001");
+    assert!(!shipped);
+    let dir = tempfile::tempdir().unwrap();
+    ProfileSet::write_builtin(dir.path()).unwrap();
+    let p = dir.path().join("meter-signing.toml");
+    let text = std::fs::read_to_string(&p).unwrap() + "policy-critical = true\n";
+    std::fs::write(&p, text).unwrap();
+    let f = fixture_with(None, false, ProfileSet::load_dir(dir.path()).unwrap());
+    let (gb, gb_size) = critical_of(&f, "00DB123456789002");
+    assert!(gb);
+    assert_eq!(gb_size, size + 3, "the BOOLEAN TRUE costs 3 bytes of the TBS");
+}

@@ -19,6 +19,7 @@ pub struct Profile {
     pub(crate) key_usage: Vec<KeyUsageBit>,
     pub(crate) curves: Vec<Curve>,
     pub(crate) policy_oid: Option<ObjectIdentifier>,
+    pub(crate) policy_critical: bool,
     pub(crate) device_type_oid: Option<ObjectIdentifier>,
     pub(crate) validity: Validity,
     pub(crate) allow_bare_public_key: bool,
@@ -59,6 +60,13 @@ impl Profile {
     /// trust-update-signer profiles).
     pub fn policy_oid(&self) -> Option<ObjectIdentifier> {
         self.policy_oid
+    }
+
+    /// Whether certificatePolicies is marked critical (default false: common embedded X.509
+    /// stacks refuse a critical policies extension other than anyPolicy; the GB SMKI profiles
+    /// mark it critical).
+    pub fn policy_critical(&self) -> bool {
+        self.policy_critical
     }
 
     /// The device-type OID (hwType of the hardwareModuleName SAN); `Some` exactly for meter profiles.

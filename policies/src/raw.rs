@@ -41,6 +41,7 @@ pub(crate) struct RawProfile {
     key_usage: Vec<KeyUsageBit>,
     curves: Vec<Curve>,
     policy_oid: Option<String>,
+    policy_critical: Option<bool>,
     device_type_oid: Option<String>,
     validity: Option<String>,
     validity_days: Option<i64>,
@@ -127,6 +128,23 @@ impl RawProfile {
                     "missing: required for kind `{kind_name}`: these certificates carry a critical \
                      certificatePolicies extension with the profile's own policy OID (docs/design.md#certificates)"
                 ),
+            ));
+        }
+
+        // certificatePolicies criticality: end-entity profiles choose; CA certificates always
+        // carry their policies non-critical.
+        let policy_critical = self.policy_critical.unwrap_or(false);
+        if self.policy_critical.is_some() && policy_oid.is_none() {
+            return Err(err(
+                "policy-critical",
+                "given without policy-oid: there is no certificatePolicies extension to mark"
+                    .to_string(),
+            ));
+        }
+        if policy_critical && kind.is_ca() {
+            return Err(err(
+                "policy-critical",
+                format!("not allowed for kind `{kind_name}`: CA certificates carry their policies non-critical, which every relying party's stack parses"),
             ));
         }
 
@@ -276,6 +294,7 @@ impl RawProfile {
             key_usage: self.key_usage,
             curves: self.curves,
             policy_oid,
+            policy_critical,
             device_type_oid,
             validity,
             allow_bare_public_key,

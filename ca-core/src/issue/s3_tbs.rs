@@ -188,12 +188,7 @@ fn party_name(entity_id: &crate::model::Eui64, name: &str) -> Result<RdnSequence
 /// policy is what binds the key to its use; on TLS certificates it is not, so that generic TLS
 /// stacks (which reject unknown critical extensions) accept them.
 pub(crate) fn policies_critical(profile: &Profile) -> bool {
-    matches!(
-        profile.kind(),
-        policies::ProfileKind::Meter
-            | policies::ProfileKind::Supplier
-            | policies::ProfileKind::TrustUpdateSigner
-    )
+    profile.policy_critical()
 }
 
 fn tls_name(common_name: &str, unit: Option<&str>) -> Result<RdnSequence, IssueError> {

@@ -151,3 +151,24 @@ fn a_ca_profile_may_name_its_subject_and_nothing_else_may() {
         "subject",
     );
 }
+
+#[test]
+fn policy_criticality_is_a_profile_field() {
+    let p = load_edited("meter-signing", &[]).expect("shipped");
+    assert!(
+        !p.policy_critical(),
+        "shipped meters parse on embedded stacks"
+    );
+    let p = load_edited("meter-signing", &[("policy-critical", Some("true"))]).expect("GB form");
+    assert!(p.policy_critical());
+    refused(
+        "device-ca",
+        &[("policy-critical", Some("true"))],
+        "policy-critical",
+    );
+    refused(
+        "api-server",
+        &[("policy-oid", None), ("policy-critical", Some("false"))],
+        "policy-critical",
+    );
+}
