@@ -795,5 +795,9 @@ fn policy_criticality_follows_the_profile() {
     let f = fixture_with(None, false, ProfileSet::load_dir(dir.path()).unwrap());
     let (gb, gb_size) = critical_of(&f, "00DB123456789002");
     assert!(gb);
-    assert_eq!(gb_size, size + 3, "the BOOLEAN TRUE costs 3 bytes of the TBS");
+    assert_eq!(
+        gb_size,
+        size + 3,
+        "the BOOLEAN TRUE costs 3 bytes of the TBS"
+    );
 }
