@@ -522,33 +522,43 @@ fn meter_certificates_stay_within_the_design_sizes() {
     }
 }
 
-#[test]
-fn supplier_certificates_name_the_party() {
-    let f = fixture();
-    // Only a registered, active supplier is issued certificates.
-    let mut item = RequestItem {
-        profile: "supplier-key-agreement".into(),
-        device_id: None,
-        entity_id: Some("90-B3-D5-1F-30-00-00-02".into()),
-        name: None,
-        csr: Some(B64.encode(csr_p256(&new_key()))),
-        public_key: None,
-        replace: false,
-    };
-    refused(
-        &f,
-        item.clone(),
-        ErrorCode::SupplierUnknown,
-        "not a registered supplier",
-    );
-    let mut supplier = ca_core::Supplier {
+/// Supplier 90-B3-D5-1F-30-00-00-02, "Example Energy Ltd", acquired (set `state` to use it).
+fn example_supplier() -> ca_core::Supplier {
+    ca_core::Supplier {
         id: "90-B3-D5-1F-30-00-00-02".into(),
         name: "Example Energy Ltd".into(),
         state: ca_core::SupplierState::Acquired,
         registered_at: 0,
         ended_at: Some(1),
         successor: None,
-    };
+    }
+}
+
+/// A supplier-key-agreement request for [`example_supplier`] with a fresh key.
+fn supplier_item(name: Option<&str>) -> RequestItem {
+    RequestItem {
+        profile: "supplier-key-agreement".into(),
+        device_id: None,
+        entity_id: Some("90-B3-D5-1F-30-00-00-02".into()),
+        name: name.map(String::from),
+        csr: Some(B64.encode(csr_p256(&new_key()))),
+        public_key: None,
+        replace: false,
+    }
+}
+
+#[test]
+fn supplier_certificates_name_the_party() {
+    let f = fixture();
+    // Only a registered, active supplier is issued certificates.
+    let mut item = supplier_item(None);
+    refused(
+        &f,
+        item.clone(),
+        ErrorCode::SupplierUnknown,
+        "not a registered supplier",
+    );
+    let mut supplier = example_supplier();
     let put = |op| {
         f.engine
             .store()
@@ -561,15 +571,7 @@ fn supplier_certificates_name_the_party() {
     put(ca_core::Op::UpdateSupplier(supplier));
     item.name = Some("Someone Else".into());
     refused(&f, item, ErrorCode::ProfileLimit, "registered name");
-    let item = RequestItem {
-        profile: "supplier-key-agreement".into(),
-        device_id: None,
-        entity_id: Some("90-B3-D5-1F-30-00-00-02".into()),
-        name: Some("Example Energy Ltd".into()),
-        csr: Some(B64.encode(csr_p256(&new_key()))),
-        public_key: None,
-        replace: false,
-    };
+    let item = supplier_item(Some("Example Energy Ltd"));
     let o = f
         .engine
         .issue(&item, &AccountLimits::default(), &record)
@@ -727,29 +729,16 @@ fn a_validity_of_n_days_lasts_exactly_n_days() {
         .replace("validity-days = 1826", "validity-days = 30");
     std::fs::write(&p, text).unwrap();
     let f = fixture_with(None, false, ProfileSet::load_dir(dir.path()).unwrap());
+    let mut supplier = example_supplier();
+    supplier.state = ca_core::SupplierState::Active;
     f.engine
         .store()
         .apply(
-            ca_core::Txn::new().with(ca_core::Op::InsertSupplier(ca_core::Supplier {
-                id: "90-B3-D5-1F-30-00-00-02".into(),
-                name: "Example Energy Ltd".into(),
-                state: ca_core::SupplierState::Active,
-                registered_at: 0,
-                ended_at: None,
-                successor: None,
-            })),
+            ca_core::Txn::new().with(ca_core::Op::InsertSupplier(supplier)),
             None,
         )
         .unwrap();
-    let item = RequestItem {
-        profile: "supplier-key-agreement".into(),
-        device_id: None,
-        entity_id: Some("90-B3-D5-1F-30-00-00-02".into()),
-        name: None,
-        csr: Some(B64.encode(csr_p256(&new_key()))),
-        public_key: None,
-        replace: false,
-    };
+    let item = supplier_item(None);
     let o = f
         .engine
         .issue(&item, &AccountLimits::default(), &record)

@@ -415,6 +415,20 @@ fn pkilint_findings(report: &str) -> Vec<String> {
     out
 }
 
+/// `meterpki issue --batch BATCH --out OUT` on home `h`.
+fn issue_batch(s: &Scratch, batch: &std::path::Path, out: &std::path::Path) -> meterpki_tests::Run {
+    s.run(
+        "h",
+        &[
+            "issue",
+            "--batch",
+            &batch.display().to_string(),
+            "--out",
+            &out.display().to_string(),
+        ],
+    )
+}
+
 fn results(path: &std::path::Path) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     // Only complete lines count as answered.
@@ -455,16 +469,7 @@ fn a_batch_reports_bad_lines_and_a_rerun_issues_nothing_new() {
     lines[12] = bad.to_string();
     std::fs::write(&batch, lines.join("\n") + "\n").unwrap();
     let out1 = s.path("r1.ndjson");
-    let r = s.run(
-        "h",
-        &[
-            "issue",
-            "--batch",
-            &batch.display().to_string(),
-            "--out",
-            &out1.display().to_string(),
-        ],
-    );
+    let r = issue_batch(&s, &batch, &out1);
     r.fails(2, "2 of 41 items were rejected");
     let res = results(&out1);
     assert_eq!(res.len(), 41);
@@ -486,17 +491,7 @@ fn a_batch_reports_bad_lines_and_a_rerun_issues_nothing_new() {
     }
     // Again: the same serials, nothing new signed or stored.
     let out2 = s.path("r2.ndjson");
-    s.run(
-        "h",
-        &[
-            "issue",
-            "--batch",
-            &batch.display().to_string(),
-            "--out",
-            &out2.display().to_string(),
-        ],
-    )
-    .fails(2, "rejected");
+    issue_batch(&s, &batch, &out2).fails(2, "rejected");
     let res2 = results(&out2);
     for (a, b) in res.iter().zip(&res2) {
         assert_eq!(a["serial"], b["serial"]);
@@ -682,16 +677,7 @@ fn request_items_take_one_canonical_form_and_refuse_the_rest() {
     let text: String = items.iter().map(|i| format!("{i}\n")).collect();
     std::fs::write(&batch, text).unwrap();
     let out = s.path("r.ndjson");
-    let r = s.run(
-        "h",
-        &[
-            "issue",
-            "--batch",
-            &batch.display().to_string(),
-            "--out",
-            &out.display().to_string(),
-        ],
-    );
+    let r = issue_batch(&s, &batch, &out);
     let res = results(&out);
     assert_eq!(res[0]["status"], "issued", "{res:#?}");
     assert_eq!(res[5]["status"], "issued", "PEM is accepted: {}", res[5]);
@@ -742,17 +728,7 @@ fn a_line_that_is_not_text_or_too_long_is_refused_as_a_line() {
     }
     std::fs::write(&batch, bytes).unwrap();
     let out = s.path("r.ndjson");
-    s.run(
-        "h",
-        &[
-            "issue",
-            "--batch",
-            &batch.display().to_string(),
-            "--out",
-            &out.display().to_string(),
-        ],
-    )
-    .fails(2, "2 of 5 items were rejected");
+    issue_batch(&s, &batch, &out).fails(2, "2 of 5 items were rejected");
     let res = results(&out);
     assert_eq!(res.len(), 5);
     for (i, line, needle) in [(1, 2, "not UTF-8"), (2, 3, "longer than")] {

@@ -290,7 +290,9 @@ fn settle(
                 ))
             })?;
         match &log.signer {
-            Some(signer) if signing && !signed_by(&rec, signer.as_ref()) => foreign.push(rec.seq),
+            Some(signer) if signing && !rec.signature_verifies(signer.public_key()) => {
+                foreign.push(rec.seq)
+            }
             _ => ours.push(rec.seq),
         }
         prev = rec.head();
@@ -313,22 +315,6 @@ fn settle(
         foreign,
         void: Vec::new(),
     }))
-}
-
-/// True when `rec` carries a signature by `signer`'s key over its seq and hash.
-fn signed_by(rec: &AuditRecord, signer: &dyn crate::signer::Signer) -> bool {
-    use base64::Engine as _;
-    rec.sig
-        .as_deref()
-        .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
-        .is_some_and(|sig| {
-            crate::signer::verify_signature(
-                signer.public_key(),
-                &super::head_message(rec.seq, &rec.hash),
-                &sig,
-            )
-            .is_ok()
-        })
 }
 
 #[cfg(test)]

@@ -140,10 +140,11 @@ impl Service {
                 }
                 let store = self.store()?;
                 for s in &serials {
-                    if let Some(rec) = store.cert(s)? {
-                        check_not_service_certificate(&rec)?;
-                    }
-                    if store.cert(s)?.is_some_and(|r| r.issuer == CaKind::Root) {
+                    let Some(rec) = store.cert(s)? else {
+                        continue;
+                    };
+                    check_not_service_certificate(&rec)?;
+                    if rec.issuer == CaKind::Root {
                         return Err(ServiceError::invalid(
                             "ca-certificate",
                             format!(
