@@ -233,6 +233,30 @@ pub struct ServerConfig {
     /// else) to relying parties; empty: none.
     #[serde(default = "default_crl_listen")]
     pub crl_listen: String,
+    /// Connections held at once on each listener; further clients wait in the kernel's queue
+    /// until one ends (each connection costs memory and a file descriptor).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Connections one client address may hold at once on each listener; more are closed as
+    /// soon as they are accepted, before any TLS.
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// Seconds a new connection has for its TLS handshake and its first request's headers.
+    #[serde(default = "default_header_timeout_secs")]
+    pub header_timeout_secs: u64,
+    /// Seconds a connection may stay without a request being handled and without a byte of a
+    /// request or response moving (kept-alive HTTP/1.1, HTTP/2 with no stream, a response the
+    /// client does not read) before it is closed.
+    #[serde(default = "default_idle_timeout_secs")]
+    pub idle_timeout_secs: u64,
+    /// The slowest a request body may arrive, in bytes a second on average after the first
+    /// `header_timeout_secs` (a body trickled slower is cut off with a 408).
+    #[serde(default = "default_min_body_bytes_per_sec")]
+    pub min_body_bytes_per_sec: u64,
+    /// `/readyz` probes the HSM (one signature with every key) at most once per this many
+    /// milliseconds and answers from the last probe in between.
+    #[serde(default = "default_ready_probe_interval_ms")]
+    pub ready_probe_interval_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -240,8 +264,38 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: default_listen(),
             crl_listen: default_crl_listen(),
+            max_connections: default_max_connections(),
+            max_connections_per_ip: default_max_connections_per_ip(),
+            header_timeout_secs: default_header_timeout_secs(),
+            idle_timeout_secs: default_idle_timeout_secs(),
+            min_body_bytes_per_sec: default_min_body_bytes_per_sec(),
+            ready_probe_interval_ms: default_ready_probe_interval_ms(),
         }
     }
+}
+
+fn default_max_connections() -> usize {
+    1024
+}
+
+fn default_max_connections_per_ip() -> usize {
+    64
+}
+
+fn default_header_timeout_secs() -> u64 {
+    10
+}
+
+fn default_idle_timeout_secs() -> u64 {
+    60
+}
+
+fn default_min_body_bytes_per_sec() -> u64 {
+    1024
+}
+
+fn default_ready_probe_interval_ms() -> u64 {
+    5000
 }
 
 fn default_sessions() -> usize {
@@ -382,6 +436,37 @@ impl Config {
                     "must differ from server.listen: one port speaks TLS, the other plain HTTP",
                 ));
             }
+        }
+        let server = &self.server;
+        for (field, value, least) in [
+            ("server.max_connections", server.max_connections as u64, 1),
+            (
+                "server.max_connections_per_ip",
+                server.max_connections_per_ip as u64,
+                1,
+            ),
+            ("server.header_timeout_secs", server.header_timeout_secs, 1),
+            ("server.idle_timeout_secs", server.idle_timeout_secs, 1),
+            (
+                "server.min_body_bytes_per_sec",
+                server.min_body_bytes_per_sec,
+                1,
+            ),
+            (
+                "server.ready_probe_interval_ms",
+                server.ready_probe_interval_ms,
+                100,
+            ),
+        ] {
+            if value < least {
+                return Err(invalid(field, &format!("must be at least {least}")));
+            }
+        }
+        if server.max_connections_per_ip > server.max_connections {
+            return Err(invalid(
+                "server.max_connections_per_ip",
+                "must not exceed server.max_connections",
+            ));
         }
         if self.hsm.online_token == self.hsm.root_token {
             return Err(invalid(

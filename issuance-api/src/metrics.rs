@@ -21,7 +21,6 @@ pub struct Metrics {
     refused: Mutex<BTreeMap<String, u64>>,
     batches: AtomicU64,
     batch_micros: AtomicU64,
-    sign_checks: AtomicU64,
 }
 
 impl Metrics {
@@ -62,13 +61,9 @@ impl Metrics {
             .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
     }
 
-    /// A readiness probe made.
-    pub fn probe(&self) {
-        self.sign_checks.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// The Prometheus text exposition; `sessions` is (in use, in the pool).
-    pub fn render(&self, sessions: (usize, usize)) -> String {
+    /// The Prometheus text exposition; `sessions` is (in use, in the pool), `probes` the
+    /// readiness probes made of the HSM.
+    pub fn render(&self, sessions: (usize, usize), probes: u64) -> String {
         let mut out = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, lines: &[(String, String)]| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -129,8 +124,8 @@ impl Metrics {
         metric(
             "meterpki_hsm_readiness_probes_total",
             "counter",
-            "Readiness probes made (each signs with every key).",
-            &[(String::new(), load(&self.sign_checks))],
+            "Readiness probes made of the HSM (each signs with every key; /readyz answers from the last one while it is younger than server.ready_probe_interval_ms).",
+            &[(String::new(), probes.to_string())],
         );
         metric(
             "meterpki_batch_seconds",

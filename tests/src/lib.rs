@@ -338,6 +338,8 @@ pub struct Server {
     pub port: u16,
     /// The port of its plain-HTTP CRL listener, if it has one.
     pub crl_port: Option<u16>,
+    /// Where its standard error (its log) goes.
+    pub log: PathBuf,
 }
 
 impl Server {
@@ -359,6 +361,11 @@ impl Server {
         } else {
             &["--crl-listen", "127.0.0.1:0"]
         };
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let log = s.path(&format!(
+            "server-{}.log",
+            STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         let mut child = Command::new(&s.exe)
             .args([
                 "--home",
@@ -373,7 +380,7 @@ impl Server {
             .env_remove("METERPKI_REEXEC")
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
         let mut out = BufReader::new(child.stdout.take().unwrap());
@@ -404,6 +411,7 @@ impl Server {
             child,
             port,
             crl_port,
+            log,
         }
     }
 

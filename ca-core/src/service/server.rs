@@ -26,23 +26,80 @@ pub struct ServerStart {
 }
 
 /// Whether the HSM can sign now with every key the server uses.
+///
+/// A probe signs once with every key, so it is not made per request: `/readyz` is public, and
+/// a flood of it would take the HSM from real work. [`Readiness::ready_cached`] answers from
+/// the last probe while it is younger than the probe interval, and only one probe runs at a
+/// time (the others answer from the last result).
 #[derive(Debug)]
 pub struct Readiness {
     signers: Vec<Arc<dyn Signer>>,
     token: Arc<dyn HsmToken>,
+    interval: Duration,
+    last: std::sync::Mutex<Option<(std::time::Instant, bool)>>,
+    probing: std::sync::Mutex<()>,
+    probes: std::sync::atomic::AtomicU64,
 }
 
 impl Readiness {
     /// Ready = nothing stuck in the HSM past its sign timeout, and every key signs now with a
-    /// signature that verifies (a module returning garbage is not ready either).
+    /// signature that verifies (a module returning garbage is not ready either). Probes the HSM
+    /// every time: see [`Readiness::ready_cached`].
     pub fn ready(&self) -> bool {
         const PROBE: &[u8] = b"meterpki readiness probe";
-        !self.stuck()
-            && self.signers.iter().all(|signer| {
-                signer.sign(PROBE).is_ok_and(|sig| {
-                    verify_signature_fast(signer.public_key(), PROBE, &sig).is_ok()
-                })
-            })
+        if self.stuck() {
+            return false;
+        }
+        self.probes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.signers.iter().all(|signer| {
+            signer
+                .sign(PROBE)
+                .is_ok_and(|sig| verify_signature_fast(signer.public_key(), PROBE, &sig).is_ok())
+        })
+    }
+
+    /// [`Readiness::ready`] made at most once per probe interval (`server.ready_probe_interval_ms`)
+    /// and by one caller at a time; a hung HSM ([`Readiness::stuck`]) is seen at once.
+    pub fn ready_cached(&self) -> bool {
+        if self.stuck() {
+            return false;
+        }
+        let fresh = |last: &Option<(std::time::Instant, bool)>| {
+            last.filter(|(at, _)| at.elapsed() < self.interval)
+                .map(|(_, ok)| ok)
+        };
+        if let Some(ok) = fresh(&self.lock_last()) {
+            return ok;
+        }
+        match self.probing.try_lock() {
+            Ok(_probing) => {
+                // Another caller may have probed while this one waited for the lock.
+                if let Some(ok) = fresh(&self.lock_last()) {
+                    return ok;
+                }
+                let ok = self.ready();
+                *self.lock_last() = Some((std::time::Instant::now(), ok));
+                ok
+            }
+            // A probe is running: the last result, or not ready when there is none yet.
+            Err(_) => self.lock_last().is_some_and(|(_, ok)| ok),
+        }
+    }
+
+    /// Forgets the last probe (real work just saw the HSM fail): the next
+    /// [`Readiness::ready_cached`] probes again.
+    pub fn invalidate(&self) {
+        *self.lock_last() = None;
+    }
+
+    /// HSM probes made since start.
+    pub fn probes(&self) -> u64 {
+        self.probes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn lock_last(&self) -> std::sync::MutexGuard<'_, Option<(std::time::Instant, bool)>> {
+        self.last.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// True while a signature has been in the HSM longer than the sign timeout (a hung HSM).
@@ -166,7 +223,14 @@ impl Service {
                 signers.push(token.signer(&kind.key_label())?);
             }
         }
-        Ok(Readiness { signers, token })
+        Ok(Readiness {
+            signers,
+            token,
+            interval: Duration::from_millis(self.config.server.ready_probe_interval_ms),
+            last: Default::default(),
+            probing: Default::default(),
+            probes: Default::default(),
+        })
     }
 
     /// Republishes every issuer's CRLs before they reach nextUpdate (at half their lifetime),

@@ -31,6 +31,7 @@ pub(super) fn run(
         ips
     };
     let ctx_home = ctx.home().clone();
+    let serve_options = issuance_api::ServeOptions::from_config(&ctx.config().server);
     let metrics = Arc::new(issuance_api::Metrics::default());
     let timed = metrics.clone();
     let service = Arc::new(ctx.service.with_signer_wrap(Arc::new(move |inner| {
@@ -130,7 +131,7 @@ pub(super) fn run(
             listener,
             tls,
             router,
-            issuance_api::ServeOptions::default(),
+            serve_options.clone(),
             stopped(stop_rx.clone()),
         );
         let plain_server = async {
@@ -139,7 +140,7 @@ pub(super) fn run(
                     issuance_api::serve_plain(
                         l,
                         crl_router,
-                        issuance_api::ServeOptions::default(),
+                        serve_options.clone(),
                         stopped(stop_rx.clone()),
                     )
                     .await

@@ -54,11 +54,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(axum::middleware::map_response(
             limits::problem_for_rejections,
         ))
+        // A body sent too slowly (slowloris) is cut off per connection by the server's
+        // minimum body rate (server.min_body_bytes_per_sec).
         .layer(axum::middleware::from_fn(limits::refuse_declared_oversize))
-        // A client that stops sending its body mid-way (slowloris) is cut off.
-        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-            std::time::Duration::from_secs(30),
-        ))
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }

@@ -54,8 +54,8 @@ pub(super) async fn get_ca_cert(
 
 pub(super) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let readiness = state.readiness.clone();
-    state.metrics.probe();
-    let probe = tokio::task::spawn_blocking(move || readiness.ready());
+    // From the last probe while it is fresh: a flood of /readyz costs no HSM signatures.
+    let probe = tokio::task::spawn_blocking(move || readiness.ready_cached());
     match tokio::time::timeout(state.ready_deadline, probe).await {
         Ok(Ok(true)) => (StatusCode::OK, "ready\n").into_response(),
         _ => ApiError::new(
@@ -68,7 +68,9 @@ pub(super) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 }
 
 pub(super) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let mut body = state.metrics.render(state.readiness.sessions());
+    let mut body = state
+        .metrics
+        .render(state.readiness.sessions(), state.readiness.probes());
     // The nextUpdate of the ARL (which only a quorum can re-sign) and of each issuer's full
     // CRL, and how many of them need an operator soon; read through the CRL cache (one parse
     // per published version), so a scrape costs no store read and no CRL parse.

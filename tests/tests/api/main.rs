@@ -6,11 +6,13 @@
 //! from), `mutual_tls` (batches, lookups, revocation and supplier enrolment over mTLS, and what
 //! each account may not do), `limits` (per-account limits and SIGTERM), `takeover`,
 //! `security_matrix`, `faults` (HSM faults and a server killed mid-batch), `load` (sustained
-//! load and stalled connections), `secrets`, `bench` (`bench api`) and `revocation` (relying parties checking every CRL
+//! load and stalled connections), `hostile` (callers without an account: refused uploads, connection limits, idle
+//! and trickling connections, `/readyz` floods, descriptors running out), `secrets`, `bench` (`bench api`) and `revocation` (relying parties checking every CRL
 //! over plain HTTP while revocations happen).
 
 mod bench;
 mod faults;
+mod hostile;
 mod limits;
 mod load;
 mod mutual_tls;

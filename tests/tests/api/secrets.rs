@@ -191,6 +191,7 @@ fn secrets_never_leak_and_the_server_never_opens_the_root_token() {
         child,
         port,
         crl_port: None,
+        log: s.path("serve.log"),
     };
     let (code, _) = curl(
         &s,
