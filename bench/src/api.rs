@@ -40,7 +40,7 @@ pub(crate) struct ApiArgs {
 }
 
 /// The `meterpki` binary: given, beside this one, or on PATH.
-fn meterpki_binary(given: Option<&Path>) -> Result<PathBuf> {
+pub(crate) fn meterpki_binary(given: Option<&Path>) -> Result<PathBuf> {
     if let Some(p) = given {
         return Ok(p.to_path_buf());
     }
@@ -53,7 +53,7 @@ fn meterpki_binary(given: Option<&Path>) -> Result<PathBuf> {
 
 /// The server under load: stopped (SIGTERM, then waited for) when the run ends, also when it
 /// ends early with an error.
-struct ServerProcess(std::process::Child);
+pub(crate) struct ServerProcess(pub(crate) std::process::Child);
 
 impl Drop for ServerProcess {
     fn drop(&mut self) {
@@ -122,80 +122,13 @@ pub(crate) fn run(b: &Bench, a: &ApiArgs) -> Result<()> {
     };
     let verify = verify_rate(sessions, Duration::from_secs_f64(raw_seconds))?;
     // 3. A factory account for the run (through the CLI, as an operator would).
-    let name = format!("bench-{:08x}", rand::random::<u32>());
     let creds = work.path().join("creds");
-    let st = std::process::Command::new(&exe)
-        .arg("--home")
-        .arg(&home)
-        .args([
-            "account",
-            "add",
-            "--role",
-            "factory",
-            "--name",
-            &name,
-            "--device-range",
-            "00-00-00-00-00-00-00-00/0",
-            "--out",
-        ])
-        .arg(&creds)
-        .stdout(std::process::Stdio::null())
-        .status()?;
-    anyhow::ensure!(st.success(), "creating the bench account failed");
+    let name = add_factory_account(&exe, &home, &creds)?;
     // 4. The server, as its own process.
-    let mut server = ServerProcess(
-        std::process::Command::new(&exe)
-            .arg("--home")
-            .arg(&home)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--crl-listen",
-                "127.0.0.1:0",
-            ])
-            .stdout(std::process::Stdio::piped())
-            .spawn()?,
-    );
-    let mut line = String::new();
-    let mut out = std::io::BufReader::new(server.0.stdout.take().expect("stdout"));
-    out.read_line(&mut line)?;
-    // The server says more (its CRL listener); keep its stdout open while it runs.
-    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-    let addr = line
-        .trim()
-        .trim_start_matches("listening on https://")
-        .to_string();
-    anyhow::ensure!(!addr.is_empty(), "the server did not start");
-    let pid = server.0.id().to_string();
-    let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sampler = {
-        let (peak, stop) = (peak.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                if let Some(kb) = crate::figures::rss_kb_of(&pid, "VmRSS:") {
-                    peak.fetch_max(kb, std::sync::atomic::Ordering::Relaxed);
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        })
-    };
+    let (server, addr) = start_server(&exe, &home)?;
+    let sampler = RssSampler::start(server.0.id());
     // 5. The load: batches over mTLS, `in_flight` at a time.
-    let identity = {
-        let mut pem = std::fs::read(creds.join(format!("{name}.key")))?;
-        pem.extend(std::fs::read(creds.join(format!("{name}.pem")))?);
-        reqwest::Identity::from_pem(&pem)?
-    };
-    let roots = reqwest::Certificate::from_pem_bundle(&std::fs::read(creds.join("ca.pem"))?)?;
-    let mut builder = reqwest::Client::builder()
-        .use_rustls_tls()
-        .identity(identity)
-        .tls_built_in_root_certs(false);
-    for r in roots {
-        builder = builder.add_root_certificate(r);
-    }
-    let client = builder.timeout(Duration::from_secs(600)).build()?;
+    let client = mtls_client(&creds, &name)?;
     // The next batch's body, from the next `batch` request lines (None at the end).
     let mut requests = open_requests()?.lines();
     let mut batches_made = 0usize;
@@ -291,8 +224,7 @@ pub(crate) fn run(b: &Bench, a: &ApiArgs) -> Result<()> {
     });
     let wall = start.elapsed().as_secs_f64();
     drop(server);
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let _ = sampler.join();
+    let peak_mb = sampler.stop();
     let (mut lat, issued, rejected) = outcome?;
     lat.sort_by(|a, b| a.total_cmp(b));
     let pct = |p: f64| {
@@ -301,7 +233,6 @@ pub(crate) fn run(b: &Bench, a: &ApiArgs) -> Result<()> {
             .unwrap_or(0.0)
     };
     let rate = issued as f64 / wall;
-    let peak_mb = peak.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1024.0;
     let out = json!({
         "certificates": issued, "rejected": rejected, "wall_seconds": wall, "certificates_per_second": rate,
         "raw_signing_per_second": raw.per_second, "sessions": sessions, "ratio": rate / raw.per_second,
@@ -335,4 +266,114 @@ pub(crate) fn run(b: &Bench, a: &ApiArgs) -> Result<()> {
         anyhow::bail!("{rejected} requests were rejected");
     }
     Ok(())
+}
+
+/// A factory account with the whole device range, made through the CLI as an operator would;
+/// its credentials are written to `creds`. Returns its name.
+pub(crate) fn add_factory_account(exe: &Path, home: &Path, creds: &Path) -> Result<String> {
+    let name = format!("bench-{:08x}", rand::random::<u32>());
+    let st = std::process::Command::new(exe)
+        .arg("--home")
+        .arg(home)
+        .args([
+            "account",
+            "add",
+            "--role",
+            "factory",
+            "--name",
+            &name,
+            "--device-range",
+            "00-00-00-00-00-00-00-00/0",
+            "--out",
+        ])
+        .arg(creds)
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    anyhow::ensure!(st.success(), "creating the bench account failed");
+    Ok(name)
+}
+
+/// `meterpki serve` on `home` as its own process, on free ports; returns it and its address.
+pub(crate) fn start_server(exe: &Path, home: &Path) -> Result<(ServerProcess, String)> {
+    let mut server = ServerProcess(
+        std::process::Command::new(exe)
+            .arg("--home")
+            .arg(home)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--crl-listen",
+                "127.0.0.1:0",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()?,
+    );
+    let mut line = String::new();
+    let mut out = std::io::BufReader::new(server.0.stdout.take().expect("stdout"));
+    out.read_line(&mut line)?;
+    // The server says more (its CRL listener); keep its stdout open while it runs.
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    let addr = line
+        .trim()
+        .trim_start_matches("listening on https://")
+        .to_string();
+    anyhow::ensure!(!addr.is_empty(), "the server did not start");
+    Ok((server, addr))
+}
+
+/// A reqwest client with the credentials `account add` wrote for `name` in `creds`.
+pub(crate) fn mtls_client(creds: &Path, name: &str) -> Result<reqwest::Client> {
+    let identity = {
+        let mut pem = std::fs::read(creds.join(format!("{name}.key")))?;
+        pem.extend(std::fs::read(creds.join(format!("{name}.pem")))?);
+        reqwest::Identity::from_pem(&pem)?
+    };
+    let roots = reqwest::Certificate::from_pem_bundle(&std::fs::read(creds.join("ca.pem"))?)?;
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .identity(identity)
+        .tls_built_in_root_certs(false);
+    for r in roots {
+        builder = builder.add_root_certificate(r);
+    }
+    Ok(builder.timeout(Duration::from_secs(600)).build()?)
+}
+
+/// The peak resident memory of a process, sampled every 100 ms until stopped.
+pub(crate) struct RssSampler {
+    peak: Arc<std::sync::atomic::AtomicU64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl RssSampler {
+    pub(crate) fn start(pid: u32) -> RssSampler {
+        let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (p, s) = (peak.clone(), stop.clone());
+        let pid = pid.to_string();
+        let thread = std::thread::spawn(move || {
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(kb) = crate::figures::rss_kb_of(&pid, "VmRSS:") {
+                    p.fetch_max(kb, std::sync::atomic::Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        RssSampler { peak, stop, thread }
+    }
+
+    /// The peak so far, in MB.
+    pub(crate) fn peak_mb(&self) -> f64 {
+        self.peak.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1024.0
+    }
+
+    /// Stops sampling; the peak in MB.
+    pub(crate) fn stop(self) -> f64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let peak = self.peak.clone();
+        let _ = self.thread.join();
+        peak.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1024.0
+    }
 }

@@ -7,6 +7,7 @@
 mod api;
 mod crl;
 mod figures;
+mod hostile;
 mod input;
 mod issue;
 mod takeover;
@@ -52,6 +53,11 @@ enum Command {
         after_help = "Examples:\n  meterpki-bench api --count 1000000 --batch 5000 --in-flight 2\n  meterpki-bench make-batch --count 1000000 --out req.ndjson && meterpki-bench api --requests req.ndjson"
     )]
     Api(api::ApiArgs),
+    /// Hostile callers without an account beside a real batch: refused 16 MiB uploads, idle TLS and HTTP/2 connections, TCP without TLS, trickled bodies and a /readyz flood from several client addresses; print the batch's latency alone and under attack and the server's peak RSS.
+    #[command(
+        after_help = "Example:\n  meterpki-bench --home COPY hostile --batch 1000 --idle 400 --uploads 64"
+    )]
+    Hostile(hostile::HostileArgs),
     /// CRLs at scale: N certificate records written straight to a scratch store, M revoked by list, every shard (and the full CRL) rebuilt and signed with the Device CA key.
     #[command(after_help = "Example:\n  meterpki-bench crl --certs 1000000 --revoke 100000")]
     Crl {
@@ -143,6 +149,7 @@ fn run(cli: Cli) -> Result<()> {
             check_seconds("--raw-seconds", a.raw_seconds)?;
             api::run(&Bench::open(&cli.home, cli.json)?, &a)
         }
+        Command::Hostile(a) => hostile::run(&Bench::open(&cli.home, cli.json)?, &a),
         Command::Issue { count, raw_seconds } => {
             check_seconds("--raw-seconds", raw_seconds)?;
             issue::run(&Bench::open(&cli.home, cli.json)?, count, raw_seconds)

@@ -110,3 +110,56 @@ fn bench_api_issues_a_request_file_over_mtls_and_reports_its_figures() {
     s.bench("h", &["api", "--count", "5", "--requests", &req])
         .fails(2, "cannot be used with");
 }
+
+/// `bench hostile` end to end, small: the batch issues alone and under the attack, the attack
+/// reaches the server (connections made and ended, uploads refused, /readyz answered), and the
+/// figures are in its JSON.
+#[test]
+fn bench_hostile_runs_a_batch_beside_an_attack_and_reports_its_figures() {
+    let s = setup();
+    let v = s
+        .bench(
+            "h",
+            &[
+                "--json",
+                "hostile",
+                "--batch",
+                "5",
+                "--addresses",
+                "2",
+                "--idle",
+                "6",
+                "--uploads",
+                "2",
+                "--trickle",
+                "2",
+                "--readyz",
+                "1",
+                "--warmup",
+                "2",
+                "--meterpki",
+                EXE,
+            ],
+        )
+        .ok()
+        .json();
+    assert_eq!(v["issued"], 10, "{v}");
+    for f in [
+        "batch_seconds_alone",
+        "batch_seconds_under_attack",
+        "server_peak_rss_mb",
+        "attack_connections_made",
+        "uploads_refused",
+        "readyz_answered",
+    ] {
+        assert!(v[f].as_f64().unwrap() > 0.0, "{f}: {v}");
+    }
+    // Answered from the probe cache: at most one probe per 5 s interval (and the batch's).
+    assert!(
+        v["readiness_hsm_probes_during_attack"].as_u64().unwrap() <= 2,
+        "{v}"
+    );
+    let bad = s.bench("h", &["hostile", "--batch", "0"]);
+    assert_ne!(bad.code, 0);
+    assert!(bad.stderr.contains("--batch"), "{}", bad.stderr);
+}
