@@ -54,10 +54,11 @@ fn request(
 
 /// A batch body of `n` meter requests for devices `00-DB-00-00-00-00-<tag>-<i>`.
 fn batch(s: &Scratch, request_id: &str, tag: u8, n: u8) -> String {
-    let (_, csr) = openssl_csr(&s.path(""), &format!("m{tag}"), "prime256v1");
-    let pem = std::fs::read_to_string(csr).unwrap();
+    // A key of its own for each meter: a key is certified for one subject only.
     let items: Vec<Value> = (0..n)
         .map(|i| {
+            let (_, csr) = openssl_csr(&s.path(""), &format!("m{tag}-{i}"), "prime256v1");
+            let pem = std::fs::read_to_string(csr).unwrap();
             serde_json::json!({"profile": "meter-signing", "device_id": format!("00-DB-00-00-00-00-{tag:02X}-{i:02X}"), "csr": pem})
         })
         .collect();

@@ -33,6 +33,8 @@ pub enum ErrorCode {
     DeviceRange,
     /// An active certificate exists for this device and usage with another key.
     ExistingCertificate,
+    /// The key is already certified for another subject or usage.
+    KeyReused,
     /// The account may not replace an active certificate (`replace`).
     ReplaceForbidden,
     /// The account may not send a bare public key (its keys come with a CSR).
@@ -71,6 +73,7 @@ impl ErrorCode {
             ErrorCode::DeviceId => "device-id",
             ErrorCode::DeviceRange => "device-range",
             ErrorCode::ExistingCertificate => "existing-certificate",
+            ErrorCode::KeyReused => "key-reused",
             ErrorCode::ReplaceForbidden => "replace-forbidden",
             ErrorCode::BareKeyForbidden => "bare-key-forbidden",
             ErrorCode::SupplierUnknown => "supplier-unknown",

@@ -97,9 +97,6 @@ pub(super) fn approve(
             return Ok(Decision::Existing(Box::new(active)));
         }
         if let (true, Some(why)) = (request.replace, &limits.no_replace) {
-            let _ = why;
-        }
-        if let (true, Some(why)) = (request.replace, &limits.no_replace) {
             return Err(IssueError::new(
                 ErrorCode::ReplaceForbidden,
                 format!(
@@ -120,5 +117,28 @@ pub(super) fn approve(
             ));
         }
     }
+    // One key, one subject and usage: checked here before signing, and again in the store's
+    // transaction (two requests at once).
+    if let Some(holder) = store
+        .cert_with_key(&request.key_hash)
+        .map_err(|e| IssueError::new(ErrorCode::Internal, e.to_string()))?
+    {
+        if holder.subject_id != subject_id || holder.profile != request.profile.name() {
+            return Err(key_reused(&holder));
+        }
+    }
     Ok(Decision::Approve(Box::new(Approved { request })))
+}
+
+/// The refusal of a key bound to another subject or usage by `holder`.
+pub(crate) fn key_reused(holder: &CertRecord) -> IssueError {
+    IssueError::new(
+        ErrorCode::KeyReused,
+        format!(
+            "this public key is already certified for {} as {} (serial {}): a key belongs to one subject and one usage; make a new key pair",
+            holder.subject_id,
+            holder.profile,
+            holder.serial_hex()
+        ),
+    )
 }

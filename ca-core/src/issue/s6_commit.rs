@@ -103,6 +103,9 @@ impl PlannedCommit {
                             active.serial_hex()
                         ),
                     )),
+                    Some(Commit::KeyReused(holder)) => {
+                        Err(super::s2_policy::key_reused(holder))
+                    }
                     None => Err(IssueError::new(
                         ErrorCode::Internal,
                         "the store answered fewer items than it was given",

@@ -169,6 +169,7 @@ impl ServiceError {
                 | crate::issue::ErrorCode::SupplierInactive
                 | crate::issue::ErrorCode::SupplierUnknown => ErrorClass::Denied,
                 crate::issue::ErrorCode::ExistingCertificate
+                | crate::issue::ErrorCode::KeyReused
                 | crate::issue::ErrorCode::IssuerRevoked => ErrorClass::Conflict,
                 _ => ErrorClass::Invalid,
             },

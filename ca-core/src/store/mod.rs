@@ -48,6 +48,9 @@ pub trait Store: Send + Sync + fmt::Debug {
         subject_id: &str,
         profile: &str,
     ) -> Result<Option<CertRecord>, StoreError>;
+    /// The certificate that first bound the key with this SHA-256 of its SubjectPublicKeyInfo
+    /// to a subject and usage (every later certificate for the key has the same ones).
+    fn cert_with_key(&self, key_hash: &[u8; 32]) -> Result<Option<CertRecord>, StoreError>;
     /// Every certificate of a subject, oldest first.
     fn certs_of_subject(&self, subject_id: &str) -> Result<Vec<CertRecord>, StoreError>;
     /// Whether any certificate was ever issued to `subject_id`.

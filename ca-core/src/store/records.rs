@@ -70,6 +70,8 @@ pub enum Commit {
     Existing(Box<CertRecord>),
     /// An active certificate with another key exists and the request did not say `replace`.
     Conflict(Box<CertRecord>),
+    /// The key is bound to another subject or usage: the certificate that bound it.
+    KeyReused(Box<CertRecord>),
 }
 
 /// The outcome of an [`Op::CommitIssued`](super::Op::CommitIssued).

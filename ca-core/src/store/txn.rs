@@ -13,7 +13,8 @@ use crate::model::{Account, OpRecord, Revocation, Supplier};
 pub enum Op {
     /// Stores issued certificates (each with its `replace` flag), re-checking each against the
     /// active index: the same key again is [`Commit::Existing`](super::Commit::Existing),
-    /// another key without `replace` a [`Commit::Conflict`](super::Commit::Conflict), and a
+    /// another key without `replace` a [`Commit::Conflict`](super::Commit::Conflict), a key
+    /// bound to another subject or usage a [`Commit::KeyReused`](super::Commit::KeyReused), and a
     /// replaced certificate is revoked as superseded in the same write. A serial ever used is
     /// refused. With `all_or_nothing`, nothing of the transaction is written unless every item
     /// is stored.

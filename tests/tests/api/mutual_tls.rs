@@ -703,4 +703,84 @@ fn bare_public_keys_are_opt_in_per_account() {
     );
     assert_eq!(code, 200, "{answer}");
     assert!(answer.contains("\"issued\""), "{answer}");
+
+    // One key, one subject and usage: the same key for another meter, or for the same meter's
+    // other usage, is refused naming the certificate that holds it; so is a supplier's key.
+    let spki_b64 = |key: &std::path::Path, name: &str| {
+        let out = s.path(&format!("{name}.spki"));
+        tool(
+            "openssl",
+            &[
+                "pkey",
+                "-in",
+                &key.display().to_string(),
+                "-pubout",
+                "-outform",
+                "DER",
+                "-out",
+                &out.display().to_string(),
+            ],
+            &[],
+        )
+        .ok();
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            std::fs::read(&out).unwrap(),
+        )
+    };
+    let (sup_key, sup_csr) = meterpki_tests::openssl_csr(&s.path(""), "sup-reuse", "prime256v1");
+    let enrol = json!({"profile": "supplier-signing", "name": "Energy A", "csr": std::fs::read_to_string(&sup_csr).unwrap()}).to_string();
+    let (code, answer) = curl(
+        &s,
+        &srv,
+        Some("energy-a"),
+        "POST",
+        "/v1/suppliers/90-B3-D5-1F-30-00-00-0A/keys",
+        Some(&enrol),
+        &[],
+    );
+    assert_eq!(code, 201, "{answer}");
+    let supplier_b64 = spki_b64(&sup_key, "sup-reuse");
+    for (n, (profile, device, key)) in [
+        ("meter-signing", "00-DB-12-00-00-00-88-02", &b64),
+        ("meter-key-agreement", "00-DB-12-00-00-00-88-01", &b64),
+        ("meter-signing", "00-DB-12-00-00-00-88-03", &supplier_b64),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let body = json!({"request_id": format!("reuse-{n}"), "items": [{"profile": profile, "device_id": device, "public_key": key}]}).to_string();
+        let (code, answer) = curl(
+            &s,
+            &srv,
+            Some("line-se"),
+            "POST",
+            "/v1/batches",
+            Some(&body),
+            &[],
+        );
+        assert_eq!(code, 200, "{answer}");
+        let v: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(v["results"][0]["error"]["code"], "key-reused", "{answer}");
+        let detail = v["results"][0]["error"]["detail"].as_str().unwrap();
+        let holder = if n < 2 {
+            "00-DB-12-00-00-00-88-01"
+        } else {
+            "90-B3-D5-1F-30-00-00-0A"
+        };
+        assert!(detail.contains(holder), "{detail}");
+    }
+    // The same supplier key enrolled again for the other usage: 409.
+    let enrol = json!({"profile": "supplier-key-agreement", "name": "Energy A", "csr": std::fs::read_to_string(&sup_csr).unwrap()}).to_string();
+    let (code, answer) = curl(
+        &s,
+        &srv,
+        Some("energy-a"),
+        "POST",
+        "/v1/suppliers/90-B3-D5-1F-30-00-00-0A/keys",
+        Some(&enrol),
+        &[],
+    );
+    assert_eq!(code, 409, "{answer}");
+    assert!(answer.contains("key-reused"), "{answer}");
 }

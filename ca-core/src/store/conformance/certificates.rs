@@ -214,3 +214,66 @@ pub fn revocation_is_final_and_listed_by_shard(h: &dyn Harness, dir: &Path) {
         vec![(a.serial, first)]
     );
 }
+
+/// A key is bound to the subject and usage of its first certificate: another subject, or the
+/// same subject's other usage, is refused with that certificate (also within one commit, and
+/// also after it was revoked); the same subject and usage may be certified with it again.
+pub fn a_key_is_bound_to_one_subject_and_usage(h: &dyn Harness, dir: &Path) {
+    let s = h.open(dir);
+    let a = cert(1, DEV, "meter-signing", 1);
+    assert_eq!(
+        commit(s.as_ref(), vec![(a.clone(), false)], false),
+        vec![Commit::Stored]
+    );
+    assert_eq!(s.cert_with_key(&a.key_hash).unwrap(), Some(a.clone()));
+    assert_eq!(s.cert_with_key(&[9; 32]).unwrap(), None);
+    for other in [
+        cert(2, DEV2, "meter-signing", 1),
+        cert(3, DEV, "meter-key-agreement", 1),
+        cert(4, DEV2, "meter-key-agreement", 1),
+    ] {
+        assert_eq!(
+            commit(s.as_ref(), vec![(other.clone(), false)], false),
+            vec![Commit::KeyReused(Box::new(a.clone()))]
+        );
+        assert_eq!(s.cert(&other.serial).unwrap(), None);
+    }
+    // Revoked, the key stays bound: the same subject and usage may use it again, no other.
+    revoke(
+        s.as_ref(),
+        vec![a.serial.clone()],
+        revocation(Reason::Superseded, 1_700_000_100),
+    );
+    assert!(matches!(
+        commit(
+            s.as_ref(),
+            vec![(cert(5, DEV2, "meter-signing", 1), false)],
+            false
+        )[..],
+        [Commit::KeyReused(_)]
+    ));
+    assert_eq!(
+        commit(
+            s.as_ref(),
+            vec![(cert(6, DEV, "meter-signing", 1), false)],
+            false
+        ),
+        vec![Commit::Stored]
+    );
+    // Two subjects with one new key in one commit: the first binds it.
+    let d7 = "00-DB-12-34-56-78-90-07";
+    let d8 = "00-DB-12-34-56-78-90-08";
+    let first = cert(7, d7, "meter-signing", 7);
+    assert_eq!(
+        commit(
+            s.as_ref(),
+            vec![
+                (first.clone(), false),
+                (cert(8, d8, "meter-signing", 7), false)
+            ],
+            false
+        ),
+        vec![Commit::Stored, Commit::KeyReused(Box::new(first))]
+    );
+    assert!(!s.subject_known(d8).unwrap());
+}

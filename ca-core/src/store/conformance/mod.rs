@@ -33,7 +33,8 @@ pub use batches::{
     counters_never_go_back_and_reservations_never_overlap, meter_moves_are_compare_and_swap,
 };
 pub use certificates::{
-    a_serial_is_never_stored_twice, all_or_nothing_commits_store_nothing_when_one_item_is_refused,
+    a_key_is_bound_to_one_subject_and_usage, a_serial_is_never_stored_twice,
+    all_or_nothing_commits_store_nothing_when_one_item_is_refused,
     certificates_round_trip_and_are_indexed,
     one_active_certificate_per_device_and_usage_under_concurrency,
     replace_supersedes_and_revokes_the_old_certificate, revocation_is_final_and_listed_by_shard,
@@ -64,6 +65,7 @@ macro_rules! store_conformance {
         $crate::store_conformance!(@tests $harness;
             certificates_round_trip_and_are_indexed,
             a_serial_is_never_stored_twice,
+            a_key_is_bound_to_one_subject_and_usage,
             one_active_certificate_per_device_and_usage_under_concurrency,
             replace_supersedes_and_revokes_the_old_certificate,
             all_or_nothing_commits_store_nothing_when_one_item_is_refused,

@@ -18,8 +18,8 @@ use crate::store::{
 use crate::CaKind;
 
 /// The schema this build writes. 1: certificates without hwType, counters in a second tree;
-/// 2: one tree, typed certificate records.
-const SCHEMA_VERSION: u64 = 2;
+/// 2: one tree, typed certificate records; 3: the index of certificates by key.
+const SCHEMA_VERSION: u64 = 3;
 const BACKEND: &str = "sled";
 
 fn db_err(what: &str) -> impl Fn(sled::Error) -> StoreError + '_ {
@@ -115,7 +115,8 @@ impl SledStore {
     /// counters move into the one tree (copied, then the old tree cleared, so an interrupted
     /// upgrade is simply run again) and every certificate record is re-encoded.
     fn upgrade(&self) -> Result<(), StoreError> {
-        match self.meta(SCHEMA)? {
+        let found = self.meta(SCHEMA)?;
+        match found {
             Some(v) if v == SCHEMA_VERSION => return Ok(()),
             Some(v) if v > SCHEMA_VERSION => {
                 return Err(StoreError::Version {
@@ -125,6 +126,50 @@ impl SledStore {
             }
             _ => {}
         }
+        if found.is_none_or(|v| v < 2) {
+            self.upgrade_to_2()?;
+        }
+        self.index_keys()
+    }
+
+    /// Schema 3: every certificate's key in the key index (`y`), bound to the first certificate
+    /// found for it. Run again from the start if interrupted (entries already there stay).
+    fn index_keys(&self) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        let mut pending = std::collections::HashSet::new();
+        let mut n = 0usize;
+        for kv in self.pki.scan_prefix([CERT]) {
+            let (k, v) = kv.map_err(db_err("reading certificates"))?;
+            let rec = decode_cert(&k, &v)?;
+            let kk = key_of_key(&rec.key_hash);
+            if !pending.contains(&rec.key_hash) && self.get(&kk)?.is_none() {
+                batch.insert(kk, rec.serial.clone());
+                pending.insert(rec.key_hash);
+            }
+            n += 1;
+            if n.is_multiple_of(10_000) {
+                self.pki
+                    .apply_batch(std::mem::take(&mut batch))
+                    .map_err(db_err("indexing keys"))?;
+                pending.clear();
+            }
+        }
+        batch.insert(meta_key(SCHEMA), &encode_u64(SCHEMA_VERSION)[..]);
+        self.pki
+            .apply_batch(batch)
+            .map_err(db_err("indexing keys"))?;
+        self.flush()?;
+        if n > 0 {
+            tracing::info!(
+                certificates = n,
+                "store upgraded to schema {SCHEMA_VERSION} (certificates indexed by key)"
+            );
+        }
+        Ok(())
+    }
+
+    /// Schema 1 to 2 (see [`SledStore::upgrade`]).
+    fn upgrade_to_2(&self) -> Result<(), StoreError> {
         let old = self
             .db
             .open_tree("meta")
@@ -146,7 +191,7 @@ impl SledStore {
                     .map_err(db_err("upgrading certificates"))?;
             }
         }
-        batch.insert(meta_key(SCHEMA), &encode_u64(SCHEMA_VERSION)[..]);
+        batch.insert(meta_key(SCHEMA), &encode_u64(2)[..]);
         self.pki
             .apply_batch(batch)
             .map_err(db_err("upgrading the store"))?;
@@ -154,10 +199,7 @@ impl SledStore {
         old.clear().map_err(db_err("clearing tree meta"))?;
         self.flush()?;
         if n > 0 {
-            tracing::info!(
-                certificates = n,
-                "store upgraded to schema {SCHEMA_VERSION}"
-            );
+            tracing::info!(certificates = n, "store upgraded to schema 2");
         }
         Ok(())
     }
@@ -185,6 +227,13 @@ impl Store for SledStore {
         profile: &str,
     ) -> Result<Option<CertRecord>, StoreError> {
         match self.get(&active_key(subject_id, profile))? {
+            Some(serial) => self.cert(&serial),
+            None => Ok(None),
+        }
+    }
+
+    fn cert_with_key(&self, key_hash: &[u8; 32]) -> Result<Option<CertRecord>, StoreError> {
+        match self.get(&key_of_key(key_hash))? {
             Some(serial) => self.cert(&serial),
             None => Ok(None),
         }
@@ -499,10 +548,55 @@ mod tests {
         let raw = s.get(&cert_key(&[0x42, 1])).unwrap().unwrap();
         assert_eq!(raw[0], 0xC2, "re-encoded in schema 2");
         assert_eq!(s.meta(SCHEMA).unwrap(), Some(SCHEMA_VERSION));
+        assert_eq!(s.cert_with_key(&[3; 32]).unwrap(), Some(rec.clone()));
         drop(s);
         // Opening again changes nothing.
         let s = reopen(dir.path());
         assert_eq!(s.cert(&[0x42, 1]).unwrap(), Some(rec));
+    }
+
+    /// A schema-2 store (no key index) gets every certificate's key indexed when opened, and
+    /// the key stays bound to its certificate's subject and usage.
+    #[test]
+    fn a_schema_two_store_gets_its_keys_indexed() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = |serial: u8, subject: &str, key: u8| CertRecord {
+            serial: vec![0x40, serial],
+            issuer: CaKind::Device,
+            profile: "meter-signing".into(),
+            subject_id: subject.into(),
+            key_hash: [key; 32],
+            shard: 0,
+            issued_at: 9,
+            der: vec![0x30, 0],
+            replaced_by: None,
+            hw_type: None,
+        };
+        let a = rec(1, "00-DB-12-00-00-00-00-01", 5);
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            s.pki.insert(cert_key(&a.serial), encode_cert(&a)).unwrap();
+            s.pki.remove(key_of_key(&a.key_hash)).unwrap();
+            s.pki.insert(meta_key(SCHEMA), &encode_u64(2)[..]).unwrap();
+            s.flush().unwrap();
+        }
+        let s = reopen(dir.path());
+        assert_eq!(s.meta(SCHEMA).unwrap(), Some(SCHEMA_VERSION));
+        assert_eq!(s.cert_with_key(&[5; 32]).unwrap(), Some(a.clone()));
+        let other = rec(2, "00-DB-12-00-00-00-00-02", 5);
+        let applied = s
+            .apply(
+                Txn::new().with(crate::store::Op::CommitIssued {
+                    items: vec![(other, false)],
+                    all_or_nothing: false,
+                }),
+                None,
+            )
+            .unwrap();
+        assert_eq!(
+            applied.committed(0).unwrap().items,
+            vec![crate::store::Commit::KeyReused(Box::new(a))]
+        );
     }
 
     #[test]

@@ -193,6 +193,21 @@ impl<'a> Writer<'a> {
                     rec.serial_hex()
                 )));
             }
+            // A key is bound to the subject and usage of its first certificate.
+            let kkey = key_of_key(&rec.key_hash);
+            let first = self.get(&kkey)?;
+            if let Some(serial) = &first {
+                let holder = self.cert(serial)?.ok_or_else(|| {
+                    StoreError::corrupt(
+                        hex::encode(serial),
+                        "the key index names a missing certificate",
+                    )
+                })?;
+                if holder.subject_id != rec.subject_id || holder.profile != rec.profile {
+                    out.push(Commit::KeyReused(Box::new(holder)));
+                    continue;
+                }
+            }
             if let Some(mut prev) = current {
                 prev.replaced_by = Some(rec.serial.clone());
                 self.insert(cert_key(&prev.serial), encode_cert(&prev));
@@ -212,6 +227,9 @@ impl<'a> Writer<'a> {
             }
             self.insert(ckey, encode_cert(rec));
             self.insert(akey, rec.serial.clone());
+            if first.is_none() {
+                self.insert(kkey, rec.serial.clone());
+            }
             self.insert(
                 subject_key(&rec.subject_id, rec.issued_at, &rec.serial),
                 Vec::new(),
