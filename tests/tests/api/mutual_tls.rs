@@ -760,7 +760,7 @@ fn bare_public_keys_are_opt_in_per_account() {
             &[],
         );
         assert_eq!(code, 200, "{answer}");
-        let v: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        let v: Value = serde_json::from_str(&answer).unwrap();
         assert_eq!(v["results"][0]["error"]["code"], "key-reused", "{answer}");
         let detail = v["results"][0]["error"]["detail"].as_str().unwrap();
         let holder = if n < 2 {
