@@ -9,7 +9,77 @@ pub struct Home {
     root: PathBuf,
 }
 
+/// A file or folder of a home that another user could change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exposed {
+    /// The path.
+    pub path: PathBuf,
+    /// What is wrong with it.
+    pub why: String,
+}
+
 impl Home {
+    /// Refuses a home another user could change: the home, and everything in it but the
+    /// published CRLs and trust-anchor updates (signed, and checked by whoever reads them), must
+    /// belong to this user (or root) and not be writable by group or others. Whoever could
+    /// write meterpki.toml, the policies, the store, the audit log or SoftHSM's tokens could
+    /// change what this CA signs.
+    pub fn check_permissions(&self) -> Result<(), Exposed> {
+        use std::os::unix::fs::MetadataExt;
+        let me = rustix::process::geteuid().as_raw();
+        let check = |path: &Path| -> Result<Option<std::fs::Metadata>, Exposed> {
+            let Ok(meta) = std::fs::symlink_metadata(path) else {
+                return Ok(None);
+            };
+            if meta.uid() != me && meta.uid() != 0 {
+                return Err(Exposed {
+                    path: path.to_path_buf(),
+                    why: format!(
+                        "belongs to user id {}, not to you ({me}) or root",
+                        meta.uid()
+                    ),
+                });
+            }
+            if !meta.file_type().is_symlink() && meta.mode() & 0o022 != 0 {
+                return Err(Exposed {
+                    path: path.to_path_buf(),
+                    why: format!(
+                        "is writable by {} (mode {:o}): run `chmod go-w {}`",
+                        if meta.mode() & 0o002 != 0 {
+                            "every user"
+                        } else {
+                            "its group"
+                        },
+                        meta.mode() & 0o7777,
+                        path.display()
+                    ),
+                });
+            }
+            Ok(Some(meta))
+        };
+        fn walk(
+            dir: &Path,
+            skip: &[PathBuf],
+            check: &dyn Fn(&Path) -> Result<Option<std::fs::Metadata>, Exposed>,
+        ) -> Result<(), Exposed> {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return Ok(());
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if let Some(meta) = check(&path)? {
+                    if meta.is_dir() && !skip.contains(&path) {
+                        walk(&path, skip, check)?;
+                    }
+                }
+            }
+            Ok(())
+        }
+        check(&self.root)?;
+        let skip = [self.crl_dir(), self.root.join("updates")];
+        walk(&self.root, &skip, &check)
+    }
+
     /// A home rooted at `root` (which may not exist yet).
     pub fn new(root: impl Into<PathBuf>) -> Home {
         Home { root: root.into() }

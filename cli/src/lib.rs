@@ -76,7 +76,10 @@ fn init_tracing(verbose: u8) {
 /// A process that holds PINs and talks to the HSM writes no core dump and cannot be read by
 /// other processes of the same user (ptrace, /proc/<pid>/mem and environ): RLIMIT_CORE 0 and
 /// PR_SET_DUMPABLE 0. Failing to set either is logged, not fatal (a container may forbid it).
+/// Everything it creates (the home, its store, log, policies, SoftHSM's token files, keys and
+/// certificates written for clients) is for its user alone whatever the caller's umask: 077.
 fn harden_process() {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     use rustix::process::{setrlimit, Resource, Rlimit};
     if let Err(e) = setrlimit(
         Resource::Core,

@@ -86,7 +86,20 @@ impl Scratch {
     /// Runs `exe --home <home> args...` in the scratch directory, with none of the caller's
     /// meterpki environment and with `env` added.
     fn exec(&self, exe: &Path, home: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
-        let mut c = Command::new(exe);
+        self.exec_command(Command::new(exe), home, args, env)
+    }
+
+    /// Runs `meterpki --home <home> args...` under the umask `umask` (through `sh`).
+    pub fn run_umask(&self, umask: &str, home: &str, args: &[&str]) -> Run {
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg(format!("umask {umask}; exec \"$0\" \"$@\""))
+            .arg(&self.exe);
+        self.exec_command(c, home, args, &[])
+    }
+
+    fn exec_command(&self, mut c: Command, home: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let exe = c.get_program().to_os_string();
         c.current_dir(self.dir.path())
             .arg("--home")
             .arg(self.path(home))
@@ -100,7 +113,7 @@ impl Scratch {
         }
         Run::from(
             c.output()
-                .unwrap_or_else(|e| panic!("running {}: {e}", exe.display())),
+                .unwrap_or_else(|e| panic!("running {}: {e}", exe.to_string_lossy())),
         )
     }
 

@@ -193,3 +193,107 @@ fn a_changed_crl_base_url_is_refused_and_old_certificates_keep_their_crl() {
     )
     .ok();
 }
+
+/// Modes of everything under `dir` that give group or others any access.
+fn exposed_modes(dir: &std::path::Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&d).unwrap();
+        if meta.permissions().mode() & 0o077 != 0 && !meta.file_type().is_symlink() {
+            out.push(format!(
+                "{} {:o}",
+                d.display(),
+                meta.permissions().mode() & 0o7777
+            ));
+        }
+        if meta.is_dir() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                stack.push(e.unwrap().path());
+            }
+        }
+    }
+    out
+}
+
+/// Under `umask 000` the home, its store, log, policies, SoftHSM files and the officers' shares
+/// are still for the user alone; a home (or anything in it) that another user can write is
+/// refused by every command, naming the path, until it is fixed.
+#[test]
+fn a_home_is_private_whatever_the_umask_and_refused_when_others_can_write_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Scratch::new(EXE);
+    s.run_umask("000", "h", &["init"]).ok();
+    s.run_umask(
+        "000",
+        "h",
+        &[
+            "ceremony",
+            "root",
+            "--officers",
+            "3",
+            "--quorum",
+            "2",
+            "--shares-dir",
+            "h-shares",
+        ],
+    )
+    .ok();
+    let (a, b) = (
+        s.share("h", 1).display().to_string(),
+        s.share("h", 2).display().to_string(),
+    );
+    s.run_umask(
+        "000",
+        "h",
+        &[
+            "ceremony",
+            "issuing-ca",
+            "--kind",
+            "device",
+            "--share",
+            &a,
+            "--share",
+            &b,
+        ],
+    )
+    .ok();
+    issue_meter(&s, "h", "00-DB-12-34-56-78-90-01", "m.pem").ok();
+    let home = s.path("h");
+    assert_eq!(
+        std::fs::metadata(&home).unwrap().permissions().mode() & 0o7777,
+        0o700
+    );
+    for dir in [home.clone(), s.path("h-shares")] {
+        let open = exposed_modes(&dir);
+        assert!(open.is_empty(), "open to group or others: {open:#?}");
+    }
+    let status = || s.run("h", &["status"]);
+    status().ok();
+    let set = |p: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    for (path, open, closed, why) in [
+        (
+            home.join("meterpki.toml"),
+            0o666,
+            0o600,
+            "writable by every user",
+        ),
+        (home.join("store"), 0o770, 0o700, "writable by its group"),
+        (home.clone(), 0o777, 0o700, "writable by every user"),
+        (home.join("policies"), 0o722, 0o700, "writable by"),
+    ] {
+        set(&path, open);
+        let r = status().fails(2, why);
+        assert!(
+            r.stderr.contains(&path.display().to_string()),
+            "{}",
+            r.stderr
+        );
+        issue_meter(&s, "h", "00-DB-12-34-56-78-90-02", "n.pem").fails(2, why);
+        set(&path, closed);
+        status().ok();
+    }
+}

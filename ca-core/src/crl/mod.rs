@@ -300,7 +300,7 @@ pub fn publish(
         let der = build_crl(issuer, settings, scope, number, &entries, now)?;
         let path = dir.join(scope.file_name(kind));
         staged.push(
-            StagedFile::write(&path, &der, 0o644).map_err(|source| CrlError::Io {
+            StagedFile::write(&path, &der, 0o600).map_err(|source| CrlError::Io {
                 path: path.clone(),
                 source,
             })?,

@@ -55,7 +55,7 @@ fn json_text(value: &impl serde::Serialize) -> Result<String, ServiceError> {
 /// A public file of the ceremony, written and synced under a temporary name: it appears only
 /// once the ceremony's audit record is committed.
 fn stage(path: &Path, text: &str) -> Result<StagedFile, ServiceError> {
-    StagedFile::write(path, text.as_bytes(), 0o644)
+    StagedFile::write(path, text.as_bytes(), 0o600)
         .map_err(io_at(format!("writing {}", path.display())))
 }
 

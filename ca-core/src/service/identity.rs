@@ -106,7 +106,7 @@ impl Service {
             ))
         })?;
         let pem = crate::certs::der_to_pem(&out.record.der)?;
-        crate::fsutil::write_atomic(path, pem.as_bytes(), 0o644)
+        crate::fsutil::write_atomic(path, pem.as_bytes(), 0o600)
             .map_err(|e| ServiceError::io(format!("writing {}", path.display()), e))?;
         tracing::info!(path = %path.display(), serial = %out.record.serial_hex(), "issued a service certificate");
         Ok(out.record.der)

@@ -125,7 +125,7 @@ fn create(
         write_new_secret(&so_path, format!("{}\n", so.as_str()).as_bytes())
             .map_err(io_at(format!("writing {}", so_path.display())))?;
     }
-    write_atomic(&home.config_path(), config.to_toml().as_bytes(), 0o644)
+    write_atomic(&home.config_path(), config.to_toml().as_bytes(), 0o600)
         .map_err(io_at(format!("writing {}", home.config_path().display())))?;
     let details = json!({
         "module": config.hsm.module,

@@ -133,6 +133,16 @@ impl Service {
                 ),
             ));
         }
+        if let Err(e) = home.check_permissions() {
+            return Err(ServiceError::invalid(
+                "home-permissions",
+                format!(
+                    "{} {}; another user could change what this CA signs or records, so meterpki does not run on this home (everything in it must be yours and writable by you alone)",
+                    e.path.display(),
+                    e.why
+                ),
+            ));
+        }
         let config = Config::load(&home.config_path())?;
         Ok(Service {
             home,
