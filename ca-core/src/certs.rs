@@ -149,6 +149,18 @@ pub fn parse_name(text: &str) -> Result<Name, CertError> {
     })
 }
 
+/// The subjectKeyIdentifier extension of `cert`, if it has a well-formed one.
+pub(crate) fn subject_key_identifier(cert: &Certificate) -> Option<SubjectKeyIdentifier> {
+    use der::Decode;
+    use x509_cert::der::oid::AssociatedOid;
+    cert.tbs_certificate
+        .extensions
+        .as_ref()?
+        .iter()
+        .find(|e| e.extn_id == SubjectKeyIdentifier::OID)
+        .and_then(|e| SubjectKeyIdentifier::from_der(e.extn_value.as_bytes()).ok())
+}
+
 /// An 8-octet key identifier: RFC 5280 §4.2.1.2 method 2 (the four-bit type field 0100 followed
 /// by the least significant 60 bits of the SHA-1 hash of the subjectPublicKey BIT STRING value).
 pub fn key_identifier(spki: &SubjectPublicKeyInfoOwned) -> [u8; 8] {

@@ -10,7 +10,7 @@ use x509_cert::Certificate;
 
 use super::asn1::{
     HardwareModules, HardwareSerialEntry, SeqNumber, TampMsgRef, TampUpdate, TargetIdentifier,
-    TrustAnchorUpdate,
+    TerseOrVerbose, TrustAnchorUpdate,
 };
 use super::error::TampError;
 use crate::model::Eui64;
@@ -31,16 +31,18 @@ pub struct UpdateContent {
     pub add: Vec<Certificate>,
 }
 
-/// The DER `TAMPUpdate` for `c`: target `hwModules [{ hwType, [single(EUI-64)] }]`, version
-/// and terse omitted (their defaults), the removals first then the additions. Refuses an update
-/// that changes nothing and a sequence number above 2^63 - 1.
+/// The DER `TAMPUpdate` for `c`: version omitted (its default, v2), `terse [1] terse(1)`
+/// stated (meters answer with a terse TAMPUpdateConfirm: a status per update, RFC 5934 §4.4,
+/// which is all a head end needs and a meter sends cheaply), target
+/// `hwModules [{ hwType, [single(EUI-64)] }]`, the removals first then the additions. Refuses an
+/// update that changes nothing and a sequence number above 2^63 - 1.
 pub fn encode_update(c: &UpdateContent) -> Result<Vec<u8>, TampError> {
     if c.remove.is_empty() && c.add.is_empty() {
         return Err(TampError::EmptyUpdates);
     }
     TampUpdate {
         version: None,
-        terse: None,
+        terse: Some(TerseOrVerbose::Terse),
         msg_ref: msg_ref(c.hw_type, &c.device, c.seq)?,
         updates: anchor_updates(&c.remove, &c.add),
         tamp_seq_numbers: None,
@@ -109,7 +111,8 @@ impl PreparedUpdates {
         seq: u64,
     ) -> Result<Vec<u8>, TampError> {
         let msg_ref = msg_ref(hw_type, device, seq)?.to_der()?;
-        Ok(tlv(0x30, &[&msg_ref, &self.der]))
+        // terse [1] IMPLICIT ENUMERATED terse(1).
+        Ok(tlv(0x30, &[&[0x81, 0x01, 0x01], &msg_ref, &self.der]))
     }
 }
 

@@ -45,13 +45,11 @@ pub enum TampError {
     /// The SignerInfo signature does not verify with the signer certificate's key.
     #[error("the SignerInfo signature does not verify with the signer certificate's key: {0}")]
     Signature(#[source] VerifyError),
-    /// No certificate in the message matches the SignerInfo's issuerAndSerialNumber.
-    #[error("the signer certificate (issuer {issuer}, serial {serial}) is not in the message")]
+    /// No certificate in the message carries the SignerInfo's subjectKeyIdentifier.
+    #[error("the signer certificate (subjectKeyIdentifier {key_id}) is not in the message")]
     SignerNotFound {
-        /// The issuer named by the SignerInfo.
-        issuer: String,
-        /// The serial named by the SignerInfo, hex.
-        serial: String,
+        /// The subjectKeyIdentifier named by the SignerInfo, hex.
+        key_id: String,
     },
     /// No acceptable path from the signer certificate to the root.
     #[error("certification path: {reason}")]

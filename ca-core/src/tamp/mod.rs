@@ -62,9 +62,14 @@
 //! is not id-data), digestAlgorithms `{ sha256 }` with absent parameters (RFC 5754 §2),
 //! encapContentInfo `{ id-ct-TAMP-update, [0] OCTET STRING TAMPUpdate }`, certificates = the
 //! signer certificate and its chain (a DER SET OF, so sorted, not in path order), no CRLs, one
-//! SignerInfo: version 1, issuerAndSerialNumber, sha256, signed attributes contentType and
+//! SignerInfo: version 3, `[0]` subjectKeyIdentifier (RFC 5934 §2: the signer certificate's
+//! subjectKeyIdentifier extension), sha256, signed attributes contentType and
 //! messageDigest (§5.3, §11.1, §11.2; the bytes signed are the DER SET OF with tag `0x31`,
 //! §5.4), ecdsa-with-SHA256 with absent parameters (RFC 5758 §3.2), the DER ECDSA-Sig-Value.
+//!
+//! The TAMPUpdate states `terse [1] terse(1)`: meters answer with terse confirms. Delivered
+//! over HTTP or as a file, a message is `application/tamp-update` (RFC 5934, registered with
+//! IANA, file extension `.tur`); meterpki writes them as `.der` files or base64 in NDJSON.
 //!
 //! # Strictness
 //!

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use cms::cert::{CertificateChoices, IssuerAndSerialNumber};
+use cms::cert::CertificateChoices;
 use cms::content_info::{CmsVersion, ContentInfo};
 use cms::signed_data::{
     CertificateSet, EncapsulatedContentInfo, SignedAttributes, SignedData, SignerIdentifier,
@@ -63,10 +63,14 @@ impl UpdateSigner {
                 ),
             });
         }
-        let sid = SignerIdentifier::IssuerAndSerialNumber(IssuerAndSerialNumber {
-            issuer: cert.tbs_certificate.issuer.clone(),
-            serial_number: cert.tbs_certificate.serial_number.clone(),
-        });
+        // RFC 5934 §2: the SignerInfo is version 3 and names the signer by its certificate's
+        // subjectKeyIdentifier (the key a meter holds), not by issuer and serial.
+        let ski = crate::certs::subject_key_identifier(&cert).ok_or_else(|| {
+            TampError::Unsupported {
+                what: "a TAMP signer certificate without a subjectKeyIdentifier (RFC 5934 §2 names the signer by it)".into(),
+            }
+        })?;
+        let sid = SignerIdentifier::SubjectKeyIdentifier(ski);
         let mut all: Vec<Certificate> = vec![cert.clone()];
         for c in chain {
             if !all.contains(&c) {
@@ -156,7 +160,8 @@ impl UpdateSigner {
 
     /// The `ContentInfo` around verified pieces, concatenated from DER (RFC 5652 §5.1-5.4):
     /// `SignedData { 3, {sha256}, { id-ct-TAMP-update, [0] content }, [0] certificates,
-    /// { SignerInfo { 1, sid, sha256, [0] signedAttrs, ecdsa-with-SHA256, signature } } }`.
+    /// { SignerInfo { 3, [0] subjectKeyIdentifier, sha256, [0] signedAttrs, ecdsa-with-SHA256,
+    /// signature } } }`.
     fn envelope(
         &self,
         content_der: &[u8],
@@ -170,7 +175,7 @@ impl UpdateSigner {
         let signer_info = tlv(
             0x30,
             &[
-                &[0x02, 0x01, 0x01],
+                &[0x02, 0x01, 0x03],
                 &self.sid_der,
                 &self.sha256_der,
                 &tlv(0xA0, &[attrs_content]),
@@ -210,7 +215,7 @@ impl UpdateSigner {
         signature: &[u8],
     ) -> Result<Vec<u8>, TampError> {
         let signer_info = SignerInfo {
-            version: CmsVersion::V1,
+            version: CmsVersion::V3,
             sid: self.sid.clone(),
             digest_alg: sha256_algorithm(),
             signed_attrs: Some(signed_attributes(content_der)?),

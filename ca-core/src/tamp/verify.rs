@@ -4,7 +4,6 @@
 use std::time::SystemTime;
 
 use cms::cert::CertificateChoices;
-use cms::cert::IssuerAndSerialNumber;
 use cms::content_info::{CmsVersion, ContentInfo};
 use cms::signed_data::{SignedAttributes, SignedData, SignerIdentifier, SignerInfo};
 use der::asn1::{ObjectIdentifier, OctetString};
@@ -75,10 +74,10 @@ pub fn verify_update(
     opts: &VerifyOptions,
 ) -> Result<VerifiedUpdate, TampError> {
     let (sd, content) = envelope(der)?;
-    let (si, ias, attrs) = signer_info(&sd)?;
+    let (si, key_id, attrs) = signer_info(&sd)?;
     check_content_attributes(attrs, &content)?;
     let pool = certificates(&sd);
-    let signer = check_signature(&pool, si, ias, attrs)?;
+    let signer = check_signature(&pool, si, key_id, attrs)?;
     check_path(signer, &pool, root, opts)?;
     let read = read_update(&content, opts)?;
     Ok(VerifiedUpdate {
@@ -162,11 +161,9 @@ fn envelope(der: &[u8]) -> Result<(SignedData, Vec<u8>), TampError> {
     Ok((sd, content.as_bytes().to_vec()))
 }
 
-/// The one SignerInfo (RFC 5652 §5.3), identified by issuer and serial, SHA-256 and
-/// ecdsa-with-SHA256, with signed attributes.
-fn signer_info(
-    sd: &SignedData,
-) -> Result<(&SignerInfo, &IssuerAndSerialNumber, &SignedAttributes), TampError> {
+/// The one SignerInfo (RFC 5652 §5.3): version 3, identified by subjectKeyIdentifier (RFC 5934
+/// §2), SHA-256 and ecdsa-with-SHA256, with signed attributes.
+fn signer_info(sd: &SignedData) -> Result<(&SignerInfo, &[u8], &SignedAttributes), TampError> {
     let si = match sd.signer_infos.0.as_slice() {
         [si] => si,
         other => {
@@ -176,17 +173,21 @@ fn signer_info(
             })
         }
     };
-    if si.version != CmsVersion::V1 {
+    if si.version != CmsVersion::V3 {
         return Err(TampError::Malformed {
             what: "SignerInfo version",
-            reason: format!("{:?}, expected 1 (issuerAndSerialNumber)", si.version),
+            reason: format!(
+                "{:?}, expected 3 (RFC 5934 §2: the signer is named by subjectKeyIdentifier)",
+                si.version
+            ),
         });
     }
-    let ias = match &si.sid {
-        SignerIdentifier::IssuerAndSerialNumber(ias) => ias,
-        SignerIdentifier::SubjectKeyIdentifier(_) => {
-            return Err(TampError::Unsupported {
-                what: "a SignerInfo identified by subjectKeyIdentifier".into(),
+    let key_id = match &si.sid {
+        SignerIdentifier::SubjectKeyIdentifier(ski) => ski.0.as_bytes(),
+        SignerIdentifier::IssuerAndSerialNumber(_) => {
+            return Err(TampError::Malformed {
+                what: "SignerInfo sid",
+                reason: "issuerAndSerialNumber; RFC 5934 §2 requires subjectKeyIdentifier".into(),
             })
         }
     };
@@ -215,7 +216,7 @@ fn signer_info(
                 "signedAttrs are absent (RFC 5652 §5.3: required when eContentType is not id-data)"
                     .into(),
         })?;
-    Ok((si, ias, attrs))
+    Ok((si, key_id, attrs))
 }
 
 /// The signed contentType and messageDigest attributes name and hash this content.
@@ -261,19 +262,17 @@ fn certificates(sd: &SignedData) -> Vec<&Certificate> {
 fn check_signature<'a>(
     pool: &[&'a Certificate],
     si: &SignerInfo,
-    ias: &IssuerAndSerialNumber,
+    key_id: &[u8],
     attrs: &SignedAttributes,
 ) -> Result<&'a Certificate, TampError> {
     let signer = pool
         .iter()
         .copied()
         .find(|c| {
-            c.tbs_certificate.issuer == ias.issuer
-                && c.tbs_certificate.serial_number == ias.serial_number
+            crate::certs::subject_key_identifier(c).is_some_and(|ski| ski.0.as_bytes() == key_id)
         })
         .ok_or_else(|| TampError::SignerNotFound {
-            issuer: ias.issuer.to_string(),
-            serial: hex::encode(ias.serial_number.as_bytes()),
+            key_id: hex::encode(key_id),
         })?;
     let signer_spki = &signer.tbs_certificate.subject_public_key_info;
     if KeyAlgorithm::of_spki(signer_spki) != Some(KeyAlgorithm::EcP256) {

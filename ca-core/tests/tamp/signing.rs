@@ -23,7 +23,7 @@ fn signed_update_verifies_as_a_meter_would() {
 
     let v = verify_update(&der, &p.root, &opts()).unwrap();
     assert_eq!(v.seq, 7);
-    assert!(!v.terse);
+    assert!(v.terse, "the update asks for a terse confirm");
     assert_eq!(v.hw_type, HW_TYPE);
     assert_eq!(v.devices, vec![DEVICE]);
     assert_eq!(v.removed, vec![p.ca_key.spki.clone()]);
@@ -40,7 +40,24 @@ fn signed_update_verifies_as_a_meter_would() {
     assert_eq!(sd.certificates.as_ref().unwrap().0.len(), 2);
     assert!(sd.crls.is_none());
     let si = &sd.signer_infos.0.as_slice()[0];
-    assert_eq!(si.version, cms::content_info::CmsVersion::V1);
+    // RFC 5934 §2: version 3, the signer named by its subjectKeyIdentifier.
+    assert_eq!(si.version, cms::content_info::CmsVersion::V3);
+    let ski = p
+        .cert
+        .tbs_certificate
+        .extensions
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|e| e.extn_id.to_string() == "2.5.29.14")
+        .map(|e| {
+            x509_cert::ext::pkix::SubjectKeyIdentifier::from_der(e.extn_value.as_bytes()).unwrap()
+        })
+        .unwrap();
+    assert_eq!(
+        si.sid,
+        cms::signed_data::SignerIdentifier::SubjectKeyIdentifier(ski)
+    );
     assert_eq!(
         si.signature_algorithm.oid.to_string(),
         "1.2.840.10045.4.3.2"
@@ -197,4 +214,35 @@ fn signer_refuses_mismatched_key_corrupt_signature_and_foreign_bytes() {
     ));
     let der = signer.assemble(&c, &tbs, &sig).unwrap();
     assert!(verify_update(&der, &p.root, &opts()).is_ok());
+}
+
+/// A SignerInfo of version 1 naming its signer by issuer and serial (what CMS allows, RFC 5934
+/// §2 does not) is refused, although its signature is good.
+#[test]
+fn a_signer_named_by_issuer_and_serial_is_refused() {
+    let p = pki();
+    let der = p
+        .signer()
+        .sign(&encode_update(&content(7, &p)).unwrap())
+        .unwrap();
+    let ci = cms::content_info::ContentInfo::from_der(&der).unwrap();
+    let mut sd: cms::signed_data::SignedData = ci.content.decode_as().unwrap();
+    let mut si = sd.signer_infos.0.as_slice()[0].clone();
+    si.version = cms::content_info::CmsVersion::V1;
+    si.sid = cms::signed_data::SignerIdentifier::IssuerAndSerialNumber(
+        cms::cert::IssuerAndSerialNumber {
+            issuer: p.cert.tbs_certificate.issuer.clone(),
+            serial_number: p.cert.tbs_certificate.serial_number.clone(),
+        },
+    );
+    sd.signer_infos =
+        cms::signed_data::SignerInfos(der::asn1::SetOfVec::try_from(vec![si]).unwrap());
+    let old = cms::content_info::ContentInfo {
+        content_type: ci.content_type,
+        content: der::Any::encode_from(&sd).unwrap(),
+    }
+    .to_der()
+    .unwrap();
+    let e = verify_update(&old, &p.root, &opts()).unwrap_err();
+    assert!(e.to_string().contains("RFC 5934 §2"), "{e}");
 }

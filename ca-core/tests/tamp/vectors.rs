@@ -90,7 +90,8 @@ fn short_oid_vector_encodes() {
 fn hw_modules_vector_from_encode_update() {
     let expected = vector(
         "
-        30 28                         -- TAMPUpdate, 40 bytes
+        30 2b                         -- TAMPUpdate, 43 bytes
+           81 01 01                   -- terse [1] IMPLICIT ENUMERATED terse(1)
            30 18                      -- msgRef
               a1 13                   -- target hwModules [1] IMPLICIT SEQUENCE OF
                  30 11                -- HardwareModules
