@@ -582,7 +582,11 @@ fn supplier_certificates_name_the_party() {
         subject.contains("CN=Example Energy Ltd") && subject.contains("OU=02"),
         "{subject}"
     );
-    assert!(subject.contains("2.5.4.45="), "{subject}");
+    // The shipped form: serialNumber, a PrintableString every X.509 stack parses.
+    let last = &cert.tbs_certificate.subject.0.last().unwrap().0.as_slice()[0];
+    assert_eq!(last.oid.to_string(), "2.5.4.5", "{subject}");
+    assert_eq!(der::Tagged::tag(&last.value), der::Tag::PrintableString);
+    assert_eq!(last.value.value(), b"90-B3-D5-1F-30-00-00-02");
     // Suppliers must bring a CSR: a bare key is refused.
     let mut bare = item.clone();
     bare.csr = None;
@@ -788,5 +792,47 @@ fn policy_criticality_follows_the_profile() {
         gb_size,
         size + 3,
         "the BOOLEAN TRUE costs 3 bytes of the TBS"
+    );
+}
+
+/// `entity-id-form = "x500-unique-identifier"` (the GB SMKI form) carries the entity ID as a BIT
+/// STRING of its 8 bytes; the lint holds the subject to the profile's form.
+#[test]
+fn the_gb_entity_id_form_is_a_unique_identifier_bit_string() {
+    let dir = tempfile::tempdir().unwrap();
+    ProfileSet::write_builtin(dir.path()).unwrap();
+    let p = dir.path().join("supplier-key-agreement.toml");
+    let text = std::fs::read_to_string(&p).unwrap().replace(
+        "entity-id-form = \"serial-number\"",
+        "entity-id-form = \"x500-unique-identifier\"",
+    );
+    assert!(text.contains("x500-unique-identifier\"\n"));
+    std::fs::write(&p, text).unwrap();
+    let f = fixture_with(None, false, ProfileSet::load_dir(dir.path()).unwrap());
+    let mut supplier = example_supplier();
+    supplier.state = ca_core::SupplierState::Active;
+    f.engine
+        .store()
+        .apply(
+            ca_core::Txn::new().with(ca_core::Op::InsertSupplier(supplier)),
+            None,
+        )
+        .unwrap();
+    let o = f
+        .engine
+        .issue(
+            &supplier_item(Some("Example Energy Ltd")),
+            &AccountLimits::default(),
+            &record,
+        )
+        .unwrap();
+    let cert = Certificate::from_der(&o.record.der).unwrap();
+    let last = &cert.tbs_certificate.subject.0.last().unwrap().0.as_slice()[0];
+    assert_eq!(last.oid.to_string(), "2.5.4.45");
+    assert_eq!(der::Tagged::tag(&last.value), der::Tag::BitString);
+    // 00: no unused bits, then the EUI-64's 8 bytes.
+    assert_eq!(
+        last.value.value(),
+        [0, 0x90, 0xB3, 0xD5, 0x1F, 0x30, 0, 0, 2]
     );
 }

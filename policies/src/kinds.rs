@@ -158,6 +158,30 @@ impl KeyUsageBit {
     }
 }
 
+/// How a supplier certificate's subject carries the supplier's entity ID (`entity-id-form`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EntityIdForm {
+    /// x500UniqueIdentifier (2.5.4.45): a BIT STRING of the EUI-64's 8 bytes, as X.520 defines
+    /// it and GB SMKI uses it. Go's crypto/x509 and several embedded stacks cannot parse a name
+    /// holding a BIT STRING and refuse the whole certificate.
+    X500UniqueIdentifier,
+    /// serialNumber (2.5.4.5): a PrintableString of the EUI-64 as text
+    /// (`90-B3-D5-1F-30-00-00-0A`), which every X.509 stack parses (Go reads it into
+    /// `pkix.Name.SerialNumber`).
+    SerialNumber,
+}
+
+impl EntityIdForm {
+    /// The form as spelled in the TOML.
+    pub fn name(self) -> &'static str {
+        match self {
+            EntityIdForm::X500UniqueIdentifier => "x500-unique-identifier",
+            EntityIdForm::SerialNumber => "serial-number",
+        }
+    }
+}
+
 /// An elliptic curve a subject key may use (`curves` in the TOML).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -30,7 +30,9 @@ mod set;
 
 pub use const_oid::ObjectIdentifier;
 pub use error::ProfileError;
-pub use kinds::{CaKind, Curve, ExtendedKeyUsage, KeyUsageBit, ProfileKind, Validity};
+pub use kinds::{
+    CaKind, Curve, EntityIdForm, ExtendedKeyUsage, KeyUsageBit, ProfileKind, Validity,
+};
 pub use profile::Profile;
 pub use set::{ProfileSet, BUILTIN};
 

@@ -20,6 +20,7 @@ pub struct Profile {
     pub(crate) curves: Vec<Curve>,
     pub(crate) policy_oid: Option<ObjectIdentifier>,
     pub(crate) policy_critical: bool,
+    pub(crate) entity_id_form: crate::kinds::EntityIdForm,
     pub(crate) device_type_oid: Option<ObjectIdentifier>,
     pub(crate) validity: Validity,
     pub(crate) allow_bare_public_key: bool,
@@ -67,6 +68,11 @@ impl Profile {
     /// mark it critical).
     pub fn policy_critical(&self) -> bool {
         self.policy_critical
+    }
+
+    /// Supplier certificates: how the subject carries the entity ID.
+    pub fn entity_id_form(&self) -> crate::kinds::EntityIdForm {
+        self.entity_id_form
     }
 
     /// The device-type OID (hwType of the hardwareModuleName SAN); `Some` exactly for meter profiles.

@@ -8,7 +8,9 @@ use const_oid::ObjectIdentifier;
 use serde::Deserialize;
 
 use crate::error::ProfileError;
-use crate::kinds::{CaKind, Curve, ExtendedKeyUsage, KeyUsageBit, ProfileKind, Validity};
+use crate::kinds::{
+    CaKind, Curve, EntityIdForm, ExtendedKeyUsage, KeyUsageBit, ProfileKind, Validity,
+};
 use crate::profile::Profile;
 
 /// Longest profile name accepted, in characters.
@@ -42,6 +44,7 @@ pub(crate) struct RawProfile {
     curves: Vec<Curve>,
     policy_oid: Option<String>,
     policy_critical: Option<bool>,
+    entity_id_form: Option<EntityIdForm>,
     device_type_oid: Option<String>,
     validity: Option<String>,
     validity_days: Option<i64>,
@@ -141,6 +144,17 @@ impl RawProfile {
                     .to_string(),
             ));
         }
+        // The entity ID's attribute: supplier certificates only. A profile written before the
+        // field existed keeps the form its certificates have (x500UniqueIdentifier).
+        if self.entity_id_form.is_some() && kind != ProfileKind::Supplier {
+            return Err(err(
+                "entity-id-form",
+                format!("not allowed for kind `{kind_name}`: only supplier certificates carry an entity ID in their subject"),
+            ));
+        }
+        let entity_id_form = self
+            .entity_id_form
+            .unwrap_or(EntityIdForm::X500UniqueIdentifier);
         if policy_critical && kind.is_ca() {
             return Err(err(
                 "policy-critical",
@@ -295,6 +309,7 @@ impl RawProfile {
             curves: self.curves,
             policy_oid,
             policy_critical,
+            entity_id_form,
             device_type_oid,
             validity,
             allow_bare_public_key,

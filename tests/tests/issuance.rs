@@ -143,8 +143,12 @@ fn every_certificate_kind_verifies_with_openssl_and_lints_clean() {
                 "hwSerialNum is the EUI-64:\n{san}"
             );
         } else {
+            // The shipped form: the entity ID as serialNumber (Go and embedded stacks parse
+            // it; the GB x500UniqueIdentifier form is a profile option, ca-core/tests/issue.rs).
             assert!(
-                text.contains("CN = Example Energy, OU = 02, x500UniqueIdentifier"),
+                text.contains(
+                    "CN = Example Energy, OU = 02, serialNumber = 90-B3-D5-1F-30-00-00-02"
+                ),
                 "{text}"
             );
         }

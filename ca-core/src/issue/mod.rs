@@ -29,8 +29,8 @@ pub use issuer::IssuerCtx;
 pub use s1_request::{parse_request, tls_request, KeySource, Request, RequestItem, Subject};
 pub use s2_policy::{AccountLimits, Approved, Decision};
 pub use s3_tbs::{
-    shard_of, CrlSettings, HardwareModuleName, Tbs, ID_ON_HARDWARE_MODULE_NAME, SUPPLIER_ROLE_CODE,
-    X500_UNIQUE_IDENTIFIER,
+    shard_of, CrlSettings, HardwareModuleName, Tbs, ID_ON_HARDWARE_MODULE_NAME,
+    SERIAL_NUMBER_ATTRIBUTE, SUPPLIER_ROLE_CODE, X500_UNIQUE_IDENTIFIER,
 };
 pub use s4_lint::Linted;
 pub use s5_sign::Issued;

@@ -37,6 +37,8 @@ use crate::certs::{key_identifier, x509_time};
 /// id-on-hardwareModuleName (RFC 4108 §5).
 pub const ID_ON_HARDWARE_MODULE_NAME: ObjectIdentifier =
     ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.8.4");
+/// serialNumber (X.520, RFC 4519 §2.31): the entity ID in the `serial-number` form.
+pub const SERIAL_NUMBER_ATTRIBUTE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.5");
 /// x500UniqueIdentifier (X.520, RFC 4519 §2.39).
 pub const X500_UNIQUE_IDENTIFIER: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.45");
 const CN: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.3");
@@ -165,7 +167,11 @@ fn extension(
     })
 }
 
-fn party_name(entity_id: &crate::model::Eui64, name: &str) -> Result<RdnSequence, IssueError> {
+fn party_name(
+    entity_id: &crate::model::Eui64,
+    name: &str,
+    form: policies::EntityIdForm,
+) -> Result<RdnSequence, IssueError> {
     let rdn =
         |oid: ObjectIdentifier, value: Any| -> Result<RelativeDistinguishedName, IssueError> {
             let set =
@@ -174,13 +180,26 @@ fn party_name(entity_id: &crate::model::Eui64, name: &str) -> Result<RdnSequence
         };
     let utf8 =
         |s: &str| Any::encode_from(&Utf8StringRef::new(s).map_err(internal)?).map_err(internal);
-    // UniqueIdentifier ::= BIT STRING (X.520): the 8 bytes of the EUI-64, no unused bits.
-    let uid = Any::encode_from(&BitString::from_bytes(entity_id.bytes()).map_err(internal)?)
-        .map_err(internal)?;
+    let id = match form {
+        // UniqueIdentifier ::= BIT STRING (X.520): the 8 bytes of the EUI-64, no unused bits.
+        policies::EntityIdForm::X500UniqueIdentifier => rdn(
+            X500_UNIQUE_IDENTIFIER,
+            Any::encode_from(&BitString::from_bytes(entity_id.bytes()).map_err(internal)?)
+                .map_err(internal)?,
+        )?,
+        // serialNumber ::= PrintableString (SIZE (1..64)) (X.520): the EUI-64 as text.
+        policies::EntityIdForm::SerialNumber => rdn(
+            SERIAL_NUMBER_ATTRIBUTE,
+            Any::encode_from(
+                &der::asn1::PrintableStringRef::new(&entity_id.to_string()).map_err(internal)?,
+            )
+            .map_err(internal)?,
+        )?,
+    };
     Ok(RdnSequence(vec![
         rdn(CN, utf8(name)?)?,
         rdn(OU, utf8(SUPPLIER_ROLE_CODE)?)?,
-        rdn(X500_UNIQUE_IDENTIFIER, uid)?,
+        id,
     ]))
 }
 
@@ -256,7 +275,9 @@ pub(super) fn build_tbs(
             )?);
             RdnSequence(Vec::new())
         }
-        Subject::Party { entity_id, name } => party_name(entity_id, name)?,
+        Subject::Party { entity_id, name } => {
+            party_name(entity_id, name, profile.entity_id_form())?
+        }
         Subject::Tls {
             common_name,
             unit,

@@ -240,10 +240,17 @@ pub(super) fn lint(tbs: Tbs, issuer: &IssuerCtx) -> Result<Linted, IssueError> {
             }
         }
         Subject::Party { .. } => {
-            if t.subject.0.len() != 3 {
-                return Err(fail(
-                    "a party certificate's subject is CN, OU and x500UniqueIdentifier",
-                ));
+            let id_type = match profile.entity_id_form() {
+                policies::EntityIdForm::X500UniqueIdentifier => super::X500_UNIQUE_IDENTIFIER,
+                policies::EntityIdForm::SerialNumber => super::s3_tbs::SERIAL_NUMBER_ATTRIBUTE,
+            };
+            let last = t.subject.0.last().and_then(|rdn| rdn.0.as_slice().first());
+            if t.subject.0.len() != 3 || last.map(|atv| atv.oid) != Some(id_type) {
+                return Err(fail(format!(
+                    "a party certificate's subject is CN, OU and the entity ID as {} ({})",
+                    profile.entity_id_form().name(),
+                    id_type
+                )));
             }
             if find(ID_CE_SUBJECT_ALT_NAME).is_some() {
                 return Err(fail("a party certificate carries no subjectAltName"));

@@ -172,3 +172,29 @@ fn policy_criticality_is_a_profile_field() {
         "policy-critical",
     );
 }
+
+#[test]
+fn the_entity_id_form_is_a_supplier_profile_field() {
+    use crate::EntityIdForm;
+    for name in ["supplier-signing", "supplier-key-agreement"] {
+        let p = load_edited(name, &[]).expect("shipped");
+        assert_eq!(
+            p.entity_id_form(),
+            EntityIdForm::SerialNumber,
+            "shipped suppliers parse on Go and embedded stacks"
+        );
+        let p = load_edited(name, &[("entity-id-form", None)]).expect("written before the field");
+        assert_eq!(p.entity_id_form(), EntityIdForm::X500UniqueIdentifier);
+        let p = load_edited(
+            name,
+            &[("entity-id-form", Some("\"x500-unique-identifier\""))],
+        )
+        .expect("GB form");
+        assert_eq!(p.entity_id_form(), EntityIdForm::X500UniqueIdentifier);
+    }
+    refused(
+        "meter-signing",
+        &[("entity-id-form", Some("\"serial-number\""))],
+        "entity-id-form",
+    );
+}
