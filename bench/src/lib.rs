@@ -10,6 +10,7 @@ mod figures;
 mod hostile;
 mod input;
 mod issue;
+mod sizes;
 mod takeover;
 
 use std::path::PathBuf;
@@ -94,6 +95,9 @@ enum Command {
         #[arg(long, default_value_t = 5.0)]
         raw_seconds: f64,
     },
+    /// Meter certificate sizes as this home issues them (its profiles, its Device CA's name and HSM key), N fresh keys without and N with a CRL pointer, on a scratch store: min, p50, p99, max and the histogram, against the 410 / 460-byte limits.
+    #[command(after_help = "Example:\n  meterpki-bench sizes --count 10000")]
+    Sizes(sizes::SizesArgs),
     /// Trust-anchor updates at scale: a takeover of N meters in a scratch store (suppliers with real certificates, the home's trust-update signer key), updates/s beside the raw signing rate of that key in the same run, their ratio, and peak RSS.
     #[command(after_help = "Example:\n  meterpki-bench takeover --meters 100000")]
     Takeover {
@@ -149,6 +153,7 @@ fn run(cli: Cli) -> Result<()> {
             check_seconds("--raw-seconds", a.raw_seconds)?;
             api::run(&Bench::open(&cli.home, cli.json)?, &a)
         }
+        Command::Sizes(a) => sizes::run(&Bench::open(&cli.home, cli.json)?, &a),
         Command::Hostile(a) => hostile::run(&Bench::open(&cli.home, cli.json)?, &a),
         Command::Issue { count, raw_seconds } => {
             check_seconds("--raw-seconds", raw_seconds)?;

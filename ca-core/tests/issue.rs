@@ -491,9 +491,24 @@ fn a_bad_hsm_signature_is_never_stored() {
 #[test]
 fn meter_certificates_stay_within_the_design_sizes() {
     // docs/design.md#certificates: at most 410 bytes with the CRL pointer off, 460 with a pointer of up to 30
-    // characters. 300 certificates cover the spread of ECDSA signature lengths (70 to 72 bytes).
-    for (base, limit) in [(None, 410usize), (Some("http://c.mp/crl"), 460)] {
-        let f = fixture_with(base, false, ProfileSet::builtin());
+    // characters; the shipped profiles keep 3 bytes of headroom (non-critical policies), 7 with
+    // `key-identifier-bytes = 4`. 300 certificates cover the spread of ECDSA signature lengths
+    // (70 to 72 bytes); `meterpki-bench sizes` reports the distribution over 10,000.
+    let dir = tempfile::tempdir().unwrap();
+    ProfileSet::write_builtin(dir.path()).unwrap();
+    for name in ["meter-signing", "meter-key-agreement"] {
+        let p = dir.path().join(format!("{name}.toml"));
+        let text = std::fs::read_to_string(&p).unwrap() + "key-identifier-bytes = 4\n";
+        std::fs::write(&p, text).unwrap();
+    }
+    let short_ids = ProfileSet::load_dir(dir.path()).unwrap();
+    for (base, limit, profiles, ski) in [
+        (None, 407usize, ProfileSet::builtin(), 8),
+        (Some("http://c.mp/crl"), 455, ProfileSet::builtin(), 8),
+        (None, 403, short_ids.clone(), 4),
+        (Some("http://c.mp/crl"), 451, short_ids, 4),
+    ] {
+        let f = fixture_with(base, false, profiles);
         let mut max = 0;
         for i in 0..300u32 {
             let id = format!("00DB1234{i:08X}");
@@ -514,6 +529,15 @@ fn meter_certificates_stay_within_the_design_sizes() {
                 assert!(o.record.der.windows(url.len()).any(|w| w == url.as_bytes()));
             }
             max = max.max(o.record.der.len());
+            let cert = Certificate::from_der(&o.record.der).unwrap();
+            let id = cert
+                .tbs_certificate
+                .extensions
+                .unwrap()
+                .into_iter()
+                .find(|e| e.extn_id == const_oid::db::rfc5280::ID_CE_SUBJECT_KEY_IDENTIFIER)
+                .unwrap();
+            assert_eq!(id.extn_value.as_bytes().len(), 2 + ski);
         }
         assert!(
             max <= limit,

@@ -26,6 +26,7 @@ pub struct Profile {
     pub(crate) allow_bare_public_key: bool,
     pub(crate) crl_distribution_point: bool,
     pub(crate) max_der_bytes: Option<usize>,
+    pub(crate) key_identifier_bytes: u8,
     pub(crate) extended_key_usage: Vec<ExtendedKeyUsage>,
     pub(crate) path_len: Option<u8>,
     pub(crate) subject: Option<String>,
@@ -68,6 +69,12 @@ impl Profile {
     /// mark it critical).
     pub fn policy_critical(&self) -> bool {
         self.policy_critical
+    }
+
+    /// Octets of the subjectKeyIdentifier (8: RFC 5280 §4.2.1.2 method 2; fewer: its first
+    /// octets, for meters only).
+    pub fn key_identifier_bytes(&self) -> usize {
+        usize::from(self.key_identifier_bytes)
     }
 
     /// Supplier certificates: how the subject carries the entity ID.

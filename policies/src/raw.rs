@@ -51,6 +51,7 @@ pub(crate) struct RawProfile {
     allow_bare_public_key: Option<bool>,
     crl_distribution_point: Option<bool>,
     max_der_bytes: Option<i64>,
+    key_identifier_bytes: Option<i64>,
     extended_key_usage: Option<Vec<ExtendedKeyUsage>>,
     path_len: Option<i64>,
     subject: Option<String>,
@@ -287,6 +288,23 @@ impl RawProfile {
         let validity = check_validity(kind, self.validity.as_deref(), self.validity_days)
             .map_err(|(field, reason)| err(field, reason))?;
 
+        // The subjectKeyIdentifier's length: meters only (the size-bound certificates), 4 to 8.
+        let key_identifier_bytes = match self.key_identifier_bytes {
+            None => 8,
+            Some(_) if kind != ProfileKind::Meter => {
+                return Err(err(
+                    "key-identifier-bytes",
+                    format!("not allowed for kind `{kind_name}`: only meter certificates may shorten their subjectKeyIdentifier"),
+                ))
+            }
+            Some(n) if (4..=8).contains(&n) => n as u8,
+            Some(n) => {
+                return Err(err(
+                    "key-identifier-bytes",
+                    format!("{n} is out of range: 4 to 8 octets (8 is RFC 5280 §4.2.1.2 method 2; fewer are its first octets)"),
+                ))
+            }
+        };
         let max_der_bytes = match self.max_der_bytes {
             None => None,
             Some(n) if (MIN_DER_BYTES..=MAX_DER_BYTES).contains(&n) => usize::try_from(n).ok(),
@@ -315,6 +333,7 @@ impl RawProfile {
             allow_bare_public_key,
             crl_distribution_point: self.crl_distribution_point.unwrap_or(true),
             max_der_bytes,
+            key_identifier_bytes,
             extended_key_usage,
             path_len,
             subject: self.subject,

@@ -358,7 +358,8 @@ pub(super) fn build_tbs(
         &aki,
     )?);
     let ski = SubjectKeyIdentifier(
-        OctetString::new(key_identifier(&req.spki).to_vec()).map_err(internal)?,
+        OctetString::new(key_identifier(&req.spki)[..profile.key_identifier_bytes()].to_vec())
+            .map_err(internal)?,
     );
     exts.push(extension(
         const_oid::db::rfc5280::ID_CE_SUBJECT_KEY_IDENTIFIER,

@@ -159,10 +159,11 @@ pub(super) fn lint(tbs: Tbs, issuer: &IssuerCtx) -> Result<Linted, IssueError> {
     let ski = find(ID_CE_SUBJECT_KEY_IDENTIFIER)
         .ok_or_else(|| fail("subjectKeyIdentifier is missing"))?;
     let ski: SubjectKeyIdentifier = ext_value(&ski.extn_value, "subjectKeyIdentifier")?;
-    if ski.0.as_bytes() != key_identifier(&t.subject_public_key_info) {
-        return Err(fail(
-            "subjectKeyIdentifier is not the 8-octet method-2 identifier of the key",
-        ));
+    let n = profile.key_identifier_bytes();
+    if ski.0.as_bytes() != &key_identifier(&t.subject_public_key_info)[..n] {
+        return Err(fail(format!(
+            "subjectKeyIdentifier is not the first {n} octets of the key's method-2 identifier"
+        )));
     }
     // certificatePolicies: critical, the profile's policy.
     if let Some(policy) = profile.policy_oid() {

@@ -198,3 +198,27 @@ fn the_entity_id_form_is_a_supplier_profile_field() {
         "entity-id-form",
     );
 }
+
+#[test]
+fn meters_may_shorten_their_key_identifier() {
+    assert_eq!(
+        load_edited("meter-signing", &[])
+            .unwrap()
+            .key_identifier_bytes(),
+        8
+    );
+    let p = load_edited("meter-signing", &[("key-identifier-bytes", Some("4"))]).unwrap();
+    assert_eq!(p.key_identifier_bytes(), 4);
+    for bad in ["3", "9", "0"] {
+        refused(
+            "meter-key-agreement",
+            &[("key-identifier-bytes", Some(bad))],
+            "key-identifier-bytes",
+        );
+    }
+    refused(
+        "supplier-signing",
+        &[("key-identifier-bytes", Some("4"))],
+        "key-identifier-bytes",
+    );
+}

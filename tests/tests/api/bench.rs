@@ -163,3 +163,28 @@ fn bench_hostile_runs_a_batch_beside_an_attack_and_reports_its_figures() {
     assert_ne!(bad.code, 0);
     assert!(bad.stderr.contains("--batch"), "{}", bad.stderr);
 }
+
+/// `bench sizes` end to end, small: the home's meter certificates without and with a CRL
+/// pointer, within the design's limits with the shipped profiles' headroom.
+#[test]
+fn bench_sizes_reports_the_meter_certificate_sizes_of_the_home() {
+    let s = setup();
+    let v = s
+        .bench("h", &["--json", "sizes", "--count", "40"])
+        .ok()
+        .json();
+    let variants = v["variants"].as_array().unwrap();
+    assert_eq!(variants.len(), 2, "{v}");
+    for (variant, max) in variants.iter().zip([407, 455]) {
+        assert_eq!(variant["certificates"], 40, "{v}");
+        assert!(variant["max"].as_u64().unwrap() <= max, "{v}");
+        assert!(variant["headroom_bytes"].as_i64().unwrap() >= 3, "{v}");
+    }
+    assert!(
+        variants[1]["longest_crl_url"].as_u64().unwrap() <= 30,
+        "{v}"
+    );
+    let bad = s.bench("h", &["sizes", "--count", "0"]);
+    assert_ne!(bad.code, 0);
+    assert!(bad.stderr.contains("--count"), "{}", bad.stderr);
+}
