@@ -1,7 +1,7 @@
 //! File writes that never leave a torn or over-permissive file behind.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -130,4 +130,93 @@ pub fn write_new_secret(path: &Path, bytes: &[u8]) -> io::Result<()> {
     f.set_permissions(fs::Permissions::from_mode(0o600))?;
     f.write_all(bytes)?;
     f.sync_all()
+}
+
+/// The bytes of `path`, refused without reading further when it is larger than `limit` (an
+/// `InvalidData` error saying so): an input file the user names is never read into memory
+/// whole before it is known to be small (`--csr /dev/zero`).
+pub fn read_bounded(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    File::open(path)?.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("larger than {}", human_size(limit)),
+        ));
+    }
+    Ok(bytes)
+}
+
+fn human_size(n: u64) -> String {
+    if n >= 1024 * 1024 && n.is_multiple_of(1024 * 1024) {
+        format!("{} MiB", n / (1024 * 1024))
+    } else if n >= 1024 && n.is_multiple_of(1024) {
+        format!("{} KiB", n / 1024)
+    } else {
+        format!("{n} bytes")
+    }
+}
+
+/// The longest line of an input file (a request item with a PEM CSR is about 1 KB).
+pub const MAX_LINE: usize = 1024 * 1024;
+
+/// The lines of an input file (a batch, a list of serials, a CSV), numbered from 1: each as
+/// text, or why it is not a line we take (not UTF-8, longer than [`MAX_LINE`]), never holding
+/// more than [`MAX_LINE`] bytes of one: one bad line is refused as that line, and a file of
+/// one endless line costs no memory.
+pub struct BoundedLines<R> {
+    reader: R,
+    n: usize,
+}
+
+impl<R: BufRead> BoundedLines<R> {
+    /// The lines of `reader`.
+    pub fn new(reader: R) -> BoundedLines<R> {
+        BoundedLines { reader, n: 0 }
+    }
+}
+
+impl<R: BufRead> Iterator for BoundedLines<R> {
+    type Item = io::Result<(usize, Result<String, String>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut buf = Vec::new();
+        match (&mut self.reader)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut buf)
+        {
+            Err(e) => return Some(Err(e)),
+            Ok(0) => return None,
+            Ok(_) => {}
+        }
+        self.n += 1;
+        if buf.len() > MAX_LINE && !buf.ends_with(b"\n") {
+            // Skip the rest of the line, a bounded piece at a time.
+            loop {
+                let mut rest = Vec::new();
+                match (&mut self.reader)
+                    .take(64 * 1024)
+                    .read_until(b'\n', &mut rest)
+                {
+                    Err(e) => return Some(Err(e)),
+                    Ok(0) => break,
+                    Ok(_) if rest.ends_with(b"\n") => break,
+                    Ok(_) => {}
+                }
+            }
+            return Some(Ok((self.n, Err(format!("longer than {MAX_LINE} bytes")))));
+        }
+        while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            buf.pop();
+        }
+        Some(Ok((
+            self.n,
+            String::from_utf8(buf).map_err(|e| {
+                format!(
+                    "not UTF-8 text (invalid byte at offset {})",
+                    e.utf8_error().valid_up_to()
+                )
+            }),
+        )))
+    }
 }

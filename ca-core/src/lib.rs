@@ -33,7 +33,7 @@ pub use certs::{
     CertError, CertInfo,
 };
 pub use config::{CaConfig, Config, ConfigError, CrlConfig, HsmConfig, PinSource, ServerConfig};
-pub use fsutil::{write_atomic, write_new_secret};
+pub use fsutil::{read_bounded, write_atomic, write_new_secret, BoundedLines, MAX_LINE};
 pub use home::Home;
 pub use model::{
     check_account_name, check_supplier_name, Account, DeviceRange, Eui64, OpKind, OpRecord,

@@ -95,8 +95,15 @@ pub(crate) fn read_pin_file(path: &Path) -> Result<SecretString> {
             meta.permissions().mode() & 0o777
         )));
     }
+    // A PIN file is a line: read bounded, and the bytes wiped whatever happens next.
+    let bytes = Zeroizing::new(
+        ca_core::read_bounded(path, 4096)
+            .with_context(|| format!("PIN file {}", path.display()))?,
+    );
     let text = Zeroizing::new(
-        std::fs::read_to_string(path).with_context(|| format!("PIN file {}", path.display()))?,
+        std::str::from_utf8(&bytes)
+            .map_err(|_| input(format!("PIN file {}: not UTF-8 text", path.display())))?
+            .to_string(),
     );
     let pin = text.lines().next().unwrap_or_default();
     if pin.is_empty() {

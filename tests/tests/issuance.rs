@@ -746,3 +746,43 @@ fn a_line_that_is_not_text_or_too_long_is_refused_as_a_line() {
         assert_eq!(res[i]["status"], "issued", "{}", res[i]);
     }
 }
+
+/// Files named on the command line are read bounded, with an error naming the flag and the
+/// limit: a CSR, an update to verify, a list of serials (a line at a time).
+#[test]
+fn command_line_files_are_read_bounded() {
+    let s = setup();
+    s.run(
+        "h",
+        &[
+            "issue",
+            "--profile",
+            "meter-signing",
+            "--device-id",
+            "00-DB-12-34-56-78-90-77",
+            "--csr",
+            "/dev/zero",
+            "--out",
+            "x.pem",
+        ],
+    )
+    .fails(2, "--csr /dev/zero: larger than 64 KiB");
+    s.run(
+        "h",
+        &["update", "verify", "/dev/zero", "--root", "h/ca/root.pem"],
+    )
+    .fails(2, "larger than 1 MiB");
+    let list = s.path("serials.txt");
+    std::fs::write(&list, b"# serials\n\xff\xfe\n").unwrap();
+    s.run(
+        "h",
+        &[
+            "revoke",
+            "--serials-file",
+            &list.display().to_string(),
+            "--reason",
+            "superseded",
+        ],
+    )
+    .fails(2, "line 2: not UTF-8");
+}

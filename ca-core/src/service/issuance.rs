@@ -2,7 +2,7 @@
 //! API batch idempotent by (account, request ID).
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter, Write};
 use std::path::Path;
 use std::time::Instant;
 
@@ -186,10 +186,7 @@ impl Service {
             .map_err(|e| ServiceError::io(format!("--out {}", output.display()), e))?;
         let mut writer = BufWriter::new(out);
         let start = Instant::now();
-        let mut lines = BatchLines {
-            reader: BufReader::new(file),
-            n: 0,
-        };
+        let mut lines = crate::fsutil::BoundedLines::new(BufReader::new(file));
         let mut index = 0usize;
         let describe = |r: &[Result<Outcome, IssueError>]| {
             let (issued, existing, rejected) = counts(r);
@@ -482,63 +479,5 @@ impl Service {
             });
         }
         Ok(out)
-    }
-}
-
-/// The longest line of a batch file (a request item with a PEM CSR is about 1 KB).
-const MAX_LINE: usize = 1024 * 1024;
-
-/// The lines of a batch file, numbered from 1: each as text, or why it is not a line we take
-/// (not UTF-8, longer than [`MAX_LINE`]), never holding more than [`MAX_LINE`] bytes of one.
-struct BatchLines<R> {
-    reader: R,
-    n: usize,
-}
-
-impl<R: BufRead> Iterator for BatchLines<R> {
-    type Item = std::io::Result<(usize, Result<String, String>)>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let mut buf = Vec::new();
-        match (&mut self.reader)
-            .take(MAX_LINE as u64 + 1)
-            .read_until(b'\n', &mut buf)
-        {
-            Err(e) => return Some(Err(e)),
-            Ok(0) => return None,
-            Ok(_) => {}
-        }
-        self.n += 1;
-        if buf.len() > MAX_LINE && !buf.ends_with(b"\n") {
-            // Skip the rest of the line, a bounded piece at a time.
-            loop {
-                let mut rest = Vec::new();
-                match (&mut self.reader)
-                    .take(64 * 1024)
-                    .read_until(b'\n', &mut rest)
-                {
-                    Err(e) => return Some(Err(e)),
-                    Ok(0) => break,
-                    Ok(_) if rest.ends_with(b"\n") => break,
-                    Ok(_) => {}
-                }
-            }
-            return Some(Ok((
-                self.n,
-                Err(format!("longer than {MAX_LINE} bytes: not a request item")),
-            )));
-        }
-        while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-            buf.pop();
-        }
-        Some(Ok((
-            self.n,
-            String::from_utf8(buf).map_err(|e| {
-                format!(
-                    "not UTF-8 text (invalid byte at offset {})",
-                    e.utf8_error().valid_up_to()
-                )
-            }),
-        )))
     }
 }

@@ -1,6 +1,6 @@
 //! What the churn commands share: where the updates go, progress bars, and the report.
 
-use std::io::{BufRead, BufReader, IsTerminal};
+use std::io::{BufReader, IsTerminal};
 use std::path::Path;
 
 use anyhow::Result;
@@ -91,9 +91,9 @@ impl Bar {
 pub(super) fn count_lines(p: &Path) -> u64 {
     std::fs::File::open(p)
         .map(|f| {
-            BufReader::new(f)
-                .lines()
-                .filter(|l| l.as_ref().map(|l| !l.trim().is_empty()).unwrap_or(true))
+            ca_core::BoundedLines::new(BufReader::new(f))
+                .map_while(Result::ok)
+                .filter(|(_, l)| l.as_ref().map(|l| !l.trim().is_empty()).unwrap_or(true))
                 .count() as u64
         })
         .unwrap_or(0)

@@ -1,7 +1,7 @@
 //! `meterpki meter ...`: assignment and change of supplier, one meter or a bulk file.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::BufReader;
 use std::path::Path;
 
 use anyhow::Result;
@@ -60,11 +60,20 @@ fn apply(
         (Some((d, s)), None) => Box::new(std::iter::once((1, Ok(format!("{d},{s}"))))),
         (None, Some(f)) => {
             let file = File::open(f).map_err(|e| input(format!("--file {}: {e}", f.display())))?;
+            // Bounded lines: one bad line (not UTF-8, over 1 MiB) is refused as that line.
+            // A read error ends the file as a refused line (the operation stays open: a re-run
+            // completes it).
+            let mut failed = false;
             Box::new(
-                BufReader::new(file)
-                    .lines()
-                    .enumerate()
-                    .map(|(n, l)| (n + 1, l.map_err(|e| format!("unreadable line: {e}")))),
+                ca_core::BoundedLines::new(BufReader::new(file)).map_while(move |l| {
+                    if failed {
+                        return None;
+                    }
+                    Some(l.unwrap_or_else(|e| {
+                        failed = true;
+                        (0, Err(format!("the file could not be read further: {e}")))
+                    }))
+                }),
             )
         }
         _ => {

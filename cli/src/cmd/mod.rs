@@ -124,10 +124,13 @@ pub(crate) fn parse_id(flag: &str, s: &str) -> Result<ca_core::Eui64> {
         .map_err(|e| crate::errors::input(format!("{flag}: {e}")))
 }
 
-/// A CSR or key file for a request item: PEM stays text, DER becomes base64.
+/// The most a CSR, key or certificate file given on the command line may hold.
+pub(crate) const BLOB_LIMIT: u64 = 64 * 1024;
+
+/// A CSR or key file for a request item: PEM stays text, DER becomes base64. Read bounded.
 pub(crate) fn read_blob(flag: &str, p: &std::path::Path) -> Result<String> {
     use base64::Engine as _;
-    let bytes = std::fs::read(p)
+    let bytes = ca_core::read_bounded(p, BLOB_LIMIT)
         .map_err(|e| crate::errors::input(format!("{flag} {}: {e}", p.display())))?;
     Ok(match String::from_utf8(bytes.clone()) {
         Ok(t) if t.contains("-----BEGIN") => t,

@@ -46,16 +46,20 @@ pub(super) fn run(ctx: &Ctx, a: RevokeArgs) -> Result<()> {
             serials.push(hex::encode(parse_serial(s)?));
         }
         if let Some(f) = &w.serials_file {
-            let text = std::fs::read_to_string(f)
+            let file = std::fs::File::open(f)
                 .map_err(|e| input(format!("--serials-file {}: {e}", f.display())))?;
-            for (n, line) in text.lines().enumerate() {
+            for line in ca_core::BoundedLines::new(std::io::BufReader::new(file)) {
+                let (n, line) =
+                    line.map_err(|e| input(format!("--serials-file {}: {e}", f.display())))?;
+                let line = line.map_err(|why| {
+                    input(format!("--serials-file {} line {n}: {why}", f.display()))
+                })?;
                 let line = line.trim();
                 if line.is_empty() || line.starts_with('#') {
                     continue;
                 }
                 serials.push(hex::encode(
-                    parse_serial(line)
-                        .with_context(|| format!("{} line {}", f.display(), n + 1))?,
+                    parse_serial(line).with_context(|| format!("{} line {n}", f.display()))?,
                 ));
             }
         }

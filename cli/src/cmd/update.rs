@@ -22,9 +22,11 @@ pub(super) fn verify(
     after: Option<u64>,
     policy_oid: Option<&str>,
 ) -> Result<()> {
-    let der = std::fs::read(file).map_err(|e| input(format!("{}: {e}", file.display())))?;
-    let root_bytes =
-        std::fs::read(root).map_err(|e| input(format!("--root {}: {e}", root.display())))?;
+    // An update carries a few certificates: 1 MiB is far beyond any.
+    let der = ca_core::read_bounded(file, 1024 * 1024)
+        .map_err(|e| input(format!("{}: {e}", file.display())))?;
+    let root_bytes = ca_core::read_bounded(root, super::BLOB_LIMIT)
+        .map_err(|e| input(format!("--root {}: {e}", root.display())))?;
     let root_cert = ca_core::certificate_from_bytes(&root_bytes)
         .map_err(|e| input(format!("--root {}: not a certificate: {e}", root.display())))?;
     let signer_policy = match policy_oid {

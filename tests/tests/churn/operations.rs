@@ -471,3 +471,31 @@ fn every_operation_makes_updates_that_openssl_and_a_meter_accept() {
     }
     s.run("h", &["audit", "verify"]).ok();
 }
+
+/// A bulk file is read a bounded line at a time: a line that is not UTF-8 is refused as that
+/// line (`bad-line`, with its number) and the others are applied.
+#[test]
+fn a_bulk_line_that_is_not_text_is_refused_as_a_line() {
+    let (s, ids) = setup(2);
+    let mut bytes = format!("device_id,supplier\n{},{A}\n", ids[0]).into_bytes();
+    bytes.extend_from_slice(b"\xff\xfe,90-B3-D5-1F-30-00-00-0A\n");
+    bytes.extend_from_slice(format!("{},{A}\n", ids[1]).as_bytes());
+    std::fs::write(s.path("assign.csv"), bytes).unwrap();
+    let r = s
+        .run(
+            "h",
+            &["meter", "assign", "--file", &p(&s, "assign.csv"), "--json"],
+        )
+        .fails(2, "1 of 3 line(s) refused");
+    let v = r.json();
+    assert_eq!(v["applied"], 2, "{v}");
+    assert_eq!(v["errors"][0]["line"], 3, "{v}");
+    assert_eq!(v["errors"][0]["code"], "bad-line", "{v}");
+    assert!(
+        v["errors"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not UTF-8"),
+        "{v}"
+    );
+}
