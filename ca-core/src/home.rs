@@ -19,65 +19,80 @@ pub struct Exposed {
 }
 
 impl Home {
-    /// Refuses a home another user could change: the home, and everything in it but the
-    /// published CRLs and trust-anchor updates (signed, and checked by whoever reads them), must
-    /// belong to this user (or root) and not be writable by group or others. Whoever could
-    /// write meterpki.toml, the policies, the store, the audit log or SoftHSM's tokens could
-    /// change what this CA signs.
-    pub fn check_permissions(&self) -> Result<(), Exposed> {
+    /// Refuses a home another user could change: the home, and everything meterpki keeps in
+    /// it but the published CRLs and trust-anchor updates (signed, and checked by whoever reads
+    /// them), must belong to this user (or root) and not be writable by group or others.
+    /// Whoever could write meterpki.toml, the policies, the store, the audit log or SoftHSM's
+    /// tokens could change what this CA signs. Returns every such path (at most 20).
+    pub fn check_permissions(&self) -> Result<(), Vec<Exposed>> {
         use std::os::unix::fs::MetadataExt;
         let me = rustix::process::geteuid().as_raw();
-        let check = |path: &Path| -> Result<Option<std::fs::Metadata>, Exposed> {
-            let Ok(meta) = std::fs::symlink_metadata(path) else {
-                return Ok(None);
-            };
+        let mut found = Vec::new();
+        let check = |path: &Path, meta: &std::fs::Metadata| -> Option<Exposed> {
             if meta.uid() != me && meta.uid() != 0 {
-                return Err(Exposed {
+                Some(Exposed {
                     path: path.to_path_buf(),
                     why: format!(
                         "belongs to user id {}, not to you ({me}) or root",
                         meta.uid()
                     ),
-                });
-            }
-            if !meta.file_type().is_symlink() && meta.mode() & 0o022 != 0 {
-                return Err(Exposed {
+                })
+            } else if !meta.file_type().is_symlink() && meta.mode() & 0o022 != 0 {
+                Some(Exposed {
                     path: path.to_path_buf(),
                     why: format!(
-                        "is writable by {} (mode {:o}): run `chmod go-w {}`",
+                        "is writable by {} (mode {:o})",
                         if meta.mode() & 0o002 != 0 {
                             "every user"
                         } else {
                             "its group"
                         },
-                        meta.mode() & 0o7777,
-                        path.display()
+                        meta.mode() & 0o7777
                     ),
-                });
+                })
+            } else {
+                None
             }
-            Ok(Some(meta))
         };
-        fn walk(
-            dir: &Path,
-            skip: &[PathBuf],
-            check: &dyn Fn(&Path) -> Result<Option<std::fs::Metadata>, Exposed>,
-        ) -> Result<(), Exposed> {
-            let Ok(entries) = std::fs::read_dir(dir) else {
-                return Ok(());
+        // The home itself, through a symlink if it is one.
+        if let Ok(meta) = std::fs::metadata(&self.root) {
+            found.extend(check(&self.root, &meta));
+        }
+        // Its entries; the folders meterpki keeps its state in, all the way down.
+        let deep = [
+            self.policies_dir(),
+            self.store_dir(),
+            self.root.join("audit"),
+            self.softhsm_dir(),
+            self.secrets_dir(),
+            self.ca_dir(),
+            self.ceremonies_dir(),
+            self.root.join("run"),
+        ];
+        let mut stack = vec![(self.root.clone(), true)];
+        while let Some((dir, descend)) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
             };
             for entry in entries.flatten() {
                 let path = entry.path();
-                if let Some(meta) = check(&path)? {
-                    if meta.is_dir() && !skip.contains(&path) {
-                        walk(&path, skip, check)?;
-                    }
+                let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                    continue;
+                };
+                found.extend(check(&path, &meta));
+                if found.len() >= 20 {
+                    return Err(found);
+                }
+                if meta.is_dir() && (deep.contains(&path) || (descend && dir != self.root)) {
+                    stack.push((path, true));
                 }
             }
-            Ok(())
         }
-        check(&self.root)?;
-        let skip = [self.crl_dir(), self.root.join("updates")];
-        walk(&self.root, &skip, &check)
+        if found.is_empty() {
+            Ok(())
+        } else {
+            Err(found)
+        }
     }
 
     /// A home rooted at `root` (which may not exist yet).

@@ -261,7 +261,6 @@ struct Activity {
     handlers: AtomicUsize,
     last_ms: AtomicU64,
     served: AtomicBool,
-    body_too_slow: AtomicBool,
 }
 
 impl Activity {
@@ -271,7 +270,6 @@ impl Activity {
             handlers: AtomicUsize::new(0),
             last_ms: AtomicU64::new(0),
             served: AtomicBool::new(false),
-            body_too_slow: AtomicBool::new(false),
         }
     }
 
@@ -314,41 +312,67 @@ impl Drop for Handling {
 #[error("the request body arrived slower than {0} bytes a second")]
 struct BodyTooSlow(u64);
 
-/// A body whose frames count as activity on the connection; a request body must also keep up
-/// with the minimum rate: its deadline is `grace + received / rate` after it started.
+/// A body whose frames count as activity on the connection. A request body must also keep up
+/// with the minimum rate: its deadline is `grace + received / rate` after it is first read. A
+/// response body is handed out in pieces of at most [`RESPONSE_PIECE`], so that a client
+/// reading a large answer steadily, however slowly, shows activity with every piece it takes.
 struct Metered {
     inner: Body,
     activity: Arc<Activity>,
     rate: Option<RateLimit>,
+    /// The rest of a response frame larger than a piece.
+    pending: Bytes,
 }
 
+/// The largest piece of a response body handed to hyper at once.
+const RESPONSE_PIECE: usize = 64 * 1024;
+
 struct RateLimit {
-    started: Instant,
     grace: Duration,
     bytes_per_sec: u64,
     received: u64,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    /// Set when the body is first read (time spent before, e.g. authenticating, is not the
+    /// client's).
+    clock: Option<(Instant, Pin<Box<tokio::time::Sleep>>)>,
+    /// Set when the deadline passed: the request's handler answers 408.
+    too_slow: Arc<AtomicBool>,
 }
 
 impl RateLimit {
-    fn new(grace: Duration, bytes_per_sec: u64) -> RateLimit {
-        let started = Instant::now();
+    fn new(grace: Duration, bytes_per_sec: u64, too_slow: Arc<AtomicBool>) -> RateLimit {
         RateLimit {
-            started,
             grace,
             bytes_per_sec,
             received: 0,
-            deadline: Box::pin(tokio::time::sleep(grace)),
+            clock: None,
+            too_slow,
         }
+    }
+
+    /// Starts the clock (at the first read of the body).
+    fn start(&mut self) {
+        let grace = self.grace;
+        self.clock
+            .get_or_insert_with(|| (Instant::now(), Box::pin(tokio::time::sleep(grace))));
+    }
+
+    fn deadline(&mut self) -> Pin<&mut tokio::time::Sleep> {
+        let grace = self.grace;
+        self.clock
+            .get_or_insert_with(|| (Instant::now(), Box::pin(tokio::time::sleep(grace))))
+            .1
+            .as_mut()
     }
 
     fn received(&mut self, n: usize) {
         self.received += n as u64;
         let allowed =
             self.grace + Duration::from_secs_f64(self.received as f64 / self.bytes_per_sec as f64);
-        self.deadline
-            .as_mut()
-            .reset(tokio::time::Instant::from_std(self.started + allowed));
+        if let Some((started, sleep)) = self.clock.as_mut() {
+            sleep
+                .as_mut()
+                .reset(tokio::time::Instant::from_std(*started + allowed));
+        }
     }
 }
 
@@ -361,19 +385,38 @@ impl http_body::Body for Metered {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
+        if !this.pending.is_empty() {
+            this.activity.touch();
+            let n = this.pending.len().min(RESPONSE_PIECE);
+            return Poll::Ready(Some(Ok(Frame::data(this.pending.split_to(n)))));
+        }
+        if let Some(rate) = this.rate.as_mut() {
+            rate.start();
+        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.activity.touch();
-                if let (Some(rate), Some(data)) = (this.rate.as_mut(), frame.data_ref()) {
-                    rate.received(data.len());
+                if let Some(rate) = this.rate.as_mut() {
+                    if let Some(data) = frame.data_ref() {
+                        rate.received(data.len());
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
                 }
-                Poll::Ready(Some(Ok(frame)))
+                // A response: large data frames go out in pieces.
+                match frame.into_data() {
+                    Ok(mut data) if data.len() > RESPONSE_PIECE => {
+                        this.pending = data.split_off(RESPONSE_PIECE);
+                        Poll::Ready(Some(Ok(Frame::data(data))))
+                    }
+                    Ok(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Err(frame) => Poll::Ready(Some(Ok(frame))),
+                }
             }
             Poll::Ready(other) => Poll::Ready(other.map(|r| r.map_err(Into::into))),
             Poll::Pending => {
                 if let Some(rate) = this.rate.as_mut() {
-                    if std::future::Future::poll(rate.deadline.as_mut(), cx).is_ready() {
-                        this.activity.body_too_slow.store(true, Ordering::Relaxed);
+                    if std::future::Future::poll(rate.deadline(), cx).is_ready() {
+                        rate.too_slow.store(true, Ordering::Relaxed);
                         return Poll::Ready(Some(Err(BodyTooSlow(rate.bytes_per_sec).into())));
                     }
                 }
@@ -383,11 +426,17 @@ impl http_body::Body for Metered {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.pending.is_empty() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+        let mut hint = self.inner.size_hint();
+        let pending = self.pending.len() as u64;
+        hint.set_lower(hint.lower() + pending);
+        if let Some(upper) = hint.upper() {
+            hint.set_upper(upper + pending);
+        }
+        hint
     }
 }
 
@@ -413,15 +462,18 @@ async fn connection<I>(
                 let activity = tracked.clone();
                 async move {
                     let handling = Handling::new(&activity);
+                    // Per request: one slow body answers its own request 408, no other.
+                    let too_slow = Arc::new(AtomicBool::new(false));
                     let request = request.map(|inner| {
                         Body::new(Metered {
                             inner,
                             activity: activity.clone(),
-                            rate: Some(RateLimit::new(grace, rate)),
+                            rate: Some(RateLimit::new(grace, rate, too_slow.clone())),
+                            pending: Bytes::new(),
                         })
                     });
                     let mut response = next.run(request).await;
-                    if activity.body_too_slow.load(Ordering::Relaxed) {
+                    if too_slow.load(Ordering::Relaxed) {
                         response = crate::error::ApiError::new(
                             StatusCode::REQUEST_TIMEOUT,
                             "body-too-slow",
@@ -438,6 +490,7 @@ async fn connection<I>(
                             inner,
                             activity,
                             rate: None,
+                            pending: Bytes::new(),
                         })
                     })
                 }
@@ -475,7 +528,21 @@ async fn connection<I>(
         limit = idle => {
             tracing::debug!(%addr, idle_secs = limit.as_secs(), "closing an idle connection");
             conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
+            // A request whose headers arrived as the connection was found idle still runs to
+            // its end (up to the drain timeout); with nothing running, a second is enough.
+            let settled = async {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if activity.handlers.load(Ordering::Acquire) == 0 {
+                        return;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = settled => {}
+                _ = tokio::time::sleep(options.drain_timeout) => {}
+            }
         }
         _ = stop.changed() => {
             conn.as_mut().graceful_shutdown();

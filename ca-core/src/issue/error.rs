@@ -35,6 +35,8 @@ pub enum ErrorCode {
     ExistingCertificate,
     /// The key is already certified for another subject or usage.
     KeyReused,
+    /// A certificate for the key was revoked for keyCompromise: no certificate is issued for it.
+    KeyCompromised,
     /// The account may not replace an active certificate (`replace`).
     ReplaceForbidden,
     /// The account may not send a bare public key (its keys come with a CSR).
@@ -74,6 +76,7 @@ impl ErrorCode {
             ErrorCode::DeviceRange => "device-range",
             ErrorCode::ExistingCertificate => "existing-certificate",
             ErrorCode::KeyReused => "key-reused",
+            ErrorCode::KeyCompromised => "key-compromised",
             ErrorCode::ReplaceForbidden => "replace-forbidden",
             ErrorCode::BareKeyForbidden => "bare-key-forbidden",
             ErrorCode::SupplierUnknown => "supplier-unknown",

@@ -119,15 +119,36 @@ pub(super) fn approve(
     }
     // One key, one subject and usage: checked here before signing, and again in the store's
     // transaction (two requests at once).
-    if let Some(holder) = store
-        .cert_with_key(&request.key_hash)
-        .map_err(|e| IssueError::new(ErrorCode::Internal, e.to_string()))?
-    {
+    let internal =
+        |e: crate::store::StoreError| IssueError::new(ErrorCode::Internal, e.to_string());
+    if let Some(revoked) = store.compromised_key(&request.key_hash).map_err(internal)? {
+        return Err(key_compromised(&revoked));
+    }
+    if let Some(holder) = store.cert_with_key(&request.key_hash).map_err(internal)? {
         if holder.subject_id != subject_id || holder.profile != request.profile.name() {
-            return Err(key_reused(&holder));
+            if let Some(active) = store
+                .active_cert(&holder.subject_id, &holder.profile)
+                .map_err(internal)?
+            {
+                if active.key_hash == request.key_hash {
+                    return Err(key_reused(&active));
+                }
+            }
         }
     }
     Ok(Decision::Approve(Box::new(Approved { request })))
+}
+
+/// The refusal of a key a certificate of which (`revoked`) was revoked for keyCompromise.
+pub(crate) fn key_compromised(revoked: &CertRecord) -> IssueError {
+    IssueError::new(
+        ErrorCode::KeyCompromised,
+        format!(
+            "this public key was reported compromised (certificate {} of {} revoked for keyCompromise): no certificate is issued for it again; make a new key pair",
+            revoked.serial_hex(),
+            revoked.subject_id
+        ),
+    )
 }
 
 /// The refusal of a key bound to another subject or usage by `holder`.

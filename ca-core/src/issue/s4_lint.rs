@@ -240,13 +240,27 @@ pub(super) fn lint(tbs: Tbs, issuer: &IssuerCtx) -> Result<Linted, IssueError> {
                 ));
             }
         }
-        Subject::Party { .. } => {
-            let id_type = match profile.entity_id_form() {
-                policies::EntityIdForm::X500UniqueIdentifier => super::X500_UNIQUE_IDENTIFIER,
-                policies::EntityIdForm::SerialNumber => super::s3_tbs::SERIAL_NUMBER_ATTRIBUTE,
+        Subject::Party { entity_id, .. } => {
+            // The entity ID's attribute, tag and value as the profile's form says.
+            let (id_type, id_tag, id_value) = match profile.entity_id_form() {
+                policies::EntityIdForm::X500UniqueIdentifier => (
+                    super::X500_UNIQUE_IDENTIFIER,
+                    der::Tag::BitString,
+                    [&[0u8][..], &entity_id.bytes()[..]].concat(),
+                ),
+                policies::EntityIdForm::SerialNumber => (
+                    super::s3_tbs::SERIAL_NUMBER_ATTRIBUTE,
+                    der::Tag::PrintableString,
+                    entity_id.to_string().into_bytes(),
+                ),
             };
             let last = t.subject.0.last().and_then(|rdn| rdn.0.as_slice().first());
-            if t.subject.0.len() != 3 || last.map(|atv| atv.oid) != Some(id_type) {
+            let id_ok = last.is_some_and(|atv| {
+                atv.oid == id_type
+                    && der::Tagged::tag(&atv.value) == id_tag
+                    && atv.value.value() == id_value.as_slice()
+            });
+            if t.subject.0.len() != 3 || !id_ok {
                 return Err(fail(format!(
                     "a party certificate's subject is CN, OU and the entity ID as {} ({})",
                     profile.entity_id_form().name(),

@@ -106,6 +106,9 @@ impl PlannedCommit {
                     Some(Commit::KeyReused(holder)) => {
                         Err(super::s2_policy::key_reused(holder))
                     }
+                    Some(Commit::KeyCompromised(revoked)) => {
+                        Err(super::s2_policy::key_compromised(revoked))
+                    }
                     None => Err(IssueError::new(
                         ErrorCode::Internal,
                         "the store answered fewer items than it was given",

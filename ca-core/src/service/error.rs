@@ -170,6 +170,7 @@ impl ServiceError {
                 | crate::issue::ErrorCode::SupplierUnknown => ErrorClass::Denied,
                 crate::issue::ErrorCode::ExistingCertificate
                 | crate::issue::ErrorCode::KeyReused
+                | crate::issue::ErrorCode::KeyCompromised
                 | crate::issue::ErrorCode::IssuerRevoked => ErrorClass::Conflict,
                 _ => ErrorClass::Invalid,
             },

@@ -93,6 +93,10 @@ fn create(
     let root = home.root();
     let softhsm = config.hsm.softhsm;
     std::fs::create_dir_all(root).map_err(io_at(format!("creating {}", root.display())))?;
+    // The home is for its user alone, also when it existed before (every later command refuses
+    // a home others can write).
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))
+        .map_err(io_at(format!("making {} private (0700)", root.display())))?;
     for d in DIRS {
         if *d == "softhsm" && !softhsm {
             continue;

@@ -133,13 +133,22 @@ impl Service {
                 ),
             ));
         }
-        if let Err(e) = home.check_permissions() {
+        if let Err(exposed) = home.check_permissions() {
+            let list: Vec<String> = exposed
+                .iter()
+                .map(|e| format!("{} {}", e.path.display(), e.why))
+                .collect();
+            let owner = exposed.iter().any(|e| e.why.starts_with("belongs"));
             return Err(ServiceError::invalid(
                 "home-permissions",
                 format!(
-                    "{} {}; another user could change what this CA signs or records, so meterpki does not run on this home (everything in it must be yours and writable by you alone)",
-                    e.path.display(),
-                    e.why
+                    "another user could change what this CA signs or records, so meterpki does not run on this home: {}. Everything in it must be yours and writable by you alone: {} (and find out who changed it)",
+                    list.join("; "),
+                    if owner {
+                        format!("`chown -R $(id -un) {}` and `chmod -R go-w {}`", home.root().display(), home.root().display())
+                    } else {
+                        format!("`chmod -R go-w {}`", home.root().display())
+                    }
                 ),
             ));
         }

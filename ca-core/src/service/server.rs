@@ -39,6 +39,8 @@ pub struct Readiness {
     last: std::sync::Mutex<Option<(std::time::Instant, bool)>>,
     probing: std::sync::Mutex<()>,
     probes: std::sync::atomic::AtomicU64,
+    /// Bumped by [`Readiness::invalidate`]: a probe started before keeps its result to itself.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl Readiness {
@@ -72,25 +74,38 @@ impl Readiness {
         if let Some(ok) = fresh(&self.lock_last()) {
             return ok;
         }
-        match self.probing.try_lock() {
-            Ok(_probing) => {
+        let probing = match self.probing.try_lock() {
+            Ok(g) => Some(g),
+            // A probe that panicked poisoned the lock; it is free again.
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        };
+        match probing {
+            Some(_probing) => {
                 // Another caller may have probed while this one waited for the lock.
                 if let Some(ok) = fresh(&self.lock_last()) {
                     return ok;
                 }
+                let generation = self.generation.load(std::sync::atomic::Ordering::Acquire);
                 let ok = self.ready();
-                *self.lock_last() = Some((std::time::Instant::now(), ok));
+                let mut last = self.lock_last();
+                if self.generation.load(std::sync::atomic::Ordering::Acquire) == generation {
+                    *last = Some((std::time::Instant::now(), ok));
+                }
                 ok
             }
             // A probe is running: the last result, or not ready when there is none yet.
-            Err(_) => self.lock_last().is_some_and(|(_, ok)| ok),
+            None => self.lock_last().is_some_and(|(_, ok)| ok),
         }
     }
 
     /// Forgets the last probe (real work just saw the HSM fail): the next
     /// [`Readiness::ready_cached`] probes again.
     pub fn invalidate(&self) {
-        *self.lock_last() = None;
+        let mut last = self.lock_last();
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        *last = None;
     }
 
     /// HSM probes made since start.
@@ -230,6 +245,7 @@ impl Service {
             last: Default::default(),
             probing: Default::default(),
             probes: Default::default(),
+            generation: Default::default(),
         })
     }
 

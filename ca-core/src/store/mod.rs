@@ -48,9 +48,13 @@ pub trait Store: Send + Sync + fmt::Debug {
         subject_id: &str,
         profile: &str,
     ) -> Result<Option<CertRecord>, StoreError>;
-    /// The certificate that first bound the key with this SHA-256 of its SubjectPublicKeyInfo
-    /// to a subject and usage (every later certificate for the key has the same ones).
+    /// The certificate that bound the key with this SHA-256 of its SubjectPublicKeyInfo to a
+    /// subject and usage. The binding holds while that subject's active certificate for that
+    /// usage has the key; once it does not (revoked, replaced), another subject may bind it.
     fn cert_with_key(&self, key_hash: &[u8; 32]) -> Result<Option<CertRecord>, StoreError>;
+    /// A certificate for the key revoked for keyCompromise, if any: the key is never certified
+    /// again.
+    fn compromised_key(&self, key_hash: &[u8; 32]) -> Result<Option<CertRecord>, StoreError>;
     /// Every certificate of a subject, oldest first.
     fn certs_of_subject(&self, subject_id: &str) -> Result<Vec<CertRecord>, StoreError>;
     /// Whether any certificate was ever issued to `subject_id`.

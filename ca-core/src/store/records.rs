@@ -70,8 +70,10 @@ pub enum Commit {
     Existing(Box<CertRecord>),
     /// An active certificate with another key exists and the request did not say `replace`.
     Conflict(Box<CertRecord>),
-    /// The key is bound to another subject or usage: the certificate that bound it.
+    /// The key is bound to another subject or usage, whose active certificate this is.
     KeyReused(Box<CertRecord>),
+    /// A certificate for the key was revoked for keyCompromise (this one).
+    KeyCompromised(Box<CertRecord>),
 }
 
 /// The outcome of an [`Op::CommitIssued`](super::Op::CommitIssued).

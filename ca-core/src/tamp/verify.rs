@@ -265,27 +265,41 @@ fn check_signature<'a>(
     key_id: &[u8],
     attrs: &SignedAttributes,
 ) -> Result<&'a Certificate, TampError> {
-    let signer = pool
+    // Every certificate carrying the identifier is a candidate (a renewed certificate of the
+    // same key, or another key whose identifier collides): the one whose key verifies is the
+    // signer.
+    let candidates: Vec<&Certificate> = pool
         .iter()
         .copied()
-        .find(|c| {
+        .filter(|c| {
             crate::certs::subject_key_identifier(c).is_some_and(|ski| ski.0.as_bytes() == key_id)
         })
-        .ok_or_else(|| TampError::SignerNotFound {
+        .collect();
+    if candidates.is_empty() {
+        return Err(TampError::SignerNotFound {
             key_id: hex::encode(key_id),
-        })?;
-    let signer_spki = &signer.tbs_certificate.subject_public_key_info;
-    if KeyAlgorithm::of_spki(signer_spki) != Some(KeyAlgorithm::EcP256) {
-        return Err(TampError::Algorithm {
-            what: "signer certificate key",
-            found: signer_spki.algorithm.oid.to_string(),
-            expected: "an EC P-256 key (for ecdsa-with-SHA256)",
         });
     }
     let signed_bytes = attrs.to_der().map_err(malformed("signedAttrs"))?;
-    verify_signature_fast(signer_spki, &signed_bytes, si.signature.as_bytes())
-        .map_err(TampError::Signature)?;
-    Ok(signer)
+    let mut last = None;
+    for signer in candidates {
+        let signer_spki = &signer.tbs_certificate.subject_public_key_info;
+        if KeyAlgorithm::of_spki(signer_spki) != Some(KeyAlgorithm::EcP256) {
+            last = Some(TampError::Algorithm {
+                what: "signer certificate key",
+                found: signer_spki.algorithm.oid.to_string(),
+                expected: "an EC P-256 key (for ecdsa-with-SHA256)",
+            });
+            continue;
+        }
+        match verify_signature_fast(signer_spki, &signed_bytes, si.signature.as_bytes()) {
+            Ok(()) => return Ok(signer),
+            Err(e) => last = Some(TampError::Signature(e)),
+        }
+    }
+    Err(last.unwrap_or(TampError::SignerNotFound {
+        key_id: hex::encode(key_id),
+    }))
 }
 
 /// The TAMPUpdate (RFC 5934 §4.3, §6): one hwModules target of `single` EUI-64s (this meter

@@ -32,6 +32,8 @@ pub(super) fn run(
     };
     let ctx_home = ctx.home().clone();
     let serve_options = issuance_api::ServeOptions::from_config(&ctx.config().server);
+    let listeners = if crl_listen.is_empty() { 1 } else { 2 };
+    raise_descriptor_limit(serve_options.max_connections as u64 * listeners + 256);
     let metrics = Arc::new(issuance_api::Metrics::default());
     let timed = metrics.clone();
     let service = Arc::new(ctx.service.with_signer_wrap(Arc::new(move |inner| {
@@ -159,4 +161,37 @@ pub(super) fn run(
         eprintln!("stopped");
         Ok::<(), anyhow::Error>(())
     })
+}
+
+/// Raises the soft limit on open files to the hard limit: every connection holds a descriptor,
+/// and the store, the audit log, CRL publication and the HSM need more, so the connection
+/// limits must run out before the descriptors do (or callers without an account could make
+/// issuance fail). Warns when even the hard limit is below what the limits need.
+fn raise_descriptor_limit(needed: u64) {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let now = getrlimit(Resource::Nofile);
+    let target = now.maximum.unwrap_or(u64::MAX).min(1 << 20);
+    let current = now.current.unwrap_or(u64::MAX);
+    let current = if current < target {
+        match setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(target),
+                maximum: now.maximum,
+            },
+        ) {
+            Ok(()) => target,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not raise the open-file limit");
+                current
+            }
+        }
+    } else {
+        current
+    };
+    if current < needed {
+        eprintln!(
+            "warning: the open-file limit is {current}, below the {needed} that server.max_connections needs on every listener plus a reserve: raise the hard limit (ulimit -Hn, LimitNOFILE=) or lower server.max_connections"
+        );
+    }
 }

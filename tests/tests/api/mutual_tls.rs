@@ -783,4 +783,42 @@ fn bare_public_keys_are_opt_in_per_account() {
     );
     assert_eq!(code, 409, "{answer}");
     assert!(answer.contains("key-reused"), "{answer}");
+
+    // Revoked for keyCompromise, the key is never certified again, not even for its meter.
+    let (code, answer) = curl(
+        &s,
+        &srv,
+        Some("ops"),
+        "GET",
+        "/v1/devices/00-DB-12-00-00-00-88-01/certificates",
+        None,
+        &[],
+    );
+    assert_eq!(code, 200, "{answer}");
+    let serial = serde_json::from_str::<Value>(&answer).unwrap()["certificates"][0]["serial"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, answer) = curl(
+        &s,
+        &srv,
+        Some("ops"),
+        "POST",
+        &format!("/v1/certificates/{serial}/revoke"),
+        Some(r#"{"reason": "keyCompromise"}"#),
+        &[],
+    );
+    assert_eq!(code, 200, "{answer}");
+    let body = json!({"request_id": "after-compromise", "items": [item]}).to_string();
+    let (code, answer) = curl(
+        &s,
+        &srv,
+        Some("line-se"),
+        "POST",
+        "/v1/batches",
+        Some(&body),
+        &[],
+    );
+    assert_eq!(code, 200, "{answer}");
+    assert!(answer.contains("key-compromised"), "{answer}");
 }

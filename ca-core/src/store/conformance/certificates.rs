@@ -215,9 +215,11 @@ pub fn revocation_is_final_and_listed_by_shard(h: &dyn Harness, dir: &Path) {
     );
 }
 
-/// A key is bound to the subject and usage of its first certificate: another subject, or the
-/// same subject's other usage, is refused with that certificate (also within one commit, and
-/// also after it was revoked); the same subject and usage may be certified with it again.
+/// A key is bound to one subject and usage while that subject's active certificate for that
+/// usage has it: another subject, or the same subject's other usage, is refused with that
+/// certificate (also within one commit). Once the binding's certificate is revoked, another
+/// subject may bind the key; once any certificate of the key is revoked for keyCompromise, no
+/// one may, not even its subject.
 pub fn a_key_is_bound_to_one_subject_and_usage(h: &dyn Harness, dir: &Path) {
     let s = h.open(dir);
     let a = cert(1, DEV, "meter-signing", 1);
@@ -238,38 +240,53 @@ pub fn a_key_is_bound_to_one_subject_and_usage(h: &dyn Harness, dir: &Path) {
         );
         assert_eq!(s.cert(&other.serial).unwrap(), None);
     }
-    // Revoked, the key stays bound: the same subject and usage may use it again, no other.
+    // Revoked (a certificate made for the wrong device, say): the key is free again, and the
+    // subject that binds it next holds it.
     revoke(
         s.as_ref(),
         vec![a.serial.clone()],
         revocation(Reason::Superseded, 1_700_000_100),
     );
-    assert!(matches!(
-        commit(
-            s.as_ref(),
-            vec![(cert(5, DEV2, "meter-signing", 1), false)],
-            false
-        )[..],
-        [Commit::KeyReused(_)]
-    ));
+    let b = cert(5, DEV2, "meter-signing", 1);
+    assert_eq!(
+        commit(s.as_ref(), vec![(b.clone(), false)], false),
+        vec![Commit::Stored]
+    );
+    assert_eq!(s.cert_with_key(&b.key_hash).unwrap(), Some(b.clone()));
     assert_eq!(
         commit(
             s.as_ref(),
             vec![(cert(6, DEV, "meter-signing", 1), false)],
             false
         ),
-        vec![Commit::Stored]
+        vec![Commit::KeyReused(Box::new(b.clone()))]
     );
+    // Compromised: never again, for anyone.
+    revoke(
+        s.as_ref(),
+        vec![b.serial.clone()],
+        revocation(Reason::KeyCompromise, 1_700_000_200),
+    );
+    assert_eq!(s.compromised_key(&b.key_hash).unwrap(), Some(b.clone()));
+    for again in [
+        cert(7, DEV2, "meter-signing", 1),
+        cert(8, DEV, "meter-signing", 1),
+    ] {
+        assert_eq!(
+            commit(s.as_ref(), vec![(again, false)], false),
+            vec![Commit::KeyCompromised(Box::new(b.clone()))]
+        );
+    }
     // Two subjects with one new key in one commit: the first binds it.
     let d7 = "00-DB-12-34-56-78-90-07";
     let d8 = "00-DB-12-34-56-78-90-08";
-    let first = cert(7, d7, "meter-signing", 7);
+    let first = cert(9, d7, "meter-signing", 7);
     assert_eq!(
         commit(
             s.as_ref(),
             vec![
                 (first.clone(), false),
-                (cert(8, d8, "meter-signing", 7), false)
+                (cert(10, d8, "meter-signing", 7), false)
             ],
             false
         ),

@@ -17,7 +17,8 @@
 //! g<supplier>\0<device>              ()              meters of a supplier
 //! t<device>                          UpdateMark (bincode)
 //! o<id>                              OpRecord (JSON)
-//! y<SHA-256 of the SPKI>              serial of the first certificate of the key (schema 3)
+//! y<SHA-256 of the SPKI>              serial of the certificate that bound the key (schema 3)
+//! x<SHA-256 of the SPKI>              serial of a certificate of the key revoked for keyCompromise
 //! n/certs                            certificate count (u64 BE)
 //! M<name>                            counters and settings (u64 BE), the audit head, the schema
 //! Mtext/<name>                       text settings (UTF-8)
@@ -47,6 +48,7 @@ pub(super) const METER_UPDATE: u8 = b't';
 pub(super) const OPERATION: u8 = b'o';
 pub(super) const META: u8 = b'M';
 pub(super) const KEY_OF: u8 = b'y';
+pub(super) const COMPROMISED: u8 = b'x';
 // b'h' (every certificate by issuer and shard) was written by early versions and never read:
 // the CRLs need only the revoked ones (REVOKED_BY_SHARD). Stores that have it keep it, unused.
 pub(super) const CERT_COUNT: &[u8] = b"n/certs";
@@ -74,6 +76,10 @@ pub(super) fn cert_key(serial: &[u8]) -> Vec<u8> {
 
 pub(super) fn key_of_key(key_hash: &[u8; 32]) -> Vec<u8> {
     key(KEY_OF, &[key_hash])
+}
+
+pub(super) fn compromised_key(key_hash: &[u8; 32]) -> Vec<u8> {
+    key(COMPROMISED, &[key_hash])
 }
 
 pub(super) fn active_key(subject_id: &str, profile: &str) -> Vec<u8> {

@@ -132,19 +132,52 @@ impl SledStore {
         self.index_keys()
     }
 
-    /// Schema 3: every certificate's key in the key index (`y`), bound to the first certificate
-    /// found for it. Run again from the start if interrupted (entries already there stay).
+    /// Schema 3: every certificate's key in the key index (`y`), bound to a certificate of it
+    /// that is not revoked when there is one, and the keys of certificates revoked for
+    /// keyCompromise marked (`x`). Run again from the start if interrupted (entries already
+    /// there stay unless a better holder is found). Keys already certified for two subjects that
+    /// both hold them now are counted and logged: the one not indexed cannot renew with it.
     fn index_keys(&self) -> Result<(), StoreError> {
+        use std::collections::HashMap;
         let mut batch = sled::Batch::default();
-        let mut pending = std::collections::HashSet::new();
-        let mut n = 0usize;
+        // Bound in this batch, not yet applied: key -> (serial, revoked).
+        let mut pending: HashMap<[u8; 32], (Vec<u8>, bool)> = HashMap::new();
+        let (mut n, mut shared) = (0usize, 0usize);
         for kv in self.pki.scan_prefix([CERT]) {
             let (k, v) = kv.map_err(db_err("reading certificates"))?;
             let rec = decode_cert(&k, &v)?;
+            let revocation = self.revocation(&rec.serial)?;
+            if revocation
+                .as_ref()
+                .is_some_and(|r| r.reason == crate::model::Reason::KeyCompromise)
+            {
+                batch.insert(compromised_key(&rec.key_hash), rec.serial.clone());
+            }
+            let revoked = revocation.is_some();
             let kk = key_of_key(&rec.key_hash);
-            if !pending.contains(&rec.key_hash) && self.get(&kk)?.is_none() {
+            let current = match pending.get(&rec.key_hash) {
+                Some(c) => Some(c.clone()),
+                None => match self.get(&kk)? {
+                    Some(serial) => {
+                        let r = self.revocation(&serial)?.is_some();
+                        Some((serial.to_vec(), r))
+                    }
+                    None => None,
+                },
+            };
+            let bind = match &current {
+                None => true,
+                Some((serial, _)) if *serial == rec.serial => false,
+                Some((_, holder_revoked)) => {
+                    if !revoked && !*holder_revoked {
+                        shared += 1;
+                    }
+                    *holder_revoked && !revoked
+                }
+            };
+            if bind {
                 batch.insert(kk, rec.serial.clone());
-                pending.insert(rec.key_hash);
+                pending.insert(rec.key_hash, (rec.serial.clone(), revoked));
             }
             n += 1;
             if n.is_multiple_of(10_000) {
@@ -163,6 +196,12 @@ impl SledStore {
             tracing::info!(
                 certificates = n,
                 "store upgraded to schema {SCHEMA_VERSION} (certificates indexed by key)"
+            );
+        }
+        if shared > 0 {
+            tracing::warn!(
+                keys = shared,
+                "keys certified for more than one subject or usage were found: each stays with one of them, and the others cannot be renewed with that key (revoke them to free it)"
             );
         }
         Ok(())
@@ -234,6 +273,13 @@ impl Store for SledStore {
 
     fn cert_with_key(&self, key_hash: &[u8; 32]) -> Result<Option<CertRecord>, StoreError> {
         match self.get(&key_of_key(key_hash))? {
+            Some(serial) => self.cert(&serial),
+            None => Ok(None),
+        }
+    }
+
+    fn compromised_key(&self, key_hash: &[u8; 32]) -> Result<Option<CertRecord>, StoreError> {
+        match self.get(&compromised_key(key_hash))? {
             Some(serial) => self.cert(&serial),
             None => Ok(None),
         }
@@ -573,10 +619,26 @@ mod tests {
             hw_type: None,
         };
         let a = rec(1, "00-DB-12-00-00-00-00-01", 5);
+        let c = rec(3, "00-DB-12-00-00-00-00-03", 6);
         {
             let s = SledStore::open(dir.path()).unwrap();
             s.pki.insert(cert_key(&a.serial), encode_cert(&a)).unwrap();
+            s.pki
+                .insert(active_key(&a.subject_id, &a.profile), a.serial.clone())
+                .unwrap();
             s.pki.remove(key_of_key(&a.key_hash)).unwrap();
+            // A certificate revoked for keyCompromise before the index existed.
+            s.pki.insert(cert_key(&c.serial), encode_cert(&c)).unwrap();
+            s.pki
+                .insert(
+                    revoked_key(&c.serial),
+                    encode_rev(&Revocation {
+                        reason: crate::model::Reason::KeyCompromise,
+                        revoked_at: 10,
+                        invalidity_date: None,
+                    }),
+                )
+                .unwrap();
             s.pki.insert(meta_key(SCHEMA), &encode_u64(2)[..]).unwrap();
             s.flush().unwrap();
         }
@@ -597,6 +659,7 @@ mod tests {
             applied.committed(0).unwrap().items,
             vec![crate::store::Commit::KeyReused(Box::new(a))]
         );
+        assert_eq!(s.compromised_key(&[6; 32]).unwrap(), Some(c));
     }
 
     #[test]

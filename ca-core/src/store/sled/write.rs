@@ -193,19 +193,43 @@ impl<'a> Writer<'a> {
                     rec.serial_hex()
                 )));
             }
-            // A key is bound to the subject and usage of its first certificate.
-            let kkey = key_of_key(&rec.key_hash);
-            let first = self.get(&kkey)?;
-            if let Some(serial) = &first {
-                let holder = self.cert(serial)?.ok_or_else(|| {
+            // A key revoked for keyCompromise is never certified again.
+            if let Some(serial) = self.get(&compromised_key(&rec.key_hash))? {
+                let revoked = self.cert(&serial)?.ok_or_else(|| {
                     StoreError::corrupt(
-                        hex::encode(serial),
+                        hex::encode(&serial),
+                        "the compromised-key index names a missing certificate",
+                    )
+                })?;
+                out.push(Commit::KeyCompromised(Box::new(revoked)));
+                continue;
+            }
+            // A key is bound to one subject and usage while that subject's active certificate
+            // for that usage has it; then (revoked, replaced) it may be bound again.
+            let kkey = key_of_key(&rec.key_hash);
+            let mut bind = true;
+            if let Some(serial) = self.get(&kkey)? {
+                let holder = self.cert(&serial)?.ok_or_else(|| {
+                    StoreError::corrupt(
+                        hex::encode(&serial),
                         "the key index names a missing certificate",
                     )
                 })?;
-                if holder.subject_id != rec.subject_id || holder.profile != rec.profile {
-                    out.push(Commit::KeyReused(Box::new(holder)));
-                    continue;
+                if holder.subject_id == rec.subject_id && holder.profile == rec.profile {
+                    bind = false;
+                } else if let Some(active) =
+                    self.get(&active_key(&holder.subject_id, &holder.profile))?
+                {
+                    let active = self.cert(&active)?.ok_or_else(|| {
+                        StoreError::corrupt(
+                            hex::encode(&active),
+                            "the active index names a missing certificate",
+                        )
+                    })?;
+                    if active.key_hash == rec.key_hash {
+                        out.push(Commit::KeyReused(Box::new(active)));
+                        continue;
+                    }
                 }
             }
             if let Some(mut prev) = current {
@@ -227,7 +251,7 @@ impl<'a> Writer<'a> {
             }
             self.insert(ckey, encode_cert(rec));
             self.insert(akey, rec.serial.clone());
-            if first.is_none() {
+            if bind {
                 self.insert(kkey, rec.serial.clone());
             }
             self.insert(
@@ -271,6 +295,9 @@ impl<'a> Writer<'a> {
                 revoked_shard_key(rec.issuer, rec.shard, serial),
                 rev.clone(),
             );
+            if revocation.reason == Reason::KeyCompromise {
+                self.insert(compromised_key(&rec.key_hash), serial.clone());
+            }
             let akey = active_key(&rec.subject_id, &rec.profile);
             if self.get(&akey)?.as_deref() == Some(serial.as_slice()) {
                 self.remove(akey);
