@@ -10,6 +10,7 @@
 //! numbers, claiming a request ID) needs no record.
 
 mod error;
+pub(crate) mod kv;
 mod open;
 mod records;
 pub(crate) mod sled;

@@ -2,20 +2,12 @@
 //! files), writers serialised by a mutex, every transaction one atomic `apply_batch` of one tree,
 //! flushed before it returns.
 
-mod codec;
-mod write;
-
 use std::path::Path;
 use std::sync::Mutex;
 
-use codec::*;
-
-use crate::model::{Account, OpRecord, Revocation, Supplier};
-use crate::store::{
-    Applied, ApplyError, AuditHead, AuditStage, BatchRecord, CertRecord, Store, StoreError, Txn,
-    UpdateMark,
-};
-use crate::CaKind;
+use super::kv::codec::*;
+use super::kv::{Entries, KvBackend, KvRead, KvStore, WriteBody};
+use crate::store::{ApplyError, StoreError};
 
 /// The schema this build writes. 1: certificates without hwType, counters in a second tree;
 /// 2: one tree, typed certificate records; 3: the index of certificates by key.
@@ -40,8 +32,8 @@ impl std::fmt::Debug for SledStore {
 }
 
 impl SledStore {
-    /// Opens (creating) the store at `dir`, upgrading a schema-1 store in place.
-    pub(crate) fn open(dir: &Path) -> Result<SledStore, StoreError> {
+    /// Opens (creating) the store at `dir`, upgrading an older store in place.
+    pub(crate) fn open(dir: &Path) -> Result<KvStore<SledStore>, StoreError> {
         // A bounded page cache (sled's default is 1 GiB). 24 MiB, measured with `bench api`:
         // certificates are inserted in serial order (time-prefixed serials), so the hot pages
         // are few; at 64 MiB the API server's peak RSS over 1,000,000 certificates was 70 MB
@@ -93,11 +85,16 @@ impl SledStore {
             write: Mutex::new(()),
         };
         store.upgrade()?;
-        Ok(store)
+        Ok(KvStore { backend: store })
     }
 
-    fn get(&self, key: &[u8]) -> Result<Option<sled::IVec>, StoreError> {
+    fn raw_get(&self, key: &[u8]) -> Result<Option<sled::IVec>, StoreError> {
         self.pki.get(key).map_err(db_err("reading"))
+    }
+
+    fn revocation_of(&self, serial: &[u8]) -> Result<Option<crate::model::Revocation>, StoreError> {
+        let k = revoked_key(serial);
+        self.raw_get(&k)?.map(|v| decode_rev(&k, &v)).transpose()
     }
 
     fn flush(&self) -> Result<(), StoreError> {
@@ -107,7 +104,7 @@ impl SledStore {
 
     fn meta(&self, name: &str) -> Result<Option<u64>, StoreError> {
         let k = meta_key(name);
-        self.get(&k)?.map(|v| decode_u64(&k, &v)).transpose()
+        self.raw_get(&k)?.map(|v| decode_u64(&k, &v)).transpose()
     }
 
     /// Brings an older store to [`SCHEMA_VERSION`]; refuses a newer one. Schema 1 kept counters
@@ -146,7 +143,7 @@ impl SledStore {
         for kv in self.pki.scan_prefix([CERT]) {
             let (k, v) = kv.map_err(db_err("reading certificates"))?;
             let rec = decode_cert(&k, &v)?;
-            let revocation = self.revocation(&rec.serial)?;
+            let revocation = self.revocation_of(&rec.serial)?;
             if revocation
                 .as_ref()
                 .is_some_and(|r| r.reason == crate::model::Reason::KeyCompromise)
@@ -157,9 +154,9 @@ impl SledStore {
             let kk = key_of_key(&rec.key_hash);
             let current = match pending.get(&rec.key_hash) {
                 Some(c) => Some(c.clone()),
-                None => match self.get(&kk)? {
+                None => match self.raw_get(&kk)? {
                     Some(serial) => {
-                        let r = self.revocation(&serial)?.is_some();
+                        let r = self.revocation_of(&serial)?.is_some();
                         Some((serial.to_vec(), r))
                     }
                     None => None,
@@ -244,283 +241,99 @@ impl SledStore {
     }
 }
 
-impl Store for SledStore {
-    fn backend(&self) -> &'static str {
+impl KvBackend for SledStore {
+    fn name(&self) -> &'static str {
         BACKEND
     }
 
-    fn cert(&self, serial: &[u8]) -> Result<Option<CertRecord>, StoreError> {
-        let k = cert_key(serial);
-        self.get(&k)?.map(|v| decode_cert(&k, &v)).transpose()
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.raw_get(key)?.map(|v| v.to_vec()))
     }
 
-    fn serial_taken(&self, serial: &[u8]) -> Result<bool, StoreError> {
-        self.pki
-            .contains_key(cert_key(serial))
-            .map_err(db_err("reading"))
-    }
-
-    fn active_cert(
-        &self,
-        subject_id: &str,
-        profile: &str,
-    ) -> Result<Option<CertRecord>, StoreError> {
-        match self.get(&active_key(subject_id, profile))? {
-            Some(serial) => self.cert(&serial),
-            None => Ok(None),
-        }
-    }
-
-    fn cert_with_key(&self, key_hash: &[u8; 32]) -> Result<Option<CertRecord>, StoreError> {
-        match self.get(&key_of_key(key_hash))? {
-            Some(serial) => self.cert(&serial),
-            None => Ok(None),
-        }
-    }
-
-    fn compromised_key(&self, key_hash: &[u8; 32]) -> Result<Option<CertRecord>, StoreError> {
-        match self.get(&compromised_key(key_hash))? {
-            Some(serial) => self.cert(&serial),
-            None => Ok(None),
-        }
-    }
-
-    fn certs_of_subject(&self, subject_id: &str) -> Result<Vec<CertRecord>, StoreError> {
-        let prefix = subject_prefix(subject_id);
+    fn scan_prefix(&self, prefix: &[u8], limit: Option<usize>) -> Result<Entries, StoreError> {
         let mut out = Vec::new();
-        for kv in self.pki.scan_prefix(&prefix) {
-            let (k, _) = kv.map_err(db_err("reading"))?;
-            if let Some(r) = self.cert(&k[prefix.len() + 8..])? {
-                out.push(r);
+        for kv in self.pki.scan_prefix(prefix) {
+            if limit.is_some_and(|l| out.len() >= l) {
+                break;
             }
+            let (k, v) = kv.map_err(db_err("reading"))?;
+            out.push((k.to_vec(), v.to_vec()));
         }
         Ok(out)
     }
 
-    fn subject_known(&self, subject_id: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .pki
-            .scan_prefix(subject_prefix(subject_id))
-            .next()
-            .transpose()
-            .map_err(db_err("reading"))?
-            .is_some())
-    }
-
-    fn cert_count(&self) -> Result<u64, StoreError> {
-        Ok(match self.get(CERT_COUNT)? {
-            Some(v) => decode_u64(CERT_COUNT, &v)?,
-            None => 0,
-        })
-    }
-
-    fn revocation(&self, serial: &[u8]) -> Result<Option<Revocation>, StoreError> {
-        let k = revoked_key(serial);
-        self.get(&k)?.map(|v| decode_rev(&k, &v)).transpose()
-    }
-
-    fn revoked_in_shard(
+    fn keys_from(
         &self,
-        issuer: CaKind,
-        shard: u32,
-    ) -> Result<Vec<(Vec<u8>, Revocation)>, StoreError> {
-        let mut prefix = shard_prefix(issuer);
-        prefix.extend_from_slice(&shard.to_be_bytes());
-        let mut out = Vec::new();
-        for kv in self.pki.scan_prefix(&prefix) {
-            let (k, v) = kv.map_err(db_err("reading"))?;
-            out.push((k[prefix.len()..].to_vec(), decode_rev(&k, &v)?));
-        }
-        Ok(out)
-    }
-
-    fn revoked_of_issuer(&self, issuer: CaKind) -> Result<Vec<(Vec<u8>, Revocation)>, StoreError> {
-        let prefix = shard_prefix(issuer);
-        let mut out = Vec::new();
-        for kv in self.pki.scan_prefix(&prefix) {
-            let (k, v) = kv.map_err(db_err("reading"))?;
-            out.push((k[prefix.len() + 4..].to_vec(), decode_rev(&k, &v)?));
-        }
-        Ok(out)
-    }
-
-    fn counter(&self, name: &str) -> Result<Option<u64>, StoreError> {
-        self.meta(name)
-    }
-
-    fn setting_text(&self, name: &str) -> Result<Option<String>, StoreError> {
-        let k = text_key(name);
-        self.get(&k)?
-            .map(|v| {
-                String::from_utf8(v.to_vec()).map_err(|e| StoreError::corrupt(printable(&k), e))
-            })
-            .transpose()
-    }
-
-    fn reserve(&self, counter: &str, n: u64) -> Result<u64, StoreError> {
-        let _writer = self.write.lock().unwrap_or_else(|p| p.into_inner());
-        let last = self.meta(counter)?.unwrap_or(0);
-        let end = last
-            .checked_add(n)
-            .ok_or_else(|| StoreError::Refused(format!("counter {counter} is exhausted")))?;
-        self.pki
-            .insert(meta_key(counter), &encode_u64(end)[..])
-            .map_err(db_err("writing a counter"))?;
-        self.flush()?;
-        Ok(last + 1)
-    }
-
-    fn audit_head(&self) -> Result<Option<AuditHead>, StoreError> {
-        let k = meta_key(AUDIT_HEAD);
-        self.get(&k)?.map(|v| decode_head(&k, &v)).transpose()
-    }
-
-    fn account(&self, name: &str) -> Result<Option<Account>, StoreError> {
-        let k = key(ACCOUNT, &[name.as_bytes()]);
-        self.get(&k)?.map(|v| decode_json(&k, &v)).transpose()
-    }
-
-    fn account_by_cert(&self, serial: &[u8]) -> Result<Option<Account>, StoreError> {
-        match self.get(&key(ACCOUNT_BY_CERT, &[serial]))? {
-            Some(name) => self.account(&String::from_utf8_lossy(&name)),
-            None => Ok(None),
-        }
-    }
-
-    fn accounts(&self) -> Result<Vec<Account>, StoreError> {
-        let mut out = Vec::new();
-        for kv in self.pki.scan_prefix([ACCOUNT]) {
-            let (k, v) = kv.map_err(db_err("reading"))?;
-            out.push(decode_json(&k, &v)?);
-        }
-        Ok(out)
-    }
-
-    fn supplier(&self, id: &str) -> Result<Option<Supplier>, StoreError> {
-        let k = key(SUPPLIER, &[id.as_bytes()]);
-        self.get(&k)?.map(|v| decode_json(&k, &v)).transpose()
-    }
-
-    fn suppliers(&self) -> Result<Vec<Supplier>, StoreError> {
-        let mut out = Vec::new();
-        for kv in self.pki.scan_prefix([SUPPLIER]) {
-            let (k, v) = kv.map_err(db_err("reading"))?;
-            out.push(decode_json(&k, &v)?);
-        }
-        Ok(out)
-    }
-
-    fn meter_supplier(&self, device: &str) -> Result<Option<String>, StoreError> {
-        let k = key(METER, &[device.as_bytes()]);
-        self.get(&k)?
-            .map(|v| {
-                String::from_utf8(v.to_vec()).map_err(|e| StoreError::corrupt(printable(&k), e))
-            })
-            .transpose()
-    }
-
-    fn meter_update(&self, device: &str) -> Result<Option<UpdateMark>, StoreError> {
-        let k = key(METER_UPDATE, &[device.as_bytes()]);
-        self.get(&k)?.map(|v| decode_bin(&k, &v)).transpose()
-    }
-
-    fn meters_of_supplier(
-        &self,
-        supplier: &str,
-        after: Option<&str>,
+        start: &[u8],
+        prefix: &[u8],
         limit: usize,
-    ) -> Result<Vec<String>, StoreError> {
-        let prefix = meters_of_prefix(supplier);
-        let start = match after {
-            // The smallest key after `after`'s own.
-            Some(a) => {
-                let mut k = meters_of_key(supplier, a);
-                k.push(0);
-                k
-            }
-            None => prefix.clone(),
-        };
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
         let mut out = Vec::new();
         for kv in self.pki.range(start..) {
             let (k, _) = kv.map_err(db_err("reading"))?;
-            if !k.starts_with(&prefix) || out.len() >= limit {
+            if !k.starts_with(prefix) || out.len() >= limit {
                 break;
             }
-            out.push(
-                String::from_utf8(k[prefix.len()..].to_vec())
-                    .map_err(|e| StoreError::corrupt(printable(&k), e))?,
-            );
+            out.push(k.to_vec());
         }
         Ok(out)
     }
 
-    fn count_meters_of_supplier(&self, supplier: &str) -> Result<u64, StoreError> {
+    fn count_prefix(&self, prefix: &[u8]) -> Result<u64, StoreError> {
         let mut n = 0;
-        for kv in self.pki.scan_prefix(meters_of_prefix(supplier)) {
+        for kv in self.pki.scan_prefix(prefix) {
             kv.map_err(db_err("reading"))?;
             n += 1;
         }
         Ok(n)
     }
 
-    fn operation(&self, id: &str) -> Result<Option<OpRecord>, StoreError> {
-        let k = key(OPERATION, &[id.as_bytes()]);
-        self.get(&k)?.map(|v| decode_json(&k, &v)).transpose()
-    }
-
-    fn batch(&self, account: &str, request_id: &str) -> Result<Option<BatchRecord>, StoreError> {
-        let k = batch_key(account, request_id);
-        self.get(&k)?.map(|v| decode_json(&k, &v)).transpose()
-    }
-
-    fn apply(&self, txn: Txn, audit: Option<&mut dyn AuditStage>) -> Result<Applied, ApplyError> {
+    fn advance(&self, key: &[u8], n: u64, name: &str) -> Result<u64, StoreError> {
         let _writer = self.write.lock().unwrap_or_else(|p| p.into_inner());
-        let mut w = write::Writer::new(self);
-        let applied = w.run(txn)?;
-        let head = match audit {
-            Some(stage) => {
-                let current = self.audit_head()?;
-                stage
-                    .stage(current.as_ref(), &applied)?
-                    .map(|head| (head, stage))
-            }
-            None => None,
+        let last = match self.raw_get(key)? {
+            Some(v) => decode_u64(key, &v)?,
+            None => 0,
         };
-        // Nothing to write (held back, or every operation found what it asked for): no batch
-        // and no flush.
-        if (!applied.written || w.is_empty()) && head.is_none() {
-            return Ok(applied);
-        }
-        let mut batch = if applied.written {
-            w.into_batch()
-        } else {
-            sled::Batch::default()
+        let end = last
+            .checked_add(n)
+            .ok_or_else(|| StoreError::Refused(format!("counter {name} is exhausted")))?;
+        self.pki
+            .insert(key, &encode_u64(end)[..])
+            .map_err(db_err("writing a counter"))?;
+        self.flush()?;
+        Ok(last)
+    }
+
+    fn write(&self, body: &mut WriteBody<'_>) -> Result<Result<(), StoreError>, ApplyError> {
+        let _writer = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(writes) = body(self)? else {
+            return Ok(Ok(()));
         };
-        if let Some((h, _)) = &head {
-            batch.insert(meta_key(AUDIT_HEAD), encode_head(h));
-            // The record is written, the change not yet: a crash here leaves an uncommitted
-            // record, which the next write removes.
-            crate::failpoint("store.after-audit");
-        }
-        if let Err(e) = self.pki.apply_batch(batch) {
-            // Nothing was written: the record goes too.
-            if let Some((_, stage)) = head {
-                stage.rollback();
+        let mut batch = sled::Batch::default();
+        for (k, v) in writes {
+            match v {
+                Some(v) => batch.insert(k, v),
+                None => batch.remove(k),
             }
-            return Err(StoreError::backend(BACKEND, "writing", e).into());
         }
-        // Applied: readers see the change and the head names the record, which stays. A failed
-        // flush leaves both in place, the change perhaps not durable: the caller hears that.
-        self.flush().map_err(|e| {
-            StoreError::Backend {
-                backend: BACKEND,
-                message: format!(
-                    "the change was applied and audited but may not be on disk ({e}); check the store's disk before going on"
-                ),
-                source: None,
-            }
-        })?;
-        Ok(applied)
+        self.pki
+            .apply_batch(batch)
+            .map_err(|e| StoreError::backend(BACKEND, "writing", e))?;
+        // Applied: readers see the change. A failed flush leaves it in place, perhaps not
+        // durable: the caller hears that.
+        Ok(self.flush().map_err(|e| StoreError::Backend {
+            backend: BACKEND,
+            message: format!(
+                "the change was applied and audited but may not be on disk ({e}); check the store's disk before going on"
+            ),
+            source: None,
+        }))
+    }
+}
+
+impl KvRead for SledStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        KvBackend::get(self, key)
     }
 }
 
@@ -530,13 +343,16 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::model::Revocation;
+    use crate::store::{AuditHead, CertRecord, Store, Txn};
+    use crate::CaKind;
 
     crate::store_conformance!(|dir: &Path| -> Arc<dyn Store> { Arc::new(reopen(dir)) });
 
     /// Opens `dir`, waiting a little for a store this process just dropped: sled's flusher
     /// thread may still hold the file lock for a moment (another process's exit releases it
     /// at once, so only in-process reopening needs this).
-    fn reopen(dir: &Path) -> SledStore {
+    fn reopen(dir: &Path) -> KvStore<SledStore> {
         let mut tries = 0;
         loop {
             match SledStore::open(dir) {
@@ -591,9 +407,9 @@ mod tests {
         );
         let rec = s.cert(&[0x42, 1]).unwrap().unwrap();
         assert_eq!(rec.issuer, CaKind::Organisation);
-        let raw = s.get(&cert_key(&[0x42, 1])).unwrap().unwrap();
+        let raw = s.backend.raw_get(&cert_key(&[0x42, 1])).unwrap().unwrap();
         assert_eq!(raw[0], 0xC2, "re-encoded in schema 2");
-        assert_eq!(s.meta(SCHEMA).unwrap(), Some(SCHEMA_VERSION));
+        assert_eq!(s.backend.meta(SCHEMA).unwrap(), Some(SCHEMA_VERSION));
         assert_eq!(s.cert_with_key(&[3; 32]).unwrap(), Some(rec.clone()));
         drop(s);
         // Opening again changes nothing.
@@ -622,14 +438,22 @@ mod tests {
         let c = rec(3, "00-DB-12-00-00-00-00-03", 6);
         {
             let s = SledStore::open(dir.path()).unwrap();
-            s.pki.insert(cert_key(&a.serial), encode_cert(&a)).unwrap();
-            s.pki
+            s.backend
+                .pki
+                .insert(cert_key(&a.serial), encode_cert(&a))
+                .unwrap();
+            s.backend
+                .pki
                 .insert(active_key(&a.subject_id, &a.profile), a.serial.clone())
                 .unwrap();
-            s.pki.remove(key_of_key(&a.key_hash)).unwrap();
+            s.backend.pki.remove(key_of_key(&a.key_hash)).unwrap();
             // A certificate revoked for keyCompromise before the index existed.
-            s.pki.insert(cert_key(&c.serial), encode_cert(&c)).unwrap();
-            s.pki
+            s.backend
+                .pki
+                .insert(cert_key(&c.serial), encode_cert(&c))
+                .unwrap();
+            s.backend
+                .pki
                 .insert(
                     revoked_key(&c.serial),
                     encode_rev(&Revocation {
@@ -639,11 +463,14 @@ mod tests {
                     }),
                 )
                 .unwrap();
-            s.pki.insert(meta_key(SCHEMA), &encode_u64(2)[..]).unwrap();
-            s.flush().unwrap();
+            s.backend
+                .pki
+                .insert(meta_key(SCHEMA), &encode_u64(2)[..])
+                .unwrap();
+            s.backend.flush().unwrap();
         }
         let s = reopen(dir.path());
-        assert_eq!(s.meta(SCHEMA).unwrap(), Some(SCHEMA_VERSION));
+        assert_eq!(s.backend.meta(SCHEMA).unwrap(), Some(SCHEMA_VERSION));
         assert_eq!(s.cert_with_key(&[5; 32]).unwrap(), Some(a.clone()));
         let other = rec(2, "00-DB-12-00-00-00-00-02", 5);
         let applied = s
@@ -667,10 +494,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = SledStore::open(dir.path()).unwrap();
-            s.pki
+            s.backend
+                .pki
                 .insert(meta_key(SCHEMA), &encode_u64(SCHEMA_VERSION + 1)[..])
                 .unwrap();
-            s.flush().unwrap();
+            s.backend.flush().unwrap();
         }
         // (A lock still held by the dropped store's flusher is waited out.)
         let mut e = SledStore::open(dir.path()).unwrap_err();

@@ -33,36 +33,36 @@ use crate::model::Revocation;
 use crate::store::{AuditHead, CertRecord, StoreError};
 use crate::CaKind;
 
-pub(super) const CERT: u8 = b'c';
-pub(super) const ACTIVE: u8 = b'a';
-pub(super) const BY_SUBJECT: u8 = b's';
-pub(super) const REVOKED: u8 = b'r';
-pub(super) const REVOKED_BY_SHARD: u8 = b'v';
-pub(super) const ACCOUNT: u8 = b'u';
-pub(super) const ACCOUNT_BY_CERT: u8 = b'k';
-pub(super) const BATCH: u8 = b'b';
-pub(super) const SUPPLIER: u8 = b'p';
-pub(super) const METER: u8 = b'm';
-pub(super) const METERS_OF: u8 = b'g';
-pub(super) const METER_UPDATE: u8 = b't';
-pub(super) const OPERATION: u8 = b'o';
-pub(super) const META: u8 = b'M';
-pub(super) const KEY_OF: u8 = b'y';
-pub(super) const COMPROMISED: u8 = b'x';
+pub(crate) const CERT: u8 = b'c';
+pub(crate) const ACTIVE: u8 = b'a';
+pub(crate) const BY_SUBJECT: u8 = b's';
+pub(crate) const REVOKED: u8 = b'r';
+pub(crate) const REVOKED_BY_SHARD: u8 = b'v';
+pub(crate) const ACCOUNT: u8 = b'u';
+pub(crate) const ACCOUNT_BY_CERT: u8 = b'k';
+pub(crate) const BATCH: u8 = b'b';
+pub(crate) const SUPPLIER: u8 = b'p';
+pub(crate) const METER: u8 = b'm';
+pub(crate) const METERS_OF: u8 = b'g';
+pub(crate) const METER_UPDATE: u8 = b't';
+pub(crate) const OPERATION: u8 = b'o';
+pub(crate) const META: u8 = b'M';
+pub(crate) const KEY_OF: u8 = b'y';
+pub(crate) const COMPROMISED: u8 = b'x';
 // b'h' (every certificate by issuer and shard) was written by early versions and never read:
 // the CRLs need only the revoked ones (REVOKED_BY_SHARD). Stores that have it keep it, unused.
-pub(super) const CERT_COUNT: &[u8] = b"n/certs";
+pub(crate) const CERT_COUNT: &[u8] = b"n/certs";
 /// The audit head's name among the meta keys.
-pub(super) const AUDIT_HEAD: &str = "audit.head";
+pub(crate) const AUDIT_HEAD: &str = "audit.head";
 /// The schema version's name among the meta keys.
-pub(super) const SCHEMA: &str = "schema";
+pub(crate) const SCHEMA: &str = "schema";
 
 /// Tag of a schema-2 certificate record. A schema-1 record starts with its serial's length as
 /// a little-endian u64, and a serial is at most 20 octets, so it never starts with this byte.
 const CERT_V2: u8 = 0xC2;
 
 /// A key: one prefix byte, then the parts.
-pub(super) fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
+pub(crate) fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
     let mut k = vec![prefix];
     for p in parts {
         k.extend_from_slice(p);
@@ -70,27 +70,27 @@ pub(super) fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
     k
 }
 
-pub(super) fn cert_key(serial: &[u8]) -> Vec<u8> {
+pub(crate) fn cert_key(serial: &[u8]) -> Vec<u8> {
     key(CERT, &[serial])
 }
 
-pub(super) fn key_of_key(key_hash: &[u8; 32]) -> Vec<u8> {
+pub(crate) fn key_of_key(key_hash: &[u8; 32]) -> Vec<u8> {
     key(KEY_OF, &[key_hash])
 }
 
-pub(super) fn compromised_key(key_hash: &[u8; 32]) -> Vec<u8> {
+pub(crate) fn compromised_key(key_hash: &[u8; 32]) -> Vec<u8> {
     key(COMPROMISED, &[key_hash])
 }
 
-pub(super) fn active_key(subject_id: &str, profile: &str) -> Vec<u8> {
+pub(crate) fn active_key(subject_id: &str, profile: &str) -> Vec<u8> {
     key(ACTIVE, &[subject_id.as_bytes(), &[0], profile.as_bytes()])
 }
 
-pub(super) fn subject_prefix(subject_id: &str) -> Vec<u8> {
+pub(crate) fn subject_prefix(subject_id: &str) -> Vec<u8> {
     key(BY_SUBJECT, &[subject_id.as_bytes(), &[0]])
 }
 
-pub(super) fn subject_key(subject_id: &str, issued_at: i64, serial: &[u8]) -> Vec<u8> {
+pub(crate) fn subject_key(subject_id: &str, issued_at: i64, serial: &[u8]) -> Vec<u8> {
     key(
         BY_SUBJECT,
         &[
@@ -102,54 +102,54 @@ pub(super) fn subject_key(subject_id: &str, issued_at: i64, serial: &[u8]) -> Ve
     )
 }
 
-pub(super) fn revoked_key(serial: &[u8]) -> Vec<u8> {
+pub(crate) fn revoked_key(serial: &[u8]) -> Vec<u8> {
     key(REVOKED, &[serial])
 }
 
-pub(super) fn shard_prefix(issuer: CaKind) -> Vec<u8> {
+pub(crate) fn shard_prefix(issuer: CaKind) -> Vec<u8> {
     key(REVOKED_BY_SHARD, &[issuer.name().as_bytes(), &[0]])
 }
 
-pub(super) fn revoked_shard_key(issuer: CaKind, shard: u32, serial: &[u8]) -> Vec<u8> {
+pub(crate) fn revoked_shard_key(issuer: CaKind, shard: u32, serial: &[u8]) -> Vec<u8> {
     let mut k = shard_prefix(issuer);
     k.extend_from_slice(&shard.to_be_bytes());
     k.extend_from_slice(serial);
     k
 }
 
-pub(super) fn meters_of_prefix(supplier: &str) -> Vec<u8> {
+pub(crate) fn meters_of_prefix(supplier: &str) -> Vec<u8> {
     key(METERS_OF, &[supplier.as_bytes(), &[0]])
 }
 
-pub(super) fn meters_of_key(supplier: &str, device: &str) -> Vec<u8> {
+pub(crate) fn meters_of_key(supplier: &str, device: &str) -> Vec<u8> {
     key(METERS_OF, &[supplier.as_bytes(), &[0], device.as_bytes()])
 }
 
-pub(super) fn batch_key(account: &str, request_id: &str) -> Vec<u8> {
+pub(crate) fn batch_key(account: &str, request_id: &str) -> Vec<u8> {
     key(BATCH, &[account.as_bytes(), &[0], request_id.as_bytes()])
 }
 
-pub(super) fn meta_key(name: &str) -> Vec<u8> {
+pub(crate) fn meta_key(name: &str) -> Vec<u8> {
     key(META, &[name.as_bytes()])
 }
 
 /// The key of a text setting: among the meta keys, under `text/`.
-pub(super) fn text_key(name: &str) -> Vec<u8> {
+pub(crate) fn text_key(name: &str) -> Vec<u8> {
     key(META, &[b"text/", name.as_bytes()])
 }
 
 /// A printable form of a key for error messages.
-pub(super) fn printable(key: &[u8]) -> String {
+pub(crate) fn printable(key: &[u8]) -> String {
     String::from_utf8(key.to_vec()).unwrap_or_else(|_| hex::encode(key))
 }
 
-pub(super) fn encode_cert(r: &CertRecord) -> Vec<u8> {
+pub(crate) fn encode_cert(r: &CertRecord) -> Vec<u8> {
     let mut v = vec![CERT_V2];
     bincode::serialize_into(&mut v, r).expect("a CertRecord always serialises");
     v
 }
 
-pub(super) fn decode_cert(key: &[u8], v: &[u8]) -> Result<CertRecord, StoreError> {
+pub(crate) fn decode_cert(key: &[u8], v: &[u8]) -> Result<CertRecord, StoreError> {
     match v.split_first() {
         Some((&CERT_V2, rest)) => {
             bincode::deserialize(rest).map_err(|e| StoreError::corrupt(printable(key), e))
@@ -163,35 +163,35 @@ pub(super) fn decode_cert(key: &[u8], v: &[u8]) -> Result<CertRecord, StoreError
     }
 }
 
-pub(super) fn encode_bin(v: &impl Serialize) -> Vec<u8> {
+pub(crate) fn encode_bin(v: &impl Serialize) -> Vec<u8> {
     bincode::serialize(v).expect("store values always serialise")
 }
 
-pub(super) fn decode_bin<T: DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<T, StoreError> {
+pub(crate) fn decode_bin<T: DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<T, StoreError> {
     bincode::deserialize(v).map_err(|e| StoreError::corrupt(printable(key), e))
 }
 
-pub(super) fn encode_json(v: &impl Serialize) -> Vec<u8> {
+pub(crate) fn encode_json(v: &impl Serialize) -> Vec<u8> {
     serde_json::to_vec(v).expect("store values always serialise")
 }
 
-pub(super) fn decode_json<T: DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<T, StoreError> {
+pub(crate) fn decode_json<T: DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(v).map_err(|e| StoreError::corrupt(printable(key), e))
 }
 
-pub(super) fn encode_rev(r: &Revocation) -> Vec<u8> {
+pub(crate) fn encode_rev(r: &Revocation) -> Vec<u8> {
     encode_bin(r)
 }
 
-pub(super) fn decode_rev(key: &[u8], v: &[u8]) -> Result<Revocation, StoreError> {
+pub(crate) fn decode_rev(key: &[u8], v: &[u8]) -> Result<Revocation, StoreError> {
     decode_bin(key, v)
 }
 
-pub(super) fn encode_u64(v: u64) -> [u8; 8] {
+pub(crate) fn encode_u64(v: u64) -> [u8; 8] {
     v.to_be_bytes()
 }
 
-pub(super) fn decode_u64(key: &[u8], v: &[u8]) -> Result<u64, StoreError> {
+pub(crate) fn decode_u64(key: &[u8], v: &[u8]) -> Result<u64, StoreError> {
     let b: [u8; 8] = v
         .try_into()
         .map_err(|_| StoreError::corrupt(printable(key), "not a u64"))?;
@@ -199,13 +199,13 @@ pub(super) fn decode_u64(key: &[u8], v: &[u8]) -> Result<u64, StoreError> {
 }
 
 /// The audit head: seq (u64 BE) then the hash's text.
-pub(super) fn encode_head(h: &AuditHead) -> Vec<u8> {
+pub(crate) fn encode_head(h: &AuditHead) -> Vec<u8> {
     let mut v = h.seq.to_be_bytes().to_vec();
     v.extend_from_slice(h.hash.as_bytes());
     v
 }
 
-pub(super) fn decode_head(key: &[u8], v: &[u8]) -> Result<AuditHead, StoreError> {
+pub(crate) fn decode_head(key: &[u8], v: &[u8]) -> Result<AuditHead, StoreError> {
     if v.len() < 8 {
         return Err(StoreError::corrupt(printable(key), "too short"));
     }
@@ -218,16 +218,16 @@ pub(super) fn decode_head(key: &[u8], v: &[u8]) -> Result<AuditHead, StoreError>
 /// A certificate record as schema 1 stored it: the issuer as text and no hwType.
 #[derive(serde::Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
-pub(super) struct CertRecordV1 {
-    pub(super) serial: Vec<u8>,
-    pub(super) issuer: String,
-    pub(super) profile: String,
-    pub(super) subject_id: String,
-    pub(super) key_hash: [u8; 32],
-    pub(super) shard: u32,
-    pub(super) issued_at: i64,
-    pub(super) der: Vec<u8>,
-    pub(super) replaced_by: Option<Vec<u8>>,
+pub(crate) struct CertRecordV1 {
+    pub(crate) serial: Vec<u8>,
+    pub(crate) issuer: String,
+    pub(crate) profile: String,
+    pub(crate) subject_id: String,
+    pub(crate) key_hash: [u8; 32],
+    pub(crate) shard: u32,
+    pub(crate) issued_at: i64,
+    pub(crate) der: Vec<u8>,
+    pub(crate) replaced_by: Option<Vec<u8>>,
 }
 
 impl CertRecordV1 {

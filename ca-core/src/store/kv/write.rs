@@ -1,12 +1,10 @@
-//! One transaction of the sled store: the operations read the tree through what the transaction
+//! One transaction of the store: the operations read the committed state through what the transaction
 //! has written so far (an overlay), which becomes the one batch the store applies.
 
 use std::collections::HashMap;
 
-use sled::IVec;
-
 use super::codec::*;
-use super::SledStore;
+use super::{KvRead, WriteSet};
 use crate::model::{Account, Reason, Revocation, Supplier};
 use crate::store::{
     Applied, BatchRecord, BatchState, CertRecord, Claim, Commit, Committed, MeterMove, MoveOutcome,
@@ -14,17 +12,17 @@ use crate::store::{
 };
 
 pub(super) struct Writer<'a> {
-    store: &'a SledStore,
+    view: &'a dyn KvRead,
     /// What this transaction wrote, the last write of each key (None: removed): what later
     /// reads see, and the batch the store applies.
-    overlay: HashMap<Vec<u8>, Option<IVec>>,
+    overlay: HashMap<Vec<u8>, Option<Vec<u8>>>,
     written: bool,
 }
 
 impl<'a> Writer<'a> {
-    pub(super) fn new(store: &'a SledStore) -> Writer<'a> {
+    pub(super) fn new(view: &'a dyn KvRead) -> Writer<'a> {
         Writer {
-            store,
+            view,
             overlay: HashMap::new(),
             written: true,
         }
@@ -35,26 +33,19 @@ impl<'a> Writer<'a> {
         self.overlay.is_empty()
     }
 
-    pub(super) fn into_batch(self) -> sled::Batch {
-        let mut batch = sled::Batch::default();
-        for (k, v) in self.overlay {
-            match v {
-                Some(v) => batch.insert(k, v),
-                None => batch.remove(k),
-            }
-        }
-        batch
+    pub(super) fn into_writes(self) -> WriteSet {
+        self.overlay.into_iter().collect()
     }
 
-    fn get(&self, k: &[u8]) -> Result<Option<IVec>, StoreError> {
+    fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         match self.overlay.get(k) {
             Some(v) => Ok(v.clone()),
-            None => self.store.get(k),
+            None => self.view.get(k),
         }
     }
 
     fn insert(&mut self, k: Vec<u8>, v: Vec<u8>) {
-        self.overlay.insert(k, Some(IVec::from(v)));
+        self.overlay.insert(k, Some(v));
     }
 
     fn remove(&mut self, k: Vec<u8>) {
@@ -124,7 +115,7 @@ impl<'a> Writer<'a> {
                 Op::BindText { name, value } => {
                     let k = text_key(&name);
                     match self.get(&k)? {
-                        Some(v) if v.as_ref() != value.as_bytes() => {
+                        Some(v) if v.as_slice() != value.as_bytes() => {
                             return Err(StoreError::Refused(format!(
                                 "setting {name} is {:?}; it cannot become {value:?}",
                                 String::from_utf8_lossy(&v)

@@ -1,0 +1,337 @@
+//! The store as ordered keys and values, whatever holds them: the key layout and encodings
+//! ([`codec`]), the one transaction logic every backend runs ([`write`]), and [`KvStore`], the
+//! [`Store`] of any [`KvBackend`]. The embedded `sled` tree and a PostgreSQL table are two such
+//! backends: the rules of the store (a serial once, one active certificate per device and usage,
+//! keys bound to one subject, counters that only grow, ...) are written once, here, and checked
+//! once by the conformance suite for both.
+
+pub(crate) mod codec;
+pub(crate) mod write;
+
+use codec::*;
+
+use crate::model::{Account, OpRecord, Revocation, Supplier};
+use crate::store::{
+    Applied, ApplyError, AuditHead, AuditStage, BatchRecord, CertRecord, Store, StoreError, Txn,
+    UpdateMark,
+};
+use crate::CaKind;
+
+/// Reads of the committed state a transaction runs against.
+pub(crate) trait KvRead {
+    /// The value of `key`.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+}
+
+/// What a transaction writes: each key's new value, or `None` to remove it.
+pub(crate) type WriteSet = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+/// Keys and their values, in key order.
+pub(crate) type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// The body of a write: reads through the view, returns what to write (`None`: nothing).
+pub(crate) type WriteBody<'a> = dyn FnMut(&dyn KvRead) -> Result<Option<WriteSet>, ApplyError> + 'a;
+
+/// Ordered keys and values with atomic, durable multi-key writes by one writer at a time.
+pub(crate) trait KvBackend: Send + Sync {
+    /// `sled`, `postgres`.
+    fn name(&self) -> &'static str;
+    /// The committed value of `key`.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Keys and values under `prefix` in key order, at most `limit`.
+    fn scan_prefix(&self, prefix: &[u8], limit: Option<usize>) -> Result<Entries, StoreError>;
+    /// Keys from `start` on that begin with `prefix`, in order, at most `limit`.
+    fn keys_from(
+        &self,
+        start: &[u8],
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, StoreError>;
+    /// How many keys begin with `prefix`.
+    fn count_prefix(&self, prefix: &[u8]) -> Result<u64, StoreError>;
+    /// Moves the u64 counter under `key` forward by `n` and returns its old value, durably.
+    fn advance(&self, key: &[u8], n: u64, name: &str) -> Result<u64, StoreError>;
+    /// One write: under the store's write lock (one writer at a time: across processes for a
+    /// shared database), runs `body` against the committed state and writes what it returns in
+    /// one atomic, durable write. `Err`: nothing of it was stored. `Ok(Err)`: it was applied
+    /// but may not be durable (a failed flush): the caller must hear it, and the audit record
+    /// stays.
+    fn write(&self, body: &mut WriteBody<'_>) -> Result<Result<(), StoreError>, ApplyError>;
+}
+
+/// A [`Store`] over any [`KvBackend`].
+pub(crate) struct KvStore<B> {
+    pub(crate) backend: B,
+}
+
+impl<B: KvBackend> std::fmt::Debug for KvStore<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KvStore({})", self.backend.name())
+    }
+}
+
+impl<B: KvBackend> KvStore<B> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.backend.get(key)
+    }
+
+    fn meta(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        let k = meta_key(name);
+        self.get(&k)?.map(|v| decode_u64(&k, &v)).transpose()
+    }
+
+    fn text(&self, k: &[u8]) -> Result<Option<String>, StoreError> {
+        self.get(k)?
+            .map(|v| String::from_utf8(v).map_err(|e| StoreError::corrupt(printable(k), e)))
+            .transpose()
+    }
+}
+
+impl<B: KvBackend + 'static> Store for KvStore<B> {
+    fn backend(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    fn cert(&self, serial: &[u8]) -> Result<Option<CertRecord>, StoreError> {
+        let k = cert_key(serial);
+        self.get(&k)?.map(|v| decode_cert(&k, &v)).transpose()
+    }
+
+    fn serial_taken(&self, serial: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.get(&cert_key(serial))?.is_some())
+    }
+
+    fn active_cert(
+        &self,
+        subject_id: &str,
+        profile: &str,
+    ) -> Result<Option<CertRecord>, StoreError> {
+        match self.get(&active_key(subject_id, profile))? {
+            Some(serial) => self.cert(&serial),
+            None => Ok(None),
+        }
+    }
+
+    fn cert_with_key(&self, key_hash: &[u8; 32]) -> Result<Option<CertRecord>, StoreError> {
+        match self.get(&key_of_key(key_hash))? {
+            Some(serial) => self.cert(&serial),
+            None => Ok(None),
+        }
+    }
+
+    fn compromised_key(&self, key_hash: &[u8; 32]) -> Result<Option<CertRecord>, StoreError> {
+        match self.get(&compromised_key(key_hash))? {
+            Some(serial) => self.cert(&serial),
+            None => Ok(None),
+        }
+    }
+
+    fn certs_of_subject(&self, subject_id: &str) -> Result<Vec<CertRecord>, StoreError> {
+        let prefix = subject_prefix(subject_id);
+        let mut out = Vec::new();
+        for (k, _) in self.backend.scan_prefix(&prefix, None)? {
+            if let Some(r) = self.cert(&k[prefix.len() + 8..])? {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    fn subject_known(&self, subject_id: &str) -> Result<bool, StoreError> {
+        Ok(!self
+            .backend
+            .scan_prefix(&subject_prefix(subject_id), Some(1))?
+            .is_empty())
+    }
+
+    fn cert_count(&self) -> Result<u64, StoreError> {
+        Ok(match self.get(CERT_COUNT)? {
+            Some(v) => decode_u64(CERT_COUNT, &v)?,
+            None => 0,
+        })
+    }
+
+    fn revocation(&self, serial: &[u8]) -> Result<Option<Revocation>, StoreError> {
+        let k = revoked_key(serial);
+        self.get(&k)?.map(|v| decode_rev(&k, &v)).transpose()
+    }
+
+    fn revoked_in_shard(
+        &self,
+        issuer: CaKind,
+        shard: u32,
+    ) -> Result<Vec<(Vec<u8>, Revocation)>, StoreError> {
+        let mut prefix = shard_prefix(issuer);
+        prefix.extend_from_slice(&shard.to_be_bytes());
+        self.backend
+            .scan_prefix(&prefix, None)?
+            .into_iter()
+            .map(|(k, v)| Ok((k[prefix.len()..].to_vec(), decode_rev(&k, &v)?)))
+            .collect()
+    }
+
+    fn revoked_of_issuer(&self, issuer: CaKind) -> Result<Vec<(Vec<u8>, Revocation)>, StoreError> {
+        let prefix = shard_prefix(issuer);
+        self.backend
+            .scan_prefix(&prefix, None)?
+            .into_iter()
+            .map(|(k, v)| Ok((k[prefix.len() + 4..].to_vec(), decode_rev(&k, &v)?)))
+            .collect()
+    }
+
+    fn counter(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        self.meta(name)
+    }
+
+    fn setting_text(&self, name: &str) -> Result<Option<String>, StoreError> {
+        self.text(&text_key(name))
+    }
+
+    fn reserve(&self, counter: &str, n: u64) -> Result<u64, StoreError> {
+        Ok(self.backend.advance(&meta_key(counter), n, counter)? + 1)
+    }
+
+    fn audit_head(&self) -> Result<Option<AuditHead>, StoreError> {
+        let k = meta_key(AUDIT_HEAD);
+        self.get(&k)?.map(|v| decode_head(&k, &v)).transpose()
+    }
+
+    fn account(&self, name: &str) -> Result<Option<Account>, StoreError> {
+        let k = key(ACCOUNT, &[name.as_bytes()]);
+        self.get(&k)?.map(|v| decode_json(&k, &v)).transpose()
+    }
+
+    fn account_by_cert(&self, serial: &[u8]) -> Result<Option<Account>, StoreError> {
+        match self.get(&key(ACCOUNT_BY_CERT, &[serial]))? {
+            Some(name) => self.account(&String::from_utf8_lossy(&name)),
+            None => Ok(None),
+        }
+    }
+
+    fn accounts(&self) -> Result<Vec<Account>, StoreError> {
+        self.backend
+            .scan_prefix(&[ACCOUNT], None)?
+            .into_iter()
+            .map(|(k, v)| decode_json(&k, &v))
+            .collect()
+    }
+
+    fn supplier(&self, id: &str) -> Result<Option<Supplier>, StoreError> {
+        let k = key(SUPPLIER, &[id.as_bytes()]);
+        self.get(&k)?.map(|v| decode_json(&k, &v)).transpose()
+    }
+
+    fn suppliers(&self) -> Result<Vec<Supplier>, StoreError> {
+        self.backend
+            .scan_prefix(&[SUPPLIER], None)?
+            .into_iter()
+            .map(|(k, v)| decode_json(&k, &v))
+            .collect()
+    }
+
+    fn meter_supplier(&self, device: &str) -> Result<Option<String>, StoreError> {
+        self.text(&key(METER, &[device.as_bytes()]))
+    }
+
+    fn meter_update(&self, device: &str) -> Result<Option<UpdateMark>, StoreError> {
+        let k = key(METER_UPDATE, &[device.as_bytes()]);
+        self.get(&k)?.map(|v| decode_bin(&k, &v)).transpose()
+    }
+
+    fn meters_of_supplier(
+        &self,
+        supplier: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let prefix = meters_of_prefix(supplier);
+        let start = match after {
+            // The smallest key after `after`'s own.
+            Some(a) => {
+                let mut k = meters_of_key(supplier, a);
+                k.push(0);
+                k
+            }
+            None => prefix.clone(),
+        };
+        self.backend
+            .keys_from(&start, &prefix, limit)?
+            .into_iter()
+            .map(|k| {
+                String::from_utf8(k[prefix.len()..].to_vec())
+                    .map_err(|e| StoreError::corrupt(printable(&k), e))
+            })
+            .collect()
+    }
+
+    fn count_meters_of_supplier(&self, supplier: &str) -> Result<u64, StoreError> {
+        self.backend.count_prefix(&meters_of_prefix(supplier))
+    }
+
+    fn operation(&self, id: &str) -> Result<Option<OpRecord>, StoreError> {
+        let k = key(OPERATION, &[id.as_bytes()]);
+        self.get(&k)?.map(|v| decode_json(&k, &v)).transpose()
+    }
+
+    fn batch(&self, account: &str, request_id: &str) -> Result<Option<BatchRecord>, StoreError> {
+        let k = batch_key(account, request_id);
+        self.get(&k)?.map(|v| decode_json(&k, &v)).transpose()
+    }
+
+    fn apply(&self, txn: Txn, audit: Option<&mut dyn AuditStage>) -> Result<Applied, ApplyError> {
+        let mut audit = audit;
+        let mut txn = Some(txn);
+        let mut result = None;
+        let mut staged = false;
+        let written = self.backend.write(&mut |view: &dyn KvRead| {
+            let mut w = write::Writer::new(view);
+            let applied = w.run(txn.take().unwrap_or_default())?;
+            let head = match audit.as_deref_mut() {
+                Some(stage) => {
+                    let k = meta_key(AUDIT_HEAD);
+                    let current = view.get(&k)?.map(|v| decode_head(&k, &v)).transpose()?;
+                    stage.stage(current.as_ref(), &applied)?
+                }
+                None => None,
+            };
+            // Nothing to write (held back, or every operation found what it asked for).
+            if (!applied.written || w.is_empty()) && head.is_none() {
+                result = Some(applied);
+                return Ok(None);
+            }
+            let mut writes = if applied.written {
+                w.into_writes()
+            } else {
+                Vec::new()
+            };
+            if let Some(h) = &head {
+                writes.push((meta_key(AUDIT_HEAD), Some(encode_head(h))));
+                staged = true;
+                // The record is written, the change not yet: a crash here leaves an
+                // uncommitted record, which the next write removes.
+                crate::failpoint("store.after-audit");
+            }
+            result = Some(applied);
+            Ok(Some(writes))
+        });
+        match written {
+            Err(e) => {
+                // Nothing was written: the record goes too.
+                if staged {
+                    if let Some(stage) = audit {
+                        stage.rollback();
+                    }
+                }
+                return Err(e);
+            }
+            // Applied, perhaps not durable: the record stays, the caller hears it.
+            Ok(Err(e)) => return Err(e.into()),
+            Ok(Ok(())) => {}
+        }
+        result.ok_or_else(|| {
+            ApplyError::Store(StoreError::Refused(
+                "the store's write ran no transaction".into(),
+            ))
+        })
+    }
+}
