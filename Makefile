@@ -1,5 +1,5 @@
 # meterpki: `make demo` runs the demo, `make test` runs the tests. Both install what a fresh
-# Debian machine lacks (softhsm2, opensc, openssl) first.
+# Debian machine lacks (softhsm2, opensc, openssl, postgresql) first.
 .PHONY: deps demo test lint bench-hsm bench-issue bench-crl fuzz
 
 CARGO ?= cargo
@@ -12,11 +12,14 @@ demo: deps
 
 test: deps
 	$(CARGO) build -p meterpki-pkcs11-faults   # the fault-injecting PKCS#11 module the fault tests load
-	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
-	  $(CARGO) nextest run --workspace --no-fail-fast; \
+	./scripts/test-postgres.sh start           # a throwaway PostgreSQL cluster for the shared-store tests
+	@status=0; \
+	if $(CARGO) nextest --version >/dev/null 2>&1; then \
+	  $(CARGO) nextest run --workspace --no-fail-fast || status=$$?; \
 	else \
-	  $(CARGO) test --workspace --no-fail-fast; \
-	fi
+	  $(CARGO) test --workspace --no-fail-fast || status=$$?; \
+	fi; \
+	./scripts/test-postgres.sh stop; exit $$status
 
 # Every cargo-fuzz target for FUZZ_SECONDS each (default 60); see scripts/fuzz.sh.
 fuzz: deps

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what meterpki needs and is missing: from Debian's packages SoftHSM2 (the PKCS#11 token
-# for tests and the demo), OpenSC (pkcs11-tool, an independent look at the token) and openssl (an
-# independent verifier of everything we sign); from PyPI, into .tools/venv, pkilint (an
+# for tests and the demo), OpenSC (pkcs11-tool, an independent look at the token), openssl (an
+# independent verifier of everything we sign) and PostgreSQL (the shared store's tests); from PyPI, into .tools/venv, pkilint (an
 # independent RFC 5280 linter the tests run on every certificate kind).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +16,9 @@ if [ -z "$(ls /usr/lib/softhsm/libsofthsm2.so /usr/lib/*/softhsm/libsofthsm2.so 
   need+=(softhsm2)
 fi
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+# PostgreSQL's server, for the shared store's tests (scripts/test-postgres.sh runs a throwaway
+# cluster of it; nothing is started here).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
   need+=(python3-venv)
 fi

@@ -12,6 +12,7 @@
 mod error;
 pub(crate) mod kv;
 mod open;
+pub mod postgres;
 mod records;
 pub(crate) mod sled;
 mod txn;
@@ -22,7 +23,7 @@ pub mod conformance;
 use std::fmt;
 
 pub use error::{ApplyError, StoreError};
-pub use open::{embedded_dir, open, StoreBackend, StoreConfig};
+pub use open::{embedded_dir, open, postgres_config, StoreBackend, StoreConfig, STORE_URL_ENV};
 pub use records::{
     AuditHead, BatchItem, BatchRecord, BatchState, CertRecord, Claim, Commit, Committed, MeterMove,
     MoveOutcome, Revoked, UpdateMark,

@@ -16,6 +16,9 @@ pub enum StoreBackend {
     /// The embedded `sled` database under `<home>/store` (one process at a time).
     #[default]
     Sled,
+    /// A PostgreSQL database shared by any number of processes (`store.url_file`,
+    /// `METERPKI_STORE_URL` or `store.url`).
+    Postgres,
 }
 
 /// `[store]` in `meterpki.toml`.
@@ -28,6 +31,55 @@ pub struct StoreConfig {
     /// Where an embedded store lives (default `<home>/store`; relative to the home).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
+    /// PostgreSQL: a file holding the connection URL (relative to the home; keep it 0600 when
+    /// it holds a password). Read first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_file: Option<PathBuf>,
+    /// PostgreSQL: the connection URL, when no `url_file` and no `METERPKI_STORE_URL` is given
+    /// (`postgresql://meterpki@db1,db2/meterpki?target_session_attrs=read-write`). Put no
+    /// password here: use `url_file`, the environment or `~/.pgpass`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+/// The environment variable that may hold the PostgreSQL URL.
+pub const STORE_URL_ENV: &str = "METERPKI_STORE_URL";
+
+/// The PostgreSQL connection settings of `config`: from `url_file`, then `METERPKI_STORE_URL`,
+/// then `url`. Errors name where the URL came from, never the URL (it may hold a password).
+pub fn postgres_config(config: &StoreConfig, home: &Home) -> Result<postgres::Config, StoreError> {
+    use std::str::FromStr;
+    let bad = |message: String| StoreError::Backend {
+        backend: "postgres",
+        message,
+        source: None,
+    };
+    let (url, from) = if let Some(f) = &config.url_file {
+        let path = home.resolve(f);
+        let bytes = crate::fsutil::read_bounded(&path, 64 * 1024)
+            .map_err(|e| bad(format!("store.url_file {}: {e}", path.display())))?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| bad(format!("store.url_file {}: not UTF-8 text", path.display())))?;
+        (
+            text.lines().next().unwrap_or_default().trim().to_string(),
+            format!("store.url_file {}", path.display()),
+        )
+    } else if let Ok(u) = std::env::var(STORE_URL_ENV) {
+        (u.trim().to_string(), STORE_URL_ENV.to_string())
+    } else if let Some(u) = &config.url {
+        (u.trim().to_string(), "store.url".to_string())
+    } else {
+        return Err(bad(format!(
+            "store.backend = \"postgres\" needs the database's URL: store.url_file, {STORE_URL_ENV} or store.url"
+        )));
+    };
+    if url.is_empty() {
+        return Err(bad(format!(
+            "{from} is empty: it must hold a postgresql:// URL"
+        )));
+    }
+    postgres::Config::from_str(&url)
+        .map_err(|e| bad(format!("{from} is not a PostgreSQL connection URL: {e}")))
 }
 
 /// Opens the store `config` names for `home`.
@@ -40,6 +92,9 @@ pub fn open(config: &StoreConfig, home: &Home) -> Result<Arc<dyn Store>, StoreEr
             };
             Ok(Arc::new(super::sled::SledStore::open(&path)?))
         }
+        StoreBackend::Postgres => Ok(Arc::new(super::postgres::PgStore::open(postgres_config(
+            config, home,
+        )?)?)),
     }
 }
 
@@ -51,5 +106,6 @@ pub fn embedded_dir(config: &StoreConfig, home: &Home) -> Option<PathBuf> {
             Some(p) => home.resolve(p),
             None => home.store_dir(),
         }),
+        StoreBackend::Postgres => None,
     }
 }

@@ -1,0 +1,455 @@
+//! The shared store: PostgreSQL, for homes that outgrow one machine. Any number of
+//! `meterpki serve` processes (and CLI commands) use one database at once.
+//!
+//! The store keeps the same ordered keys and values as the embedded store (`store::kv`), in
+//! one table, `meterpki_kv (k bytea PRIMARY KEY, v bytea)`: the rules of the store are written
+//! once (`kv::write`) and checked once (the conformance suite) for both backends. Keys compare
+//! as bytes in PostgreSQL as in sled, so a prefix scan is a range scan of the primary key.
+//!
+//! Writes: every transaction takes one transaction-scoped advisory lock
+//! (`pg_advisory_xact_lock`) before it reads anything, so writers from every process run one at
+//! a time and each sees everything committed before it (READ COMMITTED, each statement reading
+//! the latest commits). That is what makes the single-writer rules of the embedded store hold
+//! across servers: a serial is never stored twice, a device has one active certificate per
+//! usage, a request ID binds one body, counters only grow. Reads need no lock.
+//!
+//! The driver is `postgres` (the blocking client over `tokio-postgres`, by the same
+//! maintainers): the store is called from blocking threads, as the sled store is, so a
+//! blocking client with a small pool of connections is the natural fit; an async pool
+//! (deadpool) would need a runtime inside every call.
+//!
+//! The schema is versioned and applied by `meterpki store migrate` ([`migrate`]); a store
+//! opened on a database whose schema is missing or newer than this build knows is refused.
+
+use std::cell::RefCell;
+use std::sync::Mutex;
+
+use postgres::{Client, NoTls};
+
+use super::kv::{Entries, KvBackend, KvRead, KvStore, WriteBody};
+use crate::store::{ApplyError, StoreError};
+
+const BACKEND: &str = "postgres";
+
+/// The key of the advisory lock every write takes (any 64-bit number the home owns).
+const WRITE_LOCK: i64 = 0x6d65_7465_7270_6b69; // "meterpki"
+
+/// The schema versions and how to reach each, in order. Each runs in its own transaction with
+/// the version bump, so a migration killed half-way left nothing and is run again.
+const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    "CREATE TABLE meterpki_kv (k bytea PRIMARY KEY, v bytea NOT NULL)",
+)];
+
+/// The newest schema this build knows.
+pub const SCHEMA_VERSION: i32 = 1;
+
+fn pg_err(what: impl Into<String>) -> impl FnOnce(postgres::Error) -> StoreError {
+    let what = what.into();
+    move |e| {
+        let detail = e
+            .as_db_error()
+            .map(|d| d.message().to_string())
+            .unwrap_or_else(|| e.to_string());
+        StoreError::Backend {
+            backend: BACKEND,
+            message: format!("{what}: {detail}"),
+            source: Some(Box::new(e)),
+        }
+    }
+}
+
+/// Where the server is, for messages (never the password).
+fn describe(config: &postgres::Config) -> String {
+    let host = config
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            postgres::config::Host::Tcp(name) => name.clone(),
+            postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    let ports = config
+        .get_ports()
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    format!(
+        "{}@{host}:{ports}/{}",
+        config.get_user().unwrap_or("?"),
+        config.get_dbname().unwrap_or("?")
+    )
+}
+
+/// Connections to the database, opened on demand and kept for reuse.
+struct Pool {
+    config: postgres::Config,
+    idle: Mutex<Vec<Client>>,
+}
+
+/// A connection borrowed from the pool; given back when dropped unless it broke.
+struct Conn<'a> {
+    pool: &'a Pool,
+    client: Option<Client>,
+}
+
+impl Pool {
+    fn get(&self) -> Result<Conn<'_>, StoreError> {
+        let reused = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let client = match reused {
+            Some(c) if !c.is_closed() => c,
+            _ => connect(&self.config)?,
+        };
+        Ok(Conn {
+            pool: self,
+            client: Some(client),
+        })
+    }
+}
+
+fn connect(config: &postgres::Config) -> Result<Client, StoreError> {
+    config.connect(NoTls).map_err(pg_err(format!(
+        "connecting to PostgreSQL {}",
+        describe(config)
+    )))
+}
+
+impl Conn<'_> {
+    fn client(&mut self) -> &mut Client {
+        self.client.as_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for Conn<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.client.take() {
+            if !c.is_closed() {
+                let mut idle = self.pool.idle.lock().unwrap_or_else(|p| p.into_inner());
+                if idle.len() < 16 {
+                    idle.push(c);
+                }
+            }
+        }
+    }
+}
+
+/// The PostgreSQL backend.
+pub(crate) struct PgStore {
+    pool: Pool,
+}
+
+/// The exclusive end of a prefix range: the smallest key greater than every key that starts
+/// with `prefix` (`None`: no bound, the prefix is all 0xFF).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xFF {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// Applies every migration the database lacks; returns the versions before and after. Safe to
+/// run again (and from several processes at once: it holds the write lock).
+pub fn migrate(config: &postgres::Config) -> Result<(i32, i32), StoreError> {
+    let mut client = connect(config)?;
+    let mut tx = client
+        .transaction()
+        .map_err(pg_err("starting the migration"))?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
+        .map_err(pg_err("locking the store"))?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS meterpki_schema (version integer NOT NULL)")
+        .map_err(pg_err("creating meterpki_schema"))?;
+    let before: Option<i32> = tx
+        .query_opt("SELECT max(version) FROM meterpki_schema", &[])
+        .map_err(pg_err("reading the schema version"))?
+        .and_then(|r| r.get(0));
+    tx.commit().map_err(pg_err("committing the migration"))?;
+    let before = before.unwrap_or(0);
+    if before > SCHEMA_VERSION {
+        return Err(StoreError::Version {
+            found: before as u64,
+            supported: SCHEMA_VERSION as u64,
+        });
+    }
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > before) {
+        let mut tx = client
+            .transaction()
+            .map_err(pg_err("starting the migration"))?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
+            .map_err(pg_err("locking the store"))?;
+        let now: Option<i32> = tx
+            .query_one("SELECT max(version) FROM meterpki_schema", &[])
+            .map_err(pg_err("reading the schema version"))?
+            .get(0);
+        if now.unwrap_or(0) >= *version {
+            continue;
+        }
+        tx.batch_execute(sql)
+            .map_err(pg_err(format!("applying schema version {version}")))?;
+        tx.execute(
+            "INSERT INTO meterpki_schema (version) VALUES ($1)",
+            &[version],
+        )
+        .map_err(pg_err("recording the schema version"))?;
+        tx.commit()
+            .map_err(pg_err(format!("committing schema version {version}")))?;
+    }
+    Ok((before, SCHEMA_VERSION))
+}
+
+impl PgStore {
+    /// Opens the store in the database `config` names; refuses a database without meterpki's
+    /// schema (run `meterpki store migrate`) or with a newer one.
+    pub(crate) fn open(config: postgres::Config) -> Result<KvStore<PgStore>, StoreError> {
+        let mut client = connect(&config)?;
+        let version: Option<i32> =
+            match client.query_one("SELECT max(version) FROM meterpki_schema", &[]) {
+                Ok(row) => row.get(0),
+                Err(e) if e.code() == Some(&postgres::error::SqlState::UNDEFINED_TABLE) => None,
+                Err(e) => return Err(pg_err("reading the schema version")(e)),
+            };
+        match version {
+            Some(v) if v == SCHEMA_VERSION => {}
+            Some(v) if v > SCHEMA_VERSION => {
+                return Err(StoreError::Version {
+                    found: v as u64,
+                    supported: SCHEMA_VERSION as u64,
+                })
+            }
+            other => return Err(StoreError::Backend {
+                backend: BACKEND,
+                message: format!(
+                    "the database {} {}: run `meterpki store migrate` first",
+                    describe(&config),
+                    match other {
+                        None => "has no meterpki schema".to_string(),
+                        Some(v) => format!(
+                            "has schema version {v}, older than this meterpki's {SCHEMA_VERSION}"
+                        ),
+                    }
+                ),
+                source: None,
+            }),
+        }
+        let pool = Pool {
+            config,
+            idle: Mutex::new(vec![client]),
+        };
+        Ok(KvStore {
+            backend: PgStore { pool },
+        })
+    }
+
+    fn range(
+        &self,
+        start: &[u8],
+        prefix: &[u8],
+        limit: Option<usize>,
+        values: bool,
+    ) -> Result<Entries, StoreError> {
+        let end = prefix_end(prefix);
+        let limit = limit.map_or(i64::MAX, |l| l as i64);
+        let sql = if values {
+            "SELECT k, v FROM meterpki_kv WHERE k >= $1 AND ($2::bytea IS NULL OR k < $2) ORDER BY k LIMIT $3"
+        } else {
+            "SELECT k, ''::bytea FROM meterpki_kv WHERE k >= $1 AND ($2::bytea IS NULL OR k < $2) ORDER BY k LIMIT $3"
+        };
+        let rows = self
+            .pool
+            .get()?
+            .client()
+            .query(sql, &[&start, &end, &limit])
+            .map_err(pg_err("reading"))?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+}
+
+/// A write transaction's view: reads inside it, after the lock.
+struct TxView<'a, 'b>(RefCell<&'a mut postgres::Transaction<'b>>);
+
+impl KvRead for TxView<'_, '_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .0
+            .borrow_mut()
+            .query_opt("SELECT v FROM meterpki_kv WHERE k = $1", &[&key])
+            .map_err(pg_err("reading"))?
+            .map(|r| r.get(0)))
+    }
+}
+
+impl KvBackend for PgStore {
+    fn name(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .pool
+            .get()?
+            .client()
+            .query_opt("SELECT v FROM meterpki_kv WHERE k = $1", &[&key])
+            .map_err(pg_err("reading"))?
+            .map(|r| r.get(0)))
+    }
+
+    fn scan_prefix(&self, prefix: &[u8], limit: Option<usize>) -> Result<Entries, StoreError> {
+        self.range(prefix, prefix, limit, true)
+    }
+
+    fn keys_from(
+        &self,
+        start: &[u8],
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        Ok(self
+            .range(start, prefix, Some(limit), false)?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect())
+    }
+
+    fn count_prefix(&self, prefix: &[u8]) -> Result<u64, StoreError> {
+        let end = prefix_end(prefix);
+        let n: i64 = self
+            .pool
+            .get()?
+            .client()
+            .query_one(
+                "SELECT count(*) FROM meterpki_kv WHERE k >= $1 AND ($2::bytea IS NULL OR k < $2)",
+                &[&prefix, &end],
+            )
+            .map_err(pg_err("counting"))?
+            .get(0);
+        Ok(n as u64)
+    }
+
+    fn advance(&self, key: &[u8], n: u64, name: &str) -> Result<u64, StoreError> {
+        let mut conn = self.pool.get()?;
+        let mut tx = conn
+            .client()
+            .transaction()
+            .map_err(pg_err("reserving numbers"))?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
+            .map_err(pg_err("locking the store"))?;
+        let last = match tx
+            .query_opt("SELECT v FROM meterpki_kv WHERE k = $1", &[&key])
+            .map_err(pg_err("reading a counter"))?
+        {
+            Some(row) => {
+                let v: Vec<u8> = row.get(0);
+                super::kv::codec::decode_u64(key, &v)?
+            }
+            None => 0,
+        };
+        let end = last
+            .checked_add(n)
+            .ok_or_else(|| StoreError::Refused(format!("counter {name} is exhausted")))?;
+        tx.execute(
+            "INSERT INTO meterpki_kv (k, v) VALUES ($1, $2) ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v",
+            &[&key, &super::kv::codec::encode_u64(end).as_slice()],
+        )
+        .map_err(pg_err("writing a counter"))?;
+        tx.commit().map_err(pg_err("writing a counter"))?;
+        Ok(last)
+    }
+
+    fn write(&self, body: &mut WriteBody<'_>) -> Result<Result<(), StoreError>, ApplyError> {
+        let mut conn = self.pool.get()?;
+        let mut tx = conn
+            .client()
+            .transaction()
+            .map_err(pg_err("starting a write"))?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
+            .map_err(pg_err("locking the store"))?;
+        let writes = {
+            let view = TxView(RefCell::new(&mut tx));
+            body(&view)?
+        };
+        let Some(writes) = writes else {
+            // Nothing to write: the transaction ends, releasing the lock.
+            tx.rollback().map_err(pg_err("ending a read"))?;
+            return Ok(Ok(()));
+        };
+        let (mut put_k, mut put_v, mut del) = (Vec::new(), Vec::new(), Vec::new());
+        for (k, v) in writes {
+            match v {
+                Some(v) => {
+                    put_k.push(k);
+                    put_v.push(v);
+                }
+                None => del.push(k),
+            }
+        }
+        if !del.is_empty() {
+            tx.execute("DELETE FROM meterpki_kv WHERE k = ANY($1)", &[&del])
+                .map_err(pg_err("writing"))?;
+        }
+        if !put_k.is_empty() {
+            tx.execute(
+                "INSERT INTO meterpki_kv (k, v) SELECT * FROM UNNEST($1::bytea[], $2::bytea[]) \
+                 ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v",
+                &[&put_k, &put_v],
+            )
+            .map_err(pg_err("writing"))?;
+        }
+        // A commit that fails may still have committed (the connection broke after the server
+        // committed): the caller hears that the outcome is unknown, and the audit record stays
+        // (a record past the store's head is removed at the next write if it was not).
+        Ok(tx.commit().map_err(|e| StoreError::Backend {
+            backend: BACKEND,
+            message: format!(
+                "committing a write failed ({e}); it may or may not have been stored: look the change up before retrying"
+            ),
+            source: None,
+        }))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testdb;
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::store::Store;
+
+    crate::store_conformance!(|dir: &Path| -> Arc<dyn Store> { Arc::new(testdb::store_for(dir)) });
+
+    #[test]
+    fn prefix_ends() {
+        assert_eq!(prefix_end(b"a"), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(&[1, 0xFF]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xFF, 0xFF]), None);
+    }
+
+    /// A database without the schema, or with a newer one, is refused; migrating twice is
+    /// harmless.
+    #[test]
+    fn the_schema_is_migrated_and_checked() {
+        let config = testdb::fresh_database("schema");
+        let e = PgStore::open(config.clone()).unwrap_err();
+        assert!(e.to_string().contains("store migrate"), "{e}");
+        assert_eq!(migrate(&config).unwrap(), (0, SCHEMA_VERSION));
+        assert_eq!(migrate(&config).unwrap(), (SCHEMA_VERSION, SCHEMA_VERSION));
+        PgStore::open(config.clone()).unwrap();
+        let mut c = connect(&config).unwrap();
+        c.execute(
+            "INSERT INTO meterpki_schema (version) VALUES ($1)",
+            &[&(SCHEMA_VERSION + 1)],
+        )
+        .unwrap();
+        let e = PgStore::open(config.clone()).unwrap_err();
+        assert!(matches!(e, StoreError::Version { .. }), "{e}");
+        assert!(migrate(&config).is_err());
+    }
+}
