@@ -101,6 +101,28 @@ pub(crate) enum Command {
     /// The HSM: the raw signing rate of the online token.
     #[command(subcommand)]
     Hsm(HsmCommand),
+    /// The store: PostgreSQL schema migrations, moving an embedded store to PostgreSQL, checking indexes and counters.
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum StoreCommand {
+    /// Without --to: apply the PostgreSQL schema migrations this meterpki ships to the home's database (store.backend = "postgres"; run before the first `serve` and after an upgrade). With --to postgres --url-file FILE: copy the embedded store into an empty PostgreSQL database, check both hold the same entries (counts and a SHA-256 of every entry), record it in the audit log, and only then switch meterpki.toml to the database. Interrupted, run it again.
+    #[command(
+        after_help = "Examples:\n  meterpki store migrate                                   # the schema of the configured PostgreSQL store\n  meterpki store migrate --to postgres --url-file /etc/meterpki/db.url   # move this home's embedded store (server stopped)\n\nThe URL file holds one line, e.g. postgresql://meterpki@db1,db2/meterpki?target_session_attrs=read-write (keep it 0600 if it holds a password)."
+    )]
+    Migrate {
+        /// The backend to move the store to: postgres.
+        #[arg(long, value_parser = ["postgres"], requires = "url_file")]
+        to: Option<String>,
+        /// A file holding the target database's connection URL (first line).
+        #[arg(long, value_name = "FILE", requires = "to")]
+        url_file: Option<PathBuf>,
+    },
+    /// Check every index and counter of the store against the records it points at (either backend); exit 1 on a problem.
+    #[command(after_help = "Example:\n  meterpki store check --json")]
+    Check,
 }
 
 #[derive(Args, Debug)]

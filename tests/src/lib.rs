@@ -513,3 +513,27 @@ pub fn openssl_csr(dir: &Path, name: &str, curve: &str) -> (PathBuf, PathBuf) {
     .ok();
     (key, csr)
 }
+
+/// A database of its own on the PostgreSQL test cluster that `make test` starts
+/// (`scripts/test-postgres.sh`; its URL in `METERPKI_TEST_PG_URL` or target/pg-test.url):
+/// its connection URL. A test that needs PostgreSQL fails when there is none.
+pub fn pg_database(label: &str) -> String {
+    let url = std::env::var("METERPKI_TEST_PG_URL")
+        .ok()
+        .or_else(|| {
+            std::fs::read_to_string(
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pg-test.url"),
+            )
+            .ok()
+        })
+        .map(|s| s.trim().to_string())
+        .expect("no PostgreSQL test cluster: run `make test`, or `scripts/test-postgres.sh start` first");
+    let name = format!("e2e_{label}_{:016x}", rand::random::<u64>());
+    let mut admin = postgres::Client::connect(&url, postgres::NoTls)
+        .expect("connecting to the PostgreSQL test cluster");
+    admin
+        .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+        .unwrap();
+    let base = url.rsplit_once('/').map(|(b, _)| b).unwrap_or(&url);
+    format!("{base}/{name}")
+}

@@ -205,6 +205,13 @@ impl AuditLog {
         self
     }
 
+    /// The same log (file and signer) committed through another store: the home's store after
+    /// a copy to another backend, whose head is the same.
+    pub fn rebased(mut self, store: Arc<dyn Store>) -> AuditLog {
+        self.store = Some(store);
+        self
+    }
+
     /// The log at `path`, for reading only (listing records).
     pub fn reader(path: impl Into<PathBuf>) -> AuditLog {
         AuditLog {

@@ -21,6 +21,7 @@ mod refusals;
 mod revoke;
 mod server;
 mod status;
+mod stores;
 mod suppliers;
 mod views;
 
@@ -40,6 +41,7 @@ pub use meters::{parse_bulk_line, BulkMode, BulkSummary, MeterView};
 pub use revoke::{RevokeOutcome, RevokeRow, Selector};
 pub use server::{Readiness, ServerStart};
 pub use status::{crl_warning, CrlStatus, Status};
+pub use stores::{SchemaMigrated, StoreCopied};
 pub use suppliers::{ChurnReport, SupplierRow};
 pub use views::CertView;
 

@@ -23,6 +23,7 @@ pub mod conformance;
 use std::fmt;
 
 pub use error::{ApplyError, StoreError};
+pub use kv::check::{check, CheckReport};
 pub use open::{embedded_dir, open, postgres_config, StoreBackend, StoreConfig, STORE_URL_ENV};
 pub use records::{
     AuditHead, BatchItem, BatchRecord, BatchState, CertRecord, Claim, Commit, Committed, MeterMove,
@@ -119,6 +120,21 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn operation(&self, id: &str) -> Result<Option<OpRecord>, StoreError>;
     /// The record of an API batch, by account and request ID.
     fn batch(&self, account: &str, request_id: &str) -> Result<Option<BatchRecord>, StoreError>;
+
+    // ---- raw entries: copying a store to another backend, checking it ---------------------
+
+    /// Keys and values after `after` (from the first without it), in key order, at most
+    /// `limit`: every record and index as stored.
+    fn raw_entries(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    /// The value stored under one key.
+    fn raw_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Writes entries as they are, in one write: only for copying a store into an empty one
+    /// (`meterpki store migrate --to`), never to change a store in use.
+    fn raw_import(&self, entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), StoreError>;
 
     // ---- the one way to change state -----------------------------------------------------
 

@@ -58,6 +58,16 @@ pub fn postgres_config(config: &StoreConfig, home: &Home) -> Result<postgres::Co
         let path = home.resolve(f);
         let bytes = crate::fsutil::read_bounded(&path, 64 * 1024)
             .map_err(|e| bad(format!("store.url_file {}: {e}", path.display())))?;
+        let private = {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o077 == 0)
+        };
+        if !private && String::from_utf8_lossy(&bytes).contains("password") {
+            return Err(bad(format!(
+                "store.url_file {} holds a password and others can read it: chmod 600 it",
+                path.display()
+            )));
+        }
         let text = String::from_utf8(bytes)
             .map_err(|_| bad(format!("store.url_file {}: not UTF-8 text", path.display())))?;
         (

@@ -14,6 +14,7 @@ mod revoke;
 mod serve;
 mod show;
 mod status;
+mod store;
 mod supplier;
 mod update;
 
@@ -22,7 +23,7 @@ use ca_core::Home;
 
 use crate::args::{
     AccountCommand, AuditCommand, CeremonyCommand, Cli, Command, CrlCommand, HsmCommand,
-    UpdateCommand,
+    StoreCommand, UpdateCommand,
 };
 use crate::ctx::{absolute, ensure_process_env, Ctx, Watchdog};
 
@@ -65,7 +66,12 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
                     | Command::Crl(_)
                     | Command::Account(AccountCommand::Disable { .. })
             );
-            if !forwardable && !matches!(other, Command::Hsm(_)) {
+            // A PostgreSQL store whose schema is not there yet is what `store migrate` makes.
+            let schema = matches!(
+                other,
+                Command::Store(StoreCommand::Migrate { to: None, .. })
+            );
+            if !forwardable && !schema && !matches!(other, Command::Hsm(_)) {
                 ctx.service.check_store()?;
             }
             match other {
@@ -91,6 +97,10 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
                     crl::publish(&ctx, issuer, full)
                 }
                 Command::Hsm(HsmCommand::Bench { seconds }) => hsm::bench(&ctx, seconds),
+                Command::Store(StoreCommand::Migrate { to, url_file }) => {
+                    store::migrate(&ctx, to.as_deref(), url_file.as_deref())
+                }
+                Command::Store(StoreCommand::Check) => store::check(&ctx),
                 Command::Init(_) | Command::Audit(_) | Command::Update(_) => {
                     unreachable!("handled above")
                 }

@@ -44,7 +44,7 @@ pub use records::{
     accounts_are_created_once_and_found_by_certificate, operation_journals_round_trip,
     suppliers_are_registered_once, the_audit_record_commits_with_the_change,
 };
-pub use reopen::everything_survives_a_reopen;
+pub use reopen::{a_store_checks_clean_and_copies_entry_for_entry, everything_survives_a_reopen};
 
 /// Opens (creating) a store of the backend under test in a scratch directory.
 pub trait Harness: Sync {
@@ -78,7 +78,8 @@ macro_rules! store_conformance {
             operation_journals_round_trip,
             a_refused_operation_aborts_the_whole_transaction,
             the_audit_record_commits_with_the_change,
-            everything_survives_a_reopen
+            everything_survives_a_reopen,
+            a_store_checks_clean_and_copies_entry_for_entry
         );
     };
     (@tests $harness:expr; $($name:ident),* $(,)?) => {

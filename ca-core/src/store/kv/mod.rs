@@ -5,6 +5,7 @@
 //! keys bound to one subject, counters that only grow, ...) are written once, here, and checked
 //! once by the conformance suite for both.
 
+pub(crate) mod check;
 pub(crate) mod codec;
 pub(crate) mod write;
 
@@ -49,6 +50,8 @@ pub(crate) trait KvBackend: Send + Sync {
     ) -> Result<Vec<Vec<u8>>, StoreError>;
     /// How many keys begin with `prefix`.
     fn count_prefix(&self, prefix: &[u8]) -> Result<u64, StoreError>;
+    /// Keys and values from `start` on, in key order, at most `limit`.
+    fn entries_from(&self, start: &[u8], limit: usize) -> Result<Entries, StoreError>;
     /// Moves the u64 counter under `key` forward by `n` and returns its old value, durably.
     fn advance(&self, key: &[u8], n: u64, name: &str) -> Result<u64, StoreError>;
     /// One write: under the store's write lock (one writer at a time: across processes for a
@@ -276,6 +279,36 @@ impl<B: KvBackend + 'static> Store for KvStore<B> {
     fn batch(&self, account: &str, request_id: &str) -> Result<Option<BatchRecord>, StoreError> {
         let k = batch_key(account, request_id);
         self.get(&k)?.map(|v| decode_json(&k, &v)).transpose()
+    }
+
+    fn raw_entries(&self, after: Option<&[u8]>, limit: usize) -> Result<Entries, StoreError> {
+        let start = match after {
+            Some(a) => [a, &[0]].concat(),
+            None => Vec::new(),
+        };
+        self.backend.entries_from(&start, limit)
+    }
+
+    fn raw_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get(key)
+    }
+
+    fn raw_import(&self, entries: Entries) -> Result<(), StoreError> {
+        let mut entries = Some(entries);
+        match self.backend.write(&mut |_| {
+            Ok(Some(
+                entries
+                    .take()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, Some(v)))
+                    .collect(),
+            ))
+        }) {
+            Ok(r) => r,
+            Err(ApplyError::Store(e)) => Err(e),
+            Err(e) => Err(StoreError::Refused(e.to_string())),
+        }
     }
 
     fn apply(&self, txn: Txn, audit: Option<&mut dyn AuditStage>) -> Result<Applied, ApplyError> {

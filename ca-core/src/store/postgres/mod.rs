@@ -221,20 +221,22 @@ impl PgStore {
                     supported: SCHEMA_VERSION as u64,
                 })
             }
-            other => return Err(StoreError::Backend {
-                backend: BACKEND,
-                message: format!(
-                    "the database {} {}: run `meterpki store migrate` first",
-                    describe(&config),
-                    match other {
-                        None => "has no meterpki schema".to_string(),
-                        Some(v) => format!(
+            other => {
+                return Err(StoreError::Backend {
+                    backend: BACKEND,
+                    message: format!(
+                        "the database {} {}: run `meterpki store migrate` first",
+                        describe(&config),
+                        match other {
+                            None => "has no meterpki schema".to_string(),
+                            Some(v) => format!(
                             "has schema version {v}, older than this meterpki's {SCHEMA_VERSION}"
                         ),
-                    }
-                ),
-                source: None,
-            }),
+                        }
+                    ),
+                    source: None,
+                })
+            }
         }
         let pool = Pool {
             config,
@@ -328,6 +330,19 @@ impl KvBackend for PgStore {
             .map_err(pg_err("counting"))?
             .get(0);
         Ok(n as u64)
+    }
+
+    fn entries_from(&self, start: &[u8], limit: usize) -> Result<Entries, StoreError> {
+        let rows = self
+            .pool
+            .get()?
+            .client()
+            .query(
+                "SELECT k, v FROM meterpki_kv WHERE k >= $1 ORDER BY k LIMIT $2",
+                &[&start, &(limit as i64)],
+            )
+            .map_err(pg_err("reading"))?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
     fn advance(&self, key: &[u8], n: u64, name: &str) -> Result<u64, StoreError> {

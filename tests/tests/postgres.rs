@@ -1,0 +1,182 @@
+//! The shared store end to end, on the PostgreSQL cluster `make test` starts: an embedded store
+//! moved into PostgreSQL (`store migrate --to postgres`), every command working on it after,
+//! `store check` on both backends, and the refusals (a database of another store, a database
+//! without the schema, a URL that does not connect).
+
+use meterpki_tests::{pg_database, Scratch};
+
+const EXE: &str = env!("CARGO_BIN_EXE_meterpki-e2e");
+
+fn config(s: &Scratch) -> String {
+    std::fs::read_to_string(s.path("h/meterpki.toml")).unwrap()
+}
+
+#[test]
+fn an_embedded_store_moves_to_postgres_and_everything_goes_on_there() {
+    let s = Scratch::new(EXE);
+    s.ceremonies("h", 3, 2, &["device", "organisation", "access"]);
+    for i in 1..=3 {
+        s.issue_one(
+            "h",
+            &format!("00-DB-12-34-56-78-90-0{i}"),
+            None,
+            &format!("m{i}.pem"),
+        )
+        .ok();
+    }
+    s.run(
+        "h",
+        &[
+            "revoke",
+            "--device-id",
+            "00-DB-12-34-56-78-90-02",
+            "--reason",
+            "keyCompromise",
+        ],
+    )
+    .ok();
+    let before = s.run("h", &["store", "check", "--json"]).ok().json();
+    assert_eq!(
+        before["certificates"].as_u64().unwrap() >= 3,
+        true,
+        "{before}"
+    );
+    assert_eq!(before["problems"].as_array().unwrap().len(), 0, "{before}");
+    // Without --to on an embedded store: nothing to migrate, said so.
+    s.run("h", &["store", "migrate"]).fails(2, "embedded");
+
+    let url_file = s.path("db.url");
+    std::fs::write(&url_file, format!("{}\n", pg_database("move"))).unwrap();
+    let moved = s
+        .run(
+            "h",
+            &[
+                "store",
+                "migrate",
+                "--to",
+                "postgres",
+                "--url-file",
+                &url_file.display().to_string(),
+                "--json",
+            ],
+        )
+        .ok()
+        .json();
+    assert_eq!(moved["switched"], true, "{moved}");
+    assert_eq!(moved["certificates"], before["certificates"], "{moved}");
+    assert_eq!(moved["revocations"], 1, "{moved}");
+    assert!(
+        config(&s).contains("backend = \"postgres\""),
+        "{}",
+        config(&s)
+    );
+
+    // Everything goes on, on PostgreSQL.
+    let after = s.run("h", &["store", "check", "--json"]).ok().json();
+    assert_eq!(after["problems"].as_array().unwrap().len(), 0, "{after}");
+    assert_eq!(after["certificates"], before["certificates"]);
+    s.run("h", &["audit", "verify"]).ok();
+    s.run("h", &["status"]).ok();
+    let shown = s
+        .run(
+            "h",
+            &["show", "--device-id", "00-DB-12-34-56-78-90-02", "--json"],
+        )
+        .ok()
+        .json();
+    assert!(shown.to_string().contains("keyCompromise"), "{shown}");
+    s.issue_one("h", "00-DB-12-34-56-78-90-04", None, "m4.pem")
+        .ok();
+    s.run("h", &["crl", "publish"]).ok();
+    s.run("h", &["store", "migrate"]).ok();
+    // Moved once: a second move is refused.
+    s.run(
+        "h",
+        &[
+            "store",
+            "migrate",
+            "--to",
+            "postgres",
+            "--url-file",
+            &url_file.display().to_string(),
+        ],
+    )
+    .fails(2, "already PostgreSQL");
+}
+
+#[test]
+fn a_database_of_another_store_or_without_the_schema_is_refused() {
+    let s = Scratch::new(EXE);
+    s.ceremonies("h", 3, 2, &["device"]);
+    s.issue_one("h", "00-DB-12-34-56-78-90-01", None, "m1.pem")
+        .ok();
+    let before = config(&s);
+    // Another home's store in the database: refused, nothing switched.
+    let other = Scratch::new(EXE);
+    other.ceremonies("h", 3, 2, &["device"]);
+    other
+        .issue_one("h", "00-DB-12-34-56-78-90-09", None, "o.pem")
+        .ok();
+    let shared = s.path("shared.url");
+    std::fs::write(&shared, pg_database("shared")).unwrap();
+    other
+        .run(
+            "h",
+            &[
+                "store",
+                "migrate",
+                "--to",
+                "postgres",
+                "--url-file",
+                &shared.display().to_string(),
+            ],
+        )
+        .ok();
+    s.run(
+        "h",
+        &[
+            "store",
+            "migrate",
+            "--to",
+            "postgres",
+            "--url-file",
+            &shared.display().to_string(),
+        ],
+    )
+    .fails(2, "another store's data");
+    assert_eq!(config(&s), before, "the home was switched");
+    s.run("h", &["status"]).ok();
+
+    // A URL that does not connect (no such database): a clear error, nothing switched.
+    let bad = s.path("bad.url");
+    let url = pg_database("gone");
+    let missing = format!("{}_missing", url);
+    std::fs::write(&bad, &missing).unwrap();
+    let r = s.run(
+        "h",
+        &[
+            "store",
+            "migrate",
+            "--to",
+            "postgres",
+            "--url-file",
+            &bad.display().to_string(),
+        ],
+    );
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("does not exist"), "{}", r.stderr);
+    assert_eq!(config(&s), before);
+
+    // A home configured for a database without the schema: every command says to migrate.
+    let fresh = s.path("fresh.url");
+    std::fs::write(&fresh, pg_database("fresh")).unwrap();
+    let text = before.replace(
+        "backend = \"sled\"",
+        &format!("backend = \"postgres\"\nurl_file = \"{}\"", fresh.display()),
+    );
+    assert_ne!(text, before, "{before}");
+    std::fs::write(s.path("h/meterpki.toml"), text).unwrap();
+    let r = s.run("h", &["status"]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("store migrate"), "{}", r.stderr);
+}
