@@ -34,6 +34,9 @@ pub use txn::{Applied, AuditStage, Op, OpOutcome, Txn};
 use crate::model::{Account, OpRecord, Revocation, Supplier};
 use crate::CaKind;
 
+/// Keys and values as stored, in key order.
+pub type RawEntries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// What meterpki keeps between runs. See the module documentation for the write rules.
 pub trait Store: Send + Sync + fmt::Debug {
     /// The backend's name for messages: `sled`, `postgres`.
@@ -125,16 +128,12 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// Keys and values after `after` (from the first without it), in key order, at most
     /// `limit`: every record and index as stored.
-    fn raw_entries(
-        &self,
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn raw_entries(&self, after: Option<&[u8]>, limit: usize) -> Result<RawEntries, StoreError>;
     /// The value stored under one key.
     fn raw_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Writes entries as they are, in one write: only for copying a store into an empty one
     /// (`meterpki store migrate --to`), never to change a store in use.
-    fn raw_import(&self, entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), StoreError>;
+    fn raw_import(&self, entries: RawEntries) -> Result<(), StoreError>;
 
     // ---- the one way to change state -----------------------------------------------------
 
