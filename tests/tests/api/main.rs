@@ -19,5 +19,6 @@ mod mutual_tls;
 mod revocation;
 mod secrets;
 mod security_matrix;
+mod shared;
 mod support;
 mod takeover;
