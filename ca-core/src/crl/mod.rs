@@ -275,6 +275,9 @@ pub fn publish(
     // Certificates name their shard: a changed shard count is refused before anything is built.
     check_shards(store.as_ref(), settings)?;
     let _one_at_a_time = PUBLISHING.lock().unwrap_or_else(|e| e.into_inner());
+    // And one publisher among every server sharing the store: the numbers read below are then
+    // the last ones committed.
+    let _lease = store.lease("crl.publish")?;
     std::fs::create_dir_all(dir).map_err(|source| CrlError::Io {
         path: dir.to_path_buf(),
         source,

@@ -124,6 +124,12 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// The record of an API batch, by account and request ID.
     fn batch(&self, account: &str, request_id: &str) -> Result<Option<BatchRecord>, StoreError>;
 
+    /// Holds the lease `name` until the returned guard is dropped: one holder at a time among
+    /// every process using the store (CRL publication, so that cRLNumbers are read and
+    /// advanced by one publisher at a time). An embedded store is one process's: its guard is
+    /// nothing, and callers keep their in-process lock.
+    fn lease(&self, name: &str) -> Result<Box<dyn std::any::Any + Send>, StoreError>;
+
     // ---- raw entries: copying a store to another backend, checking it ---------------------
 
     /// Keys and values after `after` (from the first without it), in key order, at most

@@ -50,6 +50,8 @@ pub(crate) trait KvBackend: Send + Sync {
     ) -> Result<Vec<Vec<u8>>, StoreError>;
     /// How many keys begin with `prefix`.
     fn count_prefix(&self, prefix: &[u8]) -> Result<u64, StoreError>;
+    /// Holds the lease `name` (one holder among every process) until the guard drops.
+    fn lease(&self, name: &str) -> Result<Box<dyn std::any::Any + Send>, StoreError>;
     /// Keys and values from `start` on, in key order, at most `limit`.
     fn entries_from(&self, start: &[u8], limit: usize) -> Result<Entries, StoreError>;
     /// Moves the u64 counter under `key` forward by `n` and returns its old value, durably.
@@ -291,6 +293,10 @@ impl<B: KvBackend + 'static> Store for KvStore<B> {
 
     fn raw_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.get(key)
+    }
+
+    fn lease(&self, name: &str) -> Result<Box<dyn std::any::Any + Send>, StoreError> {
+        self.backend.lease(name)
     }
 
     fn raw_import(&self, entries: Entries) -> Result<(), StoreError> {

@@ -332,6 +332,21 @@ impl KvBackend for PgStore {
         Ok(n as u64)
     }
 
+    fn lease(&self, name: &str) -> Result<Box<dyn std::any::Any + Send>, StoreError> {
+        // A session-level advisory lock on a connection of its own, held by the guard: closing
+        // the connection (the guard dropped, or the process gone) releases it.
+        let mut client = connect(&self.pool.config)?;
+        let id = i64::from_be_bytes(
+            crate::sha256(format!("meterpki lease {name}").as_bytes())[..8]
+                .try_into()
+                .expect("8 bytes"),
+        );
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&id])
+            .map_err(pg_err(format!("taking the lease {name}")))?;
+        Ok(Box::new(client))
+    }
+
     fn entries_from(&self, start: &[u8], limit: usize) -> Result<Entries, StoreError> {
         let rows = self
             .pool
@@ -439,6 +454,30 @@ mod tests {
     use crate::store::Store;
 
     crate::store_conformance!(|dir: &Path| -> Arc<dyn Store> { Arc::new(testdb::store_for(dir)) });
+
+    /// A lease has one holder at a time: the second waits until the first guard drops.
+    #[test]
+    fn a_lease_has_one_holder_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let s: Arc<dyn Store> = Arc::new(testdb::store_for(dir.path()));
+        let first = s.lease("crl.publish").unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let other = s.clone();
+        let waiter = std::thread::spawn(move || {
+            let g = other.lease("crl.publish").unwrap();
+            tx.send(()).unwrap();
+            drop(g);
+        });
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_millis(500))
+                .is_err(),
+            "a second holder got the lease while the first held it"
+        );
+        drop(first);
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the lease was not handed over");
+        waiter.join().unwrap();
+    }
 
     #[test]
     fn prefix_ends() {

@@ -288,6 +288,11 @@ impl KvBackend for SledStore {
         Ok(n)
     }
 
+    fn lease(&self, _name: &str) -> Result<Box<dyn std::any::Any + Send>, StoreError> {
+        // One process holds the embedded store: its callers' own locks are enough.
+        Ok(Box::new(()))
+    }
+
     fn entries_from(&self, start: &[u8], limit: usize) -> Result<Entries, StoreError> {
         let mut out = Vec::new();
         for kv in self.pki.range(start..) {
