@@ -84,6 +84,40 @@ fn an_embedded_store_moves_to_postgres_and_everything_goes_on_there() {
     s.issue_one("h", "00-DB-12-34-56-78-90-04", None, "m4.pem")
         .ok();
     s.run("h", &["crl", "publish"]).ok();
+    // Two publications at once (two processes on the shared store): both publish, and each
+    // scope's cRLNumber of the second is above the first's.
+    let publish = || {
+        std::process::Command::new(EXE)
+            .current_dir(s.path(""))
+            .args(["--home", "h", "--json", "crl", "publish"])
+            .env_remove("SOFTHSM2_CONF")
+            .env_remove("METERPKI_REEXEC")
+            .output()
+            .unwrap()
+    };
+    let (x, y) = std::thread::scope(|t| {
+        let x = t.spawn(publish);
+        let y = t.spawn(publish);
+        (x.join().unwrap(), y.join().unwrap())
+    });
+    let numbers = |o: &std::process::Output| -> Vec<u64> {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let text = String::from_utf8_lossy(&o.stdout).replace(char::is_whitespace, "");
+        text.split("\"crl_number\":")
+            .skip(1)
+            .map(|t| {
+                t.split(|c: char| !c.is_ascii_digit())
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            })
+            .collect()
+    };
+    let (nx, ny) = (numbers(&x), numbers(&y));
+    assert!(!nx.is_empty() && nx.len() == ny.len(), "{nx:?} {ny:?}");
+    let (lo, hi) = if nx[0] < ny[0] { (nx, ny) } else { (ny, nx) };
+    assert!(lo.iter().zip(&hi).all(|(a, b)| a < b), "{lo:?} {hi:?}");
     s.run("h", &["store", "migrate"]).ok();
     // Moved once: a second move is refused.
     s.run(
