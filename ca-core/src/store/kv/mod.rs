@@ -22,6 +22,10 @@ use crate::CaKind;
 pub(crate) trait KvRead {
     /// The value of `key`.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The values of `keys`, in their order.
+    fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        keys.iter().map(|k| self.get(k)).collect()
+    }
 }
 
 /// What a transaction writes: each key's new value, or `None` to remove it.

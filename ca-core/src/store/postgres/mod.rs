@@ -283,6 +283,17 @@ impl KvRead for TxView<'_, '_> {
             .map_err(pg_err("reading"))?
             .map(|r| r.get(0)))
     }
+
+    fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let rows = self
+            .0
+            .borrow_mut()
+            .query("SELECT k, v FROM meterpki_kv WHERE k = ANY($1)", &[&keys])
+            .map_err(pg_err("reading"))?;
+        let found: std::collections::HashMap<Vec<u8>, Vec<u8>> =
+            rows.into_iter().map(|r| (r.get(0), r.get(1))).collect();
+        Ok(keys.iter().map(|k| found.get(k).cloned()).collect())
+    }
 }
 
 impl KvBackend for PgStore {
