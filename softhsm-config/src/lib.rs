@@ -119,8 +119,15 @@ pub fn heal_tokens(tokens: &Path, backup: &Path) -> io::Result<Vec<PathBuf>> {
 fn replace_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    // A name of this process's own: two processes (two servers on one home) may save the same
+    // copy at once, and must not write or rename each other's temporary file.
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".meterpki-tmp");
+    tmp.push(format!(
+        ".meterpki-tmp.{}.{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
     let tmp = PathBuf::from(tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)

@@ -180,7 +180,8 @@ impl Engine {
     }
 
     /// Steps 1 to 4: request, policy, TBS, lint. No HSM call, nothing stored.
-    fn prepare(&self, item: &RequestItem, limits: &AccountLimits) -> Result<Prepared, IssueError> {
+    /// Step 1 for one item: parsed, its proof of possession checked, not one of our keys.
+    fn parse(&self, item: &RequestItem) -> Result<Request, IssueError> {
         let request = parse_request(item, &self.profiles)?;
         if self.reserved_keys.contains(&request.key_hash) {
             return Err(IssueError::new(
@@ -188,7 +189,38 @@ impl Engine {
                 "the public key is one meterpki itself uses (a CA's or a service's): a certificate for it would let whoever asks pose as that CA or service",
             ));
         }
-        self.prepare_request(request, limits)
+        Ok(request)
+    }
+
+    /// Steps 1 for every item of a batch, in parallel, and then the store's records the policy
+    /// will look at for all of them, read ahead in one go (one round trip to a database
+    /// server, not five per certificate). Steps 2 to 4 then read from that view.
+    fn parse_all(
+        &self,
+        items: &[Result<RequestItem, IssueError>],
+    ) -> (Vec<Result<Request, IssueError>>, Arc<dyn Store>) {
+        use crate::store::kv::codec;
+        let parsed = par_map(items, self.workers, |item| {
+            item.as_ref()
+                .map_err(Clone::clone)
+                .and_then(|i| self.parse(i))
+        });
+        let mut keys = Vec::with_capacity(parsed.len() * 4);
+        for r in parsed.iter().flatten() {
+            keys.push(codec::active_key(&r.subject.key(), r.profile.name()));
+            keys.push(codec::key_of_key(&r.key_hash));
+            keys.push(codec::compromised_key(&r.key_hash));
+            if let Subject::Party { entity_id, .. } = &r.subject {
+                keys.push(codec::key(
+                    codec::SUPPLIER,
+                    &[entity_id.to_string().as_bytes()],
+                ));
+            }
+        }
+        // A view that cannot be read ahead is no view: each item reads the store itself.
+        let view = crate::store::kv::cache::read_ahead(self.store.clone(), keys)
+            .unwrap_or_else(|_| self.store.clone());
+        (parsed, view)
     }
 
     /// Keys no request may name (SHA-256 of each SubjectPublicKeyInfo DER): the CAs' and
@@ -203,9 +235,10 @@ impl Engine {
         &self,
         request: Request,
         limits: &AccountLimits,
+        store: &dyn Store,
     ) -> Result<Prepared, IssueError> {
         let issuer = self.issuer_for(&request.profile)?.clone();
-        match s2_policy::approve(request, limits, self.store.as_ref())? {
+        match s2_policy::approve(request, limits, store)? {
             Decision::Existing(record) => Ok(Prepared::Existing(record)),
             Decision::Approve(approved) => {
                 let tbs = s3_tbs::build_tbs(*approved, &issuer, &self.crl, SystemTime::now())?;
@@ -222,7 +255,7 @@ impl Engine {
     /// writes) or [`Engine::commit_signed`].
     pub fn sign_request(&self, request: Request) -> SignedBatch {
         SignedBatch(vec![self
-            .prepare_request(request, &AccountLimits::default())
+            .prepare_request(request, &AccountLimits::default(), self.store.as_ref())
             .and_then(sign_prepared)])
     }
 
@@ -259,13 +292,11 @@ impl Engine {
             }
             return Ok(out);
         }
-        let prepare = |item: &Result<RequestItem, IssueError>| {
-            item.as_ref()
-                .map_err(Clone::clone)
-                .and_then(|i| self.prepare(i, limits))
-        };
         // All-or-nothing: refuse before any signature if one item is bad.
-        let prepared = par_map(items, self.workers, prepare);
+        let (parsed, view) = self.parse_all(items);
+        let prepared = par_map_owned(parsed, self.workers, |r| {
+            r.and_then(|req| self.prepare_request(req, limits, view.as_ref()))
+        });
         if prepared.iter().any(Result::is_err) {
             let out = abort_all(prepared.into_iter().map(|p| p.map(|_| ())).collect());
             // Nothing is stored, but the refusal is on record.
@@ -287,10 +318,9 @@ impl Engine {
         limits: &AccountLimits,
     ) -> Result<SignedBatch, IssueError> {
         check_batch_size(items.len())?;
-        Ok(SignedBatch(par_map(items, self.workers, |item| {
-            item.as_ref()
-                .map_err(Clone::clone)
-                .and_then(|i| self.prepare(i, limits))
+        let (parsed, view) = self.parse_all(items);
+        Ok(SignedBatch(par_map_owned(parsed, self.workers, |r| {
+            r.and_then(|req| self.prepare_request(req, limits, view.as_ref()))
                 .and_then(sign_prepared)
         })))
     }

@@ -137,6 +137,8 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn raw_entries(&self, after: Option<&[u8]>, limit: usize) -> Result<RawEntries, StoreError>;
     /// The value stored under one key.
     fn raw_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The values stored under `keys`, in their order, in one read.
+    fn raw_get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError>;
     /// Writes entries as they are, in one write: only for copying a store into an empty one
     /// (`meterpki store migrate --to`), never to change a store in use.
     fn raw_import(&self, entries: RawEntries) -> Result<(), StoreError>;

@@ -5,6 +5,7 @@
 //! keys bound to one subject, counters that only grow, ...) are written once, here, and checked
 //! once by the conformance suite for both.
 
+pub(crate) mod cache;
 pub(crate) mod check;
 pub(crate) mod codec;
 pub(crate) mod write;
@@ -43,6 +44,11 @@ pub(crate) trait KvBackend: Send + Sync {
     fn name(&self) -> &'static str;
     /// The committed value of `key`.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The committed values of `keys`, in their order (a database answers them in one round
+    /// trip).
+    fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        keys.iter().map(|k| self.get(k)).collect()
+    }
     /// Keys and values under `prefix` in key order, at most `limit`.
     fn scan_prefix(&self, prefix: &[u8], limit: Option<usize>) -> Result<Entries, StoreError>;
     /// Keys from `start` on that begin with `prefix`, in order, at most `limit`.
@@ -297,6 +303,10 @@ impl<B: KvBackend + 'static> Store for KvStore<B> {
 
     fn raw_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.get(key)
+    }
+
+    fn raw_get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        self.backend.get_many(keys)
     }
 
     fn lease(&self, name: &str) -> Result<Box<dyn std::any::Any + Send>, StoreError> {

@@ -311,6 +311,21 @@ impl KvBackend for PgStore {
             .map(|r| r.get(0)))
     }
 
+    fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = self
+            .pool
+            .get()?
+            .client()
+            .query("SELECT k, v FROM meterpki_kv WHERE k = ANY($1)", &[&keys])
+            .map_err(pg_err("reading"))?;
+        let found: std::collections::HashMap<Vec<u8>, Vec<u8>> =
+            rows.into_iter().map(|r| (r.get(0), r.get(1))).collect();
+        Ok(keys.iter().map(|k| found.get(k).cloned()).collect())
+    }
+
     fn scan_prefix(&self, prefix: &[u8], limit: Option<usize>) -> Result<Entries, StoreError> {
         self.range(prefix, prefix, limit, true)
     }
