@@ -193,7 +193,7 @@ fn a_database_of_another_store_or_without_the_schema_is_refused() {
             &bad.display().to_string(),
         ],
     );
-    assert_ne!(r.code, 0);
+    assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("does not exist"), "{}", r.stderr);
     assert_eq!(config(&s), before);
 

@@ -159,6 +159,7 @@ impl ServiceError {
     pub fn class(&self) -> ErrorClass {
         match self {
             ServiceError::Refused { class, .. } => *class,
+            ServiceError::Store(StoreError::Config(_)) => ErrorClass::Invalid,
             ServiceError::Issue(e) => match e.code {
                 crate::issue::ErrorCode::HsmUnavailable
                 | crate::issue::ErrorCode::AuditUnavailable => ErrorClass::Unavailable,

@@ -17,6 +17,11 @@ pub enum StoreError {
         #[source]
         source: Option<Box<dyn Error + Send + Sync>>,
     },
+    /// The store's settings are wrong: a database URL that does not parse, a database that does
+    /// not exist, credentials it refuses. Nothing was changed; the home's configuration needs
+    /// fixing.
+    #[error("store: {0}")]
+    Config(String),
     /// A stored value could not be decoded.
     #[error("store: corrupt value under {key}: {reason}")]
     Corrupt {

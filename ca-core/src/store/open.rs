@@ -49,11 +49,7 @@ pub const STORE_URL_ENV: &str = "METERPKI_STORE_URL";
 /// then `url`. Errors name where the URL came from, never the URL (it may hold a password).
 pub fn postgres_config(config: &StoreConfig, home: &Home) -> Result<postgres::Config, StoreError> {
     use std::str::FromStr;
-    let bad = |message: String| StoreError::Backend {
-        backend: "postgres",
-        message,
-        source: None,
-    };
+    let bad = StoreError::Config;
     let (url, from) = if let Some(f) = &config.url_file {
         let path = home.resolve(f);
         let bytes = crate::fsutil::read_bounded(&path, 64 * 1024)

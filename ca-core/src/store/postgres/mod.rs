@@ -110,10 +110,23 @@ impl Pool {
 }
 
 fn connect(config: &postgres::Config) -> Result<Client, StoreError> {
-    config.connect(NoTls).map_err(pg_err(format!(
-        "connecting to PostgreSQL {}",
-        describe(config)
-    )))
+    use postgres::error::SqlState;
+    config.connect(NoTls).map_err(|e| {
+        let what = format!("connecting to PostgreSQL {}", describe(config));
+        // The database or the credentials are wrong: the home's settings, not an outage.
+        let settings = [
+            SqlState::INVALID_CATALOG_NAME,
+            SqlState::INVALID_PASSWORD,
+            SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+        ];
+        match e.as_db_error() {
+            Some(d) if settings.contains(d.code()) => StoreError::Config(format!(
+                "{what}: {} (check store.url_file, METERPKI_STORE_URL or store.url)",
+                d.message()
+            )),
+            _ => pg_err(what)(e),
+        }
+    })
 }
 
 impl Conn<'_> {
