@@ -216,6 +216,14 @@ impl Scratch {
         }
     }
 
+    /// `meterpki store migrate --to postgres --url-file FILE [extra...]` on `home`.
+    pub fn migrate_to_postgres(&self, home: &str, url_file: &Path, extra: &[&str]) -> Run {
+        let file = url_file.display().to_string();
+        let mut args = vec!["store", "migrate", "--to", "postgres", "--url-file", &file];
+        args.extend_from_slice(extra);
+        self.run(home, &args)
+    }
+
     /// `meterpki account add --role ROLE --name NAME [extra...] --out creds` on `home`.
     pub fn account(&self, home: &str, role: &str, name: &str, extra: &[&str]) {
         let mut args = vec!["account", "add", "--role", role, "--name", name];

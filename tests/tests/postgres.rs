@@ -44,18 +44,7 @@ fn an_embedded_store_moves_to_postgres_and_everything_goes_on_there() {
     let url_file = s.path("db.url");
     std::fs::write(&url_file, format!("{}\n", pg_database("move"))).unwrap();
     let moved = s
-        .run(
-            "h",
-            &[
-                "store",
-                "migrate",
-                "--to",
-                "postgres",
-                "--url-file",
-                &url_file.display().to_string(),
-                "--json",
-            ],
-        )
+        .migrate_to_postgres("h", &url_file, &["--json"])
         .ok()
         .json();
     assert_eq!(moved["switched"], true, "{moved}");
@@ -120,18 +109,8 @@ fn an_embedded_store_moves_to_postgres_and_everything_goes_on_there() {
     assert!(lo.iter().zip(&hi).all(|(a, b)| a < b), "{lo:?} {hi:?}");
     s.run("h", &["store", "migrate"]).ok();
     // Moved once: a second move is refused.
-    s.run(
-        "h",
-        &[
-            "store",
-            "migrate",
-            "--to",
-            "postgres",
-            "--url-file",
-            &url_file.display().to_string(),
-        ],
-    )
-    .fails(2, "already PostgreSQL");
+    s.migrate_to_postgres("h", &url_file, &[])
+        .fails(2, "already PostgreSQL");
 }
 
 #[test]
@@ -149,31 +128,9 @@ fn a_database_of_another_store_or_without_the_schema_is_refused() {
         .ok();
     let shared = s.path("shared.url");
     std::fs::write(&shared, pg_database("shared")).unwrap();
-    other
-        .run(
-            "h",
-            &[
-                "store",
-                "migrate",
-                "--to",
-                "postgres",
-                "--url-file",
-                &shared.display().to_string(),
-            ],
-        )
-        .ok();
-    s.run(
-        "h",
-        &[
-            "store",
-            "migrate",
-            "--to",
-            "postgres",
-            "--url-file",
-            &shared.display().to_string(),
-        ],
-    )
-    .fails(2, "another store's data");
+    other.migrate_to_postgres("h", &shared, &[]).ok();
+    s.migrate_to_postgres("h", &shared, &[])
+        .fails(2, "another store's data");
     assert_eq!(config(&s), before, "the home was switched");
     s.run("h", &["status"]).ok();
 
@@ -182,17 +139,7 @@ fn a_database_of_another_store_or_without_the_schema_is_refused() {
     let url = pg_database("gone");
     let missing = format!("{}_missing", url);
     std::fs::write(&bad, &missing).unwrap();
-    let r = s.run(
-        "h",
-        &[
-            "store",
-            "migrate",
-            "--to",
-            "postgres",
-            "--url-file",
-            &bad.display().to_string(),
-        ],
-    );
+    let r = s.migrate_to_postgres("h", &bad, &[]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("does not exist"), "{}", r.stderr);
     assert_eq!(config(&s), before);

@@ -658,27 +658,31 @@ fn bare_public_keys_are_opt_in_per_account() {
             "--allow-bare-public-key",
         ],
     );
+    // A key's SubjectPublicKeyInfo as openssl writes it, in base64: a bare public key.
+    let spki_b64 = |key: &std::path::Path, name: &str| {
+        let out = s.path(&format!("{name}.spki"));
+        tool(
+            "openssl",
+            &[
+                "pkey",
+                "-in",
+                &key.display().to_string(),
+                "-pubout",
+                "-outform",
+                "DER",
+                "-out",
+                &out.display().to_string(),
+            ],
+            &[],
+        )
+        .ok();
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            std::fs::read(&out).unwrap(),
+        )
+    };
     let (key, _) = meterpki_tests::openssl_csr(&s.path(""), "bare", "prime256v1");
-    let out = s.path("bare.spki");
-    tool(
-        "openssl",
-        &[
-            "pkey",
-            "-in",
-            &key.display().to_string(),
-            "-pubout",
-            "-outform",
-            "DER",
-            "-out",
-            &out.display().to_string(),
-        ],
-        &[],
-    )
-    .ok();
-    let b64 = base64::Engine::encode(
-        &base64::engine::general_purpose::STANDARD,
-        std::fs::read(&out).unwrap(),
-    );
+    let b64 = spki_b64(&key, "bare");
     let item = json!({"profile": "meter-signing", "device_id": "00-DB-12-00-00-00-88-01", "public_key": b64});
     let srv = Server::start(&s);
     let body = |rid: &str| json!({"request_id": rid, "items": [item]}).to_string();
@@ -706,28 +710,6 @@ fn bare_public_keys_are_opt_in_per_account() {
 
     // One key, one subject and usage: the same key for another meter, or for the same meter's
     // other usage, is refused naming the certificate that holds it; so is a supplier's key.
-    let spki_b64 = |key: &std::path::Path, name: &str| {
-        let out = s.path(&format!("{name}.spki"));
-        tool(
-            "openssl",
-            &[
-                "pkey",
-                "-in",
-                &key.display().to_string(),
-                "-pubout",
-                "-outform",
-                "DER",
-                "-out",
-                &out.display().to_string(),
-            ],
-            &[],
-        )
-        .ok();
-        base64::Engine::encode(
-            &base64::engine::general_purpose::STANDARD,
-            std::fs::read(&out).unwrap(),
-        )
-    };
     let (sup_key, sup_csr) = meterpki_tests::openssl_csr(&s.path(""), "sup-reuse", "prime256v1");
     let enrol = json!({"profile": "supplier-signing", "name": "Energy A", "csr": std::fs::read_to_string(&sup_csr).unwrap()}).to_string();
     let (code, answer) = curl(

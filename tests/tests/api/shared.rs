@@ -14,18 +14,7 @@ fn two_servers_on_one_postgres_store_keep_every_invariant() {
     let s = setup();
     let url_file = s.path("db.url");
     std::fs::write(&url_file, meterpki_tests::pg_database("two")).unwrap();
-    s.run(
-        "h",
-        &[
-            "store",
-            "migrate",
-            "--to",
-            "postgres",
-            "--url-file",
-            &url_file.display().to_string(),
-        ],
-    )
-    .ok();
+    s.migrate_to_postgres("h", &url_file, &[]).ok();
     let a = Server::start(&s);
     let b = Server::start(&s);
 
