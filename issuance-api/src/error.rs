@@ -71,6 +71,9 @@ impl From<ServiceError> for ApiError {
             ServiceError::Refused { detail, .. } => detail.clone(),
             ServiceError::Issue(i) => i.detail.clone(),
             _ if status == StatusCode::SERVICE_UNAVAILABLE => match code {
+                "store-unavailable" => {
+                    "the store (the database) cannot be reached now, so nothing was issued, revoked or changed that was not stored; retry later (a batch with the same request_id and body answers what was stored)".into()
+                }
                 "audit-unavailable" => {
                     "the audit log cannot be written, so nothing was issued, revoked or changed; retry later (a batch with the same request_id and body)".into()
                 }

@@ -91,7 +91,7 @@ impl AppState {
     /// A use case's refusal as the API's answer, counted in the metrics.
     pub(crate) fn refuse(&self, e: ca_core::service::ServiceError) -> ApiError {
         self.metrics.refused(e.code());
-        if e.code() == "hsm-unavailable" {
+        if matches!(e.code(), "hsm-unavailable" | "store-unavailable") {
             // Real work saw the HSM fail: /readyz probes again instead of answering from a
             // probe made before.
             self.readiness.invalidate();

@@ -545,3 +545,80 @@ pub fn pg_database(label: &str) -> String {
     let base = url.rsplit_once('/').map(|(b, _)| b).unwrap_or(&url);
     format!("{base}/{name}")
 }
+
+/// A PostgreSQL cluster of the test's own (`scripts/pg-cluster.sh`), for the tests that stop,
+/// kill or promote a database: a primary, and with [`PgCluster::standby`] a synchronous
+/// streaming standby. Destroyed when dropped.
+pub struct PgCluster {
+    dir: tempfile::TempDir,
+}
+
+impl PgCluster {
+    fn script(&self, args: &[&str]) -> String {
+        let out =
+            Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/pg-cluster.sh"))
+                .args(args)
+                .output()
+                .expect("running scripts/pg-cluster.sh");
+        assert!(
+            out.status.success(),
+            "pg-cluster.sh {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn dir(&self) -> String {
+        self.dir.path().join("pg").display().to_string()
+    }
+
+    /// A new primary.
+    pub fn primary() -> PgCluster {
+        let c = PgCluster {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        // The server runs as the unprivileged `postgres` user when the tests run as root: it
+        // must be able to pass through the temporary folder to its own.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(c.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        }
+        c.script(&["primary", &c.dir()]);
+        c
+    }
+
+    /// A synchronous standby of the primary: every commit waits for it.
+    pub fn standby(&self) {
+        self.script(&["standby", &self.dir()]);
+    }
+
+    /// A new database `name` on the primary, and its URL: every host of the cluster, primary
+    /// first, with `target_session_attrs=read-write`.
+    pub fn database(&self, name: &str) -> String {
+        let port = std::fs::read_to_string(self.dir.path().join("pg/primary.port")).unwrap();
+        let mut admin = postgres::Client::connect(
+            &format!("postgresql://postgres@127.0.0.1:{}/postgres", port.trim()),
+            postgres::NoTls,
+        )
+        .expect("connecting to the test's PostgreSQL primary");
+        admin
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .unwrap();
+        self.script(&["url", &self.dir(), name])
+    }
+
+    /// `start`, `stop` (fast), `kill` (immediate, as a crash) or `promote` the cluster `name`
+    /// (`primary` or `standby`).
+    pub fn ctl(&self, action: &str, name: &str) {
+        self.script(&[action, &self.dir(), name]);
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        let _ =
+            Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/pg-cluster.sh"))
+                .args(["destroy", &self.dir()])
+                .output();
+    }
+}

@@ -55,6 +55,8 @@ pub enum ErrorCode {
     HsmUnavailable,
     /// The audit record could not be written, so nothing was stored.
     AuditUnavailable,
+    /// The store could not be reached (a database server down or failing over): retry.
+    StoreUnavailable,
     /// Something inside meterpki failed; the detail is logged.
     Internal,
 }
@@ -86,6 +88,7 @@ impl ErrorCode {
             ErrorCode::BatchAborted => "batch-aborted",
             ErrorCode::HsmUnavailable => "hsm-unavailable",
             ErrorCode::AuditUnavailable => "audit-unavailable",
+            ErrorCode::StoreUnavailable => "store-unavailable",
             ErrorCode::Internal => "internal",
         }
     }
@@ -94,7 +97,10 @@ impl ErrorCode {
     pub fn is_client_error(self) -> bool {
         !matches!(
             self,
-            ErrorCode::HsmUnavailable | ErrorCode::AuditUnavailable | ErrorCode::Internal
+            ErrorCode::HsmUnavailable
+                | ErrorCode::AuditUnavailable
+                | ErrorCode::StoreUnavailable
+                | ErrorCode::Internal
         )
     }
 }
@@ -121,6 +127,18 @@ impl IssueError {
             code,
             detail: detail.into(),
         }
+    }
+}
+
+impl IssueError {
+    /// A store failure met while issuing: unavailable (retry later) or internal.
+    pub fn store(e: crate::store::StoreError) -> IssueError {
+        let code = if e.is_unavailable() {
+            ErrorCode::StoreUnavailable
+        } else {
+            ErrorCode::Internal
+        };
+        IssueError::new(code, e.to_string())
     }
 }
 

@@ -59,8 +59,7 @@ pub(super) fn approve(
     }
     let mut request = request;
     if let Subject::Party { entity_id, name } = &mut request.subject {
-        let internal =
-            |e: crate::store::StoreError| IssueError::new(ErrorCode::Internal, e.to_string());
+        let internal = IssueError::store;
         let supplier = store.supplier(&entity_id.to_string()).map_err(internal)?.ok_or_else(|| {
             IssueError::new(
                 ErrorCode::SupplierUnknown,
@@ -91,7 +90,7 @@ pub(super) fn approve(
     let subject_id = request.subject.key();
     let active = store
         .active_cert(&subject_id, request.profile.name())
-        .map_err(|e| IssueError::new(ErrorCode::Internal, e.to_string()))?;
+        .map_err(IssueError::store)?;
     if let Some(active) = active {
         if active.key_hash == request.key_hash {
             return Ok(Decision::Existing(Box::new(active)));
@@ -119,8 +118,7 @@ pub(super) fn approve(
     }
     // One key, one subject and usage: checked here before signing, and again in the store's
     // transaction (two requests at once).
-    let internal =
-        |e: crate::store::StoreError| IssueError::new(ErrorCode::Internal, e.to_string());
+    let internal = IssueError::store;
     if let Some(revoked) = store.compromised_key(&request.key_hash).map_err(internal)? {
         return Err(key_compromised(&revoked));
     }

@@ -159,7 +159,9 @@ pub(crate) fn commit_error(e: ApplyError) -> IssueError {
             format!("the audit record could not be written, so nothing was issued: {e}"),
         ),
         ApplyError::Store(e) => {
-            IssueError::new(ErrorCode::Internal, format!("storing certificates: {e}"))
+            let mut e = IssueError::store(e);
+            e.detail = format!("storing certificates: {}", e.detail);
+            e
         }
     }
 }

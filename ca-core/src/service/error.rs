@@ -155,8 +155,26 @@ impl ServiceError {
         }
     }
 
+    /// The store behind this failure could not be reached (a database server down or failing
+    /// over), whichever step met it: answered 503 `store-unavailable`, retry later.
+    pub fn store_unavailable(&self) -> bool {
+        match self {
+            ServiceError::Store(e)
+            | ServiceError::Audit(AuditError::Store(e))
+            | ServiceError::Crl(CrlError::Store(e) | CrlError::Audit(AuditError::Store(e)))
+            | ServiceError::Churn(ChurnError::Store(e) | ChurnError::Audit(AuditError::Store(e))) => {
+                e.is_unavailable()
+            }
+            ServiceError::Issue(e) => e.code == crate::issue::ErrorCode::StoreUnavailable,
+            _ => false,
+        }
+    }
+
     /// How it is answered.
     pub fn class(&self) -> ErrorClass {
+        if self.store_unavailable() {
+            return ErrorClass::Unavailable;
+        }
         match self {
             ServiceError::Refused { class, .. } => *class,
             ServiceError::Store(StoreError::Config(_)) => ErrorClass::Invalid,
@@ -195,6 +213,9 @@ impl ServiceError {
 
     /// The stable code of the failure.
     pub fn code(&self) -> &'static str {
+        if self.store_unavailable() {
+            return "store-unavailable";
+        }
         match self {
             ServiceError::Refused { code, .. } => code,
             ServiceError::Issue(e) => e.code.as_str(),

@@ -371,9 +371,16 @@ impl Service {
             .iter()
             .find(|r| matches!(r, Err(e) if !e.code.is_client_error()))
         {
-            // The HSM failed (or returned a signature that did not verify): no answer is
-            // recorded, so that a retry with the same request_id issues what is missing (the
-            // items stored before the failure come back as existing).
+            // The HSM failed (or returned a signature that did not verify), or the store could
+            // not be reached: no answer is recorded, so that a retry with the same request_id
+            // issues what is missing (the items stored before the failure come back as
+            // existing). A store that cannot be reached cannot take the failure's record either.
+            if e.code == ErrorCode::StoreUnavailable {
+                return Err(ServiceError::Issue(IssueError::new(
+                    e.code,
+                    "the store could not be reached; nothing was issued that is not stored; retry later with the same request_id",
+                )));
+            }
             self.audit()?.append(
                 "api.batch.failed",
                 &account,

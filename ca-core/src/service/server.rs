@@ -35,6 +35,9 @@ pub struct ServerStart {
 pub struct Readiness {
     signers: Vec<Arc<dyn Signer>>,
     token: Arc<dyn HsmToken>,
+    store: Arc<dyn crate::store::Store>,
+    /// Whether the last probe reached the store.
+    store_reached: std::sync::atomic::AtomicBool,
     interval: Duration,
     last: std::sync::Mutex<Option<(std::time::Instant, bool)>>,
     probing: std::sync::Mutex<()>,
@@ -44,12 +47,16 @@ pub struct Readiness {
 }
 
 impl Readiness {
-    /// Ready = nothing stuck in the HSM past its sign timeout, and every key signs now with a
-    /// signature that verifies (a module returning garbage is not ready either). Probes the HSM
+    /// Ready = the store answers (one read: a database server that is down or failing over
+    /// is not ready), nothing stuck in the HSM past its sign timeout, and every key signs now
+    /// with a signature that verifies (a module returning garbage is not ready either). Probes
     /// every time: see [`Readiness::ready_cached`].
     pub fn ready(&self) -> bool {
         const PROBE: &[u8] = b"meterpki readiness probe";
-        if self.stuck() {
+        let reached = self.store.audit_head().is_ok();
+        self.store_reached
+            .store(reached, std::sync::atomic::Ordering::Release);
+        if !reached || self.stuck() {
             return false;
         }
         self.probes
@@ -106,6 +113,12 @@ impl Readiness {
         self.generation
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         *last = None;
+    }
+
+    /// Whether the last probe reached the store (when not ready, the store or the HSM is why).
+    pub fn store_reached(&self) -> bool {
+        self.store_reached
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// HSM probes made since start.
@@ -241,6 +254,8 @@ impl Service {
         Ok(Readiness {
             signers,
             token,
+            store: self.store()?,
+            store_reached: std::sync::atomic::AtomicBool::new(true),
             interval: Duration::from_millis(self.config.server.ready_probe_interval_ms),
             last: Default::default(),
             probing: Default::default(),

@@ -17,6 +17,20 @@ pub enum StoreError {
         #[source]
         source: Option<Box<dyn Error + Send + Sync>>,
     },
+    /// The store cannot be reached or cannot take writes now (a lost connection, a database
+    /// server shutting down or starting, a standby not yet promoted): nothing the caller asked
+    /// was refused; the same request, retried later, is safe (a batch is idempotent by its
+    /// request ID). A write that failed at its commit may or may not have been stored.
+    #[error("store ({backend}) unavailable: {message}")]
+    Unavailable {
+        /// `postgres`.
+        backend: &'static str,
+        /// What failed, for a human.
+        message: String,
+        /// The backend's own error.
+        #[source]
+        source: Option<Box<dyn Error + Send + Sync>>,
+    },
     /// The store's settings are wrong: a database URL that does not parse, a database that does
     /// not exist, credentials it refuses. Nothing was changed; the home's configuration needs
     /// fixing.
@@ -56,6 +70,11 @@ impl StoreError {
             message: message.into(),
             source: Some(source.into()),
         }
+    }
+
+    /// True when the store could not be reached (retry later), not refused or broken.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. })
     }
 
     /// A corrupt value under `key`.

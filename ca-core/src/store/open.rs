@@ -84,8 +84,15 @@ pub fn postgres_config(config: &StoreConfig, home: &Home) -> Result<postgres::Co
             "{from} is empty: it must hold a postgresql:// URL"
         )));
     }
-    postgres::Config::from_str(&url)
-        .map_err(|e| bad(format!("{from} is not a PostgreSQL connection URL: {e}")))
+    let mut pg = postgres::Config::from_str(&url)
+        .map_err(|e| bad(format!("{from} is not a PostgreSQL connection URL: {e}")))?;
+    // A host that does not answer (down, or a standby's address during a failover) is given up
+    // after a few seconds and the next host of a multi-host URL tried, instead of the request
+    // waiting for the system's TCP timeout.
+    if pg.get_connect_timeout().is_none() {
+        pg.connect_timeout(std::time::Duration::from_secs(5));
+    }
+    Ok(pg)
 }
 
 /// Opens the store `config` names for `home`.

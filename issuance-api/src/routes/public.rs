@@ -58,6 +58,12 @@ pub(super) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let probe = tokio::task::spawn_blocking(move || readiness.ready_cached());
     match tokio::time::timeout(state.ready_deadline, probe).await {
         Ok(Ok(true)) => (StatusCode::OK, "ready\n").into_response(),
+        _ if !state.readiness.store_reached() => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store-unavailable",
+            "the store (the database) cannot be reached",
+        )
+        .into_response(),
         _ => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "hsm-unavailable",

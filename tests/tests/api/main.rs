@@ -11,6 +11,7 @@
 //! over plain HTTP while revocations happen).
 
 mod bench;
+mod database;
 mod faults;
 mod hostile;
 mod limits;

@@ -44,6 +44,35 @@ const MIGRATIONS: &[(i32, &str)] = &[(
 /// The newest schema this build knows.
 pub const SCHEMA_VERSION: i32 = 1;
 
+/// True when `e` says the database cannot be reached or cannot take this now, rather than that
+/// the request or the data is wrong: a connection lost or refused, a timeout, a server shutting
+/// down, starting or in recovery (SQLSTATE classes 08 and 57P), a read-only standby (25006), no
+/// free connection slot (53300). Retrying later, perhaps on another host of a multi-host URL,
+/// may succeed.
+fn is_unavailable(e: &postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.code() {
+        Some(code) => {
+            let c = code.code();
+            c.starts_with("08") || c.starts_with("57P") || c == "25006" || c == "53300"
+        }
+        None => {
+            // Not a message from the server: an I/O error (refused, reset, a host that does not
+            // allow writes under target_session_attrs) or a timeout.
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                if s.is::<std::io::Error>() {
+                    return true;
+                }
+                source = s.source();
+            }
+            e.to_string().contains("timeout")
+        }
+    }
+}
+
 fn pg_err(what: impl Into<String>) -> impl FnOnce(postgres::Error) -> StoreError {
     let what = what.into();
     move |e| {
@@ -51,6 +80,13 @@ fn pg_err(what: impl Into<String>) -> impl FnOnce(postgres::Error) -> StoreError
             .as_db_error()
             .map(|d| d.message().to_string())
             .unwrap_or_else(|| e.to_string());
+        if is_unavailable(&e) {
+            return StoreError::Unavailable {
+                backend: BACKEND,
+                message: format!("{what}: {detail}"),
+                source: Some(Box::new(e)),
+            };
+        }
         StoreError::Backend {
             backend: BACKEND,
             message: format!("{what}: {detail}"),
@@ -138,11 +174,15 @@ impl Conn<'_> {
 impl Drop for Conn<'_> {
     fn drop(&mut self) {
         if let Some(c) = self.client.take() {
-            if !c.is_closed() {
-                let mut idle = self.pool.idle.lock().unwrap_or_else(|p| p.into_inner());
-                if idle.len() < 16 {
-                    idle.push(c);
-                }
+            let mut idle = self.pool.idle.lock().unwrap_or_else(|p| p.into_inner());
+            if c.is_closed() {
+                // This connection broke (the server went away, or a failover): the idle ones
+                // were to the same server and are broken too, though they do not know it yet.
+                // Forgetting them makes the next request connect afresh (to the new primary of
+                // a multi-host URL) instead of failing once per stale connection.
+                idle.clear();
+            } else if idle.len() < 16 {
+                idle.push(c);
             }
         }
     }
@@ -471,10 +511,10 @@ impl KvBackend for PgStore {
         // A commit that fails may still have committed (the connection broke after the server
         // committed): the caller hears that the outcome is unknown, and the audit record stays
         // (a record past the store's head is removed at the next write if it was not).
-        Ok(tx.commit().map_err(|e| StoreError::Backend {
+        Ok(tx.commit().map_err(|e| StoreError::Unavailable {
             backend: BACKEND,
             message: format!(
-                "committing a write failed ({e}); it may or may not have been stored: look the change up before retrying"
+                "committing a write failed ({e}); it may or may not have been stored: retry the same request (a batch with the same request_id answers what was stored)"
             ),
             source: None,
         }))
