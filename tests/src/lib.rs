@@ -376,6 +376,11 @@ impl Server {
 
     /// Starts the server with extra arguments and environment variables.
     pub fn start_env(s: &Scratch, extra: &[&str], env: &[(&str, String)]) -> Server {
+        Server::start_in(s, "h", extra, env)
+    }
+
+    /// Starts the server of the home `home` (in the scratch directory).
+    pub fn start_in(s: &Scratch, home: &str, extra: &[&str], env: &[(&str, String)]) -> Server {
         // Tests run side by side: the CRL listener gets a free port unless the test names one.
         let crl_default: &[&str] = if extra.contains(&"--crl-listen") {
             &[]
@@ -390,7 +395,7 @@ impl Server {
         let mut child = Command::new(&s.exe)
             .args([
                 "--home",
-                &s.path("h").display().to_string(),
+                &s.path(home).display().to_string(),
                 "serve",
                 "--listen",
                 "127.0.0.1:0",

@@ -43,6 +43,28 @@ fn an_embedded_store_moves_to_postgres_and_everything_goes_on_there() {
 
     let url_file = s.path("db.url");
     std::fs::write(&url_file, format!("{}\n", pg_database("move"))).unwrap();
+    let log_before = std::fs::read(s.path("h/audit/audit.log")).unwrap();
+    let records_before = s.run("h", &["audit", "list", "--json"]).ok().json();
+    // Killed half-way, twice: in the copy, and after its audit record was written to the
+    // database but before the home was switched. Each time the home still runs on its
+    // embedded store, and a re-run completes.
+    for point in ["store.copy-chunk:1", "store.before-switch:1"] {
+        let r = s.run_env(
+            "h",
+            &[
+                "store",
+                "migrate",
+                "--to",
+                "postgres",
+                "--url-file",
+                &url_file.display().to_string(),
+            ],
+            &[("METERPKI_FAILPOINT", point)],
+        );
+        assert_ne!(r.code, 0, "{point}: {}", r.stderr);
+        assert!(config(&s).contains("backend = \"sled\""), "{point}");
+        s.run("h", &["audit", "verify"]).ok();
+    }
     let moved = s
         .migrate_to_postgres("h", &url_file, &["--json"])
         .ok()
@@ -61,6 +83,21 @@ fn an_embedded_store_moves_to_postgres_and_everything_goes_on_there() {
     assert_eq!(after["problems"].as_array().unwrap().len(), 0, "{after}");
     assert_eq!(after["certificates"], before["certificates"]);
     s.run("h", &["audit", "verify"]).ok();
+    // The audit chain went with it: every record of the file, then one `store.migrate` (the
+    // interrupted runs' records were replaced), kept in the database from now on; the file is
+    // left as it was.
+    let records = s.run("h", &["audit", "list", "--json"]).ok().json();
+    let (old, new) = (
+        records_before.as_array().unwrap(),
+        records.as_array().unwrap(),
+    );
+    assert_eq!(
+        &new[..old.len()],
+        &old[..],
+        "the file's records, as they were"
+    );
+    assert_eq!(new.len(), old.len() + 1, "{records}");
+    assert_eq!(new[old.len()]["event"], "store.migrate");
     s.run("h", &["status"]).ok();
     let shown = s
         .run(
@@ -107,6 +144,16 @@ fn an_embedded_store_moves_to_postgres_and_everything_goes_on_there() {
     assert!(!nx.is_empty() && nx.len() == ny.len(), "{nx:?} {ny:?}");
     let (lo, hi) = if nx[0] < ny[0] { (nx, ny) } else { (ny, nx) };
     assert!(lo.iter().zip(&hi).all(|(a, b)| a < b), "{lo:?} {hi:?}");
+    let records = s.run("h", &["audit", "list", "--json"]).ok().json();
+    assert!(
+        records.as_array().unwrap().len() > old.len() + 4,
+        "{records}"
+    );
+    assert_eq!(
+        std::fs::read(s.path("h/audit/audit.log")).unwrap(),
+        log_before
+    );
+    s.run("h", &["audit", "verify"]).ok();
     s.run("h", &["store", "migrate"]).ok();
     // Moved once: a second move is refused.
     s.migrate_to_postgres("h", &url_file, &[])
@@ -133,6 +180,25 @@ fn a_database_of_another_store_or_without_the_schema_is_refused() {
         .fails(2, "another store's data");
     assert_eq!(config(&s), before, "the home was switched");
     s.run("h", &["status"]).ok();
+    // A database whose schema a newer meterpki migrated: this one refuses to serve on it (and
+    // to run anything else), naming both versions.
+    let mut db = postgres::Client::connect(
+        std::fs::read_to_string(&shared).unwrap().trim(),
+        postgres::NoTls,
+    )
+    .unwrap();
+    db.execute("INSERT INTO meterpki_schema (version) VALUES (99)", &[])
+        .unwrap();
+    let r = other.run("h", &["serve", "--listen", "127.0.0.1:0"]);
+    assert_ne!(r.code, 0, "{}", r.stdout);
+    assert!(
+        r.stderr.contains("schema version 99 is newer"),
+        "{}",
+        r.stderr
+    );
+    other
+        .run("h", &["status"])
+        .fails(1, "schema version 99 is newer");
 
     // A URL that does not connect (no such database): a clear error, nothing switched.
     let bad = s.path("bad.url");

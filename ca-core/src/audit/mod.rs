@@ -178,6 +178,9 @@ pub struct AuditLog {
     path: PathBuf,
     store: Option<Arc<dyn Store>>,
     signer: Option<Arc<dyn Signer>>,
+    /// The records live in the store itself (a shared store: every server appends to one
+    /// chain there), not in the file at `path`.
+    in_store: bool,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -195,7 +198,25 @@ impl AuditLog {
             path: path.into(),
             store: Some(store),
             signer: None,
+            in_store: false,
         }
+    }
+
+    /// The log kept in `store` itself, each record written in the same transaction as the
+    /// change it describes: the log of a shared store, which every server appends to as one
+    /// chain (docs/design.md#one-audit-chain-for-every-server). `label` names it in messages.
+    pub fn in_store(label: impl Into<PathBuf>, store: Arc<dyn Store>) -> AuditLog {
+        AuditLog {
+            path: label.into(),
+            store: Some(store),
+            signer: None,
+            in_store: true,
+        }
+    }
+
+    /// True for a log kept in its store ([`AuditLog::in_store`]).
+    pub fn is_in_store(&self) -> bool {
+        self.in_store
     }
 
     /// Every record this log writes is signed by `signer` (the audit key), and records past the
@@ -205,10 +226,13 @@ impl AuditLog {
         self
     }
 
-    /// The same log (file and signer) committed through another store: the home's store after
-    /// a copy to another backend, whose head is the same.
-    pub fn rebased(mut self, store: Arc<dyn Store>) -> AuditLog {
+    /// The same log's chain (and signer) continued in another store, kept there: the home's
+    /// store after a copy to a shared backend, whose head is the same and which holds the
+    /// records copied from the file (`label` names it in messages).
+    pub fn moved_into(mut self, label: impl Into<PathBuf>, store: Arc<dyn Store>) -> AuditLog {
         self.store = Some(store);
+        self.path = label.into();
+        self.in_store = true;
         self
     }
 
@@ -218,6 +242,7 @@ impl AuditLog {
             path: path.into(),
             store: None,
             signer: None,
+            in_store: false,
         }
     }
 
@@ -254,6 +279,11 @@ impl AuditLog {
         entry: impl FnOnce(&Applied) -> Option<AuditEntry>,
     ) -> Result<(Applied, Option<AuditRecord>), ApplyError> {
         let store = self.writer()?;
+        if self.in_store {
+            let mut stage = stage::StoreStage::new(self, move |applied| entry(applied));
+            let applied = store.apply(txn, Some(&mut stage))?;
+            return Ok((applied, stage.into_record()));
+        }
         let mut stage = stage::FileStage::new(self, move |applied, _prev| Ok(entry(applied)));
         let applied = store.apply(txn, Some(&mut stage))?;
         Ok((applied, stage.into_record()))
@@ -271,8 +301,40 @@ impl AuditLog {
         rec.ok_or_else(|| AuditError::ReadOnly(self.path.clone()).into())
     }
 
+    /// The log's text: the file, or the records kept in the store as the file would hold them
+    /// (one JSON line each).
+    pub(crate) fn text(&self) -> Result<String, AuditError> {
+        if self.in_store {
+            let store = self
+                .store
+                .as_ref()
+                .ok_or_else(|| AuditError::ReadOnly(self.path.clone()))?;
+            let mut text = String::new();
+            for line in store.audit_record_lines()? {
+                text.push_str(&String::from_utf8_lossy(&line));
+                text.push('\n');
+            }
+            return Ok(text);
+        }
+        match std::fs::read_to_string(&self.path) {
+            Ok(t) => Ok(t),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(String::new()),
+            Err(e) => Err(self.io(e)),
+        }
+    }
+
     /// Reads every record (for display); stops at the first unreadable line.
     pub fn records(&self) -> Result<Vec<AuditRecord>, AuditError> {
+        if self.in_store {
+            let mut out = Vec::new();
+            for line in self.text()?.lines() {
+                match serde_json::from_str(line) {
+                    Ok(r) => out.push(r),
+                    Err(_) => break,
+                }
+            }
+            return Ok(out);
+        }
         let file = match File::open(&self.path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),

@@ -163,6 +163,19 @@ fn write_record(
     head: Option<&AuditHead>,
     entry: AuditEntry,
 ) -> Result<AuditRecord, AuditError> {
+    let rec = build_record(log, head, entry)?;
+    let mut line = serde_json::to_vec(&rec).map_err(|e| log.io(e.into()))?;
+    line.push(b'\n');
+    file.write_all(&line).map_err(|e| log.io(e))?;
+    Ok(rec)
+}
+
+/// The record `entry` makes chained to `head`, hashed and (with the log's signer) signed.
+fn build_record(
+    log: &AuditLog,
+    head: Option<&AuditHead>,
+    entry: AuditEntry,
+) -> Result<AuditRecord, AuditError> {
     let (prev_seq, prev) = head
         .map(|h| (h.seq, h.hash.clone()))
         .unwrap_or((0, GENESIS.to_string()));
@@ -182,10 +195,68 @@ fn write_record(
         let sig = signer.sign(&super::head_message(rec.seq, &rec.hash))?;
         rec.sig = Some(base64::engine::general_purpose::STANDARD.encode(sig));
     }
-    let mut line = serde_json::to_vec(&rec).map_err(|e| log.io(e.into()))?;
-    line.push(b'\n');
-    file.write_all(&line).map_err(|e| log.io(e))?;
     Ok(rec)
+}
+
+type MakeStoreEntry<'a> = dyn FnOnce(&Applied) -> Option<AuditEntry> + 'a;
+
+/// The side of one store write for a log kept in the store: the record is built under the
+/// store's write lock, chained to the head read in the same transaction, and written by the
+/// store with the change and the new head, so there is never a record without its change or
+/// a change without its record, whichever server writes.
+pub(super) struct StoreStage<'a> {
+    log: &'a AuditLog,
+    make: Option<Box<MakeStoreEntry<'a>>>,
+    staged: Option<(u64, Vec<u8>)>,
+    record: Option<AuditRecord>,
+}
+
+impl<'a> StoreStage<'a> {
+    pub(super) fn new(
+        log: &'a AuditLog,
+        make: impl FnOnce(&Applied) -> Option<AuditEntry> + 'a,
+    ) -> StoreStage<'a> {
+        StoreStage {
+            log,
+            make: Some(Box::new(make)),
+            staged: None,
+            record: None,
+        }
+    }
+
+    /// The record written, once the store has committed it.
+    pub(super) fn into_record(self) -> Option<AuditRecord> {
+        self.record
+    }
+}
+
+impl AuditStage for StoreStage<'_> {
+    fn stage(
+        &mut self,
+        store_head: Option<&AuditHead>,
+        applied: &Applied,
+    ) -> Result<Option<AuditHead>, AuditError> {
+        let make = self.make.take().expect("a stage is staged once");
+        let Some(entry) = make(applied) else {
+            return Ok(None);
+        };
+        let rec = build_record(self.log, store_head, entry)?;
+        let line = serde_json::to_vec(&rec).map_err(|e| self.log.io(e.into()))?;
+        let head = rec.head();
+        self.staged = Some((rec.seq, line));
+        self.record = Some(rec);
+        Ok(Some(head))
+    }
+
+    fn rollback(&mut self) {
+        // Nothing was written: the record goes with the transaction.
+        self.staged = None;
+        self.record = None;
+    }
+
+    fn record_for_store(&mut self) -> Option<(u64, Vec<u8>)> {
+        self.staged.take()
+    }
 }
 
 /// Where the committed part of the log ends.

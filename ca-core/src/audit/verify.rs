@@ -2,7 +2,6 @@
 //! the head the store committed.
 
 use std::collections::HashSet;
-use std::io;
 
 use base64::Engine as _;
 use serde::Serialize;
@@ -46,11 +45,7 @@ impl AuditLog {
         &self,
         audit_key: Option<&SubjectPublicKeyInfoOwned>,
     ) -> Result<AuditReport, AuditError> {
-        let text = match std::fs::read_to_string(&self.path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(self.io(e)),
-        };
+        let text = self.text()?;
         // A last line without its newline was cut while being written.
         let whole = text.rfind('\n').map_or(0, |i| i + 1);
         let torn = (text.len() - whole) as u64;

@@ -326,5 +326,30 @@ pub fn publish(
     audit.commit(txn, |_| Some(describe(&published)))?;
     crate::failpoint("crl.before-rename");
     StagedFile::commit_all(staged).map_err(|(path, source)| CrlError::Io { path, source })?;
+    if store.is_shared() {
+        // Every server of a shared store serves these: each CRL goes into the store too, one
+        // at a time from its file (so that memory stays bounded by the largest CRL), while the
+        // lease is still held. A crash before this leaves the store's copies older than the
+        // counters, which the next publication (a starting server's, at the latest) replaces.
+        for p in &published {
+            let der = std::fs::read(&p.path).map_err(|source| CrlError::Io {
+                path: p.path.clone(),
+                source,
+            })?;
+            let name = stored_name(kind, &p.path);
+            store.put_published_crl(&name, p.crl_number, &der)?;
+        }
+    }
     Ok(published)
+}
+
+/// The name a published CRL is kept under in a shared store: `<issuer>/<file>`.
+pub fn stored_name(kind: CaKind, file: &Path) -> String {
+    format!(
+        "{}/{}",
+        kind.name(),
+        file.file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    )
 }

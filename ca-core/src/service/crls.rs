@@ -138,6 +138,78 @@ impl Service {
         ok.then(|| self.crl_dir().join(kind.name()).join(format!("{stem}.crl")))
     }
 
+    /// For a shared store: brings this machine's copy of the published CRL at `path` (a
+    /// [`Service::crl_file`] path) up to the one in the store, which any server may have
+    /// published. The store is asked at most once a second per CRL (one small read); a newer
+    /// CRL is fetched once and written in place of the file. An embedded store's files are the
+    /// publication itself: nothing to do.
+    pub fn sync_crl(&self, path: &std::path::Path) -> Result<(), ServiceError> {
+        if !self.audit_in_store() {
+            return Ok(());
+        }
+        let Some(kind) = path
+            .parent()
+            .and_then(|d| d.file_name())
+            .and_then(|n| CaKind::from_name(&n.to_string_lossy()))
+        else {
+            return Ok(());
+        };
+        let name = crate::crl::stored_name(kind, path);
+        let mut synced = self.crl_synced.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        let known = match synced.get(&name) {
+            Some((_, at)) if now.duration_since(*at) < std::time::Duration::from_secs(1) => {
+                return Ok(())
+            }
+            Some((n, _)) => Some(*n),
+            None => None,
+        };
+        let store = self.store()?;
+        let Some(number) = store.published_crl_number(&name)? else {
+            return Ok(());
+        };
+        if known == Some(number) {
+            synced.insert(name, (number, now));
+            return Ok(());
+        }
+        let local = std::fs::read(path)
+            .ok()
+            .and_then(|der| crate::crl::CrlFacts::parse(&der).ok())
+            .map(|f| f.crl_number);
+        if local.is_some_and(|l| l >= number) {
+            synced.insert(name, (local.unwrap_or(number), now));
+            return Ok(());
+        }
+        if let Some((number, der)) = store.published_crl(&name)? {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| ServiceError::io(format!("creating {}", dir.display()), e))?;
+            }
+            crate::write_atomic(path, &der, 0o600)
+                .map_err(|e| ServiceError::io(format!("writing {}", path.display()), e))?;
+            synced.insert(name, (number, now));
+        }
+        Ok(())
+    }
+
+    /// Every CRL file of `kind` this home publishes, each brought up to the shared store's
+    /// (see [`Service::sync_crl`]).
+    pub(crate) fn sync_crls_of(&self, kind: CaKind) -> Result<(), ServiceError> {
+        if !self.audit_in_store() {
+            return Ok(());
+        }
+        let settings = self.crl_settings();
+        let mut scopes = all_scopes(&settings, true);
+        scopes.dedup();
+        if kind == CaKind::Root {
+            scopes = vec![CrlScope::Full];
+        }
+        for scope in scopes {
+            self.sync_crl(&self.crl_dir().join(kind.name()).join(scope.file_name(kind)))?;
+        }
+        Ok(())
+    }
+
     /// A CA certificate file for relying parties: `root.pem`, `device.der`, ... (PEM or DER
     /// by the extension), or None for any other name.
     pub fn ca_cert_file(&self, name: &str) -> Option<(PathBuf, bool)> {

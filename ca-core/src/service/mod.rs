@@ -96,6 +96,9 @@ pub struct HsmAccess {
     pub online_pin: OnlinePin,
 }
 
+/// How the audit log kept in a shared store is named in messages.
+const STORE_LOG_LABEL: &str = "the store's audit log (PostgreSQL)";
+
 /// The home, opened: its config, store, audit log, HSM and issuance engine, each made on first
 /// use (a command that only reads the audit log never loads the HSM).
 pub struct Service {
@@ -114,6 +117,9 @@ pub struct Service {
     audit_key: OnceLock<Arc<dyn Signer>>,
     /// Refusals recorded lately (the audit log's flood limit).
     refusals: Mutex<refusals::Refusals>,
+    /// A shared store's published CRLs this process's files hold: name -> (cRLNumber, when
+    /// last compared with the store).
+    crl_synced: Mutex<std::collections::HashMap<String, (u64, std::time::Instant)>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -168,6 +174,7 @@ impl Service {
             profiles: OnceLock::new(),
             audit_key: OnceLock::new(),
             refusals: Default::default(),
+            crl_synced: Default::default(),
         })
     }
 
@@ -189,6 +196,7 @@ impl Service {
             profiles: OnceLock::new(),
             audit_key: OnceLock::new(),
             refusals: Default::default(),
+            crl_synced: Default::default(),
         };
         let _ = s.store.set(store);
         Ok(s)
@@ -260,8 +268,12 @@ impl Service {
         let audit_key = self.audit_public_key()?;
         let store = crate::store::open(&self.config.store, &self.home)?;
         let head = store.audit_head()?;
-        crate::audit::check_store_matches(&log, head.as_ref(), audit_key.as_ref())
-            .map_err(refuse)?;
+        // A shared store keeps its log itself: the two cannot part. An embedded store's log is
+        // the home's file, which must reach the store's head.
+        if !self.audit_in_store() {
+            crate::audit::check_store_matches(&log, head.as_ref(), audit_key.as_ref())
+                .map_err(refuse)?;
+        }
         // A home with a root has committed its root ceremony: a store (and log) that never
         // committed anything were both replaced or removed.
         if head.is_none() && self.home.root_ceremony().exists() {
@@ -370,11 +382,38 @@ impl Service {
 
     /// The audit log for reading and verifying (no key needed).
     pub(crate) fn audit_unsigned(&self) -> Result<AuditLog, ServiceError> {
+        if self.audit_in_store() {
+            return Ok(AuditLog::in_store(STORE_LOG_LABEL, self.store()?));
+        }
         let path = match &self.scratch {
             Some(d) => d.join("audit.log"),
             None => self.home.audit_log(),
         };
         Ok(AuditLog::new(path, self.store()?))
+    }
+
+    /// True when the audit log is kept in the store (a shared store: one chain for every
+    /// server), false when it is the home's `audit.log` beside an embedded store.
+    pub fn audit_in_store(&self) -> bool {
+        self.scratch.is_none() && self.config.store.backend == crate::store::StoreBackend::Postgres
+    }
+
+    /// Where the audit log is, for a human.
+    pub fn audit_location(&self) -> String {
+        if self.audit_in_store() {
+            STORE_LOG_LABEL.to_string()
+        } else {
+            self.home.audit_log().display().to_string()
+        }
+    }
+
+    /// The audit log for reading only: from the store when it is kept there, else the file
+    /// (readable even when the store does not match it).
+    pub(crate) fn audit_reader(&self) -> Result<AuditLog, ServiceError> {
+        if self.audit_in_store() {
+            return self.audit_unsigned();
+        }
+        Ok(AuditLog::reader(self.home.audit_log()))
     }
 
     /// The certificate profiles: `<home>/policies/*.toml`, or the shipped ones when the home

@@ -161,6 +161,7 @@ impl Service {
     ) -> Result<ServerStart, ServiceError> {
         let identity = self.server_identity(actor, dns.clone(), ips.clone())?;
         let published = self.publish_stale_crls(actor)?;
+        self.sync_crls_of(CaKind::Access)?;
         let dir = self.crl_dir().join(CaKind::Access.name());
         let mut access_crls = Vec::new();
         let entries = std::fs::read_dir(&dir)
@@ -214,6 +215,8 @@ impl Service {
             if !self.has_ca(kind) {
                 continue;
             }
+            // Another server of a shared store may have published them.
+            self.sync_crls_of(kind)?;
             let dir = self.crl_dir().join(kind.name());
             let mut scopes = crate::crl::all_scopes(&settings, true);
             scopes.dedup();

@@ -5,7 +5,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::{authorize, Action, Actor, Service, ServiceError};
-use crate::audit::{AuditLog, AuditRecord, AuditReport};
+use crate::audit::{AuditRecord, AuditReport};
 use crate::certs::{verify_certificate_signature, CertInfo};
 use crate::hsm::{ObjectSummary, TokenSummary};
 use crate::quorum::CeremonyRecord;
@@ -130,7 +130,7 @@ impl Service {
         let ceremony: Option<CeremonyRecord> = std::fs::read_to_string(self.home.root_ceremony())
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok());
-        let records = AuditLog::reader(self.home.audit_log()).records()?;
+        let records = self.audit_reader()?.records()?;
         let last = records.last().cloned();
         let store = self.store()?;
         let mut root_issued = 0;
@@ -273,6 +273,8 @@ impl Service {
             if !self.has_ca(kind) {
                 continue;
             }
+            // A shared store's CRLs as any server last published them.
+            self.sync_crls_of(kind)?;
             let dir = self.crl_dir().join(kind.name());
             let mut files: Vec<_> = std::fs::read_dir(&dir)
                 .map(|d| {
@@ -358,9 +360,7 @@ impl Service {
         // command that tells what is wrong.
         let (log, mismatch) = match self.audit_unsigned() {
             Ok(log) => (log, None),
-            Err(e) if e.code() == "store-mismatch" => {
-                (AuditLog::reader(self.home.audit_log()), Some(e.to_string()))
-            }
+            Err(e) if e.code() == "store-mismatch" => (self.audit_reader()?, Some(e.to_string())),
             Err(e) => return Err(e),
         };
         let mut report = log.verify(key.as_ref())?;
@@ -380,7 +380,7 @@ impl Service {
     /// Every audit record (for display).
     pub fn audit_records(&self, actor: &Actor) -> Result<Vec<AuditRecord>, ServiceError> {
         authorize(actor, Action::Administer)?;
-        Ok(AuditLog::reader(self.home.audit_log()).records()?)
+        Ok(self.audit_reader()?.records()?)
     }
 }
 

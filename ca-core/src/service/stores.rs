@@ -40,7 +40,8 @@ pub struct StoreCopied {
 const CHUNK: usize = 5_000;
 
 /// Count and SHA-256 of every entry of `store`, in key order (each as the lengths and bytes of
-/// its key and value).
+/// its key and value), but the audit records a shared store keeps (the embedded store's are in
+/// the home's file; they are copied and checked on their own).
 fn fingerprint(store: &dyn Store) -> Result<(u64, String), ServiceError> {
     let mut h = Sha256::new();
     let mut n = 0u64;
@@ -50,6 +51,9 @@ fn fingerprint(store: &dyn Store) -> Result<(u64, String), ServiceError> {
         let Some((last, _)) = chunk.last() else { break };
         after = Some(last.clone());
         for (k, v) in &chunk {
+            if k.first() == Some(&crate::store::kv::codec::AUDIT_RECORD) {
+                continue;
+            }
             h.update((k.len() as u64).to_be_bytes());
             h.update(k);
             h.update((v.len() as u64).to_be_bytes());
@@ -120,6 +124,7 @@ impl Service {
             after = Some(last.clone());
             copied += chunk.len() as u64;
             target.raw_import(chunk)?;
+            crate::failpoint("store.copy-chunk");
             progress(copied);
         }
         // Both the same, entry for entry?
@@ -140,8 +145,42 @@ impl Service {
                 report.problems.join("; ")
             )));
         }
+        // The audit log moves into the database: every record the embedded store committed
+        // (up to its head), as the file holds it, then the chain checked there, signatures and
+        // all, up to the same head.
+        let audit_key = self.audit_public_key()?;
+        let head = source.audit_head()?;
+        let file_log = self.audit_reader()?;
+        let mut records = Vec::new();
+        for rec in file_log.records()? {
+            if head.as_ref().is_some_and(|h| rec.seq > h.seq) {
+                break;
+            }
+            let line = serde_json::to_vec(&rec)
+                .map_err(|e| ServiceError::Internal(format!("an audit record: {e}")))?;
+            records.push((crate::store::kv::codec::audit_record_key(rec.seq), line));
+            if records.len() == CHUNK {
+                target.raw_import(std::mem::take(&mut records))?;
+            }
+        }
+        target.raw_import(records)?;
+        let moved = crate::audit::AuditLog::in_store("the database's audit log", target.clone());
+        let verified = moved.verify(audit_key.as_ref())?;
+        // (A run interrupted after its own record leaves that record past the head copied
+        // back from the embedded store: uncommitted, and overwritten by this run's.)
+        let reached = verified.head.as_ref().map(|h| h.0 - verified.uncommitted)
+            == head.as_ref().map(|h| h.seq);
+        if !verified.ok || !reached {
+            return Err(ServiceError::Internal(format!(
+                "the audit log copied into the database does not verify up to the store's head ({}): {}; this home still uses its embedded store",
+                head.as_ref().map_or(0, |h| h.seq),
+                verified.problem.unwrap_or_else(|| "it ends elsewhere".into())
+            )));
+        }
         // Recorded in the audit chain, in the new store, before the home switches to it.
-        let audit = self.audit()?.rebased(target.clone());
+        let audit = self
+            .audit()?
+            .moved_into("the database's audit log", target.clone());
         audit
             .append(
                 "store.migrate",
@@ -155,6 +194,7 @@ impl Service {
                 }),
             )
             .map_err(ServiceError::from)?;
+        crate::failpoint("store.before-switch");
         let mut config = self.config.clone();
         config.store = target_config;
         crate::write_atomic(&self.home.config_path(), config.to_toml().as_bytes(), 0o600)

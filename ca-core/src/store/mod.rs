@@ -139,6 +139,19 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn raw_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// The values stored under `keys`, in their order, in one read.
     fn raw_get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError>;
+    /// True for a store several processes and machines share (PostgreSQL): it keeps the audit
+    /// log and the published CRLs, which every server reads from it.
+    fn is_shared(&self) -> bool;
+    /// Keeps a published CRL (`name` as its file, `device/3.crl`) with its cRLNumber, unless
+    /// the store has a CRL of that name with this number or a higher one.
+    fn put_published_crl(&self, name: &str, number: u64, der: &[u8]) -> Result<(), StoreError>;
+    /// The cRLNumber of the CRL kept under `name`, if any (one small read).
+    fn published_crl_number(&self, name: &str) -> Result<Option<u64>, StoreError>;
+    /// The CRL kept under `name` and its cRLNumber.
+    fn published_crl(&self, name: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError>;
+    /// The records of an audit log kept in the store (a shared store's), in order: each the
+    /// JSON line the record's writer stored.
+    fn audit_record_lines(&self) -> Result<Vec<Vec<u8>>, StoreError>;
     /// Writes entries as they are, in one write: only for copying a store into an empty one
     /// (`meterpki store migrate --to`), never to change a store in use.
     fn raw_import(&self, entries: RawEntries) -> Result<(), StoreError>;

@@ -202,4 +202,10 @@ pub trait AuditStage {
     ) -> Result<Option<AuditHead>, AuditError>;
     /// The store's write failed after [`AuditStage::stage`]: withdraw the record.
     fn rollback(&mut self);
+    /// For a log kept in the store itself: the staged record (its sequence number and JSON
+    /// line), which the store writes in the same transaction as the change and the head. A
+    /// log in a file of its own has written it already and returns `None`.
+    fn record_for_store(&mut self) -> Option<(u64, Vec<u8>)> {
+        None
+    }
 }

@@ -39,7 +39,7 @@ pub(super) fn verify(ctx: &Ctx) -> Result<()> {
     if !report.ok {
         anyhow::bail!(
             "audit log {} is NOT intact: {}",
-            ctx.home().audit_log().display(),
+            ctx.service.audit_location(),
             report.problem.unwrap_or_default()
         );
     }

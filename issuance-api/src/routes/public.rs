@@ -18,6 +18,7 @@ pub(super) async fn get_crl(
         .service
         .crl_file(&issuer, &file)
         .ok_or_else(|| ApiError::not_found("no such CRL"))?;
+    sync_crl(&state, &path).await;
     match state.crls.get(&path).await {
         Ok(Some(crl)) => Ok(crl.respond(&headers)),
         Ok(None) => Err(ApiError::not_found("no such CRL (not published yet)")),
@@ -30,6 +31,24 @@ pub(super) async fn get_crl(
                 "the published CRL is damaged; it is being replaced",
             ))
         }
+    }
+}
+
+/// A shared store's CRL may have been published by another server: this machine's copy is
+/// brought up to it first (a small read at most once a second per CRL). When the store cannot
+/// be reached, the copy this server has is served: a CRL stays valid until its nextUpdate.
+async fn sync_crl(state: &Arc<AppState>, path: &std::path::Path) {
+    if !state.service.audit_in_store() {
+        return;
+    }
+    let service = state.service.clone();
+    let p = path.to_path_buf();
+    match tokio::task::spawn_blocking(move || service.sync_crl(&p)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(path = %path.display(), error = %e, "the shared store's CRL could not be read; serving this server's copy")
+        }
+        Err(e) => tracing::warn!(error = %e, "syncing a CRL"),
     }
 }
 
@@ -93,6 +112,7 @@ pub(super) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         let Some(path) = state.service.crl_file(kind.name(), file) else {
             continue;
         };
+        sync_crl(&state, &path).await;
         let crl = match state.crls.get(&path).await {
             Ok(Some(crl)) => crl,
             Ok(None) => continue,

@@ -129,7 +129,122 @@ fn two_servers_on_one_postgres_store_keep_every_invariant() {
         assert_eq!(code, 403, "{body}");
     }
     drop((a, b));
+    // One audit chain in the database, appended by both servers: both starts, both batches.
+    let records = s.run("h", &["audit", "list", "--json"]).ok().json();
+    let events = |name: &str| {
+        records
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["event"] == name)
+            .count()
+    };
+    assert_eq!(events("api.start"), 2, "{records}");
+    assert!(events("api.batch") >= 2, "{records}");
     let check = s.run("h", &["store", "check", "--json"]).ok().json();
     assert_eq!(check["problems"].as_array().unwrap().len(), 0, "{check}");
     s.run("h", &["audit", "verify"]).ok();
+}
+
+/// Two machines, each with its own copy of the home (its own CRL folder), on one PostgreSQL
+/// store: a CRL published through one is served by the other, and the other's copy follows
+/// every later publication.
+#[test]
+fn a_crl_published_on_one_machine_is_served_by_every_other() {
+    let s = setup();
+    let url_file = s.path("db.url");
+    std::fs::write(&url_file, meterpki_tests::pg_database("crls")).unwrap();
+    s.migrate_to_postgres("h", &url_file, &[]).ok();
+    // The second machine: the same configuration, CA certificates and HSM keys.
+    let copy = Command::new("cp")
+        .args([
+            "-a",
+            &s.path("h").display().to_string(),
+            &s.path("h2").display().to_string(),
+        ])
+        .status()
+        .unwrap();
+    assert!(copy.success());
+    let a = Server::start(&s);
+    let b = Server::start_in(&s, "h2", &[], &[]);
+    let full_crl = |srv: &Server| -> String {
+        let der = s.path("fetched.crl");
+        let url = format!(
+            "http://127.0.0.1:{}/crl/device/full.crl",
+            srv.crl_port.unwrap()
+        );
+        meterpki_tests::tool(
+            "curl",
+            &["-sSf", "-o", &der.display().to_string(), &url],
+            &[],
+        )
+        .ok();
+        meterpki_tests::tool(
+            "openssl",
+            &[
+                "crl",
+                "-inform",
+                "DER",
+                "-in",
+                &der.display().to_string(),
+                "-noout",
+                "-text",
+            ],
+            &[],
+        )
+        .ok()
+        .stdout
+    };
+    let number = |text: &str| -> u64 {
+        let line = text
+            .lines()
+            .skip_while(|l| !l.contains("X509v3 CRL Number"))
+            .nth(1)
+            .unwrap();
+        line.trim().parse().unwrap()
+    };
+    let before = number(&full_crl(&b));
+
+    // Issued and revoked (keyCompromise: published at once) through A.
+    let body = json!({"request_id": "crl-1", "items": items(&s, 1, &["00-DB-12-00-00-00-60-01"])})
+        .to_string();
+    let (code, answer) = curl(
+        &s,
+        &a,
+        Some("line-7"),
+        "POST",
+        "/v1/batches",
+        Some(&body),
+        &[],
+    );
+    assert_eq!(code, 200, "{answer}");
+    let serial = serde_json::from_str::<Value>(&answer).unwrap()["results"][0]["serial"]
+        .as_str()
+        .unwrap()
+        .to_uppercase();
+    let (code, answer) = curl(
+        &s,
+        &a,
+        Some("ops"),
+        "POST",
+        &format!("/v1/certificates/{serial}/revoke"),
+        Some(r#"{"reason": "keyCompromise"}"#),
+        &[],
+    );
+    assert_eq!(code, 200, "{answer}");
+    // B never published anything, yet serves A's CRL listing the certificate (after at most a
+    // second of its check interval).
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let text = full_crl(&b);
+    assert!(number(&text) > before, "{text}");
+    assert!(
+        text.to_uppercase().contains(&serial),
+        "{serial} not in B's CRL: {text}"
+    );
+    assert_eq!(
+        std::fs::read(s.path("h2/crl/device/full.crl")).unwrap(),
+        std::fs::read(s.path("h/crl/device/full.crl")).unwrap()
+    );
+    drop((a, b));
+    s.run("h2", &["audit", "verify"]).ok();
 }

@@ -49,6 +49,23 @@ pub(crate) const OPERATION: u8 = b'o';
 pub(crate) const META: u8 = b'M';
 pub(crate) const KEY_OF: u8 = b'y';
 pub(crate) const COMPROMISED: u8 = b'x';
+/// An audit record of a log kept in the store (a shared store's: one chain for every server),
+/// by its sequence number (big-endian): the record's JSON line as the audit log file holds it.
+pub(crate) const AUDIT_RECORD: u8 = b'L';
+
+/// A published CRL in a shared store, by its file name (`device/3.crl`): its cRLNumber (8
+/// bytes, big-endian) and the SHA-256 of its DER, read by every server to tell whether its own
+/// copy is current.
+pub(crate) const CRL_META: u8 = b'C';
+/// A published CRL's DER, by its file name.
+pub(crate) const CRL_DER: u8 = b'D';
+
+/// The key of audit record `seq`.
+pub(crate) fn audit_record_key(seq: u64) -> Vec<u8> {
+    let mut k = vec![AUDIT_RECORD];
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
 // b'h' (every certificate by issuer and shard) was written by early versions and never read:
 // the CRLs need only the revoked ones (REVOKED_BY_SHARD). Stores that have it keep it, unused.
 pub(crate) const CERT_COUNT: &[u8] = b"n/certs";

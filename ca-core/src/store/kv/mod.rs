@@ -42,6 +42,11 @@ pub(crate) type WriteBody<'a> = dyn FnMut(&dyn KvRead) -> Result<Option<WriteSet
 pub(crate) trait KvBackend: Send + Sync {
     /// `sled`, `postgres`.
     fn name(&self) -> &'static str;
+    /// True for a store several processes and machines share (PostgreSQL): the audit log and
+    /// the published CRLs are kept in it.
+    fn shared(&self) -> bool {
+        false
+    }
     /// The committed value of `key`.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// The committed values of `keys`, in their order (a database answers them in one round
@@ -313,6 +318,60 @@ impl<B: KvBackend + 'static> Store for KvStore<B> {
         self.backend.lease(name)
     }
 
+    fn is_shared(&self) -> bool {
+        self.backend.shared()
+    }
+
+    fn put_published_crl(&self, name: &str, number: u64, der: &[u8]) -> Result<(), StoreError> {
+        let meta_k = key(CRL_META, &[name.as_bytes()]);
+        let mut meta = number.to_be_bytes().to_vec();
+        meta.extend_from_slice(&crate::sha256(der));
+        let mut entries = Some(vec![
+            (key(CRL_DER, &[name.as_bytes()]), Some(der.to_vec())),
+            (meta_k.clone(), Some(meta)),
+        ]);
+        let written = self.backend.write(&mut |view: &dyn KvRead| {
+            // Only ever a newer CRL: a late writer never puts an older one back.
+            if let Some(v) = view.get(&meta_k)? {
+                if decode_u64(&meta_k, &v[..8.min(v.len())])? >= number {
+                    return Ok(None);
+                }
+            }
+            Ok(entries.take())
+        });
+        match written {
+            Ok(r) => r,
+            Err(ApplyError::Store(e)) => Err(e),
+            Err(e) => Err(StoreError::Refused(e.to_string())),
+        }
+    }
+
+    fn published_crl_number(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        let k = key(CRL_META, &[name.as_bytes()]);
+        self.get(&k)?
+            .map(|v| decode_u64(&k, &v[..8.min(v.len())]))
+            .transpose()
+    }
+
+    fn published_crl(&self, name: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        let (Some(number), Some(der)) = (
+            self.published_crl_number(name)?,
+            self.get(&key(CRL_DER, &[name.as_bytes()]))?,
+        ) else {
+            return Ok(None);
+        };
+        Ok(Some((number, der)))
+    }
+
+    fn audit_record_lines(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        Ok(self
+            .backend
+            .scan_prefix(&[AUDIT_RECORD], None)?
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect())
+    }
+
     fn raw_import(&self, entries: Entries) -> Result<(), StoreError> {
         let mut entries = Some(entries);
         match self.backend.write(&mut |_| {
@@ -358,6 +417,9 @@ impl<B: KvBackend + 'static> Store for KvStore<B> {
                 Vec::new()
             };
             if let Some(h) = &head {
+                if let Some((seq, line)) = audit.as_deref_mut().and_then(|s| s.record_for_store()) {
+                    writes.push((audit_record_key(seq), Some(line)));
+                }
                 writes.push((meta_key(AUDIT_HEAD), Some(encode_head(h))));
                 staged = true;
                 // The record is written, the change not yet: a crash here leaves an

@@ -354,6 +354,10 @@ impl KvBackend for PgStore {
         BACKEND
     }
 
+    fn shared(&self) -> bool {
+        true
+    }
+
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
             .pool
