@@ -8,6 +8,8 @@
 #   pg-cluster.sh primary DIR         a new primary in DIR/primary (prints its port)
 #   pg-cluster.sh standby DIR         a synchronous streaming standby of DIR/primary in
 #                                     DIR/standby: the primary waits for it on every commit
+#   pg-cluster.sh tls DIR             TLS on the primary, required from TCP clients: a test CA
+#                                     (DIR/tls/ca.pem) and a server certificate for 127.0.0.1
 #   pg-cluster.sh url DIR [DB]        the URL of every cluster in DIR, primary first, with
 #                                     target_session_attrs=read-write
 #   pg-cluster.sh start|stop DIR NAME start or stop (fast) one cluster
@@ -26,7 +28,7 @@ if [ "$(id -u)" -eq 0 ]; then
 fi
 cmd=${1:-}
 dir=${2:-}
-[ -n "$cmd" ] && [ -n "$dir" ] || { sed -n '2,17p' "$0" >&2; exit 2; }
+[ -n "$cmd" ] && [ -n "$dir" ] || { sed -n '2,19p' "$0" >&2; exit 2; }
 
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -90,6 +92,33 @@ standby)
   echo "the standby did not become synchronous (state: ${state:-none}); see $dir/standby.log" >&2
   exit 1
   ;;
+tls)
+  t="$dir/tls"
+  mkdir -p "$t"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj "/CN=meterpki test database CA" -keyout "$t/ca.key" -out "$t/ca.pem" 2>/dev/null
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+    -subj "/CN=127.0.0.1" -keyout "$t/server.key" -out "$t/server.csr" 2>/dev/null
+  printf 'subjectAltName = IP:127.0.0.1\nextendedKeyUsage = serverAuth\n' >"$t/ext.cnf"
+  openssl x509 -req -in "$t/server.csr" -CA "$t/ca.pem" -CAkey "$t/ca.key" -CAcreateserial \
+    -days 2 -extfile "$t/ext.cnf" -out "$t/server.pem" 2>/dev/null
+  cp "$t/server.pem" "$dir/primary/server.crt"
+  cp "$t/server.key" "$dir/primary/server.key"
+  chmod 600 "$dir/primary/server.key"
+  chmod 644 "$t/ca.pem"
+  own "$dir/primary"
+  # TCP clients without TLS are refused: a test that connects at all used TLS.
+  hba="$dir/primary/pg_hba.conf"
+  { echo "hostnossl all all 127.0.0.1/32 reject"; cat "$hba"; } >"$hba.new" && mv "$hba.new" "$hba"
+  cat >>"$dir/primary/postgresql.conf" <<CONF
+ssl = on
+ssl_cert_file = 'server.crt'
+ssl_key_file = 'server.key'
+CONF
+  own "$dir/primary"
+  psql_on primary "SELECT pg_reload_conf()" >/dev/null
+  echo "$t/ca.pem"
+  ;;
 url)
   db=${3:-postgres}
   hosts=""
@@ -119,7 +148,7 @@ destroy)
   rm -rf "$dir"
   ;;
 *)
-  sed -n '2,17p' "$0" >&2
+  sed -n '2,19p' "$0" >&2
   exit 2
   ;;
 esac

@@ -612,6 +612,12 @@ impl PgCluster {
         self.script(&["url", &self.dir(), name])
     }
 
+    /// TLS on the primary, required of every TCP client (create databases first): the path
+    /// of the test CA's certificate that signed the server's.
+    pub fn tls(&self) -> PathBuf {
+        PathBuf::from(self.script(&["tls", &self.dir()]))
+    }
+
     /// `start`, `stop` (fast), `kill` (immediate, as a crash) or `promote` the cluster `name`
     /// (`primary` or `standby`).
     pub fn ctl(&self, action: &str, name: &str) {

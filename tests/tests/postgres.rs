@@ -223,3 +223,79 @@ fn a_database_of_another_store_or_without_the_schema_is_refused() {
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("store migrate"), "{}", r.stderr);
 }
+
+/// A URL that asks for TLS gets it, with the database server's certificate verified against
+/// `sslrootcert`; a server the CA did not certify, a URL without the CA, and plain TCP to a
+/// server that requires TLS are refused with a clear error (exit 2), and nothing is switched.
+#[test]
+fn the_database_is_reached_over_verified_tls_when_the_url_asks() {
+    let s = Scratch::new(EXE);
+    s.ceremonies("h", 3, 2, &["device"]);
+    s.issue_one("h", "00-DB-12-34-56-78-91-01", None, "m1.pem")
+        .ok();
+    let before = config(&s);
+    let pg = meterpki_tests::PgCluster::primary();
+    let url = pg.database("tls");
+    let ca = pg.tls();
+    let url_file = s.path("db.url");
+    let attempt = |url: &str| {
+        std::fs::write(&url_file, url).unwrap();
+        s.migrate_to_postgres("h", &url_file, &[])
+    };
+    // Plain TCP: the server refuses it.
+    let r = attempt(&url);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("no encryption"), "{}", r.stderr);
+    // TLS without saying which CA to trust: refused before connecting.
+    let r = attempt(&format!("{url}&sslmode=verify-full"));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("needs sslrootcert"), "{}", r.stderr);
+    // prefer would fall back to plain TCP under attack: refused.
+    let r = attempt(&format!("{url}&sslmode=prefer"));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("not accepted"), "{}", r.stderr);
+    // Another CA: the server is not authenticated.
+    let other = s.path("other-ca.pem");
+    meterpki_tests::tool(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=not the database's CA",
+            "-keyout",
+            &s.path("other-ca.key").display().to_string(),
+            "-out",
+            &other.display().to_string(),
+        ],
+        &[],
+    )
+    .ok();
+    let r = attempt(&format!(
+        "{url}&sslmode=verify-full&sslrootcert={}",
+        other.display()
+    ));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("TLS"), "{}", r.stderr);
+    assert_eq!(config(&s), before, "the home was switched");
+    // The right CA: moved, and everything goes on over TLS (the server refuses anything else).
+    attempt(&format!(
+        "{url}&sslmode=verify-full&sslrootcert={}",
+        ca.display()
+    ))
+    .ok();
+    assert!(config(&s).contains("backend = \"postgres\""));
+    s.issue_one("h", "00-DB-12-34-56-78-91-02", None, "m2.pem")
+        .ok();
+    s.run("h", &["audit", "verify"]).ok();
+    let check = s.run("h", &["store", "check", "--json"]).ok().json();
+    assert_eq!(check["problems"].as_array().unwrap().len(), 0, "{check}");
+    assert!(check["certificates"].as_u64().unwrap() >= 2, "{check}");
+}

@@ -47,7 +47,17 @@ pub const STORE_URL_ENV: &str = "METERPKI_STORE_URL";
 
 /// The PostgreSQL connection settings of `config`: from `url_file`, then `METERPKI_STORE_URL`,
 /// then `url`. Errors name where the URL came from, never the URL (it may hold a password).
-pub fn postgres_config(config: &StoreConfig, home: &Home) -> Result<postgres::Config, StoreError> {
+///
+/// TLS: `sslmode=require` (or `verify-ca`, `verify-full`, all meaning the same here) makes every
+/// connection TLS, with the server's certificate chain and host name verified against the CA
+/// certificates of `sslrootcert=FILE` (PEM, relative to the home), which is then required: a
+/// CA's store is never reached over a connection whose server is not authenticated.
+/// `disable`, or no `sslmode`, is plain TCP (a Unix socket, or a private network); `prefer` and
+/// `allow`, which fall back to plain TCP when the connection is attacked, are refused.
+pub fn postgres_config(
+    config: &StoreConfig,
+    home: &Home,
+) -> Result<super::postgres::PgConfig, StoreError> {
     use std::str::FromStr;
     let bad = StoreError::Config;
     let (url, from) = if let Some(f) = &config.url_file {
@@ -84,6 +94,7 @@ pub fn postgres_config(config: &StoreConfig, home: &Home) -> Result<postgres::Co
             "{from} is empty: it must hold a postgresql:// URL"
         )));
     }
+    let (url, tls) = take_tls_options(&url);
     let mut pg = postgres::Config::from_str(&url)
         .map_err(|e| bad(format!("{from} is not a PostgreSQL connection URL: {e}")))?;
     // A host that does not answer (down, or a standby's address during a failover) is given up
@@ -92,7 +103,106 @@ pub fn postgres_config(config: &StoreConfig, home: &Home) -> Result<postgres::Co
     if pg.get_connect_timeout().is_none() {
         pg.connect_timeout(std::time::Duration::from_secs(5));
     }
-    Ok(pg)
+    match tls.mode.as_deref() {
+        None | Some("disable") => {
+            if tls.root_cert.is_some() {
+                return Err(bad(format!(
+                    "{from}: sslrootcert is given but sslmode is not require/verify-full: say sslmode=verify-full to use TLS"
+                )));
+            }
+            Ok(pg.into())
+        }
+        Some("require" | "verify-ca" | "verify-full") => {
+            let Some(file) = tls.root_cert else {
+                return Err(bad(format!(
+                    "{from}: sslmode={} needs sslrootcert=FILE, the CA certificate(s) (PEM) that signed the database server's certificate: meterpki always verifies the server",
+                    tls.mode.unwrap_or_default()
+                )));
+            };
+            let path = home.resolve(std::path::Path::new(&file));
+            let pem = crate::fsutil::read_bounded(&path, 1024 * 1024)
+                .map_err(|e| bad(format!("{from}: sslrootcert {}: {e}", path.display())))?;
+            let roots: Vec<_> = {
+                use rustls::pki_types::pem::PemObject;
+                rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| {
+                        bad(format!("{from}: sslrootcert {}: {e:?}", path.display()))
+                    })?
+            };
+            if roots.is_empty() {
+                return Err(bad(format!(
+                    "{from}: sslrootcert {} holds no PEM certificate",
+                    path.display()
+                )));
+            }
+            pg.ssl_mode(postgres::config::SslMode::Require);
+            super::postgres::PgConfig::with_tls(pg, roots).map_err(|e| {
+                bad(format!("{from}: sslrootcert {}: {e}", path.display()))
+            })
+        }
+        Some(other) => Err(bad(format!(
+            "{from}: sslmode={other} is not accepted: use verify-full (TLS, the server verified against sslrootcert) or disable (a Unix socket or a private network); prefer and allow fall back to plain TCP when the connection is attacked"
+        ))),
+    }
+}
+
+/// The TLS options of a connection URL that meterpki applies itself (the driver knows only
+/// `disable`, `prefer` and `require`, and no `sslrootcert`).
+#[derive(Default)]
+struct TlsOptions {
+    mode: Option<String>,
+    root_cert: Option<String>,
+}
+
+/// `url` without its `sslmode` and `sslrootcert` options, and those options: in a URL's query
+/// (`postgresql://h/db?sslmode=verify-full&sslrootcert=ca.pem`, values percent-decoded) or
+/// among `key=value` words (`host=h sslmode=verify-full sslrootcert=ca.pem`).
+fn take_tls_options(url: &str) -> (String, TlsOptions) {
+    let mut tls = TlsOptions::default();
+    let mut take = |k: &str, v: String| match k {
+        "sslmode" => {
+            tls.mode = Some(v);
+            true
+        }
+        "sslrootcert" => {
+            tls.root_cert = Some(v);
+            true
+        }
+        _ => false,
+    };
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let Some((base, query)) = url.split_once('?') else {
+            return (url.to_string(), tls);
+        };
+        let kept: Vec<&str> = query
+            .split('&')
+            .filter(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                !take(k, percent_decode(v))
+            })
+            .collect();
+        let url = if kept.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base}?{}", kept.join("&"))
+        };
+        return (url, tls);
+    }
+    let kept: Vec<&str> = url
+        .split_whitespace()
+        .filter(|word| {
+            let (k, v) = word.split_once('=').unwrap_or((word, ""));
+            !take(k.trim(), v.trim_matches('\'').to_string())
+        })
+        .collect();
+    (kept.join(" "), tls)
+}
+
+fn percent_decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// Opens the store `config` names for `home`.
@@ -120,5 +230,34 @@ pub fn embedded_dir(config: &StoreConfig, home: &Home) -> Option<PathBuf> {
             None => home.store_dir(),
         }),
         StoreBackend::Postgres => None,
+    }
+}
+
+#[cfg(test)]
+mod tls_option_tests {
+    use super::take_tls_options;
+
+    #[test]
+    fn tls_options_are_taken_out_of_urls_and_key_value_strings() {
+        let (url, tls) = take_tls_options(
+            "postgresql://m@db1:5432,db2:5432/pki?target_session_attrs=read-write&sslmode=verify-full&sslrootcert=%2Fetc%2Fdb%20ca.pem",
+        );
+        assert_eq!(
+            url,
+            "postgresql://m@db1:5432,db2:5432/pki?target_session_attrs=read-write"
+        );
+        assert_eq!(tls.mode.as_deref(), Some("verify-full"));
+        assert_eq!(tls.root_cert.as_deref(), Some("/etc/db ca.pem"));
+        let (url, tls) = take_tls_options("postgresql://m@db/pki?sslmode=disable");
+        assert_eq!(url, "postgresql://m@db/pki");
+        assert_eq!(tls.mode.as_deref(), Some("disable"));
+        let (url, tls) =
+            take_tls_options("host=db user=m sslmode=require sslrootcert='ca.pem' dbname=pki");
+        assert_eq!(url, "host=db user=m dbname=pki");
+        assert_eq!(tls.mode.as_deref(), Some("require"));
+        assert_eq!(tls.root_cert.as_deref(), Some("ca.pem"));
+        let (url, tls) = take_tls_options("postgresql://m@db/pki");
+        assert_eq!(url, "postgresql://m@db/pki");
+        assert!(tls.mode.is_none() && tls.root_cert.is_none());
     }
 }

@@ -25,6 +25,7 @@ use std::cell::RefCell;
 use std::sync::Mutex;
 
 use postgres::{Client, NoTls};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::kv::{Entries, KvBackend, KvRead, KvStore, WriteBody};
 use crate::store::{ApplyError, StoreError};
@@ -119,9 +120,53 @@ fn describe(config: &postgres::Config) -> String {
     )
 }
 
+/// How to reach the database: the connection settings, and TLS when the URL asks for it.
+#[derive(Clone)]
+pub struct PgConfig {
+    pub(crate) config: postgres::Config,
+    /// TLS that verifies the server's certificate (chain and host name) against the roots the
+    /// URL's `sslrootcert` names; `None`: plain TCP or a Unix socket.
+    tls: Option<MakeRustlsConnect>,
+}
+
+impl From<postgres::Config> for PgConfig {
+    /// Settings without TLS.
+    fn from(config: postgres::Config) -> PgConfig {
+        PgConfig { config, tls: None }
+    }
+}
+
+impl PgConfig {
+    /// Settings with TLS to the server, verified against `roots` (DER certificates).
+    pub(crate) fn with_tls(
+        config: postgres::Config,
+        roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    ) -> Result<PgConfig, String> {
+        let mut store = rustls::RootCertStore::empty();
+        for cert in roots {
+            store.add(cert).map_err(|e| e.to_string())?;
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(store)
+            .with_no_client_auth();
+        Ok(PgConfig {
+            config,
+            tls: Some(MakeRustlsConnect::new(tls)),
+        })
+    }
+
+    /// True when connections use TLS.
+    pub fn tls(&self) -> bool {
+        self.tls.is_some()
+    }
+}
+
 /// Connections to the database, opened on demand and kept for reuse.
 struct Pool {
-    config: postgres::Config,
+    config: PgConfig,
     idle: Mutex<Vec<Client>>,
 }
 
@@ -145,9 +190,14 @@ impl Pool {
     }
 }
 
-fn connect(config: &postgres::Config) -> Result<Client, StoreError> {
+fn connect(settings: &PgConfig) -> Result<Client, StoreError> {
     use postgres::error::SqlState;
-    config.connect(NoTls).map_err(|e| {
+    let config = &settings.config;
+    let connected = match &settings.tls {
+        Some(tls) => config.connect(tls.clone()),
+        None => config.connect(NoTls),
+    };
+    connected.map_err(|e| {
         let what = format!("connecting to PostgreSQL {}", describe(config));
         // The database or the credentials are wrong: the home's settings, not an outage.
         let settings = [
@@ -155,6 +205,22 @@ fn connect(config: &postgres::Config) -> Result<Client, StoreError> {
             SqlState::INVALID_PASSWORD,
             SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
         ];
+        // A server whose certificate does not verify is not the database the home names (or
+        // sslrootcert is not its CA): the settings too, never an outage to retry.
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            let tls = s
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                .or_else(|| s.downcast_ref::<rustls::Error>());
+            if let Some(tls) = tls {
+                return StoreError::Config(format!(
+                    "{what}: TLS: {tls} (check sslrootcert: the CA that signed the database server's certificate, and the host name in the URL)"
+                ));
+            }
+            source = s.source();
+        }
         match e.as_db_error() {
             Some(d) if settings.contains(d.code()) => StoreError::Config(format!(
                 "{what}: {} (check store.url_file, METERPKI_STORE_URL or store.url)",
@@ -208,7 +274,7 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 
 /// Applies every migration the database lacks; returns the versions before and after. Safe to
 /// run again (and from several processes at once: it holds the write lock).
-pub fn migrate(config: &postgres::Config) -> Result<(i32, i32), StoreError> {
+pub fn migrate(config: &PgConfig) -> Result<(i32, i32), StoreError> {
     let mut client = connect(config)?;
     let mut tx = client
         .transaction()
@@ -258,7 +324,7 @@ pub fn migrate(config: &postgres::Config) -> Result<(i32, i32), StoreError> {
 impl PgStore {
     /// Opens the store in the database `config` names; refuses a database without meterpki's
     /// schema (run `meterpki store migrate`) or with a newer one.
-    pub(crate) fn open(config: postgres::Config) -> Result<KvStore<PgStore>, StoreError> {
+    pub(crate) fn open(config: PgConfig) -> Result<KvStore<PgStore>, StoreError> {
         let mut client = connect(&config)?;
         let version: Option<i32> =
             match client.query_one("SELECT max(version) FROM meterpki_schema", &[]) {
@@ -279,7 +345,7 @@ impl PgStore {
                     backend: BACKEND,
                     message: format!(
                         "the database {} {}: run `meterpki store migrate` first",
-                        describe(&config),
+                        describe(&config.config),
                         match other {
                             None => "has no meterpki schema".to_string(),
                             Some(v) => format!(
@@ -573,7 +639,7 @@ mod tests {
     /// harmless.
     #[test]
     fn the_schema_is_migrated_and_checked() {
-        let config = testdb::fresh_database("schema");
+        let config: PgConfig = testdb::fresh_database("schema").into();
         let e = PgStore::open(config.clone()).unwrap_err();
         assert!(e.to_string().contains("store migrate"), "{e}");
         assert_eq!(migrate(&config).unwrap(), (0, SCHEMA_VERSION));

@@ -55,6 +55,7 @@ pub(crate) fn fresh_database(label: &str) -> postgres::Config {
 pub(crate) fn store_for(dir: &Path) -> KvStore<PgStore> {
     let digest = crate::sha256(dir.display().to_string().as_bytes());
     let config = database(&format!("t_{}", hex::encode(&digest[..10])));
+    let config = config.into();
     migrate(&config).expect("migrating the test database");
     PgStore::open(config).expect("opening the test database")
 }
