@@ -1,6 +1,6 @@
 # meterpki: `make demo` runs the demo, `make test` runs the tests. Both install what a fresh
 # Debian machine lacks (softhsm2, opensc, openssl, postgresql) first.
-.PHONY: deps demo test lint bench-hsm bench-issue bench-crl fuzz
+.PHONY: deps demo demo-cluster test lint bench-hsm bench-issue bench-crl fuzz
 
 CARGO ?= cargo
 
@@ -9,6 +9,11 @@ deps:
 
 demo: deps
 	./scripts/demo.sh
+
+# The shared store: PostgreSQL with a synchronous standby, two servers, the primary killed and
+# the standby promoted (docs/deployment.md).
+demo-cluster: deps
+	./scripts/demo-cluster.sh
 
 test: deps
 	$(CARGO) build -p meterpki-pkcs11-faults   # the fault-injecting PKCS#11 module the fault tests load

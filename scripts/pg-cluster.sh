@@ -10,6 +10,8 @@
 #                                     DIR/standby: the primary waits for it on every commit
 #   pg-cluster.sh tls DIR             TLS on the primary, required from TCP clients: a test CA
 #                                     (DIR/tls/ca.pem) and a server certificate for 127.0.0.1
+#   pg-cluster.sh user DIR NAME PASS  a role NAME with password PASS, which must give it
+#                                     (scram-sha-256) to connect over TCP
 #   pg-cluster.sh url DIR [DB]        the URL of every cluster in DIR, primary first, with
 #                                     target_session_attrs=read-write
 #   pg-cluster.sh start|stop DIR NAME start or stop (fast) one cluster
@@ -28,7 +30,7 @@ if [ "$(id -u)" -eq 0 ]; then
 fi
 cmd=${1:-}
 dir=${2:-}
-[ -n "$cmd" ] && [ -n "$dir" ] || { sed -n '2,19p' "$0" >&2; exit 2; }
+[ -n "$cmd" ] && [ -n "$dir" ] || { sed -n '2,21p' "$0" >&2; exit 2; }
 
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -119,6 +121,14 @@ CONF
   psql_on primary "SELECT pg_reload_conf()" >/dev/null
   echo "$t/ca.pem"
   ;;
+user)
+  name=${3:?name}; pass=${4:?password}
+  psql_on primary "CREATE ROLE \"$name\" LOGIN SUPERUSER PASSWORD '$pass'" >/dev/null
+  hba="$dir/primary/pg_hba.conf"
+  { echo "host all $name 127.0.0.1/32 scram-sha-256"; cat "$hba"; } >"$hba.new" && mv "$hba.new" "$hba"
+  own "$dir/primary"
+  psql_on primary "SELECT pg_reload_conf()" >/dev/null
+  ;;
 url)
   db=${3:-postgres}
   hosts=""
@@ -148,7 +158,7 @@ destroy)
   rm -rf "$dir"
   ;;
 *)
-  sed -n '2,19p' "$0" >&2
+  sed -n '2,21p' "$0" >&2
   exit 2
   ;;
 esac

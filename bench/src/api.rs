@@ -37,6 +37,12 @@ pub(crate) struct ApiArgs {
     /// The `meterpki` binary that serves (default: the one beside this binary, else on PATH).
     #[arg(long, value_name = "PATH")]
     pub meterpki: Option<PathBuf>,
+    /// `meterpki serve` processes on this home, batches sent to each in turn (more than one needs a shared store: store.backend = "postgres").
+    #[arg(long, default_value_t = 1)]
+    pub servers: usize,
+    /// After the run, check the store (`meterpki store check`: every index, one active certificate per device and usage, no serial twice) and that it grew by exactly the certificates answered.
+    #[arg(long)]
+    pub check: bool,
 }
 
 /// The `meterpki` binary: given, beside this one, or on PATH.
@@ -76,6 +82,14 @@ pub(crate) fn run(b: &Bench, a: &ApiArgs) -> Result<()> {
     if batch == 0 || batch > ca_core::issue::MAX_BATCH || count == 0 || in_flight == 0 {
         return Err(input(
             "--count and --in-flight at least 1, --batch between 1 and 10000",
+        ));
+    }
+    if a.servers == 0
+        || (a.servers > 1
+            && b.service.config().store.backend != ca_core::store::StoreBackend::Postgres)
+    {
+        return Err(input(
+            "--servers: at least 1, and more than 1 only on a shared store (store.backend = \"postgres\"; meterpki store migrate --to postgres)",
         ));
     }
     let exe = meterpki_binary(a.meterpki.as_deref())?;
@@ -124,9 +138,21 @@ pub(crate) fn run(b: &Bench, a: &ApiArgs) -> Result<()> {
     // 3. A factory account for the run (through the CLI, as an operator would).
     let creds = work.path().join("creds");
     let name = add_factory_account(&exe, &home, &creds)?;
-    // 4. The server, as its own process.
-    let (server, addr) = start_server(&exe, &home)?;
-    let sampler = RssSampler::start(server.0.id());
+    let stored_before = if a.check {
+        Some(store_check(&exe, &home)?.0)
+    } else {
+        None
+    };
+    // 4. The servers, each its own process.
+    let mut servers = Vec::new();
+    let mut samplers = Vec::new();
+    let mut urls = Vec::new();
+    for _ in 0..a.servers {
+        let (server, addr) = start_server(&exe, &home)?;
+        samplers.push(RssSampler::start(server.0.id()));
+        urls.push(format!("https://{addr}/v1/batches"));
+        servers.push(server);
+    }
     // 5. The load: batches over mTLS, `in_flight` at a time.
     let client = mtls_client(&creds, &name)?;
     // The next batch's body, from the next `batch` request lines (None at the end).
@@ -155,22 +181,24 @@ pub(crate) fn run(b: &Bench, a: &ApiArgs) -> Result<()> {
         batches_made += 1;
         Ok(Some(body))
     };
-    let url = format!("https://{addr}/v1/batches");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?;
     eprintln!(
-        "sending {count} requests in {} batches of {batch}, {in_flight} in flight, to https://{addr}...",
-        count.div_ceil(batch)
+        "sending {count} requests in {} batches of {batch}, {in_flight} in flight, to {}...",
+        count.div_ceil(batch),
+        urls.join(" and ")
     );
     let start = std::time::Instant::now();
     let outcome: Result<(Vec<f64>, usize, usize)> = runtime.block_on(async {
         let sem = Arc::new(tokio::sync::Semaphore::new(in_flight));
         let mut tasks = Vec::new();
+        let mut sent = 0usize;
         while let Some(body) = next_body()? {
             let permit = sem.clone().acquire_owned().await?;
-            let (client, url) = (client.clone(), url.clone());
+            let (client, url) = (client.clone(), urls[sent % urls.len()].clone());
+            sent += 1;
             tasks.push(tokio::spawn(async move {
                 let t = std::time::Instant::now();
                 let resp = client
@@ -223,9 +251,19 @@ pub(crate) fn run(b: &Bench, a: &ApiArgs) -> Result<()> {
         Ok((lat, issued, rejected))
     });
     let wall = start.elapsed().as_secs_f64();
-    drop(server);
-    let peak_mb = sampler.stop();
+    drop(servers);
+    let peaks: Vec<f64> = samplers.into_iter().map(RssSampler::stop).collect();
+    let peak_mb = peaks.iter().copied().fold(0.0, f64::max);
     let (mut lat, issued, rejected) = outcome?;
+    let checked = match stored_before {
+        Some(before) => {
+            let (after, problems) = store_check(&exe, &home)?;
+            Some(
+                json!({"certificates_before": before, "certificates_after": after, "problems": problems}),
+            )
+        }
+        None => None,
+    };
     lat.sort_by(|a, b| a.total_cmp(b));
     let pct = |p: f64| {
         lat.get(((lat.len() as f64 - 1.0) * p).round() as usize)
@@ -238,7 +276,8 @@ pub(crate) fn run(b: &Bench, a: &ApiArgs) -> Result<()> {
         "raw_signing_per_second": raw.per_second, "sessions": sessions, "ratio": rate / raw.per_second,
         "verify_per_second": verify, "ratio_ceiling": ceiling(raw.per_second, verify, 2),
         "share_of_ceiling": rate / raw.per_second / ceiling(raw.per_second, verify, 2),
-        "server_peak_rss_mb": peak_mb, "batch_size": batch, "in_flight": in_flight,
+        "server_peak_rss_mb": peak_mb, "servers": a.servers, "server_peak_rss_mb_each": peaks,
+        "store_check": checked, "batch_size": batch, "in_flight": in_flight,
         "batch_latency_p50_seconds": pct(0.5), "batch_latency_p99_seconds": pct(0.99),
         "projected_seconds_for_1000000": 1_000_000.0 / rate,
     });
@@ -259,13 +298,64 @@ pub(crate) fn run(b: &Bench, a: &ApiArgs) -> Result<()> {
             "share of the ceiling   {:>7.0} % (target >= 75 %)",
             100.0 * rate / raw.per_second / ceiling(raw.per_second, verify, 2)
         );
-        println!("server peak RSS        {peak_mb:>8.1} MB (target <= 256 MB)");
+        println!(
+            "server peak RSS        {} MB (target <= 256 MB{})",
+            peaks
+                .iter()
+                .map(|p| format!("{p:.1}"))
+                .collect::<Vec<_>>()
+                .join(" / "),
+            if a.servers > 1 { " each" } else { "" }
+        );
+        if let Some(c) = &checked {
+            println!(
+                "store check            {} certificates before, {} after (+{}), problems: {}",
+                c["certificates_before"],
+                c["certificates_after"],
+                c["certificates_after"]
+                    .as_u64()
+                    .unwrap_or(0)
+                    .saturating_sub(c["certificates_before"].as_u64().unwrap_or(0)),
+                c["problems"]
+            );
+        }
         println!("batch latency          p50 {:.2} s, p99 {:.2} s ({batch} items a batch, {in_flight} in flight)", pct(0.5), pct(0.99));
     }
     if rejected > 0 {
         anyhow::bail!("{rejected} requests were rejected");
     }
+    if let Some(c) = &checked {
+        let grew = c["certificates_after"].as_u64().unwrap_or(0)
+            - c["certificates_before"].as_u64().unwrap_or(0);
+        // The servers' own TLS certificates are stored too (one each at most).
+        anyhow::ensure!(
+            c["problems"].as_array().is_some_and(|p| p.is_empty())
+                && grew >= issued as u64
+                && grew <= (issued + a.servers) as u64,
+            "the store does not check clean after the run: {c}"
+        );
+    }
     Ok(())
+}
+
+/// `meterpki store check --json` on `home`: certificates stored and problems found.
+fn store_check(exe: &Path, home: &Path) -> Result<(u64, serde_json::Value)> {
+    eprintln!("meterpki store check...");
+    let out = std::process::Command::new(exe)
+        .arg("--home")
+        .arg(home)
+        .args(["--json", "store", "check"])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "meterpki store check failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    Ok((
+        v["certificates"].as_u64().unwrap_or(0),
+        v["problems"].clone(),
+    ))
 }
 
 /// A factory account with the whole device range, made through the CLI as an operator would;

@@ -6,6 +6,7 @@
 use anyhow::Result;
 use ca_core::issue::shard_of;
 use ca_core::service::Actor;
+use ca_core::store::Store;
 use ca_core::{CaKind, CertRecord, Op, Reason, Revocation, Txn};
 use meterpki_cli::support::input;
 use serde_json::json;
@@ -24,66 +25,7 @@ pub(crate) fn run(b: &Bench, certs: usize, revoke: usize) -> Result<()> {
     let store = service.store()?;
     let settings = service.crl_settings();
     eprintln!("writing {certs} certificate records to a scratch store...");
-    let start = std::time::Instant::now();
-    let mut revoke_list = Vec::with_capacity(revoke);
-    let every = certs.checked_div(revoke).unwrap_or(usize::MAX);
-    let mut chunk = Vec::with_capacity(10_000);
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let commit = |chunk: Vec<(CertRecord, bool)>| {
-        store.apply(
-            Txn::new().with(Op::CommitIssued {
-                items: chunk,
-                all_or_nothing: false,
-            }),
-            None,
-        )
-    };
-    for i in 0..certs {
-        let serial = ca_core::random_serial_bytes();
-        let c = (i as u64).to_be_bytes();
-        if revoke_list.len() < revoke && i % every == 0 {
-            revoke_list.push(serial.to_vec());
-        }
-        chunk.push((
-            CertRecord {
-                serial: serial.to_vec(),
-                issuer: CaKind::Device,
-                profile: "meter-signing".into(),
-                subject_id: ca_core::Eui64(c).to_string(),
-                key_hash: [0; 32],
-                shard: shard_of(&serial, settings.shards),
-                issued_at: now,
-                der: Vec::new(),
-                replaced_by: None,
-                hw_type: None,
-            },
-            false,
-        ));
-        if chunk.len() == 10_000 {
-            commit(std::mem::take(&mut chunk))?;
-        }
-    }
-    commit(chunk)?;
-    eprintln!(
-        "  {certs} records in {:.1} s",
-        start.elapsed().as_secs_f64()
-    );
-    let start = std::time::Instant::now();
-    let rev = Revocation {
-        reason: Reason::KeyCompromise,
-        revoked_at: now,
-        invalidity_date: None,
-    };
-    for part in revoke_list.chunks(10_000) {
-        store.apply(
-            Txn::new().with(Op::Revoke {
-                serials: part.to_vec(),
-                revocation: rev,
-            }),
-            None,
-        )?;
-    }
-    let revoke_secs = start.elapsed().as_secs_f64();
+    let (revoke_list, revoke_secs) = fill_store(store.as_ref(), settings.shards, certs, revoke)?;
     // The issuer (and its HSM sessions) ready before the clock starts.
     service.issuer(CaKind::Device)?;
     crate::figures::reset_peak_rss();
@@ -137,6 +79,129 @@ pub(crate) fn run(b: &Bench, certs: usize, revoke: usize) -> Result<()> {
                 p.saturating_sub(b) as f64 / 1024.0
             );
         }
+    }
+    Ok(())
+}
+
+/// Writes `certs` unsigned meter-certificate records (a device and key each, no DER) into
+/// `store` in chunks of 10,000, every (certs / revoke)-th revoked for keyCompromise after, with a
+/// progress bar on standard error. Returns the serials revoked and the seconds the revocations
+/// took.
+pub(crate) fn fill_store(
+    store: &dyn Store,
+    shards: u32,
+    certs: usize,
+    revoke: usize,
+) -> Result<(Vec<Vec<u8>>, f64)> {
+    let start = std::time::Instant::now();
+    let bar = indicatif::ProgressBar::new(certs as u64).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} {bar:40} {pos}/{len} ({per_sec}, {eta} left)",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message("records");
+    let mut revoke_list = Vec::with_capacity(revoke);
+    let every = certs.checked_div(revoke).unwrap_or(usize::MAX);
+    let mut chunk = Vec::with_capacity(10_000);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let commit = |chunk: Vec<(CertRecord, bool)>| {
+        store.apply(
+            Txn::new().with(Op::CommitIssued {
+                items: chunk,
+                all_or_nothing: false,
+            }),
+            None,
+        )
+    };
+    for i in 0..certs {
+        let serial = ca_core::random_serial_bytes();
+        let c = (i as u64).to_be_bytes();
+        if revoke_list.len() < revoke && i % every == 0 {
+            revoke_list.push(serial.to_vec());
+        }
+        chunk.push((
+            CertRecord {
+                serial: serial.to_vec(),
+                issuer: CaKind::Device,
+                profile: "meter-signing".into(),
+                // Devices 00-00-00-..: outside the OUIs the benchmarks' requests use.
+                subject_id: ca_core::Eui64(c).to_string(),
+                key_hash: ca_core::sha256(&c),
+                shard: shard_of(&serial, shards),
+                issued_at: now,
+                der: Vec::new(),
+                replaced_by: None,
+                hw_type: None,
+            },
+            false,
+        ));
+        if chunk.len() == 10_000 {
+            commit(std::mem::take(&mut chunk))?;
+            bar.inc(10_000);
+        }
+    }
+    commit(chunk)?;
+    bar.finish_and_clear();
+    eprintln!(
+        "  {certs} records in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    let start = std::time::Instant::now();
+    let rev = Revocation {
+        reason: Reason::KeyCompromise,
+        revoked_at: now,
+        invalidity_date: None,
+    };
+    for part in revoke_list.chunks(10_000) {
+        store.apply(
+            Txn::new().with(Op::Revoke {
+                serials: part.to_vec(),
+                revocation: rev,
+            }),
+            None,
+        )?;
+    }
+    let revoke_secs = start.elapsed().as_secs_f64();
+    eprintln!("  {} revoked in {revoke_secs:.1} s", revoke_list.len());
+    Ok((revoke_list, revoke_secs))
+}
+
+/// `meterpki-bench fill`: unsigned records written into the home's own store (either backend),
+/// for measuring issuance, the server's memory and CRL publication on a large store. Only for
+/// a scratch copy of a home: the records are not certificates anybody holds.
+pub(crate) fn fill(b: &Bench, certs: usize, revoke: usize, scratch: bool) -> Result<()> {
+    if !scratch {
+        return Err(input(
+            "fill writes unsigned records into this home's store, which a real CA must never hold: run it on a copy of a home and say so with --scratch-copy",
+        ));
+    }
+    if revoke > certs {
+        return Err(input("--revoke cannot exceed --certs"));
+    }
+    let store = b.service.store()?;
+    let shards = b.service.crl_settings().shards;
+    let start = std::time::Instant::now();
+    let (revoked, _) = fill_store(store.as_ref(), shards, certs, revoke)?;
+    let secs = start.elapsed().as_secs_f64();
+    let out = json!({
+        "records": certs,
+        "revoked": revoked.len(),
+        "seconds": secs,
+        "records_per_second": certs as f64 / secs,
+        "store_certificates": store.cert_count()?,
+        "peak_rss_mb": peak_rss_kb().map(|k| k as f64 / 1024.0),
+    });
+    if b.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "wrote {certs} records ({} revoked) in {secs:.0} s ({:.0}/s); the store holds {} certificates; peak RSS {:.0} MB",
+            revoked.len(),
+            certs as f64 / secs,
+            store.cert_count()?,
+            peak_rss_kb().map_or(0.0, |k| k as f64 / 1024.0)
+        );
     }
     Ok(())
 }

@@ -69,6 +69,21 @@ enum Command {
         #[arg(long, default_value_t = 100_000)]
         revoke: usize,
     },
+    /// Write N unsigned meter-certificate records (M of them revoked) into this home's own store, either backend, to measure issuance, server memory and CRL publication on a large store. Only on a scratch copy of a home (--scratch-copy).
+    #[command(
+        after_help = "Example:\n  cp -a demo/home /tmp/big && meterpki-bench --home /tmp/big fill --certs 10000000 --revoke 1000000 --scratch-copy"
+    )]
+    Fill {
+        /// Certificate records to write.
+        #[arg(long)]
+        certs: usize,
+        /// How many of them to revoke (keyCompromise).
+        #[arg(long, default_value_t = 0)]
+        revoke: usize,
+        /// Confirms that this home is a scratch copy: the records are not real certificates.
+        #[arg(long)]
+        scratch_copy: bool,
+    },
     /// Write an NDJSON batch of N meter-signing requests with fresh P-256 keys made in software (for benchmarks and line tests; the keys are discarded).
     #[command(
         name = "make-batch",
@@ -159,6 +174,16 @@ fn run(cli: Cli) -> Result<()> {
             check_seconds("--raw-seconds", raw_seconds)?;
             issue::run(&Bench::open(&cli.home, cli.json)?, count, raw_seconds)
         }
+        Command::Fill {
+            certs,
+            revoke,
+            scratch_copy,
+        } => crl::fill(
+            &Bench::open(&cli.home, cli.json)?,
+            certs,
+            revoke,
+            scratch_copy,
+        ),
         Command::Crl { certs, revoke } => {
             crl::run(&Bench::open(&cli.home, cli.json)?, certs, revoke)
         }

@@ -618,6 +618,11 @@ impl PgCluster {
         PathBuf::from(self.script(&["tls", &self.dir()]))
     }
 
+    /// A role `name` that must give `password` to connect over TCP.
+    pub fn user(&self, name: &str, password: &str) {
+        self.script(&["user", &self.dir(), name, password]);
+    }
+
     /// `start`, `stop` (fast), `kill` (immediate, as a crash) or `promote` the cluster `name`
     /// (`primary` or `standby`).
     pub fn ctl(&self, action: &str, name: &str) {

@@ -240,6 +240,10 @@ fn the_database_is_reached_over_verified_tls_when_the_url_asks() {
     let url_file = s.path("db.url");
     let attempt = |url: &str| {
         std::fs::write(&url_file, url).unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&url_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
         s.migrate_to_postgres("h", &url_file, &[])
     };
     // Plain TCP: the server refuses it.
@@ -284,6 +288,21 @@ fn the_database_is_reached_over_verified_tls_when_the_url_asks() {
     ));
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("TLS"), "{}", r.stderr);
+    assert_eq!(config(&s), before, "the home was switched");
+    // A wrong password: a clear error naming the cause, never the password; exit 2.
+    pg.user("meterpki", "right-horse-battery");
+    let r = attempt(&format!(
+        "{}&sslmode=verify-full&sslrootcert={}",
+        url.replacen("postgres@", "meterpki:wrong-staple@", 1),
+        ca.display()
+    ));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("password authentication failed"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("wrong-staple"), "{}", r.stderr);
     assert_eq!(config(&s), before, "the home was switched");
     // The right CA: moved, and everything goes on over TLS (the server refuses anything else).
     attempt(&format!(

@@ -64,6 +64,7 @@ pub(super) fn run(
     service.spawn_crl_schedule()?;
     let readiness = Arc::new(service.readiness(identity.signer)?);
     let service_for_admin = service.clone();
+    let shared_store = service.config().store.backend == ca_core::store::StoreBackend::Postgres;
     let admin_path = ctx_home.admin_socket();
     let state = Arc::new(issuance_api::AppState::new(
         service,
@@ -103,11 +104,14 @@ pub(super) fn run(
         }
         use std::io::Write;
         std::io::stdout().flush()?;
-        // The operator's commands (revoke, account disable, crl publish) reach the store
-        // through this server while it holds it.
-        let admin = match issuance_api::AdminSocket::bind(&admin_path) {
-            Ok(a) => Some(a),
-            Err(e) => {
+        // The operator's commands (revoke, account disable, crl publish) reach an embedded
+        // store through this server while it holds it. A shared store is every process's:
+        // commands open the database themselves, beside any number of servers.
+        let bound = (!shared_store).then(|| issuance_api::AdminSocket::bind(&admin_path));
+        let admin = match bound {
+            None => None,
+            Some(Ok(a)) => Some(a),
+            Some(Err(e)) => {
                 eprintln!(
                     "warning: no operator socket at {} ({e}): `meterpki revoke`, `account disable` and `crl publish` cannot reach this server's store",
                     admin_path.display()

@@ -209,3 +209,90 @@ fn the_primary_killed_mid_load_and_the_standby_promoted_loses_nothing_answered()
     assert_eq!(stored_certificates(&s), before + answered.len() as u64);
     s.run("h", &["audit", "verify"]).ok();
 }
+
+/// A server killed (SIGKILL) in the middle of a batch while another serves: the retry of the
+/// same batch to the survivor answers every certificate, those the dead server stored among
+/// them, and nothing is stored twice.
+#[test]
+fn a_server_killed_mid_batch_leaves_the_retry_to_the_survivor() {
+    let s = setup();
+    let url_file = s.path("db.url");
+    std::fs::write(&url_file, meterpki_tests::pg_database("killed")).unwrap();
+    s.migrate_to_postgres("h", &url_file, &[]).ok();
+    let mut doomed = Server::start(&s);
+    let survivor = Server::start(&s);
+    let before = stored_certificates(&s);
+    let mut db = postgres::Client::connect(
+        std::fs::read_to_string(&url_file).unwrap().trim(),
+        postgres::NoTls,
+    )
+    .unwrap();
+    let records_before = stored_count_quick(&mut db);
+    let body = batch(&s, 300, 250);
+    std::fs::write(s.path("big.json"), &body).unwrap();
+    let mut inflight = std::process::Command::new("curl")
+        .args(super::support::curl_args(
+            &s,
+            doomed.port,
+            Some("line-7"),
+            "POST",
+            "/v1/batches",
+            Some(&s.path("big.json")),
+            &s.path("big.out"),
+        ))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed while the batch is being signed and stored (chunk by chunk).
+    let start = Instant::now();
+    while stored_count_quick(&mut db) == records_before && start.elapsed() < Duration::from_secs(30)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    doomed.child.kill().unwrap();
+    doomed.child.wait().unwrap();
+    let _ = inflight.wait();
+    let partial = stored_count_quick(&mut db) - records_before;
+    let (code, answer) = curl(
+        &s,
+        &survivor,
+        Some("line-7"),
+        "POST",
+        "/v1/batches",
+        Some(&body),
+        &[],
+    );
+    assert_eq!(code, 200, "{answer}");
+    let v: Value = serde_json::from_str(&answer).unwrap();
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 250);
+    let serials: BTreeSet<&str> = results
+        .iter()
+        .map(|r| {
+            assert!(
+                r["status"] == "issued",
+                "every item answered with its certificate: {r}"
+            );
+            r["serial"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(serials.len(), 250);
+    drop(survivor);
+    eprintln!("the killed server had stored {partial} of 250");
+    assert_eq!(stored_certificates(&s), before + 250);
+    s.run("h", &["audit", "verify"]).ok();
+}
+
+/// The certificate records in the database (prefix `c` of the key layout), read straight
+/// from PostgreSQL: cheap enough to poll.
+fn stored_count_quick(db: &mut postgres::Client) -> u64 {
+    let n: i64 = db
+        .query_one(
+            "SELECT count(*) FROM meterpki_kv WHERE k >= 'c'::bytea AND k < 'd'::bytea",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    n as u64
+}

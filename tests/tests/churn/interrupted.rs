@@ -179,3 +179,72 @@ fn a_rotation_whose_new_key_was_revoked_meanwhile_is_not_resumed() {
     );
     s.run("h", &["audit", "verify"]).ok();
 }
+
+/// On a shared store, a takeover killed half-way on one machine is completed by a re-run on
+/// another (its own copy of the home, the same database): every meter moved once, no TAMP
+/// sequence number twice, one audit chain.
+#[test]
+fn a_takeover_killed_on_one_machine_is_completed_on_another_with_a_shared_store() {
+    let (s, ids) = setup(30);
+    assign_all(&s, &ids, A);
+    let url_file = s.path("db.url");
+    std::fs::write(&url_file, meterpki_tests::pg_database("takeover")).unwrap();
+    s.migrate_to_postgres("h", &url_file, &[]).ok();
+    let takeover = |home: &str, env: &[(&str, &str)]| {
+        s.run_env(
+            home,
+            &[
+                "supplier",
+                "takeover",
+                "--from",
+                A,
+                "--to",
+                B,
+                "--updates-out",
+                &format!("upd-{home}"),
+                "--chunk",
+                "7",
+                "--json",
+            ],
+            env,
+        )
+    };
+    let r = takeover("h", &[("METERPKI_FAILPOINT", "churn.before-commit:2")]);
+    assert_ne!(r.code, 0, "the failpoint did not fire");
+    assert_eq!(supplier(&s, B)["meters"], 7);
+    // The other machine: a copy of the home, the same database.
+    let copied = std::process::Command::new("cp")
+        .args([
+            "-a",
+            &s.path("h").display().to_string(),
+            &s.path("h2").display().to_string(),
+        ])
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let r = takeover("h2", &[]).ok().json();
+    assert_eq!(r["state"], "complete", "{r}");
+    assert_eq!(r["meters_updated"], 23, "{r}");
+    assert_eq!(supplier(&s, A)["meters"], 0);
+    assert_eq!(supplier(&s, B)["meters"], 30);
+    let mut seqs = BTreeSet::new();
+    for d in &ids {
+        let m = meter(&s, d);
+        assert_eq!(m["supplier"], B);
+        let seq = m["last_update"]["seq"].as_u64().unwrap();
+        assert!(seqs.insert(seq), "sequence number {seq} reused");
+        // Its update is on whichever machine stored its move.
+        let file = ["upd-h", "upd-h2"]
+            .iter()
+            .map(|dir| p(&s, &format!("{dir}/{d}.tamp.der")))
+            .find(|f| {
+                verify(&s, f, &["--device-id", d]).is_ok_and(|v| v["seq"].as_u64() == Some(seq))
+            });
+        assert!(
+            file.is_some(),
+            "no update of {d} with sequence number {seq}"
+        );
+    }
+    s.run("h", &["audit", "verify"]).ok();
+    s.run("h2", &["audit", "verify"]).ok();
+}
