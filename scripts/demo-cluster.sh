@@ -19,18 +19,22 @@ MB="$PWD/target/release/meterpki-bench"
 
 if [ -e "$DEMO" ]; then
   [ -f "$DEMO/.meterpki-demo" ] || { echo "$DEMO exists and is not a meterpki demo folder; refusing to remove it" >&2; exit 1; }
-  scripts/pg-cluster.sh destroy "$DEMO/pg" 2>/dev/null || true
   rm -rf "$DEMO"
 fi
 mkdir -p "$DEMO" && touch "$DEMO/.meterpki-demo"
 DEMO=$(cd "$DEMO" && pwd)
-chmod 711 "$DEMO"   # the database runs as the unprivileged postgres user when this runs as root
 export METERPKI_HOME="$DEMO/home"
+# The clusters live under /tmp: when this runs as root they run as the unprivileged postgres
+# user, who must reach their folder.
+PGDIR=$(mktemp -d /tmp/meterpki-demo-pg.XXXXXX)
+chmod 711 "$PGDIR"
+PG="$PGDIR/pg"
 SERVERS=()
 cleanup() {
   for pid in "${SERVERS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  scripts/pg-cluster.sh destroy "$DEMO/pg" >/dev/null 2>&1 || true
+  scripts/pg-cluster.sh destroy "$PG" >/dev/null 2>&1 || true
+  rm -rf "$PGDIR"
 }
 trap cleanup EXIT
 
@@ -43,18 +47,19 @@ for kind in device access; do
   "$M" ceremony issuing-ca --kind "$kind" --share "$DEMO/shares/alice.share" --share "$DEMO/shares/bob.share" >/dev/null
 done
 "$M" account add --role factory --name line-7 --device-range 00-DB-12-00-00-00-00-00/24 --out "$DEMO/creds" >/dev/null
-"$M" issue --batch <("$MB" make-batch --count 100 --out /dev/stdout) --out /dev/null >/dev/null
+"$MB" make-batch --count 100 --out "$DEMO/line-1.ndjson" >/dev/null
+"$M" issue --batch "$DEMO/line-1.ndjson" --out "$DEMO/line-1.results.ndjson" >/dev/null
 echo "home ready: $METERPKI_HOME"
 
 say "PostgreSQL: a primary and a synchronous streaming standby"
-scripts/pg-cluster.sh primary "$DEMO/pg" >/dev/null
-scripts/pg-cluster.sh standby "$DEMO/pg" >/dev/null
-PRIMARY_PORT=$(cat "$DEMO/pg/primary.port")
+scripts/pg-cluster.sh primary "$PG" >/dev/null
+scripts/pg-cluster.sh standby "$PG" >/dev/null
+PRIMARY_PORT=$(cat "$PG/primary.port")
 runuser_psql() {
   if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- psql "$@"; else psql "$@"; fi
 }
 runuser_psql -X -q -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -c "CREATE DATABASE meterpki"
-scripts/pg-cluster.sh url "$DEMO/pg" meterpki > "$DEMO/db.url"
+scripts/pg-cluster.sh url "$PG" meterpki > "$DEMO/db.url"
 chmod 600 "$DEMO/db.url"
 echo "URL: $(cat "$DEMO/db.url")"
 runuser_psql -X -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -c "SELECT application_name, state, sync_state FROM pg_stat_replication"
@@ -64,14 +69,15 @@ say "meterpki store migrate --to postgres: the embedded store (and its audit cha
 "$M" store check
 
 say "Two servers on the one database"
-start_server() { # N CRL_PORT
+start_server() { # N CRL_PORT (its URL in $URL)
   "$M" serve --listen 127.0.0.1:0 --crl-listen "127.0.0.1:$2" > "$DEMO/serve-$1.out" 2> "$DEMO/serve-$1.log" &
   SERVERS+=($!)
   for _ in $(seq 1 200); do grep -q listening "$DEMO/serve-$1.out" 2>/dev/null && break; sleep 0.1; done
-  sed -n 's/^listening on //p' "$DEMO/serve-$1.out"
+  URL=$(sed -n 's/^listening on //p' "$DEMO/serve-$1.out")
+  [ -n "$URL" ] || { echo "server $1 did not start:" >&2; cat "$DEMO/serve-$1.log" >&2; exit 1; }
 }
-URL_1=$(start_server 1 "$CRL_PORT_1")
-URL_2=$(start_server 2 "$(free_port)")
+start_server 1 "$CRL_PORT_1"; URL_1=$URL
+start_server 2 "$(free_port)"; URL_2=$URL
 echo "server 1: $URL_1   server 2: $URL_2"
 batch() { # REQUEST_ID FIRST_DEVICE_BYTE -> batch file
   "$MB" make-batch --count 20 --out "$DEMO/$1.ndjson" >/dev/null
@@ -109,17 +115,23 @@ for port in "$CRL_PORT_1" "$CRL_PORT_2"; do
 done
 
 say "The primary dies; batch C is refused (503, retry safe); the standby is promoted; the retry is answered"
-scripts/pg-cluster.sh kill "$DEMO/pg" primary
+scripts/pg-cluster.sh kill "$PG" primary
 echo "batch C to server 1: HTTP $(send "$URL_1" batch-c): $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["type"])' "$DEMO/batch-c.out")"
 echo "readyz of server 2: $(curl -sS --cacert "$DEMO/creds/ca.pem" "$URL_2/readyz")"
-scripts/pg-cluster.sh promote "$DEMO/pg" standby
+scripts/pg-cluster.sh promote "$PG" standby
 for _ in $(seq 1 60); do
   code=$(send "$URL_1" batch-c)
   [ "$code" = 200 ] && break
   sleep 0.5
 done
 echo "batch C retried to server 1: HTTP $code, $(summary "$DEMO/batch-c.out")"
-echo "readyz of server 2: $(curl -sS --cacert "$DEMO/creds/ca.pem" "$URL_2/readyz")"
+# /readyz answers from its last probe for up to server.ready_probe_interval_ms (5 s).
+for i in $(seq 1 40); do
+  ready=$(curl -sS --cacert "$DEMO/creds/ca.pem" "$URL_2/readyz")
+  [ "$ready" = ready ] && break
+  sleep 0.25
+done
+echo "readyz of server 2: $ready (after $((i / 4)).$(( (i % 4) * 25 )) s)"
 
 say "Nothing answered was lost: the promoted database holds every certificate, one audit chain"
 for pid in "${SERVERS[@]}"; do kill -TERM "$pid"; wait "$pid" || true; done
@@ -128,4 +140,4 @@ SERVERS=()
 "$M" audit verify
 "$M" audit list | grep -E "api\.start|store\.migrate|api\.batch" | tail -n 8
 
-say "Done. Home: $METERPKI_HOME (its store was in $DEMO/pg, now stopped)"
+say "Done. Home: $METERPKI_HOME (its database was a throwaway cluster in $PGDIR, now removed)"
