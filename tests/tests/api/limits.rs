@@ -18,10 +18,7 @@ fn the_api_limits_each_account_and_finishes_in_flight_batches_at_sigterm() {
         "line-all",
         &["--device-range", "00-00-00-00-00-00-00-00/0"],
     );
-    // The largest batch the API takes, so that it is still in flight when the probe arrives.
-    let big = json!({"request_id": "big-1", "items": items(&s, 10_000, &[])}).to_string();
     let small = json!({"request_id": "small-1", "items": items(&s, 1, &[])}).to_string();
-    std::fs::write(s.path("big.json"), &big).unwrap();
     let srv = Server::start_with(&s, &["--per-account-limit", "1"]);
     let port = srv.port;
     let bg = |file: &str| {
@@ -41,39 +38,57 @@ fn the_api_limits_each_account_and_finishes_in_flight_batches_at_sigterm() {
             .spawn()
             .unwrap()
     };
-    let mut first = bg("big");
-    // While the big batch is being issued, another request of the same account gets 429.
+    // While a big batch is being issued, another request of the same account gets 429. On a
+    // loaded machine the probe can reach the server before the big batch (its upload is 3 MB):
+    // then the big batch is the one refused with 429, and it is sent again under a new ID.
     let mut saw_429 = false;
-    for _ in 0..1000 {
-        std::thread::sleep(std::time::Duration::from_millis(10));
-        let (code, body) = curl(
-            &s,
-            &srv,
-            Some("line-all"),
-            "POST",
-            "/v1/batches",
-            Some(&small),
-            &[],
+    for attempt in 0..5 {
+        // The largest batch the API takes, so that it is still in flight when the probe arrives.
+        let big = json!({"request_id": format!("big-{attempt}"), "items": items(&s, 10_000, &[])})
+            .to_string();
+        std::fs::write(s.path("big.json"), &big).unwrap();
+        let mut first = bg("big");
+        for _ in 0..1000 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            let (code, body) = curl(
+                &s,
+                &srv,
+                Some("line-all"),
+                "POST",
+                "/v1/batches",
+                Some(&small),
+                &[],
+            );
+            if code == 429 {
+                assert!(body.contains("too-many-requests"), "{body}");
+                saw_429 = true;
+                break;
+            }
+            assert_eq!(code, 200, "{body}");
+            if first.try_wait().unwrap().is_some() {
+                break;
+            }
+        }
+        let out = first.wait_with_output().unwrap();
+        let status = String::from_utf8_lossy(&out.stdout).to_string();
+        if saw_429 {
+            assert_eq!(status, "200");
+            break;
+        }
+        assert_eq!(
+            status,
+            "429",
+            "the big batch was answered before any probe saw 429: {}",
+            std::fs::read_to_string(s.path("big.out")).unwrap_or_default()
         );
-        if code == 429 {
-            assert!(body.contains("too-many-requests"), "{body}");
-            saw_429 = true;
-            break;
-        }
-        assert_eq!(code, 200, "{body}");
-        if first.try_wait().unwrap().is_some() {
-            break;
-        }
     }
     assert!(
         saw_429,
         "a second request while the account's only slot is busy gets 429"
     );
     // SIGTERM while a batch is in flight: it finishes, is answered, and the server exits 0.
-    let second_big = json!({"request_id": "big-2", "items": items(&s, 4000, &[])}).to_string();
+    let second_big = json!({"request_id": "big-2nd", "items": items(&s, 4000, &[])}).to_string();
     std::fs::write(s.path("big2.json"), &second_big).unwrap();
-    let out = first.wait_with_output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
     let inflight = bg("big2");
     std::thread::sleep(std::time::Duration::from_millis(300));
     let code = srv.stop();
