@@ -19,15 +19,7 @@
 #   pg-cluster.sh promote DIR NAME    promote a standby to primary
 #   pg-cluster.sh destroy DIR         stop everything in DIR and remove it
 set -euo pipefail
-bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1 || true)
-if [ -z "$bin" ] || [ ! -x "$bin/initdb" ]; then
-  echo "PostgreSQL's server is not installed (apt-get install postgresql, or make deps)" >&2
-  exit 1
-fi
-as=()
-if [ "$(id -u)" -eq 0 ]; then
-  as=(runuser -u postgres --)
-fi
+. "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/pg-common.sh"
 cmd=${1:-}
 dir=${2:-}
 [ -n "$cmd" ] && [ -n "$dir" ] || { sed -n '2,21p' "$0" >&2; exit 2; }

@@ -5,19 +5,12 @@
 # that folder, and writes its URL to target/pg-test.url, which the tests read (each test then
 # creates a database of its own); `stop` stops it and removes the folder.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+here=$(cd "$(dirname "$0")" && pwd)
+cd "$here/.."
 mkdir -p target
 state=target/pg-test.dir
 url=target/pg-test.url
-bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1 || true)
-if [ -z "$bin" ] || [ ! -x "$bin/initdb" ]; then
-  echo "PostgreSQL's server is not installed (apt-get install postgresql, or make deps)" >&2
-  exit 1
-fi
-as=()
-if [ "$(id -u)" -eq 0 ]; then
-  as=(runuser -u postgres --)
-fi
+. "$here/pg-common.sh"
 
 stop() {
   if [ -f "$state" ]; then

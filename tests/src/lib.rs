@@ -224,6 +224,20 @@ impl Scratch {
         self.run(home, &args)
     }
 
+    /// A copy of the home `from` as `to` (`cp -a`): another machine's home on a shared store,
+    /// with the same configuration, CA certificates and HSM keys.
+    pub fn copy_home(&self, from: &str, to: &str) {
+        let copied = Command::new("cp")
+            .args([
+                "-a",
+                &self.path(from).display().to_string(),
+                &self.path(to).display().to_string(),
+            ])
+            .status()
+            .unwrap();
+        assert!(copied.success(), "cp -a {from} {to}");
+    }
+
     /// `meterpki account add --role ROLE --name NAME [extra...] --out creds` on `home`.
     pub fn account(&self, home: &str, role: &str, name: &str, extra: &[&str]) {
         let mut args = vec!["account", "add", "--role", role, "--name", name];

@@ -265,12 +265,12 @@ impl Service {
                 })?;
             }
         }
-        let audit_key = self.audit_public_key()?;
         let store = crate::store::open(&self.config.store, &self.home)?;
         let head = store.audit_head()?;
         // A shared store keeps its log itself: the two cannot part. An embedded store's log is
         // the home's file, which must reach the store's head.
         if !self.audit_in_store() {
+            let audit_key = self.audit_public_key()?;
             crate::audit::check_store_matches(&log, head.as_ref(), audit_key.as_ref())
                 .map_err(refuse)?;
         }

@@ -156,15 +156,7 @@ fn a_crl_published_on_one_machine_is_served_by_every_other() {
     std::fs::write(&url_file, meterpki_tests::pg_database("crls")).unwrap();
     s.migrate_to_postgres("h", &url_file, &[]).ok();
     // The second machine: the same configuration, CA certificates and HSM keys.
-    let copy = Command::new("cp")
-        .args([
-            "-a",
-            &s.path("h").display().to_string(),
-            &s.path("h2").display().to_string(),
-        ])
-        .status()
-        .unwrap();
-    assert!(copy.success());
+    s.copy_home("h", "h2");
     let a = Server::start(&s);
     let b = Server::start_in(&s, "h2", &[], &[]);
     let full_crl = |srv: &Server| -> String {

@@ -213,15 +213,7 @@ fn a_takeover_killed_on_one_machine_is_completed_on_another_with_a_shared_store(
     assert_ne!(r.code, 0, "the failpoint did not fire");
     assert_eq!(supplier(&s, B)["meters"], 7);
     // The other machine: a copy of the home, the same database.
-    let copied = std::process::Command::new("cp")
-        .args([
-            "-a",
-            &s.path("h").display().to_string(),
-            &s.path("h2").display().to_string(),
-        ])
-        .status()
-        .unwrap();
-    assert!(copied.success());
+    s.copy_home("h", "h2");
     let r = takeover("h2", &[]).ok().json();
     assert_eq!(r["state"], "complete", "{r}");
     assert_eq!(r["meters_updated"], 23, "{r}");
