@@ -29,6 +29,15 @@ pub(crate) struct StagedFile {
 impl StagedFile {
     /// Writes `bytes` to a temporary file beside `path` (mode `mode`) and syncs it.
     pub(crate) fn write(path: &Path, bytes: &[u8], mode: u32) -> io::Result<StagedFile> {
+        let (staged, mut f) = StagedFile::create(path, mode)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        Ok(staged)
+    }
+
+    /// A temporary file beside `path` (mode `mode`), open for the caller to write in pieces
+    /// and sync (`File::sync_all`) before committing it: for a file too large to hold whole.
+    pub(crate) fn create(path: &Path, mode: u32) -> io::Result<(StagedFile, File)> {
         let dir = parent(path);
         let name = path
             .file_name()
@@ -44,16 +53,14 @@ impl StagedFile {
             path: path.to_path_buf(),
             done: false,
         };
-        let mut f = OpenOptions::new()
+        let f = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(mode)
             .open(&staged.tmp)?;
         f.set_permissions(fs::Permissions::from_mode(mode))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        Ok(staged)
+        Ok((staged, f))
     }
 
     /// Renames the file into place and syncs the directory: a reader sees the old file or the

@@ -66,6 +66,14 @@ impl KeyAlgorithm {
         }
     }
 
+    /// A fresh hasher of the digest the signature covers, for a message fed in pieces.
+    pub fn hasher(self) -> Box<dyn sha2::digest::DynDigest + Send> {
+        match self {
+            KeyAlgorithm::EcP256 => Box::new(sha2::Sha256::default()),
+            KeyAlgorithm::EcP384 => Box::new(sha2::Sha384::default()),
+        }
+    }
+
     /// Short name used in transcripts and status output.
     pub fn name(self) -> &'static str {
         match self {
@@ -122,6 +130,10 @@ pub trait Signer: std::fmt::Debug + Send + Sync {
     fn public_key(&self) -> &SubjectPublicKeyInfoOwned;
     /// Signs `message`; returns a DER ECDSA-Sig-Value.
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SignError>;
+    /// Signs a digest the caller computed with the algorithm's hash ([`KeyAlgorithm::hasher`]);
+    /// returns a DER ECDSA-Sig-Value. For messages too large to hold whole: a CRL of a million
+    /// entries is hashed as it is written to its file, and only the digest is signed.
+    fn sign_digest(&self, digest: &[u8]) -> Result<Vec<u8>, SignError>;
 }
 
 /// Why a signature did not verify.
@@ -164,6 +176,38 @@ pub fn verify_signature(
             let sig = p384::ecdsa::Signature::from_der(signature_der)
                 .map_err(|e| VerifyError::BadEncoding(e.to_string()))?;
             key.verify(message, &sig).map_err(|_| VerifyError::Mismatch)
+        }
+    }
+}
+
+/// Verifies a DER ECDSA signature over a digest computed with the key's algorithm's hash (see
+/// [`Signer::sign_digest`]), with the RustCrypto `p256`/`p384` implementations. `ring` verifies
+/// only whole messages, so a message hashed in pieces is checked here.
+pub(crate) fn verify_digest(
+    spki: &SubjectPublicKeyInfoOwned,
+    digest: &[u8],
+    signature_der: &[u8],
+) -> Result<(), VerifyError> {
+    use ecdsa::signature::hazmat::PrehashVerifier;
+    let alg = KeyAlgorithm::of_spki(spki)
+        .ok_or_else(|| VerifyError::BadKey("not an EC P-256 or P-384 key".into()))?;
+    let point = spki.subject_public_key.raw_bytes();
+    match alg {
+        KeyAlgorithm::EcP256 => {
+            let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(point)
+                .map_err(|e| VerifyError::BadKey(e.to_string()))?;
+            let sig = p256::ecdsa::Signature::from_der(signature_der)
+                .map_err(|e| VerifyError::BadEncoding(e.to_string()))?;
+            key.verify_prehash(digest, &sig)
+                .map_err(|_| VerifyError::Mismatch)
+        }
+        KeyAlgorithm::EcP384 => {
+            let key = p384::ecdsa::VerifyingKey::from_sec1_bytes(point)
+                .map_err(|e| VerifyError::BadKey(e.to_string()))?;
+            let sig = p384::ecdsa::Signature::from_der(signature_der)
+                .map_err(|e| VerifyError::BadEncoding(e.to_string()))?;
+            key.verify_prehash(digest, &sig)
+                .map_err(|_| VerifyError::Mismatch)
         }
     }
 }

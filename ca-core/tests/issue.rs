@@ -10,10 +10,7 @@ use base64::Engine as _;
 use ca_core::issue::{AccountLimits, CrlSettings, Engine, ErrorCode, IssuerCtx, RequestItem};
 use ca_core::issue::{IssueError, Outcome};
 use ca_core::store::StoreConfig;
-use ca_core::{
-    build_ca_certificate, build_self_signed_root, spki_from_point, AuditEntry, AuditLog,
-    CaCertSpec, CaKind, Home, KeyAlgorithm, Store,
-};
+use ca_core::{spki_from_point, AuditEntry, AuditLog, CaKind, Home, KeyAlgorithm, Store};
 use der::asn1::{BitString, SetOfVec};
 use der::{Decode, Encode};
 use p256::ecdsa::signature::Signer as _;
@@ -40,34 +37,8 @@ fn record(r: &[Result<Outcome, IssueError>]) -> Option<AuditEntry> {
 }
 
 fn ca(kind_subject: &str, corrupt: bool) -> (Certificate, Arc<SoftSigner>) {
-    let root = SoftSigner::p384();
-    let root_cert = build_self_signed_root(
-        &root,
-        &CaCertSpec {
-            subject: "CN=Test Root".into(),
-            validity_days: 3650,
-            path_len: 1,
-            policies: Vec::new(),
-            crl_url: None,
-        },
-    )
-    .unwrap();
-    let mut ca = SoftSigner::p256();
-    let cert = build_ca_certificate(
-        &root,
-        &root_cert,
-        &ca.spki,
-        &CaCertSpec {
-            subject: kind_subject.into(),
-            validity_days: 1000,
-            path_len: 0,
-            policies: Vec::new(),
-            crl_url: None,
-        },
-    )
-    .unwrap();
-    ca.corrupt = corrupt;
-    (cert, Arc::new(ca))
+    let ca = common::test_ca(kind_subject, corrupt);
+    (ca.cert, ca.key)
 }
 
 fn fixture_with(crl_base: Option<&str>, corrupt: bool, profiles: ProfileSet) -> Fixture {

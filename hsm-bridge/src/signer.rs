@@ -72,8 +72,11 @@ impl Signer for HsmSigner {
     }
 
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SignError> {
-        let digest = self.key.algorithm.digest(message);
-        let raw = self.sign_digest_raw(&digest)?;
+        self.sign_digest(&self.key.algorithm.digest(message))
+    }
+
+    fn sign_digest(&self, digest: &[u8]) -> Result<Vec<u8>, SignError> {
+        let raw = self.sign_digest_raw(digest)?;
         raw_to_der(self.key.algorithm, &raw).map_err(|detail| SignError::Malformed {
             key: self.key.label.clone(),
             detail,

@@ -3,6 +3,11 @@
 //! answered with the headers HTTP caches need: `application/pkix-crl`, `ETag` (and 304 for
 //! `If-None-Match`), `Last-Modified` from thisUpdate, `Expires` and `Cache-Control` from
 //! nextUpdate (RFC 5280 §4.2.1.13 relying parties fetch CRLs over plain HTTP; RFC 9111 caches).
+//!
+//! A CRL up to [`IN_MEMORY_MAX`] (a shard's) is held in memory; a larger one (a full CRL of a
+//! million entries is 42 MB) is read once for its facts and digest, without holding it, and
+//! streamed from its file to each client, so that a server's memory does not grow with the
+//! number of revocations.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -12,11 +17,28 @@ use std::time::SystemTime;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+/// The largest CRL held in memory: larger ones are streamed from their file.
+pub(crate) const IN_MEMORY_MAX: u64 = 4 << 20;
+
+type Version = (SystemTime, u64, u64);
+
+fn version_of(meta: &std::fs::Metadata) -> Option<Version> {
+    // A publication renames a new file into place: a new inode, whatever the clock's
+    // resolution and the size.
+    Some((
+        meta.modified().ok()?,
+        meta.len(),
+        std::os::unix::fs::MetadataExt::ino(meta),
+    ))
+}
+
 /// One CRL file's current content and its HTTP metadata.
 #[derive(Debug)]
 pub(crate) struct CachedCrl {
-    version: (SystemTime, u64, u64),
-    der: axum::body::Bytes,
+    version: Version,
+    path: PathBuf,
+    /// The DER, when small enough to hold; else it is streamed from `path`.
+    der: Option<axum::body::Bytes>,
     etag: String,
     this_update: i64,
     next_update: Option<i64>,
@@ -45,16 +67,9 @@ impl CrlCache {
         let Ok(meta) = tokio::fs::metadata(path).await else {
             return Ok(None);
         };
-        let Ok(modified) = meta.modified() else {
+        let Some(version) = version_of(&meta) else {
             return Ok(None);
         };
-        // A publication renames a new file into place: a new inode, whatever the clock's
-        // resolution and the size.
-        let version = (
-            modified,
-            meta.len(),
-            std::os::unix::fs::MetadataExt::ino(&meta),
-        );
         if let Some(c) = self
             .files
             .lock()
@@ -64,17 +79,31 @@ impl CrlCache {
         {
             return Ok(Some(c.clone()));
         }
-        let Ok(der) = tokio::fs::read(path).await else {
-            return Ok(None);
-        };
         // A file renamed into place between the metadata and the read is simply read again
         // on the next request: the version recorded is the one checked before reading, so
         // it can only be older than the content, never newer.
-        let facts = ca_core::crl::CrlFacts::parse(&der).map_err(|e| e.to_string())?;
+        let (der, facts, digest) = if version.1 <= IN_MEMORY_MAX {
+            let Ok(der) = tokio::fs::read(path).await else {
+                return Ok(None);
+            };
+            let facts = ca_core::crl::CrlFacts::parse(&der).map_err(|e| e.to_string())?;
+            let digest = ca_core::sha256(&der);
+            (Some(der.into()), facts, digest)
+        } else {
+            let file = path.to_path_buf();
+            let read = tokio::task::spawn_blocking(move || large_crl_facts(&file))
+                .await
+                .map_err(|e| e.to_string())?;
+            let Some((facts, digest)) = read? else {
+                return Ok(None);
+            };
+            (None, facts, digest)
+        };
         let entry = Arc::new(CachedCrl {
             version,
-            etag: format!("\"{}\"", hex::encode(&ca_core::sha256(&der)[..16])),
-            der: der.into(),
+            path: path.to_path_buf(),
+            etag: format!("\"{}\"", hex::encode(&digest[..16])),
+            der,
             this_update: facts.this_update,
             next_update: facts.next_update,
             facts,
@@ -87,9 +116,40 @@ impl CrlCache {
     }
 }
 
+/// A large CRL's facts and SHA-256, each read from its file in one pass; None when it is gone.
+fn large_crl_facts(path: &Path) -> Result<Option<(ca_core::crl::CrlFacts, [u8; 32])>, String> {
+    use sha2::Digest;
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return Ok(None);
+    };
+    let facts = ca_core::crl::CrlFacts::from_reader(std::io::BufReader::new(&file))
+        .map_err(|e| e.to_string())?;
+    let mut hasher = sha2::Sha256::new();
+    std::io::Seek::rewind(&mut file).map_err(|e| e.to_string())?;
+    std::io::copy(&mut file, &mut hasher).map_err(|e| e.to_string())?;
+    Ok(Some((facts, hasher.finalize().into())))
+}
+
 impl CachedCrl {
+    /// The CRL's content for one response: the bytes held, or its file opened, if the file is
+    /// still this version (else None: a publication replaced it, and the caller reads it again).
+    pub(crate) async fn body(&self) -> Option<axum::body::Body> {
+        if let Some(der) = &self.der {
+            return Some(axum::body::Body::from(der.clone()));
+        }
+        let file = tokio::fs::File::open(&self.path).await.ok()?;
+        let meta = file.metadata().await.ok()?;
+        // The open file is the one whose facts and ETag are cached, or it is not served.
+        if version_of(&meta)? != self.version {
+            return None;
+        }
+        Some(axum::body::Body::from_stream(
+            tokio_util::io::ReaderStream::with_capacity(file, 1 << 16),
+        ))
+    }
+
     /// The answer to a GET: 304 when the client's `If-None-Match` names this version.
-    pub(crate) fn respond(&self, request: &HeaderMap) -> Response {
+    pub(crate) fn respond(&self, request: &HeaderMap, body: axum::body::Body) -> Response {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let mut headers = HeaderMap::new();
         if let Ok(v) = HeaderValue::from_str(&self.etag) {
@@ -123,6 +183,121 @@ impl CachedCrl {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/pkix-crl"),
         );
-        (headers, self.der.clone()).into_response()
+        if let Ok(v) = HeaderValue::from_str(&self.version.1.to_string()) {
+            headers.insert(header::CONTENT_LENGTH, v);
+        }
+        (headers, body).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use der::Encode;
+    use x509_cert::crl::{CertificateList, RevokedCert, TbsCertList};
+
+    /// A CRL-shaped DER of `n` entries (the cache reads its facts; nothing here checks the
+    /// signature, which is a placeholder).
+    fn crl_der(n: usize, number: u8) -> Vec<u8> {
+        let t = x509_cert::time::Time::UtcTime(
+            der::asn1::UtcTime::from_unix_duration(std::time::Duration::from_secs(1_790_000_000))
+                .unwrap(),
+        );
+        let alg = spki::AlgorithmIdentifierOwned {
+            oid: der::asn1::ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2"),
+            parameters: None,
+        };
+        let revoked = (0..n)
+            .map(|i| RevokedCert {
+                serial_number: x509_cert::serial_number::SerialNumber::new(
+                    &(i as u64 + 1).to_be_bytes(),
+                )
+                .unwrap(),
+                revocation_date: t,
+                crl_entry_extensions: None,
+            })
+            .collect();
+        let number = x509_cert::ext::pkix::crl::CrlNumber(der::asn1::Uint::new(&[number]).unwrap());
+        CertificateList {
+            tbs_cert_list: TbsCertList {
+                version: x509_cert::Version::V2,
+                signature: alg.clone(),
+                issuer: Default::default(),
+                this_update: t,
+                next_update: Some(t),
+                revoked_certificates: Some(revoked),
+                crl_extensions: Some(vec![x509_cert::ext::Extension {
+                    extn_id: const_oid_crl_number(),
+                    critical: false,
+                    extn_value: der::asn1::OctetString::new(number.to_der().unwrap()).unwrap(),
+                }]),
+            },
+            signature_algorithm: alg,
+            signature: der::asn1::BitString::from_bytes(&[1, 2, 3]).unwrap(),
+        }
+        .to_der()
+        .unwrap()
+    }
+
+    fn const_oid_crl_number() -> der::asn1::ObjectIdentifier {
+        der::asn1::ObjectIdentifier::new_unwrap("2.5.29.20")
+    }
+
+    /// Every frame of a body, in order: what a client receives.
+    async fn body_bytes(mut body: axum::body::Body) -> Vec<u8> {
+        let mut out = Vec::new();
+        while let Some(frame) = std::future::poll_fn(|cx| {
+            http_body::Body::poll_frame(std::pin::Pin::new(&mut body), cx)
+        })
+        .await
+        {
+            if let Ok(data) = frame.unwrap().into_data() {
+                out.extend_from_slice(&data);
+            }
+        }
+        out
+    }
+
+    /// A small CRL is held in memory; a large one (past `IN_MEMORY_MAX`) is streamed from its
+    /// file, byte for byte, with the same facts and ETag rules; a file replaced after its facts
+    /// were read is never served under the old version's ETag.
+    #[tokio::test]
+    async fn a_large_crl_is_streamed_from_its_file_and_a_replaced_one_is_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CrlCache::default();
+        let small = dir.path().join("0.crl");
+        std::fs::write(&small, crl_der(10, 1)).unwrap();
+        let c = cache.get(&small).await.unwrap().unwrap();
+        assert!(c.der.is_some());
+        assert_eq!(c.facts.entries, 10);
+        assert_eq!(body_bytes(c.body().await.unwrap()).await, crl_der(10, 1));
+
+        let large = dir.path().join("full.crl");
+        let der = crl_der(400_000, 2);
+        assert!(der.len() as u64 > IN_MEMORY_MAX, "{}", der.len());
+        std::fs::write(&large, &der).unwrap();
+        let c = cache.get(&large).await.unwrap().unwrap();
+        assert!(c.der.is_none(), "a large CRL is not held in memory");
+        assert_eq!((c.facts.entries, c.facts.crl_number), (400_000, 2));
+        assert_eq!(
+            c.etag,
+            format!("\"{}\"", hex::encode(&ca_core::sha256(&der)[..16]))
+        );
+        let resp = c.respond(&HeaderMap::new(), c.body().await.unwrap());
+        assert_eq!(
+            resp.headers()[header::CONTENT_LENGTH],
+            der.len().to_string().as_str()
+        );
+        assert_eq!(body_bytes(resp.into_body()).await, der);
+
+        // A publication renames a new file into place: the old entry no longer serves it.
+        let newer = crl_der(400_001, 3);
+        let tmp = dir.path().join(".full.crl.tmp");
+        std::fs::write(&tmp, &newer).unwrap();
+        std::fs::rename(&tmp, &large).unwrap();
+        assert!(c.body().await.is_none());
+        let c = cache.get(&large).await.unwrap().unwrap();
+        assert_eq!(c.facts.crl_number, 3);
+        assert_eq!(body_bytes(c.body().await.unwrap()).await, newer);
     }
 }

@@ -160,8 +160,20 @@ impl ca_core::Signer for TimedSigner {
         self.inner.public_key()
     }
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, ca_core::SignError> {
+        self.timed(|| self.inner.sign(message))
+    }
+    fn sign_digest(&self, digest: &[u8]) -> Result<Vec<u8>, ca_core::SignError> {
+        self.timed(|| self.inner.sign_digest(digest))
+    }
+}
+
+impl TimedSigner {
+    fn timed(
+        &self,
+        sign: impl FnOnce() -> Result<Vec<u8>, ca_core::SignError>,
+    ) -> Result<Vec<u8>, ca_core::SignError> {
         let t = Instant::now();
-        let r = self.inner.sign(message);
+        let r = sign();
         self.metrics.signatures.fetch_add(1, Ordering::Relaxed);
         self.metrics
             .sign_micros

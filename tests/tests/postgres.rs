@@ -318,3 +318,104 @@ fn the_database_is_reached_over_verified_tls_when_the_url_asks() {
     assert_eq!(check["problems"].as_array().unwrap().len(), 0, "{check}");
     assert!(check["certificates"].as_u64().unwrap() >= 2, "{check}");
 }
+
+/// A full CRL larger than a page of revocations and than a part of the database's copy: its
+/// 30,000 revocations are read a page at a time and streamed into the file, which openssl
+/// verifies and pkilint passes, listing every one; the database keeps it in parts, and another
+/// machine's copy of the home, brought up to date from the database, is byte for byte the same.
+#[test]
+fn a_full_crl_larger_than_a_page_is_streamed_and_another_machine_gets_it_whole() {
+    let s = Scratch::new(EXE);
+    s.ceremonies("h", 3, 2, &["device"]);
+    let url_file = s.path("db.url");
+    std::fs::write(&url_file, format!("{}\n", pg_database("bigcrl"))).unwrap();
+    s.migrate_to_postgres("h", &url_file, &[]).ok();
+    s.bench(
+        "h",
+        &[
+            "fill",
+            "--certs",
+            "31000",
+            "--revoke",
+            "30000",
+            "--scratch-copy",
+        ],
+    )
+    .ok();
+    // The other machine, before the publication: its files are older than the database's.
+    s.copy_home("h", "h2");
+    let published = s
+        .run("h", &["crl", "publish", "--issuer", "device", "--json"])
+        .ok()
+        .json();
+    let full = published
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["scope"] == "full")
+        .unwrap_or_else(|| panic!("no full CRL in {published}"))
+        .clone();
+    let entries = full["entries"].as_u64().unwrap();
+    assert!(entries >= 30_000, "{full}");
+    assert!(full["bytes"].as_u64().unwrap() > 1 << 20, "{full}");
+    let crl = s.path("h/crl/device/full.crl").display().to_string();
+    let chain = s.path("chain.pem");
+    std::fs::write(
+        &chain,
+        std::fs::read_to_string(s.path("h/ca/device.pem")).unwrap()
+            + &std::fs::read_to_string(s.path("h/ca/root.pem")).unwrap(),
+    )
+    .unwrap();
+    let text = meterpki_tests::tool(
+        "openssl",
+        &[
+            "crl",
+            "-inform",
+            "DER",
+            "-in",
+            &crl,
+            "-CAfile",
+            &chain.display().to_string(),
+            "-noout",
+            "-text",
+        ],
+        &[],
+    )
+    .ok();
+    assert!(
+        text.stderr.contains("verify OK") || text.stdout.contains("verify OK"),
+        "{}",
+        text.stderr
+    );
+    assert_eq!(
+        text.stdout.matches("Serial Number:").count() as u64,
+        entries
+    );
+    let pem = s.path("full.pem").display().to_string();
+    meterpki_tests::tool(
+        "openssl",
+        &["crl", "-inform", "DER", "-in", &crl, "-out", &pem],
+        &[],
+    )
+    .ok();
+    meterpki_tests::tool(
+        &meterpki_tests::pkilint().replace("lint_pkix_cert", "lint_crl"),
+        &["lint", "-t", "CRL", "-p", "PKIX", "-s", "WARNING", &pem],
+        &[],
+    )
+    .ok();
+    // `status` on the other machine brings its CRL files up to the database's.
+    assert_ne!(
+        std::fs::read(s.path("h2/crl/device/full.crl")).ok(),
+        std::fs::read(s.path("h/crl/device/full.crl")).ok()
+    );
+    s.run("h2", &["status"]).ok();
+    assert_eq!(
+        std::fs::read(s.path("h2/crl/device/full.crl")).unwrap(),
+        std::fs::read(s.path("h/crl/device/full.crl")).unwrap()
+    );
+    assert_eq!(
+        std::fs::read(s.path("h2/crl/device/0.crl")).unwrap(),
+        std::fs::read(s.path("h/crl/device/0.crl")).unwrap()
+    );
+}

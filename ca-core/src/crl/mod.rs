@@ -10,6 +10,7 @@
 //! leaves the old files, and the next publication uses greater numbers.
 
 mod build;
+mod facts;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -17,11 +18,13 @@ use std::sync::Mutex;
 use serde::Serialize;
 
 pub use build::build_crl;
+pub use facts::{CrlFacts, CrlFactsError};
 
 use crate::audit::{AuditEntry, AuditLog};
 use crate::fsutil::StagedFile;
 use crate::issue::{CrlSettings, IssuerCtx};
-use crate::store::{ApplyError, Op, Store, StoreError, Txn};
+use crate::model::Revocation;
+use crate::store::{ApplyError, Op, PublishedCrl, Store, StoreError, Txn};
 use crate::CaKind;
 
 /// Which CRL.
@@ -122,48 +125,6 @@ pub struct Published {
     pub next_update: i64,
 }
 
-/// What a published CRL says of itself (for `status`, `/metrics` and HTTP caching).
-#[derive(Debug, Clone, Serialize)]
-pub struct CrlFacts {
-    /// cRLNumber (0 when absent).
-    pub crl_number: u64,
-    /// Revoked certificates listed.
-    pub entries: usize,
-    /// thisUpdate, Unix seconds.
-    pub this_update: i64,
-    /// nextUpdate, Unix seconds (None when absent).
-    pub next_update: Option<i64>,
-}
-
-impl CrlFacts {
-    /// Reads the facts from a CRL's DER.
-    pub fn parse(der: &[u8]) -> Result<CrlFacts, der::Error> {
-        use der::Decode;
-        let crl = x509_cert::crl::CertificateList::from_der(der)?;
-        let tbs = &crl.tbs_cert_list;
-        let number = tbs
-            .crl_extensions
-            .as_deref()
-            .unwrap_or_default()
-            .iter()
-            .find(|e| e.extn_id == const_oid::db::rfc5280::ID_CE_CRL_NUMBER)
-            .and_then(|e| der::asn1::Uint::from_der(e.extn_value.as_bytes()).ok())
-            .map(|u| {
-                u.as_bytes()
-                    .iter()
-                    .fold(0u64, |n, b| n.wrapping_shl(8) | u64::from(*b))
-            })
-            .unwrap_or(0);
-        let secs = |t: &x509_cert::time::Time| t.to_unix_duration().as_secs() as i64;
-        Ok(CrlFacts {
-            crl_number: number,
-            entries: tbs.revoked_certificates.as_ref().map_or(0, Vec::len),
-            this_update: secs(&tbs.this_update),
-            next_update: tbs.next_update.as_ref().map(secs),
-        })
-    }
-}
-
 const SHARDS_KEY: &str = "crl.shards";
 const BASE_URL_KEY: &str = "crl.base_url";
 
@@ -172,6 +133,15 @@ const BASE_URL_KEY: &str = "crl.base_url";
 /// after signing; or rename their files in the opposite order to their numbers. Publications
 /// from other processes are ordered by the store's counters (a stale number is refused).
 static PUBLISHING: Mutex<()> = Mutex::new(());
+
+/// Serial numbers and their revocations, as the store reads them.
+type Page = Vec<(Vec<u8>, Revocation)>;
+
+/// Revocations read from the store at a time for a full CRL.
+const FULL_CRL_PAGE: usize = 10_000;
+
+/// The size of the parts a shared store keeps a published CRL in.
+const PART_BYTES: u64 = 1 << 20;
 
 impl From<ApplyError> for CrlError {
     fn from(e: ApplyError) -> CrlError {
@@ -295,19 +265,42 @@ pub fn publish(
     let mut published = Vec::with_capacity(scopes.len());
     let mut txn = Txn::new();
     for scope in scopes {
-        let entries = match scope {
-            CrlScope::Shard(s) => store.revoked_in_shard(kind, s)?,
-            CrlScope::Full => store.revoked_of_issuer(kind)?,
-        };
         let number = last_number(store.as_ref(), kind, scope)? + 1;
-        let der = build_crl(issuer, settings, scope, number, &entries, now)?;
         let path = dir.join(scope.file_name(kind));
-        staged.push(
-            StagedFile::write(&path, &der, 0o600).map_err(|source| CrlError::Io {
-                path: path.clone(),
-                source,
-            })?,
-        );
+        let io = |source| CrlError::Io {
+            path: path.clone(),
+            source,
+        };
+        // A shard is read whole (its size is what the shard count bounds); the full CRL a
+        // page at a time, so that memory stays bounded by a shard whatever its size.
+        let mut shard = match scope {
+            CrlScope::Shard(s) => Some(store.revoked_in_shard(kind, s)?),
+            CrlScope::Full => None,
+        };
+        let mut cursor: Option<Vec<u8>> = None;
+        let mut done = false;
+        let mut pages = || -> Result<Option<Page>, CrlError> {
+            if scope != CrlScope::Full {
+                return Ok(shard.take());
+            }
+            if done {
+                return Ok(None);
+            }
+            let page = store.revoked_of_issuer(kind, cursor.as_deref(), FULL_CRL_PAGE)?;
+            cursor = page.next;
+            done = cursor.is_none();
+            Ok(Some(page.entries))
+        };
+        let (file, f) = StagedFile::create(&path, 0o600).map_err(io)?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 16, f);
+        let written = build::write_crl(
+            issuer, settings, scope, number, now, &mut pages, dir, &mut w,
+        )?;
+        w.into_inner()
+            .map_err(|e| io(e.into_error()))?
+            .sync_all()
+            .map_err(io)?;
+        staged.push(file);
         txn.push(Op::AdvanceCounter {
             name: counter_key(kind, scope),
             to: number,
@@ -317,8 +310,8 @@ pub fn publish(
             scope: scope.name(),
             path,
             crl_number: number,
-            entries: entries.len(),
-            bytes: der.len(),
+            entries: written.entries,
+            bytes: written.bytes as usize,
             this_update: now,
             next_update: now + settings.lifetime_secs(kind),
         });
@@ -327,17 +320,17 @@ pub fn publish(
     crate::failpoint("crl.before-rename");
     StagedFile::commit_all(staged).map_err(|(path, source)| CrlError::Io { path, source })?;
     if store.is_shared() {
-        // Every server of a shared store serves these: each CRL goes into the store too, one
-        // at a time from its file (so that memory stays bounded by the largest CRL), while the
+        // Every server of a shared store serves these: each CRL goes into the store too, a
+        // part at a time from its file (so that memory stays bounded by a part), while the
         // lease is still held. A crash before this leaves the store's copies older than the
         // counters, which the next publication (a starting server's, at the latest) replaces.
         for p in &published {
-            let der = std::fs::read(&p.path).map_err(|source| CrlError::Io {
-                path: p.path.clone(),
-                source,
-            })?;
-            let name = stored_name(kind, &p.path);
-            store.put_published_crl(&name, p.crl_number, &der)?;
+            store_published(
+                store.as_ref(),
+                &stored_name(kind, &p.path),
+                p.crl_number,
+                &p.path,
+            )?;
         }
     }
     Ok(published)
@@ -352,4 +345,111 @@ pub fn stored_name(kind: CaKind, file: &Path) -> String {
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_default()
     )
+}
+
+/// Puts the CRL file at `path` into a shared store as version `number` of `name`, a part at a
+/// time, then makes it the version every server reads (unless the store has a newer one).
+pub(crate) fn store_published(
+    store: &dyn Store,
+    name: &str,
+    number: u64,
+    path: &Path,
+) -> Result<(), CrlError> {
+    use sha2::Digest;
+    use std::io::Read;
+    if store
+        .published_crl(name)?
+        .is_some_and(|c| c.number >= number)
+    {
+        return Ok(());
+    }
+    let io = |source| CrlError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut hasher = sha2::Sha256::new();
+    let (mut len, mut parts) = (0u64, 0u32);
+    let mut part = Vec::with_capacity(PART_BYTES as usize);
+    loop {
+        part.clear();
+        (&mut file)
+            .take(PART_BYTES)
+            .read_to_end(&mut part)
+            .map_err(io)?;
+        if part.is_empty() {
+            break;
+        }
+        hasher.update(&part);
+        store.put_published_crl_part(name, number, parts, &part)?;
+        len += part.len() as u64;
+        parts += 1;
+    }
+    store.put_published_crl(
+        name,
+        &PublishedCrl {
+            number,
+            sha256: hasher.finalize().into(),
+            len,
+            parts,
+        },
+    )?;
+    Ok(())
+}
+
+/// Writes the version of the published CRL `name` a shared store holds to `path` (through a
+/// temporary file renamed into place), a part at a time; its cRLNumber, or None when the store
+/// has none. A version replaced while it is read is read again as the newer one.
+pub fn fetch_published(
+    store: &dyn Store,
+    name: &str,
+    path: &Path,
+) -> Result<Option<u64>, CrlError> {
+    use sha2::Digest;
+    use std::io::Write;
+    let io = |source| CrlError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    for _ in 0..3 {
+        let Some(crl) = store.published_crl(name)? else {
+            return Ok(None);
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let (staged, file) = StagedFile::create(path, 0o600).map_err(io)?;
+        let mut w = std::io::BufWriter::new(file);
+        let mut hasher = sha2::Sha256::new();
+        let mut len = 0u64;
+        let mut complete = true;
+        for index in 0..crl.parts {
+            let Some(part) = store.published_crl_part(name, crl.number, index)? else {
+                // A newer version replaced this one while it was read.
+                complete = false;
+                break;
+            };
+            hasher.update(&part);
+            len += part.len() as u64;
+            w.write_all(&part).map_err(io)?;
+        }
+        if !complete {
+            continue;
+        }
+        if len != crl.len || <[u8; 32]>::from(hasher.finalize()) != crl.sha256 {
+            return Err(StoreError::corrupt(
+                format!("the published CRL {name}"),
+                "its parts do not add up to its length and SHA-256",
+            )
+            .into());
+        }
+        w.into_inner()
+            .map_err(|e| io(e.into_error()))?
+            .sync_all()
+            .map_err(io)?;
+        staged.commit().map_err(io)?;
+        return Ok(Some(crl.number));
+    }
+    // Replaced three times while being read: the next call reads the newest.
+    Ok(None)
 }

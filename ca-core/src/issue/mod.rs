@@ -41,16 +41,6 @@ use crate::par::{par_map, par_map_owned};
 use crate::store::{CertRecord, Store, Txn};
 use s6_commit::SignedOrExisting;
 
-/// `SEQUENCE { tbs, signatureAlgorithm, signatureValue }` around already-encoded TBS bytes: the
-/// shape of a certificate and of a CRL alike (RFC 5280 §4.1, §5.1).
-pub(crate) fn assemble_signed(
-    tbs_der: &[u8],
-    alg_der: &[u8],
-    signature: &[u8],
-) -> Result<Vec<u8>, der::Error> {
-    s5_sign::assemble(tbs_der, alg_der, signature)
-}
-
 /// Most items in one batch.
 pub const MAX_BATCH: usize = 10_000;
 

@@ -165,28 +165,19 @@ impl Service {
             None => None,
         };
         let store = self.store()?;
-        let Some(number) = store.published_crl_number(&name)? else {
+        let Some(number) = store.published_crl(&name)?.map(|c| c.number) else {
             return Ok(());
         };
         if known == Some(number) {
             synced.insert(name, (number, now));
             return Ok(());
         }
-        let local = std::fs::read(path)
-            .ok()
-            .and_then(|der| crate::crl::CrlFacts::parse(&der).ok())
-            .map(|f| f.crl_number);
+        let local = crate::crl::CrlFacts::read(path).ok().map(|f| f.crl_number);
         if local.is_some_and(|l| l >= number) {
             synced.insert(name, (local.unwrap_or(number), now));
             return Ok(());
         }
-        if let Some((number, der)) = store.published_crl(&name)? {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| ServiceError::io(format!("creating {}", dir.display()), e))?;
-            }
-            crate::write_atomic(path, &der, 0o600)
-                .map_err(|e| ServiceError::io(format!("writing {}", path.display()), e))?;
+        if let Some(number) = crate::crl::fetch_published(store.as_ref(), &name, path)? {
             synced.insert(name, (number, now));
         }
         Ok(())

@@ -220,11 +220,9 @@ impl Service {
             let dir = self.crl_dir().join(kind.name());
             let mut scopes = crate::crl::all_scopes(&settings, true);
             scopes.dedup();
-            let revoked = self.store()?.revoked_of_issuer(kind)?.len();
+            let revoked = self.store()?.count_revoked_of_issuer(kind)? as usize;
             let stale = scopes.iter().any(|scope| {
-                let facts = std::fs::read(dir.join(scope.file_name(kind)))
-                    .ok()
-                    .and_then(|der| crate::crl::CrlFacts::parse(&der).ok());
+                let facts = crate::crl::CrlFacts::read(&dir.join(scope.file_name(kind))).ok();
                 match facts {
                     // A revocation committed but not published (a crash between the two):
                     // the full CRL lists fewer than the store holds.

@@ -37,6 +37,29 @@ use crate::CaKind;
 /// Keys and values as stored, in key order.
 pub type RawEntries = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// A published CRL as a shared store keeps it: its DER in parts (see
+/// [`Store::put_published_crl`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishedCrl {
+    /// Its cRLNumber.
+    pub number: u64,
+    /// The SHA-256 of its DER.
+    pub sha256: [u8; 32],
+    /// Its DER's length.
+    pub len: u64,
+    /// How many parts hold the DER.
+    pub parts: u32,
+}
+
+/// One page of an issuer's revoked certificates (see [`Store::revoked_of_issuer`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RevokedPage {
+    /// Serial numbers and their revocations.
+    pub entries: Vec<(Vec<u8>, Revocation)>,
+    /// Where the next page starts: None when this is the last.
+    pub next: Option<Vec<u8>>,
+}
+
 /// What meterpki keeps between runs. See the module documentation for the write rules.
 pub trait Store: Send + Sync + fmt::Debug {
     /// The backend's name for messages: `sled`, `postgres`.
@@ -78,8 +101,17 @@ pub trait Store: Send + Sync + fmt::Debug {
         issuer: CaKind,
         shard: u32,
     ) -> Result<Vec<(Vec<u8>, Revocation)>, StoreError>;
-    /// Every revoked certificate of an issuer (the full CRL).
-    fn revoked_of_issuer(&self, issuer: CaKind) -> Result<Vec<(Vec<u8>, Revocation)>, StoreError>;
+    /// Up to `limit` revoked certificates of an issuer (the full CRL's entries), in the store's
+    /// order, after `after` (None: from the first; else the `next` of the page before). A full
+    /// CRL is read a page at a time, so that memory stays bounded by a page whatever the count.
+    fn revoked_of_issuer(
+        &self,
+        issuer: CaKind,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<RevokedPage, StoreError>;
+    /// How many certificates of an issuer are revoked.
+    fn count_revoked_of_issuer(&self, issuer: CaKind) -> Result<u64, StoreError>;
 
     // ---- counters, settings, the audit head ----------------------------------------------
 
@@ -142,13 +174,32 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// True for a store several processes and machines share (PostgreSQL): it keeps the audit
     /// log and the published CRLs, which every server reads from it.
     fn is_shared(&self) -> bool;
-    /// Keeps a published CRL (`name` as its file, `device/3.crl`) with its cRLNumber, unless
-    /// the store has a CRL of that name with this number or a higher one.
-    fn put_published_crl(&self, name: &str, number: u64, der: &[u8]) -> Result<(), StoreError>;
-    /// The cRLNumber of the CRL kept under `name`, if any (one small read).
-    fn published_crl_number(&self, name: &str) -> Result<Option<u64>, StoreError>;
-    /// The CRL kept under `name` and its cRLNumber.
-    fn published_crl(&self, name: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError>;
+    /// Stores part `index` of version `number` of the published CRL `name` (`device/3.crl`),
+    /// not yet visible: [`Store::put_published_crl`] makes a version visible once all its parts
+    /// are stored (`crate::crl` writes and reads them).
+    fn put_published_crl_part(
+        &self,
+        name: &str,
+        number: u64,
+        index: u32,
+        bytes: &[u8],
+    ) -> Result<(), StoreError>;
+    /// Makes version `crl.number` of the published CRL `name`, its parts stored, the one every
+    /// server reads, and removes the parts of every other version; unless the store has a
+    /// version of that name with this number or a higher one (then false, nothing changed).
+    /// Callers hold the `crl.publish` lease.
+    fn put_published_crl(&self, name: &str, crl: &PublishedCrl) -> Result<bool, StoreError>;
+    /// The version of the published CRL `name` every server should serve, if any (one small
+    /// read).
+    fn published_crl(&self, name: &str) -> Result<Option<PublishedCrl>, StoreError>;
+    /// Part `index` of version `number` of the published CRL `name`: None when there is no such
+    /// part (a newer version has replaced that one).
+    fn published_crl_part(
+        &self,
+        name: &str,
+        number: u64,
+        index: u32,
+    ) -> Result<Option<Vec<u8>>, StoreError>;
     /// The records of an audit log kept in the store (a shared store's), in order: each the
     /// JSON line the record's writer stored.
     fn audit_record_lines(&self) -> Result<Vec<Vec<u8>>, StoreError>;

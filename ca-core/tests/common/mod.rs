@@ -1,9 +1,15 @@
 //! What the ca-core integration tests share: a software key behind the `Signer` seam.
 #![allow(dead_code)]
 
-use ca_core::{spki_from_point, KeyAlgorithm, SignError, Signer};
+use std::sync::Arc;
+
+use ca_core::{
+    build_ca_certificate, build_self_signed_root, spki_from_point, CaCertSpec, KeyAlgorithm,
+    SignError, Signer,
+};
 use p256::ecdsa::signature::Signer as _;
 use spki::SubjectPublicKeyInfoOwned;
+use x509_cert::Certificate;
 
 /// A software key behind the Signer seam, for tests only. `corrupt` makes it return a
 /// signature that does not verify (a bit flipped), as a faulty HSM might.
@@ -67,5 +73,69 @@ impl Signer for SoftSigner {
             sig[n - 3] ^= 0x01;
         }
         Ok(sig)
+    }
+    fn sign_digest(&self, digest: &[u8]) -> Result<Vec<u8>, SignError> {
+        use ecdsa::signature::hazmat::PrehashSigner;
+        let mut sig = match (&self.p256, &self.p384) {
+            (Some(k), _) => {
+                let s: p256::ecdsa::Signature = k.sign_prehash(digest).unwrap();
+                s.to_der().as_bytes().to_vec()
+            }
+            (_, Some(k)) => {
+                let s: p384::ecdsa::Signature = k.sign_prehash(digest).unwrap();
+                s.to_der().as_bytes().to_vec()
+            }
+            _ => unreachable!("a SoftSigner holds one key"),
+        };
+        if self.corrupt {
+            let n = sig.len();
+            sig[n - 3] ^= 0x01;
+        }
+        Ok(sig)
+    }
+}
+
+/// A test root (P-384) and a CA (P-256) it certifies, both software keys.
+pub(crate) struct TestCa {
+    pub root_cert: Certificate,
+    pub root: Arc<SoftSigner>,
+    pub cert: Certificate,
+    pub key: Arc<SoftSigner>,
+}
+
+/// A root and a CA named `subject` under it; `corrupt`: the CA's signatures do not verify.
+pub(crate) fn test_ca(subject: &str, corrupt: bool) -> TestCa {
+    let root = SoftSigner::p384();
+    let root_cert = build_self_signed_root(
+        &root,
+        &CaCertSpec {
+            subject: "CN=Test Root".into(),
+            validity_days: 3650,
+            path_len: 1,
+            policies: Vec::new(),
+            crl_url: None,
+        },
+    )
+    .unwrap();
+    let mut ca = SoftSigner::p256();
+    let cert = build_ca_certificate(
+        &root,
+        &root_cert,
+        &ca.spki,
+        &CaCertSpec {
+            subject: subject.into(),
+            validity_days: 1000,
+            path_len: 0,
+            policies: Vec::new(),
+            crl_url: None,
+        },
+    )
+    .unwrap();
+    ca.corrupt = corrupt;
+    TestCa {
+        root_cert,
+        root: Arc::new(root),
+        cert,
+        key: Arc::new(ca),
     }
 }

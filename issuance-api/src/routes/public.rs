@@ -19,19 +19,32 @@ pub(super) async fn get_crl(
         .crl_file(&issuer, &file)
         .ok_or_else(|| ApiError::not_found("no such CRL"))?;
     sync_crl(&state, &path).await;
-    match state.crls.get(&path).await {
-        Ok(Some(crl)) => Ok(crl.respond(&headers)),
-        Ok(None) => Err(ApiError::not_found("no such CRL (not published yet)")),
-        // Never a damaged file served as a CRL: the next publication replaces it.
-        Err(e) => {
-            tracing::error!(path = %path.display(), error = %e, "a published CRL file is damaged; run `meterpki crl publish` (a starting server republishes it)");
-            Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "crl-damaged",
-                "the published CRL is damaged; it is being replaced",
-            ))
+    // A publication may rename a new file into place between reading the CRL's facts and
+    // opening it: then the new version is read again (twice at most, then the client retries).
+    for _ in 0..2 {
+        match state.crls.get(&path).await {
+            Ok(Some(crl)) => {
+                if let Some(body) = crl.body().await {
+                    return Ok(crl.respond(&headers, body));
+                }
+            }
+            Ok(None) => return Err(ApiError::not_found("no such CRL (not published yet)")),
+            // Never a damaged file served as a CRL: the next publication replaces it.
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "a published CRL file is damaged; run `meterpki crl publish` (a starting server republishes it)");
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "crl-damaged",
+                    "the published CRL is damaged; it is being replaced",
+                ));
+            }
         }
     }
+    Err(ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "crl-replaced",
+        "the CRL was being replaced by a new publication; retry",
+    ))
 }
 
 /// A shared store's CRL may have been published by another server: this machine's copy is

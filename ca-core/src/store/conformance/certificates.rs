@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use crate::model::Reason;
-use crate::store::{Commit, Op, Revoked, Txn};
+use crate::store::{Commit, Op, Revoked, RevokedPage, Txn};
 use crate::CaKind;
 
 use super::helpers::{
@@ -205,14 +205,71 @@ pub fn revocation_is_final_and_listed_by_shard(h: &dyn Harness, dir: &Path) {
         .revoked_in_shard(CaKind::Device, b.shard)
         .unwrap()
         .is_empty());
-    assert!(s
-        .revoked_of_issuer(CaKind::Organisation)
-        .unwrap()
-        .is_empty());
     assert_eq!(
-        s.revoked_of_issuer(CaKind::Device).unwrap(),
-        vec![(a.serial, first)]
+        s.revoked_of_issuer(CaKind::Organisation, None, 100)
+            .unwrap(),
+        RevokedPage::default()
     );
+    assert_eq!(s.count_revoked_of_issuer(CaKind::Organisation).unwrap(), 0);
+    assert_eq!(
+        s.revoked_of_issuer(CaKind::Device, None, 100).unwrap(),
+        RevokedPage {
+            entries: vec![(a.serial, first)],
+            next: None
+        }
+    );
+    assert_eq!(s.count_revoked_of_issuer(CaKind::Device).unwrap(), 1);
+}
+
+/// An issuer's revocations read a page at a time (a full CRL's) are every revocation of that
+/// issuer once, whatever the page size and however the shards fall, and no other issuer's.
+pub fn revocations_are_read_a_page_at_a_time(h: &dyn Harness, dir: &Path) {
+    let s = h.open(dir);
+    let mut items = Vec::new();
+    let mut serials = Vec::new();
+    for i in 1..=23u8 {
+        let mut c = cert(i, &format!("{DEV}-{i}"), "meter-signing", i);
+        c.shard = u32::from(i % 4) * 7;
+        if i % 3 != 0 {
+            serials.push(c.serial.clone());
+        }
+        items.push((c, false));
+    }
+    let mut other = cert(99, DEV2, "meter-signing", 99);
+    other.issuer = CaKind::Organisation;
+    items.push((other.clone(), false));
+    commit(s.as_ref(), items, true);
+    let rev = revocation(Reason::KeyCompromise, 1_700_000_100);
+    revoke(s.as_ref(), serials.clone(), rev);
+    revoke(
+        s.as_ref(),
+        vec![other.serial],
+        revocation(Reason::Superseded, 1_700_000_100),
+    );
+    let mut expected: Vec<_> = serials.into_iter().map(|s| (s, rev)).collect();
+    expected.sort_by(|a, b| a.0.cmp(&b.0));
+    for size in [1, 2, 5, 15, 16, 100] {
+        let mut seen = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = s
+                .revoked_of_issuer(CaKind::Device, after.as_deref(), size)
+                .unwrap();
+            assert!(page.entries.len() <= size);
+            seen.extend(page.entries);
+            match page.next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        seen.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(seen, expected, "pages of {size}");
+    }
+    assert_eq!(
+        s.count_revoked_of_issuer(CaKind::Device).unwrap(),
+        expected.len() as u64
+    );
+    assert_eq!(s.count_revoked_of_issuer(CaKind::Organisation).unwrap(), 1);
 }
 
 /// A key is bound to one subject and usage while that subject's active certificate for that

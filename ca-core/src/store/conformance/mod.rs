@@ -38,11 +38,13 @@ pub use certificates::{
     certificates_round_trip_and_are_indexed,
     one_active_certificate_per_device_and_usage_under_concurrency,
     replace_supersedes_and_revokes_the_old_certificate, revocation_is_final_and_listed_by_shard,
+    revocations_are_read_a_page_at_a_time,
 };
 pub use records::{
     a_refused_operation_aborts_the_whole_transaction,
     accounts_are_created_once_and_found_by_certificate, operation_journals_round_trip,
-    suppliers_are_registered_once, the_audit_record_commits_with_the_change,
+    published_crls_replace_only_older_versions, suppliers_are_registered_once,
+    the_audit_record_commits_with_the_change,
 };
 pub use reopen::{a_store_checks_clean_and_copies_entry_for_entry, everything_survives_a_reopen};
 
@@ -70,6 +72,7 @@ macro_rules! store_conformance {
             replace_supersedes_and_revokes_the_old_certificate,
             all_or_nothing_commits_store_nothing_when_one_item_is_refused,
             revocation_is_final_and_listed_by_shard,
+            revocations_are_read_a_page_at_a_time,
             batch_claims_bind_a_request_id_to_one_body_under_concurrency,
             counters_never_go_back_and_reservations_never_overlap,
             meter_moves_are_compare_and_swap,
@@ -78,6 +81,7 @@ macro_rules! store_conformance {
             operation_journals_round_trip,
             a_refused_operation_aborts_the_whole_transaction,
             the_audit_record_commits_with_the_change,
+            published_crls_replace_only_older_versions,
             everything_survives_a_reopen,
             a_store_checks_clean_and_copies_entry_for_entry
         );

@@ -188,3 +188,50 @@ pub fn the_audit_record_commits_with_the_change(h: &dyn Harness, dir: &Path) {
     .unwrap();
     assert_eq!(s.audit_head().unwrap(), Some(head(2)));
 }
+
+/// A published CRL is kept in parts: a version becomes the one read only once its parts are
+/// stored, never replaces a newer one, and takes the parts of every other version with it.
+pub fn published_crls_replace_only_older_versions(h: &dyn Harness, dir: &Path) {
+    use crate::store::PublishedCrl;
+    let s = h.open(dir);
+    let name = "device/full.crl";
+    assert_eq!(s.published_crl(name).unwrap(), None);
+    let version = |number: u64, parts: u32| PublishedCrl {
+        number,
+        sha256: [number as u8; 32],
+        len: u64::from(parts) * 3,
+        parts,
+    };
+    for i in 0..3 {
+        s.put_published_crl_part(name, 5, i, &[5, 5, i as u8])
+            .unwrap();
+    }
+    // A crashed writer's parts of version 6, never made visible.
+    s.put_published_crl_part(name, 6, 0, &[6]).unwrap();
+    assert_eq!(s.published_crl(name).unwrap(), None);
+    assert!(s.put_published_crl(name, &version(5, 3)).unwrap());
+    assert_eq!(s.published_crl(name).unwrap(), Some(version(5, 3)));
+    assert_eq!(
+        s.published_crl_part(name, 5, 2).unwrap(),
+        Some(vec![5, 5, 2])
+    );
+    assert_eq!(s.published_crl_part(name, 6, 0).unwrap(), None);
+    // The same or an older number changes nothing.
+    s.put_published_crl_part(name, 4, 0, &[4]).unwrap();
+    assert!(!s.put_published_crl(name, &version(4, 1)).unwrap());
+    assert!(!s.put_published_crl(name, &version(5, 1)).unwrap());
+    assert_eq!(s.published_crl(name).unwrap(), Some(version(5, 3)));
+    // A newer one replaces it, and the older one's parts go.
+    s.put_published_crl_part(name, 9, 0, &[9]).unwrap();
+    assert!(s.put_published_crl(name, &version(9, 1)).unwrap());
+    assert_eq!(s.published_crl(name).unwrap(), Some(version(9, 1)));
+    for (n, i) in [(5, 0), (5, 2), (4, 0)] {
+        assert_eq!(s.published_crl_part(name, n, i).unwrap(), None, "{n}/{i}");
+    }
+    assert_eq!(s.published_crl_part(name, 9, 0).unwrap(), Some(vec![9]));
+    // Another CRL's name is another CRL, even one that begins the same way.
+    assert_eq!(s.published_crl("device/full.crl2").unwrap(), None);
+    drop(s);
+    let s = h.open(dir);
+    assert_eq!(s.published_crl(name).unwrap(), Some(version(9, 1)));
+}

@@ -53,12 +53,55 @@ pub(crate) const COMPROMISED: u8 = b'x';
 /// by its sequence number (big-endian): the record's JSON line as the audit log file holds it.
 pub(crate) const AUDIT_RECORD: u8 = b'L';
 
-/// A published CRL in a shared store, by its file name (`device/3.crl`): its cRLNumber (8
-/// bytes, big-endian) and the SHA-256 of its DER, read by every server to tell whether its own
-/// copy is current.
+/// A published CRL in a shared store, by its file name (`device/3.crl`): its cRLNumber, the
+/// SHA-256 of its DER, its length and how many parts hold it (see [`encode_crl_meta`]), read by
+/// every server to tell whether its own copy is current.
 pub(crate) const CRL_META: u8 = b'C';
-/// A published CRL's DER, by its file name.
+/// A part of a published CRL's DER (at most a mebibyte, so that no value, and no write or read
+/// of one, grows with the CRL): by its file name, a zero byte, the cRLNumber and the part's
+/// index (both big-endian).
 pub(crate) const CRL_DER: u8 = b'D';
+
+/// The key of part `index` of version `number` of the published CRL `name`.
+pub(crate) fn crl_part_key(name: &str, number: u64, index: u32) -> Vec<u8> {
+    key(
+        CRL_DER,
+        &[
+            name.as_bytes(),
+            &[0],
+            &number.to_be_bytes(),
+            &index.to_be_bytes(),
+        ],
+    )
+}
+
+/// A published CRL's entry: cRLNumber (8 bytes), SHA-256 (32), length (8), parts (4).
+pub(crate) fn encode_crl_meta(c: &crate::store::PublishedCrl) -> Vec<u8> {
+    let mut v = c.number.to_be_bytes().to_vec();
+    v.extend_from_slice(&c.sha256);
+    v.extend_from_slice(&c.len.to_be_bytes());
+    v.extend_from_slice(&c.parts.to_be_bytes());
+    v
+}
+
+pub(crate) fn decode_crl_meta(
+    key: &[u8],
+    v: &[u8],
+) -> Result<crate::store::PublishedCrl, StoreError> {
+    if v.len() != 52 {
+        return Err(StoreError::corrupt(
+            printable(key),
+            format!("a published CRL's entry is 52 bytes, not {}", v.len()),
+        ));
+    }
+    let u64_at = |i: usize| u64::from_be_bytes(v[i..i + 8].try_into().unwrap_or_default());
+    Ok(crate::store::PublishedCrl {
+        number: u64_at(0),
+        sha256: v[8..40].try_into().unwrap_or_default(),
+        len: u64_at(40),
+        parts: u32::from_be_bytes(v[48..52].try_into().unwrap_or_default()),
+    })
+}
 
 /// The key of audit record `seq`.
 pub(crate) fn audit_record_key(seq: u64) -> Vec<u8> {

@@ -14,8 +14,8 @@ use codec::*;
 
 use crate::model::{Account, OpRecord, Revocation, Supplier};
 use crate::store::{
-    Applied, ApplyError, AuditHead, AuditStage, BatchRecord, CertRecord, Store, StoreError, Txn,
-    UpdateMark,
+    Applied, ApplyError, AuditHead, AuditStage, BatchRecord, CertRecord, PublishedCrl, RevokedPage,
+    Store, StoreError, Txn, UpdateMark,
 };
 use crate::CaKind;
 
@@ -93,6 +93,15 @@ impl<B: KvBackend> std::fmt::Debug for KvStore<B> {
 impl<B: KvBackend> KvStore<B> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.backend.get(key)
+    }
+
+    /// One write of entries outside the transaction rules (a published CRL's).
+    fn write_raw(&self, body: &mut WriteBody<'_>) -> Result<(), StoreError> {
+        match self.backend.write(body) {
+            Ok(r) => r,
+            Err(ApplyError::Store(e)) => Err(e),
+            Err(e) => Err(StoreError::Refused(e.to_string())),
+        }
     }
 
     fn meta(&self, name: &str) -> Result<Option<u64>, StoreError> {
@@ -190,13 +199,39 @@ impl<B: KvBackend + 'static> Store for KvStore<B> {
             .collect()
     }
 
-    fn revoked_of_issuer(&self, issuer: CaKind) -> Result<Vec<(Vec<u8>, Revocation)>, StoreError> {
+    fn revoked_of_issuer(
+        &self,
+        issuer: CaKind,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<RevokedPage, StoreError> {
         let prefix = shard_prefix(issuer);
-        self.backend
-            .scan_prefix(&prefix, None)?
-            .into_iter()
-            .map(|(k, v)| Ok((k[prefix.len() + 4..].to_vec(), decode_rev(&k, &v)?)))
-            .collect()
+        let mut start = prefix.clone();
+        if let Some(after) = after {
+            // The cursor is a key's tail (shard and serial): the next key is the first after
+            // it, which its tail followed by a zero byte is.
+            start.extend_from_slice(after);
+            start.push(0);
+        }
+        let limit = limit.max(1);
+        let mut page = RevokedPage::default();
+        let mut last = None;
+        for (k, v) in self.backend.entries_from(&start, limit)? {
+            if !k.starts_with(&prefix) || k.len() < prefix.len() + 4 {
+                break;
+            }
+            page.entries
+                .push((k[prefix.len() + 4..].to_vec(), decode_rev(&k, &v)?));
+            last = Some(k[prefix.len()..].to_vec());
+        }
+        if page.entries.len() == limit {
+            page.next = last;
+        }
+        Ok(page)
+    }
+
+    fn count_revoked_of_issuer(&self, issuer: CaKind) -> Result<u64, StoreError> {
+        self.backend.count_prefix(&shard_prefix(issuer))
     }
 
     fn counter(&self, name: &str) -> Result<Option<u64>, StoreError> {
@@ -322,45 +357,67 @@ impl<B: KvBackend + 'static> Store for KvStore<B> {
         self.backend.shared()
     }
 
-    fn put_published_crl(&self, name: &str, number: u64, der: &[u8]) -> Result<(), StoreError> {
+    fn put_published_crl_part(
+        &self,
+        name: &str,
+        number: u64,
+        index: u32,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        let k = crl_part_key(name, number, index);
+        let mut entries = Some(vec![(k, Some(bytes.to_vec()))]);
+        self.write_raw(&mut |_| Ok(entries.take()))
+    }
+
+    fn put_published_crl(&self, name: &str, crl: &PublishedCrl) -> Result<bool, StoreError> {
         let meta_k = key(CRL_META, &[name.as_bytes()]);
-        let mut meta = number.to_be_bytes().to_vec();
-        meta.extend_from_slice(&crate::sha256(der));
-        let mut entries = Some(vec![
-            (key(CRL_DER, &[name.as_bytes()]), Some(der.to_vec())),
-            (meta_k.clone(), Some(meta)),
-        ]);
-        let written = self.backend.write(&mut |view: &dyn KvRead| {
+        // The parts of every other version of this CRL (an older one's, a crashed writer's)
+        // go with this write. The `crl.publish` lease its callers hold keeps another writer's
+        // parts from appearing meanwhile.
+        let prefix = crl_part_key(name, 0, 0)[..name.len() + 2].to_vec();
+        let mut stale = Vec::new();
+        let mut start = prefix.clone();
+        loop {
+            let keys = self.backend.keys_from(&start, &prefix, 1_000)?;
+            let Some(last) = keys.last() else { break };
+            start = last.clone();
+            start.push(0);
+            let n = keys.len();
+            stale.extend(keys.into_iter().filter(|k| {
+                k.get(prefix.len()..prefix.len() + 8) != Some(&crl.number.to_be_bytes()[..])
+            }));
+            if n < 1_000 {
+                break;
+            }
+        }
+        let mut stored = false;
+        self.write_raw(&mut |view: &dyn KvRead| {
             // Only ever a newer CRL: a late writer never puts an older one back.
             if let Some(v) = view.get(&meta_k)? {
-                if decode_u64(&meta_k, &v[..8.min(v.len())])? >= number {
+                if decode_crl_meta(&meta_k, &v)?.number >= crl.number {
                     return Ok(None);
                 }
             }
-            Ok(entries.take())
-        });
-        match written {
-            Ok(r) => r,
-            Err(ApplyError::Store(e)) => Err(e),
-            Err(e) => Err(StoreError::Refused(e.to_string())),
-        }
+            stored = true;
+            let mut w: WriteSet = stale.iter().map(|k| (k.clone(), None)).collect();
+            w.push((meta_k.clone(), Some(encode_crl_meta(crl))));
+            Ok(Some(w))
+        })?;
+        Ok(stored)
     }
 
-    fn published_crl_number(&self, name: &str) -> Result<Option<u64>, StoreError> {
+    fn published_crl(&self, name: &str) -> Result<Option<PublishedCrl>, StoreError> {
         let k = key(CRL_META, &[name.as_bytes()]);
-        self.get(&k)?
-            .map(|v| decode_u64(&k, &v[..8.min(v.len())]))
-            .transpose()
+        self.get(&k)?.map(|v| decode_crl_meta(&k, &v)).transpose()
     }
 
-    fn published_crl(&self, name: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
-        let (Some(number), Some(der)) = (
-            self.published_crl_number(name)?,
-            self.get(&key(CRL_DER, &[name.as_bytes()]))?,
-        ) else {
-            return Ok(None);
-        };
-        Ok(Some((number, der)))
+    fn published_crl_part(
+        &self,
+        name: &str,
+        number: u64,
+        index: u32,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get(&crl_part_key(name, number, index))
     }
 
     fn audit_record_lines(&self) -> Result<Vec<Vec<u8>>, StoreError> {
