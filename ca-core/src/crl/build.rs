@@ -352,3 +352,39 @@ pub fn build_crl(
     )?;
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::header;
+    use der::Encode;
+
+    /// The hand-written header is DER's (short form below 128, else the fewest length octets),
+    /// as `der` encodes it where `der` can, and goes on past its 256 MiB limit.
+    #[test]
+    fn headers_are_der_at_every_length() {
+        for len in [
+            0u32,
+            1,
+            127,
+            128,
+            255,
+            256,
+            65_535,
+            65_536,
+            42_000_288,
+            0x0FFF_FFFF,
+        ] {
+            let mut want = vec![0x30];
+            der::Length::try_from(len)
+                .unwrap()
+                .encode_to_vec(&mut want)
+                .unwrap();
+            assert_eq!(header(0x30, u64::from(len)), want, "{len}");
+        }
+        assert_eq!(
+            header(0x30, 400_000_000),
+            vec![0x30, 0x84, 0x17, 0xd7, 0x84, 0x00]
+        );
+        assert_eq!(header(0x03, 1 << 40), vec![0x03, 0x86, 0x01, 0, 0, 0, 0, 0]);
+    }
+}
