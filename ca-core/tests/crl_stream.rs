@@ -168,8 +168,12 @@ fn facts_refuse_what_is_not_a_crl() {
         1_790_000_000,
     )
     .unwrap();
-    for cut in [0, 1, 5, 40, der.len() / 2] {
+    assert!(CrlFacts::parse(&der).is_ok());
+    for cut in [0, 1, 5, 40, der.len() / 2, der.len() - 10, der.len() - 1] {
         assert!(CrlFacts::parse(&der[..cut]).is_err(), "cut at {cut}");
     }
+    let mut longer = der.clone();
+    longer.push(0);
+    assert!(CrlFacts::parse(&longer).is_err(), "a byte after the CRL");
     assert!(CrlFacts::parse(b"not a crl").is_err());
 }

@@ -85,8 +85,11 @@ pub fn raw_online_token(
     config: &Config,
     sessions: usize,
 ) -> Result<(hsm_bridge::Hsm, Arc<hsm_bridge::Token>)> {
-    heal_softhsm(home, config)?;
-    let hsm = hsm_bridge::Hsm::load(&config.hsm.module)?;
+    let tokens = heal_softhsm(home, config)?;
+    let mut hsm = hsm_bridge::Hsm::load(&config.hsm.module)?;
+    if let Some(dir) = tokens.as_deref().and_then(Path::parent) {
+        hsm = hsm.with_token_lock(dir.join("token.lock"));
+    }
     let token = hsm.open(
         &config.hsm.online_token,
         crate::pin::online_pin(home, config)?,

@@ -21,6 +21,9 @@ use crate::pool::Token;
 pub struct Hsm {
     pkcs11: Pkcs11,
     module: PathBuf,
+    /// For a SoftHSM home: the file whose lock orders this home's processes' logins and token
+    /// reads (see [`Hsm::with_token_lock`]).
+    token_lock: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Hsm {
@@ -50,16 +53,55 @@ impl Hsm {
             return Ok(Hsm {
                 pkcs11: p.clone(),
                 module: module.to_path_buf(),
+                token_lock: None,
             });
         }
         let pkcs11 = Pkcs11::new(&key).map_err(|e| load_err(e.to_string()))?;
         let hsm = Hsm {
             pkcs11,
             module: module.to_path_buf(),
+            token_lock: None,
         };
         hsm.initialize()?;
         reg.insert(key, hsm.pkcs11.clone());
         Ok(hsm)
+    }
+
+    /// Orders this process's logins and token reads with every other process's that uses the
+    /// same `path` (an advisory lock on it: exclusive around a login, shared around reading
+    /// which tokens there are). For SoftHSM, whose file store rewrites a token's file at every
+    /// login (truncated to nothing, then written): another process reading the token in
+    /// between sees an error, an uninitialised PIN or no token at all. A SoftHSM home's
+    /// processes all use `<home>/softhsm/token.lock`. A network HSM needs none of this.
+    pub fn with_token_lock(mut self, path: PathBuf) -> Hsm {
+        self.token_lock = Some(path);
+        self
+    }
+
+    /// Holds the token lock (if any) until the returned file is dropped.
+    pub(crate) fn token_lock(&self, exclusive: bool) -> Result<Option<std::fs::File>, HsmError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let Some(path) = &self.token_lock else {
+            return Ok(None);
+        };
+        let failed = |e: std::io::Error| HsmError::Unexpected {
+            token: "(all)".into(),
+            detail: format!("locking {}: {e}", path.display()),
+        };
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(failed)?;
+        let op = if exclusive {
+            rustix::fs::FlockOperation::LockExclusive
+        } else {
+            rustix::fs::FlockOperation::LockShared
+        };
+        rustix::fs::flock(&file, op).map_err(|e| failed(e.into()))?;
+        Ok(Some(file))
     }
 
     /// `C_Initialize`; already initialised is fine.
@@ -95,18 +137,27 @@ impl Hsm {
         Ok(info.manufacturer_id().trim().to_string())
     }
 
+    /// `C_GetTokenInfo`, read again after a short pause when it fails with
+    /// `CKR_GENERAL_ERROR` (see [`read_again`]).
+    fn token_info(&self, slot: Slot) -> Result<cryptoki::slot::TokenInfo, HsmError> {
+        read_again(|| self.pkcs11.get_token_info(slot))
+            .map_err(|e| HsmError::from_ck(e, "reading token info"))
+    }
+
+    /// The slots with an initialised token (`C_GetSlotList`, then `C_GetTokenInfo` of each),
+    /// read again after a short pause when that fails with `CKR_GENERAL_ERROR`.
+    fn initialized_slots(&self) -> Result<Vec<Slot>, HsmError> {
+        read_again(|| self.pkcs11.get_slots_with_initialized_token())
+            .map_err(|e| HsmError::from_ck(e, "listing slots"))
+    }
+
     /// Every initialised token.
     pub fn tokens(&self) -> Result<Vec<TokenSummary>, HsmError> {
-        let slots = self
-            .pkcs11
-            .get_slots_with_initialized_token()
-            .map_err(|e| HsmError::from_ck(e, "listing slots"))?;
+        let _lock = self.token_lock(false)?;
+        let slots = self.initialized_slots()?;
         let mut out = Vec::new();
         for slot in slots {
-            let info = self
-                .pkcs11
-                .get_token_info(slot)
-                .map_err(|e| HsmError::from_ck(e, "reading token info"))?;
+            let info = self.token_info(slot)?;
             out.push(TokenSummary {
                 slot: slot.id(),
                 label: info.label().trim_end().to_string(),
@@ -119,18 +170,32 @@ impl Hsm {
         Ok(out)
     }
 
-    /// The slot holding the token labelled `label`.
+    /// The slot holding the token labelled `label`. Not found is looked for again for up to a
+    /// second: while another process logs in, SoftHSM's file store can show its token as not
+    /// initialised (its file is rewritten from empty; see [`read_again`]).
     pub fn find_token(&self, label: &str) -> Result<Slot, HsmError> {
-        let slots = self
-            .pkcs11
-            .get_slots_with_initialized_token()
-            .map_err(|e| HsmError::from_ck(e, "listing slots"))?;
+        let mut tries = 0;
+        loop {
+            let found = {
+                let _lock = self.token_lock(false)?;
+                self.find_token_once(label)
+            };
+            match found {
+                Err(HsmError::TokenNotFound { .. }) if tries < 20 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// [`Hsm::find_token`] once, the token lock held by the caller (or not needed).
+    pub(crate) fn find_token_once(&self, label: &str) -> Result<Slot, HsmError> {
+        let slots = self.initialized_slots()?;
         let mut seen = Vec::new();
         for slot in slots {
-            let info = self
-                .pkcs11
-                .get_token_info(slot)
-                .map_err(|e| HsmError::from_ck(e, "reading token info"))?;
+            let info = self.token_info(slot)?;
             let l = info.label().trim_end().to_string();
             if l == label {
                 return Ok(slot);
@@ -155,7 +220,9 @@ impl Hsm {
         so_pin: &SecretString,
         user_pin: &SecretString,
     ) -> Result<(), HsmError> {
-        if self.find_token(label).is_ok() {
+        // The SO login and the PIN setting rewrite the token's file: under the exclusive lock.
+        let _lock = self.token_lock(true)?;
+        if self.find_token_once(label).is_ok() {
             return Err(HsmError::TokenExists {
                 label: label.into(),
                 module: self.module.display().to_string(),
@@ -180,7 +247,7 @@ impl Hsm {
             .init_token(free, so_pin, label)
             .map_err(|e| HsmError::from_ck(e, format!("creating token {label:?}")))?;
         // SoftHSM moves a freshly initialised token to a new slot id: find it again by label.
-        let slot = self.find_token(label)?;
+        let slot = self.find_token_once(label)?;
         let session = self
             .pkcs11
             .open_rw_session(slot)
@@ -284,4 +351,23 @@ pub(crate) fn list_objects(
     }
     out.sort_by(|a, b| (&a.label, &a.class).cmp(&(&b.label, &b.class)));
     Ok(out)
+}
+
+/// Runs a PKCS#11 call that only reads again, after a short pause, while it fails with
+/// `CKR_GENERAL_ERROR`, for up to a second: SoftHSM 2.6 rewrites a token's `token.object` at
+/// every login (truncated to nothing, then written; see `softhsm-config::heal_tokens`), and
+/// another process reading the token in between gets that error, or does not see the token
+/// (two `crl publish` at once on one home did, about one run in five). Reading again is safe;
+/// a token still failing after a second is reported.
+fn read_again<T>(mut call: impl FnMut() -> Result<T, CkError>) -> Result<T, CkError> {
+    let mut tries = 0;
+    loop {
+        match call() {
+            Err(CkError::Pkcs11(RvError::GeneralError, _)) if tries < 20 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            r => return r,
+        }
+    }
 }

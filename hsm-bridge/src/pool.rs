@@ -286,7 +286,10 @@ impl Token {
     }
 
     fn new_session(&self) -> Result<PooledSession, HsmError> {
-        let slot = self.hsm.find_token(&self.label)?;
+        // Looked up and logged in to under the exclusive token lock: no other process of the
+        // home reads the token while this login rewrites it (see `Hsm::with_token_lock`).
+        let _lock = self.hsm.token_lock(true)?;
+        let slot = self.hsm.find_token_once(&self.label)?;
         let session =
             self.hsm.pkcs11().open_rw_session(slot).map_err(|e| {
                 HsmError::from_ck(e, format!("opening a session on {:?}", self.label))

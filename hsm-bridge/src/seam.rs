@@ -54,8 +54,16 @@ pub struct Pkcs11Module {
 impl Pkcs11Module {
     /// Loads `module` (once per process).
     pub fn load(module: &Path, softhsm_tokens: Option<PathBuf>) -> Result<Pkcs11Module, HsmError> {
+        let mut hsm = Hsm::load(module)?;
+        if let Some(lock) = softhsm_tokens
+            .as_deref()
+            .and_then(Path::parent)
+            .map(|d| d.join("token.lock"))
+        {
+            hsm = hsm.with_token_lock(lock);
+        }
         Ok(Pkcs11Module {
-            hsm: Hsm::load(module)?,
+            hsm,
             softhsm_tokens,
             created: Mutex::new(HashMap::new()),
         })

@@ -67,7 +67,7 @@ impl CrlCache {
         let Ok(meta) = tokio::fs::metadata(path).await else {
             return Ok(None);
         };
-        let Some(version) = version_of(&meta) else {
+        let Some(mut version) = version_of(&meta) else {
             return Ok(None);
         };
         if let Some(c) = self
@@ -79,26 +79,16 @@ impl CrlCache {
         {
             return Ok(Some(c.clone()));
         }
-        // A file renamed into place between the metadata and the read is simply read again
-        // on the next request: the version recorded is the one checked before reading, so
-        // it can only be older than the content, never newer.
-        let (der, facts, digest) = if version.1 <= IN_MEMORY_MAX {
-            let Ok(der) = tokio::fs::read(path).await else {
-                return Ok(None);
-            };
-            let facts = ca_core::crl::CrlFacts::parse(&der).map_err(|e| e.to_string())?;
-            let digest = ca_core::sha256(&der);
-            (Some(der.into()), facts, digest)
-        } else {
-            let file = path.to_path_buf();
-            let read = tokio::task::spawn_blocking(move || large_crl_facts(&file))
-                .await
-                .map_err(|e| e.to_string())?;
-            let Some((facts, digest)) = read? else {
-                return Ok(None);
-            };
-            (None, facts, digest)
+        // The file is opened once: its version, facts, digest and (when small) bytes all come
+        // from that one handle, whatever a publication renames into place meanwhile.
+        let file = path.to_path_buf();
+        let read = tokio::task::spawn_blocking(move || read_crl(&file))
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some((read_version, der, facts, digest)) = read? else {
+            return Ok(None);
         };
+        version = read_version;
         let entry = Arc::new(CachedCrl {
             version,
             path: path.to_path_buf(),
@@ -116,18 +106,38 @@ impl CrlCache {
     }
 }
 
-/// A large CRL's facts and SHA-256, each read from its file in one pass; None when it is gone.
-fn large_crl_facts(path: &Path) -> Result<Option<(ca_core::crl::CrlFacts, [u8; 32])>, String> {
+/// What one open of a CRL file gives: its version, its bytes when small, its facts and SHA-256.
+type Read = (
+    Version,
+    Option<axum::body::Bytes>,
+    ca_core::crl::CrlFacts,
+    [u8; 32],
+);
+
+/// Reads the CRL at `path` through one handle (None when it is gone): a small one whole; a
+/// large one twice in a stream, for its facts and for its digest, without holding it.
+fn read_crl(path: &Path) -> Result<Option<Read>, String> {
     use sha2::Digest;
+    use std::io::Read as _;
     let Ok(mut file) = std::fs::File::open(path) else {
         return Ok(None);
     };
+    let Some(version) = file.metadata().ok().as_ref().and_then(version_of) else {
+        return Ok(None);
+    };
+    if version.1 <= IN_MEMORY_MAX {
+        let mut der = Vec::new();
+        file.read_to_end(&mut der).map_err(|e| e.to_string())?;
+        let facts = ca_core::crl::CrlFacts::parse(&der).map_err(|e| e.to_string())?;
+        let digest = ca_core::sha256(&der);
+        return Ok(Some((version, Some(der.into()), facts, digest)));
+    }
     let facts = ca_core::crl::CrlFacts::from_reader(std::io::BufReader::new(&file))
         .map_err(|e| e.to_string())?;
     let mut hasher = sha2::Sha256::new();
     std::io::Seek::rewind(&mut file).map_err(|e| e.to_string())?;
     std::io::copy(&mut file, &mut hasher).map_err(|e| e.to_string())?;
-    Ok(Some((facts, hasher.finalize().into())))
+    Ok(Some((version, None, facts, hasher.finalize().into())))
 }
 
 impl CachedCrl {
@@ -183,7 +193,8 @@ impl CachedCrl {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/pkix-crl"),
         );
-        if let Ok(v) = HeaderValue::from_str(&self.version.1.to_string()) {
+        let len = self.der.as_ref().map_or(self.version.1, |d| d.len() as u64);
+        if let Ok(v) = HeaderValue::from_str(&len.to_string()) {
             headers.insert(header::CONTENT_LENGTH, v);
         }
         (headers, body).into_response()

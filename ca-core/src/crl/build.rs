@@ -201,38 +201,40 @@ impl Spool<'_> {
     }
 
     /// Hands every spooled byte, in order, to `f` (again from the start at each call).
-    fn replay(&mut self, f: &mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> Result<(), CrlError> {
-        let Some(w) = &mut self.file else {
-            return f(&self.memory).map_err(|e| self.io(e));
+    fn replay(&mut self, f: &mut dyn FnMut(&[u8]) -> Result<(), CrlError>) -> Result<(), CrlError> {
+        let dir = self.dir;
+        let io = |source| CrlError::Io {
+            path: dir.to_path_buf(),
+            source,
         };
-        let r = (|| {
-            w.flush()?;
-            let file = w.get_mut();
-            file.rewind()?;
-            let mut buf = vec![0u8; 1 << 16];
-            let mut left = self.len;
-            while left > 0 {
-                let n = file.read(&mut buf)?;
-                if n == 0 {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "the CRL's spool file is shorter than what was written to it",
-                    ));
-                }
-                let n = n.min(left as usize);
-                f(&buf[..n])?;
-                left -= n as u64;
+        let Some(w) = &mut self.file else {
+            return f(&self.memory);
+        };
+        w.flush().map_err(io)?;
+        let file = w.get_mut();
+        file.rewind().map_err(io)?;
+        let mut buf = vec![0u8; 1 << 16];
+        let mut left = self.len;
+        while left > 0 {
+            let n = file.read(&mut buf).map_err(io)?;
+            if n == 0 {
+                return Err(io(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the CRL's spool file is shorter than what was written to it",
+                )));
             }
-            file.seek(std::io::SeekFrom::End(0))?;
-            Ok(())
-        })();
-        r.map_err(|e| self.io(e))
+            let n = n.min(left as usize);
+            f(&buf[..n])?;
+            left -= n as u64;
+        }
+        file.seek(std::io::SeekFrom::End(0)).map_err(io)?;
+        Ok(())
     }
 }
 
-/// Builds, signs and verifies a CRL of the entries `pages` yields, and writes its DER to `out`,
-/// spooling large entry lists in `spool_dir`. Nothing reaches `out` before the signature
-/// verifies with the issuer's certificate.
+/// Builds, signs and verifies a CRL of the entries `pages` yields, and writes its DER to `out`
+/// (`out_path` names it in errors), spooling large entry lists in `spool_dir`. Nothing reaches
+/// `out` before the signature verifies with the issuer's certificate.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn write_crl(
     issuer: &IssuerCtx,
@@ -242,6 +244,7 @@ pub(crate) fn write_crl(
     now: i64,
     pages: &mut Pages<'_>,
     spool_dir: &Path,
+    out_path: &Path,
     out: &mut dyn Write,
 ) -> Result<Written, CrlError> {
     let this_update = time(now)?;
@@ -313,13 +316,13 @@ pub(crate) fn write_crl(
     let total = tbs_header.len() as u64 + tbs_len + tail.len() as u64;
     let outer = header(0x30, total);
     let io = |source| CrlError::Io {
-        path: spool_dir.to_path_buf(),
+        path: out_path.to_path_buf(),
         source,
     };
     for piece in [&outer, &tbs_header, &prefix, &list_header] {
         out.write_all(piece).map_err(io)?;
     }
-    spool.replay(&mut |chunk| out.write_all(chunk))?;
+    spool.replay(&mut |chunk| out.write_all(chunk).map_err(io))?;
     out.write_all(&suffix).map_err(io)?;
     out.write_all(&tail).map_err(io)?;
     Ok(Written {
@@ -348,6 +351,7 @@ pub fn build_crl(
         now,
         &mut || Ok(page.take()),
         &std::env::temp_dir(),
+        Path::new("the CRL in memory"),
         &mut out,
     )?;
     Ok(out)

@@ -1,6 +1,7 @@
 //! What a published CRL says of itself (for `status`, `/metrics`, HTTP caching and a server's
 //! start), read without decoding its entries: a full CRL of a million entries is read from
-//! its file in one pass, holding only its header fields and extensions.
+//! its file in one pass, holding only its header fields and extensions. Its structure is
+//! checked to the last byte (a damaged or cut file is not a CRL); its signature is not.
 //!
 //! The `der` crate decodes from a slice held whole; this walks the DER's tags and lengths from
 //! a reader (X.690 §8.1: one-byte tags, definite lengths), counts the entries by their headers
@@ -79,7 +80,7 @@ impl<R: Read> Walker<R> {
         let (tag, len, hlen) = self.header()?;
         *left = left
             .checked_sub(hlen + len)
-            .ok_or_else(|| bad("a field runs past the TBSCertList"))?;
+            .ok_or_else(|| bad("a field runs past the SEQUENCE that holds it"))?;
         Ok(Some((tag, len)))
     }
 
@@ -116,6 +117,7 @@ impl<R: Read> Walker<R> {
 }
 
 const SEQUENCE: u8 = 0x30;
+const BIT_STRING: u8 = 0x03;
 const INTEGER: u8 = 0x02;
 const UTC_TIME: u8 = 0x17;
 const GENERALIZED_TIME: u8 = 0x18;
@@ -136,14 +138,15 @@ impl CrlFacts {
     /// Reads the facts from a CRL's DER, from any reader.
     pub fn from_reader(r: impl Read) -> Result<CrlFacts, CrlFactsError> {
         let mut w = Walker { r };
-        let (tag, _, _) = w.header()?;
+        let (tag, outer_len, _) = w.header()?;
         if tag != SEQUENCE {
             return Err(bad("the CertificateList is not a SEQUENCE"));
         }
-        let (tag, tbs_len, _) = w.header()?;
-        if tag != SEQUENCE {
+        // The CertificateList's three fields (RFC 5280 §5.1), counting what is left of it.
+        let mut outer = outer_len;
+        let Some((SEQUENCE, tbs_len)) = w.field(&mut outer)? else {
             return Err(bad("the TBSCertList is not a SEQUENCE"));
-        }
+        };
         // Each field of the TBSCertList in turn (RFC 5280 §5.1), counting what is left of it.
         let mut left = tbs_len;
         let mut field = w.field(&mut left)?;
@@ -202,6 +205,22 @@ impl CrlFacts {
         }
         if field.is_some() {
             return Err(bad("an unexpected field in the TBSCertList"));
+        }
+        // Then signatureAlgorithm and signatureValue, and nothing after: a file damaged or
+        // cut anywhere is not a CRL (its signature is the relying party's to check).
+        match w.field(&mut outer)? {
+            Some((SEQUENCE, len)) => w.skip(len)?,
+            _ => return Err(bad("no signatureAlgorithm")),
+        }
+        match w.field(&mut outer)? {
+            Some((BIT_STRING, len)) if len >= 2 => w.skip(len)?,
+            _ => return Err(bad("no signatureValue")),
+        }
+        if outer != 0 {
+            return Err(bad("an unexpected field after the signature"));
+        }
+        if w.r.read(&mut [0u8]).map_err(|e| bad(e.to_string()))? != 0 {
+            return Err(bad("bytes after the CertificateList"));
         }
         Ok(CrlFacts {
             crl_number,

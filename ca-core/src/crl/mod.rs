@@ -226,8 +226,9 @@ pub fn scope_of(settings: &CrlSettings, shard: u32) -> CrlScope {
     }
 }
 
-/// Publishes the CRLs of `issuer` for `scopes` to `dir/<scope>.crl`, one CRL in memory at a
-/// time: each built, signed and verified into a temporary file; then the cRLNumbers committed
+/// Publishes the CRLs of `issuer` for `scopes` to `dir/<scope>.crl`, each written as a stream
+/// (memory bounded by a shard's revocations, see `build.rs`): each built, signed and verified
+/// into a temporary file; then the cRLNumbers committed
 /// with the audit record `describe` makes of them; then the files renamed into place. Every
 /// publication also refreshes the full CRL, so it never lags; the root publishes its ARL.
 pub fn publish(
@@ -294,7 +295,7 @@ pub fn publish(
         let (file, f) = StagedFile::create(&path, 0o600).map_err(io)?;
         let mut w = std::io::BufWriter::with_capacity(1 << 16, f);
         let written = build::write_crl(
-            issuer, settings, scope, number, now, &mut pages, dir, &mut w,
+            issuer, settings, scope, number, now, &mut pages, dir, &path, &mut w,
         )?;
         w.into_inner()
             .map_err(|e| io(e.into_error()))?
@@ -385,6 +386,8 @@ pub(crate) fn store_published(
         len += part.len() as u64;
         parts += 1;
     }
+    // False when a newer version got there first: these parts are then removed by the next
+    // publication of this CRL.
     store.put_published_crl(
         name,
         &PublishedCrl {
@@ -425,7 +428,8 @@ pub fn fetch_published(
         let mut complete = true;
         for index in 0..crl.parts {
             let Some(part) = store.published_crl_part(name, crl.number, index)? else {
-                // A newer version replaced this one while it was read.
+                // Two newer versions replaced this one while it was read (the one replaced
+                // last keeps its parts), or the store lost a part: told apart below.
                 complete = false;
                 break;
             };
@@ -434,6 +438,13 @@ pub fn fetch_published(
             w.write_all(&part).map_err(io)?;
         }
         if !complete {
+            if store.published_crl(name)?.map(|c| c.number) == Some(crl.number) {
+                return Err(StoreError::corrupt(
+                    format!("the published CRL {name}"),
+                    format!("part missing from cRLNumber {}", crl.number),
+                )
+                .into());
+            }
             continue;
         }
         if len != crl.len || <[u8; 32]>::from(hasher.finalize()) != crl.sha256 {

@@ -185,8 +185,9 @@ pub trait Store: Send + Sync + fmt::Debug {
         bytes: &[u8],
     ) -> Result<(), StoreError>;
     /// Makes version `crl.number` of the published CRL `name`, its parts stored, the one every
-    /// server reads, and removes the parts of every other version; unless the store has a
-    /// version of that name with this number or a higher one (then false, nothing changed).
+    /// server reads, and removes the parts of every other version but the one it replaces
+    /// (kept until the next, so that a server reading it now can finish); unless the store has
+    /// a version of that name with this number or a higher one (then false, nothing changed).
     /// Callers hold the `crl.publish` lease.
     fn put_published_crl(&self, name: &str, crl: &PublishedCrl) -> Result<bool, StoreError>;
     /// The version of the published CRL `name` every server should serve, if any (one small

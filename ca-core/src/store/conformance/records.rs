@@ -221,17 +221,30 @@ pub fn published_crls_replace_only_older_versions(h: &dyn Harness, dir: &Path) {
     assert!(!s.put_published_crl(name, &version(4, 1)).unwrap());
     assert!(!s.put_published_crl(name, &version(5, 1)).unwrap());
     assert_eq!(s.published_crl(name).unwrap(), Some(version(5, 3)));
-    // A newer one replaces it, and the older one's parts go.
+    // A newer one replaces it: the replaced version keeps its parts (a server may be reading
+    // them), every other version's go.
     s.put_published_crl_part(name, 9, 0, &[9]).unwrap();
     assert!(s.put_published_crl(name, &version(9, 1)).unwrap());
     assert_eq!(s.published_crl(name).unwrap(), Some(version(9, 1)));
+    assert_eq!(s.published_crl_part(name, 4, 0).unwrap(), None);
+    assert_eq!(
+        s.published_crl_part(name, 5, 2).unwrap(),
+        Some(vec![5, 5, 2])
+    );
+    // And they go with the next.
+    s.put_published_crl_part(name, 11, 0, &[11]).unwrap();
+    assert!(s.put_published_crl(name, &version(11, 1)).unwrap());
     for (n, i) in [(5, 0), (5, 2), (4, 0)] {
         assert_eq!(s.published_crl_part(name, n, i).unwrap(), None, "{n}/{i}");
     }
     assert_eq!(s.published_crl_part(name, 9, 0).unwrap(), Some(vec![9]));
+    s.put_published_crl_part(name, 12, 0, &[12]).unwrap();
+    assert!(s.put_published_crl(name, &version(12, 1)).unwrap());
+    assert_eq!(s.published_crl_part(name, 9, 0).unwrap(), None);
+    assert_eq!(s.published_crl_part(name, 11, 0).unwrap(), Some(vec![11]));
     // Another CRL's name is another CRL, even one that begins the same way.
     assert_eq!(s.published_crl("device/full.crl2").unwrap(), None);
     drop(s);
     let s = h.open(dir);
-    assert_eq!(s.published_crl(name).unwrap(), Some(version(9, 1)));
+    assert_eq!(s.published_crl(name).unwrap(), Some(version(12, 1)));
 }

@@ -84,6 +84,10 @@ impl KvBackend for ReadAhead {
         Err(not_here())
     }
 
+    fn entries_under(&self, _: &[u8], _: &[u8], _: usize) -> Result<Entries, StoreError> {
+        Err(not_here())
+    }
+
     fn advance(&self, _: &[u8], _: u64, _: &str) -> Result<u64, StoreError> {
         Err(not_here())
     }

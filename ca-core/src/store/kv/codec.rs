@@ -84,6 +84,18 @@ pub(crate) fn encode_crl_meta(c: &crate::store::PublishedCrl) -> Vec<u8> {
     v
 }
 
+/// The entry the first PostgreSQL builds wrote: cRLNumber and SHA-256 of a DER kept whole
+/// under `D<name>`.
+pub(crate) const LEGACY_CRL_META_LEN: usize = 40;
+
+/// The cRLNumber of a published CRL's entry, of either form.
+pub(crate) fn crl_meta_number(key: &[u8], v: &[u8]) -> Result<u64, StoreError> {
+    if v.len() == LEGACY_CRL_META_LEN {
+        return decode_u64(key, &v[..8]);
+    }
+    Ok(decode_crl_meta(key, v)?.number)
+}
+
 pub(crate) fn decode_crl_meta(
     key: &[u8],
     v: &[u8],

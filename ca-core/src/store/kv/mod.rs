@@ -69,6 +69,13 @@ pub(crate) trait KvBackend: Send + Sync {
     fn lease(&self, name: &str) -> Result<Box<dyn std::any::Any + Send>, StoreError>;
     /// Keys and values from `start` on, in key order, at most `limit`.
     fn entries_from(&self, start: &[u8], limit: usize) -> Result<Entries, StoreError>;
+    /// Keys and values from `start` on that begin with `prefix`, in key order, at most `limit`.
+    fn entries_under(
+        &self,
+        start: &[u8],
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Entries, StoreError>;
     /// Moves the u64 counter under `key` forward by `n` and returns its old value, durably.
     fn advance(&self, key: &[u8], n: u64, name: &str) -> Result<u64, StoreError>;
     /// One write: under the store's write lock (one writer at a time: across processes for a
@@ -216,9 +223,12 @@ impl<B: KvBackend + 'static> Store for KvStore<B> {
         let limit = limit.max(1);
         let mut page = RevokedPage::default();
         let mut last = None;
-        for (k, v) in self.backend.entries_from(&start, limit)? {
-            if !k.starts_with(&prefix) || k.len() < prefix.len() + 4 {
-                break;
+        for (k, v) in self.backend.entries_under(&start, &prefix, limit)? {
+            if k.len() < prefix.len() + 4 {
+                return Err(StoreError::corrupt(
+                    printable(&k),
+                    "a revocation key without its shard",
+                ));
             }
             page.entries
                 .push((k[prefix.len() + 4..].to_vec(), decode_rev(&k, &v)?));
@@ -393,13 +403,26 @@ impl<B: KvBackend + 'static> Store for KvStore<B> {
         let mut stored = false;
         self.write_raw(&mut |view: &dyn KvRead| {
             // Only ever a newer CRL: a late writer never puts an older one back.
-            if let Some(v) = view.get(&meta_k)? {
-                if decode_crl_meta(&meta_k, &v)?.number >= crl.number {
-                    return Ok(None);
-                }
+            let current = match view.get(&meta_k)? {
+                Some(v) => Some(crl_meta_number(&meta_k, &v)?),
+                None => None,
+            };
+            if current.is_some_and(|n| n >= crl.number) {
+                return Ok(None);
             }
             stored = true;
-            let mut w: WriteSet = stale.iter().map(|k| (k.clone(), None)).collect();
+            // The version replaced keeps its parts until the next publication, so that a
+            // server reading it now finishes; every other version's go.
+            let replaced = current.map(u64::to_be_bytes);
+            let mut w: WriteSet = stale
+                .iter()
+                .filter(|k| {
+                    replaced.as_ref().map(|r| &r[..]) != k.get(prefix.len()..prefix.len() + 8)
+                })
+                .map(|k| (k.clone(), None))
+                .collect();
+            // The whole DER under one key, as the first PostgreSQL builds kept it.
+            w.push((key(CRL_DER, &[name.as_bytes()]), None));
             w.push((meta_k.clone(), Some(encode_crl_meta(crl))));
             Ok(Some(w))
         })?;
@@ -408,7 +431,13 @@ impl<B: KvBackend + 'static> Store for KvStore<B> {
 
     fn published_crl(&self, name: &str) -> Result<Option<PublishedCrl>, StoreError> {
         let k = key(CRL_META, &[name.as_bytes()]);
-        self.get(&k)?.map(|v| decode_crl_meta(&k, &v)).transpose()
+        match self.get(&k)? {
+            // An entry of the first PostgreSQL builds (the DER whole, no parts): nothing to
+            // fetch in parts; the next publication replaces it.
+            Some(v) if v.len() == LEGACY_CRL_META_LEN => Ok(None),
+            Some(v) => decode_crl_meta(&k, &v).map(Some),
+            None => Ok(None),
+        }
     }
 
     fn published_crl_part(

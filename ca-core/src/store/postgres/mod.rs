@@ -509,6 +509,15 @@ impl KvBackend for PgStore {
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
+    fn entries_under(
+        &self,
+        start: &[u8],
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Entries, StoreError> {
+        self.range(start, prefix, Some(limit), true)
+    }
+
     fn advance(&self, key: &[u8], n: u64, name: &str) -> Result<u64, StoreError> {
         let mut conn = self.pool.get()?;
         let mut tx = conn

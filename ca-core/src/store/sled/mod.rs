@@ -305,6 +305,26 @@ impl KvBackend for SledStore {
         Ok(out)
     }
 
+    fn entries_under(
+        &self,
+        start: &[u8],
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Entries, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.pki.range(start..) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = kv.map_err(db_err("reading"))?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
     fn advance(&self, key: &[u8], n: u64, name: &str) -> Result<u64, StoreError> {
         let _writer = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let last = match self.raw_get(key)? {
