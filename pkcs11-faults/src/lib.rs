@@ -9,8 +9,15 @@
 //! sign=fail:0x30       return that CKR code (0x30 = CKR_DEVICE_ERROR) without signing
 //! sign=hang            block until the file says something else, then forward
 //! sign=corrupt         forward, then flip a bit of the signature the module returned
-//! key=LABEL            (a second line) only signatures by the key labelled LABEL are affected
+//! sign=rate:N          each token signs at most N signatures a second: their starts are
+//!                      spaced 1/N apart per token (slot), as a device of that capacity would
+//!                      serialise them; several tokens each get N (a stand-in for a network HSM)
+//! sign=delay:US        every signature waits US microseconds first (a network round trip)
+//! key=LABEL            (another line) only signatures by the key labelled LABEL are affected
+//! token=LABEL          (another line) only signatures on the token labelled LABEL are affected
 //! ```
+//!
+//! `rate` and `delay` combine with each other and with one of `fail`, `hang`, `corrupt`.
 //!
 //! With `METERPKI_FAULTS_LOG` set, every `C_OpenSession` appends `open <token label>` to that
 //! file: a test can tell which tokens a process touched (the server must never open the root
@@ -27,7 +34,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cryptoki_sys::{
     CKA_LABEL, CKR_OK, CK_ATTRIBUTE, CK_BYTE, CK_FLAGS, CK_FUNCTION_LIST, CK_MECHANISM, CK_NOTIFY,
@@ -94,19 +101,101 @@ enum Fault {
     Corrupt,
 }
 
-/// The fault for a signature in `session`: the control file's, unless it names another key.
-fn fault(real: &Real, session: CK_SESSION_HANDLE) -> Fault {
-    let Ok(path) = std::env::var("METERPKI_FAULTS_FILE") else {
-        return Fault::None;
-    };
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let f = parse(&text);
-    if f == Fault::None {
-        return f;
+/// The control file, read.
+#[derive(Debug, PartialEq)]
+struct Control {
+    fault: Fault,
+    /// Signatures a second per token.
+    rate: Option<f64>,
+    /// Wait before every signature.
+    delay: Option<Duration>,
+    key: Option<String>,
+    token: Option<String>,
+}
+
+impl Control {
+    fn none() -> Control {
+        Control {
+            fault: Fault::None,
+            rate: None,
+            delay: None,
+            key: None,
+            token: None,
+        }
     }
-    match text.lines().find_map(|l| l.trim().strip_prefix("key=")) {
-        Some(want) if label_of_sign_key(real, session).as_deref() != Some(want) => Fault::None,
-        _ => f,
+
+    fn is_none(&self) -> bool {
+        self.fault == Fault::None && self.rate.is_none() && self.delay.is_none()
+    }
+}
+
+/// What the control file asks of a signature in `session`: nothing when it names another key
+/// or another token.
+fn control(real: &Real, session: CK_SESSION_HANDLE) -> Control {
+    let Ok(path) = std::env::var("METERPKI_FAULTS_FILE") else {
+        return Control::none();
+    };
+    let c = parse(&std::fs::read_to_string(path).unwrap_or_default());
+    if c.is_none() {
+        return c;
+    }
+    if let Some(want) = &c.key {
+        if label_of_sign_key(real, session).as_deref() != Some(want.as_str()) {
+            return Control::none();
+        }
+    }
+    if let Some(want) = &c.token {
+        if slot_of(real, session)
+            .and_then(|s| token_label(real, s))
+            .as_deref()
+            != Some(want.as_str())
+        {
+            return Control::none();
+        }
+    }
+    c
+}
+
+/// The slot a session is on, asked of the real module.
+fn slot_of(real: &Real, session: CK_SESSION_HANDLE) -> Option<CK_SLOT_ID> {
+    let info = real.list.C_GetSessionInfo?;
+    // SAFETY: CK_SESSION_INFO is plain data; the module fills it.
+    let mut si: cryptoki_sys::CK_SESSION_INFO = unsafe { std::mem::zeroed() };
+    (unsafe { info(session, &mut si) } == CKR_OK).then_some(si.slotID)
+}
+
+/// A slot's token label, asked of the real module.
+fn token_label(real: &Real, slot: CK_SLOT_ID) -> Option<String> {
+    let info = real.list.C_GetTokenInfo?;
+    // SAFETY: CK_TOKEN_INFO is plain data; the module fills it.
+    let mut ti: CK_TOKEN_INFO = unsafe { std::mem::zeroed() };
+    (unsafe { info(slot, &mut ti) } == CKR_OK)
+        .then(|| String::from_utf8_lossy(&ti.label).trim_end().to_string())
+}
+
+/// When each token (slot) may start its next signature under `sign=rate`.
+static NEXT_START: OnceLock<Mutex<HashMap<CK_SLOT_ID, Instant>>> = OnceLock::new();
+
+/// Waits for the turn of a signature on `session`'s token at `rate` a second: starts are
+/// spaced 1/rate apart per token whatever the number of threads, and a late sleeper does not
+/// push the schedule (it is kept in start times, not in the sleeps).
+fn pace(real: &Real, session: CK_SESSION_HANDLE, rate: f64) {
+    let slot = slot_of(real, session).unwrap_or(CK_SLOT_ID::MAX);
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let start = {
+        let mut next = NEXT_START
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let at = next.entry(slot).or_insert(now);
+        let start = (*at).max(now);
+        *at = start + interval;
+        start
+    };
+    let now = Instant::now();
+    if start > now {
+        std::thread::sleep(start - now);
     }
 }
 
@@ -147,23 +236,33 @@ unsafe extern "C" fn C_SignInit(
     rv
 }
 
-fn parse(text: &str) -> Fault {
-    for line in text.lines() {
-        let Some(v) = line.trim().strip_prefix("sign=") else {
-            continue;
-        };
-        return match v {
-            "hang" => Fault::Hang,
-            "corrupt" => Fault::Corrupt,
-            v => match v.strip_prefix("fail:") {
-                Some(code) => CK_RV::from_str_radix(code.trim_start_matches("0x"), 16)
-                    .map(Fault::Fail)
-                    .unwrap_or(Fault::None),
-                None => Fault::None,
-            },
-        };
+fn parse(text: &str) -> Control {
+    let mut c = Control::none();
+    for line in text.lines().map(str::trim) {
+        if let Some(label) = line.strip_prefix("key=") {
+            c.key = Some(label.to_string());
+        } else if let Some(label) = line.strip_prefix("token=") {
+            c.token = Some(label.to_string());
+        } else if let Some(v) = line.strip_prefix("sign=") {
+            if let Some(n) = v.strip_prefix("rate:") {
+                c.rate = n.parse::<f64>().ok().filter(|r| r.is_finite() && *r > 0.0);
+            } else if let Some(us) = v.strip_prefix("delay:") {
+                c.delay = us.parse::<u64>().ok().map(Duration::from_micros);
+            } else if c.fault == Fault::None {
+                c.fault = match v {
+                    "hang" => Fault::Hang,
+                    "corrupt" => Fault::Corrupt,
+                    v => match v.strip_prefix("fail:") {
+                        Some(code) => CK_RV::from_str_radix(code.trim_start_matches("0x"), 16)
+                            .map(Fault::Fail)
+                            .unwrap_or(Fault::None),
+                        None => Fault::None,
+                    },
+                };
+            }
+        }
     }
-    Fault::None
+    c
 }
 
 unsafe extern "C" fn C_Sign(
@@ -179,11 +278,22 @@ unsafe extern "C" fn C_Sign(
     let Some(sign) = real.list.C_Sign else {
         return cryptoki_sys::CKR_FUNCTION_NOT_SUPPORTED;
     };
-    let mut f = fault(real, session);
-    while f == Fault::Hang {
+    let mut c = control(real, session);
+    while c.fault == Fault::Hang {
         std::thread::sleep(Duration::from_millis(20));
-        f = fault(real, session);
+        c = control(real, session);
     }
+    // A call with no output buffer only asks the signature's length (cryptoki makes one before
+    // every signature): it signs nothing, so it takes no turn and no delay.
+    if !signature.is_null() {
+        if let Some(rate) = c.rate {
+            pace(real, session, rate);
+        }
+        if let Some(delay) = c.delay {
+            std::thread::sleep(delay);
+        }
+    }
+    let f = c.fault;
     if let Fault::Fail(rv) = f {
         return rv;
     }
@@ -265,11 +375,31 @@ mod tests {
 
     #[test]
     fn control_file_grammar() {
-        assert_eq!(parse(""), Fault::None);
-        assert_eq!(parse("sign=hang\n"), Fault::Hang);
-        assert_eq!(parse("sign=corrupt"), Fault::Corrupt);
-        assert_eq!(parse("sign=fail:0x30"), Fault::Fail(0x30));
-        assert_eq!(parse("# comment\nsign=fail:e0"), Fault::Fail(0xe0));
-        assert_eq!(parse("sign=nonsense"), Fault::None);
+        let fault = |t: &str| parse(t).fault;
+        assert_eq!(fault(""), Fault::None);
+        assert!(parse("").is_none());
+        assert_eq!(fault("sign=hang\n"), Fault::Hang);
+        assert_eq!(fault("sign=corrupt"), Fault::Corrupt);
+        assert_eq!(fault("sign=fail:0x30"), Fault::Fail(0x30));
+        assert_eq!(fault("# comment\nsign=fail:e0"), Fault::Fail(0xe0));
+        assert_eq!(fault("sign=nonsense"), Fault::None);
+        let c = parse("sign=rate:1500\nsign=delay:250\nsign=corrupt\ntoken=b\nkey=k");
+        assert_eq!(c.rate, Some(1500.0));
+        assert_eq!(c.delay, Some(Duration::from_micros(250)));
+        assert_eq!(c.fault, Fault::Corrupt);
+        assert_eq!(
+            (c.token.as_deref(), c.key.as_deref()),
+            (Some("b"), Some("k"))
+        );
+        assert!(!c.is_none());
+        // A rate that is not a positive number is no rate.
+        for bad in [
+            "sign=rate:0",
+            "sign=rate:-5",
+            "sign=rate:x",
+            "sign=rate:inf",
+        ] {
+            assert_eq!(parse(bad).rate, None, "{bad}");
+        }
     }
 }

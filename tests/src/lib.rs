@@ -224,6 +224,19 @@ impl Scratch {
         self.run(home, &args)
     }
 
+    /// Loads the PKCS#11 fault injector (`pkcs11-faults`, built beside the CLI) in place of
+    /// SoftHSM in `home`'s configuration; returns SoftHSM's path, for `METERPKI_FAULTS_MODULE`.
+    pub fn use_fault_module(&self, home: &str) -> String {
+        let shim = self.exe.with_file_name("libmeterpki_pkcs11_faults.so");
+        assert!(shim.exists(), "{} not built", shim.display());
+        let real = softhsm_module();
+        let toml_path = self.path(&format!("{home}/meterpki.toml"));
+        let toml = std::fs::read_to_string(&toml_path).unwrap();
+        assert!(toml.contains(&real), "{home} does not load {real}");
+        std::fs::write(&toml_path, toml.replace(&real, &shim.display().to_string())).unwrap();
+        real
+    }
+
     /// A copy of the home `from` as `to` (`cp -a`): another machine's home on a shared store,
     /// with the same configuration, CA certificates and HSM keys.
     pub fn copy_home(&self, from: &str, to: &str) {

@@ -22,16 +22,10 @@ fn hsm_faults_give_503_nothing_stored_and_readyz_recovers() {
         &["--device-range", "00-DB-12-00-00-00-00-00/24"],
     );
     // Load the injector instead of SoftHSM; a signature slower than 1.5 s is a failure.
-    let shim = std::path::Path::new(EXE)
-        .parent()
-        .unwrap()
-        .join("libmeterpki_pkcs11_faults.so");
-    assert!(shim.exists(), "{} not built", shim.display());
+    let real = s.use_fault_module("h");
     let toml_path = s.path("h/meterpki.toml");
     let toml = std::fs::read_to_string(&toml_path).unwrap();
-    let real = meterpki_tests::softhsm_module();
-    let mut toml = toml.replace(&real, &shim.display().to_string());
-    toml = match toml.find("sign_timeout_ms") {
+    let toml = match toml.find("sign_timeout_ms") {
         Some(_) => toml
             .lines()
             .map(|l| {
@@ -284,4 +278,64 @@ fn a_server_killed_mid_batch_loses_nothing_answered() {
     );
     s.run("h", &["audit", "verify"]).ok();
     eprintln!("server crash harness: {rounds} round(s), {kills} kill(s) mid-batch");
+}
+
+/// The injector as a slow HSM (`sign=rate:N`, `sign=delay:US`): `meterpki hsm bench` on a
+/// token limited to 150 signatures a second never measures more, with one session or two, bare
+/// PKCS#11 or through hsm-bridge; a 20 ms round trip per signature caps one session at 50/s.
+/// (Upper bounds only: the limiter guarantees them; a loaded machine only makes it slower.)
+#[test]
+fn a_rate_limited_token_never_signs_faster_than_its_rate() {
+    let s = Scratch::new(EXE);
+    s.ceremonies("h", 3, 2, &["device"]);
+    let real = s.use_fault_module("h");
+    let faults = s.path("faults");
+    let env = |f: &str| {
+        std::fs::write(&faults, f).unwrap();
+        s.run_env(
+            "h",
+            &["--json", "hsm", "bench", "--seconds", "1"],
+            &[
+                ("METERPKI_FAULTS_FILE", &faults.display().to_string()),
+                ("METERPKI_FAULTS_MODULE", &real),
+            ],
+        )
+        .ok()
+        .json()
+    };
+    let rates = |v: &Value, curve: &str| -> Vec<(String, u64, f64)> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["curve"] == curve)
+            .map(|r| {
+                (
+                    r["name"].as_str().unwrap().to_string(),
+                    r["sessions"].as_u64().unwrap(),
+                    r["per_second"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let limited = env("sign=rate:150\n");
+    let p256 = rates(&limited, "EC P-256");
+    assert!(p256.len() >= 2, "{limited}");
+    for (name, sessions, rate) in &p256 {
+        // At most 150 starts a second, plus the first: 151 in the one-second window.
+        assert!(*rate <= 151.0, "{name} with {sessions} sessions: {rate}/s");
+    }
+    let delayed = env("sign=delay:20000\n");
+    for (name, sessions, rate) in rates(&delayed, "EC P-256") {
+        assert!(
+            rate <= 50.5 * sessions as f64,
+            "{name} with {sessions} sessions: {rate}/s"
+        );
+    }
+    // Only the token named is limited: another label leaves this one at full speed, which
+    // no limit of 150/s would allow (SoftHSM signs P-256 thousands of times a second).
+    let other = env("sign=rate:150\ntoken=another-token\n");
+    assert!(
+        rates(&other, "EC P-256").iter().any(|(_, _, r)| *r > 300.0),
+        "{other}"
+    );
 }

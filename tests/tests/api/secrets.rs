@@ -15,14 +15,7 @@ use crate::support::{curl, setup, Server, EXE};
 #[test]
 fn secrets_never_leak_and_the_server_never_opens_the_root_token() {
     let s = setup();
-    let shim = std::path::Path::new(EXE)
-        .parent()
-        .unwrap()
-        .join("libmeterpki_pkcs11_faults.so");
-    let real = meterpki_tests::softhsm_module();
-    let toml_path = s.path("h/meterpki.toml");
-    let toml = std::fs::read_to_string(&toml_path).unwrap();
-    std::fs::write(&toml_path, toml.replace(&real, &shim.display().to_string())).unwrap();
+    let real = s.use_fault_module("h");
     let log = s.path("pkcs11.log");
     let env = [
         ("METERPKI_FAULTS_MODULE", real.clone()),
