@@ -45,7 +45,7 @@ pub use quorum::{
 };
 pub use signer::{
     spki_from_point, verify_signature, verify_signature_fast, KeyAlgorithm, SignError, Signer,
-    VerifyError,
+    SignerSet, SignerSetError, TokenState, VerifyError,
 };
 pub use store::{
     Applied, ApplyError, AuditHead, CertRecord, Commit, Committed, MeterMove, MoveOutcome, Op,

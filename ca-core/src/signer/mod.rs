@@ -2,6 +2,10 @@
 //! trust-anchor update is signed. It carries no backend type, so `ca-core` never sees PKCS#11
 //! (`hsm-bridge` implements it), and tests can plug in any implementation.
 
+mod set;
+
+pub use set::{SignerSet, SignerSetError, TokenState};
+
 use der::{asn1::ObjectIdentifier, Decode, Encode};
 use sha2::Digest;
 use spki::{AlgorithmIdentifierOwned, SubjectPublicKeyInfoOwned};
