@@ -216,6 +216,28 @@ pub struct HsmConfig {
     /// exit 1, the server answers 503 and reports not ready, the session is replaced.
     #[serde(default = "default_sign_timeout_ms")]
     pub sign_timeout_ms: u64,
+    /// The tokens holding the online keys, when there are several (`[[hsm.tokens]]`):
+    /// signatures are spread over them and a failing one leaves the rotation. Empty: the
+    /// online token alone, as before. When given, the online token is one of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tokens: Vec<TokenConfig>,
+}
+
+/// One token holding the online keys (`[[hsm.tokens]]`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Its label.
+    pub label: String,
+    /// Its PKCS#11 module; `hsm.module` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<PathBuf>,
+    /// The environment variable holding its user PIN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin_env: Option<String>,
+    /// The file holding its user PIN (relative to the home), mode 0600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin_file: Option<PathBuf>,
 }
 
 fn default_sign_timeout_ms() -> u64 {
@@ -474,7 +496,69 @@ impl Config {
                 "the root token must not be the online token",
             ));
         }
+        self.validate_tokens(path)
+    }
+
+    fn validate_tokens(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |field: &str, reason: &str| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field: field.into(),
+            reason: reason.into(),
+        };
+        let tokens = &self.hsm.tokens;
+        if tokens.is_empty() {
+            return Ok(());
+        }
+        for (i, t) in tokens.iter().enumerate() {
+            let field = format!("hsm.tokens[{i}].label");
+            if t.label.is_empty() || t.label.len() > 32 {
+                return Err(invalid(
+                    &field,
+                    "a token label is 1 to 32 bytes (PKCS#11 CK_TOKEN_INFO)",
+                ));
+            }
+            if t.label == self.hsm.root_token {
+                return Err(invalid(
+                    &field,
+                    "the root token never holds online keys: it is opened only by a quorum",
+                ));
+            }
+            if tokens[..i].iter().any(|o| o.label == t.label) {
+                return Err(invalid(&field, &format!("{:?} is listed twice", t.label)));
+            }
+            if t.label != self.hsm.online_token && t.pin_env.is_none() && t.pin_file.is_none() {
+                return Err(invalid(
+                    &format!("hsm.tokens[{i}]"),
+                    "needs pin_file or pin_env (only the online token's PIN comes from the [hsm] settings)",
+                ));
+            }
+        }
+        if !tokens.iter().any(|t| t.label == self.hsm.online_token) {
+            return Err(invalid(
+                "hsm.tokens",
+                &format!(
+                    "must list the online token {:?} (the token ceremonies make keys on)",
+                    self.hsm.online_token
+                ),
+            ));
+        }
         Ok(())
+    }
+
+    /// The PIN sources of one of `[[hsm.tokens]]`, in the order they are tried: its own, or
+    /// the online token's settings for the online token when it names none.
+    pub fn token_pin_sources(&self, token: &TokenConfig) -> Vec<PinSource> {
+        let mut v = Vec::new();
+        if let Some(env) = &token.pin_env {
+            v.push(PinSource::Env(env.clone()));
+        }
+        if let Some(file) = &token.pin_file {
+            v.push(PinSource::File(file.clone()));
+        }
+        if v.is_empty() && token.label == self.hsm.online_token {
+            return self.online_pin_sources();
+        }
+        v
     }
 
     /// Serialises for writing.

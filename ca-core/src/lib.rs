@@ -32,7 +32,9 @@ pub use certs::{
     key_identifier, parse_name, random_serial_bytes, verify_certificate_signature, CaCertSpec,
     CertError, CertInfo,
 };
-pub use config::{CaConfig, Config, ConfigError, CrlConfig, HsmConfig, PinSource, ServerConfig};
+pub use config::{
+    CaConfig, Config, ConfigError, CrlConfig, HsmConfig, PinSource, ServerConfig, TokenConfig,
+};
 pub use fsutil::{read_bounded, write_atomic, write_new_secret, BoundedLines, MAX_LINE};
 pub use home::Home;
 pub use model::{

@@ -51,11 +51,17 @@ pub(crate) fn operator() -> Actor {
 
 /// The PKCS#11 module of `home` and the online PIN's sources.
 pub fn hsm_access(home: &Home, watchdog: Watchdog) -> HsmAccess {
-    let (h1, h2) = (home.clone(), home.clone());
+    let (h1, h2, h3) = (home.clone(), home.clone(), home.clone());
     HsmAccess {
-        load: Arc::new(move |config: &Config| load_module(&h1, config, watchdog)),
+        load: Arc::new(move |config: &Config, module: &Path| {
+            load_module(&h1, config, module, watchdog)
+        }),
         online_pin: Arc::new(move |config: &Config| {
             crate::pin::online_pin(&h2, config)
+                .map_err(|e| ServiceError::invalid("pin", format!("{e:#}")))
+        }),
+        token_pin: Arc::new(move |config: &Config, token: &ca_core::TokenConfig| {
+            crate::pin::token_pin(&h3, config, token)
                 .map_err(|e| ServiceError::invalid("pin", format!("{e:#}")))
         }),
     }
@@ -101,11 +107,18 @@ pub fn raw_online_token(
 fn load_module(
     home: &Home,
     config: &Config,
+    path: &Path,
     watchdog: Watchdog,
 ) -> Result<Arc<dyn HsmModule>, ServiceError> {
-    let tokens = heal_softhsm(home, config)?;
-    let module = hsm_bridge::Pkcs11Module::load(&config.hsm.module, tokens)
-        .map_err(ca_core::hsm::HsmError::from)?;
+    // The home's SoftHSM token directory belongs to the configured module; another module
+    // (a second vendor's HSM) manages its own tokens.
+    let tokens = if path == config.hsm.module {
+        heal_softhsm(home, config)?
+    } else {
+        None
+    };
+    let module =
+        hsm_bridge::Pkcs11Module::load(path, tokens).map_err(ca_core::hsm::HsmError::from)?;
     Ok(match watchdog {
         Watchdog::On => Arc::new(Watched(module)),
         Watchdog::Off => Arc::new(module),

@@ -40,6 +40,33 @@ fn pin_from_pipe() -> Option<Zeroizing<String>> {
 pub(crate) fn online_pin(home: &Home, config: &Config) -> Result<SecretString> {
     let mut sources = vec![PinSource::Env(PIN_ENV.to_string())];
     sources.extend(config.online_pin_sources());
+    pin_from(
+        home,
+        &config.hsm.online_token,
+        sources,
+        "set METERPKI_HSM_PIN, or configure hsm.online_pin_file",
+    )
+}
+
+/// Resolves the PIN of one of `[[hsm.tokens]]`: its `pin_env`, then its `pin_file` (the online
+/// token's own settings for the online token), then a prompt when a terminal is attached.
+pub(crate) fn token_pin(
+    home: &Home,
+    config: &Config,
+    token: &ca_core::TokenConfig,
+) -> Result<SecretString> {
+    if token.label == config.hsm.online_token {
+        return online_pin(home, config);
+    }
+    pin_from(
+        home,
+        &token.label,
+        config.token_pin_sources(token),
+        "configure its pin_file or pin_env in [[hsm.tokens]]",
+    )
+}
+
+fn pin_from(home: &Home, label: &str, sources: Vec<PinSource>, hint: &str) -> Result<SecretString> {
     let mut tried = Vec::new();
     for source in sources {
         match source {
@@ -72,14 +99,13 @@ pub(crate) fn online_pin(home: &Home, config: &Config) -> Result<SecretString> {
     }
     if std::io::stdin().is_terminal() {
         let pin = Zeroizing::new(
-            rpassword::prompt_password(format!("PIN for token {}: ", config.hsm.online_token))
+            rpassword::prompt_password(format!("PIN for token {label}: "))
                 .context("reading the PIN from the terminal")?,
         );
         return Ok(SecretString::from(pin.to_string()));
     }
     Err(input(format!(
-        "no PIN for the online token {:?}: set {PIN_ENV}, or configure hsm.online_pin_file (tried {})",
-        config.hsm.online_token,
+        "no PIN for the token {label:?}: {hint} (tried {})",
         tried.join(", ")
     )))
 }

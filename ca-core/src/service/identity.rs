@@ -39,7 +39,7 @@ pub struct ServerIdentity {
 impl Service {
     /// The audit key's signer.
     pub fn audit_signer(&self) -> Result<Arc<dyn Signer>, ServiceError> {
-        Ok(self.online()?.signer(AUDIT_KEY_LABEL)?)
+        self.online_signer(AUDIT_KEY_LABEL)
     }
 
     /// The key labelled `label` on the online token, generated the first time.
@@ -144,7 +144,7 @@ impl Service {
                 .map_err(|e| ServiceError::Internal(e.to_string()))
         };
         Ok(ServerIdentity {
-            signer: self.online()?.signer(SERVER_KEY_LABEL)?,
+            signer: self.online_signer(SERVER_KEY_LABEL)?,
             chain: vec![leaf, der(self.ca_cert(CaKind::Access)?)?],
             root: der(self.ca_cert(CaKind::Root)?)?,
         })
@@ -180,7 +180,7 @@ impl Service {
         )?;
         let cert = x509_cert::Certificate::from_der(&der)
             .map_err(|e| ServiceError::Internal(e.to_string()))?;
-        let signer = self.online()?.signer(UPDATE_KEY_LABEL)?;
+        let signer = self.online_signer(UPDATE_KEY_LABEL)?;
         UpdateSigner::new(signer, cert, vec![org])
             .map_err(|e| ServiceError::Internal(format!("the trust-update signer: {e}")))
     }

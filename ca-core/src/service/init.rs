@@ -110,7 +110,7 @@ fn create(
     policies::ProfileSet::write_builtin(&home.policies_dir())
         .map_err(|e| ServiceError::Internal(e.to_string()))?;
     prepare(home)?;
-    let module = (hsm.load)(&config)?;
+    let module = (hsm.load)(&config, &config.hsm.module)?;
     let manufacturer = module.manufacturer().unwrap_or_default();
     if softhsm {
         let user = Zeroizing::new(random_hex(16));

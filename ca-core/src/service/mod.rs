@@ -79,21 +79,31 @@ impl Progress for Quiet {
 pub type SignerWrap = Arc<dyn Fn(Arc<dyn Signer>) -> Arc<dyn Signer> + Send + Sync>;
 
 /// Loads the configured PKCS#11 module.
-pub type LoadModule =
-    Arc<dyn Fn(&Config) -> Result<Arc<dyn HsmModule>, ServiceError> + Send + Sync>;
+pub type LoadModule = Arc<
+    dyn Fn(&Config, &std::path::Path) -> Result<Arc<dyn HsmModule>, ServiceError> + Send + Sync,
+>;
 
 /// Supplies the online token's user PIN.
 pub type OnlinePin = Arc<dyn Fn(&Config) -> Result<SecretString, ServiceError> + Send + Sync>;
+
+/// A token holding the online keys, with its label.
+pub type LabelledToken = (String, Arc<dyn HsmToken>);
+
+/// Supplies the user PIN of one of `[[hsm.tokens]]`.
+pub type TokenPin =
+    Arc<dyn Fn(&Config, &crate::TokenConfig) -> Result<SecretString, ServiceError> + Send + Sync>;
 
 /// How the service reaches the HSM: the front end loads the module (and, for SoftHSM homes,
 /// looks after its token files) and supplies the online token's PIN (from the environment, a
 /// file or a prompt; never the command line).
 #[derive(Clone)]
 pub struct HsmAccess {
-    /// Loads the configured PKCS#11 module.
+    /// Loads a PKCS#11 module (the configured one, or a token's own).
     pub load: LoadModule,
     /// The online token's user PIN.
     pub online_pin: OnlinePin,
+    /// The user PIN of another token holding the online keys.
+    pub token_pin: TokenPin,
 }
 
 /// How the audit log kept in a shared store is named in messages.
@@ -110,7 +120,13 @@ pub struct Service {
     /// A scratch folder holding this service's store, audit log and CRLs instead of the home.
     scratch: Option<std::path::PathBuf>,
     module: OnceLock<Arc<dyn HsmModule>>,
+    /// Modules of `[[hsm.tokens]]` other than `hsm.module`, by path.
+    modules: Mutex<std::collections::HashMap<std::path::PathBuf, Arc<dyn HsmModule>>>,
     online: Mutex<Option<Arc<dyn HsmToken>>>,
+    /// Every token holding the online keys, opened once (`[[hsm.tokens]]`, or the online token).
+    online_tokens: Mutex<Option<Vec<LabelledToken>>>,
+    /// One set per online key when several tokens hold them, shared by every use of the key.
+    signer_sets: Mutex<std::collections::HashMap<String, Arc<crate::SignerSet>>>,
     engine: Mutex<Option<Arc<Engine>>>,
     profiles: OnceLock<ProfileSet>,
     /// The audit key, found once.
@@ -169,7 +185,10 @@ impl Service {
             store: OnceLock::new(),
             scratch: None,
             module: OnceLock::new(),
+            modules: Mutex::new(Default::default()),
             online: Mutex::new(None),
+            online_tokens: Mutex::new(None),
+            signer_sets: Mutex::new(Default::default()),
             engine: Mutex::new(None),
             profiles: OnceLock::new(),
             audit_key: OnceLock::new(),
@@ -191,7 +210,10 @@ impl Service {
             store: OnceLock::new(),
             scratch: Some(dir.to_path_buf()),
             module: OnceLock::new(),
+            modules: Mutex::new(Default::default()),
             online: Mutex::new(None),
+            online_tokens: Mutex::new(None),
+            signer_sets: Mutex::new(Default::default()),
             engine: Mutex::new(None),
             profiles: OnceLock::new(),
             audit_key: OnceLock::new(),
@@ -437,8 +459,86 @@ impl Service {
         if let Some(m) = self.module.get() {
             return Ok(m.clone());
         }
-        let m = (self.hsm.load)(&self.config)?;
+        let m = (self.hsm.load)(&self.config, &self.config.hsm.module)?;
         Ok(self.module.get_or_init(|| m).clone())
+    }
+
+    /// The PKCS#11 module at `path`: `hsm.module`'s, or another token's, loaded once.
+    fn module_at(&self, path: &std::path::Path) -> Result<Arc<dyn HsmModule>, ServiceError> {
+        if path == self.config.hsm.module {
+            return self.module();
+        }
+        let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = modules.get(path) {
+            return Ok(m.clone());
+        }
+        let m = (self.hsm.load)(&self.config, path)?;
+        modules.insert(path.to_path_buf(), m.clone());
+        Ok(m)
+    }
+
+    /// Every token holding the online keys, each logged in once: those of `[[hsm.tokens]]`, or
+    /// the online token alone.
+    pub fn online_tokens(&self) -> Result<Vec<LabelledToken>, ServiceError> {
+        if self.config.hsm.tokens.is_empty() {
+            return Ok(vec![(self.config.hsm.online_token.clone(), self.online()?)]);
+        }
+        let mut slot = self.online_tokens.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = slot.as_ref() {
+            return Ok(t.clone());
+        }
+        let mut out = Vec::new();
+        for t in &self.config.hsm.tokens {
+            let token = if t.label == self.config.hsm.online_token {
+                self.online()?
+            } else {
+                let module =
+                    self.module_at(t.module.as_deref().unwrap_or(&self.config.hsm.module))?;
+                let pin = (self.hsm.token_pin)(&self.config, t)?;
+                let token = module.open(&t.label, pin, self.config.hsm.sessions)?;
+                token.set_sign_timeout(std::time::Duration::from_millis(
+                    self.config.hsm.sign_timeout_ms,
+                ));
+                token
+            };
+            out.push((t.label.clone(), token));
+        }
+        *slot = Some(out.clone());
+        Ok(out)
+    }
+
+    /// The signer of the online key `label`: on the online token, or, when `[[hsm.tokens]]`
+    /// lists several, a [`SignerSet`](crate::SignerSet) over the key on each of them (its
+    /// public key checked equal on all at first use, a token holding another refused by name).
+    pub fn online_signer(&self, label: &str) -> Result<Arc<dyn Signer>, ServiceError> {
+        let tokens = self.online_tokens()?;
+        if tokens.len() == 1 {
+            return Ok(tokens[0].1.signer(label)?);
+        }
+        let mut sets = self.signer_sets.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(set) = sets.get(label) {
+            return Ok(set.clone());
+        }
+        let mut members = Vec::new();
+        for (token, t) in &tokens {
+            members.push((token.clone(), t.signer(label)?));
+        }
+        let set = Arc::new(
+            crate::SignerSet::new(label, members)
+                .map_err(|e| ServiceError::invalid("hsm.tokens", e.to_string()))?,
+        );
+        sets.insert(label.to_string(), set.clone());
+        Ok(set)
+    }
+
+    /// The signer sets made so far (one per online key in use, with several tokens).
+    pub fn signer_sets(&self) -> Vec<Arc<crate::SignerSet>> {
+        self.signer_sets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// The online token, logged in with its PIN, its sign timeout set.
@@ -491,7 +591,7 @@ impl Service {
     /// token. Refused when the key does not match the certificate.
     pub fn issuer(&self, kind: CaKind) -> Result<IssuerCtx, ServiceError> {
         let cert = self.ca_cert(kind)?;
-        let signer = self.online()?.signer(&kind.key_label())?;
+        let signer = self.online_signer(&kind.key_label())?;
         check_key_matches(signer.as_ref(), &cert, kind.name()).map_err(|e| {
             ServiceError::Internal(format!(
                 "refusing the {kind} CA: {} is not the certificate of its HSM key: {e}",

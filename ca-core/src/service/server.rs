@@ -34,6 +34,9 @@ pub struct ServerStart {
 #[derive(Debug)]
 pub struct Readiness {
     signers: Vec<Arc<dyn Signer>>,
+    /// With several tokens, each online key's set: each probe also tries the tokens out of
+    /// the rotation, and brings back those that sign correctly again.
+    sets: Vec<Arc<crate::SignerSet>>,
     token: Arc<dyn HsmToken>,
     store: Arc<dyn crate::store::Store>,
     /// Whether the last probe reached the store.
@@ -61,6 +64,11 @@ impl Readiness {
         }
         self.probes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for set in &self.sets {
+            for token in set.probe(Duration::ZERO) {
+                tracing::info!(%token, "a token signs correctly again: back in the rotation");
+            }
+        }
         self.signers.iter().all(|signer| {
             signer
                 .sign(PROBE)
@@ -249,11 +257,12 @@ impl Service {
         let mut signers = vec![server_key];
         for kind in CaKind::ISSUING {
             if self.has_ca(kind) {
-                signers.push(token.signer(&kind.key_label())?);
+                signers.push(self.online_signer(&kind.key_label())?);
             }
         }
         Ok(Readiness {
             signers,
+            sets: self.signer_sets(),
             token,
             store: self.store()?,
             store_reached: std::sync::atomic::AtomicBool::new(true),

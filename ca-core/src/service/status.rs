@@ -38,6 +38,9 @@ pub struct Status {
     pub online_token: serde_json::Value,
     /// The root token: `{"label", "public_objects"}`.
     pub root_token: serde_json::Value,
+    /// With `[[hsm.tokens]]`: each token holding the online keys, `{"label", "error", "keys":
+    /// [{"label", "present", "same_as_online_token"}]}`; empty with the online token alone.
+    pub online_tokens: Vec<serde_json::Value>,
     /// The root ceremony's public record.
     pub root_ceremony: Option<serde_json::Value>,
     /// Each CA: its certificate, whether its key is on the token and matches it.
@@ -154,6 +157,7 @@ impl Service {
             tokens,
             online_token: json!({"label": self.config.hsm.online_token, "objects": online_objects, "error": online_error}),
             root_token: json!({"label": root_label, "public_objects": root_objects}),
+            online_tokens: self.online_tokens_status(),
             root_ceremony: ceremony.as_ref().map(|c| json!({"id": c.ceremony_id, "quorum": c.quorum, "officers": c.officers, "time": c.created})),
             cas,
             certificates: store.cert_count()?.saturating_sub(root_issued),
@@ -414,6 +418,48 @@ pub fn crl_warning(
         ))
     } else {
         None
+    }
+}
+
+impl Service {
+    /// Each of `[[hsm.tokens]]` and whether it holds every online key in use, the same as the
+    /// online token's (see [`Status::online_tokens`]).
+    fn online_tokens_status(&self) -> Vec<serde_json::Value> {
+        use super::identity::{AUDIT_KEY_LABEL, SERVER_KEY_LABEL, UPDATE_KEY_LABEL};
+        if self.config.hsm.tokens.is_empty() {
+            return Vec::new();
+        }
+        let tokens = match self.online_tokens() {
+            Ok(t) => t,
+            Err(e) => return vec![json!({"label": "(all)", "error": e.to_string(), "keys": []})],
+        };
+        let Ok(online) = self.online() else {
+            return Vec::new();
+        };
+        let mut labels: Vec<String> = CaKind::ISSUING
+            .iter()
+            .filter(|k| self.has_ca(**k))
+            .map(|k| k.key_label())
+            .collect();
+        labels.extend([AUDIT_KEY_LABEL, SERVER_KEY_LABEL, UPDATE_KEY_LABEL].map(String::from));
+        tokens
+            .iter()
+            .map(|(label, token)| {
+                let keys: Vec<_> = labels
+                    .iter()
+                    .filter_map(|key| {
+                        let reference = online.find_key(key).ok().flatten()?;
+                        let here = token.find_key(key).ok().flatten();
+                        Some(json!({
+                            "label": key,
+                            "present": here.is_some(),
+                            "same_as_online_token": here.map(|h| h.spki == reference.spki),
+                        }))
+                    })
+                    .collect();
+                json!({"label": label, "error": null, "keys": keys})
+            })
+            .collect()
     }
 }
 

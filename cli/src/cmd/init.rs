@@ -35,6 +35,7 @@ pub(super) fn run(home: Home, a: InitArgs, json: bool) -> Result<()> {
             online_pin_file: softhsm.then(|| PathBuf::from("secrets/online.pin")),
             sessions: a.sessions,
             sign_timeout_ms: 10_000,
+            tokens: Vec::new(),
         },
         ca: CaConfig {
             organisation: a.org.clone(),

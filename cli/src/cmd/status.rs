@@ -36,6 +36,41 @@ pub(super) fn run(ctx: &Ctx) -> Result<()> {
     for o in &st.online_objects {
         print_object(o);
     }
+    if !st.online_tokens.is_empty() {
+        println!("\nTokens holding the online keys ([[hsm.tokens]])");
+        for t in &st.online_tokens {
+            if let Some(e) = t["error"].as_str() {
+                println!("  {}: {e}", t["label"].as_str().unwrap_or_default());
+                continue;
+            }
+            let keys = t["keys"].as_array().cloned().unwrap_or_default();
+            let bad: Vec<String> = keys
+                .iter()
+                .filter(|k| k["same_as_online_token"] != true)
+                .map(|k| {
+                    let why = if k["present"] == true {
+                        "a different key"
+                    } else {
+                        "missing"
+                    };
+                    format!("{} ({why})", k["label"].as_str().unwrap_or_default())
+                })
+                .collect();
+            if bad.is_empty() {
+                println!(
+                    "  {:<20} all {} online keys, the same as the online token's",
+                    t["label"].as_str().unwrap_or_default(),
+                    keys.len()
+                );
+            } else {
+                println!(
+                    "  {:<20} NOT USABLE: {}",
+                    t["label"].as_str().unwrap_or_default(),
+                    bad.join(", ")
+                );
+            }
+        }
+    }
     if !st.root_objects.is_empty() {
         println!(
             "\nPublic objects on {} (root; private keys need a quorum)",

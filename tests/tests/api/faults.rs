@@ -339,3 +339,174 @@ fn a_rate_limited_token_never_signs_faster_than_its_rate() {
         "{other}"
     );
 }
+
+/// The online keys on two tokens (`[[hsm.tokens]]`; the second a copy of the first's files,
+/// as replication will make it): with the Device CA's key failing on one token a batch is
+/// answered in full from the other, and the server stays ready; failing on both, 503 and
+/// nothing stored; both back, ready and issuing without a restart. A third token holding other
+/// keys under the same labels is refused, named.
+#[test]
+fn with_two_tokens_one_failing_is_invisible_to_clients_and_both_failing_is_503_until_they_recover()
+{
+    let s = Scratch::new(EXE);
+    s.ceremonies("h", 3, 2, &["device", "access"]);
+    s.account(
+        "h",
+        "factory",
+        "line-7",
+        &["--device-range", "00-DB-12-00-00-00-00-00/24"],
+    );
+    // A first start makes the API server's key (on the online token): then the copy holds it.
+    let first = Server::start(&s);
+    assert_eq!(curl(&s, &first, None, "GET", "/readyz", None, &[]).0, 200);
+    assert_eq!(first.stop(), 0);
+    s.copy_online_token("h", "h", "meterpki-online2");
+    let toml_path = s.path("h/meterpki.toml");
+    let tokens = "\n[[hsm.tokens]]\nlabel = \"meterpki-online\"\n\n[[hsm.tokens]]\nlabel = \"meterpki-online2\"\npin_file = \"secrets/online.pin\"\n";
+    let toml = std::fs::read_to_string(&toml_path).unwrap() + tokens;
+    std::fs::write(&toml_path, &toml).unwrap();
+    let real = s.use_fault_module("h");
+    let faults = s.path("faults");
+    std::fs::write(&faults, "").unwrap();
+    let env = [
+        ("METERPKI_FAULTS_FILE", faults.display().to_string()),
+        ("METERPKI_FAULTS_MODULE", real.clone()),
+    ];
+    let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let set = |f: &str| std::fs::write(&faults, f).unwrap();
+    let srv = Server::start_env(&s, &[], &env);
+    let ready = |srv: &Server| curl(&s, srv, None, "GET", "/readyz", None, &[]).0;
+    let batch = |srv: &Server, rid: &str, ids: &[String]| {
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let body = json!({"request_id": rid, "items": items(&s, ids.len(), &ids)}).to_string();
+        curl(
+            &s,
+            srv,
+            Some("line-7"),
+            "POST",
+            "/v1/batches",
+            Some(&body),
+            &[],
+        )
+    };
+    let devices = |block: u8, n: u8| -> Vec<String> {
+        (1..=n)
+            .map(|i| format!("00-DB-12-00-00-00-{block:02X}-{i:02X}"))
+            .collect()
+    };
+
+    // The Device CA's key fails on the first token (the one every signature goes to first).
+    set("sign=fail:0x30\nkey=meterpki-device-ca\ntoken=meterpki-online\n");
+    let (code, resp) = batch(&srv, "two-1", &devices(0x30, 40));
+    assert_eq!(code, 200, "{resp}");
+    let answer: Value = serde_json::from_str(&resp).unwrap();
+    let results = answer["results"].as_array().unwrap();
+    assert_eq!(results.len(), 40);
+    assert!(
+        results.iter().all(|r| r["serial"].is_string()),
+        "every item answered: {resp}"
+    );
+    assert_eq!(ready(&srv), 200, "a key with a token up is ready");
+
+    // Failing on both: 503, nothing stored.
+    set("sign=fail:0x30\nkey=meterpki-device-ca\n");
+    let (code, resp) = batch(&srv, "two-2", &devices(0x31, 1));
+    assert_eq!(code, 503, "{resp}");
+    assert!(resp.contains("hsm-unavailable"), "{resp}");
+    assert_eq!(ready(&srv), 503);
+
+    // Both back: the readiness probe brings them into the rotation, without a restart.
+    set("");
+    let t = std::time::Instant::now();
+    while ready(&srv) != 200 {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(20),
+            "readyz stayed red"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let (code, resp) = batch(&srv, "two-3", &devices(0x32, 2));
+    assert_eq!(code, 200, "{resp}");
+    assert_eq!(srv.stop(), 0);
+
+    s.run_env(
+        "h",
+        &["show", "--device-id", "00-DB-12-00-00-00-31-01"],
+        &env_ref,
+    )
+    .fails(2, "no certificate");
+    let check = s
+        .run_env("h", &["store", "check", "--json"], &env_ref)
+        .ok()
+        .json();
+    assert_eq!(check["problems"].as_array().unwrap().len(), 0, "{check}");
+    s.run_env("h", &["audit", "verify"], &env_ref).ok();
+    let same = |st: &Value, token: &str| -> Vec<Value> {
+        st["online_tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["label"] == token)
+            .unwrap_or_else(|| panic!("{token} not in {st}"))["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["same_as_online_token"].clone())
+            .collect()
+    };
+    let st = s.run_env("h", &["--json", "status"], &env_ref).ok().json();
+    for token in ["meterpki-online", "meterpki-online2"] {
+        let keys = same(&st, token);
+        assert!(
+            keys.len() >= 4 && keys.iter().all(|k| *k == true),
+            "{token}: {st}"
+        );
+    }
+
+    // A token holding another home's keys under the same labels: refused, named.
+    s.ceremonies("other", 3, 2, &["device"]);
+    s.copy_online_token("other", "h", "meterpki-online3");
+    std::fs::write(
+        &toml_path,
+        // (`toml` is the configuration before the fault injector replaced SoftHSM in it.)
+        toml.clone() + "\n[[hsm.tokens]]\nlabel = \"meterpki-online3\"\npin_file = \"../other/secrets/online.pin\"\n",
+    )
+    .unwrap();
+    let r = s.run_env(
+        "h",
+        &["show", "--device-id", "00-DB-12-00-00-00-30-01", "--json"],
+        &env_ref,
+    );
+    assert_eq!(r.code, 0, "reading needs no signature: {}", r.stderr);
+    let (_, csr) = meterpki_tests::openssl_csr(&s.path(""), "m", "prime256v1");
+    let r = s.run_env(
+        "h",
+        &[
+            "issue",
+            "--profile",
+            "meter-signing",
+            "--device-id",
+            "00-DB-12-00-00-00-33-01",
+            "--csr",
+            &csr.display().to_string(),
+        ],
+        &env_ref,
+    );
+    assert_ne!(r.code, 0, "{}", r.stdout);
+    assert!(
+        r.stderr.contains("meterpki-online3") && r.stderr.contains("different public key"),
+        "{}",
+        r.stderr
+    );
+    // `status` shows it (and fails: the home cannot sign with that set of tokens).
+    let r = s.run("h", &["--json", "status"]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("meterpki-online3"), "{}", r.stderr);
+    let st = r.json();
+    assert!(
+        same(&st, "meterpki-online3").iter().any(|k| *k == false),
+        "{st}"
+    );
+    let r = s.run("h", &["status"]);
+    assert!(r.stdout.contains("NOT USABLE"), "{}", r.stdout);
+}
