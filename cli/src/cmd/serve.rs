@@ -96,6 +96,12 @@ pub(super) fn run(
                     })?,
             )
         };
+        // The stop signals are taken over before the server says it listens: a SIGTERM sent
+        // as soon as it does stops it cleanly, never by the default action.
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut interrupt =
+            signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
         let addr = listener.local_addr()?;
         println!("listening on https://{addr}");
         match &crl_listener {
@@ -121,12 +127,9 @@ pub(super) fn run(
         };
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
             tokio::select! {
                 _ = term.recv() => {},
-                _ = tokio::signal::ctrl_c() => {},
+                _ = interrupt.recv() => {},
             }
             let _ = stop_tx.send(true);
         });
