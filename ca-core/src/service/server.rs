@@ -154,6 +154,39 @@ impl Readiness {
     pub fn sessions(&self) -> (usize, usize) {
         (self.token.sessions_in_use(), self.token.pool_size())
     }
+
+    /// With several tokens (`[[hsm.tokens]]`): each online key and its tokens' states.
+    pub fn token_states(&self) -> Vec<(String, Vec<crate::TokenState>)> {
+        self.sets
+            .iter()
+            .map(|s| (s.key().to_string(), s.states()))
+            .collect()
+    }
+
+    /// With several tokens: a thread that, every probe interval, tries each token out of the
+    /// rotation for at least that long and brings back those that sign correctly, whether or
+    /// not anyone asks `/readyz`.
+    pub fn spawn_token_probes(self: &Arc<Self>) {
+        if self.sets.is_empty() {
+            return;
+        }
+        let me = Arc::downgrade(self);
+        let interval = self.interval;
+        let spawned = std::thread::Builder::new()
+            .name("token-probes".into())
+            .spawn(move || loop {
+                std::thread::sleep(interval);
+                let Some(me) = me.upgrade() else { return };
+                for set in &me.sets {
+                    for token in set.probe(interval) {
+                        tracing::info!(key = %set.key(), %token, "a token signs correctly again: back in the rotation");
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "no background token probes: tokens come back when /readyz is asked");
+        }
+    }
 }
 
 impl Service {

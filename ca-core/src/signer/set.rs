@@ -138,6 +138,11 @@ impl SignerSet {
         })
     }
 
+    /// The key's label.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
     /// Each token's state, in configuration order.
     pub fn states(&self) -> Vec<TokenState> {
         self.members

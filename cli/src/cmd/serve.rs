@@ -63,6 +63,7 @@ pub(super) fn run(
     // Every issuer's CRLs republished before they reach nextUpdate, while the server runs.
     service.spawn_crl_schedule()?;
     let readiness = Arc::new(service.readiness(identity.signer)?);
+    readiness.spawn_token_probes();
     let service_for_admin = service.clone();
     let shared_store = service.config().store.backend == ca_core::store::StoreBackend::Postgres;
     let admin_path = ctx_home.admin_socket();

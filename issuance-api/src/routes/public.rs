@@ -89,7 +89,20 @@ pub(super) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     // From the last probe while it is fresh: a flood of /readyz costs no HSM signatures.
     let probe = tokio::task::spawn_blocking(move || readiness.ready_cached());
     match tokio::time::timeout(state.ready_deadline, probe).await {
-        Ok(Ok(true)) => (StatusCode::OK, "ready\n").into_response(),
+        Ok(Ok(true)) => {
+            // Ready while every key has a token up; a token out of the rotation is named.
+            let mut body = String::from("ready\n");
+            for (key, tokens) in state.readiness.token_states() {
+                for t in tokens.iter().filter(|t| !t.up) {
+                    body.push_str(&format!(
+                        "token {} out of the rotation for {key}: {}\n",
+                        t.token,
+                        t.reason.as_deref().unwrap_or("failing")
+                    ));
+                }
+            }
+            (StatusCode::OK, body).into_response()
+        }
         _ if !state.readiness.store_reached() => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "store-unavailable",
@@ -144,6 +157,29 @@ pub(super) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         if ca_core::service::crl_warning(kind, file, &crl.facts, now).is_some() {
             warnings += 1;
         }
+    }
+    let states = state.readiness.token_states();
+    if !states.is_empty() {
+        let mut up = String::new();
+        let mut signatures = String::new();
+        let mut failures = String::new();
+        for (key, tokens) in &states {
+            for t in tokens {
+                let labels = format!("key=\"{key}\",token=\"{}\"", t.token);
+                let _ = writeln!(up, "meterpki_hsm_token_up{{{labels}}} {}", u8::from(t.up));
+                let _ = writeln!(
+                    signatures,
+                    "meterpki_hsm_token_signatures_total{{{labels}}} {}",
+                    t.signatures
+                );
+                let _ = writeln!(
+                    failures,
+                    "meterpki_hsm_token_failures_total{{{labels}}} {}",
+                    t.failures
+                );
+            }
+        }
+        let _ = write!(body, "# HELP meterpki_hsm_token_up Whether a token is in the rotation for an online key ([[hsm.tokens]]).\n# TYPE meterpki_hsm_token_up gauge\n{up}# HELP meterpki_hsm_token_signatures_total Signatures a token made for an online key.\n# TYPE meterpki_hsm_token_signatures_total counter\n{signatures}# HELP meterpki_hsm_token_failures_total Signatures a token failed for an online key (each retried on another token).\n# TYPE meterpki_hsm_token_failures_total counter\n{failures}");
     }
     let _ = writeln!(body, "# HELP meterpki_crl_next_update_timestamp_seconds nextUpdate of the root's ARL and each issuer's full CRL (Unix seconds).\n# TYPE meterpki_crl_next_update_timestamp_seconds gauge\n{lines}# HELP meterpki_crl_warnings The ARL with less than a quarter of its lifetime left, or a CRL past its nextUpdate; see `meterpki status`.\n# TYPE meterpki_crl_warnings gauge\nmeterpki_crl_warnings {warnings}");
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()

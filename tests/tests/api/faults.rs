@@ -363,7 +363,11 @@ fn with_two_tokens_one_failing_is_invisible_to_clients_and_both_failing_is_503_u
     s.copy_online_token("h", "h", "meterpki-online2");
     let toml_path = s.path("h/meterpki.toml");
     let tokens = "\n[[hsm.tokens]]\nlabel = \"meterpki-online\"\n\n[[hsm.tokens]]\nlabel = \"meterpki-online2\"\npin_file = \"secrets/online.pin\"\n";
-    let toml = std::fs::read_to_string(&toml_path).unwrap() + tokens;
+    let toml = std::fs::read_to_string(&toml_path).unwrap().replace(
+        "ready_probe_interval_ms = 5000",
+        "ready_probe_interval_ms = 500",
+    ) + tokens;
+    assert!(toml.contains("ready_probe_interval_ms = 500\n"), "{toml}");
     std::fs::write(&toml_path, &toml).unwrap();
     let real = s.use_fault_module("h");
     let faults = s.path("faults");
@@ -407,6 +411,43 @@ fn with_two_tokens_one_failing_is_invisible_to_clients_and_both_failing_is_503_u
         "every item answered: {resp}"
     );
     assert_eq!(ready(&srv), 200, "a key with a token up is ready");
+    let (_, body) = curl(&s, &srv, None, "GET", "/readyz", None, &[]);
+    assert!(
+        body.contains("token meterpki-online out of the rotation for meterpki-device-ca"),
+        "{body}"
+    );
+    let metrics = || curl(&s, &srv, None, "GET", "/metrics", None, &[]).1;
+    let m = metrics();
+    for line in [
+        "meterpki_hsm_token_up{key=\"meterpki-device-ca\",token=\"meterpki-online\"} 0",
+        "meterpki_hsm_token_up{key=\"meterpki-device-ca\",token=\"meterpki-online2\"} 1",
+        "meterpki_hsm_token_failures_total{key=\"meterpki-device-ca\",token=\"meterpki-online2\"} 0",
+    ] {
+        assert!(m.contains(line), "{line} not in {m}");
+    }
+    // Each signature in flight on the first token when it failed counts (one per session).
+    let failed: u64 = m
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "meterpki_hsm_token_failures_total{key=\"meterpki-device-ca\",token=\"meterpki-online\"} ",
+            )
+        })
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{m}"));
+    assert!(failed >= 1, "{m}");
+    // The token comes back by the server's own probe (every 0.5 s here), /readyz unasked.
+    set("");
+    let t = std::time::Instant::now();
+    while !metrics()
+        .contains("meterpki_hsm_token_up{key=\"meterpki-device-ca\",token=\"meterpki-online\"} 1")
+    {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(20),
+            "the token did not come back"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 
     // Failing on both: 503, nothing stored.
     set("sign=fail:0x30\nkey=meterpki-device-ca\n");
