@@ -162,26 +162,7 @@ pub fn verify_signature(
     message: &[u8],
     signature_der: &[u8],
 ) -> Result<(), VerifyError> {
-    use ecdsa::signature::Verifier;
-    let alg = KeyAlgorithm::of_spki(spki)
-        .ok_or_else(|| VerifyError::BadKey("not an EC P-256 or P-384 key".into()))?;
-    let point = spki.subject_public_key.raw_bytes();
-    match alg {
-        KeyAlgorithm::EcP256 => {
-            let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(point)
-                .map_err(|e| VerifyError::BadKey(e.to_string()))?;
-            let sig = p256::ecdsa::Signature::from_der(signature_der)
-                .map_err(|e| VerifyError::BadEncoding(e.to_string()))?;
-            key.verify(message, &sig).map_err(|_| VerifyError::Mismatch)
-        }
-        KeyAlgorithm::EcP384 => {
-            let key = p384::ecdsa::VerifyingKey::from_sec1_bytes(point)
-                .map_err(|e| VerifyError::BadKey(e.to_string()))?;
-            let sig = p384::ecdsa::Signature::from_der(signature_der)
-                .map_err(|e| VerifyError::BadEncoding(e.to_string()))?;
-            key.verify(message, &sig).map_err(|_| VerifyError::Mismatch)
-        }
-    }
+    verify_rustcrypto(spki, Signed::Message(message), signature_der)
 }
 
 /// Verifies a DER ECDSA signature over a digest computed with the key's algorithm's hash (see
@@ -192,28 +173,46 @@ pub(crate) fn verify_digest(
     digest: &[u8],
     signature_der: &[u8],
 ) -> Result<(), VerifyError> {
-    use ecdsa::signature::hazmat::PrehashVerifier;
+    verify_rustcrypto(spki, Signed::Digest(digest), signature_der)
+}
+
+/// What a signature covers: the message, or its digest.
+#[derive(Clone, Copy)]
+enum Signed<'a> {
+    Message(&'a [u8]),
+    Digest(&'a [u8]),
+}
+
+fn verify_rustcrypto(
+    spki: &SubjectPublicKeyInfoOwned,
+    signed: Signed<'_>,
+    signature_der: &[u8],
+) -> Result<(), VerifyError> {
+    use ecdsa::signature::{hazmat::PrehashVerifier, Verifier};
     let alg = KeyAlgorithm::of_spki(spki)
         .ok_or_else(|| VerifyError::BadKey("not an EC P-256 or P-384 key".into()))?;
     let point = spki.subject_public_key.raw_bytes();
-    match alg {
+    let bad_key = |e: ecdsa::Error| VerifyError::BadKey(e.to_string());
+    let bad_sig = |e: ecdsa::Error| VerifyError::BadEncoding(e.to_string());
+    let verified = match alg {
         KeyAlgorithm::EcP256 => {
-            let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(point)
-                .map_err(|e| VerifyError::BadKey(e.to_string()))?;
-            let sig = p256::ecdsa::Signature::from_der(signature_der)
-                .map_err(|e| VerifyError::BadEncoding(e.to_string()))?;
-            key.verify_prehash(digest, &sig)
-                .map_err(|_| VerifyError::Mismatch)
+            let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(point).map_err(bad_key)?;
+            let sig = p256::ecdsa::Signature::from_der(signature_der).map_err(bad_sig)?;
+            match signed {
+                Signed::Message(m) => key.verify(m, &sig),
+                Signed::Digest(d) => key.verify_prehash(d, &sig),
+            }
         }
         KeyAlgorithm::EcP384 => {
-            let key = p384::ecdsa::VerifyingKey::from_sec1_bytes(point)
-                .map_err(|e| VerifyError::BadKey(e.to_string()))?;
-            let sig = p384::ecdsa::Signature::from_der(signature_der)
-                .map_err(|e| VerifyError::BadEncoding(e.to_string()))?;
-            key.verify_prehash(digest, &sig)
-                .map_err(|_| VerifyError::Mismatch)
+            let key = p384::ecdsa::VerifyingKey::from_sec1_bytes(point).map_err(bad_key)?;
+            let sig = p384::ecdsa::Signature::from_der(signature_der).map_err(bad_sig)?;
+            match signed {
+                Signed::Message(m) => key.verify(m, &sig),
+                Signed::Digest(d) => key.verify_prehash(d, &sig),
+            }
         }
-    }
+    };
+    verified.map_err(|_| VerifyError::Mismatch)
 }
 
 /// Verifies a DER ECDSA signature like [`verify_signature`], with `ring`'s constant-time

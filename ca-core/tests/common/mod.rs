@@ -57,42 +57,39 @@ impl Signer for SoftSigner {
         &self.spki
     }
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SignError> {
-        let mut sig = match (&self.p256, &self.p384) {
-            (Some(k), _) => {
-                let s: p256::ecdsa::Signature = k.sign(message);
-                s.to_der().as_bytes().to_vec()
-            }
-            (_, Some(k)) => {
-                let s: p384::ecdsa::Signature = k.sign(message);
-                s.to_der().as_bytes().to_vec()
-            }
+        Ok(self.finish(match (&self.p256, &self.p384) {
+            (Some(k), _) => p256_der(k.sign(message)),
+            (_, Some(k)) => p384_der(k.sign(message)),
             _ => unreachable!("a SoftSigner holds one key"),
-        };
-        if self.corrupt {
-            let n = sig.len();
-            sig[n - 3] ^= 0x01;
-        }
-        Ok(sig)
+        }))
     }
     fn sign_digest(&self, digest: &[u8]) -> Result<Vec<u8>, SignError> {
         use ecdsa::signature::hazmat::PrehashSigner;
-        let mut sig = match (&self.p256, &self.p384) {
-            (Some(k), _) => {
-                let s: p256::ecdsa::Signature = k.sign_prehash(digest).unwrap();
-                s.to_der().as_bytes().to_vec()
-            }
-            (_, Some(k)) => {
-                let s: p384::ecdsa::Signature = k.sign_prehash(digest).unwrap();
-                s.to_der().as_bytes().to_vec()
-            }
+        Ok(self.finish(match (&self.p256, &self.p384) {
+            (Some(k), _) => p256_der(k.sign_prehash(digest).unwrap()),
+            (_, Some(k)) => p384_der(k.sign_prehash(digest).unwrap()),
             _ => unreachable!("a SoftSigner holds one key"),
-        };
+        }))
+    }
+}
+
+impl SoftSigner {
+    /// The DER signature, a bit flipped when the signer is told to corrupt.
+    fn finish(&self, mut sig: Vec<u8>) -> Vec<u8> {
         if self.corrupt {
             let n = sig.len();
             sig[n - 3] ^= 0x01;
         }
-        Ok(sig)
+        sig
     }
+}
+
+fn p256_der(s: p256::ecdsa::Signature) -> Vec<u8> {
+    s.to_der().as_bytes().to_vec()
+}
+
+fn p384_der(s: p384::ecdsa::Signature) -> Vec<u8> {
+    s.to_der().as_bytes().to_vec()
 }
 
 /// A test root (P-384) and a CA (P-256) it certifies, both software keys.

@@ -100,14 +100,7 @@ fn hsm_faults_give_503_nothing_stored_and_readyz_recovers() {
 
     // Cleared: ready again without a restart (sessions rebuilt), and issuing works.
     set("");
-    let t = std::time::Instant::now();
-    while ready(&srv) != 200 {
-        assert!(
-            t.elapsed() < std::time::Duration::from_secs(20),
-            "readyz stayed red"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    wait_until(20, "readyz stayed red", || ready(&srv) == 200);
     let (code, resp, _) = batch(&srv, "ok-2", &["00-DB-12-00-00-00-20-05"]);
     assert_eq!(code, 200, "{resp}");
     let metrics = curl(&s, &srv, None, "GET", "/metrics", None, &[]).1;
@@ -438,16 +431,11 @@ fn with_two_tokens_one_failing_is_invisible_to_clients_and_both_failing_is_503_u
     assert!(failed >= 1, "{m}");
     // The token comes back by the server's own probe (every 0.5 s here), /readyz unasked.
     set("");
-    let t = std::time::Instant::now();
-    while !metrics()
-        .contains("meterpki_hsm_token_up{key=\"meterpki-device-ca\",token=\"meterpki-online\"} 1")
-    {
-        assert!(
-            t.elapsed() < std::time::Duration::from_secs(20),
-            "the token did not come back"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    wait_until(20, "the token did not come back", || {
+        metrics().contains(
+            "meterpki_hsm_token_up{key=\"meterpki-device-ca\",token=\"meterpki-online\"} 1",
+        )
+    });
 
     // Failing on both: 503, nothing stored.
     set("sign=fail:0x30\nkey=meterpki-device-ca\n");
@@ -458,14 +446,7 @@ fn with_two_tokens_one_failing_is_invisible_to_clients_and_both_failing_is_503_u
 
     // Both back: the readiness probe brings them into the rotation, without a restart.
     set("");
-    let t = std::time::Instant::now();
-    while ready(&srv) != 200 {
-        assert!(
-            t.elapsed() < std::time::Duration::from_secs(20),
-            "readyz stayed red"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    wait_until(20, "readyz stayed red", || ready(&srv) == 200);
     let (code, resp) = batch(&srv, "two-3", &devices(0x32, 2));
     assert_eq!(code, 200, "{resp}");
     assert_eq!(srv.stop(), 0);
@@ -550,4 +531,16 @@ fn with_two_tokens_one_failing_is_invisible_to_clients_and_both_failing_is_503_u
     );
     let r = s.run("h", &["status"]);
     assert!(r.stdout.contains("NOT USABLE"), "{}", r.stdout);
+}
+
+/// Polls `done` every 200 ms; fails with `what` after `seconds`.
+fn wait_until(seconds: u64, what: &str, done: impl Fn() -> bool) {
+    let t = std::time::Instant::now();
+    while !done() {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(seconds),
+            "{what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
