@@ -32,6 +32,14 @@ pub enum HsmErrorKind {
     KeyNotFound,
     /// A signature took too long.
     Timeout,
+    /// A key exists where one was to be created.
+    KeyExists,
+    /// The token holds no key-backup key.
+    BackupKeyMissing,
+    /// The key may not leave its token.
+    NotExportable,
+    /// The token refused a wrapped key (wrong key-backup key, or altered).
+    WrappedKeyRefused,
     /// Anything else the module reported.
     Device,
 }
@@ -46,6 +54,10 @@ impl HsmErrorKind {
                 | HsmErrorKind::TokenExists
                 | HsmErrorKind::PinIncorrect
                 | HsmErrorKind::PinLocked
+                | HsmErrorKind::KeyExists
+                | HsmErrorKind::BackupKeyMissing
+                | HsmErrorKind::NotExportable
+                | HsmErrorKind::WrappedKeyRefused
         )
     }
 }
@@ -85,6 +97,29 @@ pub struct KeyInfo {
     pub algorithm: KeyAlgorithm,
     /// The public key.
     pub spki: SubjectPublicKeyInfoOwned,
+}
+
+/// How a key generated in a token may ever leave it (docs/hsms.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyProtection {
+    /// `CKA_EXTRACTABLE` false: the key never leaves its token (`--key-backup none`).
+    #[default]
+    NeverExtractable,
+    /// `CKA_EXTRACTABLE` and `CKA_WRAP_WITH_TRUSTED` true: the key leaves its token only
+    /// wrapped under a `CKA_TRUSTED` key, which only the security officer can create
+    /// (`--key-backup quorum`).
+    TrustedWrapOnly,
+}
+
+/// A private key wrapped (encrypted) by a token under its key-backup key with
+/// `CKM_AES_KEY_WRAP_PAD`, with what is needed to recreate the pair on another token.
+#[derive(Debug, Clone)]
+pub struct WrappedKey {
+    /// The key pair: label, CKA_ID, curve, public key.
+    pub key: KeyInfo,
+    /// The wrapped private key (AES key wrap with padding, RFC 5649, of its PKCS#8 encoding).
+    pub wrapped: Vec<u8>,
 }
 
 /// One token, as `status` shows it.
@@ -146,6 +181,19 @@ pub trait HsmModule: Send + Sync + fmt::Debug {
     ) -> Result<Arc<dyn HsmToken>, HsmError>;
     /// The public objects of a token, without logging in.
     fn public_objects(&self, label: &str) -> Result<Vec<ObjectSummary>, HsmError>;
+    /// Under a security-officer login to the token labelled `token` (with `so_pin`), creates
+    /// the key-backup key `key_label` from `value`: AES, `CKA_TRUSTED`, wrap and unwrap only,
+    /// sensitive, never extractable. Then, when `new_so_pin` is given, changes the SO PIN to
+    /// it. A key already there under that label is left as it is (a ceremony run again); the
+    /// PIN change still happens. Must run before this process logs in to the token as user.
+    fn install_backup_key(
+        &self,
+        token: &str,
+        so_pin: &SecretString,
+        key_label: &str,
+        value: &[u8],
+        new_so_pin: Option<&SecretString>,
+    ) -> Result<(), HsmError>;
 }
 
 /// A logged-in token.
@@ -154,6 +202,23 @@ pub trait HsmToken: Send + Sync + fmt::Debug {
     fn label(&self) -> &str;
     /// Generates a key pair inside the token: sensitive, never extractable, sign-only.
     fn generate_key(&self, label: &str, algorithm: KeyAlgorithm) -> Result<KeyInfo, HsmError>;
+    /// [`HsmToken::generate_key`] with the given protection.
+    fn generate_key_as(
+        &self,
+        label: &str,
+        algorithm: KeyAlgorithm,
+        protection: KeyProtection,
+    ) -> Result<KeyInfo, HsmError>;
+    /// Whether a secret key labelled `label` (the key-backup key) is on the token.
+    fn has_secret_key(&self, label: &str) -> Result<bool, HsmError>;
+    /// Wraps the private key labelled `label` under the secret key `wrapping_label` with
+    /// `CKM_AES_KEY_WRAP_PAD`. The token refuses a key that is not extractable, or that may
+    /// be wrapped only by a trusted key when the wrapping key is not trusted.
+    fn wrap_key(&self, wrapping_label: &str, label: &str) -> Result<WrappedKey, HsmError>;
+    /// Unwraps `wrapped` under the secret key `wrapping_label` into a private key (sensitive,
+    /// extractable only by trusted wrapping), creates its public half, and checks that the
+    /// two belong together by signing with the new key. Nothing is left behind on failure.
+    fn unwrap_key(&self, wrapping_label: &str, wrapped: &WrappedKey) -> Result<KeyInfo, HsmError>;
     /// The key pair labelled `label`, if present.
     fn find_key(&self, label: &str) -> Result<Option<KeyInfo>, HsmError>;
     /// Destroys the key pair labelled `label`; returns how many objects went.

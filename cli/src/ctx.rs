@@ -175,6 +175,17 @@ impl HsmModule for Watched {
     fn public_objects(&self, label: &str) -> Result<Vec<ObjectSummary>, ca_core::hsm::HsmError> {
         self.0.public_objects(label)
     }
+    fn install_backup_key(
+        &self,
+        token: &str,
+        so_pin: &SecretString,
+        key_label: &str,
+        value: &[u8],
+        new_so_pin: Option<&SecretString>,
+    ) -> Result<(), ca_core::hsm::HsmError> {
+        self.0
+            .install_backup_key(token, so_pin, key_label, value, new_so_pin)
+    }
 }
 
 /// Makes `p` absolute without requiring it to exist.

@@ -91,6 +91,34 @@ pub enum HsmError {
         /// The token.
         token: String,
     },
+    /// No key-backup key on the token.
+    #[error("token {token:?} holds no key-backup key ({label:?}): it cannot wrap or unwrap keys of this home")]
+    BackupKeyMissing {
+        /// The key-backup key's label.
+        label: String,
+        /// The token.
+        token: String,
+    },
+    /// The token will not wrap the key.
+    #[error("key {label:?} on token {token:?} cannot be copied out: {reason}")]
+    NotExportable {
+        /// The key's label.
+        label: String,
+        /// The token.
+        token: String,
+        /// Why.
+        reason: String,
+    },
+    /// The token refused a wrapped key (its integrity check failed).
+    #[error("token {token:?} refused the wrapped key {label:?} ({ckr}): it was not wrapped under this token's key-backup key, or it was altered")]
+    WrappedKeyRefused {
+        /// The key's label.
+        label: String,
+        /// The token.
+        token: String,
+        /// The CKR code.
+        ckr: String,
+    },
     /// The token returned something unexpected.
     #[error("token {token:?}: {detail}")]
     Unexpected {

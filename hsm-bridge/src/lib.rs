@@ -9,6 +9,7 @@
 //!   seam through which the ceremonies and the service identities manage keys.
 #![forbid(unsafe_code)]
 
+mod backup;
 mod bench;
 mod error;
 mod module;

@@ -21,7 +21,7 @@ use der::{Decode, Encode};
 use secrecy::SecretString;
 
 use crate::error::{module_not_initialised, session_is_dead, HsmError};
-use ca_core::hsm::{KeyInfo, ObjectSummary};
+use ca_core::hsm::{KeyInfo, KeyProtection, ObjectSummary};
 
 use crate::module::{list_objects, Hsm};
 use crate::signer::HsmSigner;
@@ -404,6 +404,19 @@ impl Token {
     /// Generates an EC key pair inside the token: `CKA_TOKEN`, `CKA_SENSITIVE`, not
     /// `CKA_EXTRACTABLE`, label and a random 8-byte id set on both halves.
     pub fn generate_ec_key(&self, label: &str, alg: KeyAlgorithm) -> Result<KeyInfo, HsmError> {
+        self.generate_ec_key_as(label, alg, KeyProtection::NeverExtractable)
+    }
+
+    /// [`Token::generate_ec_key`] with the home's protection: never extractable, or (a home
+    /// with key backup) extractable only by wrapping with a `CKA_TRUSTED` key
+    /// (`CKA_WRAP_WITH_TRUSTED`), which only the token's security officer can create.
+    pub fn generate_ec_key_as(
+        &self,
+        label: &str,
+        alg: KeyAlgorithm,
+        protection: KeyProtection,
+    ) -> Result<KeyInfo, HsmError> {
+        let backup = protection == KeyProtection::TrustedWrapOnly;
         if self.find_key(label)?.is_some() {
             return Err(HsmError::KeyExists {
                 label: label.into(),
@@ -436,7 +449,8 @@ impl Token {
                 Attribute::Token(true),
                 Attribute::Private(true),
                 Attribute::Sensitive(true),
-                Attribute::Extractable(false),
+                Attribute::Extractable(backup),
+                Attribute::WrapWithTrusted(backup),
                 Attribute::Sign(true),
                 Attribute::Derive(false),
                 Attribute::Decrypt(false),
@@ -456,7 +470,11 @@ impl Token {
         self.key_info_of(public, label)
     }
 
-    fn key_info_of(&self, public: ObjectHandle, label: &str) -> Result<KeyInfo, HsmError> {
+    pub(crate) fn key_info_of(
+        &self,
+        public: ObjectHandle,
+        label: &str,
+    ) -> Result<KeyInfo, HsmError> {
         let attrs = self.with_session("reading a public key", |s| {
             s.session.get_attributes(
                 public,
@@ -632,7 +650,7 @@ impl Token {
 
 /// CKA_EC_POINT is a DER OCTET STRING around the SEC1 point (PKCS#11 v2.40 §2.3.3); a few modules
 /// return the bare point. Accept both, return the bare uncompressed point.
-fn ec_point_bytes(value: &[u8], alg: KeyAlgorithm) -> Result<Vec<u8>, String> {
+pub(crate) fn ec_point_bytes(value: &[u8], alg: KeyAlgorithm) -> Result<Vec<u8>, String> {
     let want = 1 + 2 * alg.field_len();
     if value.len() == want && value[0] == 0x04 {
         return Ok(value.to_vec());

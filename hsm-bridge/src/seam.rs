@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ca_core::hsm::{
-    HsmErrorKind, HsmModule, HsmToken, KeyInfo, ObjectSummary, SecretString, TokenSummary,
+    HsmErrorKind, HsmModule, HsmToken, KeyInfo, KeyProtection, ObjectSummary, SecretString,
+    TokenSummary, WrappedKey,
 };
 use ca_core::{KeyAlgorithm, Signer};
 
@@ -25,6 +26,10 @@ impl HsmError {
             HsmError::PinLocked { .. } => HsmErrorKind::PinLocked,
             HsmError::KeyNotFound { .. } => HsmErrorKind::KeyNotFound,
             HsmError::Timeout { .. } => HsmErrorKind::Timeout,
+            HsmError::BackupKeyMissing { .. } => HsmErrorKind::BackupKeyMissing,
+            HsmError::NotExportable { .. } => HsmErrorKind::NotExportable,
+            HsmError::WrappedKeyRefused { .. } => HsmErrorKind::WrappedKeyRefused,
+            HsmError::KeyExists { .. } => HsmErrorKind::KeyExists,
             _ => HsmErrorKind::Device,
         }
     }
@@ -134,6 +139,19 @@ impl HsmModule for Pkcs11Module {
     fn public_objects(&self, label: &str) -> Result<Vec<ObjectSummary>, ca_core::hsm::HsmError> {
         Ok(self.hsm.public_objects(label)?)
     }
+
+    fn install_backup_key(
+        &self,
+        token: &str,
+        so_pin: &SecretString,
+        key_label: &str,
+        value: &[u8],
+        new_so_pin: Option<&SecretString>,
+    ) -> Result<(), ca_core::hsm::HsmError> {
+        Ok(self
+            .hsm
+            .install_backup_key(token, so_pin, key_label, value, new_so_pin)?)
+    }
 }
 
 /// A logged-in token behind the seam.
@@ -151,6 +169,35 @@ impl HsmToken for TokenHandle {
         algorithm: KeyAlgorithm,
     ) -> Result<KeyInfo, ca_core::hsm::HsmError> {
         Ok(self.0.generate_ec_key(label, algorithm)?)
+    }
+
+    fn generate_key_as(
+        &self,
+        label: &str,
+        algorithm: KeyAlgorithm,
+        protection: KeyProtection,
+    ) -> Result<KeyInfo, ca_core::hsm::HsmError> {
+        Ok(self.0.generate_ec_key_as(label, algorithm, protection)?)
+    }
+
+    fn has_secret_key(&self, label: &str) -> Result<bool, ca_core::hsm::HsmError> {
+        Ok(self.0.has_secret_key(label)?)
+    }
+
+    fn wrap_key(
+        &self,
+        wrapping_label: &str,
+        label: &str,
+    ) -> Result<WrappedKey, ca_core::hsm::HsmError> {
+        Ok(self.0.wrap_key(wrapping_label, label)?)
+    }
+
+    fn unwrap_key(
+        &self,
+        wrapping_label: &str,
+        wrapped: &WrappedKey,
+    ) -> Result<KeyInfo, ca_core::hsm::HsmError> {
+        Ok(self.0.unwrap_key(wrapping_label, wrapped)?)
     }
 
     fn find_key(&self, label: &str) -> Result<Option<KeyInfo>, ca_core::hsm::HsmError> {

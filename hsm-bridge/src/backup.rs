@@ -1,0 +1,335 @@
+//! Key backup and replication with PKCS#11 (docs/hsms.md#key-replication-and-backup-under-a-quorum).
+//!
+//! * The key-backup key is an AES-256 secret key created by the token's security officer with
+//!   `CKA_TRUSTED` (only an SO login may set it), usable only to wrap and unwrap, sensitive and
+//!   never extractable. It is public (`CKA_PRIVATE` false) because an SO session cannot create
+//!   private objects; its value can still never be read.
+//! * Online keys of a home with key backup are generated `CKA_EXTRACTABLE` and
+//!   `CKA_WRAP_WITH_TRUSTED`: the token wraps them only under a trusted key, with
+//!   `CKM_AES_KEY_WRAP_PAD` (RFC 5649), so a private key leaves a token only encrypted under
+//!   the key-backup key, and is unwrapped only inside another token holding the same key.
+
+use std::sync::Arc;
+
+use ca_core::hsm::{KeyInfo, WrappedKey};
+use ca_core::verify_signature;
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use der::Encode;
+use secrecy::SecretString;
+use zeroize::Zeroize;
+
+use crate::error::HsmError;
+use crate::module::Hsm;
+use crate::pool::Token;
+
+impl Hsm {
+    /// See `ca_core::hsm::HsmModule::install_backup_key`.
+    pub fn install_backup_key(
+        &self,
+        token: &str,
+        so_pin: &SecretString,
+        key_label: &str,
+        value: &[u8],
+        new_so_pin: Option<&SecretString>,
+    ) -> Result<(), HsmError> {
+        if value.len() != 32 {
+            return Err(HsmError::Unexpected {
+                token: token.into(),
+                detail: format!(
+                    "a key-backup key is 32 bytes (AES-256), got {}",
+                    value.len()
+                ),
+            });
+        }
+        // The SO login and the PIN change rewrite the token's file: under the exclusive lock.
+        let _lock = self.token_lock(true)?;
+        let slot = self.find_token_once(token)?;
+        let session = self
+            .pkcs11()
+            .open_rw_session(slot)
+            .map_err(|e| HsmError::from_ck(e, format!("opening token {token:?}")))?;
+        match session.login(UserType::So, Some(so_pin)) {
+            Ok(()) => {}
+            Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => {
+                return Err(HsmError::PinIncorrect {
+                    label: format!("{token} (security officer)"),
+                })
+            }
+            Err(CkError::Pkcs11(RvError::PinLocked, _)) => {
+                return Err(HsmError::PinLocked {
+                    label: format!("{token} (security officer)"),
+                })
+            }
+            Err(e) => {
+                return Err(HsmError::from_ck(
+                    e,
+                    format!("security-officer login to {token:?}"),
+                ))
+            }
+        }
+        let out =
+            create_backup_key(&session, token, key_label, value).and_then(|()| match new_so_pin {
+                Some(new) => session
+                    .set_pin(so_pin, new)
+                    .map_err(|e| HsmError::from_ck(e, format!("changing the SO PIN of {token:?}"))),
+                None => Ok(()),
+            });
+        let _ = session.logout();
+        out
+    }
+}
+
+fn create_backup_key(
+    session: &Session,
+    token: &str,
+    key_label: &str,
+    value: &[u8],
+) -> Result<(), HsmError> {
+    let label = Attribute::Label(key_label.as_bytes().to_vec());
+    let existing = session
+        .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY), label.clone()])
+        .map_err(|e| HsmError::from_ck(e, format!("looking for {key_label:?} on {token:?}")))?;
+    if !existing.is_empty() {
+        return Ok(());
+    }
+    let mut template = vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::Token(true),
+        Attribute::Private(false),
+        Attribute::Trusted(true),
+        Attribute::Wrap(true),
+        Attribute::Unwrap(true),
+        Attribute::Encrypt(false),
+        Attribute::Decrypt(false),
+        Attribute::Sign(false),
+        Attribute::Verify(false),
+        Attribute::Derive(false),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        label,
+        Attribute::Value(value.to_vec()),
+    ];
+    let out = session.create_object(&template);
+    // cryptoki keeps the template's bytes in a plain Vec: wipe our copy of the key.
+    for a in template.iter_mut() {
+        if let Attribute::Value(v) = a {
+            v.zeroize();
+        }
+    }
+    out.map(|_| ()).map_err(|e| {
+        HsmError::from_ck(
+            e,
+            format!("creating the key-backup key {key_label:?} on {token:?}"),
+        )
+    })
+}
+
+/// What a wrap or unwrap did not find.
+enum Missing {
+    BackupKey,
+    PrivateKey,
+}
+
+fn find_one(
+    session: &Session,
+    class: ObjectClass,
+    label: &str,
+) -> Result<Option<ObjectHandle>, CkError> {
+    Ok(session
+        .find_objects(&[
+            Attribute::Token(true),
+            Attribute::Class(class),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ])?
+        .first()
+        .copied())
+}
+
+impl Token {
+    /// Whether a secret key labelled `label` is on the token.
+    pub fn has_secret_key(&self, label: &str) -> Result<bool, HsmError> {
+        self.with_session("looking for the key-backup key", |s| {
+            Ok(find_one(&s.session, ObjectClass::SECRET_KEY, label)?.is_some())
+        })
+    }
+
+    fn missing(&self, what: Missing, wrapping: &str, label: &str) -> HsmError {
+        match what {
+            Missing::BackupKey => HsmError::BackupKeyMissing {
+                label: wrapping.into(),
+                token: self.label().into(),
+            },
+            Missing::PrivateKey => HsmError::KeyNotFound {
+                label: format!("{label} (private half)"),
+                token: self.label().into(),
+            },
+        }
+    }
+
+    /// See `ca_core::hsm::HsmToken::wrap_key`.
+    pub fn wrap_key(&self, wrapping: &str, label: &str) -> Result<WrappedKey, HsmError> {
+        let key = self.find_key(label)?.ok_or_else(|| HsmError::KeyNotFound {
+            label: label.into(),
+            token: self.label().into(),
+        })?;
+        let what = format!("wrapping key {label:?} under {wrapping:?}");
+        let out = self.with_session(&what, |s| {
+            let Some(w) = find_one(&s.session, ObjectClass::SECRET_KEY, wrapping)? else {
+                return Ok(Err(Missing::BackupKey));
+            };
+            let Some(k) = find_one(&s.session, ObjectClass::PRIVATE_KEY, label)? else {
+                return Ok(Err(Missing::PrivateKey));
+            };
+            Ok(Ok(s.session.wrap_key(&Mechanism::AesKeyWrapPad, w, k)))
+        })?;
+        match out {
+            Err(m) => Err(self.missing(m, wrapping, label)),
+            Ok(Ok(wrapped)) => Ok(WrappedKey { key, wrapped }),
+            Ok(Err(CkError::Pkcs11(
+                rv @ (RvError::KeyUnextractable | RvError::KeyNotWrappable),
+                _,
+            ))) => Err(HsmError::NotExportable {
+                label: label.into(),
+                token: self.label().into(),
+                reason: if rv == RvError::KeyUnextractable {
+                    "it was generated never extractable (CKR_KEY_UNEXTRACTABLE): a home created with --key-backup none, or a key made before key backup was chosen".into()
+                } else {
+                    format!("the token refused to wrap it under {wrapping:?} (CKR_KEY_NOT_WRAPPABLE): the wrapping key is not trusted")
+                },
+            }),
+            Ok(Err(e)) => Err(HsmError::from_ck(e, what)),
+        }
+    }
+
+    /// See `ca_core::hsm::HsmToken::unwrap_key`.
+    pub fn unwrap_key(
+        self: &Arc<Self>,
+        wrapping: &str,
+        w: &WrappedKey,
+    ) -> Result<KeyInfo, HsmError> {
+        let label = w.key.label.as_str();
+        if let Some(existing) = self.find_key(label)? {
+            // A ceremony run again: the same key is already here; another one is refused.
+            if existing.spki == w.key.spki && self.signer(label).is_ok() {
+                return Ok(existing);
+            }
+            return Err(HsmError::KeyExists {
+                label: label.into(),
+                token: self.label().into(),
+            });
+        }
+        let params = w
+            .key
+            .algorithm
+            .curve_oid()
+            .to_der()
+            .and_then(|p| {
+                let point = w.key.spki.subject_public_key.raw_bytes();
+                Ok((p, der::asn1::OctetString::new(point)?.to_der()?))
+            })
+            .map_err(|e| HsmError::Unexpected {
+                token: self.label().into(),
+                detail: format!("encoding the public key of {label:?}: {e}"),
+            })?;
+        let what = format!("unwrapping key {label:?} under {wrapping:?}");
+        let out = self.with_session(&what, |s| {
+            let Some(wk) = find_one(&s.session, ObjectClass::SECRET_KEY, wrapping)? else {
+                return Ok(Err(Missing::BackupKey));
+            };
+            let private = s.session.unwrap_key(
+                &Mechanism::AesKeyWrapPad,
+                wk,
+                &w.wrapped,
+                &[
+                    Attribute::Class(ObjectClass::PRIVATE_KEY),
+                    Attribute::KeyType(KeyType::EC),
+                    Attribute::Token(true),
+                    Attribute::Private(true),
+                    Attribute::Sensitive(true),
+                    Attribute::Extractable(true),
+                    Attribute::WrapWithTrusted(true),
+                    Attribute::Sign(true),
+                    Attribute::Derive(false),
+                    Attribute::Decrypt(false),
+                    Attribute::Unwrap(false),
+                    Attribute::Label(label.as_bytes().to_vec()),
+                    Attribute::Id(w.key.id.clone()),
+                ],
+            );
+            let private = match private {
+                Ok(p) => p,
+                Err(e) => return Ok(Ok(Err(e))),
+            };
+            let public = s.session.create_object(&[
+                Attribute::Class(ObjectClass::PUBLIC_KEY),
+                Attribute::KeyType(KeyType::EC),
+                Attribute::Token(true),
+                Attribute::Private(false),
+                Attribute::Verify(true),
+                Attribute::Encrypt(false),
+                Attribute::Wrap(false),
+                Attribute::EcParams(params.0.clone()),
+                Attribute::EcPoint(params.1.clone()),
+                Attribute::Label(label.as_bytes().to_vec()),
+                Attribute::Id(w.key.id.clone()),
+            ]);
+            if let Err(e) = public {
+                let _ = s.session.destroy_object(private);
+                return Ok(Ok(Err(e)));
+            }
+            Ok(Ok(Ok(())))
+        })?;
+        match out {
+            Err(m) => return Err(self.missing(m, wrapping, label)),
+            Ok(Err(CkError::Pkcs11(
+                // SoftHSM 2.6 answers CKR_GENERAL_ERROR when the key wrap's integrity check
+                // fails (a wrong unwrapping key, or altered bytes).
+                rv @ (RvError::WrappedKeyInvalid
+                | RvError::WrappedKeyLenRange
+                | RvError::EncryptedDataInvalid
+                | RvError::GeneralError),
+                _,
+            ))) => {
+                return Err(HsmError::WrappedKeyRefused {
+                    label: label.into(),
+                    token: self.label().into(),
+                    ckr: crate::error::ckr_name(rv),
+                })
+            }
+            Ok(Err(e)) => return Err(HsmError::from_ck(e, what)),
+            Ok(Ok(())) => {}
+        }
+        // The private key must be the public key's other half: sign and verify here, before
+        // anything uses it. A mismatch removes both.
+        let check = self
+            .signer(label)
+            .and_then(|signer| {
+                use ca_core::Signer;
+                let msg = b"meterpki: an unwrapped key signs for its public key";
+                let sig = signer.sign(msg).map_err(|e| HsmError::Unexpected {
+                    token: self.label().into(),
+                    detail: e.to_string(),
+                })?;
+                verify_signature(&w.key.spki, msg, &sig).map_err(|e| HsmError::Unexpected {
+                    token: self.label().into(),
+                    detail: format!(
+                        "the key unwrapped as {label:?} does not sign for its public key ({e})"
+                    ),
+                })
+            })
+            .and_then(|()| {
+                self.find_key(label)?.ok_or_else(|| HsmError::KeyNotFound {
+                    label: label.into(),
+                    token: self.label().into(),
+                })
+            });
+        if check.is_err() {
+            let _ = self.destroy_key(label);
+        }
+        check
+    }
+}

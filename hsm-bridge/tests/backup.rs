@@ -1,0 +1,113 @@
+//! Key backup with PKCS#11 against real SoftHSM tokens: a trusted AES key made by the SO,
+//! keys wrapped only under it, unwrapped into another token, and every refusal the token
+//! itself gives (docs/hsms.md).
+
+use ca_core::hsm::KeyProtection;
+use ca_core::{verify_signature, KeyAlgorithm, Signer};
+use hsm_bridge::{Hsm, HsmError, SecretString};
+
+const SO: &str = "test-so-pin-5678";
+const USER: &str = "test-user-pin-1234";
+const KBK: &str = "meterpki-key-backup";
+
+#[test]
+fn a_key_wrapped_under_the_trusted_backup_key_moves_to_another_token_and_nowhere_else() {
+    softhsm_config::isolated(
+        "a_key_wrapped_under_the_trusted_backup_key_moves_to_another_token_and_nowhere_else",
+        |_| {
+            let module = softhsm_config::find_module().expect("SoftHSM is installed");
+            let hsm = Hsm::load(&module).expect("load module");
+            let value = [7u8; 32];
+            // The SO installs the key-backup key on A and B (before any user login here),
+            // and the SO PIN of A changes with it.
+            for label in ["a", "b", "c", "other"] {
+                hsm.init_token(label, &SecretString::from(SO), &SecretString::from(USER))
+                    .unwrap();
+            }
+            let new_so = SecretString::from("a-new-so-pin-0000");
+            hsm.install_backup_key("a", &SecretString::from(SO), KBK, &value, Some(&new_so))
+                .unwrap();
+            hsm.install_backup_key("b", &SecretString::from(SO), KBK, &value, None)
+                .unwrap();
+            // Run again: the key is left as it is (no duplicate), the old SO PIN is gone.
+            let err = hsm
+                .install_backup_key("a", &SecretString::from(SO), KBK, &value, None)
+                .unwrap_err();
+            assert!(matches!(err, HsmError::PinIncorrect { .. }), "{err}");
+            hsm.install_backup_key("a", &new_so, KBK, &value, None)
+                .unwrap();
+            // "other" holds a different key-backup key under the same label.
+            hsm.install_backup_key("other", &SecretString::from(SO), KBK, &[9u8; 32], None)
+                .unwrap();
+
+            let a = hsm.open("a", SecretString::from(USER), 2).unwrap();
+            let b = hsm.open("b", SecretString::from(USER), 2).unwrap();
+            let c = hsm.open("c", SecretString::from(USER), 2).unwrap();
+            let other = hsm.open("other", SecretString::from(USER), 2).unwrap();
+            assert!(a.has_secret_key(KBK).unwrap());
+            assert!(!c.has_secret_key(KBK).unwrap());
+            let kbk: Vec<_> = a
+                .objects()
+                .unwrap()
+                .into_iter()
+                .filter(|o| o.label == KBK)
+                .collect();
+            assert_eq!(kbk.len(), 1, "{kbk:?}");
+
+            let info = a
+                .generate_ec_key_as(
+                    "device-ca",
+                    KeyAlgorithm::EcP256,
+                    KeyProtection::TrustedWrapOnly,
+                )
+                .unwrap();
+            a.generate_ec_key("locked", KeyAlgorithm::EcP256).unwrap();
+
+            let wrapped = a.wrap_key(KBK, "device-ca").unwrap();
+            assert!(wrapped.wrapped.len() > 64, "{}", wrapped.wrapped.len());
+            let got = b.unwrap_key(KBK, &wrapped).unwrap();
+            assert_eq!(got.spki, info.spki);
+            assert_eq!(got.id, info.id);
+            let sig = b.signer("device-ca").unwrap().sign(b"on b").unwrap();
+            verify_signature(&info.spki, b"on b", &sig).unwrap();
+            // Run again: the same key is already there.
+            b.unwrap_key(KBK, &wrapped).unwrap();
+            let private = b
+                .objects()
+                .unwrap()
+                .into_iter()
+                .find(|o| o.label == "device-ca" && o.class == "private-key")
+                .unwrap();
+            assert_eq!(private.sensitive, Some(true));
+
+            // A key generated never extractable is refused by the token.
+            let err = a.wrap_key(KBK, "locked").unwrap_err();
+            assert!(matches!(err, HsmError::NotExportable { .. }), "{err}");
+            assert!(err.to_string().contains("CKR_KEY_UNEXTRACTABLE"), "{err}");
+            // A token without the key-backup key can neither wrap nor unwrap.
+            let err = c.unwrap_key(KBK, &wrapped).unwrap_err();
+            assert!(matches!(err, HsmError::BackupKeyMissing { .. }), "{err}");
+            assert!(c.find_key("device-ca").unwrap().is_none());
+            // A token holding another key-backup key refuses the wrapped key; nothing is left.
+            let err = other.unwrap_key(KBK, &wrapped).unwrap_err();
+            assert!(matches!(err, HsmError::WrappedKeyRefused { .. }), "{err}");
+            assert!(other
+                .objects()
+                .unwrap()
+                .iter()
+                .all(|o| o.label != "device-ca"));
+            // One altered byte in the wrapped key: refused by B too.
+            let mut altered = wrapped.clone();
+            altered.wrapped[10] ^= 1;
+            altered.key.label = "altered".into();
+            let err = b.unwrap_key(KBK, &altered).unwrap_err();
+            assert!(matches!(err, HsmError::WrappedKeyRefused { .. }), "{err}");
+            assert!(b.find_key("altered").unwrap().is_none());
+            // A key under the same label but another public key: refused, not replaced.
+            let mut foreign = wrapped.clone();
+            foreign.key.spki = a.find_key("locked").unwrap().unwrap().spki;
+            let err = b.unwrap_key(KBK, &foreign).unwrap_err();
+            assert!(matches!(err, HsmError::KeyExists { .. }), "{err}");
+        },
+    );
+}
