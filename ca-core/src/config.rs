@@ -221,6 +221,37 @@ pub struct HsmConfig {
     /// online token alone, as before. When given, the online token is one of them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tokens: Vec<TokenConfig>,
+    /// Whether the online keys can be copied to other tokens and backed up under a quorum
+    /// (`meterpki init --key-backup`, fixed for the home's life: it decides how keys are made).
+    #[serde(default, skip_serializing_if = "KeyBackup::is_none")]
+    pub key_backup: KeyBackup,
+}
+
+/// `hsm.key_backup`: how online keys are generated (docs/hsms.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyBackup {
+    /// Keys never leave their token (`CKA_EXTRACTABLE` false): no replication, no backup.
+    #[default]
+    None,
+    /// Keys leave their token only wrapped under the key-backup key, which only a quorum of
+    /// officers can put into a token (`CKA_EXTRACTABLE` and `CKA_WRAP_WITH_TRUSTED`).
+    Quorum,
+}
+
+impl KeyBackup {
+    /// `none`.
+    pub fn is_none(&self) -> bool {
+        *self == KeyBackup::None
+    }
+
+    /// The protection of keys generated for the online tokens.
+    pub fn protection(self) -> crate::hsm::KeyProtection {
+        match self {
+            KeyBackup::None => crate::hsm::KeyProtection::NeverExtractable,
+            KeyBackup::Quorum => crate::hsm::KeyProtection::TrustedWrapOnly,
+        }
+    }
 }
 
 /// One token holding the online keys (`[[hsm.tokens]]`).

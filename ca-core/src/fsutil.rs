@@ -127,6 +127,11 @@ fn parent(path: &Path) -> &Path {
     }
 }
 
+/// Syncs a directory, so that a file created or removed in it stays so after a crash.
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
 /// Creates `path` with mode 0600 and writes `bytes`; refuses to overwrite an existing file.
 pub fn write_new_secret(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut f = OpenOptions::new()

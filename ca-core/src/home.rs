@@ -168,6 +168,24 @@ impl Home {
     pub fn root_ceremony(&self) -> PathBuf {
         self.ceremonies_dir().join("root.json")
     }
+    /// `ceremonies/key-backup.json`: the public record of the key-backup ceremony.
+    pub fn key_backup_ceremony(&self) -> PathBuf {
+        self.ceremonies_dir().join("key-backup.json")
+    }
+    /// `secrets/<label>.pin`: the user PIN of a token made by `hsm init-token`.
+    pub fn token_pin(&self, label: &str) -> PathBuf {
+        self.secrets_dir().join(format!("{label}.pin"))
+    }
+    /// The security-officer PIN file of an online token until it holds the key-backup key:
+    /// `secrets/online-so.pin` for the online token (made at init), `secrets/<label>-so.pin`
+    /// for a token made by `hsm init-token`.
+    pub fn token_so_pin(&self, label: &str, online_token: &str) -> PathBuf {
+        if label == online_token {
+            self.secrets_dir().join("online-so.pin")
+        } else {
+            self.secrets_dir().join(format!("{label}-so.pin"))
+        }
+    }
     /// Resolves a path from the config: relative paths are relative to the home.
     pub fn resolve(&self, p: &Path) -> PathBuf {
         if p.is_absolute() {

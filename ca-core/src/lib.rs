@@ -14,6 +14,7 @@ mod fsutil;
 mod home;
 pub mod hsm;
 pub mod issue;
+pub mod keybackup;
 mod model;
 mod par;
 mod quorum;
@@ -33,7 +34,8 @@ pub use certs::{
     CertError, CertInfo,
 };
 pub use config::{
-    CaConfig, Config, ConfigError, CrlConfig, HsmConfig, PinSource, ServerConfig, TokenConfig,
+    CaConfig, Config, ConfigError, CrlConfig, HsmConfig, KeyBackup, PinSource, ServerConfig,
+    TokenConfig,
 };
 pub use fsutil::{read_bounded, write_atomic, write_new_secret, BoundedLines, MAX_LINE};
 pub use home::Home;
@@ -43,7 +45,8 @@ pub use model::{
 };
 pub use policies::CaKind;
 pub use quorum::{
-    combine_shares, split_secret, CeremonyRecord, QuorumError, RootSecret, ShareFile,
+    combine_checked, combine_shares, split_secret, CeremonyRecord, QuorumError, RootSecret,
+    ShareCheck, ShareFile,
 };
 pub use signer::{
     spki_from_point, verify_signature, verify_signature_fast, KeyAlgorithm, SignError, Signer,

@@ -41,11 +41,13 @@ pub enum QuorumError {
         /// What is wrong.
         reason: String,
     },
-    /// The share belongs to another root ceremony.
+    /// The share belongs to another ceremony.
     #[error(
-        "share file {file} belongs to ceremony {found}, not to this home's root ceremony {expected}"
+        "share file {file} belongs to ceremony {found}, not to this home's {what} ceremony {expected}"
     )]
     Foreign {
+        /// Which ceremony's shares were expected (`root`, `key-backup`).
+        what: &'static str,
         /// The file.
         file: PathBuf,
         /// The ceremony the share names.
@@ -54,8 +56,10 @@ pub enum QuorumError {
         expected: String,
     },
     /// The share's content differs from what was issued at the ceremony.
-    #[error("share file {file} ({officer}) does not match the share issued at the root ceremony: it was altered")]
+    #[error("share file {file} ({officer}) does not match the share issued at the {what} ceremony: it was altered")]
     Altered {
+        /// Which ceremony.
+        what: &'static str,
         /// The file.
         file: PathBuf,
         /// The officer it names.
@@ -85,8 +89,8 @@ pub enum QuorumError {
     #[error("{0}")]
     Parameters(String),
     /// The rebuilt secret does not match the ceremony's check value.
-    #[error("the shares combine to a secret that does not match the root ceremony's check value")]
-    WrongSecret,
+    #[error("the shares combine to a secret that does not match the {0} ceremony's check value")]
+    WrongSecret(&'static str),
 }
 
 /// The secret behind the root token's PINs. Zeroized on drop; never printed.
@@ -114,6 +118,19 @@ impl RootSecret {
         let s = Zeroizing::new(hex::encode(d));
         d.iter_mut().for_each(|b| *b = 0);
         s
+    }
+
+    /// 32 bytes derived from the secret for one purpose (`label` names it): the key-backup
+    /// ceremony's AES key, MAC key and SO PINs all come from its one shared secret.
+    pub fn derive_key(&self, label: &[u8]) -> Zeroizing<[u8; 32]> {
+        let mut h = Sha256::new();
+        h.update(label);
+        h.update(self.0.as_ref());
+        let mut out = Zeroizing::new([0u8; 32]);
+        let mut d = h.finalize();
+        out.copy_from_slice(&d);
+        d.iter_mut().for_each(|b| *b = 0);
+        out
     }
 
     /// The root token's user PIN (64 hex characters).
@@ -281,9 +298,14 @@ impl ShareFile {
 
     /// The file's text: a comment header, then one JSON object.
     pub fn to_text(&self) -> Zeroizing<String> {
+        self.to_text_for("root-token", "open the root token")
+    }
+
+    /// The file's text, its header naming what the share is for (`kind`) and what any M do.
+    pub fn to_text_for(&self, kind: &str, purpose: &str) -> Zeroizing<String> {
         let json = Zeroizing::new(serde_json::to_string_pretty(self).unwrap_or_default());
         Zeroizing::new(format!(
-            "# meterpki root-token share for {officer} (share {index} of {n}, any {m} open the root token).\n\
+            "# meterpki {kind} share for {officer} (share {index} of {n}, any {m} {purpose}).\n\
              # Keep it offline and apart from the other shares. Ceremony {ceremony}.\n{json}\n",
             officer = self.officer,
             index = self.index,
@@ -376,25 +398,67 @@ pub fn split_secret(
     Ok((files, digests))
 }
 
-/// Checks the given shares against the ceremony record and rebuilds the root secret.
+/// What shares are checked against: the public record of the ceremony that made them.
+#[derive(Debug, Clone, Copy)]
+pub struct ShareCheck<'a> {
+    /// Which ceremony, for errors: `root`, `key-backup`.
+    pub what: &'static str,
+    /// Its identifier.
+    pub ceremony_id: &'a str,
+    /// M.
+    pub quorum: u8,
+    /// N.
+    pub officers: u8,
+    /// SHA-256 of each share's bytes, by share index.
+    pub share_digests: &'a [String],
+    /// [`RootSecret::check_value`].
+    pub secret_check: &'a str,
+}
+
+impl CeremonyRecord {
+    /// What the root ceremony's shares are checked against.
+    pub fn share_check(&self) -> ShareCheck<'_> {
+        ShareCheck {
+            what: "root",
+            ceremony_id: &self.ceremony_id,
+            quorum: self.quorum,
+            officers: self.officers,
+            share_digests: &self.share_digests,
+            secret_check: &self.secret_check,
+        }
+    }
+}
+
+/// Checks the given shares against the root ceremony record and rebuilds the root secret.
 pub fn combine_shares(
     record: &CeremonyRecord,
     shares: &[(PathBuf, ShareFile)],
 ) -> Result<RootSecret, QuorumError> {
+    combine_checked(&record.share_check(), shares)
+}
+
+/// Checks the given shares against a ceremony's record and rebuilds its secret.
+pub fn combine_checked(
+    record: &ShareCheck<'_>,
+    shares: &[(PathBuf, ShareFile)],
+) -> Result<RootSecret, QuorumError> {
+    let what = record.what;
     let mut by_index: BTreeMap<u8, &(PathBuf, ShareFile)> = BTreeMap::new();
     for entry in shares {
         let (file, share) = entry;
         if share.ceremony != record.ceremony_id {
             return Err(QuorumError::Foreign {
+                what,
                 file: file.clone(),
                 found: share.ceremony.clone(),
-                expected: record.ceremony_id.clone(),
+                expected: record.ceremony_id.to_string(),
             });
         }
         let expected = record
             .share_digests
             .get(usize::from(share.index).wrapping_sub(1))
             .ok_or_else(|| QuorumError::Altered {
+                what,
                 file: file.clone(),
                 officer: share.officer.clone(),
             })?;
@@ -405,6 +469,7 @@ pub fn combine_shares(
         if &digest != expected || share.quorum != record.quorum || share.officers != record.officers
         {
             return Err(QuorumError::Altered {
+                what,
                 file: file.clone(),
                 officer: share.officer.clone(),
             });
@@ -438,17 +503,17 @@ pub fn combine_shares(
     for r in raw.iter_mut() {
         r.zeroize();
     }
-    let mut combined = combined.map_err(|_| QuorumError::WrongSecret)?;
+    let mut combined = combined.map_err(|_| QuorumError::WrongSecret(what))?;
     if combined.len() != 32 {
         combined.zeroize();
-        return Err(QuorumError::WrongSecret);
+        return Err(QuorumError::WrongSecret(what));
     }
     let mut s = Zeroizing::new([0u8; 32]);
     s.copy_from_slice(&combined);
     combined.zeroize();
     let secret = RootSecret(s);
-    if secret.check_value(&record.ceremony_id) != record.secret_check {
-        return Err(QuorumError::WrongSecret);
+    if secret.check_value(record.ceremony_id) != record.secret_check {
+        return Err(QuorumError::WrongSecret(what));
     }
     Ok(secret)
 }

@@ -142,6 +142,21 @@ pub(crate) struct InitArgs {
     /// Sessions in the signing pool.
     #[arg(long, default_value_t = 2)]
     pub sessions: usize,
+    /// none: online keys never leave their token. quorum: they can be copied to other tokens
+    /// and backed up, wrapped under a key-backup key that only M of N officers can rebuild
+    /// (`ceremony backup-key`, `replicate`, `backup`, `restore`; docs/hsms.md). Fixed for
+    /// the home's life.
+    #[arg(long, value_enum, default_value = "none")]
+    pub key_backup: KeyBackupArg,
+}
+
+/// `--key-backup`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub(crate) enum KeyBackupArg {
+    /// Keys never leave their token.
+    None,
+    /// Keys leave their token only wrapped under the quorum's key-backup key.
+    Quorum,
 }
 
 #[derive(Args, Debug)]
@@ -306,6 +321,69 @@ pub(crate) enum CeremonyCommand {
         after_help = "Example:\n  meterpki ceremony revoke-ca --kind organisation --reason cACompromise \\\n      --share /media/alice.share --share /media/bob.share --share /media/carol.share\n\nReasons: cACompromise (the CA's key is compromised), keyCompromise, affiliationChanged,\nsuperseded, cessationOfOperation, unspecified. The ARL is published before the command returns;\nthe revoked CA signs nothing more."
     )]
     RevokeCa(RevokeCaArgs),
+    /// Create the key-backup key (AES-256) of a home made with --key-backup quorum: split into N shares (M needed), put into every online token as a trusted key (each token's SO PIN then replaced by one only the quorum rebuilds).
+    #[command(
+        name = "backup-key",
+        after_help = "Example:\n  meterpki ceremony backup-key --officers 5 --quorum 3 --shares-dir /media/officers \\\n      --officer alice --officer bob --officer carol --officer dave --officer erin\n\nEach officer receives DIR/<officer>.share (0600). Any QUORUM of them can later copy the online\nkeys to another token (replicate), back them up to a file (backup) or restore them (restore).\nThe key's value exists in memory only during a ceremony; the tokens never let it out."
+    )]
+    BackupKey(RootArgs),
+    /// Copy every online key pair from the online token into another token (listed in [[hsm.tokens]]), wrapped inside the tokens under the key-backup key opened by a quorum of shares.
+    #[command(
+        after_help = "Example:\n  meterpki hsm init-token --label meterpki-online-b\n  meterpki ceremony replicate --to-token meterpki-online-b \\\n      --share /media/alice.share --share /media/bob.share --share /media/carol.share\n\nThe private keys leave the online token only wrapped (CKM_AES_KEY_WRAP_PAD) and are unwrapped\ninside the target: sensitive, extractable only by trusted wrapping. Run again, it copies only\nwhat is missing."
+    )]
+    Replicate(ReplicateArgs),
+    /// Write every online key pair, wrapped under the key-backup key, to a backup file (with a MAC only the quorum's key makes), for a later `ceremony restore`.
+    #[command(
+        after_help = "Example:\n  meterpki ceremony backup --out /media/vault/meterpki-keys.backup \\\n      --share /media/alice.share --share /media/bob.share --share /media/carol.share\n\nThe file holds no key in clear: without M shares it is of no use. Keep it off-site."
+    )]
+    Backup(BackupArgs),
+    /// Restore the keys of a backup file into a fresh token (listed in [[hsm.tokens]]); any M shares, not necessarily those that wrote it.
+    #[command(
+        after_help = "Example:\n  meterpki hsm init-token --label meterpki-online-c\n  meterpki ceremony restore --from /media/vault/meterpki-keys.backup --to-token meterpki-online-c \\\n      --share /media/bob.share --share /media/dave.share --share /media/erin.share\n\nThe file's MAC is checked before anything changes: one altered byte and nothing is restored."
+    )]
+    Restore(RestoreArgs),
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct ReplicateArgs {
+    /// The token to copy the keys into (in [[hsm.tokens]]).
+    #[arg(long)]
+    pub to_token: String,
+    /// A key-backup share file; give at least the quorum.
+    #[arg(long = "share", required = true)]
+    pub shares: Vec<PathBuf>,
+    /// Who runs the ceremony (default: $USER).
+    #[arg(long)]
+    pub operator: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct BackupArgs {
+    /// The backup file to write (never overwritten; 0600).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// A key-backup share file; give at least the quorum.
+    #[arg(long = "share", required = true)]
+    pub shares: Vec<PathBuf>,
+    /// Who runs the ceremony (default: $USER).
+    #[arg(long)]
+    pub operator: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct RestoreArgs {
+    /// The backup file written by `ceremony backup`.
+    #[arg(long)]
+    pub from: PathBuf,
+    /// The token to restore the keys into (in [[hsm.tokens]]; a fresh one from `hsm init-token`).
+    #[arg(long)]
+    pub to_token: String,
+    /// A key-backup share file; give at least the quorum.
+    #[arg(long = "share", required = true)]
+    pub shares: Vec<PathBuf>,
+    /// Who runs the ceremony (default: $USER).
+    #[arg(long)]
+    pub operator: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -339,7 +417,7 @@ pub(crate) struct RootArgs {
     /// Number of officers N (one share each).
     #[arg(long)]
     pub officers: u8,
-    /// Shares needed to open the root token, M (2 <= M <= N).
+    /// Shares needed, M (2 <= M <= N).
     #[arg(long)]
     pub quorum: u8,
     /// Directory to write the share files to (created 0700 if missing).
@@ -384,6 +462,16 @@ pub(crate) enum HsmCommand {
         /// Seconds per measurement.
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
+    },
+    /// Create a SoftHSM token in this home (random PINs in secrets/<label>.pin and secrets/<label>-so.pin, 0600) and list it in [[hsm.tokens]]; `ceremony replicate` or `ceremony restore` then puts the online keys in it.
+    #[command(
+        name = "init-token",
+        after_help = "Example:\n  meterpki hsm init-token --label meterpki-online-b\n  meterpki ceremony replicate --to-token meterpki-online-b --share ... --share ...\n\nUntil it holds the keys, commands that sign refuse to start, naming the token."
+    )]
+    InitToken {
+        /// The new token's label (1 to 32 letters, digits, '-', '_', '.').
+        #[arg(long)]
+        label: String,
     },
 }
 

@@ -48,31 +48,31 @@ pub struct IssuingCeremony {
     pub shares: Vec<PathBuf>,
 }
 
-fn json_text(value: &impl serde::Serialize) -> Result<String, ServiceError> {
+pub(super) fn json_text(value: &impl serde::Serialize) -> Result<String, ServiceError> {
     serde_json::to_string_pretty(value).map_err(|e| ServiceError::Internal(e.to_string()))
 }
 
 /// A public file of the ceremony, written and synced under a temporary name: it appears only
 /// once the ceremony's audit record is committed.
-fn stage(path: &Path, text: &str) -> Result<StagedFile, ServiceError> {
+pub(super) fn stage(path: &Path, text: &str) -> Result<StagedFile, ServiceError> {
     StagedFile::write(path, text.as_bytes(), 0o600)
         .map_err(io_at(format!("writing {}", path.display())))
 }
 
 /// A ceremony done in the HSM, its files staged: what is left is its audit record, then its
 /// files.
-struct Prepared {
-    event: String,
-    transcript: serde_json::Value,
-    transcript_path: PathBuf,
-    files: Vec<StagedFile>,
+pub(super) struct Prepared {
+    pub(super) event: String,
+    pub(super) transcript: serde_json::Value,
+    pub(super) transcript_path: PathBuf,
+    pub(super) files: Vec<StagedFile>,
     /// The store's side of the ceremony (the certificates the root issued), written with its
     /// record.
-    txn: Txn,
+    pub(super) txn: Txn,
 }
 
 /// Whether a ceremony's outcome is to be undone: it failed before its record was committed.
-fn undo(outcome: &Result<serde_json::Value, ServiceError>) -> bool {
+pub(super) fn undo(outcome: &Result<serde_json::Value, ServiceError>) -> bool {
     matches!(outcome, Err(e) if !matches!(e, ServiceError::Incomplete(_)))
 }
 
@@ -81,7 +81,7 @@ impl Service {
     /// undo. After it the ceremony stands and is only finished: its files put in place (any
     /// that cannot be are reported, with where their content was kept, as
     /// [`ServiceError::Incomplete`], which is not undone) and the head signed.
-    fn record_ceremony(
+    pub(super) fn record_ceremony(
         &self,
         actor: &Actor,
         p: Prepared,
@@ -245,7 +245,11 @@ impl Service {
         // `audit verify` can trust head signatures through the root alone.
         let audit_key = match online.find_key(AUDIT_KEY_LABEL)? {
             Some(k) => k,
-            None => online.generate_key(AUDIT_KEY_LABEL, KeyAlgorithm::EcP256)?,
+            None => online.generate_key_as(
+                AUDIT_KEY_LABEL,
+                KeyAlgorithm::EcP256,
+                self.key_protection(),
+            )?,
         };
         let audit_cert = build_signer_certificate(
             root_signer.as_ref(),
@@ -386,7 +390,7 @@ impl Service {
         let record = &root.record;
         let label = kind.key_label();
         let spec = self.ca_spec(kind)?;
-        let key = online.generate_key(&label, KeyAlgorithm::EcP256)?;
+        let key = online.generate_key_as(&label, KeyAlgorithm::EcP256, self.key_protection())?;
         let cert = build_ca_certificate(root.signer.as_ref(), &root.cert, &key.spki, &spec)?;
         // The issuing CA's own key must sign what its certificate says it does.
         check_key_matches(online.signer(&label)?.as_ref(), &cert, kind.name())?;
@@ -431,7 +435,7 @@ impl Service {
 }
 
 /// The officers' names: given, or officer-1 .. officer-N; distinct; each names a file.
-fn check_officers(c: &RootCeremony) -> Result<Vec<String>, ServiceError> {
+pub(super) fn check_officers(c: &RootCeremony) -> Result<Vec<String>, ServiceError> {
     let n = usize::from(c.officers);
     if c.quorum < 2 || c.quorum > c.officers {
         return Err(ServiceError::invalid(
@@ -482,7 +486,7 @@ fn check_officers(c: &RootCeremony) -> Result<Vec<String>, ServiceError> {
 }
 
 /// Creates `dir` 0700 when missing (returns whether it did) and proves it takes files.
-fn create_private_dir(dir: &Path) -> Result<bool, ServiceError> {
+pub(super) fn create_private_dir(dir: &Path) -> Result<bool, ServiceError> {
     use std::os::unix::fs::PermissionsExt;
     let created = !dir.exists();
     if created {

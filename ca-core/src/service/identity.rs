@@ -47,7 +47,11 @@ impl Service {
         let online = self.online()?;
         Ok(match online.find_key(label)? {
             Some(k) => k.spki,
-            None => online.generate_key(label, KeyAlgorithm::EcP256)?.spki,
+            None => {
+                online
+                    .generate_key_as(label, KeyAlgorithm::EcP256, self.key_protection())?
+                    .spki
+            }
         })
     }
 

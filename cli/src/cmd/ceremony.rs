@@ -1,10 +1,13 @@
-//! `meterpki ceremony root`, `issuing-ca`, `root-crl` and `revoke-ca`.
+//! `meterpki ceremony root`, `issuing-ca`, `root-crl`, `revoke-ca` and the key-backup
+//! ceremonies (`backup-key`, `replicate`, `backup`, `restore`).
 
 use anyhow::Result;
-use ca_core::service::{Actor, IssuingCeremony, RootCeremony};
+use ca_core::service::{Actor, BackupKeyCeremony, IssuingCeremony, RootCeremony};
 use ca_core::CaKind;
 
-use crate::args::{IssuingArgs, RevokeCaArgs, RootArgs, RootCrlArgs};
+use crate::args::{
+    BackupArgs, IssuingArgs, ReplicateArgs, RestoreArgs, RevokeCaArgs, RootArgs, RootCrlArgs,
+};
 use crate::cmd::print_json;
 use crate::ctx::{absolute, operator, Ctx};
 use crate::errors::input;
@@ -156,4 +159,118 @@ pub(super) fn revoke_ca(ctx: &Ctx, a: RevokeCaArgs) -> Result<()> {
 
 fn absolute_all(paths: &[std::path::PathBuf]) -> Vec<std::path::PathBuf> {
     paths.iter().map(|p| absolute(p)).collect()
+}
+
+pub(super) fn backup_key(ctx: &Ctx, a: RootArgs) -> Result<()> {
+    let summary = ctx.service.backup_key_ceremony(
+        &actor(&a.operator),
+        &BackupKeyCeremony {
+            officers: a.officers,
+            quorum: a.quorum,
+            officer_names: a.officer_names.clone(),
+            shares_dir: absolute(&a.shares_dir),
+        },
+    )?;
+    if ctx.json {
+        return print_json(&summary);
+    }
+    println!(
+        "Key-backup ceremony {} complete.",
+        summary["ceremony_id"].as_str().unwrap_or("")
+    );
+    println!(
+        "  key-backup key  {} (AES-256, trusted, wrap/unwrap only, never extractable)",
+        summary["key_label"].as_str().unwrap_or("")
+    );
+    for t in summary["tokens"].as_array().into_iter().flatten() {
+        println!(
+            "  installed in    {} (its SO PIN is now the quorum's)",
+            t.as_str().unwrap_or("")
+        );
+    }
+    println!("  quorum          {} of {}", a.quorum, a.officers);
+    for f in summary["share_files"].as_array().into_iter().flatten() {
+        println!(
+            "  share           {} (0600)",
+            f["file"].as_str().unwrap_or("")
+        );
+    }
+    println!("Hand each officer their share file and remove it from this machine.");
+    Ok(())
+}
+
+fn print_keys(summary: &serde_json::Value) {
+    for k in summary["keys"].as_array().into_iter().flatten() {
+        match k.as_str() {
+            Some(label) => println!("  key          {label}"),
+            None => println!(
+                "  key          {} ({}, id {})",
+                k["label"].as_str().unwrap_or(""),
+                k["algorithm"].as_str().unwrap_or(""),
+                k["id"].as_str().unwrap_or("")
+            ),
+        }
+    }
+    let officers: Vec<&str> = summary["officers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o.as_str())
+        .collect();
+    println!("  officers     {}", officers.join(", "));
+}
+
+pub(super) fn replicate(ctx: &Ctx, a: ReplicateArgs) -> Result<()> {
+    let summary = ctx.service.replicate_ceremony(
+        &actor(&a.operator),
+        &a.to_token,
+        &absolute_all(&a.shares),
+    )?;
+    if ctx.json {
+        return print_json(&summary);
+    }
+    println!(
+        "Online keys copied from {} to {} (wrapped under the key-backup key, inside the tokens).",
+        summary["from_token"].as_str().unwrap_or(""),
+        a.to_token
+    );
+    print_keys(&summary);
+    Ok(())
+}
+
+pub(super) fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
+    let out = absolute(&a.out);
+    let summary =
+        ctx.service
+            .backup_ceremony(&actor(&a.operator), &out, &absolute_all(&a.shares))?;
+    if ctx.json {
+        return print_json(&summary);
+    }
+    println!(
+        "Backup written: {} (SHA-256 {}).",
+        out.display(),
+        summary["file_sha256"].as_str().unwrap_or("")
+    );
+    print_keys(&summary);
+    println!("It holds no key in clear; restoring needs M shares. Keep it off-site.");
+    Ok(())
+}
+
+pub(super) fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<()> {
+    let summary = ctx.service.restore_ceremony(
+        &actor(&a.operator),
+        &absolute(&a.from),
+        &a.to_token,
+        &absolute_all(&a.shares),
+    )?;
+    if ctx.json {
+        return print_json(&summary);
+    }
+    println!(
+        "Keys restored into {} from {}.",
+        a.to_token,
+        absolute(&a.from).display()
+    );
+    print_keys(&summary);
+    Ok(())
 }

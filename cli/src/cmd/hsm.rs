@@ -1,3 +1,5 @@
+//! `meterpki hsm init-token`: a new SoftHSM token in the home.
+//!
 //! `meterpki hsm bench`: raw signing rates of the online token (bare PKCS#11 and hsm-bridge),
 //! the figures every issuance benchmark compares against.
 
@@ -104,5 +106,29 @@ pub(super) fn bench(ctx: &Ctx, seconds: f64) -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+pub(super) fn init_token(ctx: &Ctx, label: &str) -> Result<()> {
+    let summary = ctx.service.init_token(&crate::ctx::operator(), label)?;
+    if ctx.json {
+        return print_json(&summary);
+    }
+    println!(
+        "Token {label} created in {}.",
+        ctx.home().softhsm_tokens().display()
+    );
+    println!(
+        "  user PIN     {} (0600)",
+        summary["pin_file"].as_str().unwrap_or("")
+    );
+    println!(
+        "  SO PIN       {} (0600; replaced by the quorum's when the key-backup key goes in)",
+        summary["so_pin_file"].as_str().unwrap_or("")
+    );
+    println!("  listed in    [[hsm.tokens]] of meterpki.toml");
+    println!(
+        "Next: meterpki ceremony replicate --to-token {label} --share ... (or ceremony restore)"
+    );
     Ok(())
 }

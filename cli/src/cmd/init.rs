@@ -6,7 +6,7 @@ use anyhow::Result;
 use ca_core::service::{Service, ServiceError};
 use ca_core::{CaConfig, Config, Home, HsmConfig, ServerConfig};
 
-use crate::args::InitArgs;
+use crate::args::{InitArgs, KeyBackupArg};
 use crate::cmd::print_json;
 use crate::ctx::{ensure_softhsm_env, hsm_access, Watchdog};
 use crate::errors::input;
@@ -36,6 +36,10 @@ pub(super) fn run(home: Home, a: InitArgs, json: bool) -> Result<()> {
             sessions: a.sessions,
             sign_timeout_ms: 10_000,
             tokens: Vec::new(),
+            key_backup: match a.key_backup {
+                KeyBackupArg::None => ca_core::KeyBackup::None,
+                KeyBackupArg::Quorum => ca_core::KeyBackup::Quorum,
+            },
         },
         ca: CaConfig {
             organisation: a.org.clone(),

@@ -79,6 +79,10 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
                 Command::Ceremony(CeremonyCommand::IssuingCa(a)) => ceremony::issuing(&ctx, a),
                 Command::Ceremony(CeremonyCommand::RootCrl(a)) => ceremony::root_crl(&ctx, a),
                 Command::Ceremony(CeremonyCommand::RevokeCa(a)) => ceremony::revoke_ca(&ctx, a),
+                Command::Ceremony(CeremonyCommand::BackupKey(a)) => ceremony::backup_key(&ctx, a),
+                Command::Ceremony(CeremonyCommand::Replicate(a)) => ceremony::replicate(&ctx, a),
+                Command::Ceremony(CeremonyCommand::Backup(a)) => ceremony::backup(&ctx, a),
+                Command::Ceremony(CeremonyCommand::Restore(a)) => ceremony::restore(&ctx, a),
                 Command::Status => status::run(&ctx),
                 Command::Issue(a) => issue::run(&ctx, a),
                 Command::Show(a) => show::run(&ctx, a),
@@ -97,6 +101,7 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
                     crl::publish(&ctx, issuer, full)
                 }
                 Command::Hsm(HsmCommand::Bench { seconds }) => hsm::bench(&ctx, seconds),
+                Command::Hsm(HsmCommand::InitToken { label }) => hsm::init_token(&ctx, &label),
                 Command::Store(StoreCommand::Migrate { to, url_file }) => {
                     store::migrate(&ctx, to.as_deref(), url_file.as_deref())
                 }

@@ -1,0 +1,628 @@
+//! The key-backup ceremonies (docs/hsms.md#key-replication-and-backup-under-a-quorum):
+//! `backup-key` makes the quorum's key-backup key, `replicate` copies every online key to
+//! another token, `backup` writes them wrapped to a file and `restore` brings them into a
+//! fresh token. Every one needs M shares, refuses a home made with `--key-backup none`, checks
+//! everything it was given before changing anything, and is an audit record naming the
+//! officers whose shares opened it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::json;
+
+use super::ceremony::{
+    check_officers, create_private_dir, json_text, stage, undo, Prepared, RootCeremony,
+};
+use super::error::io_at;
+use super::{
+    authorize, now_compact, now_rfc3339, random_hex, Action, Actor, Service, ServiceError,
+};
+use crate::config::{KeyBackup, TokenConfig};
+use crate::fsutil::write_new_secret;
+use crate::hsm::{HsmErrorKind, HsmToken, KeyProtection, SecretString, WrappedKey};
+use crate::keybackup::{BackupBody, BackupFileError, BackupSecret, KeyBackupRecord};
+use crate::quorum::{combine_checked, split_secret, RootSecret, ShareFile};
+use crate::store::Txn;
+
+/// What `ceremony backup-key` is asked for.
+#[derive(Clone, Debug)]
+pub struct BackupKeyCeremony {
+    /// Officers N.
+    pub officers: u8,
+    /// Shares needed, M.
+    pub quorum: u8,
+    /// Officer names (default officer-1 .. officer-N).
+    pub officer_names: Vec<String>,
+    /// Where the share files go.
+    pub shares_dir: PathBuf,
+}
+
+/// The secret rebuilt for one ceremony and the officers whose shares rebuilt it.
+struct Opened {
+    record: KeyBackupRecord,
+    secret: BackupSecret,
+    officers: Vec<String>,
+}
+
+impl From<BackupFileError> for ServiceError {
+    fn from(e: BackupFileError) -> ServiceError {
+        match e {
+            BackupFileError::Io { file, source } => {
+                ServiceError::io(format!("reading backup file {}", file.display()), source)
+            }
+            other => ServiceError::invalid("from", other.to_string()),
+        }
+    }
+}
+
+impl Service {
+    /// How keys generated for the online tokens are protected (`hsm.key_backup`).
+    pub(super) fn key_protection(&self) -> KeyProtection {
+        self.config.hsm.key_backup.protection()
+    }
+
+    fn require_key_backup(&self, ceremony: &str) -> Result<(), ServiceError> {
+        if self.config.hsm.key_backup == KeyBackup::None {
+            return Err(ServiceError::conflict(
+                "key-backup-disabled",
+                format!(
+                    "{} was created with --key-backup none: its keys were generated never extractable and cannot be copied or backed up; ceremony {ceremony} changed nothing. A home that needs backup is created with `meterpki init --key-backup quorum`",
+                    self.home.root().display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn key_backup_record(&self) -> Result<KeyBackupRecord, ServiceError> {
+        let path = self.home.key_backup_ceremony();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ServiceError::conflict(
+                    "no-key-backup-key",
+                    "this home has no key-backup key yet: run `meterpki ceremony backup-key --officers N --quorum M --shares-dir DIR` first; nothing changed",
+                ))
+            }
+            Err(e) => return Err(ServiceError::io(format!("reading {}", path.display()), e)),
+        };
+        serde_json::from_str(&text).map_err(|e| {
+            ServiceError::Internal(format!(
+                "{} is not a key-backup record: {e}",
+                path.display()
+            ))
+        })
+    }
+
+    /// Reads the shares and rebuilds the key-backup secret; nothing else happens before.
+    fn open_key_backup(&self, ceremony: &str, shares: &[PathBuf]) -> Result<Opened, ServiceError> {
+        self.require_key_backup(ceremony)?;
+        let record = self.key_backup_record()?;
+        let mut files = Vec::with_capacity(shares.len());
+        for p in shares {
+            files.push((p.clone(), ShareFile::read(p)?));
+        }
+        let secret = BackupSecret(combine_checked(&record.share_check(), &files)?);
+        let mut officers: Vec<String> = files.iter().map(|(_, s)| s.officer.clone()).collect();
+        officers.sort();
+        officers.dedup();
+        Ok(Opened {
+            record,
+            secret,
+            officers,
+        })
+    }
+
+    /// The online tokens of the config: `[[hsm.tokens]]`, or the online token alone.
+    fn configured_tokens(&self) -> Vec<TokenConfig> {
+        if self.config.hsm.tokens.is_empty() {
+            return vec![TokenConfig {
+                label: self.config.hsm.online_token.clone(),
+                module: None,
+                pin_env: None,
+                pin_file: None,
+            }];
+        }
+        self.config.hsm.tokens.clone()
+    }
+
+    /// Puts the key-backup key into every configured token whose SO PIN is still in
+    /// `secrets/` (a token not yet under the quorum), changes its SO PIN to the quorum's and
+    /// removes the file. Runs before this process logs in to any token as user (PKCS#11 does
+    /// not allow an SO and a user login at once). Returns the tokens secured now.
+    fn secure_tokens(&self, opened: &Opened) -> Result<Vec<String>, ServiceError> {
+        let mut secured = Vec::new();
+        match self.secure_tokens_into(opened, &mut secured) {
+            Ok(()) => Ok(secured),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// [`Service::secure_tokens`], telling the caller which tokens were secured before a
+    /// failure (their SO PIN is then the quorum's: the ceremony's shares must be kept).
+    fn secure_tokens_into(
+        &self,
+        opened: &Opened,
+        secured: &mut Vec<String>,
+    ) -> Result<(), ServiceError> {
+        let key = opened.secret.wrapping_key();
+        for t in self.configured_tokens() {
+            let file = self
+                .home
+                .token_so_pin(&t.label, &self.config.hsm.online_token);
+            if !file.exists() {
+                continue;
+            }
+            let pin = crate::read_bounded(&file, 1024)
+                .map_err(io_at(format!("reading {}", file.display())))?;
+            let pin = zeroize::Zeroizing::new(String::from_utf8_lossy(&pin).trim().to_string());
+            let module = self.module_at(t.module.as_deref().unwrap_or(&self.config.hsm.module))?;
+            let new_pin = opened.secret.so_pin(&t.label);
+            module.install_backup_key(
+                &t.label,
+                &SecretString::from(pin.to_string()),
+                &opened.record.key_label,
+                key.as_ref(),
+                Some(&SecretString::from(new_pin.to_string())),
+            )?;
+            std::fs::remove_file(&file).map_err(io_at(format!("removing {}", file.display())))?;
+            crate::fsutil::sync_dir(&self.home.secrets_dir())
+                .map_err(io_at("syncing secrets/".into()))?;
+            secured.push(t.label);
+        }
+        Ok(())
+    }
+
+    /// The token labelled `label` from `[[hsm.tokens]]`, logged in as user.
+    fn open_listed(&self, label: &str) -> Result<Arc<dyn HsmToken>, ServiceError> {
+        let listed = self
+            .config
+            .hsm
+            .tokens
+            .iter()
+            .find(|t| t.label == label)
+            .ok_or_else(|| {
+                ServiceError::invalid(
+                    "to-token",
+                    format!(
+                        "token {label:?} is not in [[hsm.tokens]] of meterpki.toml: create it with `meterpki hsm init-token --label {label}` (SoftHSM), or list it with its module and PIN source; nothing changed"
+                    ),
+                )
+            })?;
+        let module = self.module_at(listed.module.as_deref().unwrap_or(&self.config.hsm.module))?;
+        let pin = (self.hsm.token_pin)(&self.config, listed)?;
+        Ok(module.open(label, pin, 1)?)
+    }
+
+    /// A token that must hold the key-backup key: refused by name when it does not.
+    fn with_backup_key(
+        &self,
+        token: &Arc<dyn HsmToken>,
+        opened: &Opened,
+    ) -> Result<(), ServiceError> {
+        if token.has_secret_key(&opened.record.key_label)? {
+            return Ok(());
+        }
+        let file = self
+            .home
+            .token_so_pin(token.label(), &self.config.hsm.online_token);
+        Err(ServiceError::conflict(
+            "no-key-backup-key",
+            format!(
+                "token {:?} holds no key-backup key ({}) and its security-officer PIN is not in {} for the ceremony to install it: a token meterpki did not create (use `meterpki hsm init-token`), or one whose SO PIN file was removed; nothing changed",
+                token.label(),
+                opened.record.key_label,
+                file.display()
+            ),
+        ))
+    }
+
+    /// Every online key pair on `source`, wrapped under the key-backup key: all or nothing
+    /// (a key the token will not wrap is named, and nothing is copied).
+    fn wrap_all(
+        &self,
+        source: &Arc<dyn HsmToken>,
+        opened: &Opened,
+    ) -> Result<Vec<WrappedKey>, ServiceError> {
+        let mut labels: Vec<String> = source
+            .objects()?
+            .into_iter()
+            .filter(|o| o.class == "private-key")
+            .map(|o| o.label)
+            .collect();
+        labels.sort();
+        labels.dedup();
+        if labels.is_empty() {
+            return Err(ServiceError::conflict(
+                "no-keys",
+                format!("token {:?} holds no key pair to copy", source.label()),
+            ));
+        }
+        let mut out = Vec::with_capacity(labels.len());
+        for l in labels {
+            out.push(source.wrap_key(&opened.record.key_label, &l)?);
+        }
+        Ok(out)
+    }
+
+    fn unwrap_all(
+        &self,
+        target: &Arc<dyn HsmToken>,
+        opened: &Opened,
+        keys: &[WrappedKey],
+    ) -> Result<Vec<serde_json::Value>, ServiceError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            let info = target.unwrap_key(&opened.record.key_label, k)?;
+            out.push(json!({
+                "label": info.label,
+                "id": hex::encode(&info.id),
+                "algorithm": info.algorithm.name(),
+                "public_key_sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+                    der::Encode::to_der(&info.spki).unwrap_or_default(),
+                )),
+            }));
+        }
+        Ok(out)
+    }
+
+    fn record_event(
+        &self,
+        actor: &Actor,
+        event: &str,
+        details: serde_json::Value,
+    ) -> Result<serde_json::Value, ServiceError> {
+        let transcript_path = self.home.ceremonies_dir().join(format!(
+            "{}-{}.json",
+            now_compact(),
+            event.replace('.', "-")
+        ));
+        let files = vec![stage(&transcript_path, &json_text(&details)?)?];
+        self.record_ceremony(
+            actor,
+            Prepared {
+                event: event.into(),
+                transcript: details,
+                transcript_path,
+                files,
+                txn: Txn::new(),
+            },
+        )
+    }
+
+    /// `ceremony backup-key`: a fresh secret split into N shares (M needed), its key-backup
+    /// key put into every online token as a trusted key, each token's SO PIN replaced by one
+    /// only the quorum can rebuild.
+    pub fn backup_key_ceremony(
+        &self,
+        actor: &Actor,
+        c: &BackupKeyCeremony,
+    ) -> Result<serde_json::Value, ServiceError> {
+        authorize(actor, Action::Administer)?;
+        self.require_key_backup("backup-key")?;
+        if self.home.key_backup_ceremony().exists() {
+            return Err(ServiceError::conflict(
+                "key-backup-exists",
+                format!(
+                    "this home already has a key-backup key ({}); a second backup-key ceremony changes nothing",
+                    self.home.key_backup_ceremony().display()
+                ),
+            ));
+        }
+        let names = check_officers(&RootCeremony {
+            officers: c.officers,
+            quorum: c.quorum,
+            officer_names: c.officer_names.clone(),
+            shares_dir: c.shares_dir.clone(),
+        })?;
+        // Every token must be securable: its SO PIN file is there.
+        for t in self.configured_tokens() {
+            let file = self
+                .home
+                .token_so_pin(&t.label, &self.config.hsm.online_token);
+            if !file.exists() {
+                return Err(ServiceError::conflict(
+                    "no-so-pin",
+                    format!(
+                        "token {:?}: its security-officer PIN is not in {}; the ceremony installs the key-backup key with it. Put it there (0600) for the ceremony; nothing changed",
+                        t.label,
+                        file.display()
+                    ),
+                ));
+            }
+        }
+        let share_paths: Vec<PathBuf> = names
+            .iter()
+            .map(|n| c.shares_dir.join(format!("{n}.share")))
+            .collect();
+        if let Some(p) = share_paths.iter().find(|p| p.exists()) {
+            return Err(ServiceError::conflict(
+                "share-exists",
+                format!(
+                    "{} already exists; a share file is never overwritten",
+                    p.display()
+                ),
+            ));
+        }
+        let created_dir = create_private_dir(&c.shares_dir)?;
+        let secret = RootSecret::generate();
+        let ceremony_id = random_hex(16);
+        let outcome = self.backup_key_shares(actor, c, secret, &ceremony_id, &names, &share_paths);
+        if undo(&outcome) {
+            for p in &share_paths {
+                let _ = std::fs::remove_file(p);
+            }
+            if created_dir {
+                let _ = std::fs::remove_dir(&c.shares_dir);
+            }
+        }
+        outcome
+    }
+
+    fn backup_key_shares(
+        &self,
+        actor: &Actor,
+        c: &BackupKeyCeremony,
+        secret: RootSecret,
+        ceremony_id: &str,
+        names: &[String],
+        share_paths: &[PathBuf],
+    ) -> Result<serde_json::Value, ServiceError> {
+        let (shares, digests) = split_secret(&secret, ceremony_id, c.quorum, names)?;
+        for (share, path) in shares.iter().zip(share_paths) {
+            write_new_secret(
+                path,
+                share
+                    .to_text_for("key-backup", "copy, back up or restore the online keys")
+                    .as_bytes(),
+            )
+            .map_err(io_at(format!("writing share file {}", path.display())))?;
+        }
+        let record = KeyBackupRecord {
+            ceremony_id: ceremony_id.into(),
+            created: now_rfc3339(),
+            quorum: c.quorum,
+            officers: c.officers,
+            officer_names: names.to_vec(),
+            share_digests: digests.clone(),
+            secret_check: secret.check_value(ceremony_id),
+            key_label: KeyBackupRecord::key_label_for(ceremony_id),
+        };
+        // The tokens get the key and their SO PINs change now, before this process logs in
+        // to them as user (the audit record below is signed on the online token). From the
+        // first token secured on, the shares are the only way to its SO PIN: they and the
+        // record are kept whatever happens next.
+        let opened = Opened {
+            record,
+            secret: BackupSecret(secret),
+            officers: names.to_vec(),
+        };
+        let mut secured = Vec::new();
+        let secure = self.secure_tokens_into(&opened, &mut secured);
+        let record = opened.record;
+        let keep = |e: ServiceError| -> ServiceError {
+            if secured.is_empty() {
+                return e;
+            }
+            let kept = json_text(&record).and_then(|t| {
+                crate::write_atomic(&self.home.key_backup_ceremony(), t.as_bytes(), 0o600)
+                    .map_err(io_at("writing the key-backup record".into()))
+            });
+            ServiceError::Incomplete(format!(
+                "the key-backup key is in token(s) {} and its shares are written ({}), but the ceremony did not finish: {e}{}; keep the shares and run `meterpki ceremony backup --out FILE --share ...` with M of them to finish",
+                secured.join(", "),
+                c.shares_dir.display(),
+                match kept {
+                    Ok(()) => String::new(),
+                    Err(k) => format!(" (and its record could not be kept: {k})"),
+                }
+            ))
+        };
+        if let Err(e) = secure {
+            return Err(keep(e));
+        }
+        let tokens: Vec<String> = self
+            .configured_tokens()
+            .into_iter()
+            .map(|t| t.label)
+            .collect();
+        let transcript = json!({
+            "ceremony": "backup-key",
+            "ceremony_id": ceremony_id,
+            "operator": actor.name(),
+            "time": record.created,
+            "quorum": c.quorum,
+            "officers": names,
+            "share_files": share_paths.iter().zip(&digests).map(|(p, d)| json!({"file": p, "sha256_of_share": d})).collect::<Vec<_>>(),
+            "key_label": record.key_label,
+            "key": "AES-256, CKA_TRUSTED, wrap/unwrap only, sensitive, not extractable",
+            "tokens": tokens,
+        });
+        let transcript_path = self
+            .home
+            .ceremonies_dir()
+            .join(format!("{}-backup-key.json", now_compact()));
+        let files = vec![
+            stage(&transcript_path, &json_text(&transcript)?)?,
+            stage(&self.home.key_backup_ceremony(), &json_text(&record)?)?,
+        ];
+        self.record_ceremony(
+            actor,
+            Prepared {
+                event: "ceremony.backup-key".into(),
+                transcript,
+                transcript_path,
+                files,
+                txn: Txn::new(),
+            },
+        )
+        .map_err(|e| match e {
+            ServiceError::Incomplete(_) => e,
+            other => keep(other),
+        })
+    }
+
+    /// `ceremony replicate --to-token LABEL`: every online key pair copied, wrapped under the
+    /// key-backup key, from the online token into `to_token` (listed in `[[hsm.tokens]]`).
+    pub fn replicate_ceremony(
+        &self,
+        actor: &Actor,
+        to_token: &str,
+        shares: &[PathBuf],
+    ) -> Result<serde_json::Value, ServiceError> {
+        authorize(actor, Action::Administer)?;
+        let opened = self.open_key_backup("replicate", shares)?;
+        let source_label = self.config.hsm.online_token.clone();
+        if to_token == source_label {
+            return Err(ServiceError::invalid(
+                "to-token",
+                format!("{to_token:?} is the online token itself: name another token"),
+            ));
+        }
+        let secured = self.secure_tokens(&opened)?;
+        let target = self.open_listed(to_token)?;
+        self.with_backup_key(&target, &opened)?;
+        let source = self.online()?;
+        self.with_backup_key(&source, &opened)?;
+        let keys = self.wrap_all(&source, &opened)?;
+        let copied = self.unwrap_all(&target, &opened, &keys)?;
+        self.record_event(
+            actor,
+            "ceremony.replicate",
+            json!({
+                "ceremony": "replicate",
+                "key_backup_ceremony": opened.record.ceremony_id,
+                "officers": opened.officers,
+                "operator": actor.name(),
+                "time": now_rfc3339(),
+                "from_token": source_label,
+                "to_token": to_token,
+                "tokens_secured": secured,
+                "keys": copied,
+            }),
+        )
+    }
+
+    /// `ceremony backup --out FILE`: every online key pair wrapped under the key-backup key
+    /// into a file, with a MAC under a key only the quorum can rebuild.
+    pub fn backup_ceremony(
+        &self,
+        actor: &Actor,
+        out: &Path,
+        shares: &[PathBuf],
+    ) -> Result<serde_json::Value, ServiceError> {
+        authorize(actor, Action::Administer)?;
+        let opened = self.open_key_backup("backup", shares)?;
+        if out.exists() {
+            return Err(ServiceError::conflict(
+                "file-exists",
+                format!(
+                    "{} already exists; a backup file is never overwritten",
+                    out.display()
+                ),
+            ));
+        }
+        let secured = self.secure_tokens(&opened)?;
+        let source = self.online()?;
+        self.with_backup_key(&source, &opened)?;
+        let keys = self.wrap_all(&source, &opened)?;
+        let root_sha256 = std::fs::read(self.home.ca_cert(crate::CaKind::Root))
+            .ok()
+            .and_then(|pem| crate::certs::certificate_from_pem(&String::from_utf8_lossy(&pem)).ok())
+            .map(|c| crate::certs::fingerprint_sha256(&c))
+            .unwrap_or_default();
+        let created = now_rfc3339();
+        let body = BackupBody::new(
+            &opened.record.ceremony_id,
+            &created,
+            &root_sha256,
+            source.label(),
+            &keys,
+        )
+        .map_err(ServiceError::Internal)?;
+        let bytes = body
+            .to_file(&opened.secret)
+            .map_err(ServiceError::Internal)?;
+        write_new_secret(out, &bytes).map_err(io_at(format!("writing {}", out.display())))?;
+        let labels: Vec<&str> = keys.iter().map(|k| k.key.label.as_str()).collect();
+        let outcome = self.record_event(
+            actor,
+            "ceremony.backup",
+            json!({
+                "ceremony": "backup",
+                "key_backup_ceremony": opened.record.ceremony_id,
+                "officers": opened.officers,
+                "operator": actor.name(),
+                "time": created,
+                "from_token": source.label(),
+                "file": out,
+                "file_sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)),
+                "tokens_secured": secured,
+                "keys": labels,
+            }),
+        );
+        if undo(&outcome) {
+            let _ = std::fs::remove_file(out);
+        }
+        outcome
+    }
+
+    /// `ceremony restore --from FILE --to-token LABEL`: the keys of a backup file unwrapped
+    /// into `to_token` (listed in `[[hsm.tokens]]`), after the file's MAC is checked.
+    pub fn restore_ceremony(
+        &self,
+        actor: &Actor,
+        from: &Path,
+        to_token: &str,
+        shares: &[PathBuf],
+    ) -> Result<serde_json::Value, ServiceError> {
+        authorize(actor, Action::Administer)?;
+        let opened = self.open_key_backup("restore", shares)?;
+        let body = BackupBody::read(from, &opened.secret)?;
+        if body.ceremony_id != opened.record.ceremony_id {
+            return Err(ServiceError::invalid(
+                "from",
+                format!(
+                    "backup file {} was written under key-backup ceremony {}, not this home's {}; nothing was restored",
+                    from.display(),
+                    body.ceremony_id,
+                    opened.record.ceremony_id
+                ),
+            ));
+        }
+        let keys = body.keys().map_err(|e| {
+            ServiceError::invalid("from", format!("backup file {}: {e}", from.display()))
+        })?;
+        let secured = self.secure_tokens(&opened)?;
+        let target = self.open_listed(to_token)?;
+        self.with_backup_key(&target, &opened)?;
+        let restored = self
+            .unwrap_all(&target, &opened, &keys)
+            .map_err(|e| match e {
+                ServiceError::Hsm(h) if h.kind == HsmErrorKind::KeyExists => {
+                    ServiceError::conflict(
+                        "key-exists",
+                        format!("{h}: restore goes into a fresh token; nothing was replaced"),
+                    )
+                }
+                other => other,
+            })?;
+        self.record_event(
+            actor,
+            "ceremony.restore",
+            json!({
+                "ceremony": "restore",
+                "key_backup_ceremony": opened.record.ceremony_id,
+                "officers": opened.officers,
+                "operator": actor.name(),
+                "time": now_rfc3339(),
+                "file": from,
+                "written": body.created,
+                "from_token": body.source_token,
+                "to_token": to_token,
+                "tokens_secured": secured,
+                "keys": restored,
+            }),
+        )
+    }
+}
