@@ -2,7 +2,8 @@
 # Installs what meterpki needs and is missing: from Debian's packages SoftHSM2 (the PKCS#11 token
 # for tests and the demo), OpenSC (pkcs11-tool, an independent look at the token), openssl (an
 # independent verifier of everything we sign) and PostgreSQL (the shared store's tests); from PyPI, into .tools/venv, pkilint (an
-# independent RFC 5280 linter the tests run on every certificate kind).
+# independent RFC 5280 linter the tests run on every certificate kind) and PyKCS11 (an independent
+# PKCS#11 client for the key-backup tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,4 +41,10 @@ if [ ! -x .tools/venv/bin/lint_pkix_cert ]; then
   echo "installing pkilint into .tools/venv" >&2
   python3 -m venv .tools/venv
   .tools/venv/bin/pip install --quiet --disable-pip-version-check pkilint
+fi
+# PyKCS11: an independent PKCS#11 client the tests use to read key attributes meterpki sets
+# (CKA_WRAP_WITH_TRUSTED, which pkcs11-tool does not show) and try what a token must refuse.
+if ! .tools/venv/bin/python -c 'import PyKCS11' >/dev/null 2>&1; then
+  echo "installing PyKCS11 into .tools/venv" >&2
+  .tools/venv/bin/pip install --quiet --disable-pip-version-check PyKCS11
 fi

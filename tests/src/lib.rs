@@ -513,6 +513,34 @@ pub fn pkilint() -> String {
     "lint_pkix_cert".into()
 }
 
+/// `scripts/pkcs11-key-audit.py` (PyKCS11, installed by `make test` into `.tools/venv`) on the
+/// token `label` of a SoftHSM home: one JSON object per private key (sensitive, extractable,
+/// wrap-with-trusted, and whether a wrap under an untrusted key was refused); exit 1 when a
+/// key could leave the token other than wrapped under a trusted key.
+pub fn pkcs11_key_audit(home: &Path, label: &str, pin_file: &Path) -> Run {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let python = root.join(".tools/venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} missing: run scripts/install-deps.sh (make test does)",
+        python.display()
+    );
+    let conf = home.join("softhsm/softhsm2.conf");
+    tool(
+        &python.display().to_string(),
+        &[
+            &root
+                .join("scripts/pkcs11-key-audit.py")
+                .display()
+                .to_string(),
+            &softhsm_module(),
+            label,
+            &pin_file.display().to_string(),
+        ],
+        &[("SOFTHSM2_CONF", &conf.display().to_string())],
+    )
+}
+
 /// A P-256 (or other curve) key and a CSR made by openssl, independently of meterpki.
 pub fn openssl_csr(dir: &Path, name: &str, curve: &str) -> (PathBuf, PathBuf) {
     let key = dir.join(format!("{name}.key"));
