@@ -144,30 +144,59 @@ impl Hsm {
             .map_err(|e| HsmError::from_ck(e, "reading token info"))
     }
 
-    /// The slots with an initialised token (`C_GetSlotList`, then `C_GetTokenInfo` of each),
-    /// read again after a short pause when that fails with `CKR_GENERAL_ERROR`.
-    fn initialized_slots(&self) -> Result<Vec<Slot>, HsmError> {
-        read_again(|| self.pkcs11.get_slots_with_initialized_token())
-            .map_err(|e| HsmError::from_ck(e, "listing slots"))
+    /// Every initialised token's slot and info, and what could not be read. One token that
+    /// cannot be read (its device gone, its SoftHSM directory removed) does not hide the
+    /// others: `C_GetSlotList`, then `C_GetTokenInfo` of each slot on its own (cryptoki's
+    /// `get_slots_with_initialized_token` fails whole when one slot fails). A slot that fails
+    /// is read again (see [`read_again`]) only when `wanted` is not found among the others.
+    fn slot_infos(&self, wanted: Option<&str>) -> Result<(Vec<SlotInfo>, Vec<String>), HsmError> {
+        let slots = read_again(|| self.pkcs11.get_slots_with_token())
+            .map_err(|e| HsmError::from_ck(e, "listing slots"))?;
+        let mut found = Vec::new();
+        let mut failed = Vec::new();
+        for slot in slots {
+            match self.pkcs11.get_token_info(slot) {
+                Ok(info) => {
+                    let hit = wanted == Some(info.label().trim_end());
+                    if info.token_initialized() {
+                        found.push((slot, info));
+                    }
+                    if hit {
+                        return Ok((found, Vec::new()));
+                    }
+                }
+                Err(_) => failed.push(slot),
+            }
+        }
+        let mut unreadable = Vec::new();
+        for slot in failed {
+            match self.token_info(slot) {
+                Ok(info) if info.token_initialized() => found.push((slot, info)),
+                Ok(_) => {}
+                Err(e) => unreadable.push(format!("slot {}: {e}", slot.id())),
+            }
+        }
+        Ok((found, unreadable))
     }
 
-    /// Every initialised token.
+    /// Every initialised token (a token that cannot be read is left out, with a warning).
     pub fn tokens(&self) -> Result<Vec<TokenSummary>, HsmError> {
         let _lock = self.token_lock(false)?;
-        let slots = self.initialized_slots()?;
-        let mut out = Vec::new();
-        for slot in slots {
-            let info = self.token_info(slot)?;
-            out.push(TokenSummary {
+        let (slots, unreadable) = self.slot_infos(None)?;
+        for u in unreadable {
+            tracing::warn!(module = %self.module.display(), "a token cannot be read: {u}");
+        }
+        Ok(slots
+            .into_iter()
+            .map(|(slot, info)| TokenSummary {
                 slot: slot.id(),
                 label: info.label().trim_end().to_string(),
                 serial: info.serial_number().trim_end().to_string(),
                 manufacturer: info.manufacturer_id().trim_end().to_string(),
                 model: info.model().trim_end().to_string(),
                 user_pin_initialized: info.user_pin_initialized(),
-            });
-        }
-        Ok(out)
+            })
+            .collect())
     }
 
     /// The slot holding the token labelled `label`. Not found is looked for again for up to a
@@ -192,16 +221,16 @@ impl Hsm {
 
     /// [`Hsm::find_token`] once, the token lock held by the caller (or not needed).
     pub(crate) fn find_token_once(&self, label: &str) -> Result<Slot, HsmError> {
-        let slots = self.initialized_slots()?;
+        let (slots, unreadable) = self.slot_infos(Some(label))?;
         let mut seen = Vec::new();
-        for slot in slots {
-            let info = self.token_info(slot)?;
+        for (slot, info) in slots {
             let l = info.label().trim_end().to_string();
             if l == label {
                 return Ok(slot);
             }
             seen.push(format!("{l:?}"));
         }
+        seen.extend(unreadable.into_iter().map(|u| format!("unreadable ({u})")));
         Err(HsmError::TokenNotFound {
             label: label.to_string(),
             module: self.module.display().to_string(),
@@ -352,6 +381,9 @@ pub(crate) fn list_objects(
     out.sort_by(|a, b| (&a.label, &a.class).cmp(&(&b.label, &b.class)));
     Ok(out)
 }
+
+/// A slot and its token's info.
+type SlotInfo = (Slot, cryptoki::slot::TokenInfo);
 
 /// Runs a PKCS#11 call that only reads again, after a short pause, while it fails with
 /// `CKR_GENERAL_ERROR`, for up to a second: SoftHSM 2.6 rewrites a token's `token.object` at

@@ -12,6 +12,7 @@
 
 mod bench;
 mod database;
+mod drill;
 mod faults;
 mod hostile;
 mod limits;
