@@ -128,11 +128,22 @@ pub(crate) fn run(b: &Bench, a: &ApiArgs) -> Result<()> {
     }
     // 2. The raw rate, with the sessions the server will use, before the server holds the token.
     let sessions = b.service.config().hsm.sessions;
-    let raw = {
-        let token = b.raw_token(sessions)?;
+    // With several tokens ([[hsm.tokens]]), each is measured on its own and the rates add up:
+    // the tokens' combined rate, what the server's spread over them can reach at best.
+    let (raw, raw_each) = {
+        let tokens = b.raw_tokens(sessions)?;
         let d = Duration::from_secs_f64(raw_seconds);
-        eprintln!("raw signing rate of the Device CA key, {sessions} session(s)...");
-        bench_bare_cryptoki(&token, &CaKind::Device.key_label(), 32, sessions, d)?
+        let mut each = Vec::new();
+        for token in &tokens {
+            eprintln!(
+                "raw signing rate of the Device CA key on {}, {sessions} session(s)...",
+                token.label()
+            );
+            let fig = bench_bare_cryptoki(token, &CaKind::Device.key_label(), 32, sessions, d)?;
+            each.push((token.label().to_string(), fig.per_second));
+        }
+        let combined: f64 = each.iter().map(|(_, r)| r).sum();
+        (combined, each)
     };
     let verify = verify_rate(sessions, Duration::from_secs_f64(raw_seconds))?;
     // 3. A factory account for the run (through the CLI, as an operator would).
@@ -251,6 +262,28 @@ pub(crate) fn run(b: &Bench, a: &ApiArgs) -> Result<()> {
         Ok((lat, issued, rejected))
     });
     let wall = start.elapsed().as_secs_f64();
+    // How the servers spread the Device CA's signatures over the tokens (several HSMs).
+    let per_token: Vec<(String, u64)> = if raw_each.len() > 1 {
+        let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
+        for url in &urls {
+            let metrics_url = url.replace("/v1/batches", "/metrics");
+            let text = runtime
+                .block_on(async { client.get(&metrics_url).send().await?.text().await })
+                .unwrap_or_default();
+            let prefix = "meterpki_hsm_token_signatures_total{key=\"meterpki-device-ca\",token=\"";
+            for line in text.lines() {
+                if let Some((token, n)) = line
+                    .strip_prefix(prefix)
+                    .and_then(|rest| rest.split_once("\"} "))
+                {
+                    *counts.entry(token.to_string()).or_default() += n.parse::<u64>().unwrap_or(0);
+                }
+            }
+        }
+        counts.into_iter().collect()
+    } else {
+        Vec::new()
+    };
     drop(servers);
     let peaks: Vec<f64> = samplers.into_iter().map(RssSampler::stop).collect();
     let peak_mb = peaks.iter().copied().fold(0.0, f64::max);
@@ -273,9 +306,11 @@ pub(crate) fn run(b: &Bench, a: &ApiArgs) -> Result<()> {
     let rate = issued as f64 / wall;
     let out = json!({
         "certificates": issued, "rejected": rejected, "wall_seconds": wall, "certificates_per_second": rate,
-        "raw_signing_per_second": raw.per_second, "sessions": sessions, "ratio": rate / raw.per_second,
-        "verify_per_second": verify, "ratio_ceiling": ceiling(raw.per_second, verify, 2),
-        "share_of_ceiling": rate / raw.per_second / ceiling(raw.per_second, verify, 2),
+        "raw_signing_per_second": raw, "sessions": sessions, "ratio": rate / raw,
+        "tokens": raw_each.iter().map(|(l, r)| json!({"label": l, "raw_signing_per_second": r,
+            "device_ca_signatures": per_token.iter().find(|(t, _)| t == l).map(|(_, n)| *n)})).collect::<Vec<_>>(),
+        "verify_per_second": verify, "ratio_ceiling": ceiling(raw, verify, 2),
+        "share_of_ceiling": rate / raw / ceiling(raw, verify, 2),
         "server_peak_rss_mb": peak_mb, "servers": a.servers, "server_peak_rss_mb_each": peaks,
         "store_check": checked, "batch_size": batch, "in_flight": in_flight,
         "batch_latency_p50_seconds": pct(0.5), "batch_latency_p99_seconds": pct(0.99),
@@ -288,15 +323,27 @@ pub(crate) fn run(b: &Bench, a: &ApiArgs) -> Result<()> {
             "issued over mTLS       {issued} certificates in {wall:.1} s ({rejected} rejected)"
         );
         println!("API issuance rate      {rate:>8.0} certificates/s  (1,000,000 would take {:.0} s; target <= 180 s)", 1_000_000.0 / rate);
-        println!("raw SoftHSM rate       {:>8.0} signatures/s (bare cryptoki, {sessions} session(s), measured before the server started)", raw.per_second);
+        if raw_each.len() > 1 {
+            for (label, r) in &raw_each {
+                let signed = per_token
+                    .iter()
+                    .find(|(t, _)| t == label)
+                    .map(|(_, n)| format!(", {n} Device CA signatures in the run"))
+                    .unwrap_or_default();
+                println!("raw rate of {label:<10} {r:>8.0} signatures/s{signed}");
+            }
+            println!("tokens combined        {:>8.0} signatures/s ({} tokens, each measured alone before the server started)", raw, raw_each.len());
+        } else {
+            println!("raw SoftHSM rate       {:>8.0} signatures/s (bare cryptoki, {sessions} session(s), measured before the server started)", raw);
+        }
         println!(
             "ratio                  {:>7.0} % of the raw rate",
-            100.0 * rate / raw.per_second
+            100.0 * rate / raw
         );
-        print_ceiling(raw.per_second, verify, 2, CERTIFICATE_VERIFICATIONS);
+        print_ceiling(raw, verify, 2, CERTIFICATE_VERIFICATIONS);
         println!(
             "share of the ceiling   {:>7.0} % (target >= 75 %)",
-            100.0 * rate / raw.per_second / ceiling(raw.per_second, verify, 2)
+            100.0 * rate / raw / ceiling(raw, verify, 2)
         );
         println!(
             "server peak RSS        {} MB (target <= 256 MB{})",

@@ -145,6 +145,15 @@ impl Bench {
         Ok(Bench { service, json })
     }
 
+    /// A raw-rate session pool on every token holding the online keys.
+    fn raw_tokens(&self, sessions: usize) -> Result<Vec<std::sync::Arc<hsm_bridge::Token>>> {
+        meterpki_cli::support::raw_online_tokens(
+            self.service.home(),
+            self.service.config(),
+            sessions,
+        )
+    }
+
     /// A raw-rate session pool on the online token, opened as `meterpki hsm bench` does.
     fn raw_token(&self, sessions: usize) -> Result<std::sync::Arc<hsm_bridge::Token>> {
         let (_, token) = raw_online_token(self.service.home(), self.service.config(), sessions)?;

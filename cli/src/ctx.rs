@@ -83,6 +83,31 @@ fn heal_softhsm(home: &Home, config: &Config) -> Result<Option<PathBuf>, Service
     Ok(tokens)
 }
 
+/// Every token holding the online keys (`[[hsm.tokens]]`, or the online token alone), each
+/// opened as a pool of `sessions` through its own module, for the raw-rate benchmarks.
+pub fn raw_online_tokens(
+    home: &Home,
+    config: &Config,
+    sessions: usize,
+) -> Result<Vec<Arc<hsm_bridge::Token>>> {
+    let (hsm, online) = raw_online_token(home, config, sessions)?;
+    let mut out = vec![online];
+    for t in &config.hsm.tokens {
+        if t.label == config.hsm.online_token {
+            continue;
+        }
+        let module = t.module.as_deref().unwrap_or(&config.hsm.module);
+        let other = if module == config.hsm.module {
+            hsm.clone()
+        } else {
+            hsm_bridge::Hsm::load(module)?
+        };
+        let pin = crate::pin::token_pin(home, config, t)?;
+        out.push(other.open(&t.label, pin, sessions)?);
+    }
+    Ok(out)
+}
+
 /// The PKCS#11 module, loaded as the service loads it (SoftHSM token files repaired first),
 /// and the online token opened as a pool of `sessions`, for the raw signing-rate benchmarks
 /// (`meterpki hsm bench`, `meterpki-bench`), which bypass the service.

@@ -20,7 +20,9 @@ pub use errors::InputError;
 /// service with the home's HSM and PIN sources, and the process environment SoftHSM needs.
 pub mod support {
     pub use crate::cmd::churn::{progress_bar, Bar};
-    pub use crate::ctx::{absolute, ensure_process_env, hsm_access, raw_online_token, Watchdog};
+    pub use crate::ctx::{
+        absolute, ensure_process_env, hsm_access, raw_online_token, raw_online_tokens, Watchdog,
+    };
     pub use crate::errors::{check_seconds, input};
     pub use crate::run_main;
 }

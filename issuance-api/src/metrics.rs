@@ -165,6 +165,9 @@ impl ca_core::Signer for TimedSigner {
     fn sign_digest(&self, digest: &[u8]) -> Result<Vec<u8>, ca_core::SignError> {
         self.timed(|| self.inner.sign_digest(digest))
     }
+    fn verifies_signatures(&self) -> bool {
+        self.inner.verifies_signatures()
+    }
 }
 
 impl TimedSigner {

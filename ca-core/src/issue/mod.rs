@@ -37,7 +37,7 @@ pub use s5_sign::Issued;
 pub use s6_commit::{Describe, PlannedCommit, SignedBatch};
 
 use crate::audit::AuditLog;
-use crate::par::{par_map, par_map_owned};
+use crate::par::{par_map_cpu, par_map_owned};
 use crate::store::{CertRecord, Store, Txn};
 use s6_commit::SignedOrExisting;
 
@@ -72,6 +72,11 @@ pub struct Engine {
     workers: usize,
     revoked: Vec<crate::CaKind>,
     reserved_keys: std::collections::HashSet<[u8; 32]>,
+    /// One chunk signs at a time, with every signing thread. Batches in flight together would
+    /// otherwise share the HSMs evenly, finish signing together and then all parse, store and
+    /// answer at once while the HSMs wait (a convoy); taking turns, one batch signs while the
+    /// others are parsed, stored and answered.
+    sign_turn: std::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -106,6 +111,7 @@ impl Engine {
             workers: workers.max(1),
             revoked: Vec::new(),
             reserved_keys: Default::default(),
+            sign_turn: std::sync::Mutex::new(()),
         })
     }
 
@@ -190,7 +196,7 @@ impl Engine {
         items: &[Result<RequestItem, IssueError>],
     ) -> (Vec<Result<Request, IssueError>>, Arc<dyn Store>) {
         use crate::store::kv::codec;
-        let parsed = par_map(items, self.workers, |item| {
+        let parsed = par_map_cpu(items, |item| {
             item.as_ref()
                 .map_err(Clone::clone)
                 .and_then(|i| self.parse(i))
@@ -275,10 +281,46 @@ impl Engine {
         check_batch_size(items.len())?;
         if !atomic {
             // In chunks: the signed-but-not-stored state of a chunk is what stays in memory, so
-            // a 10,000-item request costs no more than a 1,000-item one.
+            // a 10,000-item request holds three chunks at most (parsed, signing, being stored).
+            // A pipeline of chunks: while chunk k is signed, chunk k+1 is parsed (its CSRs
+            // checked, on the CPU threads) and chunk k-1 stored with its audit record, so the
+            // HSMs are not left idle while the host parses or the store writes.
             let mut out = Vec::with_capacity(items.len());
-            for chunk in items.chunks(COMMIT_CHUNK) {
-                out.extend(self.commit_signed(self.sign_batch(chunk, limits)?, false, describe)?);
+            let mut chunks = items.chunks(COMMIT_CHUNK);
+            let Some(first) = chunks.next() else {
+                return Ok(out);
+            };
+            check_batch_size(first.len())?;
+            let mut parsed = Some(self.parse_all(first));
+            let mut to_store: Option<SignedBatch> = None;
+            while let Some((requests, view)) = parsed.take() {
+                let next = chunks.next();
+                let (signed, next_parsed, stored) = std::thread::scope(|scope| {
+                    let sign = scope.spawn(|| {
+                        let _turn = self.sign_turn.lock().unwrap_or_else(|p| p.into_inner());
+                        SignedBatch(par_map_owned(requests, self.workers, |r| {
+                            r.and_then(|req| self.prepare_request(req, limits, view.as_ref()))
+                                .and_then(sign_prepared)
+                        }))
+                    });
+                    let parse = next.map(|c| scope.spawn(move || self.parse_all(c)));
+                    let stored = to_store
+                        .take()
+                        .map(|s| self.commit_signed(s, false, describe));
+                    (
+                        join_or_raise(sign.join()),
+                        parse.map(|p| join_or_raise(p.join())),
+                        stored,
+                    )
+                });
+                if let Some(stored) = stored {
+                    out.extend(stored?);
+                }
+                to_store = Some(signed);
+                parsed = next_parsed;
+            }
+            if let Some(last) = to_store {
+                out.extend(self.commit_signed(last, false, describe)?);
             }
             return Ok(out);
         }
@@ -324,6 +366,14 @@ impl Engine {
         describe: Describe<'_>,
     ) -> Result<Vec<Result<Outcome, IssueError>>, IssueError> {
         s6_commit::commit(&self.audit, signed, atomic, describe)
+    }
+}
+
+/// A scoped thread's result, its panic raised again here.
+fn join_or_raise<T>(r: std::thread::Result<T>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(panic) => std::panic::resume_unwind(panic),
     }
 }
 

@@ -564,7 +564,9 @@ impl Service {
                 issuers,
                 self.audit()?,
                 crl,
-                self.config.hsm.sessions,
+                // One signing thread per session of every token holding the online keys: a
+                // signature in flight on each (several HSMs add up only when each is kept busy).
+                self.config.hsm.sessions * self.config.hsm.tokens.len().max(1),
             )?
             .with_revoked(revoked)
             .with_reserved_keys(self.own_keys()),

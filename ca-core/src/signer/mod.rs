@@ -138,6 +138,12 @@ pub trait Signer: std::fmt::Debug + Send + Sync {
     /// returns a DER ECDSA-Sig-Value. For messages too large to hold whole: a CRL of a million
     /// entries is hashed as it is written to its file, and only the digest is signed.
     fn sign_digest(&self, digest: &[u8]) -> Result<Vec<u8>, SignError>;
+    /// True when every signature this signer returns has already been verified in software
+    /// against [`Signer::public_key`] (a [`SignerSet`] checks each, to retry a bad one on
+    /// another token): the issuance pipeline then does not verify it a second time.
+    fn verifies_signatures(&self) -> bool {
+        false
+    }
 }
 
 /// Why a signature did not verify.

@@ -265,4 +265,8 @@ impl Signer for SignerSet {
             verify_digest(&self.spki, digest, sig).is_ok()
         })
     }
+
+    fn verifies_signatures(&self) -> bool {
+        true
+    }
 }
