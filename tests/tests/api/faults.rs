@@ -437,6 +437,52 @@ fn with_two_tokens_one_failing_is_invisible_to_clients_and_both_failing_is_503_u
         )
     });
 
+    // The first token failing in the middle of a batch (every token slowed to 250 signatures
+    // a second so that the batch is still signing when the fault comes): the batch completes
+    // on the second token, every item answered once.
+    let issued_total = |m: &str| -> u64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix("meterpki_certificates_issued_total "))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{m}"))
+    };
+    let issued_before = issued_total(&metrics());
+    set("sign=rate:250\n");
+    let mid = std::thread::scope(|scope| {
+        let running = scope.spawn(|| batch(&srv, "two-mid", &devices(0x34, 200)));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(!running.is_finished(), "the batch ended before the fault");
+        set("sign=rate:250\nsign=fail:0x30\nkey=meterpki-device-ca\ntoken=meterpki-online\n");
+        running.join().unwrap()
+    });
+    assert_eq!(mid.0, 200, "{}", mid.1);
+    let answer: Value = serde_json::from_str(&mid.1).unwrap();
+    let serials: std::collections::BTreeSet<&str> = answer["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["serial"].as_str().expect("every item answered"))
+        .collect();
+    assert_eq!(serials.len(), 200, "200 distinct certificates: {}", mid.1);
+    let m = metrics();
+    assert!(
+        m.contains("meterpki_hsm_token_up{key=\"meterpki-device-ca\",token=\"meterpki-online\"} 0"),
+        "{m}"
+    );
+    // Stored once each (the store check at the end finds no serial twice and one active
+    // certificate per device).
+    assert_eq!(issued_total(&m), issued_before + 200, "{m}");
+    set("");
+    wait_until(
+        20,
+        "the token did not come back after the mid-batch fault",
+        || {
+            metrics().contains(
+                "meterpki_hsm_token_up{key=\"meterpki-device-ca\",token=\"meterpki-online\"} 1",
+            )
+        },
+    );
+
     // Failing on both: 503, nothing stored.
     set("sign=fail:0x30\nkey=meterpki-device-ca\n");
     let (code, resp) = batch(&srv, "two-2", &devices(0x31, 1));
