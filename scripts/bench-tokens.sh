@@ -29,7 +29,7 @@ if [ "$rate" = none ]; then : > "$work/faults"; else echo "sign=rate:$rate" > "$
 for n in "${sizes[@]}"; do
   home=$work/home-$n
   m() { "$bin/meterpki" --home "$home" "$@"; }
-  m init --key-backup quorum --sessions "${SESSIONS:-2}" >/dev/null
+  m init --key-backup quorum --sessions "${SESSIONS:-4}" >/dev/null
   m ceremony root --officers 3 --quorum 2 --shares-dir "$work/root-$n" >/dev/null
   m ceremony issuing-ca --kind device --share "$work/root-$n/officer-1.share" \
     --share "$work/root-$n/officer-2.share" >/dev/null

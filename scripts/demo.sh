@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The meterpki demo: a fresh home on SoftHSM, the root ceremony with a 3-of-5 quorum, the three
+# The meterpki demo: a fresh home on SoftHSM (keys backed up under a quorum), the root ceremony with a 3-of-5 quorum, the three
 # issuing CAs (each opened by a different quorum of officers), and independent checks with
 # openssl and pkcs11-tool. Everything lands in ./demo (removed and re-created on each run).
 set -euo pipefail
@@ -20,8 +20,8 @@ fi
 mkdir -p "$DEMO" && touch "$DEMO/.meterpki-demo"
 export METERPKI_HOME="$DEMO/home"
 
-say "meterpki init  (home, config, SoftHSM token directory inside the home, online token)"
-"$M" init
+say "meterpki init  (home, config, SoftHSM token directory inside the home, online token; keys backed up under a quorum)"
+"$M" init --key-backup quorum
 # Certificates name the URL of their CRL for their whole life, so it is chosen before the root
 # ceremony: here the server's plain-HTTP CRL listener on a free port of this machine.
 CRL_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -48,7 +48,7 @@ for kind in device organisation access; do
   openssl verify -x509_strict -CAfile "$METERPKI_HOME/ca/root.pem" "$METERPKI_HOME/ca/$kind.pem"
 done
 
-say "pkcs11-tool: the private keys on the online token (sensitive, never extractable)"
+say "pkcs11-tool: the private keys on the online token (sensitive; extractable only wrapped under the quorum's trusted key)"
 METERPKI_DEMO_PIN=$(head -n1 "$METERPKI_HOME/secrets/online.pin") \
 SOFTHSM2_CONF="$METERPKI_HOME/softhsm/softhsm2.conf" \
   pkcs11-tool --module "$(grep '^module' "$METERPKI_HOME/meterpki.toml" | cut -d'"' -f2)" \
@@ -186,6 +186,26 @@ if openssl verify -crl_check -CAfile "$DEMO/org-chain.pem" -CRLfile "$DEMO/org-c
   echo "UNEXPECTED: a certificate of the acquired supplier verified" >&2; exit 1
 fi
 "$M" supplier list
+
+say "Key backup under a quorum: the key-backup key (3 of 5), a second token, the keys replicated and backed up"
+"$M" ceremony backup-key --officers 5 --quorum 3 --shares-dir "$DEMO/kb-shares" \
+  --officer alice --officer bob --officer carol --officer dave --officer erin
+"$M" hsm init-token --label meterpki-online-b
+if "$M" ceremony replicate --to-token meterpki-online-b --share "$DEMO/kb-shares/alice.share" --share "$DEMO/kb-shares/bob.share"; then
+  echo "UNEXPECTED: two shares replicated the keys" >&2; exit 1
+fi
+"$M" ceremony replicate --to-token meterpki-online-b \
+  --share "$DEMO/kb-shares/alice.share" --share "$DEMO/kb-shares/bob.share" --share "$DEMO/kb-shares/carol.share"
+"$M" ceremony backup --out "$DEMO/keys.backup" \
+  --share "$DEMO/kb-shares/dave.share" --share "$DEMO/kb-shares/erin.share" --share "$DEMO/kb-shares/alice.share"
+echo "PyKCS11 (independent of meterpki): every key on the new token is sensitive, and the token refuses to wrap it under an untrusted key"
+SOFTHSM2_CONF="$METERPKI_HOME/softhsm/softhsm2.conf" .tools/venv/bin/python scripts/pkcs11-key-audit.py \
+  "$(grep '^module' "$METERPKI_HOME/meterpki.toml" | cut -d'"' -f2)" meterpki-online-b "$METERPKI_HOME/secrets/meterpki-online-b.pin"
+echo "a meter certificate signed with both tokens in the rotation:"
+openssl ecparam -name prime256v1 -genkey -noout -out "$DEMO/m2.key"
+openssl req -new -key "$DEMO/m2.key" -subj "/CN=ignored" -out "$DEMO/m2.csr"
+"$M" issue --profile meter-signing --device-id 00-DB-12-00-00-00-20-01 --csr "$DEMO/m2.csr" --out "$DEMO/m2.pem"
+openssl verify -CAfile "$METERPKI_HOME/ca/root.pem" -untrusted "$METERPKI_HOME/ca/device.pem" "$DEMO/m2.pem"
 
 say "meterpki status"
 "$M" status

@@ -47,6 +47,16 @@ for key in session.findObjects([(PyKCS11.CKA_CLASS, PyKCS11.CKO_PRIVATE_KEY)]):
         out["wrap_with_trusted"] and out["untrusted_wrap"] != "ALLOWED"))
     bad |= not ok
     print(json.dumps(out))
+# Secret keys: the key-backup key may wrap (it is trusted) but never unwrap outside a
+# ceremony: whoever unwraps chooses the new key's attributes, CKA_SENSITIVE false included.
+for key in session.findObjects([(PyKCS11.CKA_CLASS, PyKCS11.CKO_SECRET_KEY),
+                                (PyKCS11.CKA_TOKEN, True)]):
+    lbl, trusted, unwrap, modifiable = session.getAttributeValue(
+        key, [PyKCS11.CKA_LABEL, PyKCS11.CKA_TRUSTED, PyKCS11.CKA_UNWRAP, PyKCS11.CKA_MODIFIABLE])
+    out = {"secret_key": lbl, "trusted": bool(trusted), "unwrap": bool(unwrap),
+           "modifiable": bool(modifiable)}
+    bad |= out["unwrap"] or (out["trusted"] and out["modifiable"])
+    print(json.dumps(out))
 session.destroyObject(rogue)
 session.logout()
 sys.exit(1 if bad else 0)

@@ -40,6 +40,8 @@ pub enum HsmErrorKind {
     NotExportable,
     /// The token refused a wrapped key (wrong key-backup key, or altered).
     WrappedKeyRefused,
+    /// The token holds a trusted key the key-backup ceremony did not make.
+    ForeignTrustedKey,
     /// Anything else the module reported.
     Device,
 }
@@ -58,6 +60,7 @@ impl HsmErrorKind {
                 | HsmErrorKind::BackupKeyMissing
                 | HsmErrorKind::NotExportable
                 | HsmErrorKind::WrappedKeyRefused
+                | HsmErrorKind::ForeignTrustedKey
         )
     }
 }
@@ -152,6 +155,12 @@ pub struct ObjectSummary {
     pub sensitive: Option<bool>,
     /// CKA_EXTRACTABLE (private keys).
     pub extractable: Option<bool>,
+    /// CKA_WRAP_WITH_TRUSTED (private keys): extractable only wrapped under a trusted key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wrap_with_trusted: Option<bool>,
+    /// CKA_TRUSTED (secret keys: the key-backup key).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trusted: Option<bool>,
     /// CKA_TOKEN.
     pub token: Option<bool>,
 }
@@ -182,10 +191,13 @@ pub trait HsmModule: Send + Sync + fmt::Debug {
     /// The public objects of a token, without logging in.
     fn public_objects(&self, label: &str) -> Result<Vec<ObjectSummary>, HsmError>;
     /// Under a security-officer login to the token labelled `token` (with `so_pin`), creates
-    /// the key-backup key `key_label` from `value`: AES, `CKA_TRUSTED`, wrap and unwrap only,
-    /// sensitive, never extractable. Then, when `new_so_pin` is given, changes the SO PIN to
-    /// it. A key already there under that label is left as it is (a ceremony run again); the
-    /// PIN change still happens. Must run before this process logs in to the token as user.
+    /// the key-backup key `key_label` from `value`: AES, `CKA_TRUSTED`, wrap only, not
+    /// modifiable, sensitive, never extractable; with `unwrap`, also its unwrap-only copy for
+    /// one ceremony (see [`HsmToken::remove_unwrap_key`]). Then, when `new_so_pin` is given,
+    /// changes the SO PIN to it. A key already there under that label is left as it is (a
+    /// ceremony run again); a trusted key under another label is refused
+    /// ([`HsmErrorKind::ForeignTrustedKey`]). Must run before this process logs in to the token
+    /// as user.
     fn install_backup_key(
         &self,
         token: &str,
@@ -193,6 +205,7 @@ pub trait HsmModule: Send + Sync + fmt::Debug {
         key_label: &str,
         value: &[u8],
         new_so_pin: Option<&SecretString>,
+        unwrap: bool,
     ) -> Result<(), HsmError>;
 }
 
@@ -211,11 +224,15 @@ pub trait HsmToken: Send + Sync + fmt::Debug {
     ) -> Result<KeyInfo, HsmError>;
     /// Whether a secret key labelled `label` (the key-backup key) is on the token.
     fn has_secret_key(&self, label: &str) -> Result<bool, HsmError>;
+    /// The labels of the trusted secret keys on the token.
+    fn trusted_keys(&self) -> Result<Vec<String>, HsmError>;
+    /// Destroys the unwrap-only copy of the key-backup key `key_label`.
+    fn remove_unwrap_key(&self, key_label: &str) -> Result<usize, HsmError>;
     /// Wraps the private key labelled `label` under the secret key `wrapping_label` with
     /// `CKM_AES_KEY_WRAP_PAD`. The token refuses a key that is not extractable, or that may
     /// be wrapped only by a trusted key when the wrapping key is not trusted.
     fn wrap_key(&self, wrapping_label: &str, label: &str) -> Result<WrappedKey, HsmError>;
-    /// Unwraps `wrapped` under the secret key `wrapping_label` into a private key (sensitive,
+    /// Unwraps `wrapped` under the unwrap-only copy of `wrapping_label` into a private key (sensitive,
     /// extractable only by trusted wrapping), creates its public half, and checks that the
     /// two belong together by signing with the new key. Nothing is left behind on failure.
     fn unwrap_key(&self, wrapping_label: &str, wrapped: &WrappedKey) -> Result<KeyInfo, HsmError>;

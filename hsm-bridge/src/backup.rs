@@ -34,6 +34,7 @@ impl Hsm {
         key_label: &str,
         value: &[u8],
         new_so_pin: Option<&SecretString>,
+        unwrap: bool,
     ) -> Result<(), HsmError> {
         if value.len() != 32 {
             return Err(HsmError::Unexpected {
@@ -70,8 +71,16 @@ impl Hsm {
                 ))
             }
         }
-        let out =
-            create_backup_key(&session, token, key_label, value).and_then(|()| match new_so_pin {
+        let out = check_trusted_keys(&session, token, key_label)
+            .and_then(|()| create_backup_key(&session, token, key_label, value, false))
+            .and_then(|()| {
+                if unwrap {
+                    create_backup_key(&session, token, &unwrap_label(key_label), value, true)
+                } else {
+                    Ok(())
+                }
+            })
+            .and_then(|()| match new_so_pin {
                 Some(new) => session
                     .set_pin(so_pin, new)
                     .map_err(|e| HsmError::from_ck(e, format!("changing the SO PIN of {token:?}"))),
@@ -82,11 +91,49 @@ impl Hsm {
     }
 }
 
+/// The label of the unwrap-only copy of the key-backup key labelled `key_label`.
+pub(crate) fn unwrap_label(key_label: &str) -> String {
+    format!("{key_label}-unwrap")
+}
+
+/// The labels of the trusted secret keys visible to `session` (every one is public: only an
+/// SO session can create one, and it cannot create private objects).
+fn trusted_labels(session: &Session) -> Result<Vec<String>, CkError> {
+    let mut out = Vec::new();
+    for h in session.find_objects(&[
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::Trusted(true),
+    ])? {
+        for a in session.get_attributes(h, &[cryptoki::object::AttributeType::Label])? {
+            if let Attribute::Label(l) = a {
+                out.push(String::from_utf8_lossy(&l).into_owned());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Refuses a token holding a trusted key other than the key-backup key: whoever knew its SO
+/// PIN could have made one whose value they know, and wrap every key out under it.
+fn check_trusted_keys(session: &Session, token: &str, key_label: &str) -> Result<(), HsmError> {
+    let labels = trusted_labels(session)
+        .map_err(|e| HsmError::from_ck(e, format!("listing the trusted keys of {token:?}")))?;
+    let foreign: Vec<String> = labels.into_iter().filter(|l| l != key_label).collect();
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    Err(HsmError::ForeignTrustedKey {
+        token: token.into(),
+        labels: foreign.join(", "),
+    })
+}
+
 fn create_backup_key(
     session: &Session,
     token: &str,
     key_label: &str,
     value: &[u8],
+    unwrap: bool,
 ) -> Result<(), HsmError> {
     let label = Attribute::Label(key_label.as_bytes().to_vec());
     let existing = session
@@ -100,9 +147,12 @@ fn create_backup_key(
         Attribute::KeyType(KeyType::AES),
         Attribute::Token(true),
         Attribute::Private(false),
-        Attribute::Trusted(true),
-        Attribute::Wrap(true),
-        Attribute::Unwrap(true),
+        // The wrap-only key is trusted (it may wrap keys made CKA_WRAP_WITH_TRUSTED); the
+        // unwrap-only copy need not be, and is not.
+        Attribute::Trusted(!unwrap),
+        Attribute::Wrap(!unwrap),
+        Attribute::Unwrap(unwrap),
+        Attribute::Modifiable(false),
         Attribute::Encrypt(false),
         Attribute::Decrypt(false),
         Attribute::Sign(false),
@@ -154,6 +204,27 @@ impl Token {
     pub fn has_secret_key(&self, label: &str) -> Result<bool, HsmError> {
         self.with_session("looking for the key-backup key", |s| {
             Ok(find_one(&s.session, ObjectClass::SECRET_KEY, label)?.is_some())
+        })
+    }
+
+    /// The labels of the trusted secret keys on the token.
+    pub fn trusted_keys(&self) -> Result<Vec<String>, HsmError> {
+        self.with_session("listing trusted keys", |s| trusted_labels(&s.session))
+    }
+
+    /// Destroys the unwrap-only copy of the key-backup key `key_label` (after a ceremony).
+    /// Returns how many objects went.
+    pub fn remove_unwrap_key(&self, key_label: &str) -> Result<usize, HsmError> {
+        let label = unwrap_label(key_label);
+        self.with_session("removing the unwrap key", |s| {
+            let found = s.session.find_objects(&[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::Label(label.as_bytes().to_vec()),
+            ])?;
+            for h in &found {
+                s.session.destroy_object(*h)?;
+            }
+            Ok(found.len())
         })
     }
 
@@ -236,8 +307,9 @@ impl Token {
                 detail: format!("encoding the public key of {label:?}: {e}"),
             })?;
         let what = format!("unwrapping key {label:?} under {wrapping:?}");
+        let unwrapping = unwrap_label(wrapping);
         let out = self.with_session(&what, |s| {
-            let Some(wk) = find_one(&s.session, ObjectClass::SECRET_KEY, wrapping)? else {
+            let Some(wk) = find_one(&s.session, ObjectClass::SECRET_KEY, &unwrapping)? else {
                 return Ok(Err(Missing::BackupKey));
             };
             let private = s.session.unwrap_key(

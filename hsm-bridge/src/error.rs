@@ -109,6 +109,14 @@ pub enum HsmError {
         /// Why.
         reason: String,
     },
+    /// The token holds a trusted key meterpki did not make.
+    #[error("token {token:?} holds trusted key(s) the key-backup ceremony did not make ({labels}): someone who knew its security-officer PIN made them, and could wrap every key out under them; nothing was done. Investigate, then remove them with the token's SO")]
+    ForeignTrustedKey {
+        /// The token.
+        token: String,
+        /// Their labels.
+        labels: String,
+    },
     /// The token refused a wrapped key (its integrity check failed).
     #[error("token {token:?} refused the wrapped key {label:?} ({ckr}): it was not wrapped under this token's key-backup key, or it was altered")]
     WrappedKeyRefused {

@@ -342,13 +342,17 @@ pub(crate) fn list_objects(
             id: String::new(),
             sensitive: None,
             extractable: None,
+            wrap_with_trusted: None,
+            trusted: None,
             token: None,
         };
         let mut private = false;
+        let mut secret = false;
         for a in attrs {
             match a {
                 Attribute::Class(c) => {
                     private = c == ObjectClass::PRIVATE_KEY;
+                    secret = c == ObjectClass::SECRET_KEY;
                     s.class = match c {
                         ObjectClass::PRIVATE_KEY => "private-key".into(),
                         ObjectClass::PUBLIC_KEY => "public-key".into(),
@@ -364,14 +368,29 @@ pub(crate) fn list_objects(
                 _ => {}
             }
         }
-        if private {
+        if private || secret {
+            let asked: &[AttributeType] = if private {
+                &[
+                    AttributeType::Sensitive,
+                    AttributeType::Extractable,
+                    AttributeType::WrapWithTrusted,
+                ]
+            } else {
+                &[
+                    AttributeType::Sensitive,
+                    AttributeType::Extractable,
+                    AttributeType::Trusted,
+                ]
+            };
             let flags = session
-                .get_attributes(h, &[AttributeType::Sensitive, AttributeType::Extractable])
+                .get_attributes(h, asked)
                 .map_err(|e| HsmError::from_ck(e, "reading key attributes"))?;
             for a in flags {
                 match a {
                     Attribute::Sensitive(v) => s.sensitive = Some(v),
                     Attribute::Extractable(v) => s.extractable = Some(v),
+                    Attribute::WrapWithTrusted(v) => s.wrap_with_trusted = Some(v),
+                    Attribute::Trusted(v) => s.trusted = Some(v),
                     _ => {}
                 }
             }

@@ -29,6 +29,7 @@ impl HsmError {
             HsmError::BackupKeyMissing { .. } => HsmErrorKind::BackupKeyMissing,
             HsmError::NotExportable { .. } => HsmErrorKind::NotExportable,
             HsmError::WrappedKeyRefused { .. } => HsmErrorKind::WrappedKeyRefused,
+            HsmError::ForeignTrustedKey { .. } => HsmErrorKind::ForeignTrustedKey,
             HsmError::KeyExists { .. } => HsmErrorKind::KeyExists,
             _ => HsmErrorKind::Device,
         }
@@ -147,10 +148,11 @@ impl HsmModule for Pkcs11Module {
         key_label: &str,
         value: &[u8],
         new_so_pin: Option<&SecretString>,
+        unwrap: bool,
     ) -> Result<(), ca_core::hsm::HsmError> {
         Ok(self
             .hsm
-            .install_backup_key(token, so_pin, key_label, value, new_so_pin)?)
+            .install_backup_key(token, so_pin, key_label, value, new_so_pin, unwrap)?)
     }
 }
 
@@ -182,6 +184,14 @@ impl HsmToken for TokenHandle {
 
     fn has_secret_key(&self, label: &str) -> Result<bool, ca_core::hsm::HsmError> {
         Ok(self.0.has_secret_key(label)?)
+    }
+
+    fn trusted_keys(&self) -> Result<Vec<String>, ca_core::hsm::HsmError> {
+        Ok(self.0.trusted_keys()?)
+    }
+
+    fn remove_unwrap_key(&self, key_label: &str) -> Result<usize, ca_core::hsm::HsmError> {
+        Ok(self.0.remove_unwrap_key(key_label)?)
     }
 
     fn wrap_key(

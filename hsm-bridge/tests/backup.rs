@@ -25,20 +25,49 @@ fn a_key_wrapped_under_the_trusted_backup_key_moves_to_another_token_and_nowhere
                     .unwrap();
             }
             let new_so = SecretString::from("a-new-so-pin-0000");
-            hsm.install_backup_key("a", &SecretString::from(SO), KBK, &value, Some(&new_so))
-                .unwrap();
-            hsm.install_backup_key("b", &SecretString::from(SO), KBK, &value, None)
+            hsm.install_backup_key(
+                "a",
+                &SecretString::from(SO),
+                KBK,
+                &value,
+                Some(&new_so),
+                false,
+            )
+            .unwrap();
+            // B, the target, also gets the unwrap-only copy, for this ceremony.
+            hsm.install_backup_key("b", &SecretString::from(SO), KBK, &value, None, true)
                 .unwrap();
             // Run again: the key is left as it is (no duplicate), the old SO PIN is gone.
             let err = hsm
-                .install_backup_key("a", &SecretString::from(SO), KBK, &value, None)
+                .install_backup_key("a", &SecretString::from(SO), KBK, &value, None, false)
                 .unwrap_err();
             assert!(matches!(err, HsmError::PinIncorrect { .. }), "{err}");
-            hsm.install_backup_key("a", &new_so, KBK, &value, None)
+            hsm.install_backup_key("a", &new_so, KBK, &value, None, false)
                 .unwrap();
+            // A token holding a trusted key someone else made (its SO PIN was known): refused.
+            hsm.install_backup_key(
+                "c",
+                &SecretString::from(SO),
+                "rogue",
+                &[1u8; 32],
+                None,
+                false,
+            )
+            .unwrap();
+            let err = hsm
+                .install_backup_key("c", &SecretString::from(SO), KBK, &value, None, false)
+                .unwrap_err();
+            assert!(matches!(err, HsmError::ForeignTrustedKey { .. }), "{err}");
             // "other" holds a different key-backup key under the same label.
-            hsm.install_backup_key("other", &SecretString::from(SO), KBK, &[9u8; 32], None)
-                .unwrap();
+            hsm.install_backup_key(
+                "other",
+                &SecretString::from(SO),
+                KBK,
+                &[9u8; 32],
+                None,
+                true,
+            )
+            .unwrap();
 
             let a = hsm.open("a", SecretString::from(USER), 2).unwrap();
             let b = hsm.open("b", SecretString::from(USER), 2).unwrap();
@@ -65,6 +94,48 @@ fn a_key_wrapped_under_the_trusted_backup_key_moves_to_another_token_and_nowhere
 
             let wrapped = a.wrap_key(KBK, "device-ca").unwrap();
             assert!(wrapped.wrapped.len() > 64, "{}", wrapped.wrapped.len());
+            // The attack an unwrap template would stop: with the user PIN, unwrap the wrapped
+            // key on A as a key that is not sensitive, and read it. A's key-backup key cannot
+            // unwrap, and cannot be made to.
+            {
+                use cryptoki::mechanism::Mechanism;
+                use cryptoki::object::{Attribute, KeyType, ObjectClass};
+                use cryptoki::session::UserType;
+                let slot = hsm
+                    .pkcs11()
+                    .get_slots_with_initialized_token()
+                    .unwrap()
+                    .into_iter()
+                    .find(|s| hsm.pkcs11().get_token_info(*s).unwrap().label() == "a")
+                    .unwrap();
+                let session = hsm.pkcs11().open_rw_session(slot).unwrap();
+                let _ = session.login(UserType::User, Some(&SecretString::from(USER)));
+                let k = session
+                    .find_objects(&[Attribute::Label(KBK.as_bytes().to_vec())])
+                    .unwrap()[0];
+                let readable = session.unwrap_key(
+                    &Mechanism::AesKeyWrapPad,
+                    k,
+                    &wrapped.wrapped,
+                    &[
+                        Attribute::Class(ObjectClass::PRIVATE_KEY),
+                        Attribute::KeyType(KeyType::EC),
+                        Attribute::Token(false),
+                        Attribute::Sensitive(false),
+                        Attribute::Extractable(true),
+                    ],
+                );
+                assert!(
+                    readable.is_err(),
+                    "the key-backup key unwrapped a readable key"
+                );
+                assert!(
+                    session
+                        .update_attributes(k, &[Attribute::Unwrap(true)])
+                        .is_err(),
+                    "the key-backup key was made to unwrap"
+                );
+            }
             let got = b.unwrap_key(KBK, &wrapped).unwrap();
             assert_eq!(got.spki, info.spki);
             assert_eq!(got.id, info.id);
@@ -72,6 +143,7 @@ fn a_key_wrapped_under_the_trusted_backup_key_moves_to_another_token_and_nowhere
             verify_signature(&info.spki, b"on b", &sig).unwrap();
             // Run again: the same key is already there.
             b.unwrap_key(KBK, &wrapped).unwrap();
+            assert_eq!(b.trusted_keys().unwrap(), vec![KBK.to_string()]);
             let private = b
                 .objects()
                 .unwrap()
@@ -108,6 +180,12 @@ fn a_key_wrapped_under_the_trusted_backup_key_moves_to_another_token_and_nowhere
             foreign.key.spki = a.find_key("locked").unwrap().unwrap().spki;
             let err = b.unwrap_key(KBK, &foreign).unwrap_err();
             assert!(matches!(err, HsmError::KeyExists { .. }), "{err}");
+            // The ceremony over, B's unwrap-only key goes: B can no longer unwrap anything.
+            assert_eq!(b.remove_unwrap_key(KBK).unwrap(), 1);
+            let mut later = wrapped.clone();
+            later.key.label = "later".into();
+            let err = b.unwrap_key(KBK, &later).unwrap_err();
+            assert!(matches!(err, HsmError::BackupKeyMissing { .. }), "{err}");
         },
     );
 }

@@ -3,7 +3,7 @@
 //! to have changed nothing.
 
 use meterpki_tests::{pkcs11_key_audit, softhsm_module, tool, Scratch};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const EXE: &str = env!("CARGO_BIN_EXE_meterpki-e2e");
 
@@ -239,8 +239,21 @@ fn keys_are_replicated_backed_up_and_restored_only_under_a_quorum() {
             "{token}: {keys:?}"
         );
         let audit = pkcs11_key_audit(&s.path("h"), token, &s.path(&format!("h/{pin}"))).ok();
-        assert_eq!(audit.stdout.lines().count(), keys.len(), "{}", audit.stdout);
-        for line in audit.stdout.lines() {
+        let (secret, private): (Vec<&str>, Vec<&str>) = audit
+            .stdout
+            .lines()
+            .partition(|l| l.contains("\"secret_key\""));
+        assert_eq!(private.len(), keys.len(), "{}", audit.stdout);
+        // One secret key, the key-backup key: trusted, not modifiable, and unable to unwrap
+        // now that the ceremony is over.
+        assert_eq!(secret.len(), 1, "{}", audit.stdout);
+        let k: Value = serde_json::from_str(secret[0]).unwrap();
+        assert_eq!(
+            (&k["trusted"], &k["unwrap"], &k["modifiable"]),
+            (&json!(true), &json!(false), &json!(false)),
+            "{k}"
+        );
+        for line in private {
             let k: Value = serde_json::from_str(line).unwrap();
             assert_eq!(k["sensitive"], true, "{line}");
             assert_eq!(k["wrap_with_trusted"], true, "{line}");

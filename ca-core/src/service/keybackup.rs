@@ -164,6 +164,7 @@ impl Service {
                 &opened.record.key_label,
                 key.as_ref(),
                 Some(&SecretString::from(new_pin.to_string())),
+                false,
             )?;
             std::fs::remove_file(&file).map_err(io_at(format!("removing {}", file.display())))?;
             crate::fsutil::sync_dir(&self.home.secrets_dir())
@@ -173,14 +174,58 @@ impl Service {
         Ok(())
     }
 
-    /// The token labelled `label` from `[[hsm.tokens]]`, logged in as user.
-    fn open_listed(&self, label: &str) -> Result<Arc<dyn HsmToken>, ServiceError> {
-        let listed = self
-            .config
+    /// The target of a replication or restore: its unwrap-only key put in by its SO (with the
+    /// SO PIN only the quorum rebuilds), then the token logged in as user and checked. A token
+    /// whose SO PIN is not the quorum's is one meterpki did not make: refused, nothing in it.
+    fn open_unwrap_target(
+        &self,
+        opened: &Opened,
+        label: &str,
+    ) -> Result<Arc<dyn HsmToken>, ServiceError> {
+        let listed = self.listed(label)?;
+        let module = self.module_at(listed.module.as_deref().unwrap_or(&self.config.hsm.module))?;
+        let key = opened.secret.wrapping_key();
+        let pin = opened.secret.so_pin(label);
+        module
+            .install_backup_key(
+                label,
+                &SecretString::from(pin.to_string()),
+                &opened.record.key_label,
+                key.as_ref(),
+                None,
+                true,
+            )
+            .map_err(|e| match e.kind {
+                HsmErrorKind::PinIncorrect => self.no_backup_key(label, &opened.record.key_label),
+                _ => e.into(),
+            })?;
+        let pin = (self.hsm.token_pin)(&self.config, &listed)?;
+        let target = module.open(label, pin, 1)?;
+        if let Err(e) = self.with_backup_key(&target, opened) {
+            let _ = target.remove_unwrap_key(&opened.record.key_label);
+            return Err(e);
+        }
+        Ok(target)
+    }
+
+    fn no_backup_key(&self, label: &str, key_label: &str) -> ServiceError {
+        let file = self.home.token_so_pin(label, &self.config.hsm.online_token);
+        ServiceError::conflict(
+            "no-key-backup-key",
+            format!(
+                "token {label:?} holds no key-backup key ({key_label}) and its security-officer PIN is neither the quorum's nor in {} for the ceremony to install it: a token meterpki did not create (use `meterpki hsm init-token`), or one whose SO PIN file was removed; nothing changed",
+                file.display()
+            ),
+        )
+    }
+
+    fn listed(&self, label: &str) -> Result<TokenConfig, ServiceError> {
+        self.config
             .hsm
             .tokens
             .iter()
             .find(|t| t.label == label)
+            .cloned()
             .ok_or_else(|| {
                 ServiceError::invalid(
                     "to-token",
@@ -188,10 +233,21 @@ impl Service {
                         "token {label:?} is not in [[hsm.tokens]] of meterpki.toml: create it with `meterpki hsm init-token --label {label}` (SoftHSM), or list it with its module and PIN source; nothing changed"
                     ),
                 )
-            })?;
-        let module = self.module_at(listed.module.as_deref().unwrap_or(&self.config.hsm.module))?;
-        let pin = (self.hsm.token_pin)(&self.config, listed)?;
-        Ok(module.open(label, pin, 1)?)
+            })
+    }
+
+    /// Unwraps `keys` into `target`, then removes its unwrap-only key whatever happened.
+    fn unwrap_into(
+        &self,
+        target: &Arc<dyn HsmToken>,
+        opened: &Opened,
+        keys: &[WrappedKey],
+    ) -> Result<Vec<serde_json::Value>, ServiceError> {
+        let out = self.unwrap_all(target, opened, keys);
+        if let Err(e) = target.remove_unwrap_key(&opened.record.key_label) {
+            tracing::warn!(token = %target.label(), error = %e, "the unwrap key could not be removed; the next ceremony removes it");
+        }
+        out
     }
 
     /// A token that must hold the key-backup key: refused by name when it does not.
@@ -200,21 +256,25 @@ impl Service {
         token: &Arc<dyn HsmToken>,
         opened: &Opened,
     ) -> Result<(), ServiceError> {
+        let foreign: Vec<String> = token
+            .trusted_keys()?
+            .into_iter()
+            .filter(|l| *l != opened.record.key_label)
+            .collect();
+        if !foreign.is_empty() {
+            return Err(ServiceError::conflict(
+                "foreign-trusted-key",
+                format!(
+                    "token {:?} holds trusted key(s) the key-backup ceremony did not make ({}): someone who knew its security-officer PIN made them, and could wrap every key out under them; nothing was done. Investigate, then remove them with the token's SO",
+                    token.label(),
+                    foreign.join(", ")
+                ),
+            ));
+        }
         if token.has_secret_key(&opened.record.key_label)? {
             return Ok(());
         }
-        let file = self
-            .home
-            .token_so_pin(token.label(), &self.config.hsm.online_token);
-        Err(ServiceError::conflict(
-            "no-key-backup-key",
-            format!(
-                "token {:?} holds no key-backup key ({}) and its security-officer PIN is not in {} for the ceremony to install it: a token meterpki did not create (use `meterpki hsm init-token`), or one whose SO PIN file was removed; nothing changed",
-                token.label(),
-                opened.record.key_label,
-                file.display()
-            ),
-        ))
+        Err(self.no_backup_key(token.label(), &opened.record.key_label))
     }
 
     /// Every online key pair on `source`, wrapped under the key-backup key: all or nothing
@@ -480,12 +540,19 @@ impl Service {
             ));
         }
         let secured = self.secure_tokens(&opened)?;
-        let target = self.open_listed(to_token)?;
-        self.with_backup_key(&target, &opened)?;
+        let target = self.open_unwrap_target(&opened, to_token)?;
         let source = self.online()?;
-        self.with_backup_key(&source, &opened)?;
-        let keys = self.wrap_all(&source, &opened)?;
-        let copied = self.unwrap_all(&target, &opened, &keys)?;
+        let keys = self
+            .with_backup_key(&source, &opened)
+            .and_then(|()| self.wrap_all(&source, &opened));
+        let keys = match keys {
+            Ok(k) => k,
+            Err(e) => {
+                let _ = target.remove_unwrap_key(&opened.record.key_label);
+                return Err(e);
+            }
+        };
+        let copied = self.unwrap_into(&target, &opened, &keys)?;
         self.record_event(
             actor,
             "ceremony.replicate",
@@ -594,10 +661,9 @@ impl Service {
             ServiceError::invalid("from", format!("backup file {}: {e}", from.display()))
         })?;
         let secured = self.secure_tokens(&opened)?;
-        let target = self.open_listed(to_token)?;
-        self.with_backup_key(&target, &opened)?;
+        let target = self.open_unwrap_target(&opened, to_token)?;
         let restored = self
-            .unwrap_all(&target, &opened, &keys)
+            .unwrap_into(&target, &opened, &keys)
             .map_err(|e| match e {
                 ServiceError::Hsm(h) if h.kind == HsmErrorKind::KeyExists => {
                     ServiceError::conflict(

@@ -141,10 +141,16 @@ pub(super) fn run(ctx: &Ctx) -> Result<()> {
 }
 
 fn print_object(o: &ObjectSummary) {
-    let flags = match (o.sensitive, o.extractable) {
+    let mut flags = match (o.sensitive, o.extractable) {
         (Some(s), Some(e)) => format!("sensitive={s} extractable={e}"),
         _ => String::new(),
     };
+    if o.wrap_with_trusted == Some(true) {
+        flags.push_str(" (only wrapped under a trusted key)");
+    }
+    if o.trusted == Some(true) {
+        flags.push_str(" trusted (the key-backup key)");
+    }
     println!("  {:<12} {:<28} id {}  {}", o.class, o.label, o.id, flags);
 }
 
