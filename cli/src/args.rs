@@ -342,6 +342,28 @@ pub(crate) enum CeremonyCommand {
         after_help = "Example:\n  meterpki hsm init-token --label meterpki-online-c\n  meterpki ceremony restore --from /media/vault/meterpki-keys.backup --to-token meterpki-online-c \\\n      --share /media/bob.share --share /media/dave.share --share /media/erin.share\n\nThe file's MAC is checked before anything changes: one altered byte and nothing is restored."
     )]
     Restore(RestoreArgs),
+    /// Copy the root key into a new SoftHSM root token (same PINs as the root token), in a ceremony that takes both quorums: the root officers' shares and the key-backup officers'.
+    #[command(
+        name = "replicate-root",
+        after_help = "Example:\n  meterpki ceremony replicate-root --to-token meterpki-root-b \\\n      --share /media/root/alice.share --share /media/root/bob.share --share /media/root/carol.share \\\n      --backup-share /media/kb/dave.share --backup-share /media/kb/erin.share --backup-share /media/kb/alice.share\n\nThe root key leaves the root token only wrapped under the key-backup key and is unwrapped inside\nthe new token. If the root token is lost, set hsm.root_token = \"meterpki-root-b\" in meterpki.toml:\nevery root ceremony then opens the copy with the same shares."
+    )]
+    ReplicateRoot(ReplicateRootArgs),
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct ReplicateRootArgs {
+    /// The new root token to create and copy the root key into.
+    #[arg(long)]
+    pub to_token: String,
+    /// A root-ceremony share file; give at least the root quorum.
+    #[arg(long = "share", required = true)]
+    pub shares: Vec<PathBuf>,
+    /// A key-backup share file; give at least the key-backup quorum.
+    #[arg(long = "backup-share", required = true)]
+    pub backup_shares: Vec<PathBuf>,
+    /// Who runs the ceremony (default: $USER).
+    #[arg(long)]
+    pub operator: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -93,6 +93,22 @@ fn keys_are_replicated_backed_up_and_restored_only_under_a_quorum() {
         ],
     )
     .fails(2, "--key-backup none");
+    s.run(
+        "plain",
+        &[
+            "ceremony",
+            "replicate-root",
+            "--to-token",
+            "root-b",
+            "--share",
+            &s.share("plain", 1).display().to_string(),
+            "--share",
+            &s.share("plain", 2).display().to_string(),
+            "--backup-share",
+            &s.share("plain", 3).display().to_string(),
+        ],
+    )
+    .fails(2, "--key-backup none");
     assert_eq!(before, s.snapshot(), "a refused ceremony changed files");
     // Its keys are never extractable (PyKCS11's view).
     let plain = pkcs11_key_audit(
@@ -427,4 +443,125 @@ fn keys_are_replicated_backed_up_and_restored_only_under_a_quorum() {
     );
     assert_eq!(audit_events(&s, "h", "hsm.init-token").len(), 2);
     s.run("h", &["audit", "verify"]).ok();
+}
+
+#[test]
+fn the_root_key_is_copied_only_with_both_quorums_and_the_copy_signs_for_the_root() {
+    let s = Scratch::new(EXE);
+    s.run("r", &["init", "--key-backup", "quorum"]).ok();
+    s.ceremonies_only("r", 3, 2, &["device"]);
+    s.run(
+        "r",
+        &[
+            "ceremony",
+            "backup-key",
+            "--officers",
+            "3",
+            "--quorum",
+            "2",
+            "--shares-dir",
+            "kb",
+        ],
+    )
+    .ok();
+    let root = |i: u8| s.share("r", i).display().to_string();
+    let kb = |i: u8| kb_share(&s, &format!("officer-{i}"));
+    let replicate = |root_shares: &[String], kb_shares: &[String]| {
+        let mut a = vec![
+            "ceremony".to_string(),
+            "replicate-root".into(),
+            "--to-token".into(),
+            "meterpki-root-b".into(),
+        ];
+        for sh in root_shares {
+            a.extend(["--share".to_string(), sh.clone()]);
+        }
+        for sh in kb_shares {
+            a.extend(["--backup-share".to_string(), sh.clone()]);
+        }
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        s.run("r", &a)
+    };
+    // One root share short, or a key-backup share given as a root share: refused, nothing
+    // changed (no token made, no key moved).
+    let before = s.snapshot();
+    replicate(&[root(1)], &[kb(1), kb(2)]).fails(2, "quorum is 2 of 3");
+    replicate(&[root(1), kb(3)], &[kb(1), kb(2)]).fails(2, "not to this home's root ceremony");
+    replicate(&[root(1), root(2)], &[kb(1)]).fails(2, "quorum is 2 of 3");
+    assert_eq!(
+        before,
+        s.snapshot(),
+        "a refused root replication changed files"
+    );
+
+    let done = {
+        let r = replicate(&[root(1), root(2)], &[kb(2), kb(3)]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        r
+    };
+    assert!(done.stdout.contains("meterpki-root-b"), "{}", done.stdout);
+    let event = audit_events(&s, "r", "ceremony.replicate-root");
+    assert_eq!(event.len(), 1);
+    assert_eq!(
+        event[0]["details"]["root_officers"],
+        json!(["officer-1", "officer-2"])
+    );
+    assert_eq!(
+        event[0]["details"]["officers"],
+        json!(["officer-2", "officer-3"])
+    );
+
+    // The root token lost: its directory removed, the copy configured; a root ceremony signs
+    // with the copy, and openssl verifies what it signed with the root certificate.
+    let tokens = s.path("r/softhsm/tokens");
+    let original = std::fs::read_dir(&tokens)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|d| {
+            std::fs::read(d.join("token.object")).is_ok_and(|b| {
+                b.windows(32)
+                    .any(|w| w == format!("{:<32}", "meterpki-root").as_bytes())
+            })
+        })
+        .expect("the root token's directory");
+    std::fs::remove_dir_all(&original).unwrap();
+    let toml_path = s.path("r/meterpki.toml");
+    let toml = std::fs::read_to_string(&toml_path).unwrap();
+    assert!(toml.contains("root_token = \"meterpki-root\""), "{toml}");
+    std::fs::write(
+        &toml_path,
+        toml.replace(
+            "root_token = \"meterpki-root\"",
+            "root_token = \"meterpki-root-b\"",
+        ),
+    )
+    .unwrap();
+    s.run(
+        "r",
+        &[
+            "ceremony",
+            "root-crl",
+            "--share",
+            &root(2),
+            "--share",
+            &root(3),
+        ],
+    )
+    .ok();
+    let arl = s.path("r/crl/root/arl.crl").display().to_string();
+    let ca = s.path("r/ca/root.pem").display().to_string();
+    let v = tool(
+        "openssl",
+        &[
+            "crl", "-inform", "DER", "-in", &arl, "-CAfile", &ca, "-noout",
+        ],
+        &[],
+    );
+    assert!(
+        v.stderr.contains("verify OK") || v.stdout.contains("verify OK"),
+        "{}\n{}",
+        v.stdout,
+        v.stderr
+    );
+    s.run("r", &["audit", "verify"]).ok();
 }

@@ -209,7 +209,9 @@ impl Service {
             )));
         }
         let token = self.module()?.open(
-            &record.root_token,
+            // The configured root token: the one made at the root ceremony, or its copy made by
+            // `ceremony replicate-root` once `hsm.root_token` names it.
+            &self.config.hsm.root_token,
             crate::hsm::SecretString::from(secret.user_pin().to_string()),
             1,
         )?;

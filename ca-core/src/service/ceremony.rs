@@ -238,7 +238,13 @@ impl Service {
             SecretString::from(secret.user_pin().to_string()),
             1,
         )?;
-        let root_key = root_token.generate_key(&CaKind::Root.key_label(), KeyAlgorithm::EcP384)?;
+        // In a home with key backup the root key, too, can leave its token only wrapped under
+        // the trusted key-backup key, in `ceremony replicate-root` (both quorums).
+        let root_key = root_token.generate_key_as(
+            &CaKind::Root.key_label(),
+            KeyAlgorithm::EcP384,
+            self.key_protection(),
+        )?;
         let root_signer = root_token.signer(&CaKind::Root.key_label())?;
         let root_cert = build_self_signed_root(root_signer.as_ref(), &self.ca_spec(CaKind::Root)?)?;
         // The audit signer: a P-256 key on the online token, certified by the root, so that
@@ -289,7 +295,7 @@ impl Service {
             "officers": names,
             "share_files": share_paths.iter().zip(&digests).map(|(p, d)| json!({"file": p, "sha256_of_share": d})).collect::<Vec<_>>(),
             "root_token": root_label,
-            "root_key": {"label": CaKind::Root.key_label(), "id": hex::encode(&root_key.id), "algorithm": "EC P-384", "sensitive": true, "extractable": false},
+            "root_key": {"label": CaKind::Root.key_label(), "id": hex::encode(&root_key.id), "algorithm": "EC P-384", "sensitive": true, "protection": self.key_protection()},
             "root": CertInfo::of(&root_cert),
             "audit_key": {"label": AUDIT_KEY_LABEL, "id": hex::encode(&audit_key.id), "token": self.config.hsm.online_token},
             "audit_signer": CertInfo::of(&audit_cert),
@@ -404,7 +410,7 @@ impl Service {
             "started_by_os_user": Actor::local().name(),
             "time": now_rfc3339(),
             "quorum": record.quorum,
-            "key": {"label": label, "id": hex::encode(&key.id), "token": self.config.hsm.online_token, "algorithm": "EC P-256", "sensitive": true, "extractable": false},
+            "key": {"label": label, "id": hex::encode(&key.id), "token": self.config.hsm.online_token, "algorithm": "EC P-256", "sensitive": true, "protection": self.key_protection()},
             "certificate": CertInfo::of(&cert),
             "issuer_sha256": record.root_cert_sha256,
         });

@@ -38,10 +38,10 @@ pub struct BackupKeyCeremony {
 }
 
 /// The secret rebuilt for one ceremony and the officers whose shares rebuilt it.
-struct Opened {
-    record: KeyBackupRecord,
-    secret: BackupSecret,
-    officers: Vec<String>,
+pub(super) struct Opened {
+    pub(super) record: KeyBackupRecord,
+    pub(super) secret: BackupSecret,
+    pub(super) officers: Vec<String>,
 }
 
 impl From<BackupFileError> for ServiceError {
@@ -95,7 +95,11 @@ impl Service {
     }
 
     /// Reads the shares and rebuilds the key-backup secret; nothing else happens before.
-    fn open_key_backup(&self, ceremony: &str, shares: &[PathBuf]) -> Result<Opened, ServiceError> {
+    pub(super) fn open_key_backup(
+        &self,
+        ceremony: &str,
+        shares: &[PathBuf],
+    ) -> Result<Opened, ServiceError> {
         self.require_key_backup(ceremony)?;
         let record = self.key_backup_record()?;
         let mut files = Vec::with_capacity(shares.len());
@@ -326,7 +330,7 @@ impl Service {
         Ok(out)
     }
 
-    fn record_event(
+    pub(super) fn record_event(
         &self,
         actor: &Actor,
         event: &str,

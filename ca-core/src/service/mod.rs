@@ -20,6 +20,7 @@ mod keybackup;
 mod meters;
 mod refusals;
 mod revoke;
+mod rootcopy;
 mod server;
 mod status;
 mod stores;

@@ -6,11 +6,22 @@ use ca_core::service::{Actor, BackupKeyCeremony, IssuingCeremony, RootCeremony};
 use ca_core::CaKind;
 
 use crate::args::{
-    BackupArgs, IssuingArgs, ReplicateArgs, RestoreArgs, RevokeCaArgs, RootArgs, RootCrlArgs,
+    BackupArgs, IssuingArgs, ReplicateArgs, ReplicateRootArgs, RestoreArgs, RevokeCaArgs, RootArgs,
+    RootCrlArgs,
 };
 use crate::cmd::print_json;
 use crate::ctx::{absolute, operator, Ctx};
 use crate::errors::input;
+
+/// How the home's keys are made, in words.
+fn protection(ctx: &Ctx) -> &'static str {
+    match ctx.config().hsm.key_backup {
+        ca_core::KeyBackup::None => "sensitive, not extractable",
+        ca_core::KeyBackup::Quorum => {
+            "sensitive, extractable only wrapped under the quorum's key-backup key"
+        }
+    }
+}
 
 fn actor(named: &Option<String>) -> Actor {
     named.clone().map(Actor::Operator).unwrap_or_else(operator)
@@ -43,9 +54,10 @@ pub(super) fn root(ctx: &Ctx, a: RootArgs) -> Result<()> {
     );
     println!("  SHA-256           {}", s(&["root", "sha256_fingerprint"]));
     println!(
-        "  root key          {} on token {} (EC P-384, sensitive, not extractable)",
+        "  root key          {} on token {} (EC P-384, {})",
         CaKind::Root.key_label(),
-        ctx.config().hsm.root_token
+        ctx.config().hsm.root_token,
+        protection(ctx)
     );
     println!("  quorum            {} of {}", a.quorum, a.officers);
     for f in summary["share_files"].as_array().into_iter().flatten() {
@@ -82,9 +94,10 @@ pub(super) fn issuing(ctx: &Ctx, a: IssuingArgs) -> Result<()> {
             .unwrap_or("")
     );
     println!(
-        "  key          {} on token {} (EC P-256, sensitive, not extractable)",
+        "  key          {} on token {} (EC P-256, {})",
         kind.key_label(),
-        ctx.config().hsm.online_token
+        ctx.config().hsm.online_token,
+        protection(ctx)
     );
     println!(
         "  signed by    {} (quorum {})",
@@ -179,7 +192,7 @@ pub(super) fn backup_key(ctx: &Ctx, a: RootArgs) -> Result<()> {
         summary["ceremony_id"].as_str().unwrap_or("")
     );
     println!(
-        "  key-backup key  {} (AES-256, trusted, wrap/unwrap only, never extractable)",
+        "  key-backup key  {} (AES-256, trusted, wrap only, never extractable)",
         summary["key_label"].as_str().unwrap_or("")
     );
     for t in summary["tokens"].as_array().into_iter().flatten() {
@@ -272,5 +285,41 @@ pub(super) fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<()> {
         absolute(&a.from).display()
     );
     print_keys(&summary);
+    Ok(())
+}
+
+pub(super) fn replicate_root(ctx: &Ctx, a: ReplicateRootArgs) -> Result<()> {
+    let summary = ctx.service.replicate_root_ceremony(
+        &actor(&a.operator),
+        &a.to_token,
+        &absolute_all(&a.shares),
+        &absolute_all(&a.backup_shares),
+    )?;
+    if ctx.json {
+        return print_json(&summary);
+    }
+    println!(
+        "Root key copied from {} to {} (wrapped under the key-backup key, inside the tokens).",
+        summary["from_token"].as_str().unwrap_or(""),
+        a.to_token
+    );
+    let names = |v: &serde_json::Value| -> String {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|o| o.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "  root officers        {}",
+        names(&summary["root_officers"])
+    );
+    println!("  key-backup officers  {}", names(&summary["officers"]));
+    println!(
+        "If {} is lost: set hsm.root_token = \"{}\" in meterpki.toml.",
+        summary["from_token"].as_str().unwrap_or(""),
+        a.to_token
+    );
     Ok(())
 }

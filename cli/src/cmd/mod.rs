@@ -83,6 +83,9 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
                 Command::Ceremony(CeremonyCommand::Replicate(a)) => ceremony::replicate(&ctx, a),
                 Command::Ceremony(CeremonyCommand::Backup(a)) => ceremony::backup(&ctx, a),
                 Command::Ceremony(CeremonyCommand::Restore(a)) => ceremony::restore(&ctx, a),
+                Command::Ceremony(CeremonyCommand::ReplicateRoot(a)) => {
+                    ceremony::replicate_root(&ctx, a)
+                }
                 Command::Status => status::run(&ctx),
                 Command::Issue(a) => issue::run(&ctx, a),
                 Command::Show(a) => show::run(&ctx, a),
