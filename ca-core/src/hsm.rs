@@ -192,12 +192,12 @@ pub trait HsmModule: Send + Sync + fmt::Debug {
     fn public_objects(&self, label: &str) -> Result<Vec<ObjectSummary>, HsmError>;
     /// Under a security-officer login to the token labelled `token` (with `so_pin`), creates
     /// the key-backup key `key_label` from `value`: AES, `CKA_TRUSTED`, wrap only, not
-    /// modifiable, sensitive, never extractable; with `unwrap`, also its unwrap-only copy for
-    /// one ceremony (see [`HsmToken::remove_unwrap_key`]). Then, when `new_so_pin` is given,
-    /// changes the SO PIN to it. A key already there under that label is left as it is (a
-    /// ceremony run again); a trusted key under another label is refused
-    /// ([`HsmErrorKind::ForeignTrustedKey`]). Must run before this process logs in to the token
-    /// as user.
+    /// modifiable, sensitive, never extractable. Then, when `new_so_pin` is given, changes the
+    /// SO PIN to it (if that fails, a key made by this call is removed again). A key already
+    /// there under that label is taken only if the token shows it holds `value` and is trusted
+    /// and wrap-only (a ceremony run again); anything else under the label, or a trusted key
+    /// under another label, is refused ([`HsmErrorKind::ForeignTrustedKey`]). Must run before
+    /// this process logs in to the token as user.
     fn install_backup_key(
         &self,
         token: &str,
@@ -205,7 +205,6 @@ pub trait HsmModule: Send + Sync + fmt::Debug {
         key_label: &str,
         value: &[u8],
         new_so_pin: Option<&SecretString>,
-        unwrap: bool,
     ) -> Result<(), HsmError>;
 }
 
@@ -226,6 +225,9 @@ pub trait HsmToken: Send + Sync + fmt::Debug {
     fn has_secret_key(&self, label: &str) -> Result<bool, HsmError>;
     /// The labels of the trusted secret keys on the token.
     fn trusted_keys(&self) -> Result<Vec<String>, HsmError>;
+    /// Makes the unwrap-only copy of the key-backup key `key_label` from `value`, as a session
+    /// object of this token's session: gone when the session ends.
+    fn load_unwrap_key(&self, key_label: &str, value: &[u8]) -> Result<(), HsmError>;
     /// Destroys the unwrap-only copy of the key-backup key `key_label`.
     fn remove_unwrap_key(&self, key_label: &str) -> Result<usize, HsmError>;
     /// Wraps the private key labelled `label` under the secret key `wrapping_label` with

@@ -207,10 +207,9 @@ impl HsmModule for Watched {
         key_label: &str,
         value: &[u8],
         new_so_pin: Option<&SecretString>,
-        unwrap: bool,
     ) -> Result<(), ca_core::hsm::HsmError> {
         self.0
-            .install_backup_key(token, so_pin, key_label, value, new_so_pin, unwrap)
+            .install_backup_key(token, so_pin, key_label, value, new_so_pin)
     }
 }
 

@@ -1,13 +1,22 @@
 //! Key backup and replication with PKCS#11 (docs/hsms.md#key-replication-and-backup-under-a-quorum).
 //!
 //! * The key-backup key is an AES-256 secret key created by the token's security officer with
-//!   `CKA_TRUSTED` (only an SO login may set it), usable only to wrap and unwrap, sensitive and
-//!   never extractable. It is public (`CKA_PRIVATE` false) because an SO session cannot create
-//!   private objects; its value can still never be read.
+//!   `CKA_TRUSTED` (only an SO login may set it), usable only to wrap, not modifiable,
+//!   sensitive and never extractable. It is public (`CKA_PRIVATE` false) because an SO session
+//!   cannot create private objects; its value can still never be read through PKCS#11.
 //! * Online keys of a home with key backup are generated `CKA_EXTRACTABLE` and
 //!   `CKA_WRAP_WITH_TRUSTED`: the token wraps them only under a trusted key, with
 //!   `CKM_AES_KEY_WRAP_PAD` (RFC 5649), so a private key leaves a token only encrypted under
-//!   the key-backup key, and is unwrapped only inside another token holding the same key.
+//!   the key-backup key.
+//! * The key-backup key never unwraps (`CKA_UNWRAP` false, and not modifiable so no user can
+//!   turn it on): whoever unwraps chooses the new key's attributes, `CKA_SENSITIVE` false
+//!   included, and PKCS#11's `CKA_UNWRAP_TEMPLATE`, which would forbid that, is not in
+//!   cryptoki. Unwrapping is done with a *session* object of the same value (`<label>-unwrap`),
+//!   made in the ceremony's own session from the quorum's secret and gone when that session
+//!   ends, crash or not: between ceremonies no token can unwrap anything.
+//! * A key already in a token under the key-backup key's label is taken only after the token
+//!   shows it holds the same value (a key wrapped under it unwraps under ours): someone who knew
+//!   a fresh token's SO PIN could otherwise plant a trusted key of their own under that label.
 
 use std::sync::Arc;
 
@@ -15,7 +24,7 @@ use ca_core::hsm::{KeyInfo, WrappedKey};
 use ca_core::verify_signature;
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use der::Encode;
 use secrecy::SecretString;
@@ -34,7 +43,6 @@ impl Hsm {
         key_label: &str,
         value: &[u8],
         new_so_pin: Option<&SecretString>,
-        unwrap: bool,
     ) -> Result<(), HsmError> {
         if value.len() != 32 {
             return Err(HsmError::Unexpected {
@@ -71,24 +79,182 @@ impl Hsm {
                 ))
             }
         }
+        let mut created = None;
         let out = check_trusted_keys(&session, token, key_label)
-            .and_then(|()| create_backup_key(&session, token, key_label, value, false))
-            .and_then(|()| {
-                if unwrap {
-                    create_backup_key(&session, token, &unwrap_label(key_label), value, true)
-                } else {
-                    Ok(())
+            .and_then(|()| ensure_backup_key(&session, token, key_label, value))
+            .and_then(|made| {
+                created = made;
+                match new_so_pin {
+                    Some(new) => session.set_pin(so_pin, new).map_err(|e| {
+                        HsmError::from_ck(e, format!("changing the SO PIN of {token:?}"))
+                    }),
+                    None => Ok(()),
                 }
-            })
-            .and_then(|()| match new_so_pin {
-                Some(new) => session
-                    .set_pin(so_pin, new)
-                    .map_err(|e| HsmError::from_ck(e, format!("changing the SO PIN of {token:?}"))),
-                None => Ok(()),
             });
+        if out.is_err() {
+            // The SO PIN did not change: the key made in this call goes too, so the token is as
+            // it was (a ceremony run again makes it afresh).
+            if let Some(h) = created {
+                let _ = session.destroy_object(h);
+            }
+        }
         let _ = session.logout();
         out
     }
+}
+
+/// The key-backup key under `key_label`: made when absent (returns its handle), or, when
+/// present, checked to be trusted, wrap-only and of `value`.
+fn ensure_backup_key(
+    session: &Session,
+    token: &str,
+    key_label: &str,
+    value: &[u8],
+) -> Result<Option<ObjectHandle>, HsmError> {
+    let ck = |e, what: &str| HsmError::from_ck(e, format!("{what} on {token:?}"));
+    let existing = session
+        .find_objects(&[
+            Attribute::Token(true),
+            Attribute::Label(key_label.as_bytes().to_vec()),
+        ])
+        .map_err(|e| ck(e, "looking for the key-backup key"))?;
+    let Some(&k) = existing.first() else {
+        return create_backup_key(session, token, key_label, value).map(Some);
+    };
+    let mismatch = |why: &str| HsmError::BackupKeyMismatch {
+        token: token.into(),
+        label: key_label.into(),
+        why: why.into(),
+    };
+    if existing.len() > 1 {
+        return Err(mismatch("several objects carry its label"));
+    }
+    let attrs = session
+        .get_attributes(
+            k,
+            &[
+                AttributeType::Class,
+                AttributeType::Trusted,
+                AttributeType::Unwrap,
+                AttributeType::Modifiable,
+            ],
+        )
+        .map_err(|e| ck(e, "reading the key-backup key"))?;
+    let mut ok = 0;
+    for a in attrs {
+        ok += match a {
+            Attribute::Class(c) => usize::from(c == ObjectClass::SECRET_KEY),
+            Attribute::Trusted(t) => usize::from(t),
+            Attribute::Unwrap(u) => usize::from(!u),
+            Attribute::Modifiable(m) => usize::from(!m),
+            _ => 0,
+        };
+    }
+    if ok != 4 {
+        return Err(mismatch(
+            "it is not a trusted, wrap-only, unmodifiable secret key",
+        ));
+    }
+    if !same_value(session, k, value).map_err(|e| ck(e, "checking the key-backup key"))? {
+        return Err(mismatch("it holds another value"));
+    }
+    Ok(None)
+}
+
+/// Whether the key `k` (which may wrap) holds `value`: a fresh session key wrapped under `k`
+/// must unwrap under a session copy of `value` (the AES key wrap's integrity check) to the same
+/// bytes. Everything made here is a session object, destroyed before returning.
+fn same_value(session: &Session, k: ObjectHandle, value: &[u8]) -> Result<bool, CkError> {
+    let probe = session.generate_key(
+        &Mechanism::AesKeyGen,
+        &[
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::AES),
+            Attribute::ValueLen(32.into()),
+            Attribute::Token(false),
+            Attribute::Private(false),
+            Attribute::Sensitive(false),
+            Attribute::Extractable(true),
+        ],
+    )?;
+    let outcome = (|| -> Result<bool, CkError> {
+        let wrapped = session.wrap_key(&Mechanism::AesKeyWrapPad, k, probe)?;
+        let ours = create_secret(session, "meterpki-value-check", value, false, false, false)?;
+        let back = session.unwrap_key(
+            &Mechanism::AesKeyWrapPad,
+            ours,
+            &wrapped,
+            &[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(KeyType::AES),
+                Attribute::Token(false),
+                Attribute::Private(false),
+                Attribute::Sensitive(false),
+                Attribute::Extractable(true),
+            ],
+        );
+        let _ = session.destroy_object(ours);
+        // The integrity check failed: another value.
+        let Ok(back) = back else { return Ok(false) };
+        let read = |h| -> Result<Vec<u8>, CkError> {
+            Ok(session
+                .get_attributes(h, &[AttributeType::Value])?
+                .into_iter()
+                .find_map(|a| match a {
+                    Attribute::Value(v) => Some(v),
+                    _ => None,
+                })
+                .unwrap_or_default())
+        };
+        let same = read(probe)? == read(back)?;
+        let _ = session.destroy_object(back);
+        Ok(same)
+    })();
+    let _ = session.destroy_object(probe);
+    outcome
+}
+
+/// An AES secret key of `value`: trusted and wrap-only (`trusted`), or unwrap-only; sensitive,
+/// never extractable, not modifiable; on the token (`token`) or a session object; `private`
+/// only from a user session. The template's copy
+/// of the value is wiped after the call (cryptoki keeps it in a plain `Vec`).
+fn create_secret(
+    session: &Session,
+    label: &str,
+    value: &[u8],
+    token: bool,
+    trusted: bool,
+    private: bool,
+) -> Result<ObjectHandle, CkError> {
+    let unwrap = !trusted;
+    let mut template = vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::Token(token),
+        // An SO session cannot create private objects; the unwrap-only session key is made in
+        // the ceremony's user session, where it is private.
+        Attribute::Private(private),
+        Attribute::Trusted(trusted),
+        Attribute::Wrap(!unwrap),
+        Attribute::Unwrap(unwrap),
+        Attribute::Modifiable(false),
+        Attribute::Encrypt(false),
+        Attribute::Decrypt(false),
+        Attribute::Sign(false),
+        Attribute::Verify(false),
+        Attribute::Derive(false),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Value(value.to_vec()),
+    ];
+    let out = session.create_object(&template);
+    for a in template.iter_mut() {
+        if let Attribute::Value(v) = a {
+            v.zeroize();
+        }
+    }
+    out
 }
 
 /// The label of the unwrap-only copy of the key-backup key labelled `key_label`.
@@ -104,7 +270,7 @@ fn trusted_labels(session: &Session) -> Result<Vec<String>, CkError> {
         Attribute::Class(ObjectClass::SECRET_KEY),
         Attribute::Trusted(true),
     ])? {
-        for a in session.get_attributes(h, &[cryptoki::object::AttributeType::Label])? {
+        for a in session.get_attributes(h, &[AttributeType::Label])? {
             if let Attribute::Label(l) = a {
                 out.push(String::from_utf8_lossy(&l).into_owned());
             }
@@ -128,54 +294,28 @@ fn check_trusted_keys(session: &Session, token: &str, key_label: &str) -> Result
     })
 }
 
+/// Makes the wrap-only, trusted key-backup key on the token; returns its handle.
 fn create_backup_key(
     session: &Session,
     token: &str,
     key_label: &str,
     value: &[u8],
-    unwrap: bool,
-) -> Result<(), HsmError> {
-    let label = Attribute::Label(key_label.as_bytes().to_vec());
-    let existing = session
-        .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY), label.clone()])
-        .map_err(|e| HsmError::from_ck(e, format!("looking for {key_label:?} on {token:?}")))?;
-    if !existing.is_empty() {
-        return Ok(());
-    }
-    let mut template = vec![
-        Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::KeyType(KeyType::AES),
-        Attribute::Token(true),
-        Attribute::Private(false),
-        // The wrap-only key is trusted (it may wrap keys made CKA_WRAP_WITH_TRUSTED); the
-        // unwrap-only copy need not be, and is not.
-        Attribute::Trusted(!unwrap),
-        Attribute::Wrap(!unwrap),
-        Attribute::Unwrap(unwrap),
-        Attribute::Modifiable(false),
-        Attribute::Encrypt(false),
-        Attribute::Decrypt(false),
-        Attribute::Sign(false),
-        Attribute::Verify(false),
-        Attribute::Derive(false),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(false),
-        label,
-        Attribute::Value(value.to_vec()),
-    ];
-    let out = session.create_object(&template);
-    // cryptoki keeps the template's bytes in a plain Vec: wipe our copy of the key.
-    for a in template.iter_mut() {
-        if let Attribute::Value(v) = a {
-            v.zeroize();
-        }
-    }
-    out.map(|_| ()).map_err(|e| {
+) -> Result<ObjectHandle, HsmError> {
+    create_secret(session, key_label, value, true, true, false).map_err(|e| {
         HsmError::from_ck(
             e,
             format!("creating the key-backup key {key_label:?} on {token:?}"),
         )
     })
+}
+
+/// The secret session objects labelled `label`.
+fn session_keys(session: &Session, label: &str) -> Result<Vec<ObjectHandle>, CkError> {
+    session.find_objects(&[
+        Attribute::Token(false),
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::Label(label.as_bytes().to_vec()),
+    ])
 }
 
 /// What a wrap or unwrap did not find.
@@ -212,15 +352,25 @@ impl Token {
         self.with_session("listing trusted keys", |s| trusted_labels(&s.session))
     }
 
+    /// Makes the unwrap-only copy of the key-backup key `key_label` from `value`, as a session
+    /// object of this pool's session (private, sensitive, never extractable, not modifiable):
+    /// it is gone when the session ends, whatever ends it.
+    pub fn load_unwrap_key(&self, key_label: &str, value: &[u8]) -> Result<(), HsmError> {
+        let label = unwrap_label(key_label);
+        self.with_session("loading the unwrap key", |s| {
+            for h in session_keys(&s.session, &label)? {
+                s.session.destroy_object(h)?;
+            }
+            create_secret(&s.session, &label, value, false, false, true).map(|_| ())
+        })
+    }
+
     /// Destroys the unwrap-only copy of the key-backup key `key_label` (after a ceremony).
     /// Returns how many objects went.
     pub fn remove_unwrap_key(&self, key_label: &str) -> Result<usize, HsmError> {
         let label = unwrap_label(key_label);
         self.with_session("removing the unwrap key", |s| {
-            let found = s.session.find_objects(&[
-                Attribute::Class(ObjectClass::SECRET_KEY),
-                Attribute::Label(label.as_bytes().to_vec()),
-            ])?;
+            let found = session_keys(&s.session, &label)?;
             for h in &found {
                 s.session.destroy_object(*h)?;
             }
@@ -309,7 +459,7 @@ impl Token {
         let what = format!("unwrapping key {label:?} under {wrapping:?}");
         let unwrapping = unwrap_label(wrapping);
         let out = self.with_session(&what, |s| {
-            let Some(wk) = find_one(&s.session, ObjectClass::SECRET_KEY, &unwrapping)? else {
+            let Some(&wk) = session_keys(&s.session, &unwrapping)?.first() else {
                 return Ok(Err(Missing::BackupKey));
             };
             let private = s.session.unwrap_key(

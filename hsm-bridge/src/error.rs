@@ -109,6 +109,16 @@ pub enum HsmError {
         /// Why.
         reason: String,
     },
+    /// The key under the key-backup key's label is not the key-backup key.
+    #[error("token {token:?} holds an object labelled {label:?} that is not this home's key-backup key ({why}): someone who knew its security-officer PIN may have planted it; nothing was done. Investigate, then remove it with the token's SO")]
+    BackupKeyMismatch {
+        /// The token.
+        token: String,
+        /// The label.
+        label: String,
+        /// What is wrong with it.
+        why: String,
+    },
     /// The token holds a trusted key meterpki did not make.
     #[error("token {token:?} holds trusted key(s) the key-backup ceremony did not make ({labels}): someone who knew its security-officer PIN made them, and could wrap every key out under them; nothing was done. Investigate, then remove them with the token's SO")]
     ForeignTrustedKey {

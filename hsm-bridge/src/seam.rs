@@ -29,7 +29,9 @@ impl HsmError {
             HsmError::BackupKeyMissing { .. } => HsmErrorKind::BackupKeyMissing,
             HsmError::NotExportable { .. } => HsmErrorKind::NotExportable,
             HsmError::WrappedKeyRefused { .. } => HsmErrorKind::WrappedKeyRefused,
-            HsmError::ForeignTrustedKey { .. } => HsmErrorKind::ForeignTrustedKey,
+            HsmError::ForeignTrustedKey { .. } | HsmError::BackupKeyMismatch { .. } => {
+                HsmErrorKind::ForeignTrustedKey
+            }
             HsmError::KeyExists { .. } => HsmErrorKind::KeyExists,
             _ => HsmErrorKind::Device,
         }
@@ -148,11 +150,10 @@ impl HsmModule for Pkcs11Module {
         key_label: &str,
         value: &[u8],
         new_so_pin: Option<&SecretString>,
-        unwrap: bool,
     ) -> Result<(), ca_core::hsm::HsmError> {
         Ok(self
             .hsm
-            .install_backup_key(token, so_pin, key_label, value, new_so_pin, unwrap)?)
+            .install_backup_key(token, so_pin, key_label, value, new_so_pin)?)
     }
 }
 
@@ -188,6 +189,10 @@ impl HsmToken for TokenHandle {
 
     fn trusted_keys(&self) -> Result<Vec<String>, ca_core::hsm::HsmError> {
         Ok(self.0.trusted_keys()?)
+    }
+
+    fn load_unwrap_key(&self, key_label: &str, value: &[u8]) -> Result<(), ca_core::hsm::HsmError> {
+        Ok(self.0.load_unwrap_key(key_label, value)?)
     }
 
     fn remove_unwrap_key(&self, key_label: &str) -> Result<usize, ca_core::hsm::HsmError> {

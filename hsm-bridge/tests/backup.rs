@@ -25,49 +25,34 @@ fn a_key_wrapped_under_the_trusted_backup_key_moves_to_another_token_and_nowhere
                     .unwrap();
             }
             let new_so = SecretString::from("a-new-so-pin-0000");
-            hsm.install_backup_key(
-                "a",
-                &SecretString::from(SO),
-                KBK,
-                &value,
-                Some(&new_so),
-                false,
-            )
-            .unwrap();
-            // B, the target, also gets the unwrap-only copy, for this ceremony.
-            hsm.install_backup_key("b", &SecretString::from(SO), KBK, &value, None, true)
+            hsm.install_backup_key("a", &SecretString::from(SO), KBK, &value, Some(&new_so))
+                .unwrap();
+            hsm.install_backup_key("b", &SecretString::from(SO), KBK, &value, None)
                 .unwrap();
             // Run again: the key is left as it is (no duplicate), the old SO PIN is gone.
             let err = hsm
-                .install_backup_key("a", &SecretString::from(SO), KBK, &value, None, false)
+                .install_backup_key("a", &SecretString::from(SO), KBK, &value, None)
                 .unwrap_err();
             assert!(matches!(err, HsmError::PinIncorrect { .. }), "{err}");
-            hsm.install_backup_key("a", &new_so, KBK, &value, None, false)
+            hsm.install_backup_key("a", &new_so, KBK, &value, None)
                 .unwrap();
             // A token holding a trusted key someone else made (its SO PIN was known): refused.
-            hsm.install_backup_key(
-                "c",
-                &SecretString::from(SO),
-                "rogue",
-                &[1u8; 32],
-                None,
-                false,
-            )
-            .unwrap();
+            hsm.install_backup_key("c", &SecretString::from(SO), "rogue", &[1u8; 32], None)
+                .unwrap();
             let err = hsm
-                .install_backup_key("c", &SecretString::from(SO), KBK, &value, None, false)
+                .install_backup_key("c", &SecretString::from(SO), KBK, &value, None)
                 .unwrap_err();
             assert!(matches!(err, HsmError::ForeignTrustedKey { .. }), "{err}");
-            // "other" holds a different key-backup key under the same label.
-            hsm.install_backup_key(
-                "other",
-                &SecretString::from(SO),
-                KBK,
-                &[9u8; 32],
-                None,
-                true,
-            )
-            .unwrap();
+            // A key planted under the key-backup key's own label with another value (by whoever
+            // knew a fresh token's SO PIN): the ceremony's install refuses it.
+            let err = hsm
+                .install_backup_key("other", &SecretString::from(SO), KBK, &[9u8; 32], None)
+                .and_then(|()| {
+                    hsm.install_backup_key("other", &SecretString::from(SO), KBK, &value, None)
+                })
+                .unwrap_err();
+            assert!(matches!(err, HsmError::BackupKeyMismatch { .. }), "{err}");
+            // "other" holds a different key-backup key under the same label (made just above).
 
             let a = hsm.open("a", SecretString::from(USER), 2).unwrap();
             let b = hsm.open("b", SecretString::from(USER), 2).unwrap();
@@ -136,6 +121,10 @@ fn a_key_wrapped_under_the_trusted_backup_key_moves_to_another_token_and_nowhere
                     "the key-backup key was made to unwrap"
                 );
             }
+            // Nothing unwraps before the ceremony's session copy of the value is loaded.
+            let err = b.unwrap_key(KBK, &wrapped).unwrap_err();
+            assert!(matches!(err, HsmError::BackupKeyMissing { .. }), "{err}");
+            b.load_unwrap_key(KBK, &value).unwrap();
             let got = b.unwrap_key(KBK, &wrapped).unwrap();
             assert_eq!(got.spki, info.spki);
             assert_eq!(got.id, info.id);
@@ -161,6 +150,7 @@ fn a_key_wrapped_under_the_trusted_backup_key_moves_to_another_token_and_nowhere
             assert!(matches!(err, HsmError::BackupKeyMissing { .. }), "{err}");
             assert!(c.find_key("device-ca").unwrap().is_none());
             // A token holding another key-backup key refuses the wrapped key; nothing is left.
+            other.load_unwrap_key(KBK, &[9u8; 32]).unwrap();
             let err = other.unwrap_key(KBK, &wrapped).unwrap_err();
             assert!(matches!(err, HsmError::WrappedKeyRefused { .. }), "{err}");
             assert!(other

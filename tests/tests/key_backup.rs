@@ -208,6 +208,25 @@ fn keys_are_replicated_backed_up_and_restored_only_under_a_quorum() {
     ]);
     s.run("h", &a)
         .fails(2, "not to this home's key-backup ceremony");
+    // A target not in [[hsm.tokens]], with a full quorum: refused before any token is touched
+    // (online-b's SO PIN file, still there, is not used).
+    let carol = kb_share(&s, "carol");
+    s.run(
+        "h",
+        &[
+            "ceremony",
+            "replicate",
+            "--to-token",
+            "online-typo",
+            "--share",
+            alice.as_str(),
+            "--share",
+            bob.as_str(),
+            "--share",
+            carol.as_str(),
+        ],
+    )
+    .fails(2, "not in [[hsm.tokens]]");
     assert_eq!(before, s.snapshot(), "a refused replication changed files");
     assert!(
         pkcs11_tool_private_keys(&s, "h", "online-b", "secrets/online-b.pin").is_empty(),

@@ -1,8 +1,8 @@
 //! The key-backup ceremonies (docs/hsms.md#key-replication-and-backup-under-a-quorum):
-//! `backup-key` makes the quorum's key-backup key, `replicate` copies every online key to
-//! another token, `backup` writes them wrapped to a file and `restore` brings them into a
-//! fresh token. Every one needs M shares, refuses a home made with `--key-backup none`, checks
-//! everything it was given before changing anything, and is an audit record naming the
+//! `backup-key` (in `backupkey.rs`) makes the quorum's key-backup key, `replicate` copies every
+//! online key to another token, `backup` writes them wrapped to a file and `restore` brings them
+//! into a fresh token. Every one needs M shares, refuses a home made with `--key-backup none`,
+//! checks everything it was given before changing any token, and is an audit record naming the
 //! officers whose shares opened it.
 
 use std::path::{Path, PathBuf};
@@ -10,18 +10,14 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use super::ceremony::{
-    check_officers, create_private_dir, json_text, stage, undo, Prepared, RootCeremony,
-};
+use super::ceremony::{json_text, stage, undo, Prepared};
 use super::error::io_at;
-use super::{
-    authorize, now_compact, now_rfc3339, random_hex, Action, Actor, Service, ServiceError,
-};
+use super::{authorize, now_compact, now_rfc3339, Action, Actor, Service, ServiceError};
 use crate::config::{KeyBackup, TokenConfig};
 use crate::fsutil::write_new_secret;
 use crate::hsm::{HsmErrorKind, HsmToken, KeyProtection, SecretString, WrappedKey};
 use crate::keybackup::{BackupBody, BackupFileError, BackupSecret, KeyBackupRecord};
-use crate::quorum::{combine_checked, split_secret, RootSecret, ShareFile};
+use crate::quorum::{combine_checked, ShareFile};
 use crate::store::Txn;
 
 /// What `ceremony backup-key` is asked for.
@@ -47,6 +43,15 @@ pub(super) struct Opened {
 impl From<BackupFileError> for ServiceError {
     fn from(e: BackupFileError) -> ServiceError {
         match e {
+            // A file that is not there, or too large to be a backup, is the caller's mistake.
+            BackupFileError::Io { file, source }
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::InvalidData
+                ) =>
+            {
+                ServiceError::invalid("from", format!("backup file {}: {source}", file.display()))
+            }
             BackupFileError::Io { file, source } => {
                 ServiceError::io(format!("reading backup file {}", file.display()), source)
             }
@@ -61,7 +66,7 @@ impl Service {
         self.config.hsm.key_backup.protection()
     }
 
-    fn require_key_backup(&self, ceremony: &str) -> Result<(), ServiceError> {
+    pub(super) fn require_key_backup(&self, ceremony: &str) -> Result<(), ServiceError> {
         if self.config.hsm.key_backup == KeyBackup::None {
             return Err(ServiceError::conflict(
                 "key-backup-disabled",
@@ -107,7 +112,18 @@ impl Service {
             files.push((p.clone(), ShareFile::read(p)?));
         }
         let secret = BackupSecret(combine_checked(&record.share_check(), &files)?);
-        let mut officers: Vec<String> = files.iter().map(|(_, s)| s.officer.clone()).collect();
+        // The names the ceremony gave each share index (the record's), not what a share file
+        // says of itself: the share's digest does not cover its `officer` field.
+        let mut officers: Vec<String> = files
+            .iter()
+            .map(|(_, s)| {
+                record
+                    .officer_names
+                    .get(usize::from(s.index).wrapping_sub(1))
+                    .cloned()
+                    .unwrap_or_else(|| s.officer.clone())
+            })
+            .collect();
         officers.sort();
         officers.dedup();
         Ok(Opened {
@@ -118,7 +134,7 @@ impl Service {
     }
 
     /// The online tokens of the config: `[[hsm.tokens]]`, or the online token alone.
-    fn configured_tokens(&self) -> Vec<TokenConfig> {
+    pub(super) fn configured_tokens(&self) -> Vec<TokenConfig> {
         if self.config.hsm.tokens.is_empty() {
             return vec![TokenConfig {
                 label: self.config.hsm.online_token.clone(),
@@ -144,7 +160,7 @@ impl Service {
 
     /// [`Service::secure_tokens`], telling the caller which tokens were secured before a
     /// failure (their SO PIN is then the quorum's: the ceremony's shares must be kept).
-    fn secure_tokens_into(
+    pub(super) fn secure_tokens_into(
         &self,
         opened: &Opened,
         secured: &mut Vec<String>,
@@ -157,8 +173,10 @@ impl Service {
             if !file.exists() {
                 continue;
             }
-            let pin = crate::read_bounded(&file, 1024)
-                .map_err(io_at(format!("reading {}", file.display())))?;
+            let pin = zeroize::Zeroizing::new(
+                crate::read_bounded(&file, 1024)
+                    .map_err(io_at(format!("reading {}", file.display())))?,
+            );
             let pin = zeroize::Zeroizing::new(String::from_utf8_lossy(&pin).trim().to_string());
             let module = self.module_at(t.module.as_deref().unwrap_or(&self.config.hsm.module))?;
             let new_pin = opened.secret.so_pin(&t.label);
@@ -168,12 +186,13 @@ impl Service {
                 &opened.record.key_label,
                 key.as_ref(),
                 Some(&SecretString::from(new_pin.to_string())),
-                false,
             )?;
+            // From here the token's SO PIN is the quorum's: it counts as secured even if the
+            // file cannot be removed (a later ceremony tries the file, then the quorum's PIN).
+            secured.push(t.label.clone());
             std::fs::remove_file(&file).map_err(io_at(format!("removing {}", file.display())))?;
             crate::fsutil::sync_dir(&self.home.secrets_dir())
                 .map_err(io_at("syncing secrets/".into()))?;
-            secured.push(t.label);
         }
         Ok(())
     }
@@ -197,7 +216,6 @@ impl Service {
                 &opened.record.key_label,
                 key.as_ref(),
                 None,
-                true,
             )
             .map_err(|e| match e.kind {
                 HsmErrorKind::PinIncorrect => self.no_backup_key(label, &opened.record.key_label),
@@ -205,10 +223,10 @@ impl Service {
             })?;
         let pin = (self.hsm.token_pin)(&self.config, &listed)?;
         let target = module.open(label, pin, 1)?;
-        if let Err(e) = self.with_backup_key(&target, opened) {
-            let _ = target.remove_unwrap_key(&opened.record.key_label);
-            return Err(e);
-        }
+        self.with_backup_key(&target, opened)?;
+        // The unwrap-only copy lives in this process's session with the target: gone when the
+        // ceremony ends, whatever ends it.
+        target.load_unwrap_key(&opened.record.key_label, key.as_ref())?;
         Ok(target)
     }
 
@@ -354,178 +372,6 @@ impl Service {
         )
     }
 
-    /// `ceremony backup-key`: a fresh secret split into N shares (M needed), its key-backup
-    /// key put into every online token as a trusted key, each token's SO PIN replaced by one
-    /// only the quorum can rebuild.
-    pub fn backup_key_ceremony(
-        &self,
-        actor: &Actor,
-        c: &BackupKeyCeremony,
-    ) -> Result<serde_json::Value, ServiceError> {
-        authorize(actor, Action::Administer)?;
-        self.require_key_backup("backup-key")?;
-        if self.home.key_backup_ceremony().exists() {
-            return Err(ServiceError::conflict(
-                "key-backup-exists",
-                format!(
-                    "this home already has a key-backup key ({}); a second backup-key ceremony changes nothing",
-                    self.home.key_backup_ceremony().display()
-                ),
-            ));
-        }
-        let names = check_officers(&RootCeremony {
-            officers: c.officers,
-            quorum: c.quorum,
-            officer_names: c.officer_names.clone(),
-            shares_dir: c.shares_dir.clone(),
-        })?;
-        // Every token must be securable: its SO PIN file is there.
-        for t in self.configured_tokens() {
-            let file = self
-                .home
-                .token_so_pin(&t.label, &self.config.hsm.online_token);
-            if !file.exists() {
-                return Err(ServiceError::conflict(
-                    "no-so-pin",
-                    format!(
-                        "token {:?}: its security-officer PIN is not in {}; the ceremony installs the key-backup key with it. Put it there (0600) for the ceremony; nothing changed",
-                        t.label,
-                        file.display()
-                    ),
-                ));
-            }
-        }
-        let share_paths: Vec<PathBuf> = names
-            .iter()
-            .map(|n| c.shares_dir.join(format!("{n}.share")))
-            .collect();
-        if let Some(p) = share_paths.iter().find(|p| p.exists()) {
-            return Err(ServiceError::conflict(
-                "share-exists",
-                format!(
-                    "{} already exists; a share file is never overwritten",
-                    p.display()
-                ),
-            ));
-        }
-        let created_dir = create_private_dir(&c.shares_dir)?;
-        let secret = RootSecret::generate();
-        let ceremony_id = random_hex(16);
-        let outcome = self.backup_key_shares(actor, c, secret, &ceremony_id, &names, &share_paths);
-        if undo(&outcome) {
-            for p in &share_paths {
-                let _ = std::fs::remove_file(p);
-            }
-            if created_dir {
-                let _ = std::fs::remove_dir(&c.shares_dir);
-            }
-        }
-        outcome
-    }
-
-    fn backup_key_shares(
-        &self,
-        actor: &Actor,
-        c: &BackupKeyCeremony,
-        secret: RootSecret,
-        ceremony_id: &str,
-        names: &[String],
-        share_paths: &[PathBuf],
-    ) -> Result<serde_json::Value, ServiceError> {
-        let (shares, digests) = split_secret(&secret, ceremony_id, c.quorum, names)?;
-        for (share, path) in shares.iter().zip(share_paths) {
-            write_new_secret(
-                path,
-                share
-                    .to_text_for("key-backup", "copy, back up or restore the online keys")
-                    .as_bytes(),
-            )
-            .map_err(io_at(format!("writing share file {}", path.display())))?;
-        }
-        let record = KeyBackupRecord {
-            ceremony_id: ceremony_id.into(),
-            created: now_rfc3339(),
-            quorum: c.quorum,
-            officers: c.officers,
-            officer_names: names.to_vec(),
-            share_digests: digests.clone(),
-            secret_check: secret.check_value(ceremony_id),
-            key_label: KeyBackupRecord::key_label_for(ceremony_id),
-        };
-        // The tokens get the key and their SO PINs change now, before this process logs in
-        // to them as user (the audit record below is signed on the online token). From the
-        // first token secured on, the shares are the only way to its SO PIN: they and the
-        // record are kept whatever happens next.
-        let opened = Opened {
-            record,
-            secret: BackupSecret(secret),
-            officers: names.to_vec(),
-        };
-        let mut secured = Vec::new();
-        let secure = self.secure_tokens_into(&opened, &mut secured);
-        let record = opened.record;
-        let keep = |e: ServiceError| -> ServiceError {
-            if secured.is_empty() {
-                return e;
-            }
-            let kept = json_text(&record).and_then(|t| {
-                crate::write_atomic(&self.home.key_backup_ceremony(), t.as_bytes(), 0o600)
-                    .map_err(io_at("writing the key-backup record".into()))
-            });
-            ServiceError::Incomplete(format!(
-                "the key-backup key is in token(s) {} and its shares are written ({}), but the ceremony did not finish: {e}{}; keep the shares and run `meterpki ceremony backup --out FILE --share ...` with M of them to finish",
-                secured.join(", "),
-                c.shares_dir.display(),
-                match kept {
-                    Ok(()) => String::new(),
-                    Err(k) => format!(" (and its record could not be kept: {k})"),
-                }
-            ))
-        };
-        if let Err(e) = secure {
-            return Err(keep(e));
-        }
-        let tokens: Vec<String> = self
-            .configured_tokens()
-            .into_iter()
-            .map(|t| t.label)
-            .collect();
-        let transcript = json!({
-            "ceremony": "backup-key",
-            "ceremony_id": ceremony_id,
-            "operator": actor.name(),
-            "time": record.created,
-            "quorum": c.quorum,
-            "officers": names,
-            "share_files": share_paths.iter().zip(&digests).map(|(p, d)| json!({"file": p, "sha256_of_share": d})).collect::<Vec<_>>(),
-            "key_label": record.key_label,
-            "key": "AES-256, CKA_TRUSTED, wrap/unwrap only, sensitive, not extractable",
-            "tokens": tokens,
-        });
-        let transcript_path = self
-            .home
-            .ceremonies_dir()
-            .join(format!("{}-backup-key.json", now_compact()));
-        let files = vec![
-            stage(&transcript_path, &json_text(&transcript)?)?,
-            stage(&self.home.key_backup_ceremony(), &json_text(&record)?)?,
-        ];
-        self.record_ceremony(
-            actor,
-            Prepared {
-                event: "ceremony.backup-key".into(),
-                transcript,
-                transcript_path,
-                files,
-                txn: Txn::new(),
-            },
-        )
-        .map_err(|e| match e {
-            ServiceError::Incomplete(_) => e,
-            other => keep(other),
-        })
-    }
-
     /// `ceremony replicate --to-token LABEL`: every online key pair copied, wrapped under the
     /// key-backup key, from the online token into `to_token` (listed in `[[hsm.tokens]]`).
     pub fn replicate_ceremony(
@@ -543,6 +389,7 @@ impl Service {
                 format!("{to_token:?} is the online token itself: name another token"),
             ));
         }
+        self.listed(to_token)?;
         let secured = self.secure_tokens(&opened)?;
         let target = self.open_unwrap_target(&opened, to_token)?;
         let source = self.online()?;
@@ -664,6 +511,7 @@ impl Service {
         let keys = body.keys().map_err(|e| {
             ServiceError::invalid("from", format!("backup file {}: {e}", from.display()))
         })?;
+        self.listed(to_token)?;
         let secured = self.secure_tokens(&opened)?;
         let target = self.open_unwrap_target(&opened, to_token)?;
         let restored = self

@@ -10,6 +10,7 @@ mod accounts;
 mod admin;
 mod arl;
 mod authz;
+mod backupkey;
 mod ceremony;
 mod crls;
 mod error;

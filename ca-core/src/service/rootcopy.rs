@@ -73,7 +73,7 @@ impl Service {
         let key_label = opened.record.key_label.clone();
         let key = opened.secret.wrapping_key();
         // The root token gets the wrap-only key-backup key (its SO is the root quorum's).
-        module.install_backup_key(&source, &so, &key_label, key.as_ref(), None, false)?;
+        module.install_backup_key(&source, &so, &key_label, key.as_ref(), None)?;
         module
             .init_token(to_token, &so, &user())
             .map_err(|e| match e.kind {
@@ -84,9 +84,10 @@ impl Service {
                 _ => e.into(),
             })?;
         let run = || -> Result<serde_json::Value, ServiceError> {
-            module.install_backup_key(to_token, &so, &key_label, key.as_ref(), None, true)?;
+            module.install_backup_key(to_token, &so, &key_label, key.as_ref(), None)?;
             let root = module.open(&source, user(), 1)?;
             let target = module.open(to_token, user(), 1)?;
+            target.load_unwrap_key(&key_label, key.as_ref())?;
             let wrapped = root.wrap_key(&key_label, &CaKind::Root.key_label());
             let copied = wrapped.and_then(|w| target.unwrap_key(&key_label, &w));
             let _ = target.remove_unwrap_key(&key_label);

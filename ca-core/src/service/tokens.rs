@@ -196,9 +196,10 @@ impl Service {
             &SecretString::from(user.to_string()),
         )?;
         let run = || -> Result<serde_json::Value, ServiceError> {
-            write_new_secret(&pin_path, format!("{}\n", user.as_str()).as_bytes())
+            let line = |pin: &str| zeroize::Zeroizing::new(format!("{pin}\n"));
+            write_new_secret(&pin_path, line(user.as_str()).as_bytes())
                 .map_err(io_at(format!("writing {}", pin_path.display())))?;
-            write_new_secret(&so_path, format!("{}\n", so.as_str()).as_bytes())
+            write_new_secret(&so_path, line(so.as_str()).as_bytes())
                 .map_err(io_at(format!("writing {}", so_path.display())))?;
             let details = serde_json::json!({
                 "token": label,
