@@ -195,7 +195,16 @@ fn same_value(session: &Session, k: ObjectHandle, value: &[u8]) -> Result<bool, 
         );
         let _ = session.destroy_object(ours);
         // The integrity check failed: another value.
-        let Ok(back) = back else { return Ok(false) };
+        let back = match back {
+            Ok(b) => b,
+            // The key wrap's integrity check failed: another value (SoftHSM 2.6 answers
+            // CKR_GENERAL_ERROR for it). Any other failure is an error, not a verdict.
+            Err(CkError::Pkcs11(
+                RvError::GeneralError | RvError::WrappedKeyInvalid | RvError::EncryptedDataInvalid,
+                _,
+            )) => return Ok(false),
+            Err(e) => return Err(e),
+        };
         let read = |h| -> Result<Vec<u8>, CkError> {
             Ok(session
                 .get_attributes(h, &[AttributeType::Value])?
@@ -262,14 +271,12 @@ pub(crate) fn unwrap_label(key_label: &str) -> String {
     format!("{key_label}-unwrap")
 }
 
-/// The labels of the trusted secret keys visible to `session` (every one is public: only an
-/// SO session can create one, and it cannot create private objects).
+/// The labels of the trusted objects visible to `session`, of any class (a trusted public key
+/// can wrap too, with mechanisms such as `CKM_RSA_AES_KEY_WRAP`); every one is public: only
+/// an SO session can create one, and it cannot create private objects.
 fn trusted_labels(session: &Session) -> Result<Vec<String>, CkError> {
     let mut out = Vec::new();
-    for h in session.find_objects(&[
-        Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::Trusted(true),
-    ])? {
+    for h in session.find_objects(&[Attribute::Trusted(true)])? {
         for a in session.get_attributes(h, &[AttributeType::Label])? {
             if let Attribute::Label(l) = a {
                 out.push(String::from_utf8_lossy(&l).into_owned());

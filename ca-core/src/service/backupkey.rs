@@ -121,8 +121,20 @@ impl Service {
         // the shares (and the record that checks them) are the only way to its SO PIN, and a
         // crash must not lose them. A failure before any token changed removes both again.
         let record_path = self.home.key_backup_ceremony();
-        crate::write_atomic(&record_path, json_text(&record)?.as_bytes(), 0o600)
-            .map_err(io_at(format!("writing {}", record_path.display())))?;
+        // Created, never overwritten: a second backup-key running at once fails here.
+        write_new_secret(&record_path, json_text(&record)?.as_bytes()).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                ServiceError::conflict(
+                    "key-backup-exists",
+                    format!(
+                        "{} appeared while this ceremony ran: another backup-key ceremony; nothing of this one is kept",
+                        record_path.display()
+                    ),
+                )
+            } else {
+                ServiceError::io(format!("writing {}", record_path.display()), e)
+            }
+        })?;
         // The tokens get the key and their SO PINs change now, before this process logs in
         // to them as user (the audit record below is signed on the online token).
         let opened = Opened {

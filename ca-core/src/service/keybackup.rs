@@ -180,15 +180,28 @@ impl Service {
             let pin = zeroize::Zeroizing::new(String::from_utf8_lossy(&pin).trim().to_string());
             let module = self.module_at(t.module.as_deref().unwrap_or(&self.config.hsm.module))?;
             let new_pin = opened.secret.so_pin(&t.label);
-            module.install_backup_key(
+            let installed = module.install_backup_key(
                 &t.label,
                 &SecretString::from(pin.to_string()),
                 &opened.record.key_label,
                 key.as_ref(),
                 Some(&SecretString::from(new_pin.to_string())),
-            )?;
+            );
+            match installed {
+                Ok(()) => {}
+                // The file outlived a PIN change (a crash, or a file that could not be
+                // removed): the token is secured already if the quorum's PIN opens it.
+                Err(e) if e.kind == HsmErrorKind::PinIncorrect => module.install_backup_key(
+                    &t.label,
+                    &SecretString::from(new_pin.to_string()),
+                    &opened.record.key_label,
+                    key.as_ref(),
+                    None,
+                )?,
+                Err(e) => return Err(e.into()),
+            }
             // From here the token's SO PIN is the quorum's: it counts as secured even if the
-            // file cannot be removed (a later ceremony tries the file, then the quorum's PIN).
+            // file cannot be removed (the next ceremony tries the file, then the quorum's PIN).
             secured.push(t.label.clone());
             std::fs::remove_file(&file).map_err(io_at(format!("removing {}", file.display())))?;
             crate::fsutil::sync_dir(&self.home.secrets_dir())

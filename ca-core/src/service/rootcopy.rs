@@ -40,10 +40,16 @@ impl Service {
                 )
             })?;
         let root_secret = self.check_shares(&record, root_shares)?;
+        // The names the root ceremony gave each share index, not what a share file says.
         let mut root_officers: Vec<String> = Vec::new();
         for p in root_shares {
             if let Ok(s) = crate::quorum::ShareFile::read(p) {
-                root_officers.push(s.officer.clone());
+                if let Some(name) = record
+                    .officer_names
+                    .get(usize::from(s.index).wrapping_sub(1))
+                {
+                    root_officers.push(name.clone());
+                }
             }
         }
         root_officers.sort();
