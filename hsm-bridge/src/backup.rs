@@ -32,7 +32,7 @@ use zeroize::Zeroize;
 
 use crate::error::HsmError;
 use crate::module::Hsm;
-use crate::pool::Token;
+use crate::pool::{private_key_template, public_key_template, Token};
 
 impl Hsm {
     /// See `ca_core::hsm::HsmModule::install_backup_key`.
@@ -473,39 +473,16 @@ impl Token {
                 &Mechanism::AesKeyWrapPad,
                 wk,
                 &w.wrapped,
-                &[
-                    Attribute::Class(ObjectClass::PRIVATE_KEY),
-                    Attribute::KeyType(KeyType::EC),
-                    Attribute::Token(true),
-                    Attribute::Private(true),
-                    Attribute::Sensitive(true),
-                    Attribute::Extractable(true),
-                    Attribute::WrapWithTrusted(true),
-                    Attribute::Sign(true),
-                    Attribute::Derive(false),
-                    Attribute::Decrypt(false),
-                    Attribute::Unwrap(false),
-                    Attribute::Label(label.as_bytes().to_vec()),
-                    Attribute::Id(w.key.id.clone()),
-                ],
+                &private_key_template(label, &w.key.id, true),
             );
             let private = match private {
                 Ok(p) => p,
                 Err(e) => return Ok(Ok(Err(e))),
             };
-            let public = s.session.create_object(&[
-                Attribute::Class(ObjectClass::PUBLIC_KEY),
-                Attribute::KeyType(KeyType::EC),
-                Attribute::Token(true),
-                Attribute::Private(false),
-                Attribute::Verify(true),
-                Attribute::Encrypt(false),
-                Attribute::Wrap(false),
-                Attribute::EcParams(params.0.clone()),
-                Attribute::EcPoint(params.1.clone()),
-                Attribute::Label(label.as_bytes().to_vec()),
-                Attribute::Id(w.key.id.clone()),
-            ]);
+            let mut public_tpl = public_key_template(label, &w.key.id);
+            public_tpl.push(Attribute::EcParams(params.0.clone()));
+            public_tpl.push(Attribute::EcPoint(params.1.clone()));
+            let public = s.session.create_object(&public_tpl);
             if let Err(e) = public {
                 let _ = s.session.destroy_object(private);
                 return Ok(Ok(Err(e)));

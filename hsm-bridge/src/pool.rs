@@ -430,34 +430,9 @@ impl Token {
         let what = format!("generating {} key {label:?}", alg.name());
         let (_, public) = self.with_session(&what, |s| {
             let id = s.session.generate_random_vec(8)?;
-            let label_bytes = label.as_bytes().to_vec();
-            let public_tpl = [
-                Attribute::Class(ObjectClass::PUBLIC_KEY),
-                Attribute::KeyType(KeyType::EC),
-                Attribute::Token(true),
-                Attribute::Private(false),
-                Attribute::Verify(true),
-                Attribute::Encrypt(false),
-                Attribute::Wrap(false),
-                Attribute::EcParams(params.clone()),
-                Attribute::Label(label_bytes.clone()),
-                Attribute::Id(id.clone()),
-            ];
-            let private_tpl = [
-                Attribute::Class(ObjectClass::PRIVATE_KEY),
-                Attribute::KeyType(KeyType::EC),
-                Attribute::Token(true),
-                Attribute::Private(true),
-                Attribute::Sensitive(true),
-                Attribute::Extractable(backup),
-                Attribute::WrapWithTrusted(backup),
-                Attribute::Sign(true),
-                Attribute::Derive(false),
-                Attribute::Decrypt(false),
-                Attribute::Unwrap(false),
-                Attribute::Label(label_bytes),
-                Attribute::Id(id.clone()),
-            ];
+            let mut public_tpl = public_key_template(label, &id);
+            public_tpl.push(Attribute::EcParams(params.clone()));
+            let private_tpl = private_key_template(label, &id, backup);
             let (public, private) = s.session.generate_key_pair(
                 &Mechanism::EccKeyPairGen,
                 &public_tpl,
@@ -646,6 +621,42 @@ impl Token {
             }
         }
     }
+}
+
+/// The attributes of an online key pair's public half (the curve and point added by the caller):
+/// one place for keys generated here and keys unwrapped into a token (`backup.rs`).
+pub(crate) fn public_key_template(label: &str, id: &[u8]) -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::PUBLIC_KEY),
+        Attribute::KeyType(KeyType::EC),
+        Attribute::Token(true),
+        Attribute::Private(false),
+        Attribute::Verify(true),
+        Attribute::Encrypt(false),
+        Attribute::Wrap(false),
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Id(id.to_vec()),
+    ]
+}
+
+/// The attributes of an online private key: sign only, sensitive, and extractable only by
+/// trusted wrapping when `backup`; the same for a key generated here or unwrapped elsewhere.
+pub(crate) fn private_key_template(label: &str, id: &[u8], backup: bool) -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::PRIVATE_KEY),
+        Attribute::KeyType(KeyType::EC),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(backup),
+        Attribute::WrapWithTrusted(backup),
+        Attribute::Sign(true),
+        Attribute::Derive(false),
+        Attribute::Decrypt(false),
+        Attribute::Unwrap(false),
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Id(id.to_vec()),
+    ]
 }
 
 /// CKA_EC_POINT is a DER OCTET STRING around the SEC1 point (PKCS#11 v2.40 §2.3.3); a few modules

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use serde_json::json;
 
 use super::ceremony::{
-    check_officers, create_private_dir, json_text, stage, undo, Prepared, RootCeremony,
+    check_officers, create_private_dir, json_text, new_share_paths, stage, undo, Prepared,
+    RootCeremony,
 };
 use super::error::io_at;
 use super::keybackup::{BackupKeyCeremony, Opened};
@@ -60,19 +61,7 @@ impl Service {
                 ));
             }
         }
-        let share_paths: Vec<PathBuf> = names
-            .iter()
-            .map(|n| c.shares_dir.join(format!("{n}.share")))
-            .collect();
-        if let Some(p) = share_paths.iter().find(|p| p.exists()) {
-            return Err(ServiceError::conflict(
-                "share-exists",
-                format!(
-                    "{} already exists; a share file is never overwritten",
-                    p.display()
-                ),
-            ));
-        }
+        let share_paths = new_share_paths(&c.shares_dir, &names)?;
         let created_dir = create_private_dir(&c.shares_dir)?;
         let secret = RootSecret::generate();
         let ceremony_id = random_hex(16);

@@ -153,19 +153,7 @@ impl Service {
             ));
         }
         let names = check_officers(c)?;
-        let share_paths: Vec<PathBuf> = names
-            .iter()
-            .map(|n| c.shares_dir.join(format!("{n}.share")))
-            .collect();
-        if let Some(p) = share_paths.iter().find(|p| p.exists()) {
-            return Err(ServiceError::conflict(
-                "share-exists",
-                format!(
-                    "{} already exists; a share file is never overwritten",
-                    p.display()
-                ),
-            ));
-        }
+        let share_paths = new_share_paths(&c.shares_dir, &names)?;
         // The online token first: a wrong PIN fails here, before anything exists.
         let online = self.online()?;
         let module = self.module()?;
@@ -489,6 +477,24 @@ pub(super) fn check_officers(c: &RootCeremony) -> Result<Vec<String>, ServiceErr
         }
     }
     Ok(names)
+}
+
+/// The share file of each officer in `dir`, refused when one exists already.
+pub(super) fn new_share_paths(dir: &Path, names: &[String]) -> Result<Vec<PathBuf>, ServiceError> {
+    let paths: Vec<PathBuf> = names
+        .iter()
+        .map(|n| dir.join(format!("{n}.share")))
+        .collect();
+    if let Some(p) = paths.iter().find(|p| p.exists()) {
+        return Err(ServiceError::conflict(
+            "share-exists",
+            format!(
+                "{} already exists; a share file is never overwritten",
+                p.display()
+            ),
+        ));
+    }
+    Ok(paths)
 }
 
 /// Creates `dir` 0700 when missing (returns whether it did) and proves it takes files.
