@@ -133,6 +133,7 @@ pub(crate) fn fill_store(
                 der: Vec::new(),
                 replaced_by: None,
                 hw_type: None,
+                issuer_generation: 1,
             },
             false,
         ));

@@ -67,8 +67,8 @@ pub enum CertError {
 pub struct CaCertSpec {
     /// Subject distinguished name, RFC 4514 text (`CN=...,O=...`).
     pub subject: String,
-    /// Validity in days from now.
-    pub validity_days: u32,
+    /// Validity: days from now, or no end date (`99991231235959Z`).
+    pub validity: policies::Validity,
     /// basicConstraints pathLenConstraint.
     pub path_len: u8,
     /// certificatePolicies (non-critical); none: no extension.
@@ -300,17 +300,28 @@ pub(crate) fn sign_tbs(
     })
 }
 
-fn validity(days: u32) -> Result<Validity, CertError> {
+/// notAfter for a certificate without a well-defined end: `99991231235959Z` (RFC 5280
+/// §4.1.2.5), as GeneralizedTime.
+pub(crate) const NO_END_UNIX: u64 = 253_402_300_799;
+
+fn validity(v: policies::Validity) -> Result<Validity, CertError> {
     let since = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_err(|e| CertError::Validity(e.to_string()))?;
     let now = UNIX_EPOCH + Duration::from_secs(since.as_secs());
-    // Both ends are inside the period (RFC 5280 §4.1.2.5): `days` days end one second before
-    // the same time `days` days later.
-    let end = now + Duration::from_secs(u64::from(days) * 86_400 - 1);
+    let not_after = match v {
+        // Both ends are inside the period (RFC 5280 §4.1.2.5): `days` days end one second
+        // before the same time `days` days later.
+        policies::Validity::Days(days) => {
+            x509_time(now + Duration::from_secs(u64::from(days) * 86_400 - 1))?
+        }
+        policies::Validity::Unlimited => Time::GeneralTime(GeneralizedTime::from_unix_duration(
+            Duration::from_secs(NO_END_UNIX),
+        )?),
+    };
     Ok(Validity {
         not_before: x509_time(now)?,
-        not_after: x509_time(end)?,
+        not_after,
     })
 }
 
@@ -319,7 +330,16 @@ pub fn build_self_signed_root(
     signer: &dyn Signer,
     spec: &CaCertSpec,
 ) -> Result<Certificate, CertError> {
-    let subject = parse_name(&spec.subject)?;
+    build_self_signed_root_named(signer, parse_name(&spec.subject)?, spec)
+}
+
+/// [`build_self_signed_root`] for a subject given as a Name: a rolled-over root keeps its
+/// name byte for byte (RFC 4210 §4.4), so that the link certificates are self-issued.
+pub(crate) fn build_self_signed_root_named(
+    signer: &dyn Signer,
+    subject: Name,
+    spec: &CaCertSpec,
+) -> Result<Certificate, CertError> {
     let spki = signer.public_key().clone();
     let extensions = ca_extensions(&subject, &spki, &spki, spec)?;
     let tbs = TbsCertificate {
@@ -327,7 +347,7 @@ pub fn build_self_signed_root(
         serial_number: random_serial()?,
         signature: signer.algorithm().signature_algorithm(),
         issuer: subject.clone(),
-        validity: validity(spec.validity_days)?,
+        validity: validity(spec.validity)?,
         subject,
         subject_public_key_info: spki,
         issuer_unique_id: None,
@@ -346,6 +366,19 @@ pub fn build_ca_certificate(
     spec: &CaCertSpec,
 ) -> Result<Certificate, CertError> {
     let subject = parse_name(&spec.subject)?;
+    build_ca_certificate_named(issuer_signer, issuer_cert, subject, subject_spki, spec)
+}
+
+/// [`build_ca_certificate`] for a subject given as a Name rather than `spec.subject`: a CA
+/// certified again under another issuer keeps its name byte for byte (root rollover, RFC 4210
+/// §4.4), so that the paths through either certificate chain by name.
+pub(crate) fn build_ca_certificate_named(
+    issuer_signer: &dyn Signer,
+    issuer_cert: &Certificate,
+    subject: Name,
+    subject_spki: &SubjectPublicKeyInfoOwned,
+    spec: &CaCertSpec,
+) -> Result<Certificate, CertError> {
     let issuer_spki = &issuer_cert.tbs_certificate.subject_public_key_info;
     let extensions = ca_extensions(&subject, subject_spki, issuer_spki, spec)?;
     sign_under_issuer(
@@ -367,6 +400,18 @@ pub fn build_signer_certificate(
     spec: &CaCertSpec,
 ) -> Result<Certificate, CertError> {
     let subject = parse_name(&spec.subject)?;
+    build_signer_certificate_named(issuer_signer, issuer_cert, subject, subject_spki, spec)
+}
+
+/// [`build_signer_certificate`] for a subject given as a Name (the same signer certified
+/// again under a new root keeps its name byte for byte).
+pub(crate) fn build_signer_certificate_named(
+    issuer_signer: &dyn Signer,
+    issuer_cert: &Certificate,
+    subject: Name,
+    subject_spki: &SubjectPublicKeyInfoOwned,
+    spec: &CaCertSpec,
+) -> Result<Certificate, CertError> {
     let issuer_spki = &issuer_cert.tbs_certificate.subject_public_key_info;
     let mut exts: Vec<Extension> = Vec::new();
     let bc = BasicConstraints {
@@ -410,7 +455,7 @@ fn sign_under_issuer(
     spec: &CaCertSpec,
 ) -> Result<Certificate, CertError> {
     check_key_matches(issuer_signer, issuer_cert, "issuer")?;
-    let mut validity = validity(spec.validity_days)?;
+    let mut validity = validity(spec.validity)?;
     let issuer_end = issuer_cert.tbs_certificate.validity.not_after;
     if validity.not_after.to_unix_duration() > issuer_end.to_unix_duration() {
         validity.not_after = issuer_end;

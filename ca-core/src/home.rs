@@ -115,6 +115,19 @@ impl Home {
     pub fn ca_cert(&self, kind: policies::CaKind) -> PathBuf {
         self.ca_dir().join(format!("{}.pem", kind.name()))
     }
+    /// `ca/generations/`: the certificates of earlier generations of the CAs.
+    pub fn ca_generations_dir(&self) -> PathBuf {
+        self.ca_dir().join("generations")
+    }
+    /// `ca/generations/<kind>-<N>.pem`: generation N of a CA once a later one replaced it.
+    pub fn ca_generation_cert(&self, kind: policies::CaKind, generation: u32) -> PathBuf {
+        self.ca_generations_dir()
+            .join(format!("{}-{generation}.pem", kind.name()))
+    }
+    /// `ca/links/`: the root rollover's link certificates (RFC 4210 §4.4).
+    pub fn ca_links_dir(&self) -> PathBuf {
+        self.ca_dir().join("links")
+    }
     /// `ca/audit.pem`: the audit signer's certificate (issued by the root).
     pub fn audit_cert(&self) -> PathBuf {
         self.ca_dir().join("audit.pem")

@@ -11,6 +11,7 @@ pub mod churn;
 mod config;
 pub mod crl;
 mod fsutil;
+mod generation;
 mod home;
 pub mod hsm;
 pub mod issue;
@@ -38,6 +39,7 @@ pub use config::{
     TokenConfig,
 };
 pub use fsutil::{read_bounded, write_atomic, write_new_secret, BoundedLines, MAX_LINE};
+pub use generation::IssuerId;
 pub use home::Home;
 pub use model::{
     check_account_name, check_supplier_name, Account, DeviceRange, Eui64, OpKind, OpRecord,

@@ -338,7 +338,7 @@ fn a_second_active_certificate_needs_replace() {
     assert_eq!(rev.reason, ca_core::Reason::Superseded);
     assert_eq!(
         f.store
-            .revoked_in_shard(CaKind::Device, a.record.shard)
+            .revoked_in_shard(ca_core::IssuerId::first(CaKind::Device), a.record.shard)
             .unwrap()
             .len(),
         1

@@ -306,7 +306,7 @@ pub(crate) enum CeremonyCommand {
     /// Generate an issuing CA key on the online token and certify it with the root key, opened by a quorum of shares.
     #[command(
         name = "issuing-ca",
-        after_help = "Example:\n  meterpki ceremony issuing-ca --kind device \\\n      --share /media/alice.share --share /media/bob.share --share /media/carol.share"
+        after_help = "Examples:\n  meterpki ceremony issuing-ca --kind device \\\n      --share /media/alice.share --share /media/bob.share --share /media/carol.share\n  meterpki ceremony issuing-ca --kind device --renew \\\n      --share /media/alice.share --share /media/bob.share --share /media/carol.share\n\nWith --renew: generation N+1 gets a new key (meterpki-device-ca-g2, ...) and name (\"... G2\"),\nca/device.pem becomes its certificate and the previous one moves to ca/generations/device-N.pem.\nThe previous key stays: it keeps signing the CRLs of what it issued, at their unchanged URLs."
     )]
     IssuingCa(IssuingArgs),
     /// Re-sign the root's ARL (the CRL of the CA certificates the root issued) with a quorum of shares.
@@ -315,10 +315,16 @@ pub(crate) enum CeremonyCommand {
         after_help = "Example:\n  meterpki ceremony root-crl --share /media/alice.share --share /media/bob.share --share /media/carol.share\n\nThe ARL (<home>/crl/root/arl.crl) is signed at every ceremony that opens the root and lives\ncrl.arl_next_update_days (default 365); `meterpki status` warns when a quarter of it is left.\nHomes made before the ARL existed get it, and their CA certificates recorded, at this ceremony."
     )]
     RootCrl(RootCrlArgs),
+    /// Roll the root over (RFC 4210 §4.4): a new root key in the root token, its certificate, the two link certificates, and every issuing CA and the audit signer certified again under it; opened by a quorum of the current root's shares.
+    #[command(
+        name = "root-rollover",
+        after_help = "Example:\n  meterpki ceremony root-rollover --share /media/alice.share --share /media/bob.share --share /media/carol.share\n\nAfterwards ca/root.pem is the new root (the same name, a new key meterpki-root-ca-g2); the previous one is\nca/generations/root-1.pem and keeps signing its ARL. ca/links/new-with-old.pem (the new key certified\nby the old root) lets meters that trust the old root accept what the new hierarchy issues;\nca/links/old-with-new.pem the other way round. The issuing CAs keep their keys and names: their\ncertificates under the old root are kept in ca/generations/root-1/. The same shares open the new root."
+    )]
+    RootRollover(RootCrlArgs),
     /// Revoke an issuing CA's certificate in the root's ARL (every certificate below it stops validating).
     #[command(
         name = "revoke-ca",
-        after_help = "Example:\n  meterpki ceremony revoke-ca --kind organisation --reason cACompromise \\\n      --share /media/alice.share --share /media/bob.share --share /media/carol.share\n\nReasons: cACompromise (the CA's key is compromised), keyCompromise, affiliationChanged,\nsuperseded, cessationOfOperation, unspecified. The ARL is published before the command returns;\nthe revoked CA signs nothing more."
+        after_help = "Example:\n  meterpki ceremony revoke-ca --kind organisation --reason cACompromise \\\n      --share /media/alice.share --share /media/bob.share --share /media/carol.share\n\nReasons: cACompromise (the CA's key is compromised), keyCompromise, affiliationChanged,\nsuperseded, cessationOfOperation, unspecified. The ARL is published before the command returns;\nthe revoked CA signs nothing more.\nAn earlier generation of a renewed CA: add --generation N."
     )]
     RevokeCa(RevokeCaArgs),
     /// Create the key-backup key (AES-256) of a home made with --key-backup quorum: split into N shares (M needed), put into every online token as a trusted key (each token's SO PIN then replaced by one only the quorum rebuilds).
@@ -423,6 +429,9 @@ pub(crate) struct RevokeCaArgs {
     /// Which issuing CA: device, organisation or access.
     #[arg(long, value_parser = CaKind::parse_issuing)]
     pub kind: CaKind,
+    /// Which generation (default: the current one); `meterpki status` lists them.
+    #[arg(long)]
+    pub generation: Option<u32>,
     /// RFC 5280 reason, e.g. cACompromise.
     #[arg(long)]
     pub reason: String,
@@ -458,6 +467,9 @@ pub(crate) struct IssuingArgs {
     /// Which issuing CA: device (meter certificates), organisation (supplier certificates, the trust-update signer) or access (TLS certificates for the API).
     #[arg(long, value_parser = CaKind::parse_issuing)]
     pub kind: CaKind,
+    /// Make the next generation of an existing CA: a new key and name ("... G2"); new issuance moves to it, the previous generation keeps signing the CRLs of what it issued.
+    #[arg(long)]
+    pub renew: bool,
     /// A share file; give at least the quorum.
     #[arg(long = "share", required = true)]
     pub shares: Vec<PathBuf>,

@@ -233,7 +233,8 @@ impl ExtendedKeyUsage {
 /// How long certificates made with a profile are valid.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Validity {
-    /// No end date: notAfter = `99991231235959Z` (RFC 5280 §4.1.2.5). Meters only.
+    /// No end date: notAfter = `99991231235959Z` (RFC 5280 §4.1.2.5). Meters, and the CAs
+    /// whose chains meters hold for their whole life.
     Unlimited,
     /// This many days from issuance (1 to 36500).
     Days(u32),

@@ -439,14 +439,14 @@ fn check_key_usage(kind: ProfileKind, bits: &[KeyUsageBit]) -> Result<(), String
     Ok(())
 }
 
-/// Validity rule: exactly one of `validity = "unlimited"` (meters only) and `validity-days`
+/// Validity rule: exactly one of `validity = "unlimited"` (meters and CAs) and `validity-days`
 /// (1 to 36500). Errors carry the field they name.
 fn check_validity(
     kind: ProfileKind,
     validity: Option<&str>,
     days: Option<i64>,
 ) -> Result<Validity, (&'static str, String)> {
-    const ONE: &str = "give exactly one of validity = \"unlimited\" (meters only) and \
+    const ONE: &str = "give exactly one of validity = \"unlimited\" (meters and CAs) and \
                        validity-days = <days>";
     match (validity, days) {
         (Some(_), Some(_)) => Err((
@@ -463,13 +463,17 @@ fn check_validity(
                          lifetime use validity-days = <days>"
                     ),
                 ))
-            } else if kind != ProfileKind::Meter {
+            } else if !matches!(
+                kind,
+                ProfileKind::Meter | ProfileKind::RootCa | ProfileKind::IssuingCa
+            ) {
                 Err((
                     "validity",
                     format!(
                         "\"unlimited\" is not allowed for kind `{}`: only meters, devices without \
-                         an end date, get notAfter 99991231235959Z (RFC 5280 §4.1.2.5); use \
-                         validity-days",
+                         an end date, and the CAs above them (so that a meter's chain validates \
+                         for the meter's whole life) get notAfter 99991231235959Z (RFC 5280 \
+                         §4.1.2.5); use validity-days",
                         kind.name()
                     ),
                 ))

@@ -126,7 +126,7 @@ fn crl_extensions(
     ];
     if let CrlScope::Shard(shard) = scope {
         let url = settings
-            .url(issuer.kind.name(), shard)
+            .url(&issuer.id().name(), shard)
             .ok_or(CrlError::NoBaseUrl)?;
         let idp = IssuingDistributionPoint {
             distribution_point: Some(DistributionPointName::FullName(vec![

@@ -25,7 +25,7 @@ use crate::fsutil::StagedFile;
 use crate::issue::{CrlSettings, IssuerCtx};
 use crate::model::Revocation;
 use crate::store::{ApplyError, Op, PublishedCrl, Store, StoreError, Txn};
-use crate::CaKind;
+use crate::{CaKind, IssuerId};
 
 /// Which CRL.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -189,18 +189,18 @@ pub fn check_shards(store: &dyn Store, settings: &CrlSettings) -> Result<(), Crl
     }
 }
 
-fn counter_key(issuer: CaKind, scope: CrlScope) -> String {
+fn counter_key(issuer: IssuerId, scope: CrlScope) -> String {
     format!("crl.number/{}/{}", issuer.name(), scope.name())
 }
 
 /// The last cRLNumber published for a scope (0: none yet).
-pub fn last_number(store: &dyn Store, issuer: CaKind, scope: CrlScope) -> Result<u64, CrlError> {
+pub fn last_number(store: &dyn Store, issuer: IssuerId, scope: CrlScope) -> Result<u64, CrlError> {
     Ok(store.counter(&counter_key(issuer, scope))?.unwrap_or(0))
 }
 
 /// The shard's URL (the certificates' cRLDistributionPoints and the CRL's IDP).
-pub fn shard_url(settings: &CrlSettings, issuer: CaKind, shard: u32) -> Option<String> {
-    settings.url(issuer.name(), shard)
+pub fn shard_url(settings: &CrlSettings, issuer: IssuerId, shard: u32) -> Option<String> {
+    settings.url(&issuer.name(), shard)
 }
 
 /// The scopes a publication of every CRL covers: each shard (when certificates point at
@@ -242,7 +242,8 @@ pub fn publish(
     let store = audit
         .store()
         .ok_or_else(|| CrlError::Audit(crate::audit::AuditError::ReadOnly(audit.path().into())))?;
-    let kind = issuer.kind;
+    let id = issuer.id();
+    let kind = id.kind;
     // Certificates name their shard: a changed shard count is refused before anything is built.
     check_shards(store.as_ref(), settings)?;
     let _one_at_a_time = PUBLISHING.lock().unwrap_or_else(|e| e.into_inner());
@@ -266,7 +267,7 @@ pub fn publish(
     let mut published = Vec::with_capacity(scopes.len());
     let mut txn = Txn::new();
     for scope in scopes {
-        let number = last_number(store.as_ref(), kind, scope)? + 1;
+        let number = last_number(store.as_ref(), id, scope)? + 1;
         let path = dir.join(scope.file_name(kind));
         let io = |source| CrlError::Io {
             path: path.clone(),
@@ -275,7 +276,7 @@ pub fn publish(
         // A shard is read whole (its size is what the shard count bounds); the full CRL a
         // page at a time, so that memory stays bounded by a shard whatever its size.
         let mut shard = match scope {
-            CrlScope::Shard(s) => Some(store.revoked_in_shard(kind, s)?),
+            CrlScope::Shard(s) => Some(store.revoked_in_shard(id, s)?),
             CrlScope::Full => None,
         };
         let mut cursor: Option<Vec<u8>> = None;
@@ -287,7 +288,7 @@ pub fn publish(
             if done {
                 return Ok(None);
             }
-            let page = store.revoked_of_issuer(kind, cursor.as_deref(), FULL_CRL_PAGE)?;
+            let page = store.revoked_of_issuer(id, cursor.as_deref(), FULL_CRL_PAGE)?;
             cursor = page.next;
             done = cursor.is_none();
             Ok(Some(page.entries))
@@ -303,11 +304,11 @@ pub fn publish(
             .map_err(io)?;
         staged.push(file);
         txn.push(Op::AdvanceCounter {
-            name: counter_key(kind, scope),
+            name: counter_key(id, scope),
             to: number,
         });
         published.push(Published {
-            issuer: kind.name().to_string(),
+            issuer: id.name(),
             scope: scope.name(),
             path,
             crl_number: number,
@@ -328,7 +329,7 @@ pub fn publish(
         for p in &published {
             store_published(
                 store.as_ref(),
-                &stored_name(kind, &p.path),
+                &stored_name(id, &p.path),
                 p.crl_number,
                 &p.path,
             )?;
@@ -338,10 +339,10 @@ pub fn publish(
 }
 
 /// The name a published CRL is kept under in a shared store: `<issuer>/<file>`.
-pub fn stored_name(kind: CaKind, file: &Path) -> String {
+pub fn stored_name(issuer: IssuerId, file: &Path) -> String {
     format!(
         "{}/{}",
-        kind.name(),
+        issuer.name(),
         file.file_name()
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_default()

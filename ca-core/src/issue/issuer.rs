@@ -9,11 +9,12 @@ use x509_cert::Certificate;
 
 use crate::certs::{check_key_matches, key_identifier, CertError};
 use crate::signer::{KeyAlgorithm, Signer, VerifyError};
-use crate::CaKind;
+use crate::{CaKind, IssuerId};
 
 /// An issuing CA ready to sign: its certificate, its key, and what the pipeline reads from them.
 pub struct IssuerCtx {
     pub(crate) kind: CaKind,
+    pub(crate) generation: u32,
     pub(crate) subject: Name,
     pub(crate) key_id: Vec<u8>,
     pub(crate) not_after_unix: u64,
@@ -25,18 +26,30 @@ pub struct IssuerCtx {
 
 impl std::fmt::Debug for IssuerCtx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "IssuerCtx({} CA, {:?})", self.kind.name(), self.signer)
+        write!(f, "IssuerCtx({} CA, {:?})", self.id(), self.signer)
     }
 }
 
 impl IssuerCtx {
-    /// Binds a CA certificate to its signer. Refuses a key that does not match the certificate.
+    /// Binds the certificate of a CA's first generation to its signer. Refuses a key that does
+    /// not match the certificate.
     pub fn new(
         kind: CaKind,
         cert: Certificate,
         signer: Arc<dyn Signer>,
     ) -> Result<IssuerCtx, CertError> {
-        check_key_matches(signer.as_ref(), &cert, kind.name())?;
+        IssuerCtx::of_generation(IssuerId::first(kind), cert, signer)
+    }
+
+    /// Binds the certificate of CA generation `id` to its signer. Refuses a key that does not
+    /// match the certificate.
+    pub fn of_generation(
+        id: IssuerId,
+        cert: Certificate,
+        signer: Arc<dyn Signer>,
+    ) -> Result<IssuerCtx, CertError> {
+        let kind = id.kind;
+        check_key_matches(signer.as_ref(), &cert, &id.name())?;
         let spki = &cert.tbs_certificate.subject_public_key_info;
         // The AKI of what we issue must equal the CA's own SKI (RFC 5280 §4.2.1.1).
         let key_id = cert
@@ -52,6 +65,7 @@ impl IssuerCtx {
         let algorithm = signer.algorithm();
         Ok(IssuerCtx {
             kind,
+            generation: id.generation,
             subject: cert.tbs_certificate.subject.clone(),
             key_id,
             not_after_unix: cert
@@ -80,6 +94,11 @@ impl IssuerCtx {
     /// Which CA.
     pub fn kind(&self) -> CaKind {
         self.kind
+    }
+
+    /// Which generation of which CA.
+    pub fn id(&self) -> IssuerId {
+        IssuerId::new(self.kind, self.generation)
     }
 
     /// Verifies a DER signature over `message` with the issuer's key.

@@ -58,7 +58,7 @@ pub struct HardwareModuleName {
 pub const SUPPLIER_ROLE_CODE: &str = "02";
 
 /// notAfter for devices without an end date: `99991231235959Z` (RFC 5280 §4.1.2.5).
-const NO_WELL_DEFINED_EXPIRATION: u64 = 253_402_300_799;
+use crate::certs::NO_END_UNIX as NO_WELL_DEFINED_EXPIRATION;
 
 /// Where a certificate's CRL is published.
 #[derive(Clone, Debug)]
@@ -81,11 +81,12 @@ impl CrlSettings {
             .map(|b| format!("{}/{issuer}/{shard}.crl", b.trim_end_matches('/')))
     }
 
-    /// The root's ARL's URL (`<base>/root/arl.crl`), named by issuing-CA certificates.
-    pub fn arl_url(&self) -> Option<String> {
+    /// The ARL's URL of root generation `root` (`<base>/root/arl.crl`, `<base>/root-g2/arl.crl`),
+    /// named by the certificates that root issues.
+    pub fn arl_url(&self, root: crate::IssuerId) -> Option<String> {
         self.base_url
             .as_ref()
-            .map(|b| format!("{}/root/arl.crl", b.trim_end_matches('/')))
+            .map(|b| format!("{}/{root}/arl.crl", b.trim_end_matches('/')))
     }
 
     /// Seconds from a CRL's thisUpdate to its nextUpdate: the ARL's for the root.
@@ -367,7 +368,7 @@ pub(super) fn build_tbs(
         &ski,
     )?);
     let crl_url = if profile.crl_distribution_point() {
-        crl.url(issuer.kind.name(), shard)
+        crl.url(&issuer.id().name(), shard)
     } else {
         None
     };

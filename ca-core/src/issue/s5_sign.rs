@@ -38,7 +38,7 @@ pub(crate) fn assemble(
 /// Signs `linted` with the issuer's key and verifies the result.
 pub(super) fn sign(linted: Linted, issuer: &IssuerCtx) -> Result<Issued, IssueError> {
     let signature = issuer.signer.sign(linted.der()).map_err(|e| {
-        tracing::error!(issuer = %issuer.kind.name(), error = %e, "HSM signing failed");
+        tracing::error!(issuer = %issuer.id(), error = %e, "HSM signing failed");
         IssueError::new(
             ErrorCode::HsmUnavailable,
             format!("the HSM could not sign: {e}"),
@@ -52,7 +52,7 @@ pub(super) fn sign(linted: Linted, issuer: &IssuerCtx) -> Result<Issued, IssueEr
         issuer.verify(linted.der(), &signature)
     };
     if let Err(e) = checked {
-        tracing::error!(issuer = %issuer.kind.name(), error = %e, "HSM returned a signature that does not verify");
+        tracing::error!(issuer = %issuer.id(), error = %e, "HSM returned a signature that does not verify");
         return Err(IssueError::new(
             ErrorCode::HsmUnavailable,
             "the HSM returned a signature that does not verify; nothing was issued",
@@ -66,6 +66,7 @@ pub(super) fn sign(linted: Linted, issuer: &IssuerCtx) -> Result<Issued, IssueEr
         record: CertRecord {
             serial: tbs.serial,
             issuer: issuer.kind,
+            issuer_generation: issuer.generation,
             profile: req.profile.name().to_string(),
             subject_id: req.subject.key(),
             key_hash: req.key_hash,

@@ -24,23 +24,20 @@ use crate::model::{Reason, Revocation};
 use crate::quorum::CeremonyRecord;
 use crate::signer::{spki_der, Signer};
 use crate::store::{CertRecord, Op, Txn};
-use crate::CaKind;
+use crate::{CaKind, IssuerId};
 
 /// anyPolicy (RFC 5280 §4.2.1.4): what the root's certificate names when its profile names no
 /// policy of the scheme's own.
 const ANY_POLICY: const_oid::ObjectIdentifier =
     const_oid::ObjectIdentifier::new_unwrap("2.5.29.32.0");
 
-/// The subject under which the store keeps a CA certificate the root issued.
-pub(super) fn ca_subject_id(kind: CaKind) -> String {
-    format!("ca:{}", kind.name())
-}
-
 /// The store's subject for the audit signer's certificate.
 pub(super) const AUDIT_SUBJECT_ID: &str = "ca:audit";
 
 /// The root, opened by a quorum for one ceremony.
 pub(super) struct OpenedRoot {
+    /// Which root generation.
+    pub(super) id: IssuerId,
     /// The root ceremony's public record.
     pub(super) record: CeremonyRecord,
     /// `ca/root.pem`, checked against the record and the key.
@@ -57,6 +54,16 @@ impl Service {
     /// issuing CA, every policy OID of the profiles it issues), and a CRL pointer at the
     /// root's ARL.
     pub(super) fn ca_spec(&self, kind: CaKind) -> Result<CaCertSpec, ServiceError> {
+        self.ca_spec_under(kind, self.current_id(CaKind::Root))
+    }
+
+    /// [`Service::ca_spec`] for a certificate root generation `root` issues (its CRL pointer
+    /// names that root's ARL).
+    pub(super) fn ca_spec_under(
+        &self,
+        kind: CaKind,
+        root: IssuerId,
+    ) -> Result<CaCertSpec, ServiceError> {
         let profiles = self.profiles()?;
         let name = format!("{}-ca", kind.name());
         let profile = profiles
@@ -71,15 +78,7 @@ impl Service {
                     ),
                 )
             })?;
-        let days = match profile.validity() {
-            Validity::Days(d) => d,
-            Validity::Unlimited => {
-                return Err(ServiceError::invalid(
-                    "profile",
-                    format!("profile `{name}`: a CA certificate needs validity-days"),
-                ))
-            }
-        };
+        let validity = profile.validity();
         let (field, old) = if kind == CaKind::Root {
             ("ca.root_validity_days", self.config.ca.root_validity_days)
         } else {
@@ -88,11 +87,15 @@ impl Service {
                 self.config.ca.issuing_validity_days,
             )
         };
-        if let Some(old) = old.filter(|d| *d != days) {
+        if let Some(old) = old.filter(|d| validity != Validity::Days(*d)) {
+            let says = match validity {
+                Validity::Days(d) => format!("validity-days = {d}"),
+                Validity::Unlimited => "validity = \"unlimited\"".into(),
+            };
             return Err(ServiceError::invalid(
                 "config",
                 format!(
-                    "{field} = {old} in meterpki.toml, but profile `{name}` says validity-days = {days}: \
+                    "{field} = {old} in meterpki.toml, but profile `{name}` says {says}: \
                      CA certificates take their validity from their profiles; remove {field} or \
                      change the profile"
                 ),
@@ -119,7 +122,7 @@ impl Service {
             // The URL goes into a certificate: it must be the one the home is bound to.
             let settings = self.crl_settings();
             crate::crl::check_shards(self.store()?.as_ref(), &settings)?;
-            settings.arl_url()
+            settings.arl_url(root)
         } else {
             None
         };
@@ -144,7 +147,7 @@ impl Service {
         };
         Ok(CaCertSpec {
             subject,
-            validity_days: days,
+            validity,
             path_len: profile.path_len().unwrap_or(0),
             policies,
             crl_url,
@@ -158,10 +161,10 @@ impl Service {
         let org = &self.config.ca.organisation;
         Ok(CaCertSpec {
             subject: format!("CN={org} Audit Signer,O={org}"),
-            validity_days: root.validity_days,
+            validity: root.validity,
             path_len: 0,
             policies: Vec::new(),
-            crl_url: self.crl_settings().arl_url(),
+            crl_url: self.crl_settings().arl_url(self.current_id(CaKind::Root)),
         })
     }
 
@@ -220,6 +223,7 @@ impl Service {
         crate::certs::check_key_matches(signer.as_ref(), &cert, "root")?;
         crate::certs::verify_certificate_signature(&cert, signer.public_key())?;
         Ok(OpenedRoot {
+            id: self.current_id(CaKind::Root),
             record,
             cert,
             signer,
@@ -229,10 +233,12 @@ impl Service {
 
     /// The store's record of a certificate the root issued.
     pub(super) fn root_issued_record(
+        root: IssuerId,
         subject_id: String,
         profile: &str,
         cert: &Certificate,
     ) -> Result<CertRecord, ServiceError> {
+        let root_generation = root.generation;
         use der::Encode;
         let der = cert.to_der().map_err(crate::certs::CertError::from)?;
         let tbs = &cert.tbs_certificate;
@@ -247,6 +253,7 @@ impl Service {
             der,
             replaced_by: None,
             hw_type: None,
+            issuer_generation: root_generation,
         })
     }
 
@@ -260,7 +267,7 @@ impl Service {
             .iter()
             .map(|k| {
                 (
-                    ca_subject_id(*k),
+                    self.current_id(*k).store_subject(),
                     format!("{}-ca", k.name()),
                     self.home.ca_cert(*k),
                 )
@@ -277,7 +284,8 @@ impl Service {
             };
             let cert = certificate_from_pem(&pem)
                 .map_err(|e| ServiceError::Internal(format!("reading {}: {e}", path.display())))?;
-            let rec = Self::root_issued_record(subject, &profile, &cert)?;
+            let rec =
+                Self::root_issued_record(self.current_id(CaKind::Root), subject, &profile, &cert)?;
             if store.cert(&rec.serial)?.is_some() {
                 continue;
             }
@@ -316,22 +324,43 @@ impl Service {
         actor: &Actor,
         root: &OpenedRoot,
     ) -> Result<Vec<Published>, ServiceError> {
-        let issuer = IssuerCtx::new(CaKind::Root, root.cert.clone(), root.signer.clone())?;
+        // The ARL of this root, then of every earlier root generation whose key the root token
+        // still holds (after a rollover, the old root's ARL lists what the old root issued).
+        let mut issuers = vec![IssuerCtx::of_generation(
+            root.id,
+            root.cert.clone(),
+            root.signer.clone(),
+        )?];
+        for g in (1..root.id.generation).rev() {
+            let id = IssuerId::new(CaKind::Root, g);
+            if root._token.find_key(&id.key_label())?.is_none() {
+                continue;
+            }
+            let signer = root._token.signer(&id.key_label())?;
+            issuers.push(IssuerCtx::of_generation(
+                id,
+                self.generation_cert(id)?,
+                signer,
+            )?);
+        }
         let settings = self.crl_settings();
-        let published = crate::crl::publish(
-            &issuer,
-            &self.audit()?,
-            &settings,
-            &[CrlScope::Full],
-            &self.crl_dir().join(CaKind::Root.name()),
-            &|p| {
-                AuditEntry::new(
-                    "crl.publish",
-                    actor.name(),
-                    json!({"arl": true, "crls": p.iter().map(|p| json!({"issuer": p.issuer, "scope": "arl", "crl_number": p.crl_number, "entries": p.entries, "next_update": p.next_update})).collect::<Vec<_>>()}),
-                )
-            },
-        )?;
+        let mut published = Vec::new();
+        for issuer in issuers {
+            published.extend(crate::crl::publish(
+                &issuer,
+                &self.audit()?,
+                &settings,
+                &[CrlScope::Full],
+                &self.crl_dir().join(issuer.id().name()),
+                &|p| {
+                    AuditEntry::new(
+                        "crl.publish",
+                        actor.name(),
+                        json!({"arl": true, "crls": p.iter().map(|p| json!({"issuer": p.issuer, "scope": "arl", "crl_number": p.crl_number, "entries": p.entries, "next_update": p.next_update})).collect::<Vec<_>>()}),
+                    )
+                },
+            )?);
+        }
         Ok(published)
     }
 
@@ -386,6 +415,7 @@ impl Service {
         &self,
         actor: &Actor,
         kind: CaKind,
+        generation: Option<u32>,
         reason: Reason,
         shares: &[PathBuf],
     ) -> Result<serde_json::Value, ServiceError> {
@@ -414,9 +444,39 @@ impl Service {
                 ),
             ));
         }
-        let cert = self.ca_cert(kind)?;
+        let current = self.current_id(kind);
+        let id = match generation {
+            None => current,
+            Some(g) if (1..=current.generation).contains(&g) && self.has_ca(kind) => {
+                IssuerId::new(kind, g)
+            }
+            Some(g) => {
+                return Err(ServiceError::invalid(
+                    "generation",
+                    format!(
+                        "the {kind} CA has no generation {g}: {}",
+                        if self.has_ca(kind) {
+                            format!("its generations are 1 to {}", current.generation)
+                        } else {
+                            "there is no such CA in this home".to_string()
+                        }
+                    ),
+                ))
+            }
+        };
+        let cert = self.generation_cert(id)?;
         let root = self.open_root(actor, shares)?;
         let serial = cert.tbs_certificate.serial_number.as_bytes().to_vec();
+        // The same CA key certified by every root generation (a rollover re-certifies it):
+        // each certificate is revoked, so that no path through either root stays open.
+        let spki = spki_der(&cert.tbs_certificate.subject_public_key_info);
+        let key_hash = crate::sha256(&spki);
+        let mut serials = vec![serial.clone()];
+        for r in self.store()?.certs_of_subject(&id.store_subject())? {
+            if r.key_hash == key_hash && !serials.contains(&r.serial) {
+                serials.push(r.serial);
+            }
+        }
         let adopt = self.unrecorded_root_issued()?;
         let revocation = Revocation {
             reason,
@@ -429,31 +489,31 @@ impl Service {
                 all_or_nothing: true,
             })
             .with(Op::Revoke {
-                serials: vec![serial.clone()],
+                serials: serials.clone(),
                 revocation,
             });
         let info = CertInfo::of(&cert);
         let (applied, _) = self.audit()?.commit(txn, |applied| {
             if !matches!(
                 applied.revoked(1),
-                Some([crate::store::Revoked::Now(_) | crate::store::Revoked::Already(..)])
+                Some([crate::store::Revoked::Now(_) | crate::store::Revoked::Already(..), ..])
             ) {
                 // Not in the store (it could not be recorded): nothing to record either.
                 return None;
             }
             let already = matches!(
                 applied.revoked(1),
-                Some([crate::store::Revoked::Already(..)])
+                Some([crate::store::Revoked::Already(..), ..])
             );
             Some(AuditEntry::new(
                 "ceremony.revoke-ca",
                 actor.name(),
-                json!({"kind": kind.name(), "reason": reason.name(), "certificate": info, "already_revoked": already, "root_ceremony_id": root.record.ceremony_id, "quorum": root.record.quorum, "shares": shares}),
+                json!({"kind": kind.name(), "generation": id.generation, "reason": reason.name(), "certificate": info, "serials": serials.iter().map(hex::encode).collect::<Vec<_>>(), "already_revoked": already, "root_ceremony_id": root.record.ceremony_id, "quorum": root.record.quorum, "shares": shares}),
             ))
         })?;
         let status = match applied.revoked(1) {
-            Some([crate::store::Revoked::Already(..)]) => "already-revoked",
-            Some([crate::store::Revoked::Now(_)]) if applied.written => "revoked",
+            Some([crate::store::Revoked::Already(..), ..]) => "already-revoked",
+            Some([crate::store::Revoked::Now(_), ..]) if applied.written => "revoked",
             _ => {
                 return Err(ServiceError::Internal(format!(
                     "the {kind} CA's certificate (serial {}) is not in the store, so it was not revoked",
@@ -465,6 +525,8 @@ impl Service {
         Ok(json!({
             "ceremony": "revoke-ca",
             "kind": kind.name(),
+            "generation": id.generation,
+            "name": id.name(),
             "serial": hex::encode(&serial),
             "status": status,
             "reason": reason.name(),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use super::arl::{ca_subject_id, OpenedRoot, AUDIT_SUBJECT_ID};
+use super::arl::{OpenedRoot, AUDIT_SUBJECT_ID};
 use super::error::io_at;
 use super::identity::AUDIT_KEY_LABEL;
 use super::{
@@ -24,7 +24,7 @@ use crate::hsm::{HsmToken, SecretString};
 use crate::quorum::{combine_shares, split_secret, CeremonyRecord, RootSecret, ShareFile};
 use crate::signer::KeyAlgorithm;
 use crate::store::{Op, Txn};
-use crate::CaKind;
+use crate::{CaKind, IssuerId};
 
 /// What a root ceremony is asked for.
 #[derive(Clone, Debug)]
@@ -44,6 +44,9 @@ pub struct RootCeremony {
 pub struct IssuingCeremony {
     /// Which CA.
     pub kind: CaKind,
+    /// Make the next generation of an existing CA (a new key and name); the current one keeps
+    /// signing the CRLs of what it issued.
+    pub renew: bool,
     /// The share files given.
     pub shares: Vec<PathBuf>,
 }
@@ -296,8 +299,12 @@ impl Service {
             stage(&transcript_path, &json_text(&transcript)?)?,
             stage(&home.root_ceremony(), &json_text(&record)?)?,
         ];
-        let audit_record =
-            Self::root_issued_record(AUDIT_SUBJECT_ID.into(), "audit-signer", &audit_cert)?;
+        let audit_record = Self::root_issued_record(
+            IssuerId::first(CaKind::Root),
+            AUDIT_SUBJECT_ID.into(),
+            "audit-signer",
+            &audit_cert,
+        )?;
         let prepared = Prepared {
             event: "ceremony.root".into(),
             transcript,
@@ -309,6 +316,7 @@ impl Service {
             }),
         };
         let opened = OpenedRoot {
+            id: IssuerId::first(CaKind::Root),
             record,
             cert: root_cert,
             signer: root_signer,
@@ -327,23 +335,42 @@ impl Service {
         authorize(actor, Action::Administer)?;
         let home = &self.home;
         let kind = c.kind;
+        if kind == CaKind::Root {
+            return Err(ServiceError::invalid(
+                "kind",
+                "the root is not an issuing CA: a new root key is made by `meterpki ceremony root-rollover`",
+            ));
+        }
+        if c.renew && !self.has_ca(kind) {
+            return Err(ServiceError::invalid(
+                "renew",
+                format!(
+                    "there is no {kind} CA to renew ({} missing): make it first with                      `meterpki ceremony issuing-ca --kind {kind}` (without --renew)",
+                    home.ca_cert(kind).display()
+                ),
+            ));
+        }
         // Every share is read and checked, and the root opened, before anything else happens.
         let root = self.open_root(actor, &c.shares)?;
+        if c.renew {
+            return self.renew_issuing_ca(actor, kind, &root);
+        }
         if self.has_ca(kind) {
             return Err(ServiceError::conflict(
                 "ca-exists",
                 format!(
-                    "the {kind} CA already exists ({}); nothing changed",
+                    "the {kind} CA already exists ({}); nothing changed (to make its next \
+                     generation, add --renew)",
                     home.ca_cert(kind).display()
                 ),
             ));
         }
         // The store must not already record another certificate for this CA (its file was
         // lost): the ARL could not list the new one, nor revoke the old.
-        if let Some(other) = self
-            .store()?
-            .active_cert(&ca_subject_id(kind), &format!("{}-ca", kind.name()))?
-        {
+        if let Some(other) = self.store()?.active_cert(
+            &IssuerId::first(kind).store_subject(),
+            &format!("{}-ca", kind.name()),
+        )? {
             return Err(ServiceError::conflict(
                 "ca-exists",
                 format!(
@@ -361,7 +388,7 @@ impl Service {
             tracing::warn!(key = %label, "removing a key left by an interrupted ceremony");
             online.destroy_key(&label)?;
         }
-        let prepared = self.issuing_after_key(actor, kind, &online, &root);
+        let prepared = self.issuing_after_key(actor, IssuerId::first(kind), &online, &root);
         let outcome = prepared.and_then(|p| {
             let mut summary = self.record_ceremony(actor, p)?;
             summary["arl"] = self.arl_after_ceremony(actor, &root, "issuing-ca")?;
@@ -373,26 +400,35 @@ impl Service {
         outcome
     }
 
-    fn issuing_after_key(
+    /// The key and certificate of generation `id` of an issuing CA, made and certified by the
+    /// root; the transcript, the certificate file (and for a renewal the previous
+    /// generation's, moved to `ca/generations/`) staged, the store's record ready.
+    pub(super) fn issuing_after_key(
         &self,
         actor: &Actor,
-        kind: CaKind,
+        id: IssuerId,
         online: &Arc<dyn HsmToken>,
         root: &OpenedRoot,
     ) -> Result<Prepared, ServiceError> {
         let home = &self.home;
+        let kind = id.kind;
         let record = &root.record;
-        let label = kind.key_label();
-        let spec = self.ca_spec(kind)?;
+        let label = id.key_label();
+        let mut spec = self.ca_spec(kind)?;
+        spec.subject = super::generations::generation_subject(&spec.subject, id.generation)?;
         let key = online.generate_key_as(&label, KeyAlgorithm::EcP256, self.key_protection())?;
         let cert = build_ca_certificate(root.signer.as_ref(), &root.cert, &key.spki, &spec)?;
         // The issuing CA's own key must sign what its certificate says it does.
-        check_key_matches(online.signer(&label)?.as_ref(), &cert, kind.name())?;
+        check_key_matches(online.signer(&label)?.as_ref(), &cert, &id.name())?;
         let transcript_path =
             home.ceremonies_dir()
-                .join(format!("{}-{}-ca.json", now_compact(), kind.name()));
+                .join(format!("{}-{}-ca.json", now_compact(), id.name()));
+        let previous = (id.generation > 1).then(|| IssuerId::new(kind, id.generation - 1));
         let transcript = json!({
-            "ceremony": format!("issuing-ca {}", kind.name()),
+            "ceremony": format!("issuing-ca {}{}", kind.name(), if previous.is_some() { " --renew" } else { "" }),
+            "generation": id.generation,
+            "name": id.name(),
+            "previous": previous.map(|p| self.ca_cert(kind).map(|c| json!({"generation": p.generation, "certificate": CertInfo::of(&c), "file": home.ca_generation_cert(kind, p.generation)}))).transpose()?,
             "root_ceremony_id": record.ceremony_id,
             "operator": actor.name(),
             "started_by_os_user": Actor::local().name(),
@@ -404,19 +440,35 @@ impl Service {
         });
         // The certificate file appears once the audit record is committed: its presence is
         // what makes the CA exist.
-        let files = vec![
-            stage(&transcript_path, &json_text(&transcript)?)?,
-            stage(&home.ca_cert(kind), &certificate_to_pem(&cert)?)?,
-        ];
+        let mut files = vec![stage(&transcript_path, &json_text(&transcript)?)?];
+        if let Some(p) = previous {
+            // The previous generation's certificate moves to `ca/generations/` before the new
+            // one takes `ca/<kind>.pem`: it keeps signing the CRLs of what it issued.
+            let dir = home.ca_generations_dir();
+            std::fs::create_dir_all(&dir).map_err(io_at(format!("creating {}", dir.display())))?;
+            let old = std::fs::read_to_string(home.ca_cert(kind))
+                .map_err(io_at(format!("reading {}", home.ca_cert(kind).display())))?;
+            files.push(stage(&home.ca_generation_cert(kind, p.generation), &old)?);
+        }
+        files.push(stage(&home.ca_cert(kind), &certificate_to_pem(&cert)?)?);
         // The new CA's certificate is recorded (so that the ARL can list it) with the
         // ceremony, together with any the root issued before the store kept them.
         let mut items = self.unrecorded_root_issued()?;
         items.push((
-            Self::root_issued_record(ca_subject_id(kind), &format!("{}-ca", kind.name()), &cert)?,
+            Self::root_issued_record(
+                root.id,
+                id.store_subject(),
+                &format!("{}-ca", kind.name()),
+                &cert,
+            )?,
             false,
         ));
         Ok(Prepared {
-            event: format!("ceremony.issuing-ca.{}", kind.name()),
+            event: if previous.is_some() {
+                format!("ceremony.issuing-ca.{}.renew", kind.name())
+            } else {
+                format!("ceremony.issuing-ca.{}", kind.name())
+            },
             transcript,
             transcript_path,
             files,

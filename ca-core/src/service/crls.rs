@@ -10,16 +10,16 @@ use super::{authorize, Action, Actor, Service, ServiceError};
 use crate::audit::AuditEntry;
 use crate::crl::{all_scopes, scope_of, CrlScope, Published};
 use crate::store::Revoked;
-use crate::CaKind;
+use crate::{CaKind, IssuerId};
 
 /// The CRL shards a set of revocations touches: (issuer, shard) of each certificate revoked
 /// now (and, with `already`, of those revoked before too).
-pub(crate) fn shards_of(revoked: &[Revoked], already: bool) -> BTreeSet<(CaKind, u32)> {
+pub(crate) fn shards_of(revoked: &[Revoked], already: bool) -> BTreeSet<(IssuerId, u32)> {
     revoked
         .iter()
         .filter_map(|r| match r {
-            Revoked::Now(rec) => Some((rec.issuer, rec.shard)),
-            Revoked::Already(rec, _) if already => Some((rec.issuer, rec.shard)),
+            Revoked::Now(rec) => Some((rec.issuer_id(), rec.shard)),
+            Revoked::Already(rec, _) if already => Some((rec.issuer_id(), rec.shard)),
             _ => None,
         })
         .collect()
@@ -78,7 +78,7 @@ impl Service {
         actor: &Actor,
         only: Option<CaKind>,
         full: bool,
-        shards: Option<&BTreeSet<(CaKind, u32)>>,
+        shards: Option<&BTreeSet<(IssuerId, u32)>>,
     ) -> Result<Vec<Published>, ServiceError> {
         match actor {
             Actor::System(_) => authorize(actor, Action::Republish)?,
@@ -89,13 +89,13 @@ impl Service {
         let certificates = self.store()?.cert_count()?;
         let mut published = Vec::new();
         for issuer in self.issuers(only)? {
-            let kind = issuer.kind();
+            let id = issuer.id();
             let scopes: Vec<CrlScope> = match shards {
                 None => all_scopes(&settings, full),
                 Some(set) => {
                     let mut s: Vec<CrlScope> = set
                         .iter()
-                        .filter(|(k, _)| *k == kind)
+                        .filter(|(k, _)| *k == id)
                         .map(|(_, shard)| scope_of(&settings, *shard))
                         .collect();
                     s.dedup();
@@ -105,7 +105,7 @@ impl Service {
             if scopes.is_empty() {
                 continue;
             }
-            let dir = self.crl_dir().join(kind.name());
+            let dir = self.crl_dir().join(id.name());
             published.extend(crate::crl::publish(
                 &issuer,
                 &audit,
@@ -127,15 +127,15 @@ impl Service {
     /// The published CRL file `<issuer>/<name>` (`3.crl`, `full.crl`, `root/arl.crl`), when the
     /// name is one this home publishes; never a path outside `<home>/crl`.
     pub fn crl_file(&self, issuer: &str, name: &str) -> Option<PathBuf> {
-        let kind = CaKind::from_name(issuer)?;
+        let id = IssuerId::parse(issuer)?;
         let stem = name.strip_suffix(".crl")?;
-        let ok = if kind == CaKind::Root {
+        let ok = if id.kind == CaKind::Root {
             stem == "arl"
         } else {
             stem == "full"
                 || (!stem.is_empty() && stem.len() <= 5 && stem.chars().all(|c| c.is_ascii_digit()))
         };
-        ok.then(|| self.crl_dir().join(kind.name()).join(format!("{stem}.crl")))
+        ok.then(|| self.crl_dir().join(id.name()).join(format!("{stem}.crl")))
     }
 
     /// For a shared store: brings this machine's copy of the published CRL at `path` (a
@@ -147,14 +147,14 @@ impl Service {
         if !self.audit_in_store() {
             return Ok(());
         }
-        let Some(kind) = path
+        let Some(id) = path
             .parent()
             .and_then(|d| d.file_name())
-            .and_then(|n| CaKind::from_name(&n.to_string_lossy()))
+            .and_then(|n| IssuerId::parse(&n.to_string_lossy()))
         else {
             return Ok(());
         };
-        let name = crate::crl::stored_name(kind, path);
+        let name = crate::crl::stored_name(id, path);
         let mut synced = self.crl_synced.lock().unwrap_or_else(|p| p.into_inner());
         let now = std::time::Instant::now();
         let known = match synced.get(&name) {
@@ -195,8 +195,10 @@ impl Service {
         if kind == CaKind::Root {
             scopes = vec![CrlScope::Full];
         }
-        for scope in scopes {
-            self.sync_crl(&self.crl_dir().join(kind.name()).join(scope.file_name(kind)))?;
+        for id in self.generations(kind) {
+            for scope in &scopes {
+                self.sync_crl(&self.crl_dir().join(id.name()).join(scope.file_name(kind)))?;
+            }
         }
         Ok(())
     }

@@ -14,6 +14,7 @@ mod backupkey;
 mod ceremony;
 mod crls;
 mod error;
+mod generations;
 mod identity;
 mod init;
 mod issuance;
@@ -21,6 +22,7 @@ mod keybackup;
 mod meters;
 mod refusals;
 mod revoke;
+mod rollover;
 mod rootcopy;
 mod server;
 mod status;
@@ -361,6 +363,17 @@ impl Service {
         let ca = self.home.ca_dir();
         let mut files: Vec<std::path::PathBuf> =
             CaKind::ALL.iter().map(|k| self.home.ca_cert(*k)).collect();
+        // Every earlier generation's key too, and the rollover's link certificates' keys.
+        for dir in [self.home.ca_generations_dir(), self.home.ca_links_dir()] {
+            let mut entries: Vec<_> = std::fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .collect();
+            entries.sort();
+            files.extend(entries);
+        }
         files.extend(
             ["audit.pem", "api-server.pem", "trust-update-signer.pem"]
                 .iter()
@@ -489,32 +502,23 @@ impl Service {
             .map_err(|e| ServiceError::Internal(format!("reading {}: {e}", path.display())))
     }
 
-    /// An issuing CA ready to sign: its certificate and a signer for its key on the online
-    /// token. Refused when the key does not match the certificate.
+    /// The current generation of an issuing CA ready to sign: its certificate and a signer
+    /// for its key on the online token. Refused when the key does not match the certificate.
     pub fn issuer(&self, kind: CaKind) -> Result<IssuerCtx, ServiceError> {
-        let cert = self.ca_cert(kind)?;
-        let signer = self.online_signer(&kind.key_label())?;
-        check_key_matches(signer.as_ref(), &cert, kind.name()).map_err(|e| {
-            ServiceError::Internal(format!(
-                "refusing the {kind} CA: {} is not the certificate of its HSM key: {e}",
-                self.home.ca_cert(kind).display()
-            ))
-        })?;
-        let signer = match &self.wrap {
-            Some(wrap) => wrap(signer),
-            None => signer,
-        };
-        Ok(IssuerCtx::new(kind, cert, signer)?)
+        self.issuer_of(self.current_id(kind))
     }
 
-    /// Every issuing CA of the home (or only `only`), each bound to its HSM key.
+    /// Every generation of every issuing CA of the home (or of `only`), each bound to its HSM
+    /// key: the earlier generations keep signing the CRLs of what they issued.
     pub fn issuers(&self, only: Option<CaKind>) -> Result<Vec<IssuerCtx>, ServiceError> {
         let mut out = Vec::new();
         for kind in CaKind::ISSUING {
-            if only.is_some_and(|o| o != kind) || !self.has_ca(kind) {
+            if only.is_some_and(|o| o != kind) {
                 continue;
             }
-            out.push(self.issuer(kind)?);
+            for id in self.generations(kind) {
+                out.push(self.issuer_of(id)?);
+            }
         }
         if out.is_empty() {
             return Err(ServiceError::invalid(

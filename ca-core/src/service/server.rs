@@ -258,23 +258,27 @@ impl Service {
             }
             // Another server of a shared store may have published them.
             self.sync_crls_of(kind)?;
-            let dir = self.crl_dir().join(kind.name());
             let mut scopes = crate::crl::all_scopes(&settings, true);
             scopes.dedup();
-            let revoked = self.store()?.count_revoked_of_issuer(kind)? as usize;
-            let stale = scopes.iter().any(|scope| {
-                let facts = crate::crl::CrlFacts::read(&dir.join(scope.file_name(kind))).ok();
-                match facts {
-                    // A revocation committed but not published (a crash between the two):
-                    // the full CRL lists fewer than the store holds.
-                    Some(f) if *scope == CrlScope::Full && f.entries < revoked => true,
-                    Some(f) => match f.next_update {
-                        Some(next) => now >= f.this_update + (next - f.this_update) / 2,
+            let mut stale = false;
+            // Every generation: the earlier ones keep publishing for what they issued.
+            for id in self.generations(kind) {
+                let dir = self.crl_dir().join(id.name());
+                let revoked = self.store()?.count_revoked_of_issuer(id)? as usize;
+                stale |= scopes.iter().any(|scope| {
+                    let facts = crate::crl::CrlFacts::read(&dir.join(scope.file_name(kind))).ok();
+                    match facts {
+                        // A revocation committed but not published (a crash between the two):
+                        // the full CRL lists fewer than the store holds.
+                        Some(f) if *scope == CrlScope::Full && f.entries < revoked => true,
+                        Some(f) => match f.next_update {
+                            Some(next) => now >= f.this_update + (next - f.this_update) / 2,
+                            None => true,
+                        },
                         None => true,
-                    },
-                    None => true,
-                }
-            });
+                    }
+                });
+            }
             if stale {
                 published.extend(self.publish_crls(actor, Some(kind), true, None)?);
             }
@@ -288,9 +292,10 @@ impl Service {
     pub fn readiness(&self, server_key: Arc<dyn Signer>) -> Result<Readiness, ServiceError> {
         let token = self.online()?;
         let mut signers = vec![server_key];
+        // Every generation's key: the earlier ones still sign their CRLs.
         for kind in CaKind::ISSUING {
-            if self.has_ca(kind) {
-                signers.push(self.online_signer(&kind.key_label())?);
+            for id in self.generations(kind) {
+                signers.push(self.online_signer(&id.key_label())?);
             }
         }
         Ok(Readiness {

@@ -9,7 +9,7 @@ use crate::audit::{AuditRecord, AuditReport};
 use crate::certs::{verify_certificate_signature, CertInfo};
 use crate::hsm::{ObjectSummary, TokenSummary};
 use crate::quorum::CeremonyRecord;
-use crate::CaKind;
+use crate::{CaKind, IssuerId};
 
 /// One published CRL, as `status` reports it.
 #[derive(Debug, Clone, Serialize)]
@@ -108,12 +108,13 @@ impl Service {
                 continue;
             }
             let cert = self.ca_cert(kind)?;
+            let current = self.current_id(kind);
             let key_on_token = if kind == CaKind::Root {
-                root_objects.iter().any(|o| o.label == kind.key_label())
+                root_objects.iter().any(|o| o.label == current.key_label())
             } else {
                 online_objects
                     .iter()
-                    .any(|o| o.label == kind.key_label() && o.class == "private-key")
+                    .any(|o| o.label == current.key_label() && o.class == "private-key")
             };
             // An issuing CA whose HSM key does not match its certificate is refused (and shown).
             let key_matches = (kind != CaKind::Root && online.is_ok() && key_on_token)
@@ -123,8 +124,10 @@ impl Service {
             }
             cas.push(json!({
                 "kind": kind.name(),
+                "generation": self.current_id(kind).generation,
+                "generations": self.generations_status(kind)?,
                 "file": self.home.ca_cert(kind),
-                "key_label": kind.key_label(),
+                "key_label": current.key_label(),
                 "key_present": key_on_token,
                 "key_matches_certificate": key_matches.as_ref().map(|r| r.is_ok()),
                 "certificate": CertInfo::of(&cert),
@@ -138,8 +141,9 @@ impl Service {
         let store = self.store()?;
         let mut root_issued = 0;
         for kind in CaKind::ISSUING {
-            let subject = super::arl::ca_subject_id(kind);
-            root_issued += store.certs_of_subject(&subject)?.len() as u64;
+            for id in self.generations(kind) {
+                root_issued += store.certs_of_subject(&id.store_subject())?.len() as u64;
+            }
             if let Some(rev) = self.ca_revocation(kind)? {
                 if let Some(c) = cas.iter_mut().find(|c| c["kind"] == kind.name()) {
                     c["revoked"] =
@@ -228,7 +232,7 @@ impl Service {
         }
         let mut problems = Vec::new();
         for ((issuer, scope), (n, seq)) in &numbers {
-            let Some(kind) = CaKind::from_name(issuer) else {
+            let Some(kind) = IssuerId::parse(issuer) else {
                 continue;
             };
             let scope_of = match scope.as_str() {
@@ -253,7 +257,7 @@ impl Service {
             ));
         }
         for (issuer, (entries, seq)) in &full_entries {
-            let Some(kind) = CaKind::from_name(issuer) else {
+            let Some(kind) = IssuerId::parse(issuer) else {
                 continue;
             };
             let stored = store.count_revoked_of_issuer(kind)?;
@@ -279,63 +283,65 @@ impl Service {
             }
             // A shared store's CRLs as any server last published them.
             self.sync_crls_of(kind)?;
-            let dir = self.crl_dir().join(kind.name());
-            let mut files: Vec<_> = std::fs::read_dir(&dir)
-                .map(|d| {
-                    d.filter_map(Result::ok)
-                        .map(|e| e.file_name().to_string_lossy().into_owned())
-                        .filter(|n| n.ends_with(".crl"))
-                        .collect()
-                })
-                .unwrap_or_default();
-            files.sort_by_key(|n| {
-                (
-                    n.trim_end_matches(".crl")
-                        .parse::<u64>()
-                        .unwrap_or(u64::MAX),
-                    n.clone(),
-                )
-            });
-            if files.is_empty() {
-                warnings.push(if kind == CaKind::Root {
+            for id in self.generations(kind) {
+                let dir = self.crl_dir().join(id.name());
+                let mut files: Vec<_> = std::fs::read_dir(&dir)
+                    .map(|d| {
+                        d.filter_map(Result::ok)
+                            .map(|e| e.file_name().to_string_lossy().into_owned())
+                            .filter(|n| n.ends_with(".crl"))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                files.sort_by_key(|n| {
+                    (
+                        n.trim_end_matches(".crl")
+                            .parse::<u64>()
+                            .unwrap_or(u64::MAX),
+                        n.clone(),
+                    )
+                });
+                if files.is_empty() {
+                    warnings.push(if kind == CaKind::Root {
                     "the root has published no ARL yet (homes made before it existed): run `meterpki ceremony root-crl --share ...`".to_string()
                 } else {
                     format!("the {kind} CA has published no CRL: run `meterpki crl publish` or start `meterpki serve`")
                 });
-            }
-            for file in files {
-                if !dir.join(&file).exists() {
-                    continue;
                 }
-                let Ok(facts) = crate::crl::CrlFacts::read(&dir.join(&file)) else {
-                    warnings.push(format!("{}/{file} is not a readable CRL", dir.display()));
-                    continue;
-                };
-                if let Some(w) = crl_warning(kind, &file, &facts, now) {
-                    warnings.push(w);
-                }
-                if matches!(file.as_str(), "full.crl" | "arl.crl") {
-                    // A revocation committed but never published (a crash between the two, a
-                    // `--no-publish`): relying parties do not see it yet.
-                    let stored = self.store()?.count_revoked_of_issuer(kind)? as usize;
-                    if facts.entries < stored {
-                        warnings.push(format!(
-                            "{}/{file} lists {} revocations but the store holds {stored}: {}",
-                            kind.name(),
-                            facts.entries,
-                            if kind == CaKind::Root {
-                                "run `meterpki ceremony root-crl --share ...`"
-                            } else {
-                                "run `meterpki crl publish` (a starting server does it)"
-                            }
-                        ));
+                for file in files {
+                    if !dir.join(&file).exists() {
+                        continue;
                     }
+                    let Ok(facts) = crate::crl::CrlFacts::read(&dir.join(&file)) else {
+                        warnings.push(format!("{}/{file} is not a readable CRL", dir.display()));
+                        continue;
+                    };
+                    if let Some(w) = crl_warning(kind, &file, &facts, now) {
+                        warnings.push(w);
+                    }
+                    if matches!(file.as_str(), "full.crl" | "arl.crl") {
+                        // A revocation committed but never published (a crash between the two, a
+                        // `--no-publish`): relying parties do not see it yet.
+                        let stored = self.store()?.count_revoked_of_issuer(id)? as usize;
+                        if facts.entries < stored {
+                            warnings.push(format!(
+                                "{}/{file} lists {} revocations but the store holds {stored}: {}",
+                                id.name(),
+                                facts.entries,
+                                if kind == CaKind::Root {
+                                    "run `meterpki ceremony root-crl --share ...`"
+                                } else {
+                                    "run `meterpki crl publish` (a starting server does it)"
+                                }
+                            ));
+                        }
+                    }
+                    crls.push(CrlStatus {
+                        issuer: id.name(),
+                        file,
+                        facts,
+                    });
                 }
-                crls.push(CrlStatus {
-                    issuer: kind.name().to_string(),
-                    file,
-                    facts,
-                });
             }
         }
         Ok((crls, warnings))
@@ -438,8 +444,8 @@ impl Service {
         };
         let mut labels: Vec<String> = CaKind::ISSUING
             .iter()
-            .filter(|k| self.has_ca(**k))
-            .map(|k| k.key_label())
+            .flat_map(|k| self.generations(*k))
+            .map(|id| id.key_label())
             .collect();
         labels.extend([AUDIT_KEY_LABEL, SERVER_KEY_LABEL, UPDATE_KEY_LABEL].map(String::from));
         tokens

@@ -32,7 +32,6 @@ pub use records::{
 pub use txn::{Applied, AuditStage, Op, OpOutcome, Txn};
 
 use crate::model::{Account, OpRecord, Revocation, Supplier};
-use crate::CaKind;
 
 /// Keys and values as stored, in key order.
 pub type RawEntries = Vec<(Vec<u8>, Vec<u8>)>;
@@ -98,7 +97,7 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// The revoked certificates bound to one CRL shard of an issuer: only that shard is read.
     fn revoked_in_shard(
         &self,
-        issuer: CaKind,
+        issuer: crate::IssuerId,
         shard: u32,
     ) -> Result<Vec<(Vec<u8>, Revocation)>, StoreError>;
     /// Up to `limit` revoked certificates of an issuer (the full CRL's entries), in the store's
@@ -106,12 +105,12 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// CRL is read a page at a time, so that memory stays bounded by a page whatever the count.
     fn revoked_of_issuer(
         &self,
-        issuer: CaKind,
+        issuer: crate::IssuerId,
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<RevokedPage, StoreError>;
     /// How many certificates of an issuer are revoked.
-    fn count_revoked_of_issuer(&self, issuer: CaKind) -> Result<u64, StoreError>;
+    fn count_revoked_of_issuer(&self, issuer: crate::IssuerId) -> Result<u64, StoreError>;
 
     // ---- counters, settings, the audit head ----------------------------------------------
 

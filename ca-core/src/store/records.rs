@@ -31,9 +31,17 @@ pub struct CertRecord {
     /// that trust-anchor updates need not parse the certificate again.
     #[serde(with = "oid_opt")]
     pub hw_type: Option<ObjectIdentifier>,
+    /// The generation of the issuer that signed it (1 until the CA is first renewed): which
+    /// key signs the CRL that lists it.
+    pub issuer_generation: u32,
 }
 
 impl CertRecord {
+    /// The CA generation that issued it.
+    pub fn issuer_id(&self) -> crate::IssuerId {
+        crate::IssuerId::new(self.issuer, self.issuer_generation)
+    }
+
     /// Serial as lowercase hex.
     pub fn serial_hex(&self) -> String {
         hex::encode(&self.serial)

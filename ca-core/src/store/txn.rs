@@ -24,6 +24,11 @@ pub enum Op {
         /// Store all or none.
         all_or_nothing: bool,
     },
+    /// Records certificates that bind no subject to a key: the root's other certificates for a
+    /// CA key it already certified (an issuing CA re-certified under a new root, the rollover's
+    /// link certificates), kept so that the ARL can list and revoke them. They never become a
+    /// subject's active certificate and bind no key. A serial ever used is refused.
+    RecordCertificates(Vec<CertRecord>),
     /// Revokes certificates. Revoking twice is harmless (the first revocation stands and is
     /// reported); a revoked certificate is no longer the active one of its device and usage.
     Revoke {

@@ -107,7 +107,7 @@ pub(crate) fn test_ca(subject: &str, corrupt: bool) -> TestCa {
         &root,
         &CaCertSpec {
             subject: "CN=Test Root".into(),
-            validity_days: 3650,
+            validity: policies::Validity::Days(3650),
             path_len: 1,
             policies: Vec::new(),
             crl_url: None,
@@ -121,7 +121,7 @@ pub(crate) fn test_ca(subject: &str, corrupt: bool) -> TestCa {
         &ca.spki,
         &CaCertSpec {
             subject: subject.into(),
-            validity_days: 1000,
+            validity: policies::Validity::Days(1000),
             path_len: 0,
             policies: Vec::new(),
             crl_url: None,

@@ -33,7 +33,7 @@ pub(crate) const DEVICE: Eui64 = Eui64([0x00, 0xdb, 0x12, 0x34, 0x56, 0x78, 0x90
 fn spec(subject: &str, path_len: u8) -> CaCertSpec {
     CaCertSpec {
         subject: subject.into(),
-        validity_days: 3650,
+        validity: policies::Validity::Days(3650),
         path_len,
         policies: Vec::new(),
         crl_url: None,

@@ -77,6 +77,7 @@ pub(super) fn issuing(ctx: &Ctx, a: IssuingArgs) -> Result<()> {
         &actor(&a.operator),
         IssuingCeremony {
             kind,
+            renew: a.renew,
             shares: a.shares.clone(),
         },
     )?;
@@ -85,7 +86,22 @@ pub(super) fn issuing(ctx: &Ctx, a: IssuingArgs) -> Result<()> {
     }
     let home = ctx.home();
     let name = kind.name();
-    println!("{}{} CA created.", name[..1].to_uppercase(), &name[1..]);
+    if a.renew {
+        println!(
+            "{}{} CA renewed: generation {} ({}) issues from now on.",
+            name[..1].to_uppercase(),
+            &name[1..],
+            summary["generation"],
+            summary["certificate"]["subject"].as_str().unwrap_or("")
+        );
+        println!(
+            "  previous     generation {} kept as {}: its key keeps signing its CRLs",
+            summary["previous"]["generation"],
+            summary["previous"]["file"].as_str().unwrap_or("")
+        );
+    } else {
+        println!("{}{} CA created.", name[..1].to_uppercase(), &name[1..]);
+    }
     println!("  certificate  {}", home.ca_cert(kind).display());
     println!(
         "  SHA-256      {}",
@@ -95,7 +111,7 @@ pub(super) fn issuing(ctx: &Ctx, a: IssuingArgs) -> Result<()> {
     );
     println!(
         "  key          {} on token {} (EC P-256, {})",
-        kind.key_label(),
+        summary["key"]["label"].as_str().unwrap_or(""),
         ctx.config().hsm.online_token,
         protection(ctx)
     );
@@ -119,7 +135,11 @@ fn print_arl(ctx: &Ctx, published: &serde_json::Value) {
     for p in published.as_array().into_iter().flatten() {
         println!(
             "  ARL          {} (cRLNumber {}, {} entries)",
-            ctx.home().crl_dir().join("root").join("arl.crl").display(),
+            ctx.home()
+                .crl_dir()
+                .join(p["issuer"].as_str().unwrap_or("root"))
+                .join("arl.crl")
+                .display(),
             p["crl_number"],
             p["entries"]
         );
@@ -144,11 +164,53 @@ pub(super) fn root_crl(ctx: &Ctx, a: RootCrlArgs) -> Result<()> {
     Ok(())
 }
 
+pub(super) fn root_rollover(ctx: &Ctx, a: RootCrlArgs) -> Result<()> {
+    let summary = ctx
+        .service
+        .root_rollover_ceremony(&actor(&a.operator), &absolute_all(&a.shares))?;
+    if ctx.json {
+        return print_json(&summary);
+    }
+    let home = ctx.home();
+    let root = &summary["root"];
+    println!(
+        "Root rolled over: generation {} ({}) is the root from now on.",
+        root["generation"],
+        root["certificate"]["subject"].as_str().unwrap_or("")
+    );
+    println!(
+        "  root         {} (key {}, EC P-384)",
+        home.ca_cert(CaKind::Root).display(),
+        root["key"]["label"].as_str().unwrap_or("")
+    );
+    println!(
+        "  previous     {} (keeps signing its ARL)",
+        summary["previous"]["file"].as_str().unwrap_or("")
+    );
+    for c in summary["certified"].as_array().into_iter().flatten() {
+        println!(
+            "  certified    {:<13} {}",
+            c["what"].as_str().unwrap_or(""),
+            c["file"].as_str().unwrap_or("")
+        );
+    }
+    println!(
+        "  kept         {} (the previous root's certificates of them)",
+        summary["previous_certificates_kept_in"]
+            .as_str()
+            .unwrap_or("")
+    );
+    print_arl(ctx, &summary["arl"]);
+    println!("Meters still trust the previous root: deliver the new one with an apex update.");
+    Ok(())
+}
+
 pub(super) fn revoke_ca(ctx: &Ctx, a: RevokeCaArgs) -> Result<()> {
     let reason = ca_core::Reason::parse(&a.reason).map_err(|e| input(format!("--reason: {e}")))?;
     let summary = ctx.service.revoke_ca_ceremony(
         &actor(&a.operator),
         a.kind,
+        a.generation,
         reason,
         &absolute_all(&a.shares),
     )?;
@@ -157,7 +219,7 @@ pub(super) fn revoke_ca(ctx: &Ctx, a: RevokeCaArgs) -> Result<()> {
     }
     println!(
         "{} CA certificate {} {} ({}).",
-        a.kind,
+        summary["name"].as_str().unwrap_or(a.kind.name()),
         summary["serial"].as_str().unwrap_or(""),
         summary["status"].as_str().unwrap_or(""),
         summary["reason"].as_str().unwrap_or("")

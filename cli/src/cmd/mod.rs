@@ -79,6 +79,9 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
                 Command::Ceremony(CeremonyCommand::IssuingCa(a)) => ceremony::issuing(&ctx, a),
                 Command::Ceremony(CeremonyCommand::RootCrl(a)) => ceremony::root_crl(&ctx, a),
                 Command::Ceremony(CeremonyCommand::RevokeCa(a)) => ceremony::revoke_ca(&ctx, a),
+                Command::Ceremony(CeremonyCommand::RootRollover(a)) => {
+                    ceremony::root_rollover(&ctx, a)
+                }
                 Command::Ceremony(CeremonyCommand::BackupKey(a)) => ceremony::backup_key(&ctx, a),
                 Command::Ceremony(CeremonyCommand::Replicate(a)) => ceremony::replicate(&ctx, a),
                 Command::Ceremony(CeremonyCommand::Backup(a)) => ceremony::backup(&ctx, a),

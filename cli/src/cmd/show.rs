@@ -46,6 +46,7 @@ pub(super) fn run(ctx: &Ctx, a: ShowArgs) -> Result<()> {
             "revocation": v.revocation.map(|rev| json!({"reason": rev.reason.name(), "revoked_at": rev.revoked_at, "invalidity_date": rev.invalidity_date})),
             "profile": r.profile,
             "issuer": r.issuer,
+            "issuer_generation": r.issuer_generation,
             "subject": r.subject_id,
             "shard": r.shard,
             "issued_at": rfc3339(r.issued_at),

@@ -26,6 +26,7 @@ fn cert_json(v: &CertView) -> Value {
         "serial": rec.serial_hex(),
         "profile": rec.profile,
         "issuer": rec.issuer,
+        "issuer_generation": rec.issuer_generation,
         "subject": rec.subject_id,
         "shard": rec.shard,
         "issued_at": rec.issued_at,

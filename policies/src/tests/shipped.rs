@@ -129,7 +129,8 @@ fn ca_profiles_have_shipped_values() {
         root.key_usage(),
         [KeyUsageBit::KeyCertSign, KeyUsageBit::CrlSign]
     );
-    assert_eq!(root.validity(), Validity::Days(9131));
+    // No end date: a meter holds its root for its whole life (docs/lifecycle.md).
+    assert_eq!(root.validity(), Validity::Unlimited);
     assert_eq!(root.path_len(), Some(1));
     assert_eq!(root.policy_oid(), None);
     assert_eq!(root.device_type_oid(), None);
@@ -150,7 +151,14 @@ fn ca_profiles_have_shipped_values() {
             p.key_usage(),
             [KeyUsageBit::KeyCertSign, KeyUsageBit::CrlSign]
         );
-        assert_eq!(p.validity(), Validity::Days(5479));
+        // The Device CA has no end date (meters hold it for their whole life); the CAs whose
+        // subscribers renew have a fixed lifetime.
+        let want = if name == "device-ca" {
+            Validity::Unlimited
+        } else {
+            Validity::Days(5479)
+        };
+        assert_eq!(p.validity(), want, "{name}");
         assert_eq!(p.path_len(), Some(0));
         assert_eq!(p.policy_oid(), None);
         assert_eq!(p.device_type_oid(), None);

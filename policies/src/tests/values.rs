@@ -33,10 +33,10 @@ fn bare_public_key_is_for_meters_only() {
 
 #[test]
 fn validity_rules() {
-    // "unlimited" is for meters only.
+    // "unlimited" is for meters and CAs only.
     for name in [
         "supplier-signing",
-        "root-ca",
+        "api-client",
         "api-server",
         "trust-update-signer",
     ] {
@@ -45,6 +45,17 @@ fn validity_rules() {
             &[("validity-days", None), ("validity", Some("\"unlimited\""))],
             "validity",
         );
+    }
+    // The CAs above meters may have no end date; the shipped root and Device CA have none.
+    let p = load_edited(
+        "organisation-ca",
+        &[("validity-days", None), ("validity", Some("\"unlimited\""))],
+    )
+    .expect("a CA may be unlimited");
+    assert_eq!(p.validity(), Validity::Unlimited);
+    for name in ["root-ca", "device-ca"] {
+        let p = load_edited(name, &[]).expect("shipped");
+        assert_eq!(p.validity(), Validity::Unlimited, "{name}");
     }
     // Exactly one of the two.
     refused(

@@ -137,7 +137,8 @@ pub fn replace_supersedes_and_revokes_the_old_certificate(h: &dyn Harness, dir: 
     let rev = s.revocation(&old.serial).unwrap().unwrap();
     assert_eq!(rev.reason, Reason::Superseded);
     assert_eq!(
-        s.revoked_in_shard(CaKind::Device, old.shard).unwrap(),
+        s.revoked_in_shard(crate::IssuerId::first(CaKind::Device), old.shard)
+            .unwrap(),
         vec![(old.serial.clone(), rev)]
     );
 }
@@ -198,27 +199,37 @@ pub fn revocation_is_final_and_listed_by_shard(h: &dyn Harness, dir: &Path) {
     assert_eq!(s.revocation(&b.serial).unwrap(), None);
     assert_eq!(s.active_cert(DEV, "meter-signing").unwrap(), None);
     assert_eq!(
-        s.revoked_in_shard(CaKind::Device, a.shard).unwrap(),
+        s.revoked_in_shard(crate::IssuerId::first(CaKind::Device), a.shard)
+            .unwrap(),
         vec![(a.serial.clone(), first)]
     );
     assert!(s
-        .revoked_in_shard(CaKind::Device, b.shard)
+        .revoked_in_shard(crate::IssuerId::first(CaKind::Device), b.shard)
         .unwrap()
         .is_empty());
     assert_eq!(
-        s.revoked_of_issuer(CaKind::Organisation, None, 100)
+        s.revoked_of_issuer(crate::IssuerId::first(CaKind::Organisation), None, 100)
             .unwrap(),
         RevokedPage::default()
     );
-    assert_eq!(s.count_revoked_of_issuer(CaKind::Organisation).unwrap(), 0);
     assert_eq!(
-        s.revoked_of_issuer(CaKind::Device, None, 100).unwrap(),
+        s.count_revoked_of_issuer(crate::IssuerId::first(CaKind::Organisation))
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        s.revoked_of_issuer(crate::IssuerId::first(CaKind::Device), None, 100)
+            .unwrap(),
         RevokedPage {
             entries: vec![(a.serial, first)],
             next: None
         }
     );
-    assert_eq!(s.count_revoked_of_issuer(CaKind::Device).unwrap(), 1);
+    assert_eq!(
+        s.count_revoked_of_issuer(crate::IssuerId::first(CaKind::Device))
+            .unwrap(),
+        1
+    );
 }
 
 /// An issuer's revocations read a page at a time (a full CRL's) are every revocation of that
@@ -253,7 +264,11 @@ pub fn revocations_are_read_a_page_at_a_time(h: &dyn Harness, dir: &Path) {
         let mut after: Option<Vec<u8>> = None;
         loop {
             let page = s
-                .revoked_of_issuer(CaKind::Device, after.as_deref(), size)
+                .revoked_of_issuer(
+                    crate::IssuerId::first(CaKind::Device),
+                    after.as_deref(),
+                    size,
+                )
                 .unwrap();
             assert!(page.entries.len() <= size);
             seen.extend(page.entries);
@@ -266,10 +281,15 @@ pub fn revocations_are_read_a_page_at_a_time(h: &dyn Harness, dir: &Path) {
         assert_eq!(seen, expected, "pages of {size}");
     }
     assert_eq!(
-        s.count_revoked_of_issuer(CaKind::Device).unwrap(),
+        s.count_revoked_of_issuer(crate::IssuerId::first(CaKind::Device))
+            .unwrap(),
         expected.len() as u64
     );
-    assert_eq!(s.count_revoked_of_issuer(CaKind::Organisation).unwrap(), 1);
+    assert_eq!(
+        s.count_revoked_of_issuer(crate::IssuerId::first(CaKind::Organisation))
+            .unwrap(),
+        1
+    );
 }
 
 /// A key is bound to one subject and usage while that subject's active certificate for that
@@ -350,4 +370,45 @@ pub fn a_key_is_bound_to_one_subject_and_usage(h: &dyn Harness, dir: &Path) {
         vec![Commit::Stored, Commit::KeyReused(Box::new(first))]
     );
     assert!(!s.subject_known(d8).unwrap());
+}
+
+/// A renewed CA's certificates keep their issuer's generation, and each generation's
+/// revocations are its own: the CRLs of generation 1 never list generation 2's, and a
+/// generation-1 record reads back as generation 1 after a reopen.
+pub fn generations_keep_their_own_revocations(h: &dyn Harness, dir: &Path) {
+    let (g1, g2) = (
+        crate::IssuerId::first(CaKind::Device),
+        crate::IssuerId::new(CaKind::Device, 2),
+    );
+    let s = h.open(dir);
+    let a = cert(1, DEV, "meter-signing", 1);
+    let mut b = cert(2, DEV2, "meter-signing", 2);
+    b.issuer_generation = 2;
+    b.shard = a.shard;
+    commit(
+        s.as_ref(),
+        vec![(a.clone(), false), (b.clone(), false)],
+        false,
+    );
+    assert_eq!(s.cert(&b.serial).unwrap().unwrap().issuer_id(), g2);
+    assert_eq!(s.cert(&a.serial).unwrap().unwrap().issuer_id(), g1);
+    let r = revocation(Reason::KeyCompromise, 10);
+    revoke(s.as_ref(), vec![b.serial.clone()], r);
+    assert!(s.revoked_in_shard(g1, a.shard).unwrap().is_empty());
+    assert_eq!(s.count_revoked_of_issuer(g1).unwrap(), 0);
+    assert_eq!(
+        s.revoked_in_shard(g2, b.shard).unwrap(),
+        vec![(b.serial.clone(), r)]
+    );
+    assert_eq!(
+        s.revoked_of_issuer(g2, None, 10).unwrap().entries,
+        vec![(b.serial.clone(), r)]
+    );
+    revoke(s.as_ref(), vec![a.serial.clone()], r);
+    assert_eq!(s.count_revoked_of_issuer(g1).unwrap(), 1);
+    assert_eq!(s.count_revoked_of_issuer(g2).unwrap(), 1);
+    drop(s);
+    let s = h.open(dir);
+    assert_eq!(s.cert(&b.serial).unwrap().unwrap(), b);
+    assert_eq!(s.cert(&a.serial).unwrap().unwrap(), a);
 }

@@ -26,6 +26,7 @@ pub(super) fn cert(serial: u8, subject: &str, profile: &str, key: u8) -> CertRec
         hw_type: Some(const_oid::ObjectIdentifier::new_unwrap(
             "1.3.6.1.4.1.32473.1.1",
         )),
+        issuer_generation: 1,
     }
 }
 

@@ -115,7 +115,7 @@ fn check_chunk(
     for (k, _) in chunk {
         if let Some((&REVOKED, rest)) = k.split_first() {
             if let Ok(Some(c)) = cert_of(rest) {
-                shard_keys.push(revoked_shard_key(c.issuer, c.shard, &c.serial));
+                shard_keys.push(revoked_shard_key(c.issuer_id(), c.shard, &c.serial));
             }
         }
     }
@@ -172,7 +172,11 @@ fn check_chunk(
                 match cert_of(rest)? {
                     None => r.problem(format!("{name}: revokes a missing certificate")),
                     Some(c) => {
-                        if !shards.contains_key(&revoked_shard_key(c.issuer, c.shard, &c.serial)) {
+                        if !shards.contains_key(&revoked_shard_key(
+                            c.issuer_id(),
+                            c.shard,
+                            &c.serial,
+                        )) {
                             r.problem(format!("{name}: missing from its CRL shard"));
                         }
                     }

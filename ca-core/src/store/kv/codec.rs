@@ -31,7 +31,7 @@ use serde::Serialize;
 
 use crate::model::Revocation;
 use crate::store::{AuditHead, CertRecord, StoreError};
-use crate::CaKind;
+use crate::{CaKind, IssuerId};
 
 pub(crate) const CERT: u8 = b'c';
 pub(crate) const ACTIVE: u8 = b'a';
@@ -132,6 +132,60 @@ pub(crate) const SCHEMA: &str = "schema";
 /// Tag of a schema-2 certificate record. A schema-1 record starts with its serial's length as
 /// a little-endian u64, and a serial is at most 20 octets, so it never starts with this byte.
 const CERT_V2: u8 = 0xC2;
+/// Tag of a certificate record with its issuer's generation (a renewed CA's).
+const CERT_V3: u8 = 0xC3;
+
+/// A certificate record of schema 2: a first-generation issuer's, without the generation.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CertRecordV2 {
+    serial: Vec<u8>,
+    issuer: CaKind,
+    profile: String,
+    subject_id: String,
+    key_hash: [u8; 32],
+    shard: u32,
+    issued_at: i64,
+    der: Vec<u8>,
+    replaced_by: Option<Vec<u8>>,
+    hw_type: Option<String>,
+}
+
+impl CertRecordV2 {
+    fn of(r: &CertRecord) -> CertRecordV2 {
+        CertRecordV2 {
+            serial: r.serial.clone(),
+            issuer: r.issuer,
+            profile: r.profile.clone(),
+            subject_id: r.subject_id.clone(),
+            key_hash: r.key_hash,
+            shard: r.shard,
+            issued_at: r.issued_at,
+            der: r.der.clone(),
+            replaced_by: r.replaced_by.clone(),
+            hw_type: r.hw_type.map(|o| o.to_string()),
+        }
+    }
+
+    fn upgrade(self) -> Result<CertRecord, String> {
+        let hw_type = self
+            .hw_type
+            .map(|t| ObjectIdentifier::new(&t).map_err(|e| format!("hwType {t:?}: {e}")))
+            .transpose()?;
+        Ok(CertRecord {
+            serial: self.serial,
+            issuer: self.issuer,
+            profile: self.profile,
+            subject_id: self.subject_id,
+            key_hash: self.key_hash,
+            shard: self.shard,
+            issued_at: self.issued_at,
+            der: self.der,
+            replaced_by: self.replaced_by,
+            hw_type,
+            issuer_generation: 1,
+        })
+    }
+}
 
 /// A key: one prefix byte, then the parts.
 pub(crate) fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
@@ -178,11 +232,11 @@ pub(crate) fn revoked_key(serial: &[u8]) -> Vec<u8> {
     key(REVOKED, &[serial])
 }
 
-pub(crate) fn shard_prefix(issuer: CaKind) -> Vec<u8> {
+pub(crate) fn shard_prefix(issuer: IssuerId) -> Vec<u8> {
     key(REVOKED_BY_SHARD, &[issuer.name().as_bytes(), &[0]])
 }
 
-pub(crate) fn revoked_shard_key(issuer: CaKind, shard: u32, serial: &[u8]) -> Vec<u8> {
+pub(crate) fn revoked_shard_key(issuer: IssuerId, shard: u32, serial: &[u8]) -> Vec<u8> {
     let mut k = shard_prefix(issuer);
     k.extend_from_slice(&shard.to_be_bytes());
     k.extend_from_slice(serial);
@@ -215,17 +269,29 @@ pub(crate) fn printable(key: &[u8]) -> String {
     String::from_utf8(key.to_vec()).unwrap_or_else(|_| hex::encode(key))
 }
 
+/// Certificates of a CA's first generation keep the schema-2 form (no generation), so that a
+/// store without a renewed CA reads the same in every build; a later generation's are tagged
+/// [`CERT_V3`] and carry it.
 pub(crate) fn encode_cert(r: &CertRecord) -> Vec<u8> {
+    if r.issuer_generation > 1 {
+        let mut v = vec![CERT_V3];
+        bincode::serialize_into(&mut v, r).expect("a CertRecord always serialises");
+        return v;
+    }
     let mut v = vec![CERT_V2];
-    bincode::serialize_into(&mut v, r).expect("a CertRecord always serialises");
+    bincode::serialize_into(&mut v, &CertRecordV2::of(r)).expect("a CertRecord always serialises");
     v
 }
 
 pub(crate) fn decode_cert(key: &[u8], v: &[u8]) -> Result<CertRecord, StoreError> {
     match v.split_first() {
-        Some((&CERT_V2, rest)) => {
+        Some((&CERT_V3, rest)) => {
             bincode::deserialize(rest).map_err(|e| StoreError::corrupt(printable(key), e))
         }
+        Some((&CERT_V2, rest)) => bincode::deserialize::<CertRecordV2>(rest)
+            .map_err(|e| StoreError::corrupt(printable(key), e))?
+            .upgrade()
+            .map_err(|e| StoreError::corrupt(printable(key), e)),
         _ => {
             let old: CertRecordV1 =
                 bincode::deserialize(v).map_err(|e| StoreError::corrupt(printable(key), e))?;
@@ -322,6 +388,7 @@ impl CertRecordV1 {
             der: self.der,
             replaced_by: self.replaced_by,
             hw_type,
+            issuer_generation: 1,
         })
     }
 }

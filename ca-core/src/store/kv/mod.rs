@@ -17,7 +17,6 @@ use crate::store::{
     Applied, ApplyError, AuditHead, AuditStage, BatchRecord, CertRecord, PublishedCrl, RevokedPage,
     Store, StoreError, Txn, UpdateMark,
 };
-use crate::CaKind;
 
 /// Reads of the committed state a transaction runs against.
 pub(crate) trait KvRead {
@@ -194,7 +193,7 @@ impl<B: KvBackend + 'static> Store for KvStore<B> {
 
     fn revoked_in_shard(
         &self,
-        issuer: CaKind,
+        issuer: crate::IssuerId,
         shard: u32,
     ) -> Result<Vec<(Vec<u8>, Revocation)>, StoreError> {
         let mut prefix = shard_prefix(issuer);
@@ -208,7 +207,7 @@ impl<B: KvBackend + 'static> Store for KvStore<B> {
 
     fn revoked_of_issuer(
         &self,
-        issuer: CaKind,
+        issuer: crate::IssuerId,
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<RevokedPage, StoreError> {
@@ -240,7 +239,7 @@ impl<B: KvBackend + 'static> Store for KvStore<B> {
         Ok(page)
     }
 
-    fn count_revoked_of_issuer(&self, issuer: CaKind) -> Result<u64, StoreError> {
+    fn count_revoked_of_issuer(&self, issuer: crate::IssuerId) -> Result<u64, StoreError> {
         self.backend.count_prefix(&shard_prefix(issuer))
     }
 

@@ -96,6 +96,10 @@ impl<'a> Writer<'a> {
                     items,
                     all_or_nothing,
                 } => OpOutcome::Committed(self.commit_issued(&items, all_or_nothing)?),
+                Op::RecordCertificates(items) => {
+                    self.record_certificates(&items)?;
+                    OpOutcome::Done
+                }
                 Op::Revoke {
                     serials,
                     revocation,
@@ -272,7 +276,7 @@ impl<'a> Writer<'a> {
                     });
                     self.insert(revoked_key(&prev.serial), rev.clone());
                     self.insert(
-                        revoked_shard_key(prev.issuer, prev.shard, &prev.serial),
+                        revoked_shard_key(prev.issuer_id(), prev.shard, &prev.serial),
                         rev,
                     );
                 }
@@ -302,6 +306,30 @@ impl<'a> Writer<'a> {
         })
     }
 
+    /// See [`Op::RecordCertificates`].
+    fn record_certificates(&mut self, items: &[CertRecord]) -> Result<(), StoreError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        for rec in items {
+            let ckey = cert_key(&rec.serial);
+            if self.get(&ckey)?.is_some() {
+                return Err(StoreError::Refused(format!(
+                    "serial {} is already used",
+                    rec.serial_hex()
+                )));
+            }
+            self.insert(ckey, encode_cert(rec));
+            self.insert(
+                subject_key(&rec.subject_id, rec.issued_at, &rec.serial),
+                Vec::new(),
+            );
+        }
+        let count = self.u64_at(CERT_COUNT)?.unwrap_or(0) + items.len() as u64;
+        self.insert(CERT_COUNT.to_vec(), encode_u64(count).to_vec());
+        Ok(())
+    }
+
     fn revoke(
         &mut self,
         serials: &[Vec<u8>],
@@ -326,7 +354,7 @@ impl<'a> Writer<'a> {
             }
             self.insert(revoked_key(serial), rev.clone());
             self.insert(
-                revoked_shard_key(rec.issuer, rec.shard, serial),
+                revoked_shard_key(rec.issuer_id(), rec.shard, serial),
                 rev.clone(),
             );
             if revocation.reason == Reason::KeyCompromise {

@@ -470,6 +470,7 @@ mod tests {
             der: vec![0x30, 0],
             replaced_by: None,
             hw_type: None,
+            issuer_generation: 1,
         };
         let a = rec(1, "00-DB-12-00-00-00-00-01", 5);
         let c = rec(3, "00-DB-12-00-00-00-00-03", 6);

@@ -1,0 +1,268 @@
+//! Root rollover (docs/lifecycle.md, RFC 4210 §4.4): a new root key in the root token, its
+//! self-signed certificate (NewWithNew), the new key certified by the old (NewWithOld) and the
+//! old by the new (OldWithNew), and every issuing CA generation and the audit signer
+//! re-certified under the new root, so that every existing certificate validates under either
+//! root while meters move from one to the other.
+
+use std::path::PathBuf;
+
+use serde_json::json;
+use x509_cert::Certificate;
+
+use super::arl::{OpenedRoot, AUDIT_SUBJECT_ID};
+use super::ceremony::{json_text, stage, undo, Prepared};
+use super::error::io_at;
+use super::{authorize, now_compact, now_rfc3339, Action, Actor, Service, ServiceError};
+use crate::certs::{
+    build_ca_certificate_named, build_self_signed_root_named, build_signer_certificate_named,
+    certificate_to_pem, fingerprint_sha256, CertInfo,
+};
+use crate::signer::KeyAlgorithm;
+use crate::store::{CertRecord, Op, Txn};
+use crate::{CaKind, IssuerId};
+
+/// The store's subject of the rollover's link certificates.
+const LINK_SUBJECT_ID: &str = "ca:root-link";
+
+/// A certificate the rollover makes: where it lands, what it replaces there (moved under
+/// `ca/generations/root-<N>/`), and its store record.
+struct Made {
+    what: String,
+    path: PathBuf,
+    cert: Certificate,
+    record: Option<CertRecord>,
+}
+
+impl Service {
+    /// `meterpki ceremony root-rollover --share ...`: see the module documentation. The
+    /// previous root stays `ca/generations/root-<N>.pem`, its key stays in the root token and
+    /// keeps signing its ARL; the link certificates are `ca/links/new-with-old.pem` and
+    /// `ca/links/old-with-new.pem`. Nothing is left behind by a rollover refused or failed
+    /// before its audit record.
+    pub fn root_rollover_ceremony(
+        &self,
+        actor: &Actor,
+        shares: &[PathBuf],
+    ) -> Result<serde_json::Value, ServiceError> {
+        authorize(actor, Action::Administer)?;
+        let old = self.open_root(actor, shares)?;
+        let new_id = old.id.next();
+        let label = new_id.key_label();
+        let token = old._token.clone();
+        if token.find_key(&label)?.is_some() {
+            // A key without its certificate is what an interrupted rollover leaves behind.
+            tracing::warn!(key = %label, "removing a root key left by an interrupted rollover");
+            token.destroy_key(&label)?;
+        }
+        let key = token.generate_key_as(&label, KeyAlgorithm::EcP384, self.key_protection())?;
+        let outcome = self
+            .rollover_after_key(actor, &old, new_id, &key.id)
+            .and_then(|(p, new_root)| {
+                let mut summary = self.record_ceremony(actor, p)?;
+                // The new root's ARL, and the previous root's re-signed.
+                summary["arl"] = self.arl_after_ceremony(actor, &new_root, "root-rollover")?;
+                Ok(summary)
+            });
+        if undo(&outcome) {
+            let _ = token.destroy_key(&label);
+        }
+        outcome
+    }
+
+    fn rollover_after_key(
+        &self,
+        actor: &Actor,
+        old: &OpenedRoot,
+        new_id: IssuerId,
+        key_id: &[u8],
+    ) -> Result<(Prepared, OpenedRoot), ServiceError> {
+        let home = &self.home;
+        let new_signer = old._token.signer(&new_id.key_label())?;
+        let old_n = old.id.generation;
+        // NewWithNew: the new key under the root's unchanged name (RFC 4210 §4.4). The link
+        // certificates are then self-issued, which RFC 5280 §4.2.1.9 does not count against
+        // a path's length: a meter's chain through OldWithNew or NewWithOld fits the root's
+        // pathLenConstraint. The generations are told apart by their key identifiers.
+        let spec = self.ca_spec_under(CaKind::Root, new_id)?;
+        let new_root = build_self_signed_root_named(
+            new_signer.as_ref(),
+            old.cert.tbs_certificate.subject.clone(),
+            &spec,
+        )?;
+        let new_name = new_root.tbs_certificate.subject.clone();
+        let new_spki = new_root.tbs_certificate.subject_public_key_info.clone();
+        // NewWithOld: the new key certified by the old, pointing at the old root's ARL, which
+        // lists it; OldWithNew the other way round.
+        let old_spec = self.ca_spec_under(CaKind::Root, old.id)?;
+        let new_with_old = build_ca_certificate_named(
+            old.signer.as_ref(),
+            &old.cert,
+            new_name,
+            &new_spki,
+            &old_spec,
+        )?;
+        let old_with_new = build_ca_certificate_named(
+            new_signer.as_ref(),
+            &new_root,
+            old.cert.tbs_certificate.subject.clone(),
+            &old.cert.tbs_certificate.subject_public_key_info,
+            &spec,
+        )?;
+        let record = |root: IssuerId, subject: String, profile: &str, cert: &Certificate| {
+            Self::root_issued_record(root, subject, profile, cert)
+        };
+        let links = home.ca_links_dir();
+        let mut made = vec![
+            Made {
+                what: "new-with-old".into(),
+                path: links.join("new-with-old.pem"),
+                record: Some(record(
+                    old.id,
+                    LINK_SUBJECT_ID.into(),
+                    "root-link",
+                    &new_with_old,
+                )?),
+                cert: new_with_old.clone(),
+            },
+            Made {
+                what: "old-with-new".into(),
+                path: links.join("old-with-new.pem"),
+                record: Some(record(
+                    new_id,
+                    LINK_SUBJECT_ID.into(),
+                    "root-link",
+                    &old_with_new,
+                )?),
+                cert: old_with_new.clone(),
+            },
+        ];
+        // Every issuing-CA generation the old root certified and did not revoke, and the audit
+        // signer: the same name and key, certified by the new root (its ARL named).
+        for kind in CaKind::ISSUING {
+            let spec = self.ca_spec_under(kind, new_id)?;
+            for id in self.generations(kind) {
+                if self.generation_revocation(id)?.is_some() {
+                    continue;
+                }
+                let cert = self.generation_cert(id)?;
+                let again = build_ca_certificate_named(
+                    new_signer.as_ref(),
+                    &new_root,
+                    cert.tbs_certificate.subject.clone(),
+                    &cert.tbs_certificate.subject_public_key_info,
+                    &spec,
+                )?;
+                made.push(Made {
+                    what: id.name(),
+                    path: self.generation_cert_path(id),
+                    record: Some(record(
+                        new_id,
+                        id.store_subject(),
+                        &format!("{}-ca", kind.name()),
+                        &again,
+                    )?),
+                    cert: again,
+                });
+            }
+        }
+        let audit_cert = crate::certs::certificate_from_pem(
+            &std::fs::read_to_string(home.audit_cert())
+                .map_err(io_at(format!("reading {}", home.audit_cert().display())))?,
+        )?;
+        let audit_again = build_signer_certificate_named(
+            new_signer.as_ref(),
+            &new_root,
+            audit_cert.tbs_certificate.subject.clone(),
+            &audit_cert.tbs_certificate.subject_public_key_info,
+            &crate::certs::CaCertSpec {
+                crl_url: self.crl_settings().arl_url(new_id),
+                ..self.audit_signer_spec()?
+            },
+        )?;
+        made.push(Made {
+            what: "audit".into(),
+            path: home.audit_cert(),
+            record: Some(record(
+                new_id,
+                AUDIT_SUBJECT_ID.into(),
+                "audit-signer",
+                &audit_again,
+            )?),
+            cert: audit_again,
+        });
+
+        let mut ceremony_record = old.record.clone();
+        ceremony_record.root_key_label = new_id.key_label();
+        ceremony_record.root_key_id = hex::encode(key_id);
+        ceremony_record.root_cert_sha256 = fingerprint_sha256(&new_root);
+        let transcript_path = home
+            .ceremonies_dir()
+            .join(format!("{}-root-rollover.json", now_compact()));
+        let kept = home.ca_generations_dir().join(format!("root-{old_n}"));
+        let transcript = json!({
+            "ceremony": "root-rollover",
+            "root_ceremony_id": old.record.ceremony_id,
+            "operator": actor.name(),
+            "started_by_os_user": Actor::local().name(),
+            "time": now_rfc3339(),
+            "quorum": old.record.quorum,
+            "previous": {"generation": old_n, "certificate": CertInfo::of(&old.cert), "file": home.ca_generation_cert(CaKind::Root, old_n)},
+            "root": {"generation": new_id.generation, "name": new_id.name(), "key": {"label": new_id.key_label(), "id": hex::encode(key_id), "token": old.record.root_token, "algorithm": "EC P-384", "sensitive": true, "protection": self.key_protection()}, "certificate": CertInfo::of(&new_root), "file": home.ca_cert(CaKind::Root)},
+            "certified": made.iter().map(|m| json!({"what": m.what, "file": m.path, "certificate": CertInfo::of(&m.cert)})).collect::<Vec<_>>(),
+            "previous_certificates_kept_in": kept,
+        });
+
+        // Staged in this order; each appears once the audit record is committed. The files the
+        // rollover replaces are kept first: the old root as `ca/generations/root-<N>.pem`, the
+        // old root's certificates of the issuing CAs and the audit signer (and earlier links)
+        // under `ca/generations/root-<N>/`.
+        for dir in [&links, &kept] {
+            std::fs::create_dir_all(dir).map_err(io_at(format!("creating {}", dir.display())))?;
+        }
+        let mut files = vec![stage(&transcript_path, &json_text(&transcript)?)?];
+        let copy = |from: &std::path::Path, to: PathBuf| -> Result<_, ServiceError> {
+            let text = std::fs::read_to_string(from)
+                .map_err(io_at(format!("reading {}", from.display())))?;
+            stage(&to, &text)
+        };
+        files.push(copy(
+            &home.ca_cert(CaKind::Root),
+            home.ca_generation_cert(CaKind::Root, old_n),
+        )?);
+        for m in &made {
+            if m.path.exists() {
+                let name = m.path.file_name().map(PathBuf::from).unwrap_or_default();
+                files.push(copy(&m.path, kept.join(name))?);
+            }
+        }
+        for m in &made {
+            files.push(stage(&m.path, &certificate_to_pem(&m.cert)?)?);
+        }
+        files.push(stage(
+            &home.ca_cert(CaKind::Root),
+            &certificate_to_pem(&new_root)?,
+        )?);
+        files.push(stage(&home.root_ceremony(), &json_text(&ceremony_record)?)?);
+        let records = made.iter().filter_map(|m| m.record.clone()).collect();
+        let prepared = Prepared {
+            event: "ceremony.root-rollover".into(),
+            transcript,
+            transcript_path,
+            files,
+            txn: Txn::new()
+                .with(Op::CommitIssued {
+                    items: self.unrecorded_root_issued()?,
+                    all_or_nothing: true,
+                })
+                .with(Op::RecordCertificates(records)),
+        };
+        let opened = OpenedRoot {
+            id: new_id,
+            record: ceremony_record,
+            cert: new_root,
+            signer: new_signer,
+            _token: old._token.clone(),
+        };
+        Ok((prepared, opened))
+    }
+}

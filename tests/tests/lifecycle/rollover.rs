@@ -1,0 +1,202 @@
+//! Root rollover (RFC 4210 §4.4): every certificate issued before validates under either root,
+//! every one issued after too, through the link certificates and the issuing CAs certified
+//! again under the new root; a CA revoked after the rollover fails under both.
+
+use meterpki_tests::Scratch;
+
+use crate::rp::{accepts, crls, refuses, x509_field};
+use crate::EXE;
+
+fn shares(s: &Scratch, n: &[u8]) -> Vec<String> {
+    n.iter()
+        .flat_map(|i| {
+            [
+                "--share".to_string(),
+                s.share("h", *i).display().to_string(),
+            ]
+        })
+        .collect()
+}
+
+fn run(s: &Scratch, args: &[&str], more: &[String]) -> meterpki_tests::Run {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(more.iter().map(String::as_str));
+    s.run("h", &all)
+}
+
+fn openssl_ok(args: &[&str]) {
+    let r = meterpki_tests::tool("openssl", args, &[]);
+    assert!(
+        r.code == 0 && r.stdout.contains("OK"),
+        "openssl {args:?}: {r:?}"
+    );
+}
+
+#[test]
+fn after_a_root_rollover_old_and_new_certificates_validate_under_either_root() {
+    let s = Scratch::new(EXE);
+    s.ceremonies("h", 3, 2, &["device", "organisation"]);
+    s.issue_one("h", "00-DB-12-34-56-78-90-01", None, "m1.pem")
+        .ok();
+    let old_root_text = std::fs::read_to_string(s.path("h/ca/root.pem")).unwrap();
+    let old_device_text = std::fs::read_to_string(s.path("h/ca/device.pem")).unwrap();
+
+    // One share short: refused, nothing but the audit log's record of it changes.
+    let mut before = s.snapshot();
+    run(&s, &["ceremony", "root-rollover"], &shares(&s, &[3])).fails(2, "share");
+    let mut after = s.snapshot();
+    before.remove("h/audit/audit.log");
+    after.remove("h/audit/audit.log");
+    assert_eq!(before, after);
+
+    let out = run(
+        &s,
+        &["ceremony", "root-rollover", "--json"],
+        &shares(&s, &[1, 3]),
+    )
+    .ok()
+    .json();
+    assert_eq!(out["root"]["generation"], 2);
+    assert_eq!(out["root"]["key"]["label"], "meterpki-root-ca-g2");
+    // Where scripts find everything.
+    let root = s.path("h/ca/root.pem");
+    let old_root = s.path("h/ca/generations/root-1.pem");
+    let new_with_old = s.path("h/ca/links/new-with-old.pem");
+    let old_with_new = s.path("h/ca/links/old-with-new.pem");
+    let device = s.path("h/ca/device.pem");
+    let old_device = s.path("h/ca/generations/root-1/device.pem");
+    assert_eq!(std::fs::read_to_string(&old_root).unwrap(), old_root_text);
+    assert_eq!(
+        std::fs::read_to_string(&old_device).unwrap(),
+        old_device_text
+    );
+    // The root keeps its name (RFC 4210 §4.4): the link certificates are self-issued.
+    assert_eq!(
+        x509_field(&root, "subject"),
+        x509_field(&old_root, "subject")
+    );
+    assert_ne!(
+        std::fs::read_to_string(&root).unwrap(),
+        old_root_text,
+        "a new root certificate"
+    );
+    // The issuing CA keeps its name and key, under the new root.
+    assert_eq!(
+        x509_field(&device, "subject"),
+        x509_field(&old_device, "subject")
+    );
+    assert_eq!(
+        x509_field(&device, "issuer"),
+        x509_field(&root, "subject").replace("subject", "issuer")
+    );
+    // The link certificates, each verified by openssl under the root that signed it.
+    let p = |x: &std::path::Path| x.display().to_string();
+    openssl_ok(&["verify", "-CAfile", &p(&old_root), &p(&new_with_old)]);
+    openssl_ok(&["verify", "-CAfile", &p(&root), &p(&old_with_new)]);
+    openssl_ok(&["verify", "-CAfile", &p(&root), &p(&root)]);
+    assert_eq!(
+        x509_field(&new_with_old, "subject"),
+        x509_field(&root, "subject")
+    );
+    assert_eq!(
+        x509_field(&old_with_new, "subject"),
+        x509_field(&old_root, "subject")
+    );
+
+    s.issue_one("h", "00-DB-12-34-56-78-90-02", None, "m2.pem")
+        .ok();
+    s.run("h", &["crl", "publish"]).ok();
+    let crl = crls(&s, "h");
+    assert!(
+        crl.iter()
+            .any(|c| c.display().to_string().contains("crl-root-g2-arl")),
+        "the new root publishes its ARL: {crl:?}"
+    );
+    let (m1, m2) = (s.path("m1.pem"), s.path("m2.pem"));
+    // A meter installed before: its own chain, under the old root.
+    accepts(&old_root, std::slice::from_ref(&old_device), &crl, &m1);
+    // Under the new root: through the re-certified Device CA, or through OldWithNew.
+    accepts(&root, std::slice::from_ref(&device), &crl, &m1);
+    accepts(
+        &root,
+        &[old_device.clone(), old_with_new.clone()],
+        &crl,
+        &m1,
+    );
+    // A certificate issued after, under the old root (NewWithOld) and the new.
+    accepts(
+        &old_root,
+        &[device.clone(), new_with_old.clone()],
+        &crl,
+        &m2,
+    );
+    accepts(&root, std::slice::from_ref(&device), &crl, &m2);
+    // The audit signer is certified again under the new root: the log still verifies.
+    s.run("h", &["audit", "verify"]).ok();
+    s.run("h", &["store", "check"]).ok();
+    let status = s.run("h", &["status", "--json"]).ok().json();
+    let r = status["cas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == "root")
+        .unwrap()
+        .clone();
+    assert_eq!(r["generation"], 2);
+    assert_eq!(r["key_present"], true);
+
+    // The same shares open the new root; the ARLs of both roots are re-signed.
+    let out = run(
+        &s,
+        &["ceremony", "root-crl", "--json"],
+        &shares(&s, &[2, 3]),
+    )
+    .ok()
+    .json();
+    let issuers: Vec<_> = out["published"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["issuer"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(issuers, ["root-g2", "root"]);
+
+    // The Device CA revoked after the rollover: its certificates under both roots are listed,
+    // and no path through either root stays open.
+    let out = run(
+        &s,
+        &[
+            "ceremony",
+            "revoke-ca",
+            "--kind",
+            "device",
+            "--reason",
+            "cACompromise",
+            "--json",
+        ],
+        &shares(&s, &[1, 2]),
+    )
+    .ok()
+    .json();
+    assert_eq!(out["status"], "revoked");
+    let crl = crls(&s, "h");
+    refuses(
+        &old_root,
+        std::slice::from_ref(&old_device),
+        &crl,
+        &m1,
+        "revoked",
+    );
+    refuses(&root, std::slice::from_ref(&device), &crl, &m1, "revoked");
+    refuses(&root, &[old_device, old_with_new], &crl, &m1, "revoked");
+    refuses(
+        &old_root,
+        &[device.clone(), new_with_old],
+        &crl,
+        &m2,
+        "revoked",
+    );
+    refuses(&root, &[device], &crl, &m2, "revoked");
+    s.run("h", &["store", "check"]).ok();
+    s.run("h", &["audit", "verify"]).ok();
+}
