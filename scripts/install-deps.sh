@@ -48,3 +48,9 @@ if ! .tools/venv/bin/python -c 'import PyKCS11' >/dev/null 2>&1; then
   echo "installing PyKCS11 into .tools/venv" >&2
   .tools/venv/bin/pip install --quiet --disable-pip-version-check PyKCS11
 fi
+# pyasn1-modules: an independent ASN.1 decoder with RFC 5934's and RFC 5652's modules, which the
+# tests use to decode the TAMP messages meterpki signs strictly (DER), besides meterpki's own.
+if ! .tools/venv/bin/python -c 'import pyasn1_modules.rfc5934' >/dev/null 2>&1; then
+  echo "installing pyasn1-modules into .tools/venv" >&2
+  .tools/venv/bin/pip install --quiet --disable-pip-version-check pyasn1-modules
+fi

@@ -128,6 +128,10 @@ impl Home {
     pub fn ca_links_dir(&self) -> PathBuf {
         self.ca_dir().join("links")
     }
+    /// `updates/`: the apex trust-anchor updates ceremonies write (`apex-<seq>.der`).
+    pub fn updates_dir(&self) -> PathBuf {
+        self.root.join("updates")
+    }
     /// `ca/audit.pem`: the audit signer's certificate (issued by the root).
     pub fn audit_cert(&self) -> PathBuf {
         self.ca_dir().join("audit.pem")

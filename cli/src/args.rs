@@ -318,9 +318,9 @@ pub(crate) enum CeremonyCommand {
     /// Roll the root over (RFC 4210 §4.4): a new root key in the root token, its certificate, the two link certificates, and every issuing CA and the audit signer certified again under it; opened by a quorum of the current root's shares.
     #[command(
         name = "root-rollover",
-        after_help = "Example:\n  meterpki ceremony root-rollover --share /media/alice.share --share /media/bob.share --share /media/carol.share\n\nAfterwards ca/root.pem is the new root (the same name, a new key meterpki-root-ca-g2); the previous one is\nca/generations/root-1.pem and keeps signing its ARL. ca/links/new-with-old.pem (the new key certified\nby the old root) lets meters that trust the old root accept what the new hierarchy issues;\nca/links/old-with-new.pem the other way round. The issuing CAs keep their keys and names: their\ncertificates under the old root are kept in ca/generations/root-1/. The same shares open the new root."
+        after_help = "Example:\n  meterpki ceremony root-rollover --share /media/alice.share --share /media/bob.share --share /media/carol.share\n\nAfterwards ca/root.pem is the new root (the same name, a new key meterpki-root-ca-g2); the previous one is\nca/generations/root-1.pem and keeps signing its ARL. ca/links/new-with-old.pem (the new key certified\nby the old root) lets meters that trust the old root accept what the new hierarchy issues;\nca/links/old-with-new.pem the other way round. The issuing CAs keep their keys and names: their\ncertificates under the old root are kept in ca/generations/root-1/. The same shares open the new root.\nThe apex update updates/apex-<seq>.der (RFC 5934 §4.5, signed by the previous root) installs the new\nroot in meters: head ends deliver it; `meterpki update verify` checks it as a meter would."
     )]
-    RootRollover(RootCrlArgs),
+    RootRollover(RootRolloverArgs),
     /// Revoke an issuing CA's certificate in the root's ARL (every certificate below it stops validating).
     #[command(
         name = "revoke-ca",
@@ -419,6 +419,19 @@ pub(crate) struct RootCrlArgs {
     /// A share file; give at least the quorum.
     #[arg(long = "share", required = true)]
     pub shares: Vec<PathBuf>,
+    /// Who runs the ceremony (default: $USER).
+    #[arg(long)]
+    pub operator: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct RootRolloverArgs {
+    /// A share file of the current root; give at least the quorum.
+    #[arg(long = "share", required = true)]
+    pub shares: Vec<PathBuf>,
+    /// The apex update targets only the meters of this hardware type (OID); default: every meter.
+    #[arg(long)]
+    pub hw_type: Option<String>,
     /// Who runs the ceremony (default: $USER).
     #[arg(long)]
     pub operator: Option<String>,
@@ -674,9 +687,9 @@ pub(crate) enum MeterCommand {
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum UpdateCommand {
-    /// Check an update as a meter would: CMS signature, signer chain to the root, the signer's policy OID and key usage, the target, and a sequence number greater than the last one seen.
+    /// Check an update (a TAMP update or an apex update) as a meter would: CMS signature, signer chain to the root, the signer's policy OID and key usage, the target, and a sequence number greater than the last one seen.
     #[command(
-        after_help = "Examples:\n  meterpki update verify updates/00-DB-12-34-56-78-90-01.tamp.der --root meterpki-home/ca/root.pem\n  meterpki update verify u.der --root root.pem --device-id 00-DB-12-34-56-78-90-01 --after 41 --json\n\nExit 0 when the update verifies, 2 when it does not (the reason is printed)."
+        after_help = "Examples:\n  meterpki update verify updates/00-DB-12-34-56-78-90-01.tamp.der --root meterpki-home/ca/root.pem\n  meterpki update verify u.der --root root.pem --device-id 00-DB-12-34-56-78-90-01 --after 41 --json\n  meterpki update verify meterpki-home/updates/apex-1.der --root meterpki-home/ca/generations/root-1.pem\n\nAn apex update (RFC 5934 §4.5, written by `ceremony root-rollover`) is checked against --root as\nthe meter's current apex trust anchor: signed by it, for this meter (--hw-type), a sequence number\nabove --after, a self-signed new root.\n\nExit 0 when the update verifies, 2 when it does not (the reason is printed)."
     )]
     Verify {
         /// The update (DER).
@@ -693,5 +706,8 @@ pub(crate) enum UpdateCommand {
         /// The trust-update signer's policy OID (default: the trust-update-signer profile's).
         #[arg(long)]
         policy_oid: Option<String>,
+        /// The meter's hardware type (an apex update for one hwType must name it).
+        #[arg(long)]
+        hw_type: Option<String>,
     },
 }

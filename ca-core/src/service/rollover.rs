@@ -19,6 +19,7 @@ use crate::certs::{
 };
 use crate::signer::KeyAlgorithm;
 use crate::store::{CertRecord, Op, Txn};
+use crate::tamp::ApexTarget;
 use crate::{CaKind, IssuerId};
 
 /// The store's subject of the rollover's link certificates.
@@ -43,6 +44,7 @@ impl Service {
         &self,
         actor: &Actor,
         shares: &[PathBuf],
+        target: ApexTarget,
     ) -> Result<serde_json::Value, ServiceError> {
         authorize(actor, Action::Administer)?;
         let old = self.open_root(actor, shares)?;
@@ -56,7 +58,7 @@ impl Service {
         }
         let key = token.generate_key_as(&label, KeyAlgorithm::EcP384, self.key_protection())?;
         let outcome = self
-            .rollover_after_key(actor, &old, new_id, &key.id)
+            .rollover_after_key(actor, &old, new_id, &key.id, &target)
             .and_then(|(p, new_root)| {
                 let mut summary = self.record_ceremony(actor, p)?;
                 // The new root's ARL, and the previous root's re-signed.
@@ -75,6 +77,7 @@ impl Service {
         old: &OpenedRoot,
         new_id: IssuerId,
         key_id: &[u8],
+        target: &ApexTarget,
     ) -> Result<(Prepared, OpenedRoot), ServiceError> {
         let home = &self.home;
         let new_signer = old._token.signer(&new_id.key_label())?;
@@ -191,6 +194,31 @@ impl Service {
             cert: audit_again,
         });
 
+        // The apex update that installs the new root in the meters, signed by the root they
+        // hold now, checked as a meter would before it is written.
+        let apex_seq = self.store()?.reserve("tamp.apex.seq", 1)?;
+        let old_key_id = crate::certs::subject_key_identifier(&old.cert)
+            .map(|s| s.0.as_bytes().to_vec())
+            .unwrap_or_else(|| {
+                crate::certs::key_identifier(&old.cert.tbs_certificate.subject_public_key_info)
+                    .to_vec()
+            });
+        let apex_error = |e: crate::tamp::TampError| {
+            ServiceError::Internal(format!("the apex update for the new root: {e}"))
+        };
+        let content = crate::tamp::encode_apex(target, apex_seq, &new_root).map_err(apex_error)?;
+        let apex = crate::tamp::sign_apex(
+            old.signer.as_ref(),
+            Some(&old.cert),
+            &old_key_id,
+            &content,
+            Vec::new(),
+        )
+        .map_err(apex_error)?;
+        crate::tamp::verify_apex(&apex, &old.cert, &crate::tamp::ApexOptions::default())
+            .map_err(apex_error)?;
+        let apex_path = home.updates_dir().join(format!("apex-{apex_seq}.der"));
+
         let mut ceremony_record = old.record.clone();
         ceremony_record.root_key_label = new_id.key_label();
         ceremony_record.root_key_id = hex::encode(key_id);
@@ -210,13 +238,14 @@ impl Service {
             "root": {"generation": new_id.generation, "name": new_id.name(), "key": {"label": new_id.key_label(), "id": hex::encode(key_id), "token": old.record.root_token, "algorithm": "EC P-384", "sensitive": true, "protection": self.key_protection()}, "certificate": CertInfo::of(&new_root), "file": home.ca_cert(CaKind::Root)},
             "certified": made.iter().map(|m| json!({"what": m.what, "file": m.path, "certificate": CertInfo::of(&m.cert)})).collect::<Vec<_>>(),
             "previous_certificates_kept_in": kept,
+            "apex_update": {"file": apex_path, "seq": apex_seq, "target": match target { ApexTarget::All => "all".to_string(), ApexTarget::HwType(o) => o.to_string() }, "signed_by": CertInfo::of(&old.cert).sha256_fingerprint, "bytes": apex.len()},
         });
 
         // Staged in this order; each appears once the audit record is committed. The files the
         // rollover replaces are kept first: the old root as `ca/generations/root-<N>.pem`, the
         // old root's certificates of the issuing CAs and the audit signer (and earlier links)
         // under `ca/generations/root-<N>/`.
-        for dir in [&links, &kept] {
+        for dir in [&links, &kept, &home.updates_dir()] {
             std::fs::create_dir_all(dir).map_err(io_at(format!("creating {}", dir.display())))?;
         }
         let mut files = vec![stage(&transcript_path, &json_text(&transcript)?)?];
@@ -243,6 +272,10 @@ impl Service {
             &certificate_to_pem(&new_root)?,
         )?);
         files.push(stage(&home.root_ceremony(), &json_text(&ceremony_record)?)?);
+        files.push(
+            crate::fsutil::StagedFile::write(&apex_path, &apex, 0o644)
+                .map_err(io_at(format!("writing {}", apex_path.display())))?,
+        );
         let records = made.iter().filter_map(|m| m.record.clone()).collect();
         let prepared = Prepared {
             event: "ceremony.root-rollover".into(),

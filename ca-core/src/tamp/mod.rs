@@ -86,6 +86,7 @@
 //! and `error` holds [`TampError`]. The object identifiers that signing and verifying share are
 //! defined here.
 
+mod apex;
 mod asn1;
 mod encode;
 mod error;
@@ -93,6 +94,10 @@ mod path;
 mod sign;
 mod verify;
 
+pub use apex::{
+    encode_apex, is_apex_update, sign_apex, verify_apex, ApexOptions, ApexTarget, TampApexUpdate,
+    VerifiedApex, ID_CT_TAMP_APEX_UPDATE,
+};
 pub use asn1::{
     decode_update, BlockOfSerialNumbers, HardwareModules, HardwareSerialEntry, SeqNumber,
     TampMsgRef, TampSequenceNumber, TampUpdate, TampVersion, TargetIdentifier, TerseOrVerbose,

@@ -7,7 +7,7 @@ use ca_core::CaKind;
 
 use crate::args::{
     BackupArgs, IssuingArgs, ReplicateArgs, ReplicateRootArgs, RestoreArgs, RevokeCaArgs, RootArgs,
-    RootCrlArgs,
+    RootCrlArgs, RootRolloverArgs,
 };
 use crate::cmd::print_json;
 use crate::ctx::{absolute, operator, Ctx};
@@ -164,10 +164,19 @@ pub(super) fn root_crl(ctx: &Ctx, a: RootCrlArgs) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn root_rollover(ctx: &Ctx, a: RootCrlArgs) -> Result<()> {
-    let summary = ctx
-        .service
-        .root_rollover_ceremony(&actor(&a.operator), &absolute_all(&a.shares))?;
+pub(super) fn root_rollover(ctx: &Ctx, a: RootRolloverArgs) -> Result<()> {
+    let target = match &a.hw_type {
+        None => ca_core::tamp::ApexTarget::All,
+        Some(o) => ca_core::tamp::ApexTarget::HwType(
+            o.parse()
+                .map_err(|e| input(format!("--hw-type {o:?}: not an OID: {e}")))?,
+        ),
+    };
+    let summary = ctx.service.root_rollover_ceremony(
+        &actor(&a.operator),
+        &absolute_all(&a.shares),
+        target,
+    )?;
     if ctx.json {
         return print_json(&summary);
     }
@@ -201,7 +210,12 @@ pub(super) fn root_rollover(ctx: &Ctx, a: RootCrlArgs) -> Result<()> {
             .unwrap_or("")
     );
     print_arl(ctx, &summary["arl"]);
-    println!("Meters still trust the previous root: deliver the new one with an apex update.");
+    println!(
+        "  apex update  {} (seq {}, for {}): deliver it to the meters, which still trust the previous root",
+        summary["apex_update"]["file"].as_str().unwrap_or(""),
+        summary["apex_update"]["seq"],
+        summary["apex_update"]["target"].as_str().unwrap_or("")
+    );
     Ok(())
 }
 

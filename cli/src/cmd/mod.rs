@@ -43,14 +43,18 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
             device_id,
             after,
             policy_oid,
+            hw_type,
         }) => update::verify(
             &home,
             json,
             &file,
             &root,
-            device_id.as_deref(),
-            after,
-            policy_oid.as_deref(),
+            update::Meter {
+                device: device_id.as_deref(),
+                after,
+                policy_oid: policy_oid.as_deref(),
+                hw_type: hw_type.as_deref(),
+            },
         ),
         other => {
             let server = matches!(other, Command::Serve { .. });

@@ -12,16 +12,28 @@ use serde_json::json;
 use crate::cmd::print_json;
 use crate::errors::input;
 
+/// What the verifying meter knows of itself.
+pub(super) struct Meter<'a> {
+    pub(super) device: Option<&'a str>,
+    pub(super) after: Option<u64>,
+    pub(super) policy_oid: Option<&'a str>,
+    pub(super) hw_type: Option<&'a str>,
+}
+
 /// Runs without a home: a head end or a test bench has only the file and the root.
 pub(super) fn verify(
     home: &ca_core::Home,
     json_out: bool,
     file: &Path,
     root: &Path,
-    device: Option<&str>,
-    after: Option<u64>,
-    policy_oid: Option<&str>,
+    meter: Meter<'_>,
 ) -> Result<()> {
+    let Meter {
+        device,
+        after,
+        policy_oid,
+        hw_type,
+    } = meter;
     // An update carries a few certificates: 1 MiB is far beyond any.
     let der = ca_core::read_bounded(file, 1024 * 1024)
         .map_err(|e| input(format!("{}: {e}", file.display())))?;
@@ -29,6 +41,9 @@ pub(super) fn verify(
         .map_err(|e| input(format!("--root {}: {e}", root.display())))?;
     let root_cert = ca_core::certificate_from_bytes(&root_bytes)
         .map_err(|e| input(format!("--root {}: not a certificate: {e}", root.display())))?;
+    if ca_core::tamp::is_apex_update(&der) {
+        return verify_apex(json_out, file, &der, &root_bytes, after, hw_type);
+    }
     let signer_policy = match policy_oid {
         Some(o) => {
             ObjectIdentifier::new(o).map_err(|e| input(format!("--policy-oid {o:?}: {e}")))?
@@ -106,6 +121,52 @@ pub(super) fn verify(
                 a["subject"].as_str().unwrap_or("")
             );
         }
+    }
+    Ok(())
+}
+
+/// An apex update, checked against `current` as the meter's apex trust anchor.
+fn verify_apex(
+    json_out: bool,
+    file: &Path,
+    der: &[u8],
+    current: &[u8],
+    after: Option<u64>,
+    hw_type: Option<&str>,
+) -> Result<()> {
+    let current = ca_core::certificate_from_bytes(current)
+        .map_err(|e| input(format!("--root: not a certificate: {e}")))?;
+    let hw_type = hw_type
+        .map(|o| ObjectIdentifier::new(o).map_err(|e| input(format!("--hw-type {o:?}: {e}"))))
+        .transpose()?;
+    let opts = ca_core::tamp::ApexOptions {
+        hw_type,
+        after_seq: after,
+    };
+    let v = ca_core::tamp::verify_apex(der, &current, &opts).map_err(|e| {
+        input(format!(
+            "{}: the apex update does not verify: {e}",
+            file.display()
+        ))
+    })?;
+    let target = match &v.target {
+        ca_core::tamp::ApexTarget::All => "all meters".to_string(),
+        ca_core::tamp::ApexTarget::HwType(o) => format!("every meter of hwType {o}"),
+    };
+    let fingerprint = ca_core::fingerprint_sha256(&v.new_apex);
+    if json_out {
+        print_json(&json!({
+            "verified": true, "kind": "apex", "seq": v.seq, "target": target,
+            "signed_by": v.signed_by, "clear_trust_anchors": v.clear_trust_anchors,
+            "new_apex": {"subject": v.new_apex.tbs_certificate.subject.to_string(), "sha256_fingerprint": fingerprint,
+                "key_id": hex::encode(ca_core::key_identifier(&v.new_apex.tbs_certificate.subject_public_key_info))},
+            "bytes": der.len(),
+        }))?;
+    } else {
+        println!(
+            "verified: apex update seq {} for {target}, signed by the {} key: new apex {} (SHA-256 {fingerprint})",
+            v.seq, v.signed_by, v.new_apex.tbs_certificate.subject
+        );
     }
     Ok(())
 }

@@ -151,3 +151,67 @@ pub(crate) fn x509_field(cert: &Path, field: &str) -> String {
     .trim()
     .to_string()
 }
+
+/// `scripts/tamp-asn1-decode.py` (pyasn1-modules' RFC 5652 and RFC 5934 modules, installed
+/// by `make test` into `.tools/venv`): the message decoded strictly by an independent ASN.1
+/// decoder, its summary as JSON.
+pub(crate) fn asn1_decode(file: &Path) -> serde_json::Value {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let python = root.join(".tools/venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run `make test` (scripts/install-deps.sh installs pyasn1-modules)",
+        python.display()
+    );
+    let r = tool(
+        &python.display().to_string(),
+        &[
+            &root
+                .join("scripts/tamp-asn1-decode.py")
+                .display()
+                .to_string(),
+            &file.display().to_string(),
+        ],
+        &[],
+    );
+    assert_eq!(
+        r.code,
+        0,
+        "pyasn1-modules refuses {}: {r:?}",
+        file.display()
+    );
+    serde_json::from_str(&r.stdout).unwrap()
+}
+
+/// `openssl cms -verify` of a DER SignedData with `ca` trusted; returns the content.
+/// `-purpose any`: openssl's default purpose is S/MIME e-mail, which asks the signer for
+/// digitalSignature; a TAMP apex update is signed by the root's own key (keyCertSign, cRLSign),
+/// as RFC 5934 §4.5 has it. The signature and the path are checked all the same.
+pub(crate) fn cms_verify(file: &Path, ca: &Path) -> Vec<u8> {
+    let out = file.with_extension("content");
+    let r = tool(
+        "openssl",
+        &[
+            "cms",
+            "-verify",
+            "-inform",
+            "DER",
+            "-binary",
+            "-purpose",
+            "any",
+            "-in",
+            &file.display().to_string(),
+            "-CAfile",
+            &ca.display().to_string(),
+            "-out",
+            &out.display().to_string(),
+        ],
+        &[],
+    );
+    assert!(
+        r.code == 0 && r.stderr.contains("Verification successful"),
+        "openssl cms -verify {}: {r:?}",
+        file.display()
+    );
+    std::fs::read(out).unwrap()
+}
