@@ -61,14 +61,16 @@ impl ResolvesServerCert for OneCert {
 pub fn server_tls_config(
     chain: Vec<CertificateDer<'static>>,
     key: Arc<dyn Signer>,
-    root: CertificateDer<'static>,
+    anchors: Vec<CertificateDer<'static>>,
     crls: Vec<CertificateRevocationListDer<'static>>,
 ) -> Result<ServerConfig, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
-    roots
-        .add(root)
-        .map_err(|e| rustls::Error::General(format!("root certificate: {e}")))?;
+    for anchor in anchors {
+        roots
+            .add(anchor)
+            .map_err(|e| rustls::Error::General(format!("client trust anchor: {e}")))?;
+    }
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .with_crls(crls)
         .allow_unknown_revocation_status()

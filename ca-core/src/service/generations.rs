@@ -34,6 +34,17 @@ impl Service {
             })
             .max()
             .unwrap_or(0);
+        // A renewal or rollover stopped between its two renames (the previous certificate
+        // copied to `ca/generations/`, the new one not yet in `ca/<kind>.pem`): the copy is
+        // still the current generation, and the ceremony, run again, finishes it.
+        if highest > 0 {
+            let current = std::fs::read(self.home.ca_cert(kind)).ok();
+            if current.is_some()
+                && current == std::fs::read(self.home.ca_generation_cert(kind, highest)).ok()
+            {
+                return IssuerId::new(kind, highest);
+            }
+        }
         IssuerId::new(kind, highest + 1)
     }
 
@@ -97,6 +108,39 @@ impl Service {
         Ok(IssuerCtx::of_generation(id, cert, signer)?)
     }
 
+    /// The certificates of every generation of `kind` the root has not revoked, newest first:
+    /// what relying parties of that CA may chain to.
+    pub fn live_generation_certs(&self, kind: CaKind) -> Result<Vec<Certificate>, ServiceError> {
+        let mut out = Vec::new();
+        for id in self.generations(kind).into_iter().rev() {
+            if self.generation_revocation(id)?.is_none() {
+                out.push(self.generation_cert(id)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The generation of `kind` whose key signed `cert` (its issuer among the generations),
+    /// newest first; the current one when none did.
+    pub(super) fn issuing_generation_cert(
+        &self,
+        kind: CaKind,
+        cert: &Certificate,
+    ) -> Result<Certificate, ServiceError> {
+        for id in self.generations(kind).into_iter().rev() {
+            let ca = self.generation_cert(id)?;
+            if crate::certs::verify_certificate_signature(
+                cert,
+                &ca.tbs_certificate.subject_public_key_info,
+            )
+            .is_ok()
+            {
+                return Ok(ca);
+            }
+        }
+        self.ca_cert(kind)
+    }
+
     /// The revocation of generation `id`'s certificate, if the root revoked it.
     pub fn generation_revocation(
         &self,
@@ -150,6 +194,14 @@ impl Service {
     ) -> Result<serde_json::Value, ServiceError> {
         let current = self.current_id(kind);
         let next = current.next();
+        // A renewal recorded but whose certificate file never landed (a crash after its audit
+        // record): finished now from the store's record, if its key is there.
+        if let Some(rec) = self
+            .store()?
+            .active_cert(&next.store_subject(), &format!("{}-ca", kind.name()))?
+        {
+            return self.finish_renewal(kind, next, &rec);
+        }
         // The current generation must be whole: its key present and matching its certificate
         // (the CRLs it keeps signing need it).
         self.issuer_of(current)?;
@@ -170,6 +222,54 @@ impl Service {
             let _ = online.destroy_key(&label);
         }
         outcome
+    }
+}
+
+impl Service {
+    /// Puts the certificate of a recorded renewal in place: `ca/generations/<kind>-<N-1>.pem`
+    /// (the previous one, unless there already) and `ca/<kind>.pem`, after checking the online
+    /// key is the recorded certificate's.
+    fn finish_renewal(
+        &self,
+        kind: CaKind,
+        next: IssuerId,
+        rec: &crate::CertRecord,
+    ) -> Result<serde_json::Value, ServiceError> {
+        let home = &self.home;
+        let cert = crate::certificate_from_bytes(&rec.der)?;
+        let signer = self.online_signer(&next.key_label()).map_err(|e| {
+            ServiceError::Internal(format!(
+                "generation {} of the {kind} CA is recorded (serial {}) but its key {} cannot be used ({e}): restore it from a key backup",
+                next.generation,
+                rec.serial_hex(),
+                next.key_label()
+            ))
+        })?;
+        crate::certs::check_key_matches(signer.as_ref(), &cert, &next.name())?;
+        let previous = home.ca_generation_cert(kind, next.generation - 1);
+        if !previous.exists() {
+            let old = std::fs::read(home.ca_cert(kind)).map_err(super::error::io_at(format!(
+                "reading {}",
+                home.ca_cert(kind).display()
+            )))?;
+            crate::write_atomic(&previous, &old, 0o600).map_err(super::error::io_at(format!(
+                "writing {}",
+                previous.display()
+            )))?;
+        }
+        let pem = crate::certificate_to_pem(&cert)?;
+        crate::write_atomic(&home.ca_cert(kind), pem.as_bytes(), 0o600).map_err(
+            super::error::io_at(format!("writing {}", home.ca_cert(kind).display())),
+        )?;
+        Ok(json!({
+            "ceremony": format!("issuing-ca {} --renew", kind.name()),
+            "finished": "an interrupted renewal: its recorded certificate put in place, no new key made",
+            "generation": next.generation,
+            "name": next.name(),
+            "key": {"label": next.key_label()},
+            "certificate": CertInfo::of(&cert),
+            "previous": {"generation": next.generation - 1, "file": previous},
+        }))
     }
 }
 

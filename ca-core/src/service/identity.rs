@@ -147,9 +147,14 @@ impl Service {
             c.to_der()
                 .map_err(|e| ServiceError::Internal(e.to_string()))
         };
+        // The intermediate is the Access CA generation that issued the leaf (a service
+        // certificate issued before a renewal stays in use until it is renewed).
+        let leaf_cert = x509_cert::Certificate::from_der(&leaf)
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let access = self.issuing_generation_cert(CaKind::Access, &leaf_cert)?;
         Ok(ServerIdentity {
             signer: self.online_signer(SERVER_KEY_LABEL)?,
-            chain: vec![leaf, der(self.ca_cert(CaKind::Access)?)?],
+            chain: vec![leaf, der(access)?],
             root: der(self.ca_cert(CaKind::Root)?)?,
         })
     }
@@ -168,7 +173,6 @@ impl Service {
                 ),
             ));
         }
-        let org = self.ca_cert(CaKind::Organisation)?;
         let spki = self.service_key(UPDATE_KEY_LABEL)?;
         let der = self.service_certificate(
             actor,
@@ -184,8 +188,20 @@ impl Service {
         )?;
         let cert = x509_cert::Certificate::from_der(&der)
             .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        // The chain meters need: the Organisation CA generation that issued the signer's
+        // certificate, and after a root rollover the new root certified by the old one
+        // (NewWithOld), for meters that still hold the old root.
+        let mut chain = vec![self.issuing_generation_cert(CaKind::Organisation, &cert)?];
+        let link = self.home.ca_links_dir().join("new-with-old.pem");
+        if let Ok(pem) = std::fs::read_to_string(&link) {
+            chain.push(
+                certificate_from_pem(&pem).map_err(|e| {
+                    ServiceError::Internal(format!("reading {}: {e}", link.display()))
+                })?,
+            );
+        }
         let signer = self.online_signer(UPDATE_KEY_LABEL)?;
-        UpdateSigner::new(signer, cert, vec![org])
+        UpdateSigner::new(signer, cert, chain)
             .map_err(|e| ServiceError::Internal(format!("the trust-update signer: {e}")))
     }
 }

@@ -342,16 +342,26 @@ impl Service {
         let cert = certificate_from_pem(&pem)
             .map_err(|e| refuse(format!("{} is not a certificate ({e})", path.display())))?;
         if let Ok(root) = self.ca_cert(CaKind::Root) {
-            crate::certs::verify_certificate_signature(
-                &cert,
-                &root.tbs_certificate.subject_public_key_info,
-            )
-            .map_err(|e| {
-                refuse(format!(
-                    "{} is not signed by the root ({e})",
-                    path.display()
-                ))
-            })?;
+            // By the root, or by an earlier root generation (a rollover certifies the audit
+            // signer again; until its files are all in place, the previous one stands).
+            let signed_by = |root: &Certificate| {
+                crate::certs::verify_certificate_signature(
+                    &cert,
+                    &root.tbs_certificate.subject_public_key_info,
+                )
+            };
+            if let Err(e) = signed_by(&root) {
+                let earlier = self.generations(CaKind::Root).into_iter().any(|id| {
+                    self.generation_cert(id)
+                        .is_ok_and(|c| signed_by(&c).is_ok())
+                });
+                if !earlier {
+                    return Err(refuse(format!(
+                        "{} is not signed by the root ({e})",
+                        path.display()
+                    )));
+                }
+            }
         }
         Ok(Some(cert.tbs_certificate.subject_public_key_info))
     }

@@ -19,8 +19,9 @@ pub struct ServerStart {
     pub identity: super::ServerIdentity,
     /// Every CRL of the Access CA (DER), for the client-certificate verifier.
     pub access_crls: Vec<Vec<u8>>,
-    /// The Access CA's certificate (DER): the one trust anchor of client certificates.
-    pub client_anchor: Vec<u8>,
+    /// The certificates (DER) of every Access CA generation not revoked: the trust anchors of
+    /// client certificates (an account certified before a renewal keeps working).
+    pub client_anchors: Vec<Vec<u8>>,
     /// What was published at start (CRLs missing or past half their lifetime).
     pub published: Vec<crate::crl::Published>,
 }
@@ -203,23 +204,26 @@ impl Service {
         let identity = self.server_identity(actor, dns.clone(), ips.clone())?;
         let published = self.publish_stale_crls(actor)?;
         self.sync_crls_of(CaKind::Access)?;
-        let dir = self.crl_dir().join(CaKind::Access.name());
         let mut access_crls = Vec::new();
-        let entries = std::fs::read_dir(&dir)
-            .map_err(|e| ServiceError::io(format!("reading {}", dir.display()), e))?;
-        for entry in entries {
-            let path = entry
-                .map_err(|e| ServiceError::io(format!("reading {}", dir.display()), e))?
-                .path();
-            if path.extension().is_some_and(|e| e == "crl") {
-                let der = std::fs::read(&path)
-                    .map_err(|e| ServiceError::io(format!("reading {}", path.display()), e))?;
-                // A file that is not a CRL (damaged, or put there by hand) is left out rather
-                // than stopping the server; the store is what client checks rely on.
-                match crate::crl::CrlFacts::parse(&der) {
-                    Ok(_) => access_crls.push(der),
-                    Err(e) => {
-                        tracing::warn!(path = %path.display(), error = %e, "not a CRL: left out of the TLS client verifier")
+        for id in self.generations(CaKind::Access) {
+            let dir = self.crl_dir().join(id.name());
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries {
+                let path = entry
+                    .map_err(|e| ServiceError::io(format!("reading {}", dir.display()), e))?
+                    .path();
+                if path.extension().is_some_and(|e| e == "crl") {
+                    let der = std::fs::read(&path)
+                        .map_err(|e| ServiceError::io(format!("reading {}", path.display()), e))?;
+                    // A file that is not a CRL (damaged, or put there by hand) is left out rather
+                    // than stopping the server; the store is what client checks rely on.
+                    match crate::crl::CrlFacts::parse(&der) {
+                        Ok(_) => access_crls.push(der),
+                        Err(e) => {
+                            tracing::warn!(path = %path.display(), error = %e, "not a CRL: left out of the TLS client verifier")
+                        }
                     }
                 }
             }
@@ -230,14 +234,15 @@ impl Service {
             json!({"listen": listen, "dns": dns, "ips": ips}),
         )?;
         use der::Encode;
-        let client_anchor = self
-            .ca_cert(CaKind::Access)?
-            .to_der()
-            .map_err(crate::certs::CertError::from)?;
+        let client_anchors = self
+            .live_generation_certs(CaKind::Access)?
+            .iter()
+            .map(|c| c.to_der().map_err(crate::certs::CertError::from))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(ServerStart {
             identity,
             access_crls,
-            client_anchor,
+            client_anchors,
             published,
         })
     }

@@ -52,7 +52,11 @@ pub(super) fn run(
             .map(CertificateDer::from)
             .collect(),
         identity.signer.clone(),
-        CertificateDer::from(start.client_anchor),
+        start
+            .client_anchors
+            .into_iter()
+            .map(CertificateDer::from)
+            .collect(),
         start
             .access_crls
             .into_iter()

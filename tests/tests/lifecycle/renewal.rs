@@ -136,6 +136,37 @@ fn a_renewed_device_ca_issues_as_generation_two_while_generation_one_keeps_its_c
     let root = s.path("h/ca/root.pem");
     let both = vec![old.clone(), device.clone()];
 
+    // A renewal stopped after its audit record, between its two renames (the previous
+    // certificate copied, the new one not in place): generation 1 is still current, and the
+    // ceremony run again finishes it from the store's record, making no second key.
+    let gen2 = std::fs::read_to_string(&device).unwrap();
+    std::fs::write(&device, &gen1).unwrap();
+    let status = s.run("h", &["status", "--json"]).ok().json();
+    assert!(status.to_string().contains("\"generation\":1"), "{status}");
+    let out = run(
+        &s,
+        &[
+            "ceremony",
+            "issuing-ca",
+            "--kind",
+            "device",
+            "--renew",
+            "--json",
+        ],
+        &shares(&s, &[1, 2]),
+    )
+    .ok()
+    .json();
+    assert!(
+        out["finished"]
+            .as_str()
+            .unwrap()
+            .contains("interrupted renewal"),
+        "{out}"
+    );
+    assert_eq!(out["generation"], 2);
+    assert_eq!(std::fs::read_to_string(&device).unwrap(), gen2);
+
     // New issuance comes from generation 2, with CRL pointers of its own.
     s.issue_one("h", "00-DB-12-34-56-78-90-02", None, "m2.pem")
         .ok();
