@@ -76,6 +76,8 @@ pub struct CaCertSpec {
     /// The URL of the CRL that lists this certificate (the root's ARL), for its
     /// cRLDistributionPoints; none: no pointer.
     pub crl_url: Option<String>,
+    /// Further extensions, appended last (a root's wrapped contingency key, RFC 5934 §2.2.4).
+    pub extra_extensions: Vec<Extension>,
 }
 
 /// A summary of a certificate for status output and transcripts.
@@ -275,6 +277,7 @@ fn ca_extensions(
         exts.push(ext(&aki, subject, &exts)?);
     }
     policy_and_crl_extensions(spec, subject, &mut exts)?;
+    exts.extend(spec.extra_extensions.iter().cloned());
     Ok(exts)
 }
 

@@ -9,6 +9,7 @@ mod audit;
 mod certs;
 pub mod churn;
 mod config;
+pub mod contingency;
 pub mod crl;
 mod fsutil;
 mod generation;

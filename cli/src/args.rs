@@ -318,9 +318,15 @@ pub(crate) enum CeremonyCommand {
     /// Roll the root over (RFC 4210 §4.4): a new root key in the root token, its certificate, the two link certificates, and every issuing CA and the audit signer certified again under it; opened by a quorum of the current root's shares.
     #[command(
         name = "root-rollover",
-        after_help = "Example:\n  meterpki ceremony root-rollover --share /media/alice.share --share /media/bob.share --share /media/carol.share\n\nAfterwards ca/root.pem is the new root (the same name, a new key meterpki-root-ca-g2); the previous one is\nca/generations/root-1.pem and keeps signing its ARL. ca/links/new-with-old.pem (the new key certified\nby the old root) lets meters that trust the old root accept what the new hierarchy issues;\nca/links/old-with-new.pem the other way round. The issuing CAs keep their keys and names: their\ncertificates under the old root are kept in ca/generations/root-1/. The same shares open the new root.\nThe apex update updates/apex-<seq>.der (RFC 5934 §4.5, signed by the previous root) installs the new\nroot in meters: head ends deliver it; `meterpki update verify` checks it as a meter would."
+        after_help = "Example:\n  meterpki ceremony root-rollover --share /media/alice.share --share /media/bob.share --share /media/carol.share \\\n      --contingency-shares-dir /media/contingency-g2\n\nAfterwards ca/root.pem is the new root (the same name, a new key meterpki-root-ca-g2); the previous one is\nca/generations/root-1.pem and keeps signing its ARL. ca/links/new-with-old.pem (the new key certified\nby the old root) lets meters that trust the old root accept what the new hierarchy issues;\nca/links/old-with-new.pem the other way round. The issuing CAs keep their keys and names: their\ncertificates under the old root are kept in ca/generations/root-1/. The same shares open the new root.\nThe apex update updates/apex-<seq>.der (RFC 5934 §4.5, signed by the previous root) installs the new\nroot in meters: head ends deliver it; `meterpki update verify` checks it as a meter would."
     )]
     RootRollover(RootRolloverArgs),
+    /// Replace a root whose key can no longer be trusted: a new root as at a rollover, but no link to the old one, and the apex update signed with the old root's contingency key (RFC 5934 §4.5), opened by the contingency quorum.
+    #[command(
+        name = "apex-recover",
+        after_help = "Example:\n  meterpki ceremony apex-recover --share /media/alice.share --share /media/bob.share \\\n      --contingency-share /safe/dave.share --contingency-share /safe/erin.share \\\n      --contingency-shares-dir /media/new-contingency\n\nThe apex update updates/apex-<seq>.der carries the key that decrypts the contingency public key\nwrapped in the meters' current root certificate (id-pe-wrappedApexContinKey): a meter accepts it\nwithout trusting the old root key. Once recorded, the old root key and the spent contingency key\nare destroyed. The issuing CAs are certified again under the new root."
+    )]
+    ApexRecover(ApexRecoverArgs),
     /// Revoke an issuing CA's certificate in the root's ARL (every certificate below it stops validating).
     #[command(
         name = "revoke-ca",
@@ -429,6 +435,28 @@ pub(crate) struct RootRolloverArgs {
     /// A share file of the current root; give at least the quorum.
     #[arg(long = "share", required = true)]
     pub shares: Vec<PathBuf>,
+    /// Where the new root's contingency shares go (one per officer, created 0700; keep them apart from the root's).
+    #[arg(long)]
+    pub contingency_shares_dir: PathBuf,
+    /// The apex update targets only the meters of this hardware type (OID); default: every meter.
+    #[arg(long)]
+    pub hw_type: Option<String>,
+    /// Who runs the ceremony (default: $USER).
+    #[arg(long)]
+    pub operator: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct ApexRecoverArgs {
+    /// A share file of the current root; give at least the quorum.
+    #[arg(long = "share", required = true)]
+    pub shares: Vec<PathBuf>,
+    /// A contingency share file of the current root; give at least the quorum.
+    #[arg(long = "contingency-share", required = true)]
+    pub contingency_shares: Vec<PathBuf>,
+    /// Where the new root's contingency shares go (one per officer, created 0700).
+    #[arg(long)]
+    pub contingency_shares_dir: PathBuf,
     /// The apex update targets only the meters of this hardware type (OID); default: every meter.
     #[arg(long)]
     pub hw_type: Option<String>,

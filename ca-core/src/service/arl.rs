@@ -151,6 +151,7 @@ impl Service {
             path_len: profile.path_len().unwrap_or(0),
             policies,
             crl_url,
+            extra_extensions: Vec::new(),
         })
     }
 
@@ -165,6 +166,7 @@ impl Service {
             path_len: 0,
             policies: Vec::new(),
             crl_url: self.crl_settings().arl_url(self.current_id(CaKind::Root)),
+            extra_extensions: Vec::new(),
         })
     }
 

@@ -157,6 +157,11 @@ impl Service {
         }
         let names = check_officers(c)?;
         let share_paths = new_share_paths(&c.shares_dir, &names)?;
+        // The contingency key's shares: a quorum of their own, in a folder of their own, to be
+        // kept apart from the root's (docs/lifecycle.md §4).
+        let contingency_dir = c.shares_dir.join("contingency");
+        let contingency_paths =
+            super::contingency::contingency_share_paths(&contingency_dir, &names)?;
         // The online token first: a wrong PIN fails here, before anything exists.
         let online = self.online()?;
         let module = self.module()?;
@@ -189,6 +194,7 @@ impl Service {
             &ceremony_id,
             &names,
             &share_paths,
+            &contingency_paths,
         );
         let outcome = prepared.and_then(|(p, root)| {
             let mut summary = self.record_ceremony(actor, p)?;
@@ -197,9 +203,10 @@ impl Service {
         });
         if undo(&outcome) {
             // Undo: no shares, no key, no root token left behind from a failed ceremony.
-            for p in &share_paths {
+            for p in share_paths.iter().chain(&contingency_paths) {
                 let _ = std::fs::remove_file(p);
             }
+            let _ = std::fs::remove_dir(&contingency_dir);
             if made_audit_key {
                 let _ = online.destroy_key(AUDIT_KEY_LABEL);
             }
@@ -221,6 +228,7 @@ impl Service {
         ceremony_id: &str,
         names: &[String],
         share_paths: &[PathBuf],
+        contingency_paths: &[PathBuf],
     ) -> Result<(Prepared, OpenedRoot), ServiceError> {
         let home = &self.home;
         let root_label = self.config.hsm.root_token.clone();
@@ -237,7 +245,17 @@ impl Service {
             self.key_protection(),
         )?;
         let root_signer = root_token.signer(&CaKind::Root.key_label())?;
-        let root_cert = build_self_signed_root(root_signer.as_ref(), &self.ca_spec(CaKind::Root)?)?;
+        let mut contingency = self.make_contingency(
+            &root_token,
+            IssuerId::first(CaKind::Root),
+            c.quorum,
+            names,
+            contingency_paths,
+        )?;
+        let mut spec = self.ca_spec(CaKind::Root)?;
+        spec.extra_extensions.push(contingency.extension.clone());
+        let root_cert = build_self_signed_root(root_signer.as_ref(), &spec)?;
+        contingency.record.root_cert_sha256 = fingerprint_sha256(&root_cert);
         // The audit signer: a P-256 key on the online token, certified by the root, so that
         // `audit verify` can trust head signatures through the root alone.
         let audit_key = match online.find_key(AUDIT_KEY_LABEL)? {
@@ -290,6 +308,7 @@ impl Service {
             "root": CertInfo::of(&root_cert),
             "audit_key": {"label": AUDIT_KEY_LABEL, "id": hex::encode(&audit_key.id), "token": self.config.hsm.online_token},
             "audit_signer": CertInfo::of(&audit_cert),
+            "contingency": {"key": {"label": contingency.label, "token": root_label, "algorithm": "EC P-384"}, "quorum": c.quorum, "share_files": contingency_paths, "record": contingency.record_path, "extension": "id-pe-wrappedApexContinKey (1.3.6.1.5.5.7.1.20), AES-256 key wrap with padding"},
         });
         // Every public file is staged; they appear once the ceremony's audit record is
         // committed, the ceremony record (which marks the root as made) last.
@@ -297,6 +316,7 @@ impl Service {
             stage(&home.ca_cert(CaKind::Root), &pem(&root_cert)?)?,
             stage(&home.audit_cert(), &pem(&audit_cert)?)?,
             stage(&transcript_path, &json_text(&transcript)?)?,
+            stage(&contingency.record_path, &json_text(&contingency.record)?)?,
             stage(&home.root_ceremony(), &json_text(&record)?)?,
         ];
         let audit_record = Self::root_issued_record(

@@ -12,6 +12,7 @@ mod arl;
 mod authz;
 mod backupkey;
 mod ceremony;
+mod contingency;
 mod crls;
 mod error;
 mod generations;

@@ -4,7 +4,7 @@
 //! re-certified under the new root, so that every existing certificate validates under either
 //! root while meters move from one to the other.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde_json::json;
 use x509_cert::Certificate;
@@ -21,6 +21,26 @@ use crate::signer::KeyAlgorithm;
 use crate::store::{CertRecord, Op, Txn};
 use crate::tamp::ApexTarget;
 use crate::{CaKind, IssuerId};
+
+/// How the apex update installing a new root is signed.
+enum ApexSigning {
+    /// By the previous root (a rollover).
+    Root,
+    /// By the previous root's contingency key (a recovery), with its decryption key.
+    Contingency {
+        signer: std::sync::Arc<dyn crate::signer::Signer>,
+        decrypt_key: zeroize::Zeroizing<[u8; 32]>,
+    },
+}
+
+impl ApexSigning {
+    fn event(&self) -> &'static str {
+        match self {
+            ApexSigning::Root => "ceremony.root-rollover",
+            ApexSigning::Contingency { .. } => "ceremony.apex-recover",
+        }
+    }
+}
 
 /// The store's subject of the rollover's link certificates.
 const LINK_SUBJECT_ID: &str = "ca:root-link";
@@ -45,9 +65,64 @@ impl Service {
         actor: &Actor,
         shares: &[PathBuf],
         target: ApexTarget,
+        contingency_dir: &Path,
     ) -> Result<serde_json::Value, ServiceError> {
         authorize(actor, Action::Administer)?;
         let old = self.open_root(actor, shares)?;
+        self.new_root(actor, old, target, contingency_dir, ApexSigning::Root)
+    }
+
+    /// `meterpki ceremony apex-recover --share … --contingency-share … --contingency-shares-dir
+    /// DIR`: when the root key can no longer be trusted. As a rollover, but the apex update is
+    /// signed with the root's contingency key and carries the key that decrypts it (RFC 5934
+    /// §4.5), no link certificate ties the new root to the old, and once recorded the old root
+    /// key and the spent contingency key are destroyed.
+    pub fn apex_recover_ceremony(
+        &self,
+        actor: &Actor,
+        shares: &[PathBuf],
+        contingency_shares: &[PathBuf],
+        target: ApexTarget,
+        contingency_dir: &Path,
+    ) -> Result<serde_json::Value, ServiceError> {
+        authorize(actor, Action::Administer)?;
+        let old = self.open_root(actor, shares)?;
+        let (signer, decrypt_key) = match self.open_contingency(&old, contingency_shares) {
+            Ok(c) => c,
+            Err(e) => {
+                if !matches!(e, ServiceError::Quorum(crate::QuorumError::Io { .. })) {
+                    self.note_refusal(
+                        "ceremony.share-refused",
+                        actor.name(),
+                        serde_json::json!({"contingency_shares": contingency_shares, "reason": e.to_string()}),
+                    );
+                }
+                return Err(e);
+            }
+        };
+        self.new_root(
+            actor,
+            old,
+            target,
+            contingency_dir,
+            ApexSigning::Contingency {
+                signer,
+                decrypt_key,
+            },
+        )
+    }
+
+    fn new_root(
+        &self,
+        actor: &Actor,
+        old: OpenedRoot,
+        target: ApexTarget,
+        contingency_dir: &Path,
+        apex: ApexSigning,
+    ) -> Result<serde_json::Value, ServiceError> {
+        let names = old.record.officer_names.clone();
+        let contingency_paths =
+            super::contingency::contingency_share_paths(contingency_dir, &names)?;
         let new_id = old.id.next();
         let label = new_id.key_label();
         let token = old._token.clone();
@@ -57,20 +132,50 @@ impl Service {
             token.destroy_key(&label)?;
         }
         let key = token.generate_key_as(&label, KeyAlgorithm::EcP384, self.key_protection())?;
+        let event = apex.event();
         let outcome = self
-            .rollover_after_key(actor, &old, new_id, &key.id, &target)
+            .rollover_after_key(
+                actor,
+                &old,
+                new_id,
+                &key.id,
+                &target,
+                &apex,
+                &contingency_paths,
+            )
             .and_then(|(p, new_root)| {
                 let mut summary = self.record_ceremony(actor, p)?;
-                // The new root's ARL, and the previous root's re-signed.
-                summary["arl"] = self.arl_after_ceremony(actor, &new_root, "root-rollover")?;
+                if let ApexSigning::Contingency { .. } = apex {
+                    // The old root key is not to be trusted, and the contingency key's
+                    // decryption key is now public: neither signs anything again.
+                    let mut destroyed = Vec::new();
+                    for l in [
+                        old.id.key_label(),
+                        super::contingency::contingency_label(old.id),
+                    ] {
+                        match token.destroy_key(&l) {
+                            Ok(n) if n > 0 => destroyed.push(l),
+                            Ok(_) => {}
+                            Err(e) => tracing::warn!(key = %l, error = %e, "could not destroy"),
+                        }
+                    }
+                    summary["destroyed"] = serde_json::json!(destroyed);
+                }
+                // The new root's ARL, and the previous root's re-signed (if its key is kept).
+                summary["arl"] = self.arl_after_ceremony(actor, &new_root, event)?;
                 Ok(summary)
             });
         if undo(&outcome) {
             let _ = token.destroy_key(&label);
+            let _ = token.destroy_key(&super::contingency::contingency_label(new_id));
+            for p in &contingency_paths {
+                let _ = std::fs::remove_file(p);
+            }
         }
         outcome
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn rollover_after_key(
         &self,
         actor: &Actor,
@@ -78,15 +183,26 @@ impl Service {
         new_id: IssuerId,
         key_id: &[u8],
         target: &ApexTarget,
+        signing: &ApexSigning,
+        contingency_paths: &[PathBuf],
     ) -> Result<(Prepared, OpenedRoot), ServiceError> {
         let home = &self.home;
+        let recover = matches!(signing, ApexSigning::Contingency { .. });
         let new_signer = old._token.signer(&new_id.key_label())?;
         let old_n = old.id.generation;
         // NewWithNew: the new key under the root's unchanged name (RFC 4210 §4.4). The link
         // certificates are then self-issued, which RFC 5280 §4.2.1.9 does not count against
         // a path's length: a meter's chain through OldWithNew or NewWithOld fits the root's
         // pathLenConstraint. The generations are told apart by their key identifiers.
-        let spec = self.ca_spec_under(CaKind::Root, new_id)?;
+        let mut contingency = self.make_contingency(
+            &old._token,
+            new_id,
+            old.record.quorum,
+            &old.record.officer_names,
+            contingency_paths,
+        )?;
+        let mut spec = self.ca_spec_under(CaKind::Root, new_id)?;
+        spec.extra_extensions.push(contingency.extension.clone());
         let new_root = build_self_signed_root_named(
             new_signer.as_ref(),
             old.cert.tbs_certificate.subject.clone(),
@@ -114,6 +230,7 @@ impl Service {
         let record = |root: IssuerId, subject: String, profile: &str, cert: &Certificate| {
             Self::root_issued_record(root, subject, profile, cert)
         };
+        contingency.record.root_cert_sha256 = fingerprint_sha256(&new_root);
         let links = home.ca_links_dir();
         let mut made = vec![
             Made {
@@ -139,6 +256,10 @@ impl Service {
                 cert: old_with_new.clone(),
             },
         ];
+        if recover {
+            // No path may join the new root to a key that is no longer trusted.
+            made.clear();
+        }
         // Every issuing-CA generation the old root certified and did not revoke, and the audit
         // signer: the same name and key, certified by the new root (its ARL named).
         for kind in CaKind::ISSUING {
@@ -207,13 +328,39 @@ impl Service {
             ServiceError::Internal(format!("the apex update for the new root: {e}"))
         };
         let content = crate::tamp::encode_apex(target, apex_seq, &new_root).map_err(apex_error)?;
-        let apex = crate::tamp::sign_apex(
-            old.signer.as_ref(),
-            Some(&old.cert),
-            &old_key_id,
-            &content,
-            Vec::new(),
-        )
+        let apex = match signing {
+            ApexSigning::Root => crate::tamp::sign_apex(
+                old.signer.as_ref(),
+                Some(&old.cert),
+                &old_key_id,
+                &content,
+                Vec::new(),
+            ),
+            ApexSigning::Contingency {
+                signer,
+                decrypt_key,
+            } => {
+                // Signed with the contingency key, named by its key identifier (it has no
+                // certificate); the unsigned attribute publishes the key that decrypts it
+                // from the meters' apex certificate.
+                let attr = x509_cert::attr::Attribute {
+                    oid: crate::contingency::ID_AA_CONTINGENCY_DECRYPT_KEY,
+                    values: der::asn1::SetOfVec::try_from(vec![der::Any::encode_from(
+                        &der::asn1::OctetString::new(decrypt_key.as_slice())
+                            .map_err(crate::certs::CertError::from)?,
+                    )
+                    .map_err(crate::certs::CertError::from)?])
+                    .map_err(crate::certs::CertError::from)?,
+                };
+                crate::tamp::sign_apex(
+                    signer.as_ref(),
+                    None,
+                    &crate::certs::key_identifier(signer.public_key()),
+                    &content,
+                    vec![attr],
+                )
+            }
+        }
         .map_err(apex_error)?;
         crate::tamp::verify_apex(&apex, &old.cert, &crate::tamp::ApexOptions::default())
             .map_err(apex_error)?;
@@ -228,7 +375,9 @@ impl Service {
             .join(format!("{}-root-rollover.json", now_compact()));
         let kept = home.ca_generations_dir().join(format!("root-{old_n}"));
         let transcript = json!({
-            "ceremony": "root-rollover",
+            "ceremony": signing.event().trim_start_matches("ceremony."),
+            "apex_signed_by": if recover { "the previous root's contingency key" } else { "the previous root" },
+            "contingency": {"key": contingency.label, "share_files": contingency_paths, "record": contingency.record_path},
             "root_ceremony_id": old.record.ceremony_id,
             "operator": actor.name(),
             "started_by_os_user": Actor::local().name(),
@@ -249,7 +398,7 @@ impl Service {
             std::fs::create_dir_all(dir).map_err(io_at(format!("creating {}", dir.display())))?;
         }
         let mut files = vec![stage(&transcript_path, &json_text(&transcript)?)?];
-        let copy = |from: &std::path::Path, to: PathBuf| -> Result<_, ServiceError> {
+        let copy = |from: &Path, to: PathBuf| -> Result<_, ServiceError> {
             let text = std::fs::read_to_string(from)
                 .map_err(io_at(format!("reading {}", from.display())))?;
             stage(&to, &text)
@@ -271,6 +420,10 @@ impl Service {
             &home.ca_cert(CaKind::Root),
             &certificate_to_pem(&new_root)?,
         )?);
+        files.push(stage(
+            &contingency.record_path,
+            &json_text(&contingency.record)?,
+        )?);
         files.push(stage(&home.root_ceremony(), &json_text(&ceremony_record)?)?);
         files.push(
             crate::fsutil::StagedFile::write(&apex_path, &apex, 0o644)
@@ -278,7 +431,7 @@ impl Service {
         );
         let records = made.iter().filter_map(|m| m.record.clone()).collect();
         let prepared = Prepared {
-            event: "ceremony.root-rollover".into(),
+            event: signing.event().into(),
             transcript,
             transcript_path,
             files,

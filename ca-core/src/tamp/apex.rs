@@ -249,6 +249,9 @@ pub fn verify_apex(
         .map(|s| s.0.as_bytes().to_vec())
         .unwrap_or_else(|| crate::certs::key_identifier(apex_spki).to_vec());
     if key_id != apex_id.as_slice() {
+        if let Some(decrypt_key) = contingency_decrypt_key(si)? {
+            return verify_by_contingency(si, &content, current, key_id, &decrypt_key, opts);
+        }
         return Err(TampError::Chain {
             reason: format!(
                 "signed by the key {}, not by this meter's apex trust anchor {} (key {})",
@@ -261,6 +264,64 @@ pub fn verify_apex(
     let signed = check_signer_info(si, &content, apex_spki)?;
     verify_signature(apex_spki, &signed, si.signature.as_bytes()).map_err(TampError::Signature)?;
     read_apex(&content, opts, "apex")
+}
+
+/// The ContingencyPublicKeyDecryptKey unsigned attribute, if the SignerInfo carries one
+/// (exactly one attribute with one value, or the message is refused).
+fn contingency_decrypt_key(si: &SignerInfo) -> Result<Option<Vec<u8>>, TampError> {
+    use crate::contingency::ID_AA_CONTINGENCY_DECRYPT_KEY;
+    let Some(attrs) = &si.unsigned_attrs else {
+        return Ok(None);
+    };
+    let found: Vec<&Attribute> = attrs
+        .iter()
+        .filter(|a| a.oid == ID_AA_CONTINGENCY_DECRYPT_KEY)
+        .collect();
+    match found.as_slice() {
+        [] => Ok(None),
+        [a] if a.values.len() == 1 => {
+            let key: OctetString = a
+                .values
+                .get(0)
+                .expect("one value")
+                .decode_as()
+                .map_err(malformed("ContingencyPublicKeyDecryptKey"))?;
+            Ok(Some(key.as_bytes().to_vec()))
+        }
+        _ => Err(TampError::Malformed {
+            what: "unsignedAttrs",
+            reason: "the contingency decryption key must appear once, with one value".into(),
+        }),
+    }
+}
+
+/// An apex update signed with the contingency key (RFC 5934 §4.5): the decryption key it
+/// carries must unwrap the current apex's wrapped contingency key, that key must be the one
+/// the SignerInfo names, and the signature must verify with it.
+fn verify_by_contingency(
+    si: &SignerInfo,
+    content: &[u8],
+    current: &Certificate,
+    key_id: &[u8],
+    decrypt_key: &[u8],
+    opts: &ApexOptions,
+) -> Result<VerifiedApex, TampError> {
+    let spki = crate::contingency::unwrap_contingency_key(current, decrypt_key).map_err(|e| {
+        TampError::Chain {
+            reason: format!("signed by the contingency key, but {e}"),
+        }
+    })?;
+    if crate::certs::key_identifier(&spki).as_slice() != key_id {
+        return Err(TampError::Chain {
+            reason: format!(
+                "the SignerInfo names the key {}, which is neither this meter's apex key nor its contingency key",
+                hex::encode(key_id)
+            ),
+        });
+    }
+    let signed = check_signer_info(si, content, &spki)?;
+    verify_signature(&spki, &signed, si.signature.as_bytes()).map_err(TampError::Signature)?;
+    read_apex(content, opts, "contingency")
 }
 
 /// The envelope: strict DER, a version-3 SignedData encapsulating an apex update.

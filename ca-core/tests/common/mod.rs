@@ -111,6 +111,7 @@ pub(crate) fn test_ca(subject: &str, corrupt: bool) -> TestCa {
             path_len: 1,
             policies: Vec::new(),
             crl_url: None,
+            extra_extensions: Vec::new(),
         },
     )
     .unwrap();
@@ -125,6 +126,7 @@ pub(crate) fn test_ca(subject: &str, corrupt: bool) -> TestCa {
             path_len: 0,
             policies: Vec::new(),
             crl_url: None,
+            extra_extensions: Vec::new(),
         },
     )
     .unwrap();

@@ -37,6 +37,7 @@ fn spec(subject: &str, path_len: u8) -> CaCertSpec {
         path_len,
         policies: Vec::new(),
         crl_url: None,
+        extra_extensions: Vec::new(),
     }
 }
 

@@ -6,8 +6,8 @@ use ca_core::service::{Actor, BackupKeyCeremony, IssuingCeremony, RootCeremony};
 use ca_core::CaKind;
 
 use crate::args::{
-    BackupArgs, IssuingArgs, ReplicateArgs, ReplicateRootArgs, RestoreArgs, RevokeCaArgs, RootArgs,
-    RootCrlArgs, RootRolloverArgs,
+    ApexRecoverArgs, BackupArgs, IssuingArgs, ReplicateArgs, ReplicateRootArgs, RestoreArgs,
+    RevokeCaArgs, RootArgs, RootCrlArgs, RootRolloverArgs,
 };
 use crate::cmd::print_json;
 use crate::ctx::{absolute, operator, Ctx};
@@ -66,8 +66,20 @@ pub(super) fn root(ctx: &Ctx, a: RootArgs) -> Result<()> {
             f["file"].as_str().unwrap_or("")
         );
     }
+    for f in summary["contingency"]["share_files"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        println!(
+            "  contingency share {} (0600; the contingency key's own quorum)",
+            f.as_str().unwrap_or("")
+        );
+    }
     println!("  transcript        {}", s(&["transcript"]));
-    println!("Hand each officer their share file and remove it from this machine.");
+    println!("Hand each officer their share file and remove it from this machine; keep the");
+    println!("contingency shares apart from the root's (another safe): they are used only by");
+    println!("`meterpki ceremony apex-recover`, when the root key can no longer be trusted.");
     Ok(())
 }
 
@@ -164,26 +176,48 @@ pub(super) fn root_crl(ctx: &Ctx, a: RootCrlArgs) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn root_rollover(ctx: &Ctx, a: RootRolloverArgs) -> Result<()> {
-    let target = match &a.hw_type {
+fn apex_target(hw_type: &Option<String>) -> Result<ca_core::tamp::ApexTarget> {
+    Ok(match hw_type {
         None => ca_core::tamp::ApexTarget::All,
         Some(o) => ca_core::tamp::ApexTarget::HwType(
             o.parse()
                 .map_err(|e| input(format!("--hw-type {o:?}: not an OID: {e}")))?,
         ),
-    };
-    let summary = ctx.service.root_rollover_ceremony(
+    })
+}
+
+pub(super) fn apex_recover(ctx: &Ctx, a: ApexRecoverArgs) -> Result<()> {
+    let summary = ctx.service.apex_recover_ceremony(
         &actor(&a.operator),
         &absolute_all(&a.shares),
-        target,
+        &absolute_all(&a.contingency_shares),
+        apex_target(&a.hw_type)?,
+        &absolute(&a.contingency_shares_dir),
     )?;
     if ctx.json {
         return print_json(&summary);
     }
+    print_new_root(ctx, &summary, "Root recovered with the contingency key")
+}
+
+pub(super) fn root_rollover(ctx: &Ctx, a: RootRolloverArgs) -> Result<()> {
+    let summary = ctx.service.root_rollover_ceremony(
+        &actor(&a.operator),
+        &absolute_all(&a.shares),
+        apex_target(&a.hw_type)?,
+        &absolute(&a.contingency_shares_dir),
+    )?;
+    if ctx.json {
+        return print_json(&summary);
+    }
+    print_new_root(ctx, &summary, "Root rolled over")
+}
+
+fn print_new_root(ctx: &Ctx, summary: &serde_json::Value, what: &str) -> Result<()> {
     let home = ctx.home();
     let root = &summary["root"];
     println!(
-        "Root rolled over: generation {} ({}) is the root from now on.",
+        "{what}: generation {} ({}) is the root from now on.",
         root["generation"],
         root["certificate"]["subject"].as_str().unwrap_or("")
     );
@@ -210,6 +244,19 @@ pub(super) fn root_rollover(ctx: &Ctx, a: RootRolloverArgs) -> Result<()> {
             .unwrap_or("")
     );
     print_arl(ctx, &summary["arl"]);
+    for c in summary["contingency"]["share_files"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        println!(
+            "  contingency  {} (0600; keep apart from the root's shares)",
+            c.as_str().unwrap_or("")
+        );
+    }
+    for d in summary["destroyed"].as_array().into_iter().flatten() {
+        println!("  destroyed    {}", d.as_str().unwrap_or(""));
+    }
     println!(
         "  apex update  {} (seq {}, for {}): deliver it to the meters, which still trust the previous root",
         summary["apex_update"]["file"].as_str().unwrap_or(""),

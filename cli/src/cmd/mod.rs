@@ -86,6 +86,9 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
                 Command::Ceremony(CeremonyCommand::RootRollover(a)) => {
                     ceremony::root_rollover(&ctx, a)
                 }
+                Command::Ceremony(CeremonyCommand::ApexRecover(a)) => {
+                    ceremony::apex_recover(&ctx, a)
+                }
                 Command::Ceremony(CeremonyCommand::BackupKey(a)) => ceremony::backup_key(&ctx, a),
                 Command::Ceremony(CeremonyCommand::Replicate(a)) => ceremony::replicate(&ctx, a),
                 Command::Ceremony(CeremonyCommand::Backup(a)) => ceremony::backup(&ctx, a),

@@ -43,15 +43,27 @@ fn after_a_root_rollover_old_and_new_certificates_validate_under_either_root() {
 
     // One share short: refused, nothing but the audit log's record of it changes.
     let mut before = s.snapshot();
-    run(&s, &["ceremony", "root-rollover"], &shares(&s, &[3])).fails(2, "share");
+    run(
+        &s,
+        &["ceremony", "root-rollover", "--contingency-shares-dir", "x"],
+        &shares(&s, &[3]),
+    )
+    .fails(2, "share");
     let mut after = s.snapshot();
     before.remove("h/audit/audit.log");
     after.remove("h/audit/audit.log");
     assert_eq!(before, after);
 
+    let contingency = s.path("h-contingency-g2").display().to_string();
     let out = run(
         &s,
-        &["ceremony", "root-rollover", "--json"],
+        &[
+            "ceremony",
+            "root-rollover",
+            "--contingency-shares-dir",
+            &contingency,
+            "--json",
+        ],
         &shares(&s, &[1, 3]),
     )
     .ok()
@@ -170,6 +182,16 @@ fn after_a_root_rollover_old_and_new_certificates_validate_under_either_root() {
     assert_eq!(decoded["target"], "allModules");
     assert_eq!(decoded["clear_trust_anchors"], false);
     assert_eq!(decoded["digest_algorithm"], "2.16.840.1.101.3.4.2.2");
+    // The new root carries its own wrapped contingency key; its shares are where asked.
+    assert_eq!(
+        decoded["apex_wrapped_contingency_key"]["wrap_algorithm"],
+        "2.16.840.1.101.3.4.1.48"
+    );
+    for i in 1..=3 {
+        assert!(s
+            .path(&format!("h-contingency-g2/officer-{i}.share"))
+            .exists());
+    }
     assert_eq!(decoded["signature_algorithm"], "1.2.840.10045.4.3.3");
     assert!(!content.is_empty());
 
