@@ -512,6 +512,22 @@ fn the_root_key_is_copied_only_with_both_quorums_and_the_copy_signs_for_the_root
         s.snapshot(),
         "a refused root replication changed files"
     );
+    // A rolled-over root: the token holds two root keys and two contingency keys, and all four
+    // are copied (the old key still signs its ARL).
+    s.run(
+        "r",
+        &[
+            "ceremony",
+            "root-rollover",
+            "--share",
+            &root(1),
+            "--share",
+            &root(3),
+            "--contingency-shares-dir",
+            "r-contingency-g2",
+        ],
+    )
+    .ok();
 
     let done = {
         let r = replicate(&[root(1), root(2)], &[kb(2), kb(3)]);
@@ -528,6 +544,21 @@ fn the_root_key_is_copied_only_with_both_quorums_and_the_copy_signs_for_the_root
     assert_eq!(
         event[0]["details"]["officers"],
         json!(["officer-2", "officer-3"])
+    );
+    let copied: Vec<_> = event[0]["details"]["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["label"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        copied,
+        [
+            "meterpki-root-ca",
+            "meterpki-root-ca-contingency",
+            "meterpki-root-ca-g2",
+            "meterpki-root-ca-g2-contingency"
+        ]
     );
 
     // The root token lost: its directory removed, the copy configured; a root ceremony signs
@@ -567,20 +598,26 @@ fn the_root_key_is_copied_only_with_both_quorums_and_the_copy_signs_for_the_root
         ],
     )
     .ok();
-    let arl = s.path("r/crl/root/arl.crl").display().to_string();
-    let ca = s.path("r/ca/root.pem").display().to_string();
-    let v = tool(
-        "openssl",
-        &[
-            "crl", "-inform", "DER", "-in", &arl, "-CAfile", &ca, "-noout",
-        ],
-        &[],
-    );
-    assert!(
-        v.stderr.contains("verify OK") || v.stdout.contains("verify OK"),
-        "{}\n{}",
-        v.stdout,
-        v.stderr
-    );
+    // Both roots' ARLs, each signed by its key in the copy.
+    for (arl, ca) in [
+        ("r/crl/root-g2/arl.crl", "r/ca/root.pem"),
+        ("r/crl/root/arl.crl", "r/ca/generations/root-1.pem"),
+    ] {
+        let arl = s.path(arl).display().to_string();
+        let ca = s.path(ca).display().to_string();
+        let v = tool(
+            "openssl",
+            &[
+                "crl", "-inform", "DER", "-in", &arl, "-CAfile", &ca, "-noout",
+            ],
+            &[],
+        );
+        assert!(
+            v.stderr.contains("verify OK") || v.stdout.contains("verify OK"),
+            "{arl}: {}\n{}",
+            v.stdout,
+            v.stderr
+        );
+    }
     s.run("r", &["audit", "verify"]).ok();
 }

@@ -77,6 +77,7 @@ impl Service {
         let user = || SecretString::from(user_pin.to_string());
         drop(root_secret);
         let key_label = opened.record.key_label.clone();
+        let opened_root_label = record.root_key_label.clone();
         let key = opened.secret.wrapping_key();
         // The root token gets the wrap-only key-backup key (its SO is the root quorum's).
         module.install_backup_key(&source, &so, &key_label, key.as_ref(), None)?;
@@ -94,16 +95,47 @@ impl Service {
             let root = module.open(&source, user(), 1)?;
             let target = module.open(to_token, user(), 1)?;
             target.load_unwrap_key(&key_label, key.as_ref())?;
-            let wrapped = root.wrap_key(&key_label, &CaKind::Root.key_label());
-            let copied = wrapped.and_then(|w| target.unwrap_key(&key_label, &w));
-            let _ = target.remove_unwrap_key(&key_label);
-            let copied = copied?;
-            let cert = self.ca_cert(CaKind::Root)?;
-            if copied.spki != cert.tbs_certificate.subject_public_key_info {
-                return Err(ServiceError::Internal(format!(
-                    "the key copied into {to_token:?} is not the root certificate's key"
-                )));
+            // Every root key the token holds: each root generation's (an earlier one still
+            // signs its ARL) and each contingency key; each checked against its certificate,
+            // or for a contingency key against the source's public key.
+            let mut labels = Vec::new();
+            for id in self.generations(CaKind::Root) {
+                labels.push((id.key_label(), Some(self.generation_cert(id)?)));
+                labels.push((super::contingency::contingency_label(id), None));
             }
+            let mut copied_keys = Vec::new();
+            let mut copy_all = || -> Result<(), ServiceError> {
+                for (label, cert) in &labels {
+                    let Some(source_key) = root.find_key(label)? else {
+                        continue;
+                    };
+                    let w = root.wrap_key(&key_label, label)?;
+                    let copied = target.unwrap_key(&key_label, &w)?;
+                    let expected = cert
+                        .as_ref()
+                        .map(|c| c.tbs_certificate.subject_public_key_info.clone())
+                        .unwrap_or(source_key.spki);
+                    if copied.spki != expected {
+                        return Err(ServiceError::Internal(format!(
+                            "the key {label} copied into {to_token:?} is not the one it must be"
+                        )));
+                    }
+                    copied_keys.push(copied);
+                }
+                Ok(())
+            };
+            let result = copy_all();
+            let _ = target.remove_unwrap_key(&key_label);
+            result?;
+            let Some(copied) = copied_keys
+                .iter()
+                .find(|k| k.label == opened_root_label)
+                .cloned()
+            else {
+                return Err(ServiceError::Internal(format!(
+                    "the root key {opened_root_label} is not in the root token {source}"
+                )));
+            };
             self.record_event(
                 actor,
                 "ceremony.replicate-root",
@@ -118,6 +150,7 @@ impl Service {
                     "from_token": source,
                     "to_token": to_token,
                     "key": {"label": copied.label, "id": hex::encode(&copied.id), "algorithm": copied.algorithm.name()},
+                    "keys": copied_keys.iter().map(|k| json!({"label": k.label, "id": hex::encode(&k.id), "algorithm": k.algorithm.name()})).collect::<Vec<_>>(),
                 }),
             )
         };
