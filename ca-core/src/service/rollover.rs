@@ -22,6 +22,27 @@ use crate::store::{CertRecord, Op, Txn};
 use crate::tamp::ApexTarget;
 use crate::{CaKind, IssuerId};
 
+/// Refuses a contingency shares folder that holds a root share given: the two quorums' shares
+/// are kept apart, so that one theft does not yield both.
+fn apart_from_root_shares(dir: &Path, shares: &[PathBuf]) -> Result<(), ServiceError> {
+    let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let dir = canon(dir);
+    if shares
+        .iter()
+        .filter_map(|s| s.parent())
+        .any(|p| canon(p) == dir)
+    {
+        return Err(ServiceError::invalid(
+            "contingency-shares-dir",
+            format!(
+                "--contingency-shares-dir {}: it holds root shares; put the contingency shares in a folder of their own (kept apart from the root's)",
+                dir.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// How the apex update installing a new root is signed.
 enum ApexSigning {
     /// By the previous root (a rollover).
@@ -68,6 +89,7 @@ impl Service {
         contingency_dir: &Path,
     ) -> Result<serde_json::Value, ServiceError> {
         authorize(actor, Action::Administer)?;
+        apart_from_root_shares(contingency_dir, shares)?;
         let old = self.open_root(actor, shares)?;
         self.new_root(actor, old, target, contingency_dir, ApexSigning::Root)
     }
@@ -86,11 +108,15 @@ impl Service {
         contingency_dir: &Path,
     ) -> Result<serde_json::Value, ServiceError> {
         authorize(actor, Action::Administer)?;
+        apart_from_root_shares(contingency_dir, shares)?;
         let old = self.open_root(actor, shares)?;
         let (signer, decrypt_key) = match self.open_contingency(&old, contingency_shares) {
             Ok(c) => c,
             Err(e) => {
-                if !matches!(e, ServiceError::Quorum(crate::QuorumError::Io { .. })) {
+                // A wrong, altered or foreign share is a security event (a missing record or
+                // an unreadable file is not).
+                if matches!(&e, ServiceError::Quorum(q) if !matches!(q, crate::QuorumError::Io { .. }))
+                {
                     self.note_refusal(
                         "ceremony.share-refused",
                         actor.name(),
@@ -120,6 +146,13 @@ impl Service {
         contingency_dir: &Path,
         apex: ApexSigning,
     ) -> Result<serde_json::Value, ServiceError> {
+        if matches!(apex, ApexSigning::Contingency { .. }) && target != ApexTarget::All {
+            return Err(ServiceError::invalid(
+                "hw-type",
+                "a recovery must reach every meter: the untrusted root key is destroyed once it \
+                 is recorded, so no later update could be signed for the other device types",
+            ));
+        }
         let names = old.record.officer_names.clone();
         let contingency_paths =
             super::contingency::contingency_share_paths(contingency_dir, &names)?;
@@ -144,23 +177,16 @@ impl Service {
                 &contingency_paths,
             )
             .and_then(|(p, new_root)| {
-                let mut summary = self.record_ceremony(actor, p)?;
-                if let ApexSigning::Contingency { .. } = apex {
-                    // The old root key is not to be trusted, and the contingency key's
-                    // decryption key is now public: neither signs anything again.
-                    let mut destroyed = Vec::new();
-                    for l in [
-                        old.id.key_label(),
-                        super::contingency::contingency_label(old.id),
-                    ] {
-                        match token.destroy_key(&l) {
-                            Ok(n) if n > 0 => destroyed.push(l),
-                            Ok(_) => {}
-                            Err(e) => tracing::warn!(key = %l, error = %e, "could not destroy"),
-                        }
-                    }
-                    summary["destroyed"] = serde_json::json!(destroyed);
+                let recorded = self.record_ceremony(actor, p);
+                if let (ApexSigning::Contingency { .. }, Ok(_) | Err(ServiceError::Incomplete(_))) =
+                    (&apex, &recorded)
+                {
+                    // Recorded (even if a file is still to be put in place): the old root key is
+                    // not to be trusted and the contingency key's decryption key is now public,
+                    // so neither signs anything again, whatever else happens.
+                    self.destroy_spent_root_keys(actor, &old)?;
                 }
+                let mut summary = recorded?;
                 // The new root's ARL, and the previous root's re-signed (if its key is kept).
                 summary["arl"] = self.arl_after_ceremony(actor, &new_root, event)?;
                 Ok(summary)
@@ -173,6 +199,37 @@ impl Service {
             }
         }
         outcome
+    }
+
+    /// After a recovery: the old root key and its spent contingency key destroyed in the root
+    /// token, with an audit record of their own. A key that cannot be destroyed is reported
+    /// as incomplete, with what to do.
+    fn destroy_spent_root_keys(&self, actor: &Actor, old: &OpenedRoot) -> Result<(), ServiceError> {
+        let token = &old._token;
+        let mut destroyed = Vec::new();
+        let mut failed = Vec::new();
+        for l in [
+            old.id.key_label(),
+            super::contingency::contingency_label(old.id),
+        ] {
+            match token.destroy_key(&l) {
+                Ok(n) if n > 0 => destroyed.push(l),
+                Ok(_) => {}
+                Err(e) => failed.push(format!("{l} ({e})")),
+            }
+        }
+        self.audit()?.append(
+            "ceremony.apex-recover.destroyed",
+            actor.name(),
+            serde_json::json!({"root": old.id.name(), "destroyed": destroyed, "failed": failed, "token": old.record.root_token}),
+        )?;
+        if !failed.is_empty() {
+            return Err(ServiceError::Incomplete(format!(
+                "the recovery was recorded, but these keys of the untrusted root are still in the root token: {}; destroy them (pkcs11-tool --delete-object) before anything else",
+                failed.join(", ")
+            )));
+        }
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -256,9 +313,20 @@ impl Service {
                 cert: old_with_new.clone(),
             },
         ];
+        let mut untrusted_links = Vec::new();
         if recover {
-            // No path may join the new root to a key that is no longer trusted.
+            // No path may join the new root to a key that is no longer trusted, nor an earlier
+            // root to it: the link certificates of an earlier rollover that certify the old key
+            // (NewWithOld) or that it signed (OldWithNew) are revoked in the same write.
             made.clear();
+            let old_spki = &old.cert.tbs_certificate.subject_public_key_info;
+            let old_hash = crate::sha256(&crate::signer::spki_der(old_spki));
+            for r in self.store()?.certs_of_subject(LINK_SUBJECT_ID)? {
+                let signed_by_old = r.issuer_generation == old.id.generation;
+                if r.key_hash == old_hash || signed_by_old {
+                    untrusted_links.push(r.serial);
+                }
+            }
         }
         // Every issuing-CA generation the old root certified and did not revoke, and the audit
         // signer: the same name and key, certified by the new root (its ARL named).
@@ -370,9 +438,11 @@ impl Service {
         ceremony_record.root_key_label = new_id.key_label();
         ceremony_record.root_key_id = hex::encode(key_id);
         ceremony_record.root_cert_sha256 = fingerprint_sha256(&new_root);
-        let transcript_path = home
-            .ceremonies_dir()
-            .join(format!("{}-root-rollover.json", now_compact()));
+        let transcript_path = home.ceremonies_dir().join(format!(
+            "{}-{}.json",
+            now_compact(),
+            signing.event().trim_start_matches("ceremony.")
+        ));
         let kept = home.ca_generations_dir().join(format!("root-{old_n}"));
         let transcript = json!({
             "ceremony": signing.event().trim_start_matches("ceremony."),
@@ -387,7 +457,7 @@ impl Service {
             "root": {"generation": new_id.generation, "name": new_id.name(), "key": {"label": new_id.key_label(), "id": hex::encode(key_id), "token": old.record.root_token, "algorithm": "EC P-384", "sensitive": true, "protection": self.key_protection()}, "certificate": CertInfo::of(&new_root), "file": home.ca_cert(CaKind::Root)},
             "certified": made.iter().map(|m| json!({"what": m.what, "file": m.path, "certificate": CertInfo::of(&m.cert)})).collect::<Vec<_>>(),
             "previous_certificates_kept_in": kept,
-            "apex_update": {"file": apex_path, "seq": apex_seq, "target": match target { ApexTarget::All => "all".to_string(), ApexTarget::HwType(o) => o.to_string() }, "signed_by": CertInfo::of(&old.cert).sha256_fingerprint, "bytes": apex.len()},
+            "apex_update": {"file": apex_path, "seq": apex_seq, "target": match target { ApexTarget::All => "all".to_string(), ApexTarget::HwType(o) => o.to_string() }, "signed_by": if recover { "the previous root's contingency key".to_string() } else { CertInfo::of(&old.cert).sha256_fingerprint }, "bytes": apex.len()},
         });
 
         // Staged in this order; each appears once the audit record is committed. The files the
@@ -440,7 +510,15 @@ impl Service {
                     items: self.unrecorded_root_issued()?,
                     all_or_nothing: true,
                 })
-                .with(Op::RecordCertificates(records)),
+                .with(Op::RecordCertificates(records))
+                .with(Op::Revoke {
+                    serials: untrusted_links,
+                    revocation: crate::model::Revocation {
+                        reason: crate::model::Reason::CaCompromise,
+                        revoked_at: crate::unix_now(),
+                        invalidity_date: None,
+                    },
+                }),
         };
         let opened = OpenedRoot {
             id: new_id,

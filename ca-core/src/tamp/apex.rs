@@ -208,6 +208,10 @@ pub struct VerifiedApex {
     pub new_apex: Certificate,
     /// Whether the meter removes its other trust anchors.
     pub clear_trust_anchors: bool,
+    /// Whether the meter forgets its communities.
+    pub clear_communities: bool,
+    /// The new apex's first sequence number, when given: its messages must exceed it.
+    pub apex_seq_number: Option<u64>,
     /// Which key signed it: the apex's own (`apex`) or its contingency key (`contingency`).
     pub signed_by: &'static str,
 }
@@ -506,11 +510,32 @@ pub(super) fn read_apex(
             reason: format!("the new apex {} is not self-signed: {e}", tbs.subject),
         },
     )?;
+    // A trust anchor that certifies: a CA certificate allowed to sign certificates.
+    let exts = tbs.extensions.as_deref().unwrap_or_default();
+    let find = |oid| exts.iter().find(|e| e.extn_id == oid);
+    let is_ca = find(const_oid::db::rfc5280::ID_CE_BASIC_CONSTRAINTS)
+        .and_then(|e| {
+            x509_cert::ext::pkix::BasicConstraints::from_der(e.extn_value.as_bytes()).ok()
+        })
+        .is_some_and(|bc| bc.ca);
+    let cert_sign = find(const_oid::db::rfc5280::ID_CE_KEY_USAGE)
+        .and_then(|e| x509_cert::ext::pkix::KeyUsage::from_der(e.extn_value.as_bytes()).ok())
+        .is_some_and(|ku| ku.key_cert_sign());
+    if !is_ca || !cert_sign {
+        return Err(TampError::Chain {
+            reason: format!(
+                "the new apex {} is not a CA certificate with keyCertSign",
+                tbs.subject
+            ),
+        });
+    }
     Ok(VerifiedApex {
         seq,
         target,
-        new_apex,
         clear_trust_anchors: u.clear_trust_anchors,
+        clear_communities: u.clear_communities,
+        apex_seq_number: u.seq_number.map(|n| n.value()),
+        new_apex,
         signed_by,
     })
 }

@@ -158,6 +158,7 @@ fn verify_apex(
         print_json(&json!({
             "verified": true, "kind": "apex", "seq": v.seq, "target": target,
             "signed_by": v.signed_by, "clear_trust_anchors": v.clear_trust_anchors,
+            "clear_communities": v.clear_communities, "apex_seq_number": v.apex_seq_number,
             "new_apex": {"subject": v.new_apex.tbs_certificate.subject.to_string(), "sha256_fingerprint": fingerprint,
                 "key_id": hex::encode(ca_core::key_identifier(&v.new_apex.tbs_certificate.subject_public_key_info))},
             "bytes": der.len(),

@@ -48,12 +48,34 @@ fn a_compromised_root_is_replaced_by_an_apex_update_signed_with_its_contingency_
             .exists());
     }
     let p = |x: &std::path::Path| x.display().to_string();
+    // A rollover first (generation 2, its contingency shares apart), so that the recovery
+    // also has an earlier link to cut.
+    let mut a: Vec<String> = vec![
+        "ceremony".into(),
+        "root-rollover".into(),
+        "--contingency-shares-dir".into(),
+        p(&s.path("h-contingency-g2")),
+    ];
+    a.extend(args(&s, "--share", "h-shares", &[1, 2]));
+    s.run("h", &a.iter().map(String::as_str).collect::<Vec<_>>())
+        .ok();
+    let link = std::fs::read_to_string(s.path("h/ca/links/new-with-old.pem")).unwrap();
+    // The contingency folder may not be a root shares' folder.
+    let mut a: Vec<String> = vec![
+        "ceremony".into(),
+        "root-rollover".into(),
+        "--contingency-shares-dir".into(),
+        p(&s.path("h-shares")),
+    ];
+    a.extend(args(&s, "--share", "h-shares", &[1, 2]));
+    s.run("h", &a.iter().map(String::as_str).collect::<Vec<_>>())
+        .fails(2, "contingency-shares-dir");
     let recover = |root_shares: &[u8], cont: Vec<String>, more: &[&str]| {
         let mut a: Vec<String> = vec![
             "ceremony".into(),
             "apex-recover".into(),
             "--contingency-shares-dir".into(),
-            p(&s.path("h-contingency-2")),
+            p(&s.path("h-contingency-g3")),
         ];
         a.extend(args(&s, "--share", "h-shares", root_shares));
         a.extend(cont);
@@ -72,10 +94,24 @@ fn a_compromised_root_is_replaced_by_an_apex_update_signed_with_its_contingency_
     .fails(2, "share");
     recover(
         &[1, 2],
-        args(&s, "--contingency-share", "h-shares/contingency", &[3]),
+        args(&s, "--contingency-share", "h-contingency-g2", &[3]),
         &[],
     )
     .fails(2, "share");
+    // The first root's contingency shares do not open generation 2's contingency key.
+    recover(
+        &[1, 2],
+        args(&s, "--contingency-share", "h-shares/contingency", &[1, 2]),
+        &[],
+    )
+    .fails(2, "share");
+    // A recovery reaches every meter: the untrusted key is destroyed after it.
+    recover(
+        &[1, 2],
+        args(&s, "--contingency-share", "h-contingency-g2", &[1, 2]),
+        &["--hw-type", "1.3.6.1.4.1.32473.9.9"],
+    )
+    .fails(2, "every meter");
     let mut after = s.snapshot();
     before.remove("h/audit/audit.log");
     after.remove("h/audit/audit.log");
@@ -83,22 +119,28 @@ fn a_compromised_root_is_replaced_by_an_apex_update_signed_with_its_contingency_
 
     let out = recover(
         &[1, 3],
-        args(&s, "--contingency-share", "h-shares/contingency", &[2, 3]),
+        args(&s, "--contingency-share", "h-contingency-g2", &[2, 3]),
         &["--json"],
     )
     .ok()
     .json();
-    assert_eq!(out["root"]["generation"], 2);
-    let destroyed = out["destroyed"].to_string();
-    assert!(
-        destroyed.contains("meterpki-root-ca\"") && destroyed.contains("contingency"),
-        "{destroyed}"
+    assert_eq!(out["root"]["generation"], 3);
+    let destroyed: Vec<_> = audit_details(&s, "ceremony.apex-recover.destroyed")["destroyed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        destroyed,
+        ["meterpki-root-ca-g2", "meterpki-root-ca-g2-contingency"]
     );
-    assert!(
-        !s.path("h/ca/links/new-with-old.pem").exists(),
-        "no link to a root that is no longer trusted"
+    assert_eq!(
+        std::fs::read_to_string(s.path("h/ca/links/new-with-old.pem")).unwrap(),
+        link,
+        "no link certificate to or from a root that is no longer trusted"
     );
-    let old_root = s.path("h/ca/generations/root-1.pem");
+    let old_root = s.path("h/ca/generations/root-2.pem");
     let apex = std::path::PathBuf::from(out["apex_update"]["file"].as_str().unwrap());
     let v = s
         .run(
@@ -184,7 +226,29 @@ fn a_compromised_root_is_replaced_by_an_apex_update_signed_with_its_contingency_
         .iter()
         .map(|p| p["issuer"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(issuers, ["root-g2"]);
+    // The new root's ARL, and the first root's (its key is kept); generation 2's key is gone.
+    assert_eq!(issuers, ["root-g3", "root"]);
+    // The earlier link that certified the untrusted key (NewWithOld, generation 2 under
+    // generation 1) is revoked in the first root's ARL: no path from it to the untrusted key.
+    crate::rp::refuses(
+        &s.path("h/ca/generations/root-1.pem"),
+        &[],
+        &crls(&s, "h"),
+        &s.path("h/ca/links/new-with-old.pem"),
+        "revoked",
+    );
     s.run("h", &["audit", "verify"]).ok();
     s.run("h", &["store", "check"]).ok();
+}
+
+/// The details of the one audit record of `event` in the home `h`.
+fn audit_details(s: &Scratch, event: &str) -> serde_json::Value {
+    let found: Vec<serde_json::Value> = std::fs::read_to_string(s.path("h/audit/audit.log"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| r["event"] == event)
+        .collect();
+    assert_eq!(found.len(), 1, "{event}: {found:?}");
+    found[0]["details"].clone()
 }
