@@ -5,24 +5,7 @@
 use meterpki_tests::Scratch;
 
 use crate::rp::{accepts, crls, refuses, serial, unix, verify, x509_field};
-use crate::EXE;
-
-fn shares(s: &Scratch, n: &[u8]) -> Vec<String> {
-    n.iter()
-        .flat_map(|i| {
-            [
-                "--share".to_string(),
-                s.share("h", *i).display().to_string(),
-            ]
-        })
-        .collect()
-}
-
-fn run(s: &Scratch, args: &[&str], more: &[String]) -> meterpki_tests::Run {
-    let mut all: Vec<&str> = args.to_vec();
-    all.extend(more.iter().map(String::as_str));
-    s.run("h", &all)
-}
+use crate::{run, shares, EXE};
 
 /// The chain a meter installed today holds (root, Device CA, its own certificate) still
 /// validates in 2045, after the date today's 15-year Device CAs would have ended, because the
