@@ -457,9 +457,6 @@ pub(crate) struct ApexRecoverArgs {
     /// Where the new root's contingency shares go (one per officer, created 0700).
     #[arg(long)]
     pub contingency_shares_dir: PathBuf,
-    /// The apex update targets only the meters of this hardware type (OID); default: every meter.
-    #[arg(long)]
-    pub hw_type: Option<String>,
     /// Who runs the ceremony (default: $USER).
     #[arg(long)]
     pub operator: Option<String>,

@@ -204,14 +204,29 @@ impl Service {
     }
 
     /// A CA certificate file for relying parties: `root.pem`, `device.der`, ... (PEM or DER
-    /// by the extension), or None for any other name.
+    /// by the extension), an earlier generation's (`device-1.pem`, `root-1.der`), the last
+    /// rollover's link certificates (`new-with-old.pem`, `old-with-new.pem`), or None for any
+    /// other name.
     pub fn ca_cert_file(&self, name: &str) -> Option<(PathBuf, bool)> {
         let (stem, pem) = match name.rsplit_once('.')? {
             (stem, "pem") => (stem, true),
             (stem, "der" | "crt" | "cer") => (stem, false),
             _ => return None,
         };
-        let kind = CaKind::from_name(stem)?;
-        Some((self.home.ca_cert(kind), pem))
+        // The link certificates of the last root rollover.
+        if matches!(stem, "new-with-old" | "old-with-new") {
+            return Some((self.home.ca_links_dir().join(format!("{stem}.pem")), pem));
+        }
+        if let Some(kind) = CaKind::from_name(stem).filter(|k| k.name() == stem) {
+            return Some((self.home.ca_cert(kind), pem));
+        }
+        // An earlier generation, kept for relying parties: `device-1`, `root-2`.
+        let (kind, n) = stem.rsplit_once('-')?;
+        let kind = CaKind::from_name(kind).filter(|k| k.name() == kind)?;
+        let number: u32 = n.parse().ok().filter(|n| *n >= 1)?;
+        let id = IssuerId::new(kind, number);
+        // One name per file: `device-1`, never `device-01` or `device-+1`.
+        (number.to_string() == n && self.generations(kind).contains(&id))
+            .then(|| (self.generation_cert_path(id), pem))
     }
 }

@@ -191,7 +191,8 @@ pub(super) fn apex_recover(ctx: &Ctx, a: ApexRecoverArgs) -> Result<()> {
         &actor(&a.operator),
         &absolute_all(&a.shares),
         &absolute_all(&a.contingency_shares),
-        apex_target(&a.hw_type)?,
+        // A recovery reaches every meter: the untrusted key is destroyed after it.
+        ca_core::tamp::ApexTarget::All,
         &absolute(&a.contingency_shares_dir),
     )?;
     if ctx.json {

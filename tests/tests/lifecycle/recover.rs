@@ -105,13 +105,14 @@ fn a_compromised_root_is_replaced_by_an_apex_update_signed_with_its_contingency_
         &[],
     )
     .fails(2, "share");
-    // A recovery reaches every meter: the untrusted key is destroyed after it.
+    // A recovery reaches every meter (the untrusted key is destroyed after it): it takes no
+    // device type.
     recover(
         &[1, 2],
         args(&s, "--contingency-share", "h-contingency-g2", &[1, 2]),
         &["--hw-type", "1.3.6.1.4.1.32473.9.9"],
     )
-    .fails(2, "every meter");
+    .fails(2, "--hw-type");
     let mut after = s.snapshot();
     before.remove("h/audit/audit.log");
     after.remove("h/audit/audit.log");

@@ -18,7 +18,7 @@ fn openssl_ok(args: &[&str]) {
 #[test]
 fn after_a_root_rollover_old_and_new_certificates_validate_under_either_root() {
     let s = Scratch::new(EXE);
-    s.ceremonies("h", 3, 2, &["device", "organisation"]);
+    let port = s.ceremonies_with_crl_port("h", 3, 2, &["device", "organisation", "access"]);
     s.issue_one("h", "00-DB-12-34-56-78-90-01", None, "m1.pem")
         .ok();
     let old_root_text = std::fs::read_to_string(s.path("h/ca/root.pem")).unwrap();
@@ -219,6 +219,44 @@ fn after_a_root_rollover_old_and_new_certificates_validate_under_either_root() {
         .clone();
     assert_eq!(r["generation"], 2);
     assert_eq!(r["key_present"], true);
+
+    // Relying parties fetch the link certificates and the previous root from the server's
+    // plain-HTTP listener, as they fetch the CRLs.
+    {
+        let _srv =
+            meterpki_tests::Server::start_with(&s, &["--crl-listen", &format!("127.0.0.1:{port}")]);
+        for (name, file) in [
+            ("new-with-old.pem", &new_with_old),
+            ("old-with-new.pem", &old_with_new),
+            ("root-1.pem", &old_root),
+            ("root.pem", &root),
+            ("root-2.pem", &root),
+            ("device-1.pem", &s.path("h/ca/device.pem")),
+        ] {
+            let got = meterpki_tests::tool(
+                "curl",
+                &["-sf", &format!("http://127.0.0.1:{port}/ca/{name}")],
+                &[],
+            );
+            assert_eq!(got.code, 0, "/ca/{name}: {got:?}");
+            assert_eq!(got.stdout, std::fs::read_to_string(file).unwrap(), "{name}");
+        }
+        for name in ["root-3.pem", "root-01.pem", "device-0.pem", "links.pem"] {
+            let got = meterpki_tests::tool(
+                "curl",
+                &[
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    &format!("http://127.0.0.1:{port}/ca/{name}"),
+                ],
+                &[],
+            );
+            assert_eq!(got.stdout, "404", "/ca/{name}");
+        }
+    }
 
     // The same shares open the new root; the ARLs of both roots are re-signed.
     let out = run(
