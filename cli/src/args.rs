@@ -413,6 +413,17 @@ pub(crate) enum SupplierCommand {
         #[command(flatten)]
         out: ChurnOut,
     },
+    /// After an Organisation CA renewal (or a compromise of its earlier generation): certify every active supplier key again under the current generation (the earlier certificates superseded) and make the updates that replace the supplier's certificates in every meter it serves.
+    #[command(
+        after_help = "Example:\n  meterpki supplier recertify --updates-out updates/\n  meterpki supplier recertify --supplier 90-B3-D5-1F-30-00-00-02 --updates-ndjson recertify.ndjson --json\n\nThe trust-update signer is certified again first. Re-running after a crash completes the\nsame operations: every meter gets its update once, and a supplier whose certificates already\ncome from the current generation is left alone."
+    )]
+    Recertify {
+        /// Only this supplier (entity ID); every active supplier when absent.
+        #[arg(long)]
+        supplier: Option<String>,
+        #[command(flatten)]
+        out: ChurnOut,
+    },
     /// A supplier leaves the market: as a takeover, its meters going to the named supplier of last resort; it becomes exited.
     #[command(
         after_help = "Example:\n  meterpki supplier exit --id 90-B3-D5-1F-30-00-00-02 --successor 90-B3-D5-1F-30-00-00-09 --updates-ndjson exit-updates.ndjson"
@@ -481,6 +492,21 @@ pub(crate) enum MeterCommand {
         file: Option<PathBuf>,
         #[command(flatten)]
         out: ChurnOut,
+    },
+    /// Re-issuance campaign after a Device CA compromise and renewal: replace the certificates of meters already in service with certificates from the current Device CA generation, from the CSRs their head ends collect (NDJSON {"device_id", "profile", "csr"}).
+    #[command(
+        after_help = "Example:\n  meterpki meter reissue --file collected-csrs.ndjson --out reissued.ndjson\n\nEach line names a meter that already has a certificate and a meter profile (meter-signing,\nmeter-key-agreement); its certificate for that usage is replaced (the earlier one revoked as\nsuperseded). A CSR for the meter's existing key re-certifies it. Results go to --out, one NDJSON\nline per input line, {\"line\", \"serial\", \"certificate\"} or {\"line\", \"error\"}. Re-running the file\nafter a crash answers the certificates already issued; nothing is issued twice."
+    )]
+    Reissue {
+        /// The NDJSON file of collected CSRs.
+        #[arg(long)]
+        file: PathBuf,
+        /// Where the results go (NDJSON).
+        #[arg(long)]
+        out: PathBuf,
+        /// Lines per transaction.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10000))]
+        chunk: u32,
     },
     /// A meter's current supplier and last update.
     #[command(

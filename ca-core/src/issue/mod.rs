@@ -234,7 +234,7 @@ impl Engine {
         store: &dyn Store,
     ) -> Result<Prepared, IssueError> {
         let issuer = self.issuer_for(&request.profile)?.clone();
-        match s2_policy::approve(request, limits, store)? {
+        match s2_policy::approve(request, limits, store, issuer.generation)? {
             Decision::Existing(record) => Ok(Prepared::Existing(record)),
             Decision::Approve(approved) => {
                 let tbs = s3_tbs::build_tbs(*approved, &issuer, &self.crl, SystemTime::now())?;

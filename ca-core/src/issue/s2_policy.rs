@@ -37,10 +37,15 @@ pub enum Decision {
 }
 
 /// Applies the account's range and the one-active-certificate rule (docs/design.md#issuance).
+///
+/// `generation` is the issuing CA's current generation: the same key again is answered with
+/// its certificate only while that certificate comes from this generation; a certificate from
+/// an earlier generation (before a renewal) is re-certified by this one and superseded.
 pub(super) fn approve(
     request: Request,
     limits: &AccountLimits,
     store: &dyn Store,
+    generation: u32,
 ) -> Result<Decision, IssueError> {
     if let (true, Some(why)) = (request.bare, &limits.no_bare_key) {
         return Err(IssueError::new(ErrorCode::BareKeyForbidden, why.clone()));
@@ -92,10 +97,13 @@ pub(super) fn approve(
         .active_cert(&subject_id, request.profile.name())
         .map_err(IssueError::store)?;
     if let Some(active) = active {
-        if active.key_hash == request.key_hash {
+        let same_key = active.key_hash == request.key_hash;
+        if same_key && active.issuer_generation >= generation {
             return Ok(Decision::Existing(Box::new(active)));
         }
-        if let (true, Some(why)) = (request.replace, &limits.no_replace) {
+        // Re-certifying the same key under a newer CA generation is not a replacement by
+        // another key: it needs no `replace` and is allowed to every account.
+        if let (false, true, Some(why)) = (same_key, request.replace, &limits.no_replace) {
             return Err(IssueError::new(
                 ErrorCode::ReplaceForbidden,
                 format!(
@@ -105,7 +113,7 @@ pub(super) fn approve(
                 ),
             ));
         }
-        if !request.replace {
+        if !same_key && !request.replace {
             return Err(IssueError::new(
                 ErrorCode::ExistingCertificate,
                 format!(

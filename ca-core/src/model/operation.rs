@@ -18,6 +18,9 @@ pub enum OpKind {
     Rotate,
     /// A supplier key is revoked: its meters drop it.
     RevokeKey,
+    /// A supplier's keys are certified again by a new Organisation CA generation: its meters
+    /// swap the certificates.
+    Recertify,
 }
 
 impl OpKind {
@@ -29,6 +32,7 @@ impl OpKind {
             OpKind::Exit => "exit",
             OpKind::Rotate => "rotate",
             OpKind::RevokeKey => "revoke-key",
+            OpKind::Recertify => "recertify",
         }
     }
 

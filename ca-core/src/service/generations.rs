@@ -141,6 +141,24 @@ impl Service {
         self.ca_cert(kind)
     }
 
+    /// The issuing-CA generations the root revoked for cACompromise or keyCompromise, by name.
+    pub(super) fn compromised_generations(&self) -> Result<Vec<String>, ServiceError> {
+        let mut out = Vec::new();
+        for kind in CaKind::ISSUING {
+            for id in self.generations(kind) {
+                if let Some(r) = self.generation_revocation(id)? {
+                    if matches!(
+                        r.reason,
+                        crate::model::Reason::CaCompromise | crate::model::Reason::KeyCompromise
+                    ) {
+                        out.push(id.name());
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The revocation of generation `id`'s certificate, if the root revoked it.
     pub fn generation_revocation(
         &self,

@@ -55,17 +55,21 @@ impl Service {
         })
     }
 
-    /// The certificate of a service key: the one in `path` while it certifies this key and has
-    /// more than 30 days left, else one issued now from `profile` (committed with an
-    /// `identity.issue` audit record) and written to `path`. Returns its DER.
+    /// The certificate of a service key: the one in `path` while it certifies this key, has
+    /// more than 30 days left and was signed by the current generation of `ca`, else one issued
+    /// now from `profile` (committed with an `identity.issue` audit record) and written to
+    /// `path`. After a renewal of `ca` (or a compromise of its earlier generation) the same key
+    /// is certified again by the new generation, superseding the earlier certificate. Returns
+    /// its DER.
     fn service_certificate(
         &self,
         actor: &Actor,
         path: &Path,
         spki: &SubjectPublicKeyInfoOwned,
-        profile: &str,
+        (ca, profile): (CaKind, &str),
         subject: Subject,
     ) -> Result<Vec<u8>, ServiceError> {
+        let current = self.ca_cert(ca)?.tbs_certificate.subject_public_key_info;
         let reuse = std::fs::read_to_string(path)
             .ok()
             .and_then(|pem| certificate_from_pem(&pem).ok())
@@ -79,6 +83,7 @@ impl Service {
                     - unix_now();
                 c.tbs_certificate.subject_public_key_info.to_der().ok() == spki.to_der().ok()
                     && left > 30 * 86_400
+                    && crate::certs::verify_certificate_signature(c, &current).is_ok()
             });
         if let Some(c) = reuse {
             return c
@@ -135,7 +140,7 @@ impl Service {
             actor,
             &self.home.ca_dir().join("api-server.pem"),
             &spki,
-            "api-server",
+            (CaKind::Access, "api-server"),
             Subject::Tls {
                 common_name: "meterpki API".into(),
                 unit: None,
@@ -178,7 +183,7 @@ impl Service {
             actor,
             &self.home.ca_dir().join("trust-update-signer.pem"),
             &spki,
-            UPDATE_PROFILE,
+            (CaKind::Organisation, UPDATE_PROFILE),
             Subject::Tls {
                 common_name: "meterpki trust-update signer".into(),
                 unit: None,

@@ -167,15 +167,47 @@ impl Service {
         chunk: usize,
         progress: &dyn Progress,
     ) -> Result<BatchSummary, ServiceError> {
+        self.run_file(actor, (input, output), chunk, progress, false)
+    }
+
+    /// A re-issuance campaign (after a Device CA compromise and renewal): as [`issue_file`],
+    /// but every line must name a meter that already has a certificate, with a meter profile;
+    /// its certificate for that usage is replaced by one from the current Device CA generation
+    /// (the same key re-certified, or the new key of the line's CSR). Lines naming an unknown
+    /// meter or another profile are refused with their line numbers. Re-running the file after
+    /// a crash answers the certificates already issued.
+    ///
+    /// [`issue_file`]: Service::issue_file
+    pub fn reissue_file(
+        &self,
+        actor: &Actor,
+        input: &Path,
+        output: &Path,
+        chunk: usize,
+        progress: &dyn Progress,
+    ) -> Result<BatchSummary, ServiceError> {
+        self.run_file(actor, (input, output), chunk, progress, true)
+    }
+
+    fn run_file(
+        &self,
+        actor: &Actor,
+        (input, output): (&Path, &Path),
+        chunk: usize,
+        progress: &dyn Progress,
+        reissue: bool,
+    ) -> Result<BatchSummary, ServiceError> {
         authorize(actor, Action::Administer)?;
+        let store = self.store()?;
+        let flag = if reissue { "file" } else { "batch" };
         if input.canonicalize().ok() == output.canonicalize().ok() && output.exists() {
             return Err(ServiceError::invalid(
                 "out",
-                "--out must not be the --batch file",
+                format!("--out must not be the --{flag} file"),
             ));
         }
         let file = File::open(input).map_err(|e| {
-            ServiceError::invalid("batch", format!("--batch {}: {e}", input.display()))
+            ServiceError::invalid(flag, format!("--{flag} {}: {e}", input.display()))
         })?;
         let engine = self.engine()?;
         let out = OpenOptions::new()
@@ -195,7 +227,11 @@ impl Service {
                 *by_code.entry(e.code.as_str()).or_default() += 1;
             }
             Some(AuditEntry::new(
-                "certificate.batch",
+                if reissue {
+                    "certificate.reissue"
+                } else {
+                    "certificate.batch"
+                },
                 actor.name(),
                 json!({"file": input, "results": output, "items": r.len(), "issued": issued, "existing": existing, "rejected": rejected, "rejected_by_code": by_code}),
             ))
@@ -213,6 +249,8 @@ impl Service {
                 };
                 for (meta, signed) in rx {
                     let results = engine.commit_signed(signed, false, describe)?;
+                    // Tests stop here: the chunk stored, its results not yet written.
+                    crate::failpoint("issue.before-results");
                     for ((i, line), r) in meta.iter().zip(&results) {
                         let mut row = ItemResult::of(*i, r);
                         row.line = Some(*line);
@@ -248,9 +286,22 @@ impl Service {
                         })?;
                         let item = match line {
                             Ok(line) if line.trim().is_empty() => continue,
-                            Ok(line) => serde_json::from_str::<RequestItem>(&line).map_err(|e| {
-                                IssueError::new(ErrorCode::Json, format!("line {n}: {e}"))
-                            }),
+                            Ok(line) => serde_json::from_str::<RequestItem>(&line)
+                                .map_err(|e| {
+                                    IssueError::new(ErrorCode::Json, format!("line {n}: {e}"))
+                                })
+                                .and_then(|item| {
+                                    if reissue {
+                                        self.reissue_item(
+                                            store.as_ref(),
+                                            engine.profiles(),
+                                            item,
+                                            n,
+                                        )
+                                    } else {
+                                        Ok(item)
+                                    }
+                                }),
                             // A line that is not text, or too long, is refused as a line.
                             Err(why) => {
                                 Err(IssueError::new(ErrorCode::Json, format!("line {n}: {why}")))
@@ -283,6 +334,55 @@ impl Service {
         summary.seconds = start.elapsed().as_secs_f64();
         summary.per_second = (summary.issued + summary.existing) as f64 / summary.seconds.max(1e-9);
         Ok(summary)
+    }
+
+    /// A line of a re-issuance campaign: a meter profile, a meter already certified, and
+    /// `replace` (its certificate is replaced by the current generation's).
+    fn reissue_item(
+        &self,
+        store: &dyn crate::store::Store,
+        profiles: &policies::ProfileSet,
+        mut item: RequestItem,
+        line: usize,
+    ) -> Result<RequestItem, IssueError> {
+        let refuse = |code, why: String| Err(IssueError::new(code, format!("line {line}: {why}")));
+        match profiles.get(&item.profile).map(|p| p.kind()) {
+            Some(policies::ProfileKind::Meter) => {}
+            Some(_) => {
+                return refuse(
+                    ErrorCode::ProfileLimit,
+                    format!("profile {:?} is not a meter profile: a re-issuance campaign re-certifies meters", item.profile),
+                )
+            }
+            None => {
+                return refuse(
+                    ErrorCode::ProfileUnknown,
+                    format!("profile {:?} does not exist", item.profile),
+                )
+            }
+        }
+        let Some(device) = item.device_id.clone() else {
+            return refuse(ErrorCode::ProfileLimit, "device_id is required".into());
+        };
+        let Ok(id) = device.trim().parse::<crate::model::Eui64>() else {
+            return refuse(
+                ErrorCode::DeviceId,
+                format!("device_id {device:?} is not an EUI-64"),
+            );
+        };
+        let known = store
+            .certs_of_subject(&id.to_string())
+            .map_err(IssueError::store)?
+            .iter()
+            .any(|r| r.issuer == crate::CaKind::Device);
+        if !known {
+            return refuse(
+                ErrorCode::ProfileLimit,
+                format!("device_id {device}: no meter certificate was ever issued to it; a re-issuance campaign only re-certifies meters already in service (use `meterpki issue --batch` for new meters)"),
+            );
+        }
+        item.replace = true;
+        Ok(item)
     }
 
     /// An API batch, idempotent by (account, request ID): the ID is bound to the body before

@@ -21,6 +21,7 @@ mod init;
 mod issuance;
 mod keybackup;
 mod meters;
+mod recertify;
 mod refusals;
 mod revoke;
 mod rollover;

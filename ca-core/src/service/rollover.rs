@@ -176,8 +176,16 @@ impl Service {
                 &apex,
                 &contingency_paths,
             )
-            .and_then(|(p, new_root)| {
+            .and_then(|(p, new_root, withdrawn)| {
                 let recorded = self.record_ceremony(actor, p);
+                if matches!(&recorded, Ok(_) | Err(ServiceError::Incomplete(_))) {
+                    for path in &withdrawn {
+                        // Its copy is kept under ca/generations/root-<N>/.
+                        if let Err(e) = std::fs::remove_file(path) {
+                            tracing::warn!(path = %path.display(), error = %e, "could not withdraw an earlier link certificate");
+                        }
+                    }
+                }
                 if let (ApexSigning::Contingency { .. }, Ok(_) | Err(ServiceError::Incomplete(_))) =
                     (&apex, &recorded)
                 {
@@ -242,7 +250,7 @@ impl Service {
         target: &ApexTarget,
         signing: &ApexSigning,
         contingency_paths: &[PathBuf],
-    ) -> Result<(Prepared, OpenedRoot), ServiceError> {
+    ) -> Result<(Prepared, OpenedRoot, Vec<PathBuf>), ServiceError> {
         let home = &self.home;
         let recover = matches!(signing, ApexSigning::Contingency { .. });
         let new_signer = old._token.signer(&new_id.key_label())?;
@@ -313,6 +321,14 @@ impl Service {
                 cert: old_with_new.clone(),
             },
         ];
+        // OldWithNew gives every certificate the old root key signed a path to the new root.
+        // Meters check no CRL: when an issuing CA is revoked for a compromise, a chain through
+        // its compromised key would still reach the new root through OldWithNew, so it is not
+        // made. The live issuing CAs are certified again below, so no valid chain needs it.
+        let compromised = self.compromised_generations()?;
+        if !compromised.is_empty() {
+            made.retain(|m| m.what != "old-with-new");
+        }
         let mut untrusted_links = Vec::new();
         if recover {
             // No path may join the new root to a key that is no longer trusted, nor an earlier
@@ -457,6 +473,7 @@ impl Service {
             "root": {"generation": new_id.generation, "name": new_id.name(), "key": {"label": new_id.key_label(), "id": hex::encode(key_id), "token": old.record.root_token, "algorithm": "EC P-384", "sensitive": true, "protection": self.key_protection()}, "certificate": CertInfo::of(&new_root), "file": home.ca_cert(CaKind::Root)},
             "certified": made.iter().map(|m| json!({"what": m.what, "file": m.path, "certificate": CertInfo::of(&m.cert)})).collect::<Vec<_>>(),
             "previous_certificates_kept_in": kept,
+            "old_with_new": if recover { json!({"made": false, "why": "a recovery links nothing to the untrusted root"}) } else if compromised.is_empty() { json!({"made": true}) } else { json!({"made": false, "why": "issuing CA generations revoked for a compromise: meters check no CRL, so nothing may link the old root's certificates to the new root", "compromised": compromised}) },
             "apex_update": {"file": apex_path, "seq": apex_seq, "target": match target { ApexTarget::All => "all".to_string(), ApexTarget::HwType(o) => o.to_string() }, "signed_by": if recover { "the previous root's contingency key".to_string() } else { CertInfo::of(&old.cert).sha256_fingerprint }, "bytes": apex.len()},
         });
 
@@ -481,6 +498,16 @@ impl Service {
             if m.path.exists() {
                 let name = m.path.file_name().map(PathBuf::from).unwrap_or_default();
                 files.push(copy(&m.path, kept.join(name))?);
+            }
+        }
+        // An earlier rollover's link this one does not replace is kept with the old root's
+        // certificates and withdrawn from `ca/links/` once the ceremony is recorded.
+        let mut withdrawn = Vec::new();
+        for name in ["new-with-old.pem", "old-with-new.pem"] {
+            let path = links.join(name);
+            if path.exists() && !made.iter().any(|m| m.path == path) {
+                files.push(copy(&path, kept.join(name))?);
+                withdrawn.push(path);
             }
         }
         for m in &made {
@@ -527,6 +554,6 @@ impl Service {
             signer: new_signer,
             _token: old._token.clone(),
         };
-        Ok((prepared, opened))
+        Ok((prepared, opened, withdrawn))
     }
 }

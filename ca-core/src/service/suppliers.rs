@@ -305,7 +305,7 @@ impl Service {
         }
         let new = churn.certs_by_serial(&op.add)?.remove(0);
         let extra = json!({"new_serial": op.add.first(), "superseded_serial": op.remove.first()});
-        let report = self.finish(actor, &churn, op, chunk, sink, progress, extra)?;
+        let report = self.finish_op(actor, &churn, op, chunk, sink, progress, extra)?;
         Ok((report, new))
     }
 
@@ -384,7 +384,7 @@ impl Service {
         })?;
         let first_time = matches!(applied.revoked(at), Some([Revoked::Now(_)]));
         let extra = json!({"serial": rec.serial_hex(), "reason": reason.name(), "already_revoked": !first_time});
-        self.finish(actor, &churn, op, chunk, sink, progress, extra)
+        self.finish_op(actor, &churn, op, chunk, sink, progress, extra)
     }
 
     /// Takeover (`kind` = takeover: B takes over A) or exit (A leaves, B is the supplier of last
@@ -544,7 +544,7 @@ impl Service {
             .iter()
             .filter(|r| matches!(r, Revoked::Now(_)))
             .count();
-        self.finish(
+        self.finish_op(
             actor,
             &churn,
             op,
@@ -559,7 +559,7 @@ impl Service {
     /// revocations must be seen at once), the meters updated unless a run already completed it,
     /// the operation marked complete when no meter was refused.
     #[allow(clippy::too_many_arguments)]
-    fn finish(
+    pub(super) fn finish_op(
         &self,
         actor: &Actor,
         churn: &Churn,

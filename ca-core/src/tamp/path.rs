@@ -256,21 +256,28 @@ pub(super) fn check_path(
         .as_secs();
     let intermediates = build_path(signer, pool, root)?;
     check_valid_at(root, now)?;
+    // RFC 5280 §4.2.1.9 and §6.1.4 (l): self-issued intermediates (a root rollover's link
+    // certificates, issuer and subject the same name) do not count against pathLenConstraint.
+    let counted = |cas: &[&Certificate]| {
+        cas.iter()
+            .filter(|c| c.tbs_certificate.issuer != c.tbs_certificate.subject)
+            .count()
+    };
     let root_exts = extensions(root)?;
     if let Some(limit) = root_exts.bc.as_ref().and_then(|bc| bc.path_len_constraint) {
-        if intermediates.len() > usize::from(limit) {
+        let n = counted(&intermediates);
+        if n > usize::from(limit) {
             return Err(TampError::Chain {
                 reason: format!(
-                    "{} intermediate CA(s) under the root {}, its pathLenConstraint is {limit}",
-                    intermediates.len(),
+                    "{n} intermediate CA(s) that are not self-issued under the root {}, its pathLenConstraint is {limit}",
                     root.tbs_certificate.subject
                 ),
             });
         }
     }
-    for (below, ca) in intermediates.iter().enumerate() {
+    for (i, ca) in intermediates.iter().enumerate() {
         check_valid_at(ca, now)?;
-        check_ca(ca, below)?;
+        check_ca(ca, counted(&intermediates[..i]))?;
     }
     check_valid_at(signer, now)?;
     check_signer(signer, &opts.signer_policy)?;

@@ -244,6 +244,9 @@ fn print_new_root(ctx: &Ctx, summary: &serde_json::Value, what: &str) -> Result<
             .as_str()
             .unwrap_or("")
     );
+    if let Some(why) = summary["old_with_new"]["why"].as_str() {
+        println!("  no OldWithNew: {why}");
+    }
     print_arl(ctx, &summary["arl"]);
     for c in summary["contingency"]["share_files"]
         .as_array()

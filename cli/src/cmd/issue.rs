@@ -18,7 +18,7 @@ pub(super) fn run(ctx: &Ctx, a: IssueArgs) -> Result<()> {
             .out
             .as_deref()
             .ok_or_else(|| input("--batch needs --out FILE for the results"))?;
-        return run_batch(ctx, batch, out, a.chunk as usize);
+        return run_batch(ctx, batch, out, a.chunk as usize, false);
     }
     let profile = a
         .profile
@@ -73,16 +73,27 @@ pub(super) fn run(ctx: &Ctx, a: IssueArgs) -> Result<()> {
     Ok(())
 }
 
-fn run_batch(ctx: &Ctx, batch: &Path, out: &Path, chunk: usize) -> Result<()> {
+/// A batch file (`issue --batch`), or a re-issuance campaign (`meter reissue`).
+pub(super) fn run_batch(
+    ctx: &Ctx,
+    batch: &Path,
+    out: &Path,
+    chunk: usize,
+    reissue: bool,
+) -> Result<()> {
     let bar = Bar(churn::bar(
         ctx,
         || churn::count_lines(batch),
         "certificates",
     ));
-    let summary = ctx
-        .service
-        .issue_file(&operator(), batch, out, chunk, &bar)?;
+    let summary = if reissue {
+        ctx.service
+            .reissue_file(&operator(), batch, out, chunk, &bar)
+    } else {
+        ctx.service.issue_file(&operator(), batch, out, chunk, &bar)
+    };
     bar.finish();
+    let summary = summary?;
     if ctx.json {
         print_json(&summary)?;
     } else {

@@ -41,6 +41,9 @@ pub(super) fn run(ctx: &Ctx, cmd: MeterCommand) -> Result<()> {
             file.as_deref(),
             &out,
         ),
+        MeterCommand::Reissue { file, out, chunk } => {
+            super::issue::run_batch(ctx, &file, &out, chunk as usize, true)
+        }
         MeterCommand::Show { device_id } => show(ctx, &device_id),
     }
 }

@@ -1,4 +1,5 @@
-//! `meterpki supplier ...`: the registry, key enrolment, rotation and revocation, takeover, exit.
+//! `meterpki supplier ...`: the registry, key enrolment, rotation and revocation,
+//! re-certification, takeover, exit.
 
 use anyhow::{Context, Result};
 use base64::Engine as _;
@@ -30,6 +31,7 @@ pub(super) fn run(ctx: &Ctx, cmd: SupplierCommand) -> Result<()> {
             ("--to", &to),
             &out,
         ),
+        SupplierCommand::Recertify { supplier, out } => recertify(ctx, supplier.as_deref(), &out),
         SupplierCommand::Exit { id, successor, out } => end(
             ctx,
             OpKind::Exit,
@@ -163,6 +165,37 @@ fn revoke_key(ctx: &Ctx, serial: &str, reason: &str, out: &ChurnOut) -> Result<(
         )?)
     })?;
     report(ctx, &r)
+}
+
+fn recertify(ctx: &Ctx, supplier: Option<&str>, out: &ChurnOut) -> Result<()> {
+    let only = supplier.map(|s| parse_id("--supplier", s)).transpose()?;
+    let reports = with_progress(ctx, out, |sink, progress| {
+        Ok(ctx.service.recertify_suppliers(
+            &operator(),
+            only.as_ref(),
+            out.chunk as usize,
+            sink,
+            progress,
+        )?)
+    })?;
+    if ctx.json {
+        print_json(&json!({"operations": reports}))?;
+        let refused: usize = reports.iter().map(|r| r.refused.len()).sum();
+        if refused > 0 {
+            return Err(input(format!("{refused} meter(s) could not be updated; the operations stay open: re-run the command to complete them")));
+        }
+        return Ok(());
+    }
+    if reports.is_empty() {
+        println!("every active supplier key already comes from the current Organisation CA generation; nothing to do");
+    }
+    let mut failed = None;
+    for r in &reports {
+        if let Err(e) = report(ctx, r) {
+            failed = Some(e);
+        }
+    }
+    failed.map_or(Ok(()), Err)
 }
 
 /// Takeover and exit.

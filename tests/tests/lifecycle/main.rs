@@ -7,6 +7,7 @@ mod recover;
 mod renewal;
 mod rollover;
 mod rp;
+mod whole_life;
 
 const EXE: &str = env!("CARGO_BIN_EXE_meterpki-e2e");
 

@@ -136,11 +136,16 @@ fn a_compromised_root_is_replaced_by_an_apex_update_signed_with_its_contingency_
         destroyed,
         ["meterpki-root-ca-g2", "meterpki-root-ca-g2-contingency"]
     );
+    // No link certificate to or from a root that is no longer trusted: the earlier links
+    // are withdrawn from ca/links/ and kept with generation 2's certificates.
+    for name in ["new-with-old.pem", "old-with-new.pem"] {
+        assert!(!s.path(&format!("h/ca/links/{name}")).exists(), "{name}");
+    }
     assert_eq!(
-        std::fs::read_to_string(s.path("h/ca/links/new-with-old.pem")).unwrap(),
-        link,
-        "no link certificate to or from a root that is no longer trusted"
+        std::fs::read_to_string(s.path("h/ca/generations/root-2/new-with-old.pem")).unwrap(),
+        link
     );
+    assert_eq!(out["old_with_new"]["made"], false);
     let old_root = s.path("h/ca/generations/root-2.pem");
     let apex = std::path::PathBuf::from(out["apex_update"]["file"].as_str().unwrap());
     let v = s
@@ -235,7 +240,7 @@ fn a_compromised_root_is_replaced_by_an_apex_update_signed_with_its_contingency_
         &s.path("h/ca/generations/root-1.pem"),
         &[],
         &crls(&s, "h"),
-        &s.path("h/ca/links/new-with-old.pem"),
+        &s.path("h/ca/generations/root-2/new-with-old.pem"),
         "revoked",
     );
     s.run("h", &["audit", "verify"]).ok();

@@ -412,3 +412,47 @@ pub fn generations_keep_their_own_revocations(h: &dyn Harness, dir: &Path) {
     assert_eq!(s.cert(&b.serial).unwrap().unwrap(), b);
     assert_eq!(s.cert(&a.serial).unwrap().unwrap(), a);
 }
+
+/// The same key certified again by a newer generation of its CA (after a renewal) replaces the
+/// earlier certificate without `replace`: the earlier one is superseded (revoked, its
+/// `replaced_by` set) in the same write. The same key from the same or an older generation is
+/// still the existing certificate.
+pub fn a_newer_generation_recertifies_the_same_key(h: &dyn Harness, dir: &Path) {
+    let s = h.open(dir);
+    let a = cert(1, DEV, "meter-signing", 1);
+    commit(s.as_ref(), vec![(a.clone(), false)], false);
+    let mut b = cert(2, DEV, "meter-signing", 1);
+    b.issuer_generation = 2;
+    assert_eq!(
+        commit(s.as_ref(), vec![(b.clone(), false)], false),
+        vec![Commit::Stored]
+    );
+    assert_eq!(
+        s.active_cert(DEV, "meter-signing").unwrap(),
+        Some(b.clone())
+    );
+    let old = s.cert(&a.serial).unwrap().unwrap();
+    assert_eq!(old.replaced_by.as_deref(), Some(b.serial.as_slice()));
+    let rev = s.revocation(&a.serial).unwrap().expect("superseded");
+    assert_eq!(rev.reason, Reason::Superseded);
+    // The same key again, from generation 2 or from generation 1: the existing certificate.
+    let mut c = cert(3, DEV, "meter-signing", 1);
+    c.issuer_generation = 2;
+    let mut d = cert(4, DEV, "meter-signing", 1);
+    d.issuer_generation = 1;
+    assert_eq!(
+        commit(s.as_ref(), vec![(c, false), (d, false)], false),
+        vec![
+            Commit::Existing(Box::new(b.clone())),
+            Commit::Existing(Box::new(b))
+        ]
+    );
+    assert!(!s.serial_taken(&[0x40, 3, 1]).unwrap());
+    // Another key without `replace` is still a conflict.
+    let mut e = cert(5, DEV, "meter-signing", 5);
+    e.issuer_generation = 2;
+    assert!(matches!(
+        commit(s.as_ref(), vec![(e, false)], false)[0],
+        Commit::Conflict(_)
+    ));
+}

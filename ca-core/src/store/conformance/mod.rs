@@ -33,8 +33,8 @@ pub use batches::{
     counters_never_go_back_and_reservations_never_overlap, meter_moves_are_compare_and_swap,
 };
 pub use certificates::{
-    a_key_is_bound_to_one_subject_and_usage, a_serial_is_never_stored_twice,
-    all_or_nothing_commits_store_nothing_when_one_item_is_refused,
+    a_key_is_bound_to_one_subject_and_usage, a_newer_generation_recertifies_the_same_key,
+    a_serial_is_never_stored_twice, all_or_nothing_commits_store_nothing_when_one_item_is_refused,
     certificates_round_trip_and_are_indexed, generations_keep_their_own_revocations,
     one_active_certificate_per_device_and_usage_under_concurrency,
     replace_supersedes_and_revokes_the_old_certificate, revocation_is_final_and_listed_by_shard,
@@ -74,6 +74,7 @@ macro_rules! store_conformance {
             revocation_is_final_and_listed_by_shard,
             revocations_are_read_a_page_at_a_time,
             generations_keep_their_own_revocations,
+            a_newer_generation_recertifies_the_same_key,
             batch_claims_bind_a_request_id_to_one_body_under_concurrency,
             counters_never_go_back_and_reservations_never_overlap,
             meter_moves_are_compare_and_swap,

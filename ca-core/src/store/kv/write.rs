@@ -207,11 +207,16 @@ impl<'a> Writer<'a> {
                 None => None,
             };
             let current = match current {
-                Some(existing) if existing.key_hash == rec.key_hash => {
+                // The same key from a newer CA generation re-certifies it (after a renewal):
+                // the earlier certificate is superseded like a replaced one.
+                Some(existing)
+                    if existing.key_hash == rec.key_hash
+                        && existing.issuer_generation >= rec.issuer_generation =>
+                {
                     out.push(Commit::Existing(Box::new(existing)));
                     continue;
                 }
-                Some(existing) if !replace => {
+                Some(existing) if !replace && existing.key_hash != rec.key_hash => {
                     out.push(Commit::Conflict(Box::new(existing)));
                     continue;
                 }
