@@ -137,6 +137,7 @@ fn meter(device: &str, csr: &[u8]) -> RequestItem {
         csr: Some(B64.encode(csr)),
         public_key: None,
         replace: false,
+        recertify: false,
     }
 }
 
@@ -539,6 +540,7 @@ fn supplier_item(name: Option<&str>) -> RequestItem {
         csr: Some(B64.encode(csr_p256(&new_key()))),
         public_key: None,
         replace: false,
+        recertify: false,
     }
 }
 

@@ -40,6 +40,11 @@ pub struct RequestItem {
     /// Replace an active certificate held for the same device and usage with another key.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub replace: bool,
+    /// Certify the same key again when its active certificate comes from an earlier generation
+    /// of the issuing CA (set by re-certification campaigns, never read from a request: an
+    /// API batch or batch file sending the same key again gets the certificate it has).
+    #[serde(skip)]
+    pub recertify: bool,
 }
 
 /// Who the certificate names.
@@ -94,6 +99,9 @@ pub struct Request {
     pub replace: bool,
     /// The key came as a bare SubjectPublicKeyInfo (no proof of possession).
     pub bare: bool,
+    /// Certify the same key again when its active certificate comes from an earlier generation
+    /// of the issuing CA; otherwise that certificate is the answer.
+    pub recertify: bool,
 }
 
 fn err(code: ErrorCode, detail: impl Into<String>) -> IssueError {
@@ -441,6 +449,7 @@ pub fn parse_request(item: &RequestItem, profiles: &ProfileSet) -> Result<Reques
         key_hash,
         replace: item.replace,
         bare: item.csr.is_none(),
+        recertify: item.recertify,
     })
 }
 
@@ -544,5 +553,6 @@ pub fn tls_request(
         spki,
         replace,
         bare: false,
+        recertify: false,
     })
 }

@@ -39,8 +39,8 @@ pub enum Decision {
 /// Applies the account's range and the one-active-certificate rule (docs/design.md#issuance).
 ///
 /// `generation` is the issuing CA's current generation: the same key again is answered with
-/// its certificate only while that certificate comes from this generation; a certificate from
-/// an earlier generation (before a renewal) is re-certified by this one and superseded.
+/// its certificate, unless the request asks to `recertify` a certificate from an earlier
+/// generation (after a renewal), which this generation then certifies again, superseding it.
 pub(super) fn approve(
     request: Request,
     limits: &AccountLimits,
@@ -98,7 +98,7 @@ pub(super) fn approve(
         .map_err(IssueError::store)?;
     if let Some(active) = active {
         let same_key = active.key_hash == request.key_hash;
-        if same_key && active.issuer_generation >= generation {
+        if same_key && (active.issuer_generation >= generation || !request.recertify) {
             return Ok(Decision::Existing(Box::new(active)));
         }
         // Re-certifying the same key under a newer CA generation is not a replacement by

@@ -91,13 +91,16 @@ impl Service {
                 .map_err(|e| ServiceError::Internal(e.to_string()));
         }
         let engine = self.engine()?;
-        let request = tls_request(
+        let mut request = tls_request(
             engine.profiles(),
             profile,
             subject,
             KeySource::Spki(spki.clone()),
             true,
         )?;
+        // A certificate from an earlier generation of `ca` is replaced, the same key certified
+        // again by the current one.
+        request.recertify = true;
         let mut results = engine.commit_signed(engine.sign_request(request), false, &|r| {
             // A certificate stored before (same key, same profile) is reused, not issued.
             let issued = r.first()?.as_ref().ok().filter(|o| !o.existing)?;

@@ -382,6 +382,7 @@ impl Service {
             );
         }
         item.replace = true;
+        item.recertify = true;
         Ok(item)
     }
 

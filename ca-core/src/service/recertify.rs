@@ -134,6 +134,7 @@ impl Service {
                 key_hash: rec.key_hash,
                 replace: false,
                 bare: false,
+                recertify: true,
             };
             let signed = engine.sign_request(request);
             match signed.items().next() {

@@ -187,6 +187,7 @@ impl Service {
             csr: Some(csr),
             public_key: None,
             replace,
+            recertify: false,
         })
     }
 

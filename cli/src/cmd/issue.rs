@@ -40,6 +40,7 @@ pub(super) fn run(ctx: &Ctx, a: IssueArgs) -> Result<()> {
             .map(|p| read_blob("--public-key", p))
             .transpose()?,
         replace: a.replace,
+        recertify: false,
     };
     if item.csr.is_none() && item.public_key.is_none() {
         return Err(input(

@@ -3,6 +3,7 @@
 //! as a strict relying party checks them (`openssl verify -crl_check_all` with every CRL of
 //! the path, the root's ARL included).
 
+mod recertify;
 mod recover;
 mod renewal;
 mod rollover;

@@ -1,0 +1,232 @@
+//! After an Organisation CA renewal, `supplier recertify` certifies every active supplier key
+//! again under the new generation and gives every meter the update that replaces its
+//! supplier's certificates; sending the same key again anywhere else still answers the
+//! certificate it has.
+
+use std::path::Path;
+
+use meterpki_tests::{openssl_csr, Scratch};
+use serde_json::Value;
+
+use crate::rp::{accepts, crls, refuses};
+use crate::{run, shares, EXE};
+
+const A: &str = "90-B3-D5-1F-30-00-00-0A";
+const B: &str = "90-B3-D5-1F-30-00-00-0B";
+const C: &str = "90-B3-D5-1F-30-00-00-0C";
+
+fn p(x: &Path) -> String {
+    x.display().to_string()
+}
+
+/// Enrols `profile` for `supplier` from the CSR `csr` (made if missing); returns the answer.
+fn enrol(s: &Scratch, supplier: &str, profile: &str, name: &str) -> Value {
+    let csr = s.path(&format!("{name}.csr"));
+    if !csr.exists() {
+        openssl_csr(&s.path(""), name, "prime256v1");
+    }
+    s.run(
+        "h",
+        &[
+            "supplier",
+            "enrol",
+            "--id",
+            supplier,
+            "--profile",
+            profile,
+            "--csr",
+            &p(&csr),
+            "--out",
+            &p(&s.path(&format!("{name}.pem"))),
+            "--json",
+        ],
+    )
+    .ok()
+    .json()
+}
+
+fn certs(s: &Scratch, id: &str) -> Vec<Value> {
+    s.run("h", &["show", "--device-id", id, "--json"])
+        .ok()
+        .json()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn recertify(s: &Scratch, extra: &[&str]) -> meterpki_tests::Run {
+    let mut args = vec!["supplier", "recertify", "--json"];
+    args.extend_from_slice(extra);
+    s.run("h", &args)
+}
+
+#[test]
+fn after_an_organisation_ca_renewal_every_meter_gets_its_suppliers_new_certificates() {
+    let s = Scratch::new(EXE);
+    s.ceremonies("h", 3, 2, &["device", "organisation"]);
+    s.supplier("h", A, "Alpha Energy");
+    s.supplier("h", B, "Beta Power");
+    s.supplier("h", C, "Gamma Gas");
+    enrol(&s, A, "supplier-signing", "a-sign");
+    enrol(&s, A, "supplier-key-agreement", "a-ka");
+    enrol(&s, B, "supplier-signing", "b-sign");
+    let meters: Vec<String> = (1..=5)
+        .map(|i| format!("00-DB-12-34-56-78-90-0{i}"))
+        .collect();
+    for (i, d) in meters.iter().enumerate() {
+        s.issue_one("h", d, None, &format!("m{i}.pem")).ok();
+        let to = if i < 3 { A } else { B };
+        s.run(
+            "h",
+            &["meter", "assign", "--device-id", d, "--supplier", to],
+        )
+        .ok();
+    }
+    // Nothing to re-certify before a renewal.
+    let r = recertify(&s, &["--updates-out", "u0"]).ok().json();
+    assert_eq!(r["operations"], serde_json::json!([]));
+
+    run(
+        &s,
+        &[
+            "ceremony",
+            "issuing-ca",
+            "--kind",
+            "organisation",
+            "--renew",
+        ],
+        &shares(&s, &[1, 2]),
+    )
+    .ok();
+    // The same key sent again by the supplier (or by a factory for a meter after a Device
+    // CA renewal) answers the certificate it has: only the campaign re-certifies.
+    let again = enrol(&s, A, "supplier-signing", "a-sign");
+    assert_eq!(again["existing"], true, "{again}");
+    // Refused, changing nothing: no destination for the updates, an unknown supplier.
+    let before = s.snapshot();
+    s.run("h", &["supplier", "recertify"])
+        .fails(2, "--updates-out");
+    recertify(
+        &s,
+        &[
+            "--supplier",
+            "90-B3-D5-1F-30-00-00-99",
+            "--updates-out",
+            "u1",
+        ],
+    )
+    .fails(2, "not registered");
+    recertify(&s, &["--supplier", "not-an-id", "--updates-out", "u1"]).fails(2, "--supplier");
+    assert_eq!(before, s.snapshot());
+
+    // One supplier first, then the rest; B's meters are not touched by A's run.
+    let r = recertify(&s, &["--supplier", A, "--updates-out", "u1"])
+        .ok()
+        .json();
+    let ops = r["operations"].as_array().unwrap();
+    assert_eq!(ops.len(), 1);
+    assert_eq!(
+        ops[0]["operation"],
+        format!("recertify:{A}:organisation-g2")
+    );
+    assert_eq!(ops[0]["meters_updated"], 3);
+    assert!(!s.path(&format!("u1/{}.tamp.der", meters[3])).exists());
+    let r = recertify(&s, &["--updates-out", "u1"]).ok().json();
+    let ops = r["operations"].as_array().unwrap();
+    assert_eq!(ops.len(), 1, "A is done, C has no key: {r}");
+    assert_eq!(ops[0]["from"], B);
+    assert_eq!(ops[0]["meters_updated"], 2);
+    assert_eq!(
+        recertify(&s, &["--updates-out", "u1"]).ok().json()["operations"],
+        serde_json::json!([])
+    );
+
+    // Each supplier: its earlier certificates superseded, new ones from generation 2 for the
+    // same keys; a strict relying party accepts the new and refuses the old.
+    s.run("h", &["crl", "publish"]).ok();
+    let crl = crls(&s, "h");
+    let root = s.path("h/ca/root.pem");
+    let cas = [
+        s.path("h/ca/organisation.pem"),
+        s.path("h/ca/generations/organisation-1.pem"),
+    ];
+    let mut new_serials = std::collections::BTreeMap::new();
+    for (supplier, n) in [(A, 2), (B, 1)] {
+        let all = certs(&s, supplier);
+        let (new, old): (Vec<&Value>, Vec<&Value>) =
+            all.iter().partition(|c| c["issuer_generation"] == 2);
+        assert_eq!((new.len(), old.len()), (n, n), "{all:?}");
+        for c in &old {
+            assert_eq!(c["revocation"]["reason"], "superseded");
+            let f = s.path(&format!("old-{}.pem", c["serial"].as_str().unwrap()));
+            std::fs::write(&f, c["certificate"].as_str().unwrap()).unwrap();
+            refuses(&root, &cas, &crl, &f, "revoked");
+        }
+        for c in &new {
+            assert_eq!(c["status"], "active");
+            let f = s.path(&format!("new-{}.pem", c["serial"].as_str().unwrap()));
+            std::fs::write(&f, c["certificate"].as_str().unwrap()).unwrap();
+            accepts(&root, &cas, &crl, &f);
+        }
+        let mut serials: Vec<String> = new
+            .iter()
+            .map(|c| c["serial"].as_str().unwrap().to_string())
+            .collect();
+        serials.sort();
+        new_serials.insert(supplier, serials);
+    }
+    // Every meter: the update adds its supplier's new certificates in place of the earlier
+    // ones (the same keys), checked as a meter would and by openssl; recorded as its last.
+    for (i, d) in meters.iter().enumerate() {
+        let supplier = if i < 3 { A } else { B };
+        let file = s.path(&format!("u1/{d}.tamp.der"));
+        let v = s
+            .run(
+                "h",
+                &[
+                    "update",
+                    "verify",
+                    &p(&file),
+                    "--root",
+                    &p(&root),
+                    "--device-id",
+                    d,
+                    "--json",
+                ],
+            )
+            .ok()
+            .json();
+        let mut added: Vec<String> = v["add"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["serial"].as_str().unwrap().to_string())
+            .collect();
+        added.sort();
+        assert_eq!(added, new_serials[supplier], "{d}");
+        assert_eq!(
+            v["remove_key_ids"].as_array().unwrap().len(),
+            added.len(),
+            "{d}"
+        );
+        assert!(!crate::rp::cms_verify(&file, &root).is_empty());
+        let m = s
+            .run("h", &["meter", "show", "--device-id", d, "--json"])
+            .ok()
+            .json();
+        assert_eq!(
+            m["last_update"]["op"],
+            format!("recertify:{supplier}:organisation-g2")
+        );
+        assert_eq!(m["last_update"]["seq"], v["seq"]);
+    }
+    // The trust-update signer was certified again by generation 2 before signing them.
+    accepts(&root, &cas, &crl, &s.path("h/ca/trust-update-signer.pem"));
+    assert_eq!(
+        crate::rp::x509_field(&s.path("h/ca/trust-update-signer.pem"), "issuer"),
+        crate::rp::x509_field(&s.path("h/ca/organisation.pem"), "subject")
+            .replace("subject", "issuer")
+    );
+    s.run("h", &["store", "check"]).ok();
+    s.run("h", &["audit", "verify"]).ok();
+}
