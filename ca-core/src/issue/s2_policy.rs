@@ -101,8 +101,8 @@ pub(super) fn approve(
         if same_key && (active.issuer_generation >= generation || !request.recertify) {
             return Ok(Decision::Existing(Box::new(active)));
         }
-        // Re-certifying the same key under a newer CA generation is not a replacement by
-        // another key: it needs no `replace` and is allowed to every account.
+        // Re-certifying the same key under a newer CA generation (asked for by a campaign,
+        // never by an account) is not a replacement by another key: `no_replace` is not for it.
         if let (false, true, Some(why)) = (same_key, request.replace, &limits.no_replace) {
             return Err(IssueError::new(
                 ErrorCode::ReplaceForbidden,

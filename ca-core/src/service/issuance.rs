@@ -377,9 +377,25 @@ impl Service {
             .any(|r| r.issuer == crate::CaKind::Device);
         if !known {
             return refuse(
-                ErrorCode::ProfileLimit,
+                ErrorCode::DeviceId,
                 format!("device_id {device}: no meter certificate was ever issued to it; a re-issuance campaign only re-certifies meters already in service (use `meterpki issue --batch` for new meters)"),
             );
+        }
+        let Some(active) = store
+            .active_cert(&id.to_string(), &item.profile)
+            .map_err(IssueError::store)?
+        else {
+            return refuse(
+                ErrorCode::DeviceId,
+                format!("device_id {device} has no active {} certificate (revoked): a re-issuance campaign replaces active certificates; issue a new one with `meterpki issue`", item.profile),
+            );
+        };
+        // Only a certificate from an earlier generation is replaced: a line run again, or a
+        // second line for the same meter, answers the certificate this generation issued
+        // (the same key) or is refused (another key), never a second replacement.
+        let current = self.current_id(crate::CaKind::Device).generation;
+        if active.issuer_generation >= current {
+            return Ok(item);
         }
         item.replace = true;
         item.recertify = true;

@@ -1,6 +1,6 @@
 //! Supplier re-certification: after an Organisation CA renewal, or a compromise of its earlier
 //! generation, every active supplier key is certified again by the current generation and every
-//! meter gets the update that replaces the supplier's certificates (docs/lifecycle.md §6).
+//! meter gets the update that replaces the supplier's certificates (docs/lifecycle.md §5).
 //!
 //! Per supplier, one write: the new certificates (the same keys, the earlier certificates
 //! superseded by the store's re-certification rule) and a journal naming both serial lists,
@@ -9,6 +9,7 @@
 //! Organisation CA generation; a supplier whose certificates all come from it is left alone.
 
 use der::Decode;
+use serde::Serialize;
 use serde_json::json;
 
 use super::suppliers::ChurnReport;
@@ -20,10 +21,24 @@ use crate::model::{Eui64, OpKind, OpRecord, OpState, Supplier, SupplierState};
 use crate::store::{CertRecord, Txn};
 use crate::CaKind;
 
+/// What `supplier recertify` did.
+#[derive(Clone, Debug, Serialize)]
+pub struct RecertifyReport {
+    /// The Organisation CA generation the keys are certified by.
+    pub organisation_generation: u32,
+    /// One report per supplier whose meters were updated (or whose journal was running).
+    pub operations: Vec<ChurnReport>,
+    /// Journals closed without updating every meter, and why: `{"operation", "why"}`.
+    pub closed: Vec<serde_json::Value>,
+    /// Suppliers that could not be re-certified: `{"supplier", "code", "detail"}`; the others
+    /// went on.
+    pub failed: Vec<serde_json::Value>,
+}
+
 impl Service {
     /// Re-certifies the active keys of `only` (or of every active supplier) under the current
-    /// Organisation CA generation, and updates their meters. Returns one report per supplier
-    /// that had certificates from an earlier generation, or whose journal was still running.
+    /// Organisation CA generation, and updates their meters. A supplier that fails is reported
+    /// and the others go on.
     pub fn recertify_suppliers(
         &self,
         actor: &Actor,
@@ -31,7 +46,7 @@ impl Service {
         chunk: usize,
         sink: &mut dyn UpdateSink,
         progress: &dyn Progress,
-    ) -> Result<Vec<ChurnReport>, ServiceError> {
+    ) -> Result<RecertifyReport, ServiceError> {
         authorize(actor, Action::Administer)?;
         if !self.has_ca(CaKind::Organisation) {
             return Err(ServiceError::invalid(
@@ -42,12 +57,17 @@ impl Service {
         let store = self.store()?;
         let suppliers: Vec<Supplier> = match only {
             Some(id) => {
-                let s = crate::churn::registered(store.as_ref(), &id.to_string())?;
+                let Some(s) = store.supplier(&id.to_string())? else {
+                    return Err(ServiceError::invalid(
+                        "supplier-unknown",
+                        format!("--supplier: supplier {id} is not registered"),
+                    ));
+                };
                 if s.state != SupplierState::Active {
                     return Err(ServiceError::invalid(
-                        "supplier",
+                        "supplier-inactive",
                         format!(
-                            "--supplier {id} ({}) is {}: it holds no key in meters to re-certify",
+                            "--supplier: supplier {id} ({}) is {}: it holds no key in meters to re-certify",
                             s.name, s.state
                         ),
                     ));
@@ -64,25 +84,78 @@ impl Service {
         // The churn engine certifies the trust-update signer again first if an earlier
         // generation issued it.
         let churn = self.churn(actor)?;
-        let mut reports = Vec::new();
+        let mut report = RecertifyReport {
+            organisation_generation: generation,
+            operations: Vec::new(),
+            closed: Vec::new(),
+            failed: Vec::new(),
+        };
         for s in suppliers {
-            let op_id = format!("recertify:{}:organisation-g{generation}", s.id);
-            let op = match churn.op(&op_id)? {
-                Some(op) if op.is_complete() => continue,
-                Some(op) => op,
-                None => match self.recertify_keys(actor, &churn, &s, &op_id, generation)? {
-                    Some(op) => op,
-                    None => continue,
-                },
+            let one = self.recertify_one(actor, &churn, &s, generation, &mut report.closed);
+            let op = match one {
+                Ok(Some(op)) => op,
+                Ok(None) => continue,
+                Err(e) => {
+                    report
+                        .failed
+                        .push(json!({"supplier": s.id, "code": e.code(), "detail": e.to_string()}));
+                    continue;
+                }
             };
             let extra = json!({"organisation_generation": generation, "superseded": op.remove, "new": op.add});
-            reports.push(self.finish_op(actor, &churn, op, chunk, sink, progress, extra)?);
+            match self.finish_op(actor, &churn, op, chunk, sink, progress, extra) {
+                Ok(r) => report.operations.push(r),
+                Err(e) => report
+                    .failed
+                    .push(json!({"supplier": s.id, "code": e.code(), "detail": e.to_string()})),
+            }
         }
-        Ok(reports)
+        Ok(report)
     }
 
-    /// One supplier's new certificates and journal, in one write; `None` when every active
-    /// certificate of the supplier already comes from `generation`.
+    /// The journal to run for supplier `s`: the running one of this generation, or a new one
+    /// (its certificates issued); `None` when there is nothing to do.
+    fn recertify_one(
+        &self,
+        actor: &Actor,
+        churn: &Churn,
+        s: &Supplier,
+        generation: u32,
+        closed: &mut Vec<serde_json::Value>,
+    ) -> Result<Option<OpRecord>, ServiceError> {
+        let store = self.store()?;
+        // A journal of an earlier generation still running is overtaken by this one: its
+        // meters' keys are removed by key and the current certificates added, whichever
+        // certificate a meter holds now.
+        for g in 2..generation {
+            let id = op_id(&s.id, g);
+            if let Some(mut old) = churn.op(&id)?.filter(|o| !o.is_complete()) {
+                churn.complete(&mut old)?;
+                closed.push(json!({"operation": id, "why": format!("overtaken by generation {generation}'s re-certification")}));
+            }
+        }
+        let id = op_id(&s.id, generation);
+        match churn.op(&id)? {
+            Some(op) if op.is_complete() => Ok(None),
+            Some(mut op) => {
+                // A later change of the supplier's keys (a rotation, a key revocation) has
+                // replaced a certificate this journal installs; that change's updates reach
+                // every meter, so this one is closed rather than refused for ever.
+                for rec in churn.certs_by_serial(&op.add)? {
+                    if let Some(r) = store.revocation(&rec.serial)? {
+                        churn.complete(&mut op)?;
+                        closed.push(json!({"operation": op.id, "why": format!("its certificate {} was revoked ({}) by a later change of the supplier's keys, whose updates replace it in every meter", rec.serial_hex(), r.reason.name())}));
+                        return Ok(None);
+                    }
+                }
+                Ok(Some(op))
+            }
+            None => self.recertify_keys(actor, churn, s, &id, generation),
+        }
+    }
+
+    /// One supplier's new certificates and journal (`op_id`), in one write; `None` when every
+    /// active certificate of the supplier already comes from `generation`.
     fn recertify_keys(
         &self,
         actor: &Actor,
@@ -138,7 +211,13 @@ impl Service {
             };
             let signed = engine.sign_request(request);
             match signed.items().next() {
-                Some(Ok((r, _))) => new.push(r.serial_hex()),
+                Some(Ok((r, false))) => new.push(r.serial_hex()),
+                Some(Ok((r, true))) => {
+                    return Err(ServiceError::conflict(
+                        "conflict",
+                        format!("supplier {}'s {} key already has certificate {} from the issuing generation (a renewal or another run meanwhile); nothing was re-certified: run the command again", s.id, rec.profile, r.serial_hex()),
+                    ))
+                }
                 Some(Err(e)) => return Err(ServiceError::Issue(e.clone())),
                 None => return Err(ServiceError::Internal("nothing was signed".into())),
             }
@@ -165,18 +244,28 @@ impl Service {
                 )
             })
         })?;
-        for (plan, serial) in plans.into_iter().zip(&op.add) {
-            match plan.results(&applied).into_iter().next() {
-                Some(Ok(o)) if applied.written && !o.existing && &o.record.serial_hex() == serial => {}
-                Some(Err(e)) => return Err(ServiceError::Issue(e)),
-                _ => {
-                    return Err(ServiceError::conflict(
-                        "conflict",
-                        format!("supplier {}'s keys changed meanwhile; nothing was re-certified: run the command again", s.id),
-                    ))
-                }
-            }
+        let results: Vec<_> = plans
+            .into_iter()
+            .filter_map(|plan| plan.results(&applied).into_iter().next())
+            .collect();
+        if let Some(e) = results.iter().find_map(|r| r.as_ref().err()) {
+            return Err(ServiceError::Issue(e.clone()));
+        }
+        let stored = results.len() == op.add.len()
+            && results.iter().zip(&op.add).all(
+                |(r, serial)| matches!(r, Ok(o) if !o.existing && &o.record.serial_hex() == serial),
+            );
+        if !applied.written || !stored {
+            return Err(ServiceError::conflict(
+                "conflict",
+                format!("supplier {}'s keys changed meanwhile; nothing was re-certified: run the command again", s.id),
+            ));
         }
         Ok(Some(op))
     }
+}
+
+/// The journal of supplier `supplier`'s re-certification by Organisation CA generation `g`.
+fn op_id(supplier: &str, g: u32) -> String {
+    format!("recertify:{supplier}:organisation-g{g}")
 }

@@ -144,6 +144,7 @@ impl Service {
                         continue;
                     };
                     check_not_service_certificate(&rec)?;
+                    check_key_compromise_reaches_active(store.as_ref(), &rec, reason, &serials)?;
                     if rec.issuer == CaKind::Root {
                         return Err(ServiceError::invalid(
                             "ca-certificate",
@@ -260,6 +261,7 @@ impl Service {
         authorize(actor, Action::Revoke(Some(&rec)))?;
         check_end_entity_reason(reason)?;
         check_not_service_certificate(&rec)?;
+        check_key_compromise_reaches_active(store.as_ref(), &rec, reason, &[])?;
         if rec.issuer == CaKind::Root {
             return Err(ServiceError::invalid(
                 "ca-certificate",
@@ -372,6 +374,39 @@ fn check_not_service_certificate(rec: &crate::store::CertRecord) -> Result<(), S
                 rec.profile
             ),
         ));
+    }
+    Ok(())
+}
+
+/// A keyCompromise revocation must reach the key's active certificate. After a
+/// re-certification (`supplier recertify`, `meter reissue`) the same key has an earlier,
+/// superseded certificate and a newer active one: revoking only the earlier one would leave
+/// the compromised key active (and installed in meters), so it is refused unless the active
+/// one is revoked in the same request (`also`).
+pub(super) fn check_key_compromise_reaches_active(
+    store: &dyn crate::store::Store,
+    rec: &crate::store::CertRecord,
+    reason: Reason,
+    also: &[Vec<u8>],
+) -> Result<(), ServiceError> {
+    if reason != Reason::KeyCompromise {
+        return Ok(());
+    }
+    if let Some(active) = store.active_cert(&rec.subject_id, &rec.profile)? {
+        if active.key_hash == rec.key_hash
+            && active.serial != rec.serial
+            && !also.contains(&active.serial)
+        {
+            return Err(ServiceError::invalid(
+                "serial",
+                format!(
+                    "serial {} was certified again as {} (the same key, a newer CA generation): revoke {}, the key's active certificate, for keyCompromise (the earlier one is revoked as superseded)",
+                    rec.serial_hex(),
+                    active.serial_hex(),
+                    active.serial_hex()
+                ),
+            ));
+        }
     }
     Ok(())
 }

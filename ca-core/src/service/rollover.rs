@@ -2,7 +2,8 @@
 //! self-signed certificate (NewWithNew), the new key certified by the old (NewWithOld) and the
 //! old by the new (OldWithNew), and every issuing CA generation and the audit signer
 //! re-certified under the new root, so that every existing certificate validates under either
-//! root while meters move from one to the other.
+//! root while meters move from one to the other. Once an issuing CA has been revoked for a
+//! compromise, no OldWithNew is made (docs/lifecycle.md §5): meters check no CRL.
 
 use std::path::{Path, PathBuf};
 
@@ -79,8 +80,9 @@ impl Service {
     /// `meterpki ceremony root-rollover --share ...`: see the module documentation. The
     /// previous root stays `ca/generations/root-<N>.pem`, its key stays in the root token and
     /// keeps signing its ARL; the link certificates are `ca/links/new-with-old.pem` and
-    /// `ca/links/old-with-new.pem`. Nothing is left behind by a rollover refused or failed
-    /// before its audit record.
+    /// `ca/links/old-with-new.pem` (not made after a compromise: see the module
+    /// documentation). Nothing is left behind by a rollover refused or failed before its audit
+    /// record.
     pub fn root_rollover_ceremony(
         &self,
         actor: &Actor,
@@ -178,11 +180,12 @@ impl Service {
             )
             .and_then(|(p, new_root, withdrawn)| {
                 let recorded = self.record_ceremony(actor, p);
+                let mut not_withdrawn = Vec::new();
                 if matches!(&recorded, Ok(_) | Err(ServiceError::Incomplete(_))) {
                     for path in &withdrawn {
                         // Its copy is kept under ca/generations/root-<N>/.
                         if let Err(e) = std::fs::remove_file(path) {
-                            tracing::warn!(path = %path.display(), error = %e, "could not withdraw an earlier link certificate");
+                            not_withdrawn.push(format!("{} ({e})", path.display()));
                         }
                     }
                 }
@@ -195,6 +198,12 @@ impl Service {
                     self.destroy_spent_root_keys(actor, &old)?;
                 }
                 let mut summary = recorded?;
+                if !not_withdrawn.is_empty() {
+                    return Err(ServiceError::Incomplete(format!(
+                        "the ceremony was recorded, but these earlier link certificates are still in ca/links/ (their copies are kept under ca/generations/): {}; remove them by hand so that nobody fetches them as current",
+                        not_withdrawn.join(", ")
+                    )));
+                }
                 // The new root's ARL, and the previous root's re-signed (if its key is kept).
                 summary["arl"] = self.arl_after_ceremony(actor, &new_root, event)?;
                 Ok(summary)
@@ -460,6 +469,13 @@ impl Service {
             signing.event().trim_start_matches("ceremony.")
         ));
         let kept = home.ca_generations_dir().join(format!("root-{old_n}"));
+        // An earlier rollover's link this one does not replace is kept with the old root's
+        // certificates and withdrawn from `ca/links/` once the ceremony is recorded.
+        let withdrawn: Vec<PathBuf> = ["new-with-old.pem", "old-with-new.pem"]
+            .iter()
+            .map(|name| links.join(name))
+            .filter(|path| path.exists() && !made.iter().any(|m| &m.path == path))
+            .collect();
         let transcript = json!({
             "ceremony": signing.event().trim_start_matches("ceremony."),
             "apex_signed_by": if recover { "the previous root's contingency key" } else { "the previous root" },
@@ -473,6 +489,7 @@ impl Service {
             "root": {"generation": new_id.generation, "name": new_id.name(), "key": {"label": new_id.key_label(), "id": hex::encode(key_id), "token": old.record.root_token, "algorithm": "EC P-384", "sensitive": true, "protection": self.key_protection()}, "certificate": CertInfo::of(&new_root), "file": home.ca_cert(CaKind::Root)},
             "certified": made.iter().map(|m| json!({"what": m.what, "file": m.path, "certificate": CertInfo::of(&m.cert)})).collect::<Vec<_>>(),
             "previous_certificates_kept_in": kept,
+            "links_withdrawn": withdrawn,
             "old_with_new": if recover { json!({"made": false, "why": "a recovery links nothing to the untrusted root"}) } else if compromised.is_empty() { json!({"made": true}) } else { json!({"made": false, "why": "issuing CA generations revoked for a compromise: meters check no CRL, so nothing may link the old root's certificates to the new root", "compromised": compromised}) },
             "apex_update": {"file": apex_path, "seq": apex_seq, "target": match target { ApexTarget::All => "all".to_string(), ApexTarget::HwType(o) => o.to_string() }, "signed_by": if recover { "the previous root's contingency key".to_string() } else { CertInfo::of(&old.cert).sha256_fingerprint }, "bytes": apex.len()},
         });
@@ -500,15 +517,9 @@ impl Service {
                 files.push(copy(&m.path, kept.join(name))?);
             }
         }
-        // An earlier rollover's link this one does not replace is kept with the old root's
-        // certificates and withdrawn from `ca/links/` once the ceremony is recorded.
-        let mut withdrawn = Vec::new();
-        for name in ["new-with-old.pem", "old-with-new.pem"] {
-            let path = links.join(name);
-            if path.exists() && !made.iter().any(|m| m.path == path) {
-                files.push(copy(&path, kept.join(name))?);
-                withdrawn.push(path);
-            }
+        for path in &withdrawn {
+            let name = path.file_name().map(PathBuf::from).unwrap_or_default();
+            files.push(copy(path, kept.join(name))?);
         }
         for m in &made {
             files.push(stage(&m.path, &certificate_to_pem(&m.cert)?)?);

@@ -343,6 +343,7 @@ impl Service {
                 ),
             ));
         }
+        super::revoke::check_key_compromise_reaches_active(store.as_ref(), &rec, reason, &[])?;
         let churn = self.churn(actor)?;
         let op_id = format!("revoke-key:{}", rec.serial_hex());
         let existing = churn.op(&op_id)?;

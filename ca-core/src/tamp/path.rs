@@ -181,7 +181,14 @@ fn extensions(cert: &Certificate) -> Result<Exts, TampError> {
     Ok(exts)
 }
 
-/// An intermediate CA with `below` CA certificates under it in the path.
+/// RFC 5280 §3.3: a CA certificate whose subject and issuer are the same non-empty name.
+fn self_issued(cert: &Certificate) -> bool {
+    let tbs = &cert.tbs_certificate;
+    !tbs.subject.0.is_empty() && tbs.issuer == tbs.subject
+}
+
+/// An intermediate CA with `below` CA certificates that are not self-issued under it in the
+/// path (RFC 5280 §6.1.4 (l)); it is checked as a CA all the same.
 fn check_ca(ca: &Certificate, below: usize) -> Result<(), TampError> {
     let subject = &ca.tbs_certificate.subject;
     let exts = extensions(ca)?;
@@ -192,7 +199,7 @@ fn check_ca(ca: &Certificate, below: usize) -> Result<(), TampError> {
         if below > usize::from(limit) {
             return Err(TampError::Chain {
                 reason: format!(
-                    "{subject} has pathLenConstraint {limit} but {below} CA(s) below it"
+                    "{subject} has pathLenConstraint {limit} but {below} CA(s) that are not self-issued below it"
                 ),
             });
         }
@@ -258,11 +265,7 @@ pub(super) fn check_path(
     check_valid_at(root, now)?;
     // RFC 5280 §4.2.1.9 and §6.1.4 (l): self-issued intermediates (a root rollover's link
     // certificates, issuer and subject the same name) do not count against pathLenConstraint.
-    let counted = |cas: &[&Certificate]| {
-        cas.iter()
-            .filter(|c| c.tbs_certificate.issuer != c.tbs_certificate.subject)
-            .count()
-    };
+    let counted = |cas: &[&Certificate]| cas.iter().filter(|c| !self_issued(c)).count();
     let root_exts = extensions(root)?;
     if let Some(limit) = root_exts.bc.as_ref().and_then(|bc| bc.path_len_constraint) {
         let n = counted(&intermediates);

@@ -169,7 +169,7 @@ fn revoke_key(ctx: &Ctx, serial: &str, reason: &str, out: &ChurnOut) -> Result<(
 
 fn recertify(ctx: &Ctx, supplier: Option<&str>, out: &ChurnOut) -> Result<()> {
     let only = supplier.map(|s| parse_id("--supplier", s)).transpose()?;
-    let reports = with_progress(ctx, out, |sink, progress| {
+    let r = with_progress(ctx, out, |sink, progress| {
         Ok(ctx.service.recertify_suppliers(
             &operator(),
             only.as_ref(),
@@ -178,24 +178,43 @@ fn recertify(ctx: &Ctx, supplier: Option<&str>, out: &ChurnOut) -> Result<()> {
             progress,
         )?)
     })?;
+    let refused: usize = r.operations.iter().map(|o| o.refused.len()).sum();
     if ctx.json {
-        print_json(&json!({"operations": reports}))?;
-        let refused: usize = reports.iter().map(|r| r.refused.len()).sum();
-        if refused > 0 {
-            return Err(input(format!("{refused} meter(s) could not be updated; the operations stay open: re-run the command to complete them")));
+        print_json(&r)?;
+    } else {
+        if r.operations.is_empty() && r.failed.is_empty() {
+            match &only {
+                Some(id) => println!("supplier {id}'s keys already come from Organisation CA generation {}; nothing to do", r.organisation_generation),
+                None => println!("every active supplier's keys already come from Organisation CA generation {}; nothing to do", r.organisation_generation),
+            }
         }
-        return Ok(());
-    }
-    if reports.is_empty() {
-        println!("every active supplier key already comes from the current Organisation CA generation; nothing to do");
-    }
-    let mut failed = None;
-    for r in &reports {
-        if let Err(e) = report(ctx, r) {
-            failed = Some(e);
+        for c in &r.closed {
+            println!(
+                "closed {}: {}",
+                c["operation"].as_str().unwrap_or(""),
+                c["why"].as_str().unwrap_or("")
+            );
+        }
+        for o in &r.operations {
+            // Each operation's refused meters are listed by `report`; the exit status is
+            // decided below, once every supplier is shown.
+            let _ = report(ctx, o);
+        }
+        for f in &r.failed {
+            eprintln!(
+                "supplier {}: {}",
+                f["supplier"].as_str().unwrap_or(""),
+                f["detail"].as_str().unwrap_or("")
+            );
         }
     }
-    failed.map_or(Ok(()), Err)
+    if !r.failed.is_empty() {
+        return Err(input(format!("{} supplier(s) could not be re-certified (listed above); the others were: fix the cause and run the command again", r.failed.len())));
+    }
+    if refused > 0 {
+        return Err(input(format!("{refused} meter(s) could not be updated; the operations stay open: run the command again to complete them")));
+    }
+    Ok(())
 }
 
 /// Takeover and exit.

@@ -227,6 +227,190 @@ fn after_an_organisation_ca_renewal_every_meter_gets_its_suppliers_new_certifica
         crate::rp::x509_field(&s.path("h/ca/organisation.pem"), "subject")
             .replace("subject", "issuer")
     );
+    // A compromised key after re-certification: revoking only its superseded certificate
+    // would leave it active in meters, so that is refused naming the active one.
+    let (old_a, new_a) = {
+        let all = certs(&s, A);
+        let old = all
+            .iter()
+            .find(|c| c["issuer_generation"] == 1 && c["profile"] == "supplier-signing")
+            .unwrap()["serial"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let new = all
+            .iter()
+            .find(|c| c["issuer_generation"] == 2 && c["profile"] == "supplier-signing")
+            .unwrap()["serial"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        (old, new)
+    };
+    let before = s.snapshot();
+    s.run(
+        "h",
+        &["revoke", "--serial", &old_a, "--reason", "keyCompromise"],
+    )
+    .fails(2, &new_a);
+    s.run(
+        "h",
+        &[
+            "supplier",
+            "revoke-key",
+            "--serial",
+            &old_a,
+            "--reason",
+            "keyCompromise",
+            "--updates-out",
+            "u2",
+        ],
+    )
+    .fails(2, &new_a);
+    assert_eq!(before, s.snapshot());
+    s.run("h", &["store", "check"]).ok();
+    s.run("h", &["audit", "verify"]).ok();
+}
+
+/// A re-certification killed half-way is closed, not refused for ever, when a rotation replaces
+/// the certificate it installs, or when a newer generation's re-certification overtakes it;
+/// the other suppliers go on.
+#[test]
+fn a_running_recertification_is_closed_when_a_later_change_replaces_it() {
+    let s = Scratch::new(EXE);
+    s.ceremonies("h", 3, 2, &["device", "organisation"]);
+    s.supplier("h", A, "Alpha Energy");
+    s.supplier("h", B, "Beta Power");
+    enrol(&s, A, "supplier-signing", "a-sign");
+    enrol(&s, B, "supplier-signing", "b-sign");
+    let meters: Vec<String> = (1..=6)
+        .map(|i| format!("00-DB-12-34-56-78-90-1{i}"))
+        .collect();
+    for (i, d) in meters.iter().enumerate() {
+        s.issue_one("h", d, None, &format!("m{i}.pem")).ok();
+        let to = if i < 3 { A } else { B };
+        s.run(
+            "h",
+            &["meter", "assign", "--device-id", d, "--supplier", to],
+        )
+        .ok();
+    }
+    let renew = || {
+        run(
+            &s,
+            &[
+                "ceremony",
+                "issuing-ca",
+                "--kind",
+                "organisation",
+                "--renew",
+            ],
+            &shares(&s, &[1, 2]),
+        )
+        .ok();
+    };
+    let crash = |dir: &str| {
+        let r = s.run_env(
+            "h",
+            &[
+                "supplier",
+                "recertify",
+                "--updates-out",
+                dir,
+                "--chunk",
+                "1",
+            ],
+            &[("METERPKI_FAILPOINT", "churn.before-commit:2")],
+        );
+        assert!(r.stderr.contains("failpoint"), "{r:?}");
+    };
+    let op = |d: &str| {
+        s.run("h", &["meter", "show", "--device-id", d, "--json"])
+            .ok()
+            .json()["last_update"]["op"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+
+    // A's journal (A comes first) killed after its first meter; then A rotates its key.
+    renew();
+    crash("u1");
+    assert_eq!(op(&meters[0]), format!("recertify:{A}:organisation-g2"));
+    let (_, csr) = openssl_csr(&s.path(""), "a-sign-2", "prime256v1");
+    s.run(
+        "h",
+        &[
+            "supplier",
+            "rotate",
+            "--id",
+            A,
+            "--profile",
+            "supplier-signing",
+            "--csr",
+            &p(&csr),
+            "--updates-out",
+            "u-rot",
+        ],
+    )
+    .ok();
+    let r = recertify(&s, &["--updates-out", "u1"]).ok().json();
+    let closed = r["closed"].as_array().unwrap();
+    assert_eq!(closed.len(), 1, "{r}");
+    assert_eq!(
+        closed[0]["operation"],
+        format!("recertify:{A}:organisation-g2")
+    );
+    assert!(closed[0]["why"].as_str().unwrap().contains("superseded"));
+    let ops = r["operations"].as_array().unwrap();
+    assert_eq!(ops.len(), 1, "{r}");
+    assert_eq!(ops[0]["from"], B);
+    assert_eq!(ops[0]["meters_updated"], 3);
+    for d in &meters[..3] {
+        assert!(op(d).starts_with("rotate:"), "{d}");
+    }
+
+    // A newer generation overtakes a journal killed half-way.
+    renew();
+    crash("u3");
+    assert_eq!(op(&meters[0]), format!("recertify:{A}:organisation-g3"));
+    renew();
+    let r = recertify(&s, &["--updates-out", "u4"]).ok().json();
+    assert_eq!(r["organisation_generation"], 4);
+    let closed = r["closed"].as_array().unwrap();
+    assert_eq!(closed.len(), 1, "{r}");
+    assert_eq!(
+        closed[0]["operation"],
+        format!("recertify:{A}:organisation-g3")
+    );
+    assert!(closed[0]["why"].as_str().unwrap().contains("overtaken"));
+    let ops = r["operations"].as_array().unwrap();
+    assert_eq!(ops.len(), 2, "{r}");
+    for (i, d) in meters.iter().enumerate() {
+        let supplier = if i < 3 { A } else { B };
+        assert_eq!(op(d), format!("recertify:{supplier}:organisation-g4"));
+        s.run(
+            "h",
+            &[
+                "update",
+                "verify",
+                &p(&s.path(&format!("u4/{d}.tamp.der"))),
+                "--root",
+                "h/ca/root.pem",
+                "--device-id",
+                d,
+            ],
+        )
+        .ok();
+    }
+    for supplier in [A, B] {
+        let active: Vec<Value> = certs(&s, supplier)
+            .into_iter()
+            .filter(|c| c["status"] == "active")
+            .collect();
+        assert_eq!(active.len(), 1);
+        assert_eq!(active[0]["issuer_generation"], 4);
+    }
     s.run("h", &["store", "check"]).ok();
     s.run("h", &["audit", "verify"]).ok();
 }

@@ -285,6 +285,28 @@ fn a_home_lives_through_renewal_rollover_and_three_compromises() {
         [2, 3],
         "one new certificate, from generation 3"
     );
+    // A second line for the same meter with yet another key replaces nothing: the meter's
+    // certificate already comes from the current generation.
+    let (_, other) = openssl_csr(&s.path(""), "m4-other", "prime256v1");
+    let line = serde_json::json!({"device_id": METERS[3], "profile": "meter-signing", "csr": std::fs::read_to_string(&other).unwrap()});
+    std::fs::write(s.path("again.ndjson"), format!("{line}\n")).unwrap();
+    s.run(
+        "h",
+        &[
+            "meter",
+            "reissue",
+            "--file",
+            &p(&s.path("again.ndjson")),
+            "--out",
+            &p(&s.path("again.out")),
+        ],
+    )
+    .fails(2, "rejected");
+    let shown = s
+        .run("h", &["show", "--device-id", METERS[3], "--json"])
+        .ok()
+        .json();
+    assert_eq!(shown.as_array().unwrap().len(), 2, "nothing issued twice");
     valid.push("m4-new.pem");
     check(&s, "device compromise recovered", &valid, &revoked);
 
