@@ -248,6 +248,33 @@ impl Scratch {
         self.run(home, &args).ok();
     }
 
+    /// `meterpki supplier enrol --json` of `profile` for `supplier` on `home`, from the openssl
+    /// CSR `<name>.csr` (made the first time, reused after: the same key again); the
+    /// certificate goes to `<name>.pem` in the scratch directory.
+    pub fn enrol(&self, home: &str, supplier: &str, profile: &str, name: &str) -> Run {
+        let csr = self.path(&format!("{name}.csr"));
+        if !csr.exists() {
+            openssl_csr(&self.path(""), name, "prime256v1");
+        }
+        let out = self.path(&format!("{name}.pem"));
+        self.run(
+            home,
+            &[
+                "supplier",
+                "enrol",
+                "--id",
+                supplier,
+                "--profile",
+                profile,
+                "--csr",
+                &csr.display().to_string(),
+                "--out",
+                &out.display().to_string(),
+                "--json",
+            ],
+        )
+    }
+
     /// `meterpki supplier register --id ID --name NAME` on `home`.
     pub fn supplier(&self, home: &str, id: &str, name: &str) {
         self.run(home, &["supplier", "register", "--id", id, "--name", name])

@@ -147,6 +147,24 @@ impl Churn {
         Ok((done, refused))
     }
 
+    /// Closes an operation that did not update every meter because later operations' updates
+    /// reach the rest, with a `supplier.<kind>.closed` audit record saying `why`.
+    pub fn close(&self, op: &mut OpRecord, why: &str) -> Result<(), ChurnError> {
+        let mut closed = op.clone();
+        closed.state = OpState::Closed;
+        closed.completed_at = Some(unix_now());
+        self.audit
+            .commit(Txn::new().with(Op::PutOperation(closed.clone())), |_| {
+                Some(AuditEntry::new(
+                    format!("supplier.{}.closed", op.kind),
+                    &self.actor,
+                    json!({"operation": op.id, "from": op.from, "why": why}),
+                ))
+            })?;
+        *op = closed;
+        Ok(())
+    }
+
     /// Marks an operation complete, with an audit record saying so.
     pub fn complete(&self, op: &mut OpRecord) -> Result<(), ChurnError> {
         let mut done = op.clone();

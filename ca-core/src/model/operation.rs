@@ -57,6 +57,10 @@ pub enum OpState {
     Running,
     /// Every meter has its update.
     Complete,
+    /// Ended without updating every meter, because later operations' updates reach the rest
+    /// (a re-certification overtaken by a newer generation's, or whose certificates a rotation
+    /// or key revocation replaced); its audit record says why.
+    Closed,
 }
 
 impl OpState {
@@ -65,6 +69,7 @@ impl OpState {
         match self {
             OpState::Running => "running",
             OpState::Complete => "complete",
+            OpState::Closed => "closed",
         }
     }
 }
@@ -101,9 +106,9 @@ pub struct OpRecord {
 }
 
 impl OpRecord {
-    /// Whether it finished.
+    /// Whether it ended: complete, or closed (nothing more to run for it).
     pub fn is_complete(&self) -> bool {
-        self.state == OpState::Complete
+        matches!(self.state, OpState::Complete | OpState::Closed)
     }
 
     /// The journal ID of a takeover or an exit of supplier `from`.

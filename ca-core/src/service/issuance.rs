@@ -210,6 +210,11 @@ impl Service {
             ServiceError::invalid(flag, format!("--{flag} {}: {e}", input.display()))
         })?;
         let engine = self.engine()?;
+        // The Device CA generation the engine issues from (read with it, once).
+        let mut campaign = reissue.then(|| Campaign {
+            generation: self.current_id(crate::CaKind::Device).generation,
+            seen: std::collections::HashMap::new(),
+        });
         let out = OpenOptions::new()
             .create(true)
             .write(true)
@@ -290,17 +295,9 @@ impl Service {
                                 .map_err(|e| {
                                     IssueError::new(ErrorCode::Json, format!("line {n}: {e}"))
                                 })
-                                .and_then(|item| {
-                                    if reissue {
-                                        self.reissue_item(
-                                            store.as_ref(),
-                                            engine.profiles(),
-                                            item,
-                                            n,
-                                        )
-                                    } else {
-                                        Ok(item)
-                                    }
+                                .and_then(|item| match campaign.as_mut() {
+                                    Some(c) => c.item(store.as_ref(), engine.profiles(), item, n),
+                                    None => Ok(item),
                                 }),
                             // A line that is not text, or too long, is refused as a line.
                             Err(why) => {
@@ -334,72 +331,6 @@ impl Service {
         summary.seconds = start.elapsed().as_secs_f64();
         summary.per_second = (summary.issued + summary.existing) as f64 / summary.seconds.max(1e-9);
         Ok(summary)
-    }
-
-    /// A line of a re-issuance campaign: a meter profile, a meter already certified, and
-    /// `replace` (its certificate is replaced by the current generation's).
-    fn reissue_item(
-        &self,
-        store: &dyn crate::store::Store,
-        profiles: &policies::ProfileSet,
-        mut item: RequestItem,
-        line: usize,
-    ) -> Result<RequestItem, IssueError> {
-        let refuse = |code, why: String| Err(IssueError::new(code, format!("line {line}: {why}")));
-        match profiles.get(&item.profile).map(|p| p.kind()) {
-            Some(policies::ProfileKind::Meter) => {}
-            Some(_) => {
-                return refuse(
-                    ErrorCode::ProfileLimit,
-                    format!("profile {:?} is not a meter profile: a re-issuance campaign re-certifies meters", item.profile),
-                )
-            }
-            None => {
-                return refuse(
-                    ErrorCode::ProfileUnknown,
-                    format!("profile {:?} does not exist", item.profile),
-                )
-            }
-        }
-        let Some(device) = item.device_id.clone() else {
-            return refuse(ErrorCode::ProfileLimit, "device_id is required".into());
-        };
-        let Ok(id) = device.trim().parse::<crate::model::Eui64>() else {
-            return refuse(
-                ErrorCode::DeviceId,
-                format!("device_id {device:?} is not an EUI-64"),
-            );
-        };
-        let known = store
-            .certs_of_subject(&id.to_string())
-            .map_err(IssueError::store)?
-            .iter()
-            .any(|r| r.issuer == crate::CaKind::Device);
-        if !known {
-            return refuse(
-                ErrorCode::DeviceId,
-                format!("device_id {device}: no meter certificate was ever issued to it; a re-issuance campaign only re-certifies meters already in service (use `meterpki issue --batch` for new meters)"),
-            );
-        }
-        let Some(active) = store
-            .active_cert(&id.to_string(), &item.profile)
-            .map_err(IssueError::store)?
-        else {
-            return refuse(
-                ErrorCode::DeviceId,
-                format!("device_id {device} has no active {} certificate (revoked): a re-issuance campaign replaces active certificates; issue a new one with `meterpki issue`", item.profile),
-            );
-        };
-        // Only a certificate from an earlier generation is replaced: a line run again, or a
-        // second line for the same meter, answers the certificate this generation issued
-        // (the same key) or is refused (another key), never a second replacement.
-        let current = self.current_id(crate::CaKind::Device).generation;
-        if active.issuer_generation >= current {
-            return Ok(item);
-        }
-        item.replace = true;
-        item.recertify = true;
-        Ok(item)
     }
 
     /// An API batch, idempotent by (account, request ID): the ID is bound to the body before
@@ -603,5 +534,89 @@ impl Service {
             });
         }
         Ok(out)
+    }
+}
+
+/// A re-issuance campaign's state while its file runs: the Device CA generation it issues
+/// from, and the meter and usage of every line accepted so far (a second line for one is
+/// refused: the first may still be in a chunk not yet stored).
+struct Campaign {
+    generation: u32,
+    seen: std::collections::HashMap<(String, String), usize>,
+}
+
+impl Campaign {
+    /// A line of the campaign: a meter profile, a meter with an active certificate for that
+    /// usage, named once in the file. Its certificate is replaced (the same key certified
+    /// again, or the line's new key) only when it comes from an earlier generation; otherwise
+    /// the line answers the certificate it has (the same key) or is refused (another key).
+    fn item(
+        &mut self,
+        store: &dyn crate::store::Store,
+        profiles: &policies::ProfileSet,
+        mut item: RequestItem,
+        line: usize,
+    ) -> Result<RequestItem, IssueError> {
+        let refuse = |code, why: String| Err(IssueError::new(code, format!("line {line}: {why}")));
+        // Never taken from the line: the campaign decides.
+        item.replace = false;
+        item.recertify = false;
+        match profiles.get(&item.profile).map(|p| p.kind()) {
+            Some(policies::ProfileKind::Meter) => {}
+            Some(_) => {
+                return refuse(
+                    ErrorCode::ProfileLimit,
+                    format!("profile {:?} is not a meter profile: a re-issuance campaign re-certifies meters", item.profile),
+                )
+            }
+            None => {
+                return refuse(
+                    ErrorCode::ProfileUnknown,
+                    format!("profile {:?} does not exist", item.profile),
+                )
+            }
+        }
+        let Some(device) = item.device_id.clone() else {
+            return refuse(ErrorCode::DeviceId, "device_id is required".into());
+        };
+        let Ok(id) = device.trim().parse::<crate::model::Eui64>() else {
+            return refuse(
+                ErrorCode::DeviceId,
+                format!("device_id {device:?} is not an EUI-64"),
+            );
+        };
+        let id = id.to_string();
+        if let Some(first) = self.seen.get(&(id.clone(), item.profile.clone())) {
+            return refuse(
+                ErrorCode::DeviceId,
+                format!("device_id {id} and profile {} are on line {first} already: one line per meter and usage", item.profile),
+            );
+        }
+        let known = store
+            .certs_of_subject(&id)
+            .map_err(IssueError::store)?
+            .iter()
+            .any(|r| r.issuer == crate::CaKind::Device);
+        if !known {
+            return refuse(
+                ErrorCode::DeviceId,
+                format!("device_id {id}: no meter certificate was ever issued to it; a re-issuance campaign only re-certifies meters already in service (use `meterpki issue --batch` for new meters)"),
+            );
+        }
+        let Some(active) = store
+            .active_cert(&id, &item.profile)
+            .map_err(IssueError::store)?
+        else {
+            return refuse(
+                ErrorCode::DeviceId,
+                format!("device_id {id} has no active {} certificate (revoked): a re-issuance campaign replaces active certificates; issue a new one with `meterpki issue`", item.profile),
+            );
+        };
+        self.seen.insert((id, item.profile.clone()), line);
+        if active.issuer_generation < self.generation {
+            item.replace = true;
+            item.recertify = true;
+        }
+        Ok(item)
     }
 }

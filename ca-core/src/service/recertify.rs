@@ -96,18 +96,14 @@ impl Service {
                 Ok(Some(op)) => op,
                 Ok(None) => continue,
                 Err(e) => {
-                    report
-                        .failed
-                        .push(json!({"supplier": s.id, "code": e.code(), "detail": e.to_string()}));
+                    report.failed.push(failure(&s.id, &e));
                     continue;
                 }
             };
             let extra = json!({"organisation_generation": generation, "superseded": op.remove, "new": op.add});
             match self.finish_op(actor, &churn, op, chunk, sink, progress, extra) {
                 Ok(r) => report.operations.push(r),
-                Err(e) => report
-                    .failed
-                    .push(json!({"supplier": s.id, "code": e.code(), "detail": e.to_string()})),
+                Err(e) => report.failed.push(failure(&s.id, &e)),
             }
         }
         Ok(report)
@@ -123,35 +119,124 @@ impl Service {
         generation: u32,
         closed: &mut Vec<serde_json::Value>,
     ) -> Result<Option<OpRecord>, ServiceError> {
-        let store = self.store()?;
         // A journal of an earlier generation still running is overtaken by this one: its
         // meters' keys are removed by key and the current certificates added, whichever
         // certificate a meter holds now.
         for g in 2..generation {
             let id = op_id(&s.id, g);
             if let Some(mut old) = churn.op(&id)?.filter(|o| !o.is_complete()) {
-                churn.complete(&mut old)?;
-                closed.push(json!({"operation": id, "why": format!("overtaken by generation {generation}'s re-certification")}));
+                let why = format!("overtaken by generation {generation}'s re-certification, which updates every meter of the supplier");
+                churn.close(&mut old, &why)?;
+                closed.push(json!({"operation": id, "why": why}));
             }
         }
         let id = op_id(&s.id, generation);
         match churn.op(&id)? {
             Some(op) if op.is_complete() => Ok(None),
-            Some(mut op) => {
-                // A later change of the supplier's keys (a rotation, a key revocation) has
-                // replaced a certificate this journal installs; that change's updates reach
-                // every meter, so this one is closed rather than refused for ever.
-                for rec in churn.certs_by_serial(&op.add)? {
-                    if let Some(r) = store.revocation(&rec.serial)? {
-                        churn.complete(&mut op)?;
-                        closed.push(json!({"operation": op.id, "why": format!("its certificate {} was revoked ({}) by a later change of the supplier's keys, whose updates replace it in every meter", rec.serial_hex(), r.reason.name())}));
-                        return Ok(None);
-                    }
-                }
-                Ok(Some(op))
-            }
+            Some(op) => self.narrow(actor, churn, op, closed),
             None => self.recertify_keys(actor, churn, s, &id, generation),
         }
+    }
+
+    /// A running journal, without the certificates it installs that were revoked since it
+    /// started by a change whose own journal updates every meter (a rotation, a key
+    /// revocation); closed when none is left. A certificate revoked without such a journal is
+    /// refused: its key would stay in the meters.
+    fn narrow(
+        &self,
+        actor: &Actor,
+        churn: &Churn,
+        mut op: OpRecord,
+        closed: &mut Vec<serde_json::Value>,
+    ) -> Result<Option<OpRecord>, ServiceError> {
+        let store = self.store()?;
+        let adds = churn.certs_by_serial(&op.add)?;
+        if adds.len() != op.remove.len() {
+            return Err(ServiceError::Internal(format!(
+                "journal {} pairs {} certificates with {} earlier ones",
+                op.id,
+                adds.len(),
+                op.remove.len()
+            )));
+        }
+        let (mut remove, mut add, mut dropped) = (Vec::new(), Vec::new(), Vec::new());
+        for (rec, old) in adds.iter().zip(&op.remove) {
+            let Some(r) = store.revocation(&rec.serial)? else {
+                remove.push(old.clone());
+                add.push(rec.serial_hex());
+                continue;
+            };
+            match self.journal_covering(churn, rec)? {
+                Some(by) => dropped.push(format!("{} ({}, by {by})", rec.serial_hex(), r.reason.name())),
+                None => {
+                    return Err(ServiceError::conflict(
+                        "anchor-revoked",
+                        format!(
+                            "journal {}: certificate {} it installs in meters was revoked ({}) without an operation that updates the meters; remove the key from them with `meterpki supplier revoke-key --serial {} --reason {}`, then run this again",
+                            op.id,
+                            rec.serial_hex(),
+                            r.reason.name(),
+                            rec.serial_hex(),
+                            r.reason.name()
+                        ),
+                    ))
+                }
+            }
+        }
+        if dropped.is_empty() {
+            return Ok(Some(op));
+        }
+        let why = format!(
+            "later changes replaced {} in every meter",
+            dropped.join(", ")
+        );
+        if add.is_empty() {
+            churn.close(&mut op, &why)?;
+            closed.push(json!({"operation": op.id, "why": why}));
+            return Ok(None);
+        }
+        op.remove = remove;
+        op.add = add;
+        self.audit()?.commit(
+            Txn::new().with(crate::store::Op::PutOperation(op.clone())),
+            |_| {
+                Some(AuditEntry::new(
+                    "supplier.recertify.narrowed",
+                    actor.name(),
+                    json!({"operation": op.id, "why": why, "superseded": op.remove, "new": op.add}),
+                ))
+            },
+        )?;
+        closed.push(json!({"operation": op.id, "why": why, "narrowed": true}));
+        Ok(Some(op))
+    }
+
+    /// The journal that updates every meter for a revoked supplier certificate: its rotation
+    /// (`replaced_by` names the new certificate, whose key names the journal) or its key
+    /// revocation.
+    fn journal_covering(
+        &self,
+        churn: &Churn,
+        rec: &CertRecord,
+    ) -> Result<Option<String>, ServiceError> {
+        let revoke_key = format!("revoke-key:{}", rec.serial_hex());
+        if churn.op(&revoke_key)?.is_some() {
+            return Ok(Some(revoke_key));
+        }
+        if let Some(by) = &rec.replaced_by {
+            if let Some(new) = self.store()?.cert(by)? {
+                let rotate = format!(
+                    "rotate:{}:{}:{}",
+                    rec.subject_id,
+                    rec.profile,
+                    hex::encode(&new.key_hash[..8])
+                );
+                if churn.op(&rotate)?.is_some() {
+                    return Ok(Some(rotate));
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// One supplier's new certificates and journal (`op_id`), in one write; `None` when every
@@ -268,4 +353,14 @@ impl Service {
 /// The journal of supplier `supplier`'s re-certification by Organisation CA generation `g`.
 fn op_id(supplier: &str, g: u32) -> String {
     format!("recertify:{supplier}:organisation-g{g}")
+}
+
+/// A supplier that could not be re-certified: `{"supplier", "code", "detail", "client"}`
+/// (`client`: the request or the state is wrong, rather than meterpki or its HSM or store).
+fn failure(supplier: &str, e: &ServiceError) -> serde_json::Value {
+    let client = !matches!(
+        e.class(),
+        super::ErrorClass::Internal | super::ErrorClass::Unavailable
+    );
+    json!({"supplier": supplier, "code": e.code(), "detail": e.to_string(), "client": client})
 }

@@ -144,7 +144,12 @@ impl Service {
                         continue;
                     };
                     check_not_service_certificate(&rec)?;
-                    check_key_compromise_reaches_active(store.as_ref(), &rec, reason, &serials)?;
+                    check_key_compromise_reaches_active(
+                        store.as_ref(),
+                        &rec,
+                        (reason, false),
+                        &serials,
+                    )?;
                     if rec.issuer == CaKind::Root {
                         return Err(ServiceError::invalid(
                             "ca-certificate",
@@ -261,7 +266,7 @@ impl Service {
         authorize(actor, Action::Revoke(Some(&rec)))?;
         check_end_entity_reason(reason)?;
         check_not_service_certificate(&rec)?;
-        check_key_compromise_reaches_active(store.as_ref(), &rec, reason, &[])?;
+        check_key_compromise_reaches_active(store.as_ref(), &rec, (reason, false), &[])?;
         if rec.issuer == CaKind::Root {
             return Err(ServiceError::invalid(
                 "ca-certificate",
@@ -383,13 +388,16 @@ fn check_not_service_certificate(rec: &crate::store::CertRecord) -> Result<(), S
 /// superseded certificate and a newer active one: revoking only the earlier one would leave
 /// the compromised key active (and installed in meters), so it is refused unless the active
 /// one is revoked in the same request (`also`).
+///
+/// `supplier revoke-key` passes `any_reason`: it removes the key from every meter, which must
+/// not happen while another certificate of the key stays active.
 pub(super) fn check_key_compromise_reaches_active(
     store: &dyn crate::store::Store,
     rec: &crate::store::CertRecord,
-    reason: Reason,
+    (reason, any_reason): (Reason, bool),
     also: &[Vec<u8>],
 ) -> Result<(), ServiceError> {
-    if reason != Reason::KeyCompromise {
+    if reason != Reason::KeyCompromise && !any_reason {
         return Ok(());
     }
     if let Some(active) = store.active_cert(&rec.subject_id, &rec.profile)? {
@@ -400,10 +408,11 @@ pub(super) fn check_key_compromise_reaches_active(
             return Err(ServiceError::invalid(
                 "serial",
                 format!(
-                    "serial {} was certified again as {} (the same key, a newer CA generation): revoke {}, the key's active certificate, for keyCompromise (the earlier one is revoked as superseded)",
+                    "serial {} was certified again as {} (the same key, a newer CA generation): revoke {}, the key's active certificate, for {} (the earlier one is revoked as superseded)",
                     rec.serial_hex(),
                     active.serial_hex(),
-                    active.serial_hex()
+                    active.serial_hex(),
+                    reason.name()
                 ),
             ));
         }

@@ -198,14 +198,14 @@ impl Service {
                     self.destroy_spent_root_keys(actor, &old)?;
                 }
                 let mut summary = recorded?;
+                // The new root's ARL, and the previous root's re-signed (if its key is kept).
+                summary["arl"] = self.arl_after_ceremony(actor, &new_root, event)?;
                 if !not_withdrawn.is_empty() {
                     return Err(ServiceError::Incomplete(format!(
-                        "the ceremony was recorded, but these earlier link certificates are still in ca/links/ (their copies are kept under ca/generations/): {}; remove them by hand so that nobody fetches them as current",
+                        "the ceremony was recorded and the ARLs published, but these earlier link certificates are still in ca/links/ (their copies are kept under ca/generations/): {}; remove them by hand so that nobody fetches them as current",
                         not_withdrawn.join(", ")
                     )));
                 }
-                // The new root's ARL, and the previous root's re-signed (if its key is kept).
-                summary["arl"] = self.arl_after_ceremony(actor, &new_root, event)?;
                 Ok(summary)
             });
         if undo(&outcome) {

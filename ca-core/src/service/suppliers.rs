@@ -343,7 +343,12 @@ impl Service {
                 ),
             ));
         }
-        super::revoke::check_key_compromise_reaches_active(store.as_ref(), &rec, reason, &[])?;
+        super::revoke::check_key_compromise_reaches_active(
+            store.as_ref(),
+            &rec,
+            (reason, true),
+            &[],
+        )?;
         let churn = self.churn(actor)?;
         let op_id = format!("revoke-key:{}", rec.serial_hex());
         let existing = churn.op(&op_id)?;

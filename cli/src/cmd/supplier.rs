@@ -208,13 +208,30 @@ fn recertify(ctx: &Ctx, supplier: Option<&str>, out: &ChurnOut) -> Result<()> {
             );
         }
     }
+    let mut problems = Vec::new();
     if !r.failed.is_empty() {
-        return Err(input(format!("{} supplier(s) could not be re-certified (listed above); the others were: fix the cause and run the command again", r.failed.len())));
+        problems.push(format!(
+            "{} supplier(s) could not be re-certified (the others were)",
+            r.failed.len()
+        ));
     }
     if refused > 0 {
-        return Err(input(format!("{refused} meter(s) could not be updated; the operations stay open: run the command again to complete them")));
+        problems.push(format!(
+            "{refused} meter(s) could not be updated (their operations stay open)"
+        ));
     }
-    Ok(())
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let message = format!(
+        "{}: see above, fix the cause and run the command again",
+        problems.join("; ")
+    );
+    // A failure of meterpki, its HSM or its store exits 1; a refusal exits 2.
+    if r.failed.iter().any(|f| f["client"] == false) {
+        anyhow::bail!(message);
+    }
+    Err(input(message))
 }
 
 /// Takeover and exit.

@@ -1,7 +1,7 @@
 //! What the churn tests share: a home with suppliers and meters, enrolment and assignment, and
 //! the checks of an update (`meterpki update verify`, `openssl cms -verify`) and of the state.
 
-use meterpki_tests::{openssl_csr, tool, Scratch};
+use meterpki_tests::{tool, Scratch};
 use serde_json::Value;
 
 pub(crate) const EXE: &str = env!("CARGO_BIN_EXE_meterpki-e2e");
@@ -15,25 +15,8 @@ pub(crate) fn p(s: &Scratch, rel: &str) -> String {
 
 /// Enrols a key for `supplier` from an openssl CSR; returns the certificate's PEM path.
 pub(crate) fn enrol(s: &Scratch, supplier: &str, profile: &str, name: &str) -> String {
-    let (_, csr) = openssl_csr(&s.path(""), name, "prime256v1");
-    let out = p(s, &format!("{name}.pem"));
-    s.run(
-        "h",
-        &[
-            "supplier",
-            "enrol",
-            "--id",
-            supplier,
-            "--profile",
-            profile,
-            "--csr",
-            &csr.display().to_string(),
-            "--out",
-            &out,
-        ],
-    )
-    .ok();
-    out
+    s.enrol("h", supplier, profile, name).ok();
+    p(s, &format!("{name}.pem"))
 }
 
 /// A home with suppliers A and B (two keys each), X (one key), and `n` meters with

@@ -19,30 +19,9 @@ fn p(x: &Path) -> String {
     x.display().to_string()
 }
 
-/// Enrols `profile` for `supplier` from the CSR `csr` (made if missing); returns the answer.
+/// Enrols `profile` for `supplier` from the CSR `<name>.csr` (made if missing); the answer.
 fn enrol(s: &Scratch, supplier: &str, profile: &str, name: &str) -> Value {
-    let csr = s.path(&format!("{name}.csr"));
-    if !csr.exists() {
-        openssl_csr(&s.path(""), name, "prime256v1");
-    }
-    s.run(
-        "h",
-        &[
-            "supplier",
-            "enrol",
-            "--id",
-            supplier,
-            "--profile",
-            profile,
-            "--csr",
-            &p(&csr),
-            "--out",
-            &p(&s.path(&format!("{name}.pem"))),
-            "--json",
-        ],
-    )
-    .ok()
-    .json()
+    s.enrol("h", supplier, profile, name).ok().json()
 }
 
 fn certs(s: &Scratch, id: &str) -> Vec<Value> {
@@ -60,18 +39,10 @@ fn recertify(s: &Scratch, extra: &[&str]) -> meterpki_tests::Run {
     s.run("h", &args)
 }
 
-#[test]
-fn after_an_organisation_ca_renewal_every_meter_gets_its_suppliers_new_certificates() {
-    let s = Scratch::new(EXE);
-    s.ceremonies("h", 3, 2, &["device", "organisation"]);
-    s.supplier("h", A, "Alpha Energy");
-    s.supplier("h", B, "Beta Power");
-    s.supplier("h", C, "Gamma Gas");
-    enrol(&s, A, "supplier-signing", "a-sign");
-    enrol(&s, A, "supplier-key-agreement", "a-ka");
-    enrol(&s, B, "supplier-signing", "b-sign");
-    let meters: Vec<String> = (1..=5)
-        .map(|i| format!("00-DB-12-34-56-78-90-0{i}"))
+/// `n` meters with certificates, the first three served by A, the rest by B.
+fn meters_of_a_and_b(s: &Scratch, n: usize) -> Vec<String> {
+    let meters: Vec<String> = (1..=n)
+        .map(|i| format!("00-DB-12-34-56-78-90-{i:02}"))
         .collect();
     for (i, d) in meters.iter().enumerate() {
         s.issue_one("h", d, None, &format!("m{i}.pem")).ok();
@@ -82,12 +53,12 @@ fn after_an_organisation_ca_renewal_every_meter_gets_its_suppliers_new_certifica
         )
         .ok();
     }
-    // Nothing to re-certify before a renewal.
-    let r = recertify(&s, &["--updates-out", "u0"]).ok().json();
-    assert_eq!(r["operations"], serde_json::json!([]));
+    meters
+}
 
+fn renew_organisation_ca(s: &Scratch) {
     run(
-        &s,
+        s,
         &[
             "ceremony",
             "issuing-ca",
@@ -95,9 +66,27 @@ fn after_an_organisation_ca_renewal_every_meter_gets_its_suppliers_new_certifica
             "organisation",
             "--renew",
         ],
-        &shares(&s, &[1, 2]),
+        &shares(s, &[1, 2]),
     )
     .ok();
+}
+
+#[test]
+fn after_an_organisation_ca_renewal_every_meter_gets_its_suppliers_new_certificates() {
+    let s = Scratch::new(EXE);
+    s.ceremonies("h", 3, 2, &["device", "organisation"]);
+    s.supplier("h", A, "Alpha Energy");
+    s.supplier("h", B, "Beta Power");
+    s.supplier("h", C, "Gamma Gas");
+    enrol(&s, A, "supplier-signing", "a-sign");
+    enrol(&s, A, "supplier-key-agreement", "a-ka");
+    enrol(&s, B, "supplier-signing", "b-sign");
+    let meters = meters_of_a_and_b(&s, 5);
+    // Nothing to re-certify before a renewal.
+    let r = recertify(&s, &["--updates-out", "u0"]).ok().json();
+    assert_eq!(r["operations"], serde_json::json!([]));
+
+    renew_organisation_ca(&s);
     // The same key sent again by the supplier (or by a factory for a meter after a Device
     // CA renewal) answers the certificate it has: only the campaign re-certifies.
     let again = enrol(&s, A, "supplier-signing", "a-sign");
@@ -283,32 +272,8 @@ fn a_running_recertification_is_closed_when_a_later_change_replaces_it() {
     s.supplier("h", B, "Beta Power");
     enrol(&s, A, "supplier-signing", "a-sign");
     enrol(&s, B, "supplier-signing", "b-sign");
-    let meters: Vec<String> = (1..=6)
-        .map(|i| format!("00-DB-12-34-56-78-90-1{i}"))
-        .collect();
-    for (i, d) in meters.iter().enumerate() {
-        s.issue_one("h", d, None, &format!("m{i}.pem")).ok();
-        let to = if i < 3 { A } else { B };
-        s.run(
-            "h",
-            &["meter", "assign", "--device-id", d, "--supplier", to],
-        )
-        .ok();
-    }
-    let renew = || {
-        run(
-            &s,
-            &[
-                "ceremony",
-                "issuing-ca",
-                "--kind",
-                "organisation",
-                "--renew",
-            ],
-            &shares(&s, &[1, 2]),
-        )
-        .ok();
-    };
+    let meters = meters_of_a_and_b(&s, 6);
+    let renew = || renew_organisation_ca(&s);
     let crash = |dir: &str| {
         let r = s.run_env(
             "h",
@@ -411,6 +376,55 @@ fn a_running_recertification_is_closed_when_a_later_change_replaces_it() {
         assert_eq!(active.len(), 1);
         assert_eq!(active[0]["issuer_generation"], 4);
     }
+
+    // A certificate the journal installs, revoked without an operation that updates the
+    // meters: the journal is refused (the key would stay in meters) with what to do, while B
+    // goes on; once `supplier revoke-key` removes the key from the meters, it is closed.
+    renew();
+    crash("u5");
+    let a5 = certs(&s, A)
+        .into_iter()
+        .find(|c| c["issuer_generation"] == 5)
+        .unwrap()["serial"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    s.run("h", &["revoke", "--serial", &a5, "--reason", "superseded"])
+        .ok();
+    let r = s.run(
+        "h",
+        &["supplier", "recertify", "--updates-out", "u5", "--json"],
+    );
+    assert_eq!(r.code, 2, "{r:?}");
+    let out = r.json();
+    assert_eq!(out["failed"][0]["supplier"], A, "{out}");
+    assert!(out["failed"][0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("supplier revoke-key"));
+    assert_eq!(out["operations"][0]["from"], B);
+    assert_eq!(out["operations"][0]["state"], "complete");
+    s.run(
+        "h",
+        &[
+            "supplier",
+            "revoke-key",
+            "--serial",
+            &a5,
+            "--reason",
+            "superseded",
+            "--updates-out",
+            "u5-revoke",
+        ],
+    )
+    .ok();
+    let r = recertify(&s, &["--updates-out", "u5"]).ok().json();
+    assert_eq!(
+        r["closed"][0]["operation"],
+        format!("recertify:{A}:organisation-g5"),
+        "{r}"
+    );
+    assert_eq!(r["operations"], serde_json::json!([]));
     s.run("h", &["store", "check"]).ok();
     s.run("h", &["audit", "verify"]).ok();
 }

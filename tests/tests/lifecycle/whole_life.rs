@@ -73,27 +73,6 @@ fn check(s: &Scratch, step: &str, valid: &[&str], revoked: &[&str]) {
     s.run("h", &["audit", "verify"]).ok();
 }
 
-/// Enrols a supplier key from a fresh openssl CSR into `out`.
-fn enrol(s: &Scratch, profile: &str, out: &str) {
-    let (_, csr) = openssl_csr(&s.path(""), out, "prime256v1");
-    s.run(
-        "h",
-        &[
-            "supplier",
-            "enrol",
-            "--id",
-            A,
-            "--profile",
-            profile,
-            "--csr",
-            &p(&csr),
-            "--out",
-            &p(&s.path(out)),
-        ],
-    )
-    .ok();
-}
-
 /// `meterpki update verify` of the update for meter `d` in `dir` as a meter holding `root`.
 fn meter_accepts(s: &Scratch, dir: &str, d: &str, root: &Path) -> Value {
     s.run(
@@ -148,8 +127,8 @@ fn a_home_lives_through_renewal_rollover_and_three_compromises() {
 
     // 2. Issuance: a supplier with two keys, three meters served by it.
     s.supplier("h", A, "Alpha Energy");
-    enrol(&s, "supplier-signing", "a-sign.pem");
-    enrol(&s, "supplier-key-agreement", "a-ka.pem");
+    s.enrol("h", A, "supplier-signing", "a-sign").ok();
+    s.enrol("h", A, "supplier-key-agreement", "a-ka").ok();
     for (i, d) in METERS[..3].iter().enumerate() {
         s.issue_one("h", d, None, &format!("m{}.pem", i + 1)).ok();
         s.run(
@@ -214,6 +193,8 @@ fn a_home_lives_through_renewal_rollover_and_three_compromises() {
         serde_json::json!({"device_id": "00-DB-12-34-56-78-90-77", "profile": "meter-signing", "csr": csr_text}),
         // Nor a supplier profile.
         serde_json::json!({"device_id": METERS[0], "profile": "supplier-signing", "csr": csr_text}),
+        // Nor a second line for the same meter and usage.
+        serde_json::json!({"device_id": METERS[3], "profile": "meter-signing", "csr": csr_text}),
     ];
     let file = s.path("collected.ndjson");
     std::fs::write(
@@ -242,11 +223,11 @@ fn a_home_lives_through_renewal_rollover_and_three_compromises() {
             "--json",
         ],
     );
-    assert_eq!(r.code, 2, "two lines are refused: {r:?}");
+    assert_eq!(r.code, 2, "three lines are refused: {r:?}");
     let summary = r.json();
     assert_eq!(summary["existing"], 1, "{summary}");
     assert_eq!(summary["issued"], 0, "{summary}");
-    assert_eq!(summary["rejected"], 2, "{summary}");
+    assert_eq!(summary["rejected"], 3, "{summary}");
     let results: Vec<Value> = std::fs::read_to_string(&out)
         .unwrap()
         .lines()
@@ -260,6 +241,10 @@ fn a_home_lives_through_renewal_rollover_and_three_compromises() {
         .as_str()
         .unwrap()
         .contains("not a meter profile"));
+    assert!(results[3]["error"]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("on line 1 already"));
     let cert = results[0]["certificate"].as_str().unwrap();
     let pem = format!(
         "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
