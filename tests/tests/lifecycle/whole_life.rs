@@ -352,6 +352,19 @@ fn a_home_lives_through_renewal_rollover_and_three_compromises() {
         r.code != 0 && !r.stdout.contains(": OK"),
         "a chain from the compromised Organisation CA reaches the new root: {r:?}"
     );
+    // The same as a meter checks it: an update signed under the compromised generation is
+    // refused by a meter holding the new root.
+    s.run(
+        "h",
+        &[
+            "update",
+            "verify",
+            &p(&s.path(&format!("upd-assign/{}.tamp.der", METERS[0]))),
+            "--root",
+            "h/ca/root.pem",
+        ],
+    )
+    .fails(2, "does not verify");
     // The re-certification campaign, killed after its first chunk of meters, then re-run.
     let recertify = |extra: &[(&str, &str)]| {
         s.run_env(
