@@ -30,8 +30,8 @@ pub struct RecertifyReport {
     pub operations: Vec<ChurnReport>,
     /// Journals closed without updating every meter, and why: `{"operation", "why"}`.
     pub closed: Vec<serde_json::Value>,
-    /// Suppliers that could not be re-certified: `{"supplier", "code", "detail"}`; the others
-    /// went on.
+    /// Suppliers that could not be re-certified: `{"supplier", "code", "detail", "client"}`;
+    /// the others went on.
     pub failed: Vec<serde_json::Value>,
 }
 
