@@ -213,7 +213,7 @@ impl Service {
         // The Device CA generation the engine issues from (read with it, once).
         let mut campaign = reissue.then(|| Campaign {
             generation: self.current_id(crate::CaKind::Device).generation,
-            seen: std::collections::HashMap::new(),
+            recent: std::collections::VecDeque::new(),
         });
         let out = OpenOptions::new()
             .create(true)
@@ -283,6 +283,9 @@ impl Service {
             });
             let produced = (|| -> Result<(), ServiceError> {
                 loop {
+                    if let Some(c) = campaign.as_mut() {
+                        c.next_chunk();
+                    }
                     let mut items: Vec<Result<RequestItem, IssueError>> = Vec::with_capacity(chunk);
                     let mut meta: Vec<(usize, usize)> = Vec::with_capacity(chunk);
                     for read in lines.by_ref() {
@@ -538,14 +541,29 @@ impl Service {
 }
 
 /// A re-issuance campaign's state while its file runs: the Device CA generation it issues
-/// from, and the meter and usage of every line accepted so far (a second line for one is
-/// refused: the first may still be in a chunk not yet stored).
+/// from, and the meter and usage of the lines accepted in the chunks that may not be stored
+/// yet. A second line for one of those is refused: both would replace the earlier-generation
+/// certificate. Once a chunk is stored, its meters' certificates come from the current
+/// generation, and a later line for one is answered or refused by the store's rules; so the
+/// memory held is a few chunks', whatever the file's length.
 struct Campaign {
     generation: u32,
-    seen: std::collections::HashMap<(String, String), usize>,
+    recent: std::collections::VecDeque<std::collections::HashMap<(String, String), usize>>,
 }
 
+/// Chunks whose lines are remembered: the one being read, the one waiting for the committer,
+/// the one being stored, and one more.
+const CAMPAIGN_WINDOW: usize = 4;
+
 impl Campaign {
+    /// A new chunk starts: the oldest remembered one is stored by now.
+    fn next_chunk(&mut self) {
+        if self.recent.len() == CAMPAIGN_WINDOW {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(std::collections::HashMap::new());
+    }
+
     /// A line of the campaign: a meter profile, a meter with an active certificate for that
     /// usage, named once in the file. Its certificate is replaced (the same key certified
     /// again, or the line's new key) only when it comes from an earlier generation; otherwise
@@ -586,7 +604,8 @@ impl Campaign {
             );
         };
         let id = id.to_string();
-        if let Some(first) = self.seen.get(&(id.clone(), item.profile.clone())) {
+        let key = (id.clone(), item.profile.clone());
+        if let Some(first) = self.recent.iter().find_map(|m| m.get(&key)) {
             return refuse(
                 ErrorCode::DeviceId,
                 format!("device_id {id} and profile {} are on line {first} already: one line per meter and usage", item.profile),
@@ -612,7 +631,9 @@ impl Campaign {
                 format!("device_id {id} has no active {} certificate (revoked): a re-issuance campaign replaces active certificates; issue a new one with `meterpki issue`", item.profile),
             );
         };
-        self.seen.insert((id, item.profile.clone()), line);
+        if let Some(m) = self.recent.back_mut() {
+            m.insert(key, line);
+        }
         if active.issuer_generation < self.generation {
             item.replace = true;
             item.recertify = true;
