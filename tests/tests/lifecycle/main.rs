@@ -32,3 +32,29 @@ fn run(s: &Scratch, args: &[&str], more: &[String]) -> meterpki_tests::Run {
     all.extend(more.iter().map(String::as_str));
     s.run("h", &all)
 }
+
+/// `meterpki update verify FILE --root ROOT --json` (and `extra`) on the home `h`: the update
+/// checked as a meter holding ROOT checks it; its JSON answer.
+fn meter_verifies(
+    s: &Scratch,
+    file: &std::path::Path,
+    root: &std::path::Path,
+    extra: &[&str],
+) -> serde_json::Value {
+    let (file, root) = (file.display().to_string(), root.display().to_string());
+    let mut args = vec!["update", "verify", &file, "--root", &root, "--json"];
+    args.extend_from_slice(extra);
+    s.run("h", &args).ok().json()
+}
+
+/// The strings at `field` of the objects in the array `list` of `v`, sorted.
+fn sorted(v: &serde_json::Value, list: &str, field: &str) -> Vec<String> {
+    let mut out: Vec<String> = v[list]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x[field].as_str().unwrap().to_string())
+        .collect();
+    out.sort();
+    out
+}

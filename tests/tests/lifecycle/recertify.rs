@@ -169,29 +169,8 @@ fn after_an_organisation_ca_renewal_every_meter_gets_its_suppliers_new_certifica
     for (i, d) in meters.iter().enumerate() {
         let supplier = if i < 3 { A } else { B };
         let file = s.path(&format!("u1/{d}.tamp.der"));
-        let v = s
-            .run(
-                "h",
-                &[
-                    "update",
-                    "verify",
-                    &p(&file),
-                    "--root",
-                    &p(&root),
-                    "--device-id",
-                    d,
-                    "--json",
-                ],
-            )
-            .ok()
-            .json();
-        let mut added: Vec<String> = v["add"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c["serial"].as_str().unwrap().to_string())
-            .collect();
-        added.sort();
+        let v = crate::meter_verifies(&s, &file, &root, &["--device-id", d]);
+        let added = crate::sorted(&v, "add", "serial");
         assert_eq!(added, new_serials[supplier], "{d}");
         assert_eq!(
             v["remove_key_ids"].as_array().unwrap().len(),

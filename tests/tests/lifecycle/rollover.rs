@@ -102,20 +102,7 @@ fn after_a_root_rollover_old_and_new_certificates_validate_under_either_root() {
     let apex = std::path::PathBuf::from(out["apex_update"]["file"].as_str().unwrap());
     assert_eq!(apex, s.path("h/updates/apex-1.der"));
     let new_fp = out["root"]["certificate"]["sha256_fingerprint"].clone();
-    let verified = s
-        .run(
-            "h",
-            &[
-                "update",
-                "verify",
-                &p(&apex),
-                "--root",
-                &p(&old_root),
-                "--json",
-            ],
-        )
-        .ok()
-        .json();
+    let verified = crate::meter_verifies(&s, &apex, &old_root, &[]);
     assert_eq!(verified["kind"], "apex");
     assert_eq!(verified["seq"], 1);
     assert_eq!(verified["target"], "all meters");

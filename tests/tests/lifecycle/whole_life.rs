@@ -75,33 +75,18 @@ fn check(s: &Scratch, step: &str, valid: &[&str], revoked: &[&str]) {
 
 /// `meterpki update verify` of the update for meter `d` in `dir` as a meter holding `root`.
 fn meter_accepts(s: &Scratch, dir: &str, d: &str, root: &Path) -> Value {
-    s.run(
-        "h",
-        &[
-            "update",
-            "verify",
-            &p(&s.path(&format!("{dir}/{d}.tamp.der"))),
-            "--root",
-            &p(root),
-            "--device-id",
-            d,
-            "--json",
-        ],
+    crate::meter_verifies(
+        s,
+        &s.path(&format!("{dir}/{d}.tamp.der")),
+        root,
+        &["--device-id", d],
     )
-    .ok()
-    .json()
 }
 
 /// The apex update of a rollover or recovery verified as a meter holding `root` would.
 fn apex_accepted(s: &Scratch, out: &Value, root: &Path) -> Value {
     let apex = out["apex_update"]["file"].as_str().unwrap().to_string();
-    let v = s
-        .run(
-            "h",
-            &["update", "verify", &apex, "--root", &p(root), "--json"],
-        )
-        .ok()
-        .json();
+    let v = crate::meter_verifies(s, Path::new(&apex), root, &[]);
     assert_eq!(v["kind"], "apex");
     assert_eq!(
         v["new_apex"]["sha256_fingerprint"],
@@ -417,14 +402,7 @@ fn a_home_lives_through_renewal_rollover_and_three_compromises() {
     new_serials.sort();
     for d in &METERS[..3] {
         let v = meter_accepts(&s, "upd-recertify", d, &s.path("h/ca/root.pem"));
-        let mut added: Vec<String> = v["add"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c["serial"].as_str().unwrap().to_string())
-            .collect();
-        added.sort();
-        assert_eq!(added, new_serials, "{v}");
+        assert_eq!(crate::sorted(&v, "add", "serial"), new_serials, "{v}");
         // The same keys: removed, then added with their new certificates.
         let mut removed: Vec<&str> = v["remove_key_ids"]
             .as_array()
@@ -432,15 +410,8 @@ fn a_home_lives_through_renewal_rollover_and_three_compromises() {
             .iter()
             .map(|k| k.as_str().unwrap())
             .collect();
-        let mut added_keys: Vec<&str> = v["add"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c["key_id"].as_str().unwrap())
-            .collect();
         removed.sort();
-        added_keys.sort();
-        assert_eq!(removed, added_keys);
+        assert_eq!(removed, crate::sorted(&v, "add", "key_id"));
         meter_accepts(
             &s,
             "upd-recertify",
