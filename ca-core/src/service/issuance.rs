@@ -611,21 +611,23 @@ impl Campaign {
                 format!("device_id {id} and profile {} are on line {first} already: one line per meter and usage", item.profile),
             );
         }
-        let known = store
-            .certs_of_subject(&id)
-            .map_err(IssueError::store)?
-            .iter()
-            .any(|r| r.issuer == crate::CaKind::Device);
-        if !known {
-            return refuse(
-                ErrorCode::DeviceId,
-                format!("device_id {id}: no meter certificate was ever issued to it; a re-issuance campaign only re-certifies meters already in service (use `meterpki issue --batch` for new meters)"),
-            );
-        }
+        // A meter profile's certificates all come from the Device CA: an active one shows the
+        // meter is known; only without one is the history read, to say which refusal it is.
         let Some(active) = store
             .active_cert(&id, &item.profile)
             .map_err(IssueError::store)?
         else {
+            let known = store
+                .certs_of_subject(&id)
+                .map_err(IssueError::store)?
+                .iter()
+                .any(|r| r.issuer == crate::CaKind::Device);
+            if !known {
+                return refuse(
+                    ErrorCode::DeviceId,
+                    format!("device_id {id}: no meter certificate was ever issued to it; a re-issuance campaign only re-certifies meters already in service (use `meterpki issue --batch` for new meters)"),
+                );
+            }
             return refuse(
                 ErrorCode::DeviceId,
                 format!("device_id {id} has no active {} certificate (revoked): a re-issuance campaign replaces active certificates; issue a new one with `meterpki issue`", item.profile),

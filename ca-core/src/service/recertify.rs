@@ -101,7 +101,24 @@ impl Service {
                 }
             };
             let extra = json!({"organisation_generation": generation, "superseded": op.remove, "new": op.add});
-            match self.finish_op(actor, &churn, op, chunk, sink, progress, extra) {
+            // Only the CRL shards that list the superseded certificates (and the full CRL),
+            // not every shard once per supplier.
+            let shards = match churn.certs_by_serial(&op.remove) {
+                Ok(old) => old.iter().map(|r| (r.issuer_id(), r.shard)).collect(),
+                Err(e) => {
+                    report.failed.push(failure(&s.id, &e.into()));
+                    continue;
+                }
+            };
+            match self.finish_op(
+                actor,
+                &churn,
+                op,
+                chunk,
+                sink,
+                progress,
+                (extra, Some(&shards)),
+            ) {
                 Ok(r) => report.operations.push(r),
                 Err(e) => report.failed.push(failure(&s.id, &e)),
             }

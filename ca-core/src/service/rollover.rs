@@ -110,6 +110,14 @@ impl Service {
         contingency_dir: &Path,
     ) -> Result<serde_json::Value, ServiceError> {
         authorize(actor, Action::Administer)?;
+        // Checked before any share is opened.
+        if target != ApexTarget::All {
+            return Err(ServiceError::invalid(
+                "hw-type",
+                "a recovery must reach every meter: the untrusted root key is destroyed once it \
+                 is recorded, so no later update could be signed for the other device types",
+            ));
+        }
         apart_from_root_shares(contingency_dir, shares)?;
         let old = self.open_root(actor, shares)?;
         let (signer, decrypt_key) = match self.open_contingency(&old, contingency_shares) {
@@ -148,13 +156,6 @@ impl Service {
         contingency_dir: &Path,
         apex: ApexSigning,
     ) -> Result<serde_json::Value, ServiceError> {
-        if matches!(apex, ApexSigning::Contingency { .. }) && target != ApexTarget::All {
-            return Err(ServiceError::invalid(
-                "hw-type",
-                "a recovery must reach every meter: the untrusted root key is destroyed once it \
-                 is recorded, so no later update could be signed for the other device types",
-            ));
-        }
         let names = old.record.officer_names.clone();
         let contingency_paths =
             super::contingency::contingency_share_paths(contingency_dir, &names)?;

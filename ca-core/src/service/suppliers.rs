@@ -2,6 +2,7 @@
 //! meters — rotation, key revocation, takeover and exit — each journaled so that a re-run after
 //! a crash completes it.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use policies::ProfileKind;
@@ -306,7 +307,7 @@ impl Service {
         }
         let new = churn.certs_by_serial(&op.add)?.remove(0);
         let extra = json!({"new_serial": op.add.first(), "superseded_serial": op.remove.first()});
-        let report = self.finish_op(actor, &churn, op, chunk, sink, progress, extra)?;
+        let report = self.finish_op(actor, &churn, op, chunk, sink, progress, (extra, None))?;
         Ok((report, new))
     }
 
@@ -391,7 +392,7 @@ impl Service {
         })?;
         let first_time = matches!(applied.revoked(at), Some([Revoked::Now(_)]));
         let extra = json!({"serial": rec.serial_hex(), "reason": reason.name(), "already_revoked": !first_time});
-        self.finish_op(actor, &churn, op, chunk, sink, progress, extra)
+        self.finish_op(actor, &churn, op, chunk, sink, progress, (extra, None))
     }
 
     /// Takeover (`kind` = takeover: B takes over A) or exit (A leaves, B is the supplier of last
@@ -558,12 +559,12 @@ impl Service {
             chunk,
             sink,
             progress,
-            json!({"revoked": revoked}),
+            (json!({"revoked": revoked}), None),
         )
     }
 
     /// The end of every journaled operation: the Organisation CA's CRLs republished (its
-    /// revocations must be seen at once), the meters updated unless a run already completed it,
+    /// revocations must be seen at once; only `shards`, and the full CRL, when given), the meters updated unless a run already completed it,
     /// the operation marked complete when no meter was refused.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn finish_op(
@@ -574,9 +575,9 @@ impl Service {
         chunk: usize,
         sink: &mut dyn UpdateSink,
         progress: &dyn Progress,
-        more: serde_json::Value,
+        (more, shards): (serde_json::Value, Option<&BTreeSet<(crate::IssuerId, u32)>>),
     ) -> Result<ChurnReport, ServiceError> {
-        let published = self.publish_crls(actor, Some(CaKind::Organisation), false, None)?;
+        let published = self.publish_crls(actor, Some(CaKind::Organisation), false, shards)?;
         let (done, refused) = if op.is_complete() {
             (0, Vec::new())
         } else {
